@@ -1,0 +1,223 @@
+//! Terms and elections: the term rules every message passes through, election timeouts,
+//! PreVote, RequestVote and vote counting (paper §5.1, §5.2, §5.4.1; thesis §9.6).
+
+use crate::message::{Message, MessageBody};
+use crate::node::RawNode;
+use crate::quorum::VoteResult;
+use crate::types::{EntryId, NodeId, Role};
+
+impl RawNode {
+    /// Follower and candidate clock: start an election when the randomized timeout passes
+    /// without hearing from a leader (paper §5.2).
+    pub(crate) fn tick_election(&mut self) {
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.randomized_election_ticks && self.is_promotable() {
+            self.campaign();
+        }
+    }
+
+    /// Only voters may campaign.
+    pub(crate) fn is_promotable(&self) -> bool {
+        self.voters.contains(self.id())
+    }
+
+    /// Starts a pre-vote if enabled, else a real election.
+    pub(crate) fn campaign(&mut self) {
+        if self.config.pre_vote {
+            self.become_pre_candidate();
+            self.request_votes(true);
+        } else {
+            self.become_candidate();
+            self.request_votes(false);
+        }
+    }
+
+    /// Sends (pre-)vote requests to every other voter and counts our own vote; a one-node
+    /// cluster wins at once.
+    fn request_votes(&mut self, pre: bool) {
+        let me = self.id();
+        self.votes.insert(me, true);
+        if self.tally() == VoteResult::Won {
+            self.on_campaign_won(pre);
+            return;
+        }
+        let last = self.log.last_id();
+        // A pre-vote asks about the term we would move to, without moving (thesis §9.6).
+        let term = if pre { self.term.next() } else { self.term };
+        for peer in self.peers() {
+            let body = if pre {
+                MessageBody::PreVote {
+                    last_log_index: last.index,
+                    last_log_term: last.term,
+                }
+            } else {
+                MessageBody::Vote {
+                    last_log_index: last.index,
+                    last_log_term: last.term,
+                }
+            };
+            self.send_with_term(peer, term, body);
+        }
+    }
+
+    fn tally(&self) -> VoteResult {
+        self.voters.vote_result(|id| self.votes.get(&id).copied())
+    }
+
+    fn on_campaign_won(&mut self, pre: bool) {
+        if pre {
+            self.become_candidate();
+            self.request_votes(false);
+        } else {
+            self.become_leader();
+        }
+    }
+
+    /// Whether this node heard from a live leader recently enough to refuse to help anyone
+    /// replace it (thesis §6.2 and §4.2.3: "ignore RequestVote when a leader is known").
+    fn in_lease(&self) -> bool {
+        self.config.check_quorum
+            && self.leader.is_some()
+            && self.election_elapsed < self.config.election_ticks
+    }
+
+    /// The term rules every message passes first (Figure 2, "all servers": a higher term makes
+    /// us a follower; a lower term is stale), then dispatch by role.
+    pub(crate) fn step_term(&mut self, msg: Message) {
+        if msg.term > self.term {
+            let is_vote_request = matches!(
+                msg.body,
+                MessageBody::Vote { .. } | MessageBody::PreVote { .. }
+            );
+            if is_vote_request && self.in_lease() {
+                // A disruptive or removed server: ignore it, do not even raise our term.
+                return;
+            }
+            match msg.body {
+                // A pre-vote does not change anyone's term.
+                MessageBody::PreVote { .. } => {}
+                // A granted pre-vote answer carries the future term of our own campaign.
+                MessageBody::PreVoteResp { reject: false } => {}
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                    self.become_follower(msg.term, Some(msg.from));
+                }
+                _ => self.become_follower(msg.term, None),
+            }
+        } else if msg.term < self.term {
+            self.step_stale(msg);
+            return;
+        }
+        match msg.body {
+            MessageBody::PreVote { .. } | MessageBody::Vote { .. } => self.handle_vote_request(msg),
+            _ => match self.role {
+                Role::Leader => self.step_leader(msg),
+                Role::Candidate | Role::PreCandidate => self.step_candidate(msg),
+                Role::Follower => self.step_follower(msg),
+            },
+        }
+    }
+
+    /// A message from an older term. Most are dropped; a few are answered so that the stale
+    /// sender learns our term.
+    fn step_stale(&mut self, msg: Message) {
+        match msg.body {
+            // With PreVote or CheckQuorum, a partitioned node may never raise its term by
+            // itself, so a stale leader must be told to step down, or it keeps its followers.
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+                if self.config.check_quorum || self.config.pre_vote =>
+            {
+                let body = MessageBody::AppendResp {
+                    index: self.log.last_index(),
+                    reject: None,
+                };
+                self.send(msg.from, body);
+            }
+            // A pre-candidate with a lower term must learn ours, or it cannot catch up.
+            MessageBody::PreVote { .. } => {
+                self.send(msg.from, MessageBody::PreVoteResp { reject: true });
+            }
+            _ => {}
+        }
+    }
+
+    /// RequestVote receiver (Figure 2) and its PreVote twin: grant if we have not voted for
+    /// someone else in this term and the candidate's log is at least as up to date (§5.4.1).
+    fn handle_vote_request(&mut self, msg: Message) {
+        let (pre, last) = match msg.body {
+            MessageBody::PreVote {
+                last_log_index,
+                last_log_term,
+            } => (
+                true,
+                EntryId {
+                    term: last_log_term,
+                    index: last_log_index,
+                },
+            ),
+            MessageBody::Vote {
+                last_log_index,
+                last_log_term,
+            } => (
+                false,
+                EntryId {
+                    term: last_log_term,
+                    index: last_log_index,
+                },
+            ),
+            _ => unreachable!("not a vote request"),
+        };
+        let can_vote = self.vote == Some(msg.from)
+            || (self.vote.is_none() && self.leader.is_none())
+            || (pre && msg.term > self.term);
+        let grant = can_vote && self.log.is_up_to_date(last) && !(pre && self.in_lease());
+        if pre {
+            // Answer in the asked-for term when granting, so the pre-candidate counts it.
+            let term = if grant { msg.term } else { self.term };
+            self.send_with_term(msg.from, term, MessageBody::PreVoteResp { reject: !grant });
+            return;
+        }
+        if grant {
+            // §5.2: granting a vote resets the election timer, and the vote is durable before
+            // the answer leaves (VoteResp needs persistence).
+            self.election_elapsed = 0;
+            self.vote = Some(msg.from);
+        }
+        self.send(msg.from, MessageBody::VoteResp { reject: !grant });
+    }
+
+    /// Candidate and pre-candidate: count votes; an append or heartbeat of this term means
+    /// someone else won (paper §5.2).
+    fn step_candidate(&mut self, msg: Message) {
+        match msg.body {
+            MessageBody::PreVoteResp { reject } if self.role == Role::PreCandidate => {
+                self.record_vote(msg.from, !reject, true);
+            }
+            MessageBody::VoteResp { reject } if self.role == Role::Candidate => {
+                self.record_vote(msg.from, !reject, false);
+            }
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                self.become_follower(msg.term, Some(msg.from));
+                self.step_follower(msg);
+            }
+            MessageBody::ReadIndex { ctx } => {
+                self.send(msg.from, MessageBody::ReadIndexResp { ctx, index: None });
+            }
+            _ => {}
+        }
+    }
+
+    fn record_vote(&mut self, from: NodeId, granted: bool, pre: bool) {
+        if !self.voters.contains(from) {
+            return;
+        }
+        self.votes.entry(from).or_insert(granted);
+        match self.tally() {
+            VoteResult::Won => self.on_campaign_won(pre),
+            VoteResult::Lost => {
+                let term = self.term;
+                self.become_follower(term, None);
+            }
+            VoteResult::Pending => {}
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! # Skiff's Raft core
+//!
+//! A deterministic, sans-IO implementation of the Raft consensus algorithm (Ongaro and
+//! Ousterhout, "In Search of an Understandable Consensus Algorithm", extended version; and
+//! Ongaro's thesis). The core has no clock, thread, socket, file, async or global randomness:
+//! ticks, messages, proposals and read requests go in through [`RawNode`]; a numbered
+//! [`Ready`] batch comes out, saying what to persist, which messages may go now and which only
+//! after persistence, which committed entries to apply and which reads are safe to serve.
+//! The same inputs give the same outputs, byte for byte.
+//!
+//! Implemented: randomized elections, PreVote, CheckQuorum, replication with flow control and
+//! fast conflict backtracking, the current-term commit rule (Figure 8), a no-op entry on
+//! election, persistence before replying, ReadIndex (with follower reads) and lease reads.
+#![deny(missing_docs)]
+
+mod config;
+mod election;
+mod follower;
+pub mod log;
+mod message;
+mod node;
+pub mod progress;
+pub mod quorum;
+pub mod read;
+mod reads;
+mod replication;
+mod rng;
+mod types;
+
+pub use config::{Config, ConfigError, ReadOnlyOption};
+pub use message::{Message, MessageBody, RejectHint};
+pub use node::{
+    InitialState, ProposeError, RawNode, ReadError, Ready, StartError, Status, StepError,
+};
+pub use types::{
+    Entry, EntryId, EntryKind, HardState, Index, Membership, NodeId, ReadCtx, ReadState, Role,
+    SoftState, Term, ENTRY_OVERHEAD_BYTES,
+};

@@ -1,0 +1,717 @@
+//! The Raft node: its state, the public driving API and role transitions. Message handling is
+//! split by concern into `election.rs`, `replication.rs` and `reads.rs`.
+//!
+//! Driving loop (one way only):
+//! ```text
+//!   loop {
+//!       node.tick() / node.step(msg) / node.propose(data) / node.read_index(ctx)
+//!       if node.has_ready() {
+//!           let rd = node.ready();
+//!           send rd.messages                      (may go at once)
+//!           persist rd.hard_state, rd.entries      (then sync)
+//!           send rd.persisted_messages             (only after the sync)
+//!           apply rd.committed_entries, then serve rd.read_states
+//!           node.advance(rd.number)
+//!       }
+//!   }
+//! ```
+
+use std::collections::BTreeMap;
+
+use crate::config::{Config, ConfigError};
+use crate::log::RaftLog;
+use crate::message::{Message, MessageBody};
+use crate::progress::Progress;
+use crate::quorum::JointConfig;
+use crate::read::ReadQueue;
+use crate::rng::Rng;
+use crate::types::{
+    Entry, EntryId, EntryKind, HardState, Index, Membership, NodeId, ReadCtx, ReadState, Role,
+    SoftState, Term,
+};
+
+/// Durable state a node starts from: what the storage recovered (or an empty log for a new
+/// cluster).
+#[derive(Clone, Debug, Default)]
+pub struct InitialState {
+    /// The persisted hard state.
+    pub hard_state: HardState,
+    /// The voting configuration.
+    pub membership: Membership,
+    /// Id of the last entry covered by the snapshot the log starts after (default: none).
+    pub snapshot: EntryId,
+    /// The persisted entries after the snapshot, contiguous.
+    pub entries: Vec<Entry>,
+    /// Where the application's state machine stands (at least `snapshot.index`).
+    pub applied: Index,
+}
+
+impl InitialState {
+    /// A brand-new node of a new cluster with these voters.
+    pub fn new_cluster(voters: impl IntoIterator<Item = NodeId>) -> InitialState {
+        InitialState {
+            membership: Membership::new(voters),
+            ..InitialState::default()
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartError {
+    /// The configuration is inconsistent.
+    Config(ConfigError),
+    /// The recovered durable state does not hold together (corruption or a bad restore).
+    CorruptState(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::CorruptState(s) => write!(f, "recovered raft state is inconsistent: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Why a proposal was refused. Nothing was appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Only the leader takes proposals; `leader` is the one this node knows, if any.
+    NotLeader {
+        /// Known leader.
+        leader: Option<NodeId>,
+    },
+    /// Too many uncommitted bytes; retry later.
+    Busy,
+    /// The entry is larger than `msg_bytes_max` allows.
+    TooLarge {
+        /// Size of the proposed entry.
+        size_bytes: u64,
+        /// The limit.
+        size_bytes_max: u64,
+    },
+}
+
+impl std::fmt::Display for ProposeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProposeError::NotLeader { leader: Some(l) } => {
+                write!(f, "not the leader; leader is {l}")
+            }
+            ProposeError::NotLeader { leader: None } => {
+                write!(f, "not the leader; no leader known")
+            }
+            ProposeError::Busy => write!(f, "too many uncommitted entries; busy"),
+            ProposeError::TooLarge {
+                size_bytes,
+                size_bytes_max,
+            } => write!(
+                f,
+                "entry of {size_bytes} bytes exceeds the limit of {size_bytes_max}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ProposeError {}
+
+/// Why a read could not be started. A read that was started and later fails is reported in
+/// [`Ready::failed_reads`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadError {
+    /// No leader is known to confirm the read.
+    NoLeader,
+    /// Too many reads pending; retry later.
+    Busy,
+    /// A read with this tag is already pending here.
+    DuplicateCtx,
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::NoLeader => write!(f, "no leader"),
+            ReadError::Busy => write!(f, "too many pending reads; busy"),
+            ReadError::DuplicateCtx => write!(f, "a read with this context is already pending"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// A message that cannot be taken at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepError {
+    /// The message is addressed to another node.
+    WrongRecipient {
+        /// Who it was for.
+        to: NodeId,
+    },
+    /// The message claims to come from this node.
+    FromSelf,
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::WrongRecipient { to } => write!(f, "message addressed to node {to}"),
+            StepError::FromSelf => write!(f, "message claims to come from this node"),
+        }
+    }
+}
+
+impl std::error::Error for StepError {}
+
+/// One numbered output batch. See the module docs for the order of handling.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Acknowledge with [`RawNode::advance`] once everything below is done.
+    pub number: u64,
+    /// Role, leader or term changed since the previous batch.
+    pub soft_state: Option<SoftState>,
+    /// Hard state to persist, if it changed.
+    pub hard_state: Option<HardState>,
+    /// Entries to persist. Any stored entries at or after `entries[0].index` must be replaced
+    /// (the log was truncated there).
+    pub entries: Vec<Entry>,
+    /// Messages that may be sent at once, before persisting.
+    pub messages: Vec<Message>,
+    /// Messages that may be sent only after `hard_state` and `entries` are durable.
+    pub persisted_messages: Vec<Message>,
+    /// Committed, durable entries to apply, in order.
+    pub committed_entries: Vec<Entry>,
+    /// Reads now safe to serve, after applying `committed_entries`.
+    pub read_states: Vec<ReadState>,
+    /// Reads that failed (leadership lost, or the leader did not answer in time); retry them.
+    pub failed_reads: Vec<ReadCtx>,
+}
+
+/// What an outstanding [`Ready`] promised to do, remembered until it is advanced.
+#[derive(Clone, Copy, Debug)]
+struct InFlightReady {
+    number: u64,
+    /// Last entry index handed out for persistence, if any entries were.
+    persisted_last: Option<Index>,
+    /// Last committed entry handed out for apply, if any.
+    applied_last: Option<Index>,
+}
+
+/// A point-in-time view of a node, for tests, metrics and the simulator's checkers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Status {
+    /// This node.
+    pub id: NodeId,
+    /// Current term.
+    pub term: Term,
+    /// Vote in `term`.
+    pub vote: Option<NodeId>,
+    /// Role.
+    pub role: Role,
+    /// Known leader.
+    pub leader: Option<NodeId>,
+    /// Commit index.
+    pub commit: Index,
+    /// Applied index.
+    pub applied: Index,
+    /// Durable index.
+    pub persisted: Index,
+    /// Last entry.
+    pub last: EntryId,
+}
+
+/// A Raft node: a deterministic state machine (see the crate docs).
+#[derive(Clone, Debug)]
+pub struct RawNode {
+    /// Settings, validated at construction.
+    pub(crate) config: Config,
+    /// Current term (Figure 2 `currentTerm`). Never decreases.
+    pub(crate) term: Term,
+    /// Vote in `term` (Figure 2 `votedFor`). Reset only when `term` grows.
+    pub(crate) vote: Option<NodeId>,
+    /// Current role.
+    pub(crate) role: Role,
+    /// The leader of `term`, once known. Invariant: `Some(id)` iff this node is leader.
+    pub(crate) leader: Option<NodeId>,
+    /// The log and its pointers.
+    pub(crate) log: RaftLog,
+    /// Who votes.
+    pub(crate) voters: JointConfig,
+    /// Leader only: progress of every other voter. Empty in other roles.
+    pub(crate) progress: BTreeMap<NodeId, Progress>,
+    /// (Pre-)candidate only: votes received in this campaign, including our own.
+    pub(crate) votes: BTreeMap<NodeId, bool>,
+    /// Ticks since the last election timeout reset (followers: since hearing from a leader or
+    /// granting a vote; leader: since the last CheckQuorum round).
+    pub(crate) election_elapsed: u64,
+    /// Leader only: ticks since the last heartbeat broadcast.
+    pub(crate) heartbeat_elapsed: u64,
+    /// The current randomized timeout, in `[election_ticks, 2 * election_ticks)`.
+    pub(crate) randomized_election_ticks: u64,
+    /// Ticks since start; only used to expire forwarded reads.
+    pub(crate) ticks: u64,
+    /// Election jitter source.
+    pub(crate) rng: Rng,
+    /// Leader only: bytes of entries this leader appended that are not yet committed.
+    pub(crate) uncommitted_bytes: u64,
+    /// Leader only: an entry of the current term has been committed (thesis §6.4: reads need
+    /// it, and it means the no-op is committed).
+    pub(crate) committed_in_term: bool,
+    /// Pending reads.
+    pub(crate) reads: ReadQueue,
+    /// Reads that failed, to report in the next batch.
+    pub(crate) failed_reads: Vec<ReadCtx>,
+    /// Outgoing messages since the last batch. Bounded by flow control: one heartbeat per peer
+    /// per interval, appends within each follower's window, one answer per message received.
+    pub(crate) msgs: Vec<Message>,
+    /// Number of the last batch handed out.
+    pub(crate) ready_number: u64,
+    /// The batch handed out and not yet advanced.
+    in_flight: Option<InFlightReady>,
+    /// Hard state as of the last batch handed out.
+    prev_hard_state: HardState,
+    /// Soft state as of the last batch handed out (`None` before the first).
+    prev_soft_state: Option<SoftState>,
+}
+
+impl RawNode {
+    /// Starts a node from its durable state. Errors on an invalid config or inconsistent state.
+    pub fn new(config: Config, state: InitialState) -> Result<RawNode, StartError> {
+        config.validate().map_err(StartError::Config)?;
+        check_initial_state(&state).map_err(StartError::CorruptState)?;
+        let log = RaftLog::restore(
+            state.snapshot,
+            state.entries,
+            state.hard_state.commit,
+            state.applied,
+        );
+        let seed = config.seed ^ config.id.get().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut node = RawNode {
+            term: state.hard_state.term,
+            vote: state.hard_state.vote,
+            role: Role::Follower,
+            leader: None,
+            log,
+            voters: JointConfig::simple(state.membership.voters.iter().copied()),
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_ticks: config.election_ticks,
+            ticks: 0,
+            rng: Rng::new(seed),
+            uncommitted_bytes: 0,
+            committed_in_term: false,
+            reads: ReadQueue::default(),
+            failed_reads: Vec::new(),
+            msgs: Vec::new(),
+            ready_number: 0,
+            in_flight: None,
+            prev_hard_state: state.hard_state,
+            prev_soft_state: None,
+            config,
+        };
+        node.prev_hard_state.commit = node.log.committed();
+        node.reset_randomized_election_timeout();
+        node.check_invariants();
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// A snapshot of the node's state.
+    pub fn status(&self) -> Status {
+        Status {
+            id: self.id(),
+            term: self.term,
+            vote: self.vote,
+            role: self.role,
+            leader: self.leader,
+            commit: self.log.committed(),
+            applied: self.log.applied(),
+            persisted: self.log.persisted(),
+            last: self.log.last_id(),
+        }
+    }
+
+    /// Read-only view of the log, for checkers and tests.
+    pub fn log(&self) -> &RaftLog {
+        &self.log
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        self.ticks += 1;
+        match self.role {
+            Role::Leader => self.tick_leader(),
+            _ => self.tick_election(),
+        }
+        for ctx in self.reads.expire_forwarded(self.ticks) {
+            self.failed_reads.push(ctx);
+        }
+        self.check_invariants_if_debug();
+    }
+
+    /// Proposes a command. On the leader it is appended and replicated; the returned id says
+    /// where, so the caller can tell when it commits (or is lost: a different entry committed
+    /// at that index).
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<EntryId, ProposeError> {
+        if self.role != Role::Leader {
+            return Err(ProposeError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        let entry = Entry {
+            term: self.term,
+            index: self.log.last_index().next(),
+            kind: EntryKind::Normal,
+            data,
+        };
+        let size = entry.size_bytes();
+        if size > self.config.msg_bytes_max {
+            return Err(ProposeError::TooLarge {
+                size_bytes: size,
+                size_bytes_max: self.config.msg_bytes_max,
+            });
+        }
+        // An empty pipeline always takes one entry, so a single large entry cannot wedge it.
+        if self.uncommitted_bytes > 0
+            && self.uncommitted_bytes + size > self.config.uncommitted_bytes_max
+        {
+            return Err(ProposeError::Busy);
+        }
+        let id = entry.id();
+        self.append_as_leader(vec![entry]);
+        self.check_invariants_if_debug();
+        Ok(id)
+    }
+
+    /// Asks for a linearizable read tagged `ctx`. The answer comes as a [`ReadState`] in a later
+    /// batch (or in [`Ready::failed_reads`]). Works on followers too: they ask the leader.
+    pub fn read_index(&mut self, ctx: ReadCtx) -> Result<(), ReadError> {
+        if self.reads.len() >= self.config.pending_reads_max {
+            return Err(ReadError::Busy);
+        }
+        let result = self.start_read(ctx);
+        self.check_invariants_if_debug();
+        result
+    }
+
+    /// Whether [`RawNode::ready`] has anything to hand out (and no batch is outstanding).
+    pub fn has_ready(&self) -> bool {
+        if self.in_flight.is_some() {
+            return false;
+        }
+        !self.msgs.is_empty()
+            || self.log.has_unstable()
+            || self.log.has_next_to_apply()
+            || self.hard_state() != self.prev_hard_state
+            || Some(self.soft_state()) != self.prev_soft_state
+            || !self.failed_reads.is_empty()
+            || self.reads_releasable()
+    }
+
+    /// Hands out the next output batch. Panics if the previous one was not advanced: the
+    /// durability order depends on batches being handled one after another.
+    pub fn ready(&mut self) -> Ready {
+        assert!(
+            self.in_flight.is_none(),
+            "ready() called before advance() of the previous batch"
+        );
+        self.ready_number += 1;
+        self.reads.close_open_round();
+        let hard_state = self.hard_state();
+        let soft_state = self.soft_state();
+        let entries = self.log.take_unstable();
+        let committed_entries = self.log.next_to_apply(self.config.apply_bytes_max);
+        let applied_last = committed_entries.last().map(|e| e.index);
+        let read_states = self.reads.release(
+            applied_last
+                .unwrap_or(self.log.applied())
+                .max(self.log.applied()),
+        );
+        let (persisted_messages, messages) = std::mem::take(&mut self.msgs)
+            .into_iter()
+            .partition(|m: &Message| m.body.needs_persistence());
+        let rd = Ready {
+            number: self.ready_number,
+            soft_state: (Some(soft_state) != self.prev_soft_state).then_some(soft_state),
+            hard_state: (hard_state != self.prev_hard_state).then_some(hard_state),
+            entries,
+            messages,
+            persisted_messages,
+            committed_entries,
+            read_states,
+            failed_reads: std::mem::take(&mut self.failed_reads),
+        };
+        self.in_flight = Some(InFlightReady {
+            number: rd.number,
+            persisted_last: rd.entries.last().map(|e| e.index),
+            applied_last,
+        });
+        self.prev_hard_state = hard_state;
+        self.prev_soft_state = Some(soft_state);
+        rd
+    }
+
+    /// Acknowledges batch `number`: its state is durable, its messages sent, its entries
+    /// applied and its reads served. Panics on a number that is not the outstanding batch.
+    pub fn advance(&mut self, number: u64) {
+        let rd = self
+            .in_flight
+            .take()
+            .expect("advance() without an outstanding ready()");
+        assert_eq!(
+            rd.number, number,
+            "advance() of a batch that is not outstanding"
+        );
+        if let Some(last) = rd.persisted_last {
+            self.log.persisted_to(last);
+        }
+        if let Some(applied) = rd.applied_last {
+            self.log.applied_to(applied);
+        }
+        if self.role == Role::Leader && self.maybe_commit() {
+            self.bcast_append(true);
+        }
+        self.check_invariants_if_debug();
+    }
+
+    /// Handles one message from a peer.
+    pub fn step(&mut self, msg: Message) -> Result<(), StepError> {
+        if msg.to != self.id() {
+            return Err(StepError::WrongRecipient { to: msg.to });
+        }
+        if msg.from == self.id() {
+            return Err(StepError::FromSelf);
+        }
+        self.step_term(msg);
+        self.check_invariants_if_debug();
+        Ok(())
+    }
+
+    pub(crate) fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed(),
+        }
+    }
+
+    pub(crate) fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role,
+            leader: self.leader,
+            term: self.term,
+        }
+    }
+
+    pub(crate) fn send(&mut self, to: NodeId, body: MessageBody) {
+        self.send_with_term(to, self.term, body);
+    }
+
+    pub(crate) fn send_with_term(&mut self, to: NodeId, term: Term, body: MessageBody) {
+        debug_assert_ne!(to, self.id(), "message to self");
+        self.msgs.push(Message {
+            from: self.id(),
+            to,
+            term,
+            body,
+        });
+    }
+
+    /// Voters other than this node, sorted.
+    pub(crate) fn peers(&self) -> Vec<NodeId> {
+        let me = self.id();
+        self.voters
+            .voters()
+            .into_iter()
+            .filter(|&id| id != me)
+            .collect()
+    }
+
+    pub(crate) fn reset_randomized_election_timeout(&mut self) {
+        let e = self.config.election_ticks;
+        self.randomized_election_ticks = self.rng.range(e, 2 * e);
+    }
+
+    /// Common part of every role change: a new term forgets the vote; timers restart.
+    fn reset(&mut self, term: Term) {
+        if term != self.term {
+            assert!(
+                term > self.term,
+                "term went back from {} to {term}",
+                self.term
+            );
+            self.term = term;
+            self.vote = None;
+        }
+        self.leader = None;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.reset_randomized_election_timeout();
+        self.votes.clear();
+        self.progress.clear();
+        self.uncommitted_bytes = 0;
+        self.committed_in_term = false;
+        for req in self.reads.take_unconfirmed() {
+            self.fail_read(req);
+        }
+    }
+
+    /// Becomes a follower of `leader` (if known) in `term` (paper §5.2).
+    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        self.reset(term);
+        self.role = Role::Follower;
+        self.leader = leader;
+    }
+
+    /// Starts a pre-vote (thesis §9.6): no term change, so a node that cannot win does not
+    /// disrupt the cluster.
+    pub(crate) fn become_pre_candidate(&mut self) {
+        assert_ne!(
+            self.role,
+            Role::Leader,
+            "leader cannot become pre-candidate"
+        );
+        let term = self.term;
+        self.reset(term);
+        self.role = Role::PreCandidate;
+    }
+
+    /// Starts an election in a new term, voting for itself (paper §5.2).
+    pub(crate) fn become_candidate(&mut self) {
+        assert_ne!(self.role, Role::Leader, "leader cannot become candidate");
+        let term = self.term.next();
+        self.reset(term);
+        self.vote = Some(self.id());
+        self.role = Role::Candidate;
+    }
+
+    /// Becomes leader of the current term: fresh progress for every follower, and a no-op entry
+    /// so that entries of earlier terms can commit (paper §5.4.2, §8).
+    pub(crate) fn become_leader(&mut self) {
+        assert_eq!(
+            self.role,
+            Role::Candidate,
+            "only a candidate becomes leader"
+        );
+        let term = self.term;
+        self.reset(term);
+        self.role = Role::Leader;
+        self.leader = Some(self.id());
+        let last = self.log.last_index();
+        for peer in self.peers() {
+            let pr = Progress::new(
+                last,
+                self.config.inflight_msgs_max,
+                self.config.inflight_bytes_max,
+            );
+            self.progress.insert(peer, pr);
+        }
+        let noop = Entry {
+            term: self.term,
+            index: last.next(),
+            kind: EntryKind::Noop,
+            data: Vec::new(),
+        };
+        self.append_as_leader(vec![noop]);
+    }
+
+    /// Panics if any invariant of the node or its parts is broken. The simulator calls this
+    /// after every step.
+    pub fn check_invariants(&self) {
+        self.log.check_invariants();
+        self.reads.check_invariants();
+        assert!(
+            self.log.last_term() <= self.term,
+            "log holds a term above the current one"
+        );
+        assert_eq!(
+            self.leader == Some(self.id()),
+            self.role == Role::Leader,
+            "leader field disagrees with role"
+        );
+        match self.role {
+            Role::Leader => {
+                assert_eq!(self.vote, Some(self.id()), "leader did not vote for itself");
+                for (id, pr) in &self.progress {
+                    assert_ne!(*id, self.id(), "leader tracks itself");
+                    assert!(
+                        pr.matched <= self.log.last_index(),
+                        "follower matched beyond leader log"
+                    );
+                    pr.check_invariants();
+                }
+            }
+            Role::Candidate => {
+                assert_eq!(
+                    self.vote,
+                    Some(self.id()),
+                    "candidate did not vote for itself"
+                );
+                assert!(self.progress.is_empty());
+            }
+            Role::PreCandidate | Role::Follower => assert!(self.progress.is_empty()),
+        }
+        assert!(
+            self.randomized_election_ticks >= self.config.election_ticks
+                && self.randomized_election_ticks < 2 * self.config.election_ticks
+        );
+    }
+
+    pub(crate) fn check_invariants_if_debug(&self) {
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+}
+
+/// Checks recovered state for consistency; an error describes the first problem.
+fn check_initial_state(state: &InitialState) -> Result<(), String> {
+    let mut prev = state.snapshot;
+    for e in &state.entries {
+        if e.index != prev.index.next() {
+            return Err(format!("entry {} follows entry {}", e.index, prev.index));
+        }
+        if e.term < prev.term {
+            return Err(format!(
+                "entry {} has term {} below {}",
+                e.index, e.term, prev.term
+            ));
+        }
+        prev = e.id();
+    }
+    if prev.term > state.hard_state.term {
+        return Err(format!(
+            "log term {} is above the persisted term {}",
+            prev.term, state.hard_state.term
+        ));
+    }
+    if state.applied < state.snapshot.index {
+        return Err(format!(
+            "applied index {} is below the snapshot index {}",
+            state.applied, state.snapshot.index
+        ));
+    }
+    if state.applied > prev.index {
+        return Err(format!(
+            "applied index {} is beyond the last log index {}",
+            state.applied, prev.index
+        ));
+    }
+    if state.membership.voters.is_empty() {
+        return Err("the membership has no voters".to_string());
+    }
+    Ok(())
+}

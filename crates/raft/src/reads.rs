@@ -1,0 +1,148 @@
+//! Linearizable reads (thesis §6.4): ReadIndex at the leader, forwarding from followers
+//! (follower reads), and lease reads as an option.
+
+use crate::config::ReadOnlyOption;
+use crate::message::MessageBody;
+use crate::node::{RawNode, ReadError};
+use crate::quorum::VoteResult;
+use crate::read::ReadRequest;
+use crate::types::{Index, NodeId, ReadCtx, ReadState, Role};
+
+impl RawNode {
+    /// Starts a read at this node.
+    pub(crate) fn start_read(&mut self, ctx: ReadCtx) -> Result<(), ReadError> {
+        match self.role {
+            Role::Leader => {
+                self.leader_read(ReadRequest { ctx, from: None });
+                Ok(())
+            }
+            _ => {
+                let Some(leader) = self.leader else {
+                    return Err(ReadError::NoLeader);
+                };
+                // If the leader's answer is lost, the read fails after an election timeout
+                // rather than hanging.
+                let expires_at = self.ticks + 2 * self.config.election_ticks;
+                if !self.reads.forward(ctx, expires_at) {
+                    return Err(ReadError::DuplicateCtx);
+                }
+                self.send(leader, MessageBody::ReadIndex { ctx });
+                Ok(())
+            }
+        }
+    }
+
+    /// The leader takes a read, local or forwarded.
+    fn leader_read(&mut self, req: ReadRequest) {
+        debug_assert_eq!(self.role, Role::Leader);
+        if !self.committed_in_term {
+            // Until an entry of its term commits, a new leader does not know the commit index
+            // (§6.4 step 1); the read waits for the no-op.
+            self.reads.wait_for_commit(req);
+            return;
+        }
+        let commit = self.log.committed();
+        if self.config.read_only == ReadOnlyOption::LeaseBased || self.voters.voters().len() == 1 {
+            // Lease: CheckQuorum guarantees no other leader within the election timeout (see
+            // the clock assumption on `ReadOnlyOption::LeaseBased`). One voter: no one else
+            // can lead.
+            self.on_read_confirmed(req, commit);
+            return;
+        }
+        if let Some(round) = self.reads.add_to_round(vec![req], commit) {
+            self.send_heartbeats(round);
+        }
+    }
+
+    /// The leader's no-op (or another entry of its term) committed: reads that waited can get
+    /// their round.
+    pub(crate) fn on_first_commit_in_term(&mut self) {
+        for req in self.reads.take_waiting_commit() {
+            self.leader_read(req);
+        }
+    }
+
+    /// A read round was acknowledged by some follower; release every round a quorum confirmed.
+    pub(crate) fn confirm_reads(&mut self) {
+        let me = self.id();
+        let voters = &self.voters;
+        let progress = &self.progress;
+        let confirmed = self.reads.confirm(|round| {
+            voters.vote_result(|id| {
+                Some(
+                    id == me
+                        || progress
+                            .get(&id)
+                            .is_some_and(|pr| pr.read_round_acked >= round),
+                )
+            }) == VoteResult::Won
+        });
+        for (req, index) in confirmed {
+            self.on_read_confirmed(req, index);
+        }
+    }
+
+    fn on_read_confirmed(&mut self, req: ReadRequest, index: Index) {
+        match req.from {
+            None => self.reads.push_confirmed(ReadState {
+                ctx: req.ctx,
+                index,
+            }),
+            Some(follower) => self.send(
+                follower,
+                MessageBody::ReadIndexResp {
+                    ctx: req.ctx,
+                    index: Some(index),
+                },
+            ),
+        }
+    }
+
+    /// A follower forwarded a read to us as leader.
+    pub(crate) fn handle_forwarded_read(&mut self, from: NodeId, ctx: ReadCtx) {
+        if self.reads.len() >= self.config.pending_reads_max {
+            self.send(from, MessageBody::ReadIndexResp { ctx, index: None });
+            return;
+        }
+        self.leader_read(ReadRequest {
+            ctx,
+            from: Some(from),
+        });
+    }
+
+    /// A read forwarded to a node that is not the leader: refuse, so the follower retries.
+    pub(crate) fn redirect_forwarded_read(&mut self, from: NodeId, ctx: ReadCtx) {
+        self.send(from, MessageBody::ReadIndexResp { ctx, index: None });
+    }
+
+    /// The leader answered a read we forwarded.
+    pub(crate) fn handle_read_index_response(&mut self, ctx: ReadCtx, index: Option<Index>) {
+        if !self.reads.answer_forwarded(ctx) {
+            // Expired already, or a duplicate answer.
+            return;
+        }
+        match index {
+            Some(index) => self.reads.push_confirmed(ReadState { ctx, index }),
+            None => self.failed_reads.push(ctx),
+        }
+    }
+
+    /// A read that cannot complete any more.
+    pub(crate) fn fail_read(&mut self, req: ReadRequest) {
+        match req.from {
+            None => self.failed_reads.push(req.ctx),
+            Some(follower) => self.send(
+                follower,
+                MessageBody::ReadIndexResp {
+                    ctx: req.ctx,
+                    index: None,
+                },
+            ),
+        }
+    }
+
+    /// Whether confirmed reads are ready to be released in the next batch.
+    pub(crate) fn reads_releasable(&self) -> bool {
+        self.reads.has_releasable(self.log.applied())
+    }
+}

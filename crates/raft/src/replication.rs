@@ -1,0 +1,236 @@
+//! The leader side of log replication (paper §5.3, §5.4.2): appends with flow control, fast
+//! backtracking on rejection, the current-term commit rule, heartbeats and CheckQuorum.
+
+use crate::message::{Message, MessageBody, RejectHint};
+use crate::node::RawNode;
+use crate::progress::ProgressState;
+use crate::quorum::VoteResult;
+use crate::types::{Entry, Index, NodeId, Role};
+
+impl RawNode {
+    /// Leader clock: heartbeats every `heartbeat_ticks`; every `election_ticks`, step down
+    /// unless a quorum was heard from (CheckQuorum, thesis §6.2).
+    pub(crate) fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.election_elapsed >= self.config.election_ticks {
+            self.election_elapsed = 0;
+            if self.config.check_quorum {
+                if !self.quorum_active() {
+                    let term = self.term;
+                    self.become_follower(term, None);
+                    return;
+                }
+                for pr in self.progress.values_mut() {
+                    pr.recent_active = false;
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.bcast_heartbeat();
+        }
+    }
+
+    /// Whether a quorum (counting this node) was heard from in the current CheckQuorum round.
+    pub(crate) fn quorum_active(&self) -> bool {
+        let me = self.id();
+        let result = self.voters.vote_result(|id| {
+            Some(id == me || self.progress.get(&id).is_some_and(|pr| pr.recent_active))
+        });
+        result == VoteResult::Won
+    }
+
+    /// Appends entries created by this leader and starts replicating them.
+    pub(crate) fn append_as_leader(&mut self, entries: Vec<Entry>) {
+        assert_eq!(self.role, Role::Leader);
+        for e in &entries {
+            assert_eq!(e.term, self.term, "leader appends only entries of its term");
+            self.uncommitted_bytes += e.size_bytes();
+        }
+        self.log.append(entries);
+        // This node's own acknowledgement comes when the batch is durable (advance); a
+        // one-node cluster commits then.
+        self.bcast_append(false);
+    }
+
+    /// Sends appends to every follower that can take one. With `with_empty`, followers with
+    /// nothing new still get an empty append, to learn a new commit index.
+    pub(crate) fn bcast_append(&mut self, with_empty: bool) {
+        for peer in self.progress.keys().copied().collect::<Vec<_>>() {
+            self.send_append(peer, with_empty);
+        }
+    }
+
+    /// Sends one append to `to` if flow control allows. Returns whether one was sent.
+    pub(crate) fn send_append(&mut self, to: NodeId, with_empty: bool) -> bool {
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get(&to) else {
+            return false;
+        };
+        if pr.is_paused() {
+            return false;
+        }
+        let next = pr.next;
+        let probing = pr.state == ProgressState::Probe;
+        let prev_index = next.prev();
+        let Some(prev_term) = self.log.term(prev_index) else {
+            // The entries this follower needs were compacted away; catching it up takes a
+            // snapshot (log compaction is a later feature: nothing compacts the log yet).
+            debug_assert!(false, "log compacted below {next} without snapshot support");
+            return false;
+        };
+        let entries = if next <= last {
+            self.log.slice(next, last, self.config.msg_bytes_max)
+        } else {
+            Vec::new()
+        };
+        if entries.is_empty() && !with_empty && !probing {
+            return false;
+        }
+        let sent_last = entries.last().map(|e| e.index);
+        let bytes: u64 = entries.iter().map(Entry::size_bytes).sum();
+        let body = MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit: self.log.committed(),
+        };
+        self.send(to, body);
+        self.progress
+            .get_mut(&to)
+            .expect("progress exists")
+            .sent_append(sent_last, bytes);
+        true
+    }
+
+    /// Heartbeats carry `min(commit, match)`: a follower may not hold the leader's entries past
+    /// its match, and must not commit an index whose entry might differ from the leader's.
+    fn bcast_heartbeat(&mut self) {
+        let read_round = self.reads.newest_round();
+        self.send_heartbeats(read_round);
+    }
+
+    pub(crate) fn send_heartbeats(&mut self, read_round: u64) {
+        let commit = self.log.committed();
+        let targets: Vec<(NodeId, Index)> = self
+            .progress
+            .iter()
+            .map(|(&id, pr)| (id, pr.matched.min(commit)))
+            .collect();
+        for (to, commit) in targets {
+            self.send(to, MessageBody::Heartbeat { commit, read_round });
+        }
+    }
+
+    /// The leader's handling of messages of its own term.
+    pub(crate) fn step_leader(&mut self, msg: Message) {
+        if let Some(pr) = self.progress.get_mut(&msg.from) {
+            pr.recent_active = true;
+        }
+        match msg.body {
+            MessageBody::AppendResp { index, reject } => {
+                self.handle_append_response(msg.from, index, reject);
+            }
+            MessageBody::HeartbeatResp { read_round } => {
+                self.handle_heartbeat_response(msg.from, read_round);
+            }
+            MessageBody::ReadIndex { ctx } => self.handle_forwarded_read(msg.from, ctx),
+            // Another leader in our term would break Election Safety (§5.2); a message that
+            // claims it is a corrupt or lying peer, which we ignore.
+            _ => {}
+        }
+    }
+
+    fn handle_append_response(&mut self, from: NodeId, index: Index, reject: Option<RejectHint>) {
+        if !self.progress.contains_key(&from) {
+            return;
+        }
+        if let Some(hint) = reject {
+            let next = self.next_after_rejection(index, hint);
+            let pr = self.progress.get_mut(&from).expect("checked above");
+            if pr.maybe_decr_to(index, next) {
+                self.send_append(from, false);
+            }
+            return;
+        }
+        if index > self.log.last_index() {
+            // A follower cannot hold more than we sent; this answer is not about our log.
+            return;
+        }
+        let pr = self.progress.get_mut(&from).expect("checked above");
+        if !pr.maybe_update(index) {
+            return;
+        }
+        if pr.state == ProgressState::Probe {
+            pr.become_replicate();
+        }
+        if self.maybe_commit() {
+            self.bcast_append(true);
+        }
+        // Pipeline whatever else this follower can take.
+        while self.send_append(from, false) {}
+    }
+
+    /// Turns a follower's conflict hint into the next index to probe: skip the follower's whole
+    /// conflicting term if we do not have it, or jump to the end of our entries of that term
+    /// (§5.3, last paragraphs: one round trip per term, not per entry).
+    fn next_after_rejection(&self, rejected: Index, hint: RejectHint) -> Index {
+        let next = match hint.conflict_term {
+            Some(term) => match self.log.last_index_of_term(term, rejected) {
+                Some(i) => i.next(),
+                None => hint.conflict_index,
+            },
+            None => hint.conflict_index,
+        };
+        next.min(rejected).max(Index(1))
+    }
+
+    fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
+        let last = self.log.last_index();
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        pr.read_round_acked = pr.read_round_acked.max(read_round);
+        // A heartbeat answer is proof of life: resend what may have been lost.
+        if pr.on_heartbeat_response(last) {
+            self.send_append(from, false);
+        }
+        if read_round > 0 {
+            self.confirm_reads();
+        }
+    }
+
+    /// Commits the highest index a quorum holds, but only if its entry is of the current term:
+    /// counting replicas of an older term's entry is unsafe (paper §5.4.2, Figure 8). Returns
+    /// whether the commit index moved.
+    pub(crate) fn maybe_commit(&mut self) -> bool {
+        let me = self.id();
+        let persisted = self.log.persisted();
+        let candidate = self.voters.committed_index(|id| {
+            if id == me {
+                Some(persisted)
+            } else {
+                self.progress.get(&id).map(|pr| pr.matched)
+            }
+        });
+        if candidate <= self.log.committed() || self.log.term(candidate) != Some(self.term) {
+            return false;
+        }
+        let old = self.log.committed();
+        let released: u64 = self
+            .log
+            .slice(old.next(), candidate, u64::MAX)
+            .iter()
+            .filter(|e| e.term == self.term)
+            .map(Entry::size_bytes)
+            .sum();
+        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(released);
+        self.log.commit_to(candidate);
+        if !self.committed_in_term {
+            self.committed_in_term = true;
+            self.on_first_commit_in_term();
+        }
+        true
+    }
+}

@@ -1,0 +1,1 @@
+//! Deterministic cluster simulator (work in progress: see issue 3).

@@ -12,7 +12,7 @@ impl RawNode {
     pub(crate) fn tick_election(&mut self) {
         self.election_elapsed += 1;
         if self.election_elapsed >= self.randomized_election_ticks && self.is_promotable() {
-            self.campaign();
+            self.campaign_now();
         }
     }
 
@@ -22,7 +22,7 @@ impl RawNode {
     }
 
     /// Starts a pre-vote if enabled, else a real election.
-    pub(crate) fn campaign(&mut self) {
+    pub(crate) fn campaign_now(&mut self) {
         if self.config.pre_vote {
             self.become_pre_candidate();
             self.request_votes(true);

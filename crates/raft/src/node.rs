@@ -362,6 +362,15 @@ impl RawNode {
         self.check_invariants_if_debug();
     }
 
+    /// Starts an election now, as if the election timeout had passed (with a pre-vote first if
+    /// enabled). Does nothing on a leader or on a node that does not vote.
+    pub fn campaign(&mut self) {
+        if self.role != Role::Leader && self.is_promotable() {
+            self.campaign_now();
+        }
+        self.check_invariants_if_debug();
+    }
+
     /// Proposes a command. On the leader it is appended and replicated; the returned id says
     /// where, so the caller can tell when it commits (or is lost: a different entry committed
     /// at that index).
@@ -482,7 +491,7 @@ impl RawNode {
             self.log.applied_to(applied);
         }
         if self.role == Role::Leader && self.maybe_commit() {
-            self.bcast_append(true);
+            self.bcast_append();
         }
         self.check_invariants_if_debug();
     }

@@ -114,6 +114,9 @@ pub struct Progress {
     pub(crate) inflights: Inflights,
     /// Heard from this node since the last CheckQuorum round (thesis §6.2).
     pub(crate) recent_active: bool,
+    /// Highest commit index sent to this follower in an append or heartbeat. An empty append
+    /// is worth sending only to raise it.
+    pub(crate) sent_commit: Index,
     /// Latest read round this follower acknowledged in this term (thesis §6.4).
     pub(crate) read_round_acked: u64,
     /// In `Replicate`: heartbeat answers received in a row while entries were outstanding and
@@ -137,6 +140,7 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(msgs_max, bytes_max),
             recent_active: false,
+            sent_commit: Index(0),
             read_round_acked: 0,
             stalled_heartbeats: 0,
         }

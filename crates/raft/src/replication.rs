@@ -51,19 +51,20 @@ impl RawNode {
         self.log.append(entries);
         // This node's own acknowledgement comes when the batch is durable (advance); a
         // one-node cluster commits then.
-        self.bcast_append(false);
+        self.bcast_append();
     }
 
-    /// Sends appends to every follower that can take one. With `with_empty`, followers with
-    /// nothing new still get an empty append, to learn a new commit index.
-    pub(crate) fn bcast_append(&mut self, with_empty: bool) {
+    /// Sends appends to every follower that can take one: new entries, or an empty append to
+    /// followers that have not been told the current commit index.
+    pub(crate) fn bcast_append(&mut self) {
         for peer in self.progress.keys().copied().collect::<Vec<_>>() {
-            self.send_append(peer, with_empty);
+            self.send_append(peer);
         }
     }
 
-    /// Sends one append to `to` if flow control allows. Returns whether one was sent.
-    pub(crate) fn send_append(&mut self, to: NodeId, with_empty: bool) -> bool {
+    /// Sends one append to `to` if flow control allows and it carries something: entries, a
+    /// probe, or a commit index the follower was not sent yet. Returns whether one was sent.
+    pub(crate) fn send_append(&mut self, to: NodeId) -> bool {
         let last = self.log.last_index();
         let Some(pr) = self.progress.get(&to) else {
             return false;
@@ -85,7 +86,8 @@ impl RawNode {
         } else {
             Vec::new()
         };
-        if entries.is_empty() && !with_empty && !probing {
+        let commit = self.log.committed();
+        if entries.is_empty() && !probing && pr.sent_commit >= commit {
             return false;
         }
         let sent_last = entries.last().map(|e| e.index);
@@ -94,13 +96,12 @@ impl RawNode {
             prev_index,
             prev_term,
             entries,
-            commit: self.log.committed(),
+            commit,
         };
         self.send(to, body);
-        self.progress
-            .get_mut(&to)
-            .expect("progress exists")
-            .sent_append(sent_last, bytes);
+        let pr = self.progress.get_mut(&to).expect("progress exists");
+        pr.sent_append(sent_last, bytes);
+        pr.sent_commit = pr.sent_commit.max(commit);
         true
     }
 
@@ -113,11 +114,12 @@ impl RawNode {
 
     pub(crate) fn send_heartbeats(&mut self, read_round: u64) {
         let commit = self.log.committed();
-        let targets: Vec<(NodeId, Index)> = self
-            .progress
-            .iter()
-            .map(|(&id, pr)| (id, pr.matched.min(commit)))
-            .collect();
+        let mut targets = Vec::with_capacity(self.progress.len());
+        for (&id, pr) in self.progress.iter_mut() {
+            let c = pr.matched.min(commit);
+            pr.sent_commit = pr.sent_commit.max(c);
+            targets.push((id, c));
+        }
         for (to, commit) in targets {
             self.send(to, MessageBody::Heartbeat { commit, read_round });
         }
@@ -150,7 +152,7 @@ impl RawNode {
             let next = self.next_after_rejection(index, hint);
             let pr = self.progress.get_mut(&from).expect("checked above");
             if pr.maybe_decr_to(index, next) {
-                self.send_append(from, false);
+                self.send_append(from);
             }
             return;
         }
@@ -166,10 +168,10 @@ impl RawNode {
             pr.become_replicate();
         }
         if self.maybe_commit() {
-            self.bcast_append(true);
+            self.bcast_append();
         }
         // Pipeline whatever else this follower can take.
-        while self.send_append(from, false) {}
+        while self.send_append(from) {}
     }
 
     /// Turns a follower's conflict hint into the next index to probe: skip the follower's whole
@@ -194,7 +196,7 @@ impl RawNode {
         pr.read_round_acked = pr.read_round_acked.max(read_round);
         // A heartbeat answer is proof of life: resend what may have been lost.
         if pr.on_heartbeat_response(last) {
-            self.send_append(from, false);
+            self.send_append(from);
         }
         if read_round > 0 {
             self.confirm_reads();

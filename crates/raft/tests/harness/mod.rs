@@ -1,0 +1,423 @@
+//! An in-memory cluster of real `RawNode`s for the core's tests: synchronous persistence,
+//! a message queue the test controls, partitions, restarts, and a textual trace of every
+//! batch and message for golden-trace tests.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use raft::{
+    Config, Entry, EntryId, EntryKind, HardState, Index, InitialState, Membership, Message,
+    MessageBody, NodeId, RawNode, ReadState, Ready, Term,
+};
+
+/// What a node has on its "disk".
+#[derive(Clone, Debug, Default)]
+pub struct Disk {
+    pub hard_state: HardState,
+    pub entries: Vec<Entry>,
+}
+
+impl Disk {
+    fn write(&mut self, rd: &Ready) {
+        if let Some(hs) = rd.hard_state {
+            self.hard_state = hs;
+        }
+        if let Some(first) = rd.entries.first() {
+            let keep = (first.index.0 - 1) as usize;
+            assert!(keep <= self.entries.len(), "gap in persisted log");
+            self.entries.truncate(keep);
+            self.entries.extend(rd.entries.iter().cloned());
+        }
+    }
+}
+
+pub fn nid(id: u64) -> NodeId {
+    NodeId::new(id).expect("non-zero id")
+}
+
+pub fn entry(index: u64, term: u64, data: &str) -> Entry {
+    Entry {
+        term: Term(term),
+        index: Index(index),
+        kind: EntryKind::Normal,
+        data: data.as_bytes().to_vec(),
+    }
+}
+
+/// Entries 1.. with the given terms.
+pub fn entries_with_terms(terms: &[u64]) -> Vec<Entry> {
+    terms
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| entry(i as u64 + 1, t, ""))
+        .collect()
+}
+
+pub struct Cluster {
+    pub nodes: BTreeMap<u64, RawNode>,
+    pub configs: BTreeMap<u64, Config>,
+    pub disks: BTreeMap<u64, Disk>,
+    pub membership: Membership,
+    /// Messages sent and not yet delivered, in send order.
+    pub queue: Vec<Message>,
+    /// Directed links that drop everything: (from, to).
+    pub cut: BTreeSet<(u64, u64)>,
+    /// Crashed nodes: neither tick, nor receive.
+    pub down: BTreeSet<u64>,
+    pub applied: BTreeMap<u64, Vec<Entry>>,
+    pub reads: BTreeMap<u64, Vec<ReadState>>,
+    pub failed_reads: BTreeMap<u64, Vec<u64>>,
+    /// Count of messages delivered, by kind name.
+    pub delivered: BTreeMap<&'static str, u64>,
+    pub trace: String,
+    /// When false, batches and messages are not traced.
+    pub verbose: bool,
+}
+
+impl Cluster {
+    /// `n` voters 1..=n with a config adjusted by `tweak`.
+    pub fn new(n: u64, tweak: impl Fn(&mut Config)) -> Cluster {
+        let ids: Vec<u64> = (1..=n).collect();
+        let mut c = Cluster::empty(&ids);
+        for &id in &ids {
+            let mut cfg = Config::new(nid(id));
+            cfg.seed = 42;
+            tweak(&mut cfg);
+            c.start(id, cfg, Disk::default());
+        }
+        c
+    }
+
+    pub fn empty(voters: &[u64]) -> Cluster {
+        Cluster {
+            nodes: BTreeMap::new(),
+            configs: BTreeMap::new(),
+            disks: BTreeMap::new(),
+            membership: Membership::new(voters.iter().map(|&i| nid(i))),
+            queue: Vec::new(),
+            cut: BTreeSet::new(),
+            down: BTreeSet::new(),
+            applied: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            failed_reads: BTreeMap::new(),
+            delivered: BTreeMap::new(),
+            trace: String::new(),
+            verbose: true,
+        }
+    }
+
+    /// Starts (or restarts) node `id` from `disk`.
+    pub fn start(&mut self, id: u64, cfg: Config, disk: Disk) {
+        let applied = self
+            .applied
+            .get(&id)
+            .map_or(0, |a| a.last().map_or(0, |e| e.index.0));
+        let state = InitialState {
+            hard_state: disk.hard_state,
+            membership: self.membership.clone(),
+            snapshot: EntryId::default(),
+            entries: disk.entries.clone(),
+            applied: Index(applied),
+        };
+        let node = RawNode::new(cfg.clone(), state).expect("valid start");
+        self.nodes.insert(id, node);
+        self.configs.insert(id, cfg);
+        self.disks.insert(id, disk);
+        self.down.remove(&id);
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut RawNode {
+        self.nodes.get_mut(&id).expect("node exists")
+    }
+
+    /// Crash: the node stops; in-flight messages to it are lost. Its disk stays (writes here are
+    /// synchronous, so nothing unsynced is lost).
+    pub fn crash(&mut self, id: u64) {
+        self.down.insert(id);
+        self.queue.retain(|m| m.to.get() != id);
+    }
+
+    pub fn restart(&mut self, id: u64) {
+        let cfg = self.configs[&id].clone();
+        let disk = self.disks[&id].clone();
+        self.start(id, cfg, disk);
+    }
+
+    pub fn isolate(&mut self, id: u64) {
+        for &other in self.nodes.keys() {
+            if other != id {
+                self.cut.insert((id, other));
+                self.cut.insert((other, id));
+            }
+        }
+    }
+
+    /// Only nodes within the same group can talk.
+    pub fn partition(&mut self, groups: &[Vec<u64>]) {
+        self.cut.clear();
+        let group_of = |id: u64| groups.iter().position(|g| g.contains(&id));
+        for &a in self.nodes.keys() {
+            for &b in self.nodes.keys() {
+                if a != b && group_of(a) != group_of(b) {
+                    self.cut.insert((a, b));
+                }
+            }
+        }
+    }
+
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Handles one ready batch of `id`, if any. Returns whether there was one.
+    pub fn process_ready(&mut self, id: u64) -> bool {
+        if self.down.contains(&id) {
+            return false;
+        }
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        if !node.has_ready() {
+            return false;
+        }
+        let rd = node.ready();
+        if self.verbose {
+            let _ = writeln!(self.trace, "> {id} handling Ready");
+            self.trace.push_str(&format_ready(&rd));
+        }
+        self.disks.get_mut(&id).expect("disk").write(&rd);
+        self.queue.extend(rd.messages.iter().cloned());
+        self.queue.extend(rd.persisted_messages.iter().cloned());
+        let applied = self.applied.entry(id).or_default();
+        for e in &rd.committed_entries {
+            if let Some(last) = applied.last() {
+                assert_eq!(e.index, last.index.next(), "apply gap at node {id}");
+            }
+            applied.push(e.clone());
+        }
+        self.reads
+            .entry(id)
+            .or_default()
+            .extend(rd.read_states.iter().copied());
+        self.failed_reads
+            .entry(id)
+            .or_default()
+            .extend(rd.failed_reads.iter().map(|c| c.0));
+        let node = self.nodes.get_mut(&id).expect("node exists");
+        node.advance(rd.number);
+        node.check_invariants();
+        true
+    }
+
+    /// Delivers every queued message addressed to `to` (or all, if `None`), in order. Messages
+    /// over cut links or to crashed nodes are dropped. Returns the number delivered.
+    pub fn deliver(&mut self, to: Option<u64>) -> usize {
+        let (now, later): (Vec<Message>, Vec<Message>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|m| to.is_none_or(|t| m.to.get() == t));
+        self.queue = later;
+        let mut n = 0;
+        for m in now {
+            let (from, dest) = (m.from.get(), m.to.get());
+            if self.cut.contains(&(from, dest)) || self.down.contains(&dest) {
+                if self.verbose {
+                    let _ = writeln!(self.trace, "  dropped: {}", format_msg(&m));
+                }
+                continue;
+            }
+            if self.verbose {
+                let _ = writeln!(self.trace, "  deliver: {}", format_msg(&m));
+            }
+            *self.delivered.entry(m.body.name()).or_default() += 1;
+            let node = self.nodes.get_mut(&dest).expect("node exists");
+            node.step(m).expect("well-addressed message");
+            node.check_invariants();
+            n += 1;
+        }
+        n
+    }
+
+    /// Processes batches and delivers messages until nothing moves.
+    pub fn stabilize(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            let ids: Vec<u64> = self.nodes.keys().copied().collect();
+            for id in ids {
+                while self.process_ready(id) {
+                    moved = true;
+                }
+            }
+            if self.deliver(None) > 0 {
+                moved = true;
+            }
+            if !moved && self.queue.is_empty() {
+                return;
+            }
+        }
+        panic!("cluster did not stabilize");
+    }
+
+    pub fn tick(&mut self, id: u64, n: u64) {
+        if self.down.contains(&id) {
+            return;
+        }
+        for _ in 0..n {
+            self.node(id).tick();
+        }
+    }
+
+    /// Ticks every live node once, then stabilizes.
+    pub fn tick_all(&mut self) {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.tick(id, 1);
+        }
+        self.stabilize();
+    }
+
+    /// Campaigns at `id` and stabilizes; returns whether it became leader.
+    pub fn elect(&mut self, id: u64) -> bool {
+        self.node(id).campaign();
+        self.stabilize();
+        self.nodes[&id].status().role == raft::Role::Leader
+    }
+
+    /// The one leader among live nodes with the highest term, if any.
+    pub fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter(|(id, _)| !self.down.contains(id))
+            .filter(|(_, n)| n.status().role == raft::Role::Leader)
+            .max_by_key(|(_, n)| n.status().term)
+            .map(|(&id, _)| id)
+    }
+
+    /// Terms of the node's log, as "index/term" of every entry.
+    pub fn log_terms(&self, id: u64) -> Vec<u64> {
+        let log = self.nodes[&id].log();
+        let last = log.last_index();
+        if last < log.first_index() {
+            return Vec::new();
+        }
+        log.slice(log.first_index(), last, u64::MAX)
+            .iter()
+            .map(|e| e.term.0)
+            .collect()
+    }
+
+    pub fn applied_data(&self, id: u64) -> Vec<String> {
+        self.applied
+            .get(&id)
+            .map(|es| {
+                es.iter()
+                    .filter(|e| e.kind == EntryKind::Normal)
+                    .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn take_trace(&mut self) -> String {
+        std::mem::take(&mut self.trace)
+    }
+}
+
+pub fn format_entry(e: &Entry) -> String {
+    match e.kind {
+        EntryKind::Noop => format!("{}/{} noop", e.index, e.term),
+        EntryKind::Normal if e.data.is_empty() => format!("{}/{}", e.index, e.term),
+        EntryKind::Normal => format!(
+            "{}/{} {}",
+            e.index,
+            e.term,
+            String::from_utf8_lossy(&e.data)
+        ),
+    }
+}
+
+fn format_entries(es: &[Entry]) -> String {
+    es.iter().map(format_entry).collect::<Vec<_>>().join(", ")
+}
+
+pub fn format_msg(m: &Message) -> String {
+    let head = format!("{}->{} {} term={}", m.from, m.to, m.body.name(), m.term);
+    let rest = match &m.body {
+        MessageBody::PreVote {
+            last_log_index,
+            last_log_term,
+        }
+        | MessageBody::Vote {
+            last_log_index,
+            last_log_term,
+        } => format!(" last={last_log_index}/{last_log_term}"),
+        MessageBody::PreVoteResp { reject } | MessageBody::VoteResp { reject } => {
+            if *reject {
+                " rejected".to_string()
+            } else {
+                " granted".to_string()
+            }
+        }
+        MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        } => format!(
+            " prev={prev_index}/{prev_term} commit={commit} entries=[{}]",
+            format_entries(entries)
+        ),
+        MessageBody::AppendResp { index, reject } => match reject {
+            None => format!(" index={index}"),
+            Some(h) => format!(
+                " rejected index={index} hint={}/{}",
+                h.conflict_index,
+                h.conflict_term.map_or("-".to_string(), |t| t.to_string())
+            ),
+        },
+        MessageBody::Heartbeat { commit, read_round } => {
+            format!(" commit={commit} read_round={read_round}")
+        }
+        MessageBody::HeartbeatResp { read_round } => format!(" read_round={read_round}"),
+        MessageBody::ReadIndex { ctx } => format!(" ctx={}", ctx.0),
+        MessageBody::ReadIndexResp { ctx, index } => format!(
+            " ctx={} index={}",
+            ctx.0,
+            index.map_or("none".to_string(), |i| i.to_string())
+        ),
+    };
+    head + &rest
+}
+
+pub fn format_ready(rd: &Ready) -> String {
+    let mut s = String::new();
+    if let Some(ss) = rd.soft_state {
+        let leader = ss.leader.map_or("none".to_string(), |l| l.to_string());
+        let _ = writeln!(s, "  role: {:?} term={} leader={leader}", ss.role, ss.term);
+    }
+    if let Some(hs) = rd.hard_state {
+        let vote = hs.vote.map_or("none".to_string(), |v| v.to_string());
+        let _ = writeln!(
+            s,
+            "  hard state: term={} vote={vote} commit={}",
+            hs.term, hs.commit
+        );
+    }
+    if !rd.entries.is_empty() {
+        let _ = writeln!(s, "  persist: [{}]", format_entries(&rd.entries));
+    }
+    for m in &rd.messages {
+        let _ = writeln!(s, "  send: {}", format_msg(m));
+    }
+    for m in &rd.persisted_messages {
+        let _ = writeln!(s, "  send after persist: {}", format_msg(m));
+    }
+    if !rd.committed_entries.is_empty() {
+        let _ = writeln!(s, "  apply: [{}]", format_entries(&rd.committed_entries));
+    }
+    for r in &rd.read_states {
+        let _ = writeln!(s, "  read ready: ctx={} index={}", r.ctx.0, r.index);
+    }
+    for c in &rd.failed_reads {
+        let _ = writeln!(s, "  read failed: ctx={}", c.0);
+    }
+    s
+}

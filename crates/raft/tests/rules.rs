@@ -1,0 +1,716 @@
+//! One test per rule of the Raft paper's Figure 2 (and the rules around it), each naming the
+//! section it comes from. Single nodes are fed hand-made messages; clusters use the harness.
+
+mod harness;
+
+use harness::{entries_with_terms, entry, nid, Cluster, Disk};
+use raft::{
+    Config, EntryId, EntryKind, HardState, Index, InitialState, Membership, Message, MessageBody,
+    NodeId, ProposeError, RawNode, ReadCtx, Ready, Role, StartError, StepError, Term,
+};
+
+fn config(id: u64) -> Config {
+    let mut c = Config::new(nid(id));
+    c.pre_vote = false;
+    c.check_quorum = false;
+    c.seed = 7;
+    c
+}
+
+/// Node `id` of a 3-voter cluster starting from this log and term.
+fn node_with(id: u64, terms: &[u64], term: u64, commit: u64) -> RawNode {
+    let state = InitialState {
+        hard_state: HardState {
+            term: Term(term),
+            vote: None,
+            commit: Index(commit),
+        },
+        membership: Membership::new([nid(1), nid(2), nid(3)]),
+        snapshot: EntryId::default(),
+        entries: entries_with_terms(terms),
+        applied: Index(0),
+    };
+    RawNode::new(config(id), state).expect("valid node")
+}
+
+fn msg(from: u64, to: u64, term: u64, body: MessageBody) -> Message {
+    Message {
+        from: nid(from),
+        to: nid(to),
+        term: Term(term),
+        body,
+    }
+}
+
+fn vote_req(from: u64, to: u64, term: u64, last_index: u64, last_term: u64) -> Message {
+    msg(
+        from,
+        to,
+        term,
+        MessageBody::Vote {
+            last_log_index: Index(last_index),
+            last_log_term: Term(last_term),
+        },
+    )
+}
+
+fn append(
+    from: u64,
+    to: u64,
+    term: u64,
+    prev: (u64, u64),
+    ents: &[(u64, u64)],
+    commit: u64,
+) -> Message {
+    msg(
+        from,
+        to,
+        term,
+        MessageBody::Append {
+            prev_index: Index(prev.0),
+            prev_term: Term(prev.1),
+            entries: ents.iter().map(|&(i, t)| entry(i, t, "")).collect(),
+            commit: Index(commit),
+        },
+    )
+}
+
+/// Takes one batch, treating it as persisted and applied.
+fn drain(node: &mut RawNode) -> Ready {
+    assert!(node.has_ready());
+    let rd = node.ready();
+    node.advance(rd.number);
+    node.check_invariants();
+    rd
+}
+
+fn all_messages(rd: &Ready) -> Vec<Message> {
+    rd.messages
+        .iter()
+        .chain(&rd.persisted_messages)
+        .cloned()
+        .collect()
+}
+
+fn vote_granted(rd: &Ready, to: u64) -> Option<bool> {
+    all_messages(rd).iter().find_map(|m| match m.body {
+        MessageBody::VoteResp { reject } if m.to == nid(to) => Some(!reject),
+        _ => None,
+    })
+}
+
+fn append_resp(rd: &Ready) -> (Index, Option<raft::RejectHint>) {
+    all_messages(rd)
+        .iter()
+        .find_map(|m| match m.body {
+            MessageBody::AppendResp { index, reject } => Some((index, reject)),
+            _ => None,
+        })
+        .expect("an append response")
+}
+
+// ---- RequestVote receiver (Figure 2) ----
+
+#[test]
+fn vote_rule1_reject_stale_term() {
+    // §5.1: "Reply false if term < currentTerm".
+    let mut n = node_with(1, &[1, 1], 3, 0);
+    n.step(vote_req(2, 1, 2, 5, 2)).unwrap();
+    let rd = n.ready();
+    assert!(
+        all_messages(&rd).is_empty(),
+        "a stale vote request gets no grant"
+    );
+    assert_eq!(n.status().term, Term(3));
+    assert_eq!(n.status().vote, None);
+}
+
+#[test]
+fn vote_rule2_one_vote_per_term() {
+    // §5.2: each server votes for at most one candidate in a given term, first come first served.
+    let mut n = node_with(1, &[1], 1, 0);
+    n.step(vote_req(2, 1, 2, 1, 1)).unwrap();
+    n.step(vote_req(3, 1, 2, 1, 1)).unwrap();
+    let rd = drain(&mut n);
+    assert_eq!(vote_granted(&rd, 2), Some(true));
+    assert_eq!(vote_granted(&rd, 3), Some(false));
+    // The same candidate asking again (a retry) is granted again.
+    n.step(vote_req(2, 1, 2, 1, 1)).unwrap();
+    assert_eq!(vote_granted(&drain(&mut n), 2), Some(true));
+}
+
+#[test]
+fn vote_rule2_election_restriction() {
+    // §5.4.1: grant only if the candidate's log is at least as up to date: compare the last
+    // terms, then the lengths.
+    let cases = [
+        // (candidate last index, last term, granted)
+        (3, 2, true),  // same last entry
+        (4, 2, true),  // longer, same term
+        (2, 2, false), // shorter, same term
+        (1, 3, true),  // later term wins even when shorter
+        (9, 1, false), // earlier term loses even when longer
+    ];
+    for (i, (idx, t, granted)) in cases.into_iter().enumerate() {
+        let mut n = node_with(1, &[1, 2, 2], 2, 0);
+        n.step(vote_req(2, 1, 5, idx, t)).unwrap();
+        assert_eq!(vote_granted(&drain(&mut n), 2), Some(granted), "case {i}");
+    }
+}
+
+#[test]
+fn vote_is_persisted_before_the_reply() {
+    // Figure 2: "respond to RPCs only after updating stable storage"; a forgotten vote could
+    // elect two leaders in one term (§5.2).
+    let mut n = node_with(1, &[1], 1, 0);
+    n.step(vote_req(2, 1, 2, 1, 1)).unwrap();
+    let rd = n.ready();
+    assert_eq!(
+        rd.hard_state.map(|h| (h.term, h.vote)),
+        Some((Term(2), Some(nid(2))))
+    );
+    assert!(rd.messages.is_empty());
+    assert!(matches!(
+        rd.persisted_messages[0].body,
+        MessageBody::VoteResp { reject: false }
+    ));
+}
+
+// ---- AppendEntries receiver (Figure 2) ----
+
+#[test]
+fn append_rule1_stale_term_is_refused_and_the_sender_told() {
+    // §5.1: "Reply false if term < currentTerm". With CheckQuorum the answer carries our term
+    // so that a stale leader steps down; the entries are not taken.
+    let mut cfg = config(1);
+    cfg.check_quorum = true;
+    let state = InitialState::new_cluster([nid(1), nid(2), nid(3)]);
+    let mut n = RawNode::new(cfg, state).unwrap();
+    n.step(vote_req(3, 1, 5, 0, 0)).unwrap();
+    let _ = drain(&mut n);
+    n.step(append(2, 1, 4, (0, 0), &[(1, 4)], 0)).unwrap();
+    let rd = drain(&mut n);
+    assert_eq!(
+        n.status().last.index,
+        Index(0),
+        "stale entries not appended"
+    );
+    let m = &all_messages(&rd)[0];
+    assert_eq!((m.to, m.term), (nid(2), Term(5)));
+}
+
+#[test]
+fn append_rule2_reject_without_matching_prev() {
+    // §5.3: "Reply false if log doesn't contain an entry at prevLogIndex whose term matches
+    // prevLogTerm", with the conflict hint for fast backtracking.
+    let mut n = node_with(1, &[1, 1, 2], 2, 0);
+    n.step(append(2, 1, 3, (3, 3), &[(4, 3)], 0)).unwrap();
+    let (index, hint) = append_resp(&drain(&mut n));
+    let hint = hint.expect("rejected");
+    assert_eq!(index, Index(3));
+    assert_eq!(
+        (hint.conflict_term, hint.conflict_index),
+        (Some(Term(2)), Index(3))
+    );
+    n.step(append(2, 1, 3, (7, 3), &[], 0)).unwrap();
+    let (_, hint) = append_resp(&drain(&mut n));
+    assert_eq!(
+        hint.map(|h| (h.conflict_term, h.conflict_index)),
+        Some((None, Index(4)))
+    );
+}
+
+#[test]
+fn append_rule3_conflicts_truncate_the_suffix() {
+    // §5.3: "If an existing entry conflicts with a new one (same index but different terms),
+    // delete the existing entry and all that follow it".
+    let mut n = node_with(1, &[1, 1, 2, 2], 2, 0);
+    n.step(append(2, 1, 3, (2, 1), &[(3, 3)], 0)).unwrap();
+    let rd = drain(&mut n);
+    assert_eq!(rd.entries.len(), 1, "only the new entry is written");
+    assert_eq!(
+        rd.entries[0].id(),
+        EntryId {
+            term: Term(3),
+            index: Index(3)
+        }
+    );
+    assert_eq!(
+        n.status().last,
+        EntryId {
+            term: Term(3),
+            index: Index(3)
+        }
+    );
+}
+
+#[test]
+fn append_rule4_append_new_entries_but_keep_matching_ones() {
+    // §5.3: "Append any new entries not already in the log"; a delayed, shorter append must
+    // not truncate entries that follow it.
+    let mut n = node_with(1, &[1, 1, 1], 1, 0);
+    n.step(append(2, 1, 1, (1, 1), &[(2, 1)], 0)).unwrap();
+    let rd = drain(&mut n);
+    assert!(rd.entries.is_empty());
+    assert_eq!(n.status().last.index, Index(3));
+    assert_eq!(append_resp(&rd).0, Index(2));
+    n.step(append(2, 1, 1, (3, 1), &[(4, 1), (5, 1)], 0))
+        .unwrap();
+    assert_eq!(drain(&mut n).entries.len(), 2);
+}
+
+#[test]
+fn append_rule5_commit_to_min_of_leader_commit_and_last_new() {
+    // Figure 2: "If leaderCommit > commitIndex, set commitIndex = min(leaderCommit, index of
+    // last new entry)": entries after the last new one may still differ from the leader's.
+    let mut n = node_with(1, &[1, 1, 1, 1], 1, 0);
+    n.step(append(2, 1, 2, (1, 1), &[(2, 1)], 4)).unwrap();
+    assert_eq!(n.status().commit, Index(2));
+    let rd = drain(&mut n);
+    assert_eq!(
+        rd.committed_entries.len(),
+        2,
+        "persisted, committed entries are applied"
+    );
+}
+
+#[test]
+fn append_ack_waits_for_persistence() {
+    // Figure 2: an acknowledgement promises the entries are on stable storage.
+    let mut n = node_with(1, &[1], 1, 0);
+    n.step(append(2, 1, 1, (1, 1), &[(2, 1)], 0)).unwrap();
+    let rd = n.ready();
+    assert!(rd.messages.is_empty());
+    assert_eq!(rd.persisted_messages.len(), 1);
+    assert_eq!(rd.entries.len(), 1);
+}
+
+// ---- Rules for servers (Figure 2) ----
+
+#[test]
+fn all_servers_higher_term_converts_to_follower() {
+    // §5.1: "If RPC request or response contains term T > currentTerm: set currentTerm = T,
+    // convert to follower".
+    let mut c = Cluster::new(3, |cfg| cfg.pre_vote = false);
+    assert!(c.elect(1));
+    c.node(1)
+        .step(msg(2, 1, 9, MessageBody::HeartbeatResp { read_round: 0 }))
+        .unwrap();
+    let s = c.nodes[&1].status();
+    assert_eq!((s.role, s.term, s.vote), (Role::Follower, Term(9), None));
+}
+
+#[test]
+fn all_servers_apply_committed_entries_in_order() {
+    // §5.3: "If commitIndex > lastApplied: increment lastApplied, apply log[lastApplied]".
+    let mut c = Cluster::new(3, |_| {});
+    assert!(c.elect(1));
+    for i in 0..5 {
+        c.node(1).propose(format!("v{i}").into_bytes()).unwrap();
+    }
+    c.stabilize();
+    for id in 1..=3 {
+        assert_eq!(c.applied_data(id), ["v0", "v1", "v2", "v3", "v4"]);
+    }
+}
+
+#[test]
+fn followers_campaign_after_a_randomized_election_timeout() {
+    // §5.2: a follower that hears nothing for an election timeout becomes a candidate; the
+    // timeout is randomized in [election, 2 * election) so that split votes are rare.
+    let mut fired_at = Vec::new();
+    for seed in 0..50 {
+        let mut cfg = config(1);
+        cfg.seed = seed;
+        let mut n = RawNode::new(cfg, InitialState::new_cluster([nid(1), nid(2), nid(3)])).unwrap();
+        let mut ticks = 0;
+        while n.status().role == Role::Follower {
+            n.tick();
+            ticks += 1;
+            assert!(ticks < 20, "no election within 2 * election_ticks");
+        }
+        assert!(ticks >= 10, "election before election_ticks");
+        fired_at.push(ticks);
+        assert_eq!(
+            (n.status().role, n.status().term),
+            (Role::Candidate, Term(1))
+        );
+    }
+    fired_at.sort_unstable();
+    fired_at.dedup();
+    assert!(
+        fired_at.len() > 3,
+        "timeouts are not randomized: {fired_at:?}"
+    );
+}
+
+#[test]
+fn followers_that_hear_from_the_leader_do_not_campaign() {
+    // §5.2: "Followers remain followers as long as they receive valid RPCs from a leader".
+    let mut c = Cluster::new(3, |_| {});
+    assert!(c.elect(1));
+    for _ in 0..100 {
+        c.tick_all();
+    }
+    assert_eq!(c.leader(), Some(1));
+    assert_eq!(c.nodes[&2].status().term, c.nodes[&1].status().term);
+}
+
+#[test]
+fn candidates_vote_for_themselves_in_a_new_term_and_ask_everyone() {
+    // §5.2: "On conversion to candidate: increment currentTerm, vote for self, reset election
+    // timer, send RequestVote RPCs to all other servers".
+    let mut n = node_with(1, &[1, 1], 1, 0);
+    n.campaign();
+    let rd = drain(&mut n);
+    assert_eq!(
+        rd.hard_state.map(|h| (h.term, h.vote)),
+        Some((Term(2), Some(nid(1))))
+    );
+    let to: Vec<NodeId> = rd.persisted_messages.iter().map(|m| m.to).collect();
+    assert_eq!(to, [nid(2), nid(3)]);
+    assert!(rd.persisted_messages.iter().all(|m| matches!(
+        m.body,
+        MessageBody::Vote {
+            last_log_index: Index(2),
+            last_log_term: Term(1)
+        }
+    )));
+}
+
+#[test]
+fn candidates_become_leader_on_a_majority_and_append_a_noop() {
+    // §5.2 "If votes received from majority of servers: become leader"; §8: a new leader
+    // commits a blank no-op entry at the start of its term.
+    let mut n = node_with(1, &[], 0, 0);
+    n.campaign();
+    let _ = drain(&mut n);
+    n.step(msg(2, 1, 1, MessageBody::VoteResp { reject: false }))
+        .unwrap();
+    assert_eq!(n.status().role, Role::Leader);
+    let rd = drain(&mut n);
+    assert_eq!(rd.entries.len(), 1);
+    assert_eq!(rd.entries[0].kind, EntryKind::Noop);
+    assert_eq!(rd.entries[0].term, Term(1));
+}
+
+#[test]
+fn candidates_lose_on_a_majority_of_refusals() {
+    // §5.2: a candidate that cannot win goes back to being a follower and waits for a timeout.
+    let mut n = node_with(1, &[], 0, 0);
+    n.campaign();
+    let _ = drain(&mut n);
+    n.step(msg(2, 1, 1, MessageBody::VoteResp { reject: true }))
+        .unwrap();
+    assert_eq!(
+        n.status().role,
+        Role::Candidate,
+        "one refusal of three is not final"
+    );
+    n.step(msg(3, 1, 1, MessageBody::VoteResp { reject: true }))
+        .unwrap();
+    assert_eq!(n.status().role, Role::Follower);
+}
+
+#[test]
+fn candidates_follow_a_leader_of_their_term() {
+    // §5.2: "If AppendEntries RPC received from new leader: convert to follower".
+    let mut n = node_with(1, &[], 0, 0);
+    n.campaign();
+    let _ = drain(&mut n);
+    n.step(append(2, 1, 1, (0, 0), &[(1, 1)], 0)).unwrap();
+    let s = n.status();
+    assert_eq!(
+        (s.role, s.leader, s.term),
+        (Role::Follower, Some(nid(2)), Term(1))
+    );
+}
+
+#[test]
+fn candidates_start_a_new_election_on_timeout() {
+    // §5.2: "If election timeout elapses: start new election".
+    let mut n = node_with(1, &[], 0, 0);
+    n.campaign();
+    for _ in 0..20 {
+        n.tick();
+    }
+    assert_eq!(
+        (n.status().role, n.status().term),
+        (Role::Candidate, Term(2))
+    );
+}
+
+#[test]
+fn leaders_retry_with_an_earlier_next_index_on_rejection() {
+    // §5.3: "If AppendEntries fails because of log inconsistency: decrement nextIndex and
+    // retry" (here by a whole term at a time).
+    let mut c = Cluster::new(3, |cfg| cfg.pre_vote = false);
+    c.disks.insert(
+        1,
+        Disk {
+            hard_state: HardState {
+                term: Term(3),
+                vote: None,
+                commit: Index(0),
+            },
+            entries: entries_with_terms(&[1, 3, 3, 3]),
+        },
+    );
+    c.disks.insert(
+        2,
+        Disk {
+            hard_state: HardState {
+                term: Term(2),
+                vote: None,
+                commit: Index(0),
+            },
+            entries: entries_with_terms(&[1, 2, 2, 2, 2, 2]),
+        },
+    );
+    c.restart(1);
+    c.restart(2);
+    assert!(c.elect(1));
+    assert_eq!(c.log_terms(2), [1, 3, 3, 3, 4]);
+    assert_eq!(c.log_terms(3), [1, 3, 3, 3, 4]);
+}
+
+#[test]
+fn leaders_commit_only_current_term_entries_by_counting() {
+    // §5.4.2 and Figure 8: "If there exists an N such that N > commitIndex, a majority of
+    // matchIndex[i] >= N, and log[N].term == currentTerm: set commitIndex = N".
+    let mut n = node_with(1, &[1, 1], 2, 0);
+    n.campaign();
+    let _ = drain(&mut n);
+    n.step(msg(2, 1, 3, MessageBody::VoteResp { reject: false }))
+        .unwrap();
+    assert_eq!(n.status().role, Role::Leader);
+    let _ = drain(&mut n); // no-op 3/3 persisted
+                           // A follower acknowledges only the old-term entries: index 2 is on a majority, but of
+                           // term 1, so it must not commit.
+    n.step(msg(
+        2,
+        1,
+        3,
+        MessageBody::AppendResp {
+            index: Index(2),
+            reject: None,
+        },
+    ))
+    .unwrap();
+    assert_eq!(n.status().commit, Index(0));
+    // The no-op of term 3 on a majority commits it and everything before it.
+    n.step(msg(
+        2,
+        1,
+        3,
+        MessageBody::AppendResp {
+            index: Index(3),
+            reject: None,
+        },
+    ))
+    .unwrap();
+    assert_eq!(n.status().commit, Index(3));
+}
+
+#[test]
+fn leaders_count_themselves_only_once_persisted() {
+    // Figure 2: the leader's own entries count toward a majority only once on its own stable
+    // storage (thesis §10.2.1 lets it write in parallel with sending).
+    let mut n = node_with(1, &[], 0, 0);
+    n.campaign();
+    let _ = drain(&mut n);
+    n.step(msg(2, 1, 1, MessageBody::VoteResp { reject: false }))
+        .unwrap();
+    let rd = n.ready();
+    assert!(
+        !rd.messages.is_empty(),
+        "appends leave before the leader's own write"
+    );
+    n.step(msg(
+        2,
+        1,
+        1,
+        MessageBody::AppendResp {
+            index: Index(1),
+            reject: None,
+        },
+    ))
+    .unwrap();
+    n.step(msg(
+        3,
+        1,
+        1,
+        MessageBody::AppendResp {
+            index: Index(1),
+            reject: None,
+        },
+    ))
+    .unwrap();
+    assert_eq!(
+        n.status().commit,
+        Index(1),
+        "two followers are a majority without the leader"
+    );
+    n.advance(rd.number);
+}
+
+#[test]
+fn leader_counts_own_persistence_in_a_single_node_cluster() {
+    let id = nid(1);
+    let mut n = RawNode::new(config(1), InitialState::new_cluster([id])).unwrap();
+    n.campaign();
+    assert_eq!(n.status().role, Role::Leader);
+    let rd = drain(&mut n);
+    assert_eq!(rd.entries.len(), 1);
+    assert_eq!(
+        n.status().commit,
+        Index(1),
+        "commits once its own write is durable"
+    );
+    n.propose(b"x".to_vec()).unwrap();
+    let _ = drain(&mut n);
+    let rd = drain(&mut n);
+    assert_eq!(
+        rd.committed_entries.last().map(|e| e.data.clone()),
+        Some(b"x".to_vec())
+    );
+}
+
+// ---- Proposals, limits and errors ----
+
+#[test]
+fn proposals_on_followers_name_the_leader() {
+    let mut c = Cluster::new(3, |_| {});
+    assert!(c.elect(2));
+    let err = c.node(1).propose(b"x".to_vec()).unwrap_err();
+    assert_eq!(
+        err,
+        ProposeError::NotLeader {
+            leader: Some(nid(2))
+        }
+    );
+    assert_eq!(err.to_string(), "not the leader; leader is 2");
+}
+
+#[test]
+fn proposals_beyond_the_uncommitted_limit_are_busy() {
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.msg_bytes_max = 1000;
+        cfg.inflight_bytes_max = 1000;
+        cfg.uncommitted_bytes_max = 1000;
+    });
+    assert!(c.elect(1));
+    c.isolate(1);
+    let mut accepted = 0;
+    let err = loop {
+        match c.node(1).propose(vec![0; 100]) {
+            Ok(_) => accepted += 1,
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err, ProposeError::Busy);
+    assert_eq!(accepted, 1000 / 124);
+    let too_big = c.node(1).propose(vec![0; 2000]).unwrap_err();
+    assert!(matches!(too_big, ProposeError::TooLarge { .. }));
+    // Once the cluster heals and commits, proposals are accepted again.
+    c.heal();
+    c.stabilize();
+    for _ in 0..3 {
+        c.tick_all();
+    }
+    assert!(c.node(1).propose(vec![0; 100]).is_ok());
+}
+
+#[test]
+fn reads_need_a_leader() {
+    let mut n = node_with(1, &[], 0, 0);
+    assert_eq!(n.read_index(ReadCtx(1)), Err(raft::ReadError::NoLeader));
+}
+
+#[test]
+fn bad_messages_are_errors_not_panics() {
+    let mut n = node_with(1, &[], 0, 0);
+    assert_eq!(
+        n.step(msg(2, 3, 1, MessageBody::HeartbeatResp { read_round: 0 })),
+        Err(StepError::WrongRecipient { to: nid(3) })
+    );
+    assert_eq!(
+        n.step(msg(1, 1, 1, MessageBody::HeartbeatResp { read_round: 0 })),
+        Err(StepError::FromSelf)
+    );
+}
+
+#[test]
+fn start_rejects_bad_config_and_inconsistent_state() {
+    let mut cfg = config(1);
+    cfg.heartbeat_ticks = 0;
+    let err = RawNode::new(cfg, InitialState::new_cluster([nid(1)])).unwrap_err();
+    assert!(matches!(err, StartError::Config(ref e) if e.field == "heartbeat_ticks"));
+    let mut state = InitialState::new_cluster([nid(1)]);
+    state.entries = entries_with_terms(&[1, 2]);
+    state.hard_state.term = Term(1);
+    let err = RawNode::new(config(1), state).unwrap_err();
+    assert!(
+        err.to_string().contains("above the persisted term"),
+        "{err}"
+    );
+    let mut state = InitialState::new_cluster([nid(1)]);
+    state.entries = vec![entry(2, 1, "")];
+    state.hard_state.term = Term(1);
+    assert!(matches!(
+        RawNode::new(config(1), state),
+        Err(StartError::CorruptState(_))
+    ));
+}
+
+#[test]
+#[should_panic(expected = "ready() called before advance()")]
+fn one_batch_at_a_time() {
+    let mut n = node_with(1, &[], 0, 0);
+    n.campaign();
+    let _ = n.ready();
+    n.campaign();
+    let _ = n.ready();
+}
+
+#[test]
+fn restart_keeps_term_vote_and_log() {
+    // Figure 2 "persistent state on all servers": currentTerm, votedFor, log[].
+    let mut c = Cluster::new(3, |_| {});
+    assert!(c.elect(1));
+    c.node(1).propose(b"a".to_vec()).unwrap();
+    c.stabilize();
+    let before = c.nodes[&2].status();
+    c.crash(2);
+    c.restart(2);
+    let after = c.nodes[&2].status();
+    assert_eq!(
+        (after.term, after.vote, after.last),
+        (before.term, before.vote, before.last)
+    );
+    assert_eq!(after.commit, before.commit);
+}
+
+#[test]
+fn same_inputs_same_outputs() {
+    // Determinism: the core has no hidden randomness or clock.
+    let run = || {
+        let mut c = Cluster::new(5, |cfg| cfg.seed = 99);
+        for round in 0..200 {
+            if round == 50 {
+                c.isolate(c.leader().unwrap_or(1));
+            }
+            if round == 120 {
+                c.heal();
+            }
+            if let Some(l) = c.leader() {
+                let _ = c.node(l).propose(format!("r{round}").into_bytes());
+            }
+            c.tick_all();
+        }
+        c.take_trace()
+    };
+    let (a, b) = (run(), run());
+    assert!(a.len() > 1000);
+    assert_eq!(a, b);
+}

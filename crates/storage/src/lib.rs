@@ -1,1 +1,39 @@
-//! Durable storage for the Raft log, hard state and snapshots (work in progress: see issue 6).
+//! # Skiff storage
+//!
+//! Durable storage for one Raft node: the log, the hard state (term, vote, commit), the
+//! membership, an identity record (cluster id and node id), and snapshot files. It implements
+//! the persistence half of the core's output batch (`raft::Ready`): [`Store::write`] makes a
+//! batch's hard state and entries durable with one sync before it returns, so the server may
+//! then send `persisted_messages` and call `advance`.
+//!
+//! The log lives in fjall (an LSM engine with a checksummed, synced journal), with every value
+//! additionally checksummed by our own versioned codec. Snapshots are plain files written
+//! atomically. See [`store`] for the layout and invariants.
+//!
+//! ```no_run
+//! # use storage::{Identity, Options, Store};
+//! # fn main() -> Result<(), storage::StorageError> {
+//! let id = Identity { cluster_id: 1, node_id: raft::NodeId::new(1).unwrap() };
+//! let (mut store, recovered) = Store::open("/var/lib/skiff".as_ref(), Options::new(id))?;
+//! let state = storage::initial_state(&store, recovered.log_start.index)?;
+//! // ... RawNode::new(config, state); for each Ready:
+//! // store.write(rd.hard_state.as_ref(), &rd.entries)?; then send rd.persisted_messages.
+//! # let _ = state; Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod cache;
+pub mod codec;
+mod error;
+mod identity;
+mod options;
+mod snapshot;
+mod staging;
+pub mod store;
+
+pub use error::StorageError;
+pub use identity::Identity;
+pub use options::{Options, JOURNAL_BYTES_MIN};
+pub use snapshot::SnapshotMeta;
+pub use staging::{StagedProgress, CHUNK_BYTES_MAX};
+pub use store::{initial_state, Recovered, Store};

@@ -1,0 +1,273 @@
+//! Snapshot files: written atomically, the newest kept, older ones removed once the new one is
+//! durable; plus the staging file for a snapshot being received in chunks.
+//!
+//! A snapshot file `snap-<term:016x>-<index:016x>.snap` is
+//! `[magic 8][header len u32][sealed header][data][crc32(data) u32]`, the header holding the
+//! last included entry id, the membership as of that entry and the data length.
+//! Saving writes `<name>.tmp`, fsyncs it, renames it into place and fsyncs the directory; a crash
+//! leaves either the old state or the new one, and leftover `.tmp` files are deleted on open.
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use raft::{EntryId, Index, Membership, Term};
+
+use crate::codec::{self, Reader};
+use crate::error::StorageError;
+
+/// First bytes of every snapshot file.
+const MAGIC: &[u8; 8] = b"SKIFFSNP";
+/// Largest header accepted; bounds allocation when the length field is corrupt.
+const HEADER_BYTES_MAX: u32 = 64 * 1024;
+
+/// What a snapshot covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotMeta {
+    /// The last log entry the snapshot includes.
+    pub last: EntryId,
+    /// The voting configuration as of `last`.
+    pub membership: Membership,
+}
+
+/// The snapshot directory. Invariant: `latest` is the newest durable, header-verified file.
+#[derive(Debug)]
+pub struct SnapshotDir {
+    /// The directory holding snapshot files and the staging file.
+    dir: PathBuf,
+    /// The newest complete snapshot, if any.
+    latest: Option<SnapshotMeta>,
+}
+
+/// Fsyncs a directory so that renames and creations in it are durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StorageError::io("fsync directory", dir, e))
+}
+
+fn file_name(last: EntryId) -> String {
+    format!("snap-{:016x}-{:016x}.snap", last.term.0, last.index.0)
+}
+
+fn parse_name(name: &str) -> Option<EntryId> {
+    let rest = name.strip_prefix("snap-")?.strip_suffix(".snap")?;
+    let (t, i) = rest.split_once('-')?;
+    if t.len() != 16 || i.len() != 16 {
+        return None;
+    }
+    Some(EntryId {
+        term: Term(u64::from_str_radix(t, 16).ok()?),
+        index: Index(u64::from_str_radix(i, 16).ok()?),
+    })
+}
+
+fn encode_header(meta: &SnapshotMeta, data_len: u64) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend_from_slice(&meta.last.term.0.to_le_bytes());
+    p.extend_from_slice(&meta.last.index.0.to_le_bytes());
+    codec::put_membership(&mut p, &meta.membership);
+    p.extend_from_slice(&data_len.to_le_bytes());
+    codec::seal_payload(&p)
+}
+
+fn decode_header(bytes: &[u8]) -> Result<(SnapshotMeta, u64), String> {
+    let mut r = Reader::new(codec::unseal_payload(bytes)?);
+    let last = EntryId {
+        term: Term(r.u64()?),
+        index: Index(r.u64()?),
+    };
+    let membership = codec::get_membership(&mut r)?;
+    let data_len = r.u64()?;
+    r.finish()?;
+    Ok((SnapshotMeta { last, membership }, data_len))
+}
+
+impl SnapshotDir {
+    /// Opens (creating if needed) the snapshot directory: deletes interrupted `.tmp` files,
+    /// finds the newest snapshot and checks its header. A corrupt newest snapshot is an error.
+    pub fn open(dir: &Path) -> Result<SnapshotDir, StorageError> {
+        fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+        let mut newest: Option<EntryId> = None;
+        for name in list(dir)? {
+            if name.ends_with(".tmp") {
+                tracing::warn!(file = %name, "removing interrupted snapshot write");
+                let p = dir.join(&name);
+                fs::remove_file(&p).map_err(|e| StorageError::io("remove", &p, e))?;
+            } else if let Some(id) = parse_name(&name) {
+                if newest.is_none_or(|n| id.index > n.index) {
+                    newest = Some(id);
+                }
+            }
+        }
+        let latest = match newest {
+            None => None,
+            Some(id) => Some(read_header(&dir.join(file_name(id)), id)?.0),
+        };
+        Ok(SnapshotDir {
+            dir: dir.to_path_buf(),
+            latest,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The newest durable snapshot.
+    pub fn latest(&self) -> Option<&SnapshotMeta> {
+        self.latest.as_ref()
+    }
+
+    /// Writes a snapshot atomically and durably, then removes older ones. Saving a snapshot
+    /// that is not newer than the latest is refused.
+    pub fn save(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        if let Some(l) = &self.latest {
+            if meta.last.index <= l.last.index {
+                return Err(StorageError::InvalidRequest(format!(
+                    "snapshot at {} is not newer than the stored one at {}",
+                    meta.last.index, l.last.index
+                )));
+            }
+        }
+        let name = file_name(meta.last);
+        let path = self.dir.join(&name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        write_file(&tmp, meta, data)?;
+        fs::rename(&tmp, &path).map_err(|e| StorageError::io("rename", &tmp, e))?;
+        sync_dir(&self.dir)?;
+        self.latest = Some(meta.clone());
+        // Only now is the new snapshot durable; the old ones may go.
+        for old in list(&self.dir)? {
+            if let Some(id) = parse_name(&old) {
+                if id.index < meta.last.index {
+                    let p = self.dir.join(&old);
+                    fs::remove_file(&p).map_err(|e| StorageError::io("remove", &p, e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and fully verifies the newest snapshot.
+    pub fn load_latest(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        let Some(meta) = &self.latest else {
+            return Ok(None);
+        };
+        let path = self.dir.join(file_name(meta.last));
+        let (meta, data_len, header_end, mut f) = read_header(&path, meta.last)?;
+        let len = usize::try_from(data_len)
+            .map_err(|_| StorageError::corrupt(path.display().to_string(), 0, "huge length"))?;
+        let mut data = vec![0u8; len];
+        f.read_exact(&mut data)
+            .map_err(|e| short(&path, header_end, e))?;
+        let mut crc = [0u8; 4];
+        f.read_exact(&mut crc)
+            .map_err(|e| short(&path, header_end + data_len, e))?;
+        if u32::from_le_bytes(crc) != crc32fast::hash(&data) {
+            return Err(StorageError::corrupt(
+                path.display().to_string(),
+                header_end,
+                "snapshot data checksum mismatch",
+            ));
+        }
+        let mut rest = Vec::new();
+        f.read_to_end(&mut rest)
+            .map_err(|e| StorageError::io("read", &path, e))?;
+        if !rest.is_empty() {
+            return Err(StorageError::corrupt(
+                path.display().to_string(),
+                header_end + data_len + 4,
+                "trailing bytes after snapshot",
+            ));
+        }
+        Ok(Some((meta, data)))
+    }
+}
+
+/// Lists file names in `dir`.
+pub(crate) fn list(dir: &Path) -> Result<Vec<String>, StorageError> {
+    let mut names = Vec::new();
+    let rd = fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
+    for ent in rd {
+        let ent = ent.map_err(|e| StorageError::io("list", dir, e))?;
+        if let Some(n) = ent.file_name().to_str() {
+            names.push(n.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+fn short(path: &Path, offset: u64, e: std::io::Error) -> StorageError {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        StorageError::corrupt(path.display().to_string(), offset, "snapshot file is short")
+    } else {
+        StorageError::io("read", path, e)
+    }
+}
+
+fn write_file(tmp: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+    let header = encode_header(meta, data.len() as u64);
+    let header_len = u32::try_from(header.len()).expect("header is small");
+    let mut f = File::create(tmp).map_err(|e| StorageError::io("create", tmp, e))?;
+    let mut w = |b: &[u8]| {
+        f.write_all(b)
+            .map_err(|e| StorageError::io("write", tmp, e))
+    };
+    w(MAGIC)?;
+    w(&header_len.to_le_bytes())?;
+    w(&header)?;
+    w(data)?;
+    w(&crc32fast::hash(data).to_le_bytes())?;
+    f.sync_all().map_err(|e| StorageError::io("fsync", tmp, e))
+}
+
+/// Opens a snapshot file and checks magic and header; returns the reader positioned at data.
+fn read_header(
+    path: &Path,
+    expected: EntryId,
+) -> Result<(SnapshotMeta, u64, u64, File), StorageError> {
+    let file = path.display().to_string();
+    let mut f = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+    let mut magic = [0u8; 8];
+    f.read_exact(&mut magic).map_err(|e| short(path, 0, e))?;
+    if &magic != MAGIC {
+        return Err(StorageError::corrupt(file, 0, "bad snapshot magic"));
+    }
+    let mut len = [0u8; 4];
+    f.read_exact(&mut len).map_err(|e| short(path, 8, e))?;
+    let len = u32::from_le_bytes(len);
+    if len > HEADER_BYTES_MAX {
+        return Err(StorageError::corrupt(file, 8, "snapshot header too long"));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| short(path, 12, e))?;
+    let (meta, data_len) =
+        decode_header(&header).map_err(|r| StorageError::corrupt(file.clone(), 12, r))?;
+    let header_end = 12 + u64::from(len);
+    let file_len = f
+        .metadata()
+        .map_err(|e| StorageError::io("stat", path, e))?
+        .len();
+    if header_end
+        .checked_add(data_len)
+        .and_then(|n| n.checked_add(4))
+        != Some(file_len)
+    {
+        return Err(StorageError::corrupt(
+            file,
+            header_end,
+            format!("header says {data_len} data bytes but the file holds {file_len} bytes"),
+        ));
+    }
+    if meta.last != expected {
+        return Err(StorageError::corrupt(
+            file,
+            12,
+            format!("header says {:?}, file name says {:?}", meta.last, expected),
+        ));
+    }
+    Ok((meta, data_len, header_end, f))
+}

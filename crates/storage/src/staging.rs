@@ -1,0 +1,239 @@
+//! The staging file for a snapshot received in chunks from the leader. Each chunk is fsynced
+//! as it arrives, so a restart resumes from the bytes already received; a torn last chunk is
+//! truncated, and a staging file whose header is unreadable is discarded (the leader resends).
+//!
+//! `incoming.stage` = records `[payload len u32][sealed payload]`; record 0 is the header
+//! (snapshot meta and total length), records 1.. are chunks in order.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use raft::{EntryId, Index, Term};
+
+use crate::codec::{self, Reader};
+use crate::error::StorageError;
+use crate::snapshot::{sync_dir, SnapshotMeta};
+
+/// Name of the staging file inside the snapshot directory.
+const STAGE_FILE: &str = "incoming.stage";
+/// Largest chunk accepted (and so the largest record read back).
+pub const CHUNK_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// How far a staged snapshot has come.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StagedProgress {
+    /// The snapshot being received.
+    pub meta: SnapshotMeta,
+    /// Its total size in bytes, as announced by the sender.
+    pub total_bytes: u64,
+    /// Bytes durably received so far (the offset of the next chunk).
+    /// Invariant: `received_bytes <= total_bytes`.
+    pub received_bytes: u64,
+}
+
+/// An open staging file.
+#[derive(Debug)]
+pub struct Staging {
+    /// Path of the staging file.
+    path: PathBuf,
+    /// The file, positioned at its end.
+    file: File,
+    /// Progress so far.
+    progress: StagedProgress,
+}
+
+fn encode_record(payload: &[u8]) -> Vec<u8> {
+    let sealed = codec::seal_payload(payload);
+    let mut rec = (sealed.len() as u32).to_le_bytes().to_vec();
+    rec.extend_from_slice(&sealed);
+    rec
+}
+
+impl Staging {
+    /// Starts staging a new snapshot, replacing any staged one.
+    pub fn begin(
+        dir: &Path,
+        meta: &SnapshotMeta,
+        total_bytes: u64,
+    ) -> Result<Staging, StorageError> {
+        let path = dir.join(STAGE_FILE);
+        let mut p = Vec::new();
+        p.extend_from_slice(&meta.last.term.0.to_le_bytes());
+        p.extend_from_slice(&meta.last.index.0.to_le_bytes());
+        codec::put_membership(&mut p, &meta.membership);
+        p.extend_from_slice(&total_bytes.to_le_bytes());
+        let mut file = File::create(&path).map_err(|e| StorageError::io("create", &path, e))?;
+        file.write_all(&encode_record(&p))
+            .and_then(|()| file.sync_all())
+            .map_err(|e| StorageError::io("write", &path, e))?;
+        sync_dir(dir)?;
+        Ok(Staging {
+            path,
+            file,
+            progress: StagedProgress {
+                meta: meta.clone(),
+                total_bytes,
+                received_bytes: 0,
+            },
+        })
+    }
+
+    /// Reopens a staging file left by an earlier run, if any. A torn tail is truncated; an
+    /// unreadable header discards the file. Both are logged.
+    pub fn recover(dir: &Path) -> Result<Option<Staging>, StorageError> {
+        let path = dir.join(STAGE_FILE);
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(mut f) => f
+                .read_to_end(&mut bytes)
+                .map_err(|e| StorageError::io("read", &path, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StorageError::io("open", &path, e)),
+        };
+        let mut records = Vec::new();
+        let mut pos = 0usize;
+        while let Some((payload, next)) = next_record(&bytes, pos) {
+            records.push(payload);
+            pos = next;
+        }
+        let Some((meta, total_bytes)) = records.first().and_then(|h| decode_header(h).ok()) else {
+            tracing::warn!(file = %path.display(), "discarding staged snapshot with unreadable header");
+            discard_path(dir, &path)?;
+            return Ok(None);
+        };
+        let received_bytes: u64 = records[1..].iter().map(|c| c.len() as u64).sum();
+        if received_bytes > total_bytes {
+            tracing::warn!(file = %path.display(), "discarding staged snapshot longer than announced");
+            discard_path(dir, &path)?;
+            return Ok(None);
+        }
+        let mut file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| StorageError::io("open", &path, e))?;
+        if pos < bytes.len() {
+            tracing::warn!(
+                file = %path.display(),
+                offset = pos,
+                "truncating torn tail of staged snapshot"
+            );
+            file.set_len(pos as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| StorageError::io("truncate", &path, e))?;
+        }
+        file.seek(SeekFrom::End(0))
+            .map_err(|e| StorageError::io("seek", &path, e))?;
+        Ok(Some(Staging {
+            path,
+            file,
+            progress: StagedProgress {
+                meta,
+                total_bytes,
+                received_bytes,
+            },
+        }))
+    }
+
+    /// Progress so far.
+    pub fn progress(&self) -> &StagedProgress {
+        &self.progress
+    }
+
+    /// Appends a chunk durably. `offset` must equal the bytes received so far.
+    pub fn write_chunk(&mut self, offset: u64, chunk: &[u8]) -> Result<(), StorageError> {
+        let p = &self.progress;
+        if offset != p.received_bytes {
+            return Err(StorageError::InvalidRequest(format!(
+                "chunk at offset {offset}, expected {}",
+                p.received_bytes
+            )));
+        }
+        if chunk.len() > CHUNK_BYTES_MAX || p.received_bytes + chunk.len() as u64 > p.total_bytes {
+            return Err(StorageError::InvalidRequest(format!(
+                "chunk of {} bytes at {offset} overflows the announced {} bytes",
+                chunk.len(),
+                p.total_bytes
+            )));
+        }
+        self.file
+            .write_all(&encode_record(chunk))
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| StorageError::io("write", &self.path, e))?;
+        self.progress.received_bytes += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// Reads back the whole staged snapshot once every byte has arrived.
+    pub fn assemble(&self) -> Result<Vec<u8>, StorageError> {
+        let p = &self.progress;
+        if p.received_bytes != p.total_bytes {
+            return Err(StorageError::InvalidRequest(format!(
+                "staged snapshot has {} of {} bytes",
+                p.received_bytes, p.total_bytes
+            )));
+        }
+        let bytes = fs::read(&self.path).map_err(|e| StorageError::io("read", &self.path, e))?;
+        let mut data = Vec::with_capacity(p.total_bytes as usize);
+        let mut pos = 0usize;
+        let mut first = true;
+        while let Some((payload, next)) = next_record(&bytes, pos) {
+            if !first {
+                data.extend_from_slice(payload);
+            }
+            first = false;
+            pos = next;
+        }
+        if pos != bytes.len() || data.len() as u64 != p.total_bytes {
+            return Err(StorageError::corrupt(
+                self.path.display().to_string(),
+                pos as u64,
+                "staged snapshot changed on disk",
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Deletes the staging file.
+    pub fn discard(self) -> Result<(), StorageError> {
+        let dir = self
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        discard_path(&dir, &self.path)
+    }
+}
+
+fn discard_path(dir: &Path, path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StorageError::io("remove", path, e)),
+    }
+}
+
+/// The record at `pos`, if it is whole and its checksum holds, and where the next one starts.
+fn next_record(bytes: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+    let len_bytes = bytes.get(pos..pos.checked_add(4)?)?;
+    let len = u32::from_le_bytes(len_bytes.try_into().ok()?) as usize;
+    if len > CHUNK_BYTES_MAX + codec::SEAL_OVERHEAD_BYTES {
+        return None;
+    }
+    let end = pos.checked_add(4)?.checked_add(len)?;
+    let sealed = bytes.get(pos + 4..end)?;
+    let payload = codec::unseal_payload(sealed).ok()?;
+    Some((payload, end))
+}
+
+fn decode_header(p: &[u8]) -> Result<(SnapshotMeta, u64), String> {
+    let mut r = Reader::new(p);
+    let last = EntryId {
+        term: Term(r.u64()?),
+        index: Index(r.u64()?),
+    };
+    let membership = codec::get_membership(&mut r)?;
+    let total = r.u64()?;
+    r.finish()?;
+    Ok((SnapshotMeta { last, membership }, total))
+}

@@ -1,0 +1,342 @@
+//! Writes: the synced append (group commit), compaction, snapshot install and membership.
+
+use fjall::PersistMode;
+use raft::{Entry, EntryId, HardState, Index, Membership};
+
+use super::{Store, COMPACT_BATCH_KEYS_MAX, KEY_HARD_STATE, KEY_LOG_START, KEY_MEMBERSHIP};
+use crate::codec;
+use crate::error::StorageError;
+use crate::snapshot::SnapshotMeta;
+use crate::staging::Staging;
+
+impl Store {
+    fn ensure_ok(&self) -> Result<(), StorageError> {
+        if self.failed {
+            return Err(StorageError::Failed);
+        }
+        Ok(())
+    }
+
+    /// Runs a batch; on failure marks the store failed (fsync errors are not retryable).
+    fn commit(&mut self, batch: fjall::OwnedWriteBatch) -> Result<(), StorageError> {
+        batch.commit().map_err(|e| {
+            self.failed = true;
+            self.eng(e)
+        })
+    }
+
+    /// Persists one output batch of the core: the hard state (if any) and entries (if any),
+    /// replacing stored entries at and after `entries[0].index`. Durable when it returns:
+    /// everything goes into one engine batch with one `fdatasync`, so the caller group-commits
+    /// by passing many entries at once.
+    pub fn write(
+        &mut self,
+        hard_state: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        self.ensure_ok()?;
+        self.validate_append(hard_state, entries)?;
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for e in entries {
+            batch.insert(
+                &self.entries,
+                codec::index_key(e.index),
+                codec::encode_entry(e),
+            );
+        }
+        let new_last = entries.last().map_or(self.last_index, |e| e.index);
+        if entries.is_empty() {
+            debug_assert_eq!(new_last, self.last_index);
+        }
+        let mut i = new_last.next();
+        while i <= self.last_index {
+            // The truncated suffix beyond the new entries goes in the same batch.
+            batch.remove(&self.entries, codec::index_key(i));
+            i = i.next();
+        }
+        if let Some(hs) = hard_state {
+            batch.insert(&self.meta, KEY_HARD_STATE, codec::encode_hard_state(hs));
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.commit(batch)?;
+        if let Some(hs) = hard_state {
+            self.hard_state = *hs;
+        }
+        if !entries.is_empty() {
+            self.last_index = new_last;
+            self.cache.append(entries);
+        }
+        self.check_invariants_if_debug();
+        Ok(())
+    }
+
+    fn validate_append(
+        &self,
+        hs: Option<&HardState>,
+        entries: &[Entry],
+    ) -> Result<(), StorageError> {
+        let bad = |m: String| Err(StorageError::InvalidRequest(m));
+        if let Some(hs) = hs {
+            if hs.term < self.hard_state.term {
+                return bad(format!(
+                    "hard state term {} < stored {}",
+                    hs.term, self.hard_state.term
+                ));
+            }
+        }
+        let commit = hs.map_or(self.hard_state.commit, |h| h.commit);
+        let Some(first) = entries.first() else {
+            if commit > self.last_index {
+                return bad(format!(
+                    "commit {commit} past the last entry {}",
+                    self.last_index
+                ));
+            }
+            return Ok(());
+        };
+        if first.index <= self.log_start.index {
+            return bad(format!("entry {} is in the compacted prefix", first.index));
+        }
+        if first.index > self.last_index.next() {
+            return bad(format!(
+                "entry {} leaves a gap after {}",
+                first.index, self.last_index
+            ));
+        }
+        if first.index <= self.hard_state.commit {
+            return bad(format!(
+                "entry {} would replace a committed entry (commit {})",
+                first.index, self.hard_state.commit
+            ));
+        }
+        for w in entries.windows(2) {
+            if w[1].index != w[0].index.next() || w[1].term < w[0].term {
+                return bad(format!(
+                    "entries {:?} and {:?} are out of order",
+                    w[0].id(),
+                    w[1].id()
+                ));
+            }
+        }
+        for e in entries {
+            if e.data.len() as u64 > self.options.entry_bytes_max {
+                return bad(format!("entry {} has {} bytes", e.index, e.data.len()));
+            }
+        }
+        let last = entries.last().expect("non-empty").index;
+        if commit > last {
+            return bad(format!("commit {commit} past the new last entry {last}"));
+        }
+        Ok(())
+    }
+
+    /// Drops the log prefix up to and including `to`, which a durable snapshot must cover and
+    /// which must be committed. Idempotent for `to` at or before the current start.
+    pub fn compact(&mut self, to: EntryId) -> Result<(), StorageError> {
+        self.ensure_ok()?;
+        if to.index <= self.log_start.index {
+            return Ok(());
+        }
+        let bad = |m: String| Err(StorageError::InvalidRequest(m));
+        if to.index > self.hard_state.commit {
+            return bad(format!(
+                "compact to {} past commit {}",
+                to.index, self.hard_state.commit
+            ));
+        }
+        let covered = self.snapshots.latest().map_or(Index(0), |s| s.last.index);
+        if to.index > covered {
+            return bad(format!(
+                "compact to {} past the durable snapshot at {covered}",
+                to.index
+            ));
+        }
+        let term = self.term(to.index)?;
+        if term != to.term {
+            return bad(format!("compact to {to:?} but the entry's term is {term}"));
+        }
+        // Record the new start first: if a crash interrupts the removals, open finishes them.
+        let mut lo = self.log_start.index.next();
+        let mut batch = self.db.batch();
+        batch.insert(&self.meta, KEY_LOG_START, codec::encode_entry_id(to));
+        loop {
+            let hi = Index((lo.0 + COMPACT_BATCH_KEYS_MAX - 1).min(to.index.0));
+            let mut i = lo;
+            while i <= hi {
+                batch.remove(&self.entries, codec::index_key(i));
+                i = i.next();
+            }
+            self.commit(batch)?;
+            if hi == to.index {
+                break;
+            }
+            lo = hi.next();
+            batch = self.db.batch();
+        }
+        self.log_start = to;
+        self.cache.compact_to(to.index);
+        self.check_invariants_if_debug();
+        Ok(())
+    }
+
+    /// Replaces the whole log with a snapshot (a follower installing one from the leader):
+    /// every entry goes, the log restarts after `to`, and `hard_state` (whose commit should be
+    /// `to.index`) is written in the same synced batch. A durable snapshot at `to` must exist.
+    pub fn reset_to_snapshot(
+        &mut self,
+        to: EntryId,
+        hard_state: &HardState,
+    ) -> Result<(), StorageError> {
+        self.ensure_ok()?;
+        let latest = self.snapshots.latest().map(|s| s.last);
+        if latest != Some(to) {
+            return Err(StorageError::InvalidRequest(format!(
+                "reset to {to:?} but the durable snapshot is {latest:?}"
+            )));
+        }
+        if hard_state.commit > to.index || hard_state.term < self.hard_state.term {
+            return Err(StorageError::InvalidRequest(format!(
+                "hard state {hard_state:?} does not fit a reset to {to:?}"
+            )));
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.meta, KEY_LOG_START, codec::encode_entry_id(to));
+        batch.insert(
+            &self.meta,
+            KEY_HARD_STATE,
+            codec::encode_hard_state(hard_state),
+        );
+        let mut i = self.log_start.index.next();
+        while i <= self.last_index {
+            batch.remove(&self.entries, codec::index_key(i));
+            i = i.next();
+        }
+        self.commit(batch)?;
+        self.log_start = to;
+        self.last_index = to.index;
+        self.hard_state = *hard_state;
+        self.cache.clear();
+        self.check_invariants_if_debug();
+        Ok(())
+    }
+
+    /// Persists the voting configuration (synced).
+    pub fn set_membership(&mut self, membership: &Membership) -> Result<(), StorageError> {
+        self.ensure_ok()?;
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(
+            &self.meta,
+            KEY_MEMBERSHIP,
+            codec::encode_membership(membership),
+        );
+        self.commit(batch)?;
+        self.membership = membership.clone();
+        Ok(())
+    }
+
+    /// Saves a snapshot file atomically and durably; older snapshot files are then removed.
+    /// The log is not touched: call [`Store::compact`] afterwards.
+    pub fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        self.snapshots.save(meta, data)
+    }
+
+    /// Reads and verifies the newest snapshot file.
+    pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
+        self.snapshots.load_latest()
+    }
+
+    /// Starts receiving a snapshot in chunks, discarding any staged one.
+    pub fn stage_begin(
+        &mut self,
+        meta: &SnapshotMeta,
+        total_bytes: u64,
+    ) -> Result<(), StorageError> {
+        if let Some(old) = self.staging.take() {
+            old.discard()?;
+        }
+        self.staging = Some(Staging::begin(self.snapshots.dir(), meta, total_bytes)?);
+        Ok(())
+    }
+
+    /// Durably appends a chunk of the snapshot being received; `offset` must be the number of
+    /// bytes received so far. Returns the new number of bytes received.
+    pub fn stage_chunk(&mut self, offset: u64, chunk: &[u8]) -> Result<u64, StorageError> {
+        let staging = self
+            .staging
+            .as_mut()
+            .ok_or_else(|| StorageError::InvalidRequest("no snapshot is being staged".into()))?;
+        staging.write_chunk(offset, chunk)?;
+        Ok(staging.progress().received_bytes)
+    }
+
+    /// Progress of the snapshot being received, if any.
+    pub fn staged(&self) -> Option<&crate::staging::StagedProgress> {
+        self.staging.as_ref().map(|s| s.progress())
+    }
+
+    /// Turns a fully received staged snapshot into the durable snapshot file and removes the
+    /// staging file. Returns its metadata and data (to restore the state machine from).
+    pub fn stage_finish(&mut self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+        let staging = self
+            .staging
+            .as_ref()
+            .ok_or_else(|| StorageError::InvalidRequest("no snapshot is being staged".into()))?;
+        let data = staging.assemble()?;
+        let meta = staging.progress().meta.clone();
+        self.snapshots.save(&meta, &data)?;
+        if let Some(s) = self.staging.take() {
+            s.discard()?;
+        }
+        Ok((meta, data))
+    }
+
+    /// Abandons the snapshot being received, if any.
+    pub fn stage_discard(&mut self) -> Result<(), StorageError> {
+        match self.staging.take() {
+            Some(s) => s.discard(),
+            None => Ok(()),
+        }
+    }
+
+    /// Forces everything written so far (including unsynced compactions) to disk.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.ensure_ok()?;
+        self.db.persist(PersistMode::SyncAll).map_err(|e| {
+            self.failed = true;
+            self.eng(e)
+        })
+    }
+
+    /// Panics if the in-memory view breaks an invariant. Cheap: no IO.
+    pub fn check_invariants(&self) {
+        assert!(
+            self.log_start.index <= self.last_index,
+            "log start past last index"
+        );
+        assert!(
+            self.hard_state.commit <= self.last_index,
+            "commit past last index"
+        );
+        if let Some(l) = self.cache.last_index() {
+            assert_eq!(l, self.last_index, "cache is not a suffix of the log");
+        }
+        if let Some(f) = self.cache.first_index() {
+            assert!(f > self.log_start.index, "cache holds compacted entries");
+        }
+        if let Some(s) = self.snapshots.latest() {
+            assert!(
+                s.last.index >= self.log_start.index,
+                "log compacted past snapshot"
+            );
+        }
+        self.cache.check_invariants();
+    }
+
+    pub(super) fn check_invariants_if_debug(&self) {
+        if cfg!(debug_assertions) {
+            self.check_invariants();
+        }
+    }
+}

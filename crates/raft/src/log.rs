@@ -195,15 +195,20 @@ impl RaftLog {
         let last_new = prev.index.plus(entries.len() as u64);
         // Receiver rule 3: find the first entry that is new or conflicts; entries before it
         // are already here (a duplicate or reordered append must not truncate them, §5.3).
-        let first_new = entries
-            .iter()
-            .position(|e| !self.matches(e.id()))
-            .unwrap_or(entries.len());
+        let first_new = if cfg!(feature = "mut-truncate-committed") {
+            // Mutation: treat every entry as new, so a stale append truncates what follows it.
+            0
+        } else {
+            entries
+                .iter()
+                .position(|e| !self.matches(e.id()))
+                .unwrap_or(entries.len())
+        };
         if first_new < entries.len() {
             let from = entries[first_new].index;
             if from <= self.last_index() {
                 assert!(
-                    from > self.committed,
+                    from > self.committed || cfg!(feature = "mut-truncate-committed"),
                     "truncating committed entry {from} (committed {})",
                     self.committed
                 );
@@ -258,7 +263,14 @@ impl RaftLog {
     }
 
     fn truncate_from(&mut self, from: Index) {
-        assert!(from > self.offset.index && from > self.committed);
+        assert!(from > self.offset.index);
+        assert!(from > self.committed || cfg!(feature = "mut-truncate-committed"));
+        if cfg!(feature = "mut-truncate-committed") {
+            // Mutation: keep the pointers consistent so the bug surfaces in the simulator's
+            // checkers rather than in this log's own asserts.
+            self.committed = self.committed.min(from.prev());
+            self.applied = self.applied.min(from.prev());
+        }
         let keep = (from.0 - self.offset.index.0 - 1) as usize;
         self.entries.truncate(keep);
         self.unstable_from = self.unstable_from.min(from);

@@ -290,7 +290,11 @@ impl RawNode {
         let seed = config.seed ^ config.id.get().wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let mut node = RawNode {
             term: state.hard_state.term,
-            vote: state.hard_state.vote,
+            vote: if cfg!(feature = "mut-forget-vote") {
+                None
+            } else {
+                state.hard_state.vote
+            },
             role: Role::Follower,
             leader: None,
             log,
@@ -488,6 +492,11 @@ impl RawNode {
             self.log.persisted_to(last);
         }
         if let Some(applied) = rd.applied_last {
+            let mut applied = applied;
+            if cfg!(feature = "mut-apply-twice") && applied > self.log.applied().next() {
+                // Mutation: forget the last entry was applied, so it is handed out again.
+                applied = applied.prev();
+            }
             self.log.applied_to(applied);
         }
         if self.role == Role::Leader && self.maybe_commit() {

@@ -1,1 +1,58 @@
-//! Deterministic cluster simulator (work in progress: see issue 3).
+//! # Skiff's deterministic cluster simulator
+//!
+//! Runs whole clusters of the real `raft` core, plus a small replicated KV store with client
+//! sessions, in one thread under virtual time, driven by one `u64` seed (TigerBeetle's VOPR
+//! and openraft's fuzzer are the models). The seed picks every fault: message loss, delay,
+//! reordering and duplication, partitions, crashes that lose unsynced writes, pauses.
+//!
+//! Checks: after every step of every node, the safety properties of the Raft paper (one module
+//! each in [`invariants`]); after a run, linearizability of the KV clients' history
+//! ([`linearizability`]). Every failure names the seed and the command that replays it.
+//!
+//! Scenarios ([`scenarios`]) port the MIT 6.5840 Raft lab tests with their structure and
+//! constants (1 tick = 10 ms of virtual time), add KV scenarios and a swarm scenario.
+
+pub mod client;
+pub mod cluster;
+pub mod history;
+pub mod host;
+pub mod invariants;
+pub mod kv;
+pub mod linearizability;
+#[cfg(feature = "mutations")]
+pub mod mutations;
+pub mod net;
+pub mod rng;
+pub mod runner;
+pub mod scenarios;
+pub mod trace;
+
+pub use cluster::{
+    set_driver_bug, Cluster, ClusterConfig, DiskConfig, DriverBug, SimFailure, TICK_MS,
+};
+pub use runner::{run_seed, Outcome};
+
+/// The mutation features this crate knows, and whether each is compiled in. Each re-introduces
+/// a known bug in `crates/raft` (see `mutations`), which the simulator must catch.
+pub const MUTATIONS: &[(&str, bool)] = &[
+    ("mut-double-vote", cfg!(feature = "mut-double-vote")),
+    (
+        "mut-no-election-restriction",
+        cfg!(feature = "mut-no-election-restriction"),
+    ),
+    ("mut-commit-old-term", cfg!(feature = "mut-commit-old-term")),
+    (
+        "mut-send-before-persist",
+        cfg!(feature = "mut-send-before-persist"),
+    ),
+    ("mut-apply-twice", cfg!(feature = "mut-apply-twice")),
+    (
+        "mut-truncate-committed",
+        cfg!(feature = "mut-truncate-committed"),
+    ),
+    (
+        "mut-read-without-quorum",
+        cfg!(feature = "mut-read-without-quorum"),
+    ),
+    ("mut-forget-vote", cfg!(feature = "mut-forget-vote")),
+];

@@ -1,0 +1,926 @@
+//! The simulated world: virtual time, an event queue, the network, the servers and the KV
+//! clients. Everything runs in one thread, in an order fixed by the seed: events are kept in a
+//! `BTreeMap` keyed by `(virtual ms, sequence number)`.
+//!
+//! After every step of every node the [`Checker`] runs; the first violation (or a panic inside
+//! the core) stops the run with a [`SimFailure`] that carries the seed and the command that
+//! replays it.
+
+use std::collections::BTreeMap;
+
+use raft::{
+    Config, EntryId, HardState, Index, InitialState, Message, NodeId, ProposeError, RawNode,
+    ReadCtx, ReadError, Status,
+};
+
+use crate::client::{Client, Pending};
+use crate::history::History;
+use crate::host::Host;
+use crate::invariants::{Checker, Violation};
+use crate::kv::{KvCommand, KvOp};
+use crate::net::{is_reply, NetConfig, Network};
+use crate::rng::Rng;
+use crate::trace::Trace;
+
+/// Virtual milliseconds per core tick.
+pub const TICK_MS: u64 = 10;
+
+/// How long a simulated sync takes, and what a crash does to unsynced writes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// Shortest sync, ms (0: synced within the same step).
+    pub sync_ms_min: u64,
+    /// Longest sync, ms.
+    pub sync_ms_max: u64,
+    /// Chance, per mille, that a crash keeps the written-but-unsynced batch.
+    pub unsynced_survives_per_mille: u64,
+}
+
+impl DiskConfig {
+    /// Syncs complete at once.
+    pub fn instant() -> DiskConfig {
+        DiskConfig {
+            sync_ms_min: 0,
+            sync_ms_max: 0,
+            unsynced_survives_per_mille: 0,
+        }
+    }
+}
+
+/// Everything a scenario chooses about its cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Number of servers.
+    pub nodes: usize,
+    /// Network behaviour.
+    pub net: NetConfig,
+    /// Disk behaviour.
+    pub disk: DiskConfig,
+    /// Core election timeout, ticks.
+    pub election_ticks: u64,
+    /// Core heartbeat interval, ticks.
+    pub heartbeat_ticks: u64,
+}
+
+impl ClusterConfig {
+    /// 6.5840 timing: 10 ms ticks, heartbeats every 100 ms (the lab allows at most ten per
+    /// second), elections after 300..600 ms.
+    pub fn lab(nodes: usize, unreliable: bool) -> ClusterConfig {
+        ClusterConfig {
+            nodes,
+            net: if unreliable {
+                NetConfig::unreliable()
+            } else {
+                NetConfig::reliable()
+            },
+            disk: DiskConfig::instant(),
+            election_ticks: 30,
+            heartbeat_ticks: 10,
+        }
+    }
+}
+
+/// Bugs the simulator can plant in its own driver (not in the core), so the checkers can be
+/// shown to catch each class of bug before any core mutation exists ("test the tester").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DriverBug {
+    /// Send `persisted_messages` before the batch is synced (a crash then forgets a vote or an
+    /// acknowledged entry).
+    SendBeforeSync,
+    /// Restart nodes with their durable vote dropped.
+    ForgetVoteOnRestart,
+    /// Apply the first entry of every batch twice.
+    ApplyTwice,
+    /// Serve Gets from the contacted node's state machine without ReadIndex.
+    LocalReads,
+}
+
+thread_local! {
+    static DRIVER_BUG: std::cell::Cell<Option<DriverBug>> = const { std::cell::Cell::new(None) };
+}
+
+/// Plants (or clears) a driver bug for clusters created afterwards on this thread.
+pub fn set_driver_bug(bug: Option<DriverBug>) {
+    DRIVER_BUG.with(|b| b.set(bug));
+}
+
+/// Why a run stopped: a broken invariant, a failed scenario expectation, or a core panic.
+#[derive(Clone, Debug)]
+pub struct SimFailure {
+    /// What went wrong, with the seed and the replay command.
+    pub message: String,
+}
+
+#[derive(Clone, Debug, Hash)]
+enum Event {
+    Tick { node: u64, incarnation: u64 },
+    Deliver(Message),
+    Sync { node: u64, incarnation: u64 },
+    ClientWake { client: usize, generation: u64 },
+}
+
+/// The simulated cluster.
+pub struct Cluster {
+    /// The run's seed.
+    pub seed: u64,
+    /// Scenario name, for the replay command.
+    pub scenario: String,
+    /// Extra replay flags (e.g. cargo features of a mutation).
+    pub replay_extra: String,
+    /// Scenario context printed with a failure (e.g. the swarm parameters).
+    pub context: String,
+    config: ClusterConfig,
+    now: u64,
+    seq: u64,
+    events: BTreeMap<(u64, u64), Event>,
+    hosts: Vec<Host>,
+    /// The network; scenarios partition and heal it directly.
+    pub net: Network,
+    /// The disk model; swarm scenarios change it.
+    pub disk: DiskConfig,
+    /// Randomness of the world (network, disk, timing).
+    world_rng: Rng,
+    /// Randomness for the scenario's own choices (commands, who to crash).
+    pub rng: Rng,
+    checker: Checker,
+    trace: Trace,
+    rpc_count: u64,
+    rpc_bytes: u64,
+    /// KV clients.
+    clients: Vec<Client>,
+    /// KV client history.
+    pub history: History,
+    /// Pending reads: `(node, ctx) -> client index`.
+    reads: BTreeMap<(u64, u64), usize>,
+    next_read_ctx: u64,
+    /// Keys the KV clients use.
+    pub keys: Vec<String>,
+    verbose: bool,
+    driver_bug: Option<DriverBug>,
+}
+
+impl Cluster {
+    /// A cluster of fresh nodes, started and connected.
+    pub fn new(seed: u64, scenario: &str, config: ClusterConfig) -> Cluster {
+        let mut root = Rng::new(seed);
+        let world_rng = root.fork(1);
+        let rng = root.fork(2);
+        let mut c = Cluster {
+            seed,
+            scenario: scenario.to_string(),
+            replay_extra: crate::runner::feature_flags(),
+            context: String::new(),
+            net: Network::new(config.net.clone()),
+            disk: config.disk.clone(),
+            hosts: (1..=config.nodes as u64).map(Host::new).collect(),
+            config,
+            now: 0,
+            seq: 0,
+            events: BTreeMap::new(),
+            world_rng,
+            rng,
+            checker: Checker::default(),
+            trace: Trace::default(),
+            rpc_count: 0,
+            rpc_bytes: 0,
+            clients: Vec::new(),
+            history: History::default(),
+            reads: BTreeMap::new(),
+            next_read_ctx: 1,
+            keys: (0..5).map(|k| format!("k{k}")).collect(),
+            verbose: std::env::var_os("SIM_VERBOSE").is_some(),
+            driver_bug: DRIVER_BUG.with(|b| b.get()),
+        };
+        for id in 1..=c.config.nodes as u64 {
+            c.start(id);
+        }
+        c
+    }
+
+    // ----- Observation -----
+
+    /// Virtual time, ms.
+    pub fn now_ms(&self) -> u64 {
+        self.now
+    }
+
+    /// Number of servers.
+    pub fn n(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// Node ids, `1..=n`.
+    pub fn ids(&self) -> Vec<u64> {
+        (1..=self.hosts.len() as u64).collect()
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    fn host(&self, node: u64) -> &Host {
+        &self.hosts[(node - 1) as usize]
+    }
+
+    fn host_mut(&mut self, node: u64) -> &mut Host {
+        &mut self.hosts[(node - 1) as usize]
+    }
+
+    /// Status of a running node.
+    pub fn status(&self, node: u64) -> Option<Status> {
+        self.host(node).raft.as_ref().map(RawNode::status)
+    }
+
+    /// Whether the node is running.
+    pub fn alive(&self, node: u64) -> bool {
+        self.host(node).alive()
+    }
+
+    /// Whether the node is running and connected (6.5840's `cfg.connected[i]` for live nodes).
+    pub fn up(&self, node: u64) -> bool {
+        self.alive(node) && self.net.connected(node)
+    }
+
+    /// The command applied at `index` on `node`, if any (kept across restarts).
+    pub fn applied_at(&self, node: u64, index: u64) -> Option<&Vec<u8>> {
+        self.host(node).applied.get(&index)
+    }
+
+    /// Highest index `node` has applied in its current life.
+    pub fn applied_index(&self, node: u64) -> Index {
+        self.host(node).applied_index
+    }
+
+    /// Highest applied index over every node's applied map.
+    pub fn max_applied(&self) -> u64 {
+        self.hosts
+            .iter()
+            .filter_map(|h| h.applied.keys().next_back().copied())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Requests sent so far (labrpc counts calls, not replies).
+    pub fn rpc_count(&self) -> u64 {
+        self.rpc_count
+    }
+
+    /// Request bytes sent so far.
+    pub fn rpc_bytes(&self) -> u64 {
+        self.rpc_bytes
+    }
+
+    /// The trace digest so far.
+    pub fn trace_digest(&self) -> u64 {
+        self.trace.digest()
+    }
+
+    /// Events processed so far.
+    pub fn events(&self) -> u64 {
+        self.trace.events
+    }
+
+    /// Number of indexes known committed by the checker.
+    pub fn committed_len(&self) -> usize {
+        self.checker.committed_len()
+    }
+
+    // ----- Failure -----
+
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run -p sim --release{} -- --scenario {} --seed {}",
+            self.replay_extra, self.scenario, self.seed
+        )
+    }
+
+    /// Stops the run: a scenario expectation failed.
+    pub fn fail(&self, what: &str) -> ! {
+        let mut message = format!(
+            "{what}\n  scenario {} seed {} at virtual {} ms\n  replay: {}",
+            self.scenario,
+            self.seed,
+            self.now,
+            self.replay_command()
+        );
+        if !self.context.is_empty() {
+            message.push_str(&format!("\n  {}", self.context));
+        }
+        std::panic::panic_any(SimFailure { message })
+    }
+
+    fn violated(&self, v: Violation) -> ! {
+        self.fail(&format!("invariant {v}"))
+    }
+
+    fn checked(&self, r: Result<(), Violation>) {
+        if let Err(v) = r {
+            self.violated(v);
+        }
+    }
+
+    // ----- Node lifecycle -----
+
+    fn raft_config(&self, node: u64, incarnation: u64) -> Config {
+        let mut cfg = Config::new(NodeId::new(node).expect("ids start at 1"));
+        cfg.election_ticks = self.config.election_ticks;
+        cfg.heartbeat_ticks = self.config.heartbeat_ticks;
+        cfg.seed = self
+            .seed
+            .wrapping_add(incarnation.wrapping_mul(0x2545_F491_4F6C_DD1D));
+        cfg
+    }
+
+    /// Starts a crashed (or never started) node from its durable state.
+    pub fn start(&mut self, node: u64) {
+        assert!(!self.alive(node), "start of running node {node}");
+        let incarnation = self.host(node).incarnation;
+        let voters = self.ids().into_iter().map(|i| NodeId::new(i).unwrap());
+        let disk = self.host(node).disk.clone();
+        let fresh = disk.hard_state == HardState::default() && disk.entries.is_empty();
+        let mut hard_state = disk.hard_state;
+        if self.driver_bug == Some(DriverBug::ForgetVoteOnRestart) {
+            hard_state.vote = None;
+        }
+        let state = if fresh {
+            InitialState::new_cluster(voters)
+        } else {
+            InitialState {
+                hard_state,
+                membership: raft::Membership::new(voters),
+                snapshot: EntryId::default(),
+                entries: disk.entries.clone(),
+                applied: Index(0),
+            }
+        };
+        let raft = match RawNode::new(self.raft_config(node, incarnation), state) {
+            Ok(r) => r,
+            Err(e) => self.fail(&format!("node {node} failed to restart: {e}")),
+        };
+        let r = self.checker.on_restart(node, &raft, &hard_state);
+        self.checked(r);
+        let h = self.host_mut(node);
+        h.raft = Some(raft);
+        h.applied_index = Index(0);
+        h.kv = Default::default();
+        h.paused = false;
+        h.held.clear();
+        h.sync_held = false;
+        self.trace.record(("start", node, incarnation, self.now));
+        if self.verbose {
+            eprintln!("{:>7} n{node} start (incarnation {incarnation})", self.now);
+        }
+        self.after_step(node);
+        let phase = self.world_rng.below(TICK_MS);
+        self.schedule(phase + 1, Event::Tick { node, incarnation });
+    }
+
+    /// Crashes a node: volatile state and unsynced writes are lost (unless the disk model lets
+    /// the pending batch survive).
+    pub fn crash(&mut self, node: u64) {
+        if !self.alive(node) {
+            return;
+        }
+        let survives = self.world_rng.chance(self.disk.unsynced_survives_per_mille);
+        let h = self.host_mut(node);
+        h.raft = None;
+        h.incarnation += 1;
+        h.paused = false;
+        h.held.clear();
+        h.sync_held = false;
+        let pending = h.pending.take();
+        let mut durable = None;
+        if let (Some(rd), true) = (pending, survives) {
+            h.disk.write(rd.hard_state, &rd.entries);
+            durable = rd.hard_state;
+        }
+        if let Some(hs) = durable {
+            let r = self.checker.on_durable(node, &hs);
+            self.checked(r);
+        }
+        self.trace.record(("crash", node, self.now, survives));
+        if self.verbose {
+            eprintln!("{:>7} n{node} crash (unsynced kept: {survives})", self.now);
+        }
+    }
+
+    /// 6.5840's `start1` on a running node: crash it and start it again from its disk.
+    pub fn restart(&mut self, node: u64) {
+        self.crash(node);
+        self.start(node);
+    }
+
+    /// Stops a node's clock and holds its deliveries and syncs (a long GC pause, a stopped VM).
+    pub fn pause(&mut self, node: u64) {
+        if self.alive(node) {
+            self.host_mut(node).paused = true;
+            self.trace.record(("pause", node, self.now));
+        }
+    }
+
+    /// Resumes a paused node: held messages arrive now, in order.
+    pub fn resume(&mut self, node: u64) {
+        if !self.alive(node) || !self.host(node).paused {
+            return;
+        }
+        self.trace.record(("resume", node, self.now));
+        let h = self.host_mut(node);
+        h.paused = false;
+        let held = std::mem::take(&mut h.held);
+        let sync = std::mem::take(&mut h.sync_held);
+        for m in held {
+            self.deliver(m);
+        }
+        if sync {
+            self.complete_sync(node);
+        }
+    }
+
+    /// Whether a node has a batch written but not yet synced.
+    pub fn has_pending(&self, node: u64) -> bool {
+        self.host(node).pending.is_some()
+    }
+
+    /// Whether a node is paused.
+    pub fn paused(&self, node: u64) -> bool {
+        self.host(node).paused
+    }
+
+    /// labrpc `disconnect`.
+    pub fn disconnect(&mut self, node: u64) {
+        self.trace.record(("disconnect", node, self.now));
+        self.net.disconnect(node);
+    }
+
+    /// labrpc `connect`.
+    pub fn connect(&mut self, node: u64) {
+        self.trace.record(("connect", node, self.now));
+        self.net.connect(node);
+    }
+
+    // ----- Inputs -----
+
+    /// 6.5840's `Start`: proposes on `node`; `None` if it is down or not the leader.
+    pub fn propose(&mut self, node: u64, data: Vec<u8>) -> Option<EntryId> {
+        let r = self.try_propose(node, data)?;
+        r.ok()
+    }
+
+    fn try_propose(&mut self, node: u64, data: Vec<u8>) -> Option<Result<EntryId, ProposeError>> {
+        let raft = self.host_mut(node).raft.as_mut()?;
+        let r = raft.propose(data);
+        self.trace.record(("propose", node, self.now, r.is_ok()));
+        if r.is_ok() {
+            self.after_step(node);
+            self.process_ready(node);
+        }
+        Some(r)
+    }
+
+    fn try_read(&mut self, node: u64, ctx: u64) -> Option<Result<(), ReadError>> {
+        let raft = self.host_mut(node).raft.as_mut()?;
+        let r = raft.read_index(ReadCtx(ctx));
+        self.trace.record(("read", node, self.now, r.is_ok()));
+        self.after_step(node);
+        self.process_ready(node);
+        Some(r)
+    }
+
+    // ----- Time -----
+
+    fn schedule(&mut self, delay_ms: u64, event: Event) {
+        self.seq += 1;
+        self.events.insert((self.now + delay_ms, self.seq), event);
+    }
+
+    /// Runs the world for `ms` virtual milliseconds.
+    pub fn run_for(&mut self, ms: u64) {
+        let until = self.now + ms;
+        while let Some(entry) = self.events.first_entry() {
+            if entry.key().0 > until {
+                break;
+            }
+            let ((t, _), ev) = entry.remove_entry();
+            self.now = t;
+            self.handle(ev);
+        }
+        self.now = until;
+    }
+
+    fn handle(&mut self, ev: Event) {
+        self.trace.record(&ev);
+        match ev {
+            Event::Tick { node, incarnation } => {
+                if self.host(node).incarnation != incarnation || !self.alive(node) {
+                    return;
+                }
+                self.schedule(TICK_MS, Event::Tick { node, incarnation });
+                if self.host(node).paused {
+                    return;
+                }
+                self.host_mut(node).raft.as_mut().expect("alive").tick();
+                self.after_step(node);
+                self.process_ready(node);
+            }
+            Event::Deliver(m) => self.deliver(m),
+            Event::Sync { node, incarnation } => {
+                if self.host(node).incarnation != incarnation || !self.alive(node) {
+                    return;
+                }
+                if self.host(node).paused {
+                    self.host_mut(node).sync_held = true;
+                    return;
+                }
+                self.complete_sync(node);
+            }
+            Event::ClientWake { client, generation } => {
+                if self.clients[client].generation == generation {
+                    self.client_wake(client);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, m: Message) {
+        let (from, to) = (m.from.get(), m.to.get());
+        if !self.net.link_up(from, to) || !self.alive(to) {
+            return;
+        }
+        if self.host(to).paused {
+            self.host_mut(to).held.push(m);
+            return;
+        }
+        if self.verbose {
+            eprintln!("{:>7} n{from}->n{to} t{} {:?}", self.now, m.term, m.body);
+        }
+        let r = self.host_mut(to).raft.as_mut().expect("alive").step(m);
+        if let Err(e) = r {
+            self.fail(&format!("node {to} refused a routed message: {e}"));
+        }
+        self.after_step(to);
+        self.process_ready(to);
+    }
+
+    fn send(&mut self, m: Message) {
+        let r = self.checker.on_send(&m);
+        self.checked(r);
+        if !is_reply(&m.body) {
+            self.rpc_count += 1;
+            self.rpc_bytes += m.body.size_bytes();
+        }
+        for d in self.net.route(&mut self.world_rng, &m) {
+            self.schedule(d, Event::Deliver(m.clone()));
+        }
+    }
+
+    fn after_step(&mut self, node: u64) {
+        let h = &self.hosts[(node - 1) as usize];
+        let raft = h.raft.as_ref().expect("checked node is alive");
+        let r = self.checker.after_step(node, h.incarnation, raft);
+        self.checked(r);
+    }
+
+    /// Hands out the node's next batch if it has one and none is outstanding: messages leave
+    /// now, the writes wait for a (possibly delayed) sync.
+    fn process_ready(&mut self, node: u64) {
+        loop {
+            let h = self.host_mut(node);
+            if h.pending.is_some() || h.paused {
+                return;
+            }
+            let Some(raft) = h.raft.as_mut() else {
+                return;
+            };
+            if !raft.has_ready() {
+                return;
+            }
+            let mut rd = raft.ready();
+            let incarnation = h.incarnation;
+            self.trace.record((
+                "ready",
+                node,
+                rd.number,
+                rd.hard_state,
+                &rd.entries,
+                rd.committed_entries.len(),
+            ));
+            for m in std::mem::take(&mut rd.messages) {
+                self.send(m);
+            }
+            if self.driver_bug == Some(DriverBug::SendBeforeSync) {
+                for m in std::mem::take(&mut rd.persisted_messages) {
+                    self.send(m);
+                }
+            }
+            self.host_mut(node).pending = Some(rd);
+            let delay = self
+                .world_rng
+                .range(self.disk.sync_ms_min, self.disk.sync_ms_max);
+            if delay > 0 {
+                self.schedule(delay, Event::Sync { node, incarnation });
+                return;
+            }
+            self.complete_sync_inner(node);
+        }
+    }
+
+    fn complete_sync(&mut self, node: u64) {
+        self.complete_sync_inner(node);
+        self.process_ready(node);
+    }
+
+    /// The pending batch is durable: send what waited for it, apply, serve reads, advance.
+    fn complete_sync_inner(&mut self, node: u64) {
+        let Some(rd) = self.host_mut(node).pending.take() else {
+            return;
+        };
+        self.host_mut(node).disk.write(rd.hard_state, &rd.entries);
+        if let Some(hs) = rd.hard_state {
+            let r = self.checker.on_durable(node, &hs);
+            self.checked(r);
+        }
+        for m in rd.persisted_messages {
+            self.send(m);
+        }
+        let incarnation = self.host(node).incarnation;
+        let term = self.status(node).expect("alive").term;
+        let twice = (self.driver_bug == Some(DriverBug::ApplyTwice))
+            .then(|| rd.committed_entries.first().cloned())
+            .flatten();
+        for e in twice.iter().chain(&rd.committed_entries) {
+            let r = self.checker.on_apply(node, incarnation, term, e);
+            self.checked(r);
+            let h = self.host_mut(node);
+            h.applied_index = e.index;
+            h.applied.insert(e.index.0, e.data.clone());
+            if let Some((client, seq)) = h.kv.apply(&e.data) {
+                self.on_write_applied(node, client, seq);
+            }
+        }
+        for rs in &rd.read_states {
+            if self.host(node).applied_index < rs.index {
+                self.fail(&format!(
+                    "node {node} released read {:?} at index {} before applying it (applied {})",
+                    rs.ctx,
+                    rs.index,
+                    self.host(node).applied_index
+                ));
+            }
+            self.on_read_ready(node, rs.ctx.0);
+        }
+        for ctx in &rd.failed_reads {
+            self.on_read_failed(node, ctx.0);
+        }
+        self.host_mut(node)
+            .raft
+            .as_mut()
+            .expect("alive")
+            .advance(rd.number);
+        self.after_step(node);
+    }
+
+    /// End-of-run checks: a full Log Matching and committed-prefix pass over every live node.
+    pub fn final_checks(&mut self) {
+        for node in self.ids() {
+            let h = &self.hosts[(node - 1) as usize];
+            if let Some(raft) = h.raft.as_ref() {
+                let r = self.checker.full_check(node, raft);
+                self.checked(r);
+            }
+        }
+    }
+
+    // ----- KV clients -----
+
+    /// Adds a KV client that talks to `servers`; returns its index.
+    pub fn add_client(&mut self, servers: Vec<u64>) -> usize {
+        let id = self.clients.len();
+        let rng = self.rng.fork(100 + id as u64);
+        self.clients.push(Client::new(id as u64 + 1, servers, rng));
+        self.schedule(
+            1,
+            Event::ClientWake {
+                client: id,
+                generation: 0,
+            },
+        );
+        id
+    }
+
+    /// Starts or stops a client issuing new operations (a pending one continues).
+    pub fn set_client_active(&mut self, client: usize, active: bool) {
+        self.clients[client].active = active;
+        if active && self.clients[client].pending.is_none() {
+            self.wake_client(client, 1);
+        }
+    }
+
+    /// How long the client retries one operation before recording it as unknown.
+    pub fn set_client_give_up(&mut self, client: usize, ms: u64) {
+        self.clients[client].give_up_ms = ms;
+    }
+
+    /// Restricts the servers a client talks to.
+    pub fn set_client_servers(&mut self, client: usize, servers: Vec<u64>) {
+        self.clients[client].servers = servers;
+    }
+
+    /// Queues a specific operation for a client (it runs when the client is idle).
+    pub fn client_queue(&mut self, client: usize, key: &str, op: KvOp) {
+        self.clients[client].queue.push_back((key.to_string(), op));
+        if self.clients[client].pending.is_none() {
+            self.wake_client(client, 1);
+        }
+    }
+
+    /// Whether the client has an operation in progress or queued.
+    pub fn client_busy(&self, client: usize) -> bool {
+        self.clients[client].pending.is_some() || !self.clients[client].queue.is_empty()
+    }
+
+    /// Operations the client completed.
+    pub fn client_completed(&self, client: usize) -> u64 {
+        self.clients[client].completed
+    }
+
+    fn wake_client(&mut self, client: usize, delay: u64) {
+        let c = &mut self.clients[client];
+        c.generation += 1;
+        let generation = c.generation;
+        self.schedule(delay, Event::ClientWake { client, generation });
+    }
+
+    fn client_wake(&mut self, ci: usize) {
+        if self.clients[ci].pending.is_none() {
+            let now = self.now;
+            let c = &mut self.clients[ci];
+            let next = c.queue.pop_front().or_else(|| {
+                c.active.then(|| {
+                    let key = self.keys[c.rng.below(self.keys.len() as u64) as usize].clone();
+                    let op = c.random_op();
+                    (key, op)
+                })
+            });
+            let Some((key, op)) = next else {
+                return;
+            };
+            c.seq += 1;
+            let hist = self.history.invoke(c.id, &key, op.clone(), now);
+            c.pending = Some(Pending {
+                hist,
+                key,
+                op,
+                seq: c.seq,
+                at: None,
+                read_ctx: None,
+                give_up_at: now + c.give_up_ms,
+            });
+        }
+        let now = self.now;
+        let c = &mut self.clients[ci];
+        let p = c.pending.as_mut().expect("set above");
+        if p.at.is_some() {
+            // The attempt timed out: try the next server with the same sequence number.
+            p.at = None;
+            if let Some(ctx) = p.read_ctx.take() {
+                let node = c.servers[c.next % c.servers.len()];
+                self.reads.remove(&(node, ctx));
+            }
+            c.next += 1;
+        }
+        if now >= p.give_up_at {
+            // Unknown outcome: it may still take effect; the history says so.
+            c.pending = None;
+            self.wake_client(ci, 1);
+            return;
+        }
+        let node = c.servers[c.next % c.servers.len()];
+        if !self.up(node) || self.paused(node) {
+            self.clients[ci].next += 1;
+            self.wake_client(ci, 20);
+            return;
+        }
+        let (op, key, seq, client_id) = {
+            let p = self.clients[ci].pending.as_ref().expect("pending");
+            (p.op.clone(), p.key.clone(), p.seq, self.clients[ci].id)
+        };
+        match op {
+            KvOp::Get if self.driver_bug == Some(DriverBug::LocalReads) => {
+                let value = self.host(node).kv.get(&key);
+                self.complete_client(ci, Some(value));
+            }
+            KvOp::Get => {
+                let ctx = self.next_read_ctx;
+                self.next_read_ctx += 1;
+                // Register first: the read may be released within this very call.
+                self.reads.insert((node, ctx), ci);
+                {
+                    let p = self.clients[ci].pending.as_mut().expect("pending");
+                    p.at = Some(node);
+                    p.read_ctx = Some(ctx);
+                }
+                let generation = self.clients[ci].generation;
+                match self.try_read(node, ctx) {
+                    Some(Ok(())) => {
+                        if self.clients[ci].generation == generation {
+                            self.wake_client(ci, crate::client::ATTEMPT_MS);
+                        }
+                    }
+                    _ => {
+                        self.reads.remove(&(node, ctx));
+                        let c = &mut self.clients[ci];
+                        let p = c.pending.as_mut().expect("pending");
+                        p.at = None;
+                        p.read_ctx = None;
+                        c.next += 1;
+                        self.wake_client(ci, 20);
+                    }
+                }
+            }
+            KvOp::Put(_) | KvOp::Append(_) => {
+                let cmd = KvCommand {
+                    client: client_id,
+                    seq,
+                    key,
+                    op,
+                };
+                self.clients[ci].pending.as_mut().expect("pending").at = Some(node);
+                let generation = self.clients[ci].generation;
+                match self.try_propose(node, cmd.encode()) {
+                    Some(Ok(_)) => {
+                        if self.clients[ci].generation == generation {
+                            self.wake_client(ci, crate::client::ATTEMPT_MS);
+                        }
+                    }
+                    Some(Err(ProposeError::NotLeader { leader })) => {
+                        let c = &mut self.clients[ci];
+                        c.pending.as_mut().expect("pending").at = None;
+                        match leader.and_then(|l| c.servers.iter().position(|&s| s == l.get())) {
+                            Some(pos) => c.next = pos,
+                            None => c.next += 1,
+                        }
+                        self.wake_client(ci, 10);
+                    }
+                    _ => {
+                        self.clients[ci].pending.as_mut().expect("pending").at = None;
+                        self.wake_client(ci, 50);
+                    }
+                }
+            }
+        }
+    }
+
+    fn complete_client(&mut self, ci: usize, output: Option<String>) {
+        let p = self.clients[ci].pending.take().expect("pending");
+        self.history.complete(p.hist, output, self.now);
+        self.clients[ci].completed += 1;
+        let think = self.clients[ci]
+            .rng
+            .range(crate::client::THINK_MS_MIN, crate::client::THINK_MS_MAX);
+        self.wake_client(ci, think);
+    }
+
+    fn on_write_applied(&mut self, node: u64, client: u64, seq: u64) {
+        let ci = (client - 1) as usize;
+        let Some(c) = self.clients.get(ci) else {
+            return;
+        };
+        if c.pending
+            .as_ref()
+            .is_some_and(|p| p.seq == seq && p.at == Some(node) && p.read_ctx.is_none())
+        {
+            self.complete_client(ci, None);
+        }
+    }
+
+    fn on_read_ready(&mut self, node: u64, ctx: u64) {
+        let Some(ci) = self.reads.remove(&(node, ctx)) else {
+            return;
+        };
+        let Some(p) = self.clients[ci].pending.as_ref() else {
+            return;
+        };
+        if p.read_ctx != Some(ctx) {
+            return;
+        }
+        let value = self.host(node).kv.get(&p.key);
+        self.complete_client(ci, Some(value));
+    }
+
+    fn on_read_failed(&mut self, node: u64, ctx: u64) {
+        let Some(ci) = self.reads.remove(&(node, ctx)) else {
+            return;
+        };
+        let c = &mut self.clients[ci];
+        if let Some(p) = c.pending.as_mut() {
+            if p.read_ctx == Some(ctx) {
+                p.read_ctx = None;
+                p.at = None;
+                c.next += 1;
+                self.wake_client(ci, 10);
+            }
+        }
+    }
+}

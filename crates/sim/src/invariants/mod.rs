@@ -1,0 +1,188 @@
+//! Safety invariants, checked after every step of every node. One module per property, each
+//! citing the Raft paper (Ongaro and Ousterhout, extended version, Figure 3 and §5). The
+//! [`Checker`] computes what changed on a node since it was last observed (new log suffix,
+//! commit advance, role) and hands each module only that, so checking stays cheap enough to run
+//! after every single step.
+
+mod election_safety;
+mod leader_append_only;
+mod leader_completeness;
+mod log_matching;
+mod monotonic;
+mod state_machine_safety;
+
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+
+use raft::{Entry, EntryKind, HardState, Index, Message, MessageBody, RawNode, Role, Term};
+
+use crate::trace::Fnv;
+
+/// A broken safety property: which one, and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The property's name, as in the paper.
+    pub invariant: &'static str,
+    /// What was observed.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} violated: {}", self.invariant, self.detail)
+    }
+}
+
+/// Result of one check.
+pub type Check = Result<(), Violation>;
+
+pub(crate) fn violation(invariant: &'static str, detail: String) -> Check {
+    Err(Violation { invariant, detail })
+}
+
+/// A digest of an entry's content (kind and payload), to compare entries across nodes.
+pub fn entry_hash(e: &Entry) -> u64 {
+    let mut h = Fnv::default();
+    h.write_u8(match e.kind {
+        EntryKind::Normal => 1,
+        EntryKind::Noop => 2,
+    });
+    h.write(&e.data);
+    h.finish()
+}
+
+/// What the checker last saw of one node, to compute the change after the next step.
+#[derive(Clone, Debug, Default)]
+struct Shadow {
+    /// The node's incarnation when observed (a restart starts from scratch).
+    incarnation: u64,
+    /// `terms[i - 1]` is the term of the entry at index `i`.
+    terms: Vec<Term>,
+    /// Commit index observed.
+    commit: Index,
+    /// Current term observed.
+    term: Term,
+    /// Role observed.
+    role: Option<Role>,
+}
+
+/// Runs every invariant module.
+#[derive(Debug, Default)]
+pub struct Checker {
+    shadows: BTreeMap<u64, Shadow>,
+    election: election_safety::ElectionSafety,
+    append_only: leader_append_only::LeaderAppendOnly,
+    matching: log_matching::LogMatching,
+    completeness: leader_completeness::LeaderCompleteness,
+    sms: state_machine_safety::StateMachineSafety,
+    mono: monotonic::Monotonic,
+}
+
+impl Checker {
+    /// Observes node `node` after a step (tick, message, proposal, read, advance).
+    pub fn after_step(&mut self, node: u64, incarnation: u64, raft: &RawNode) -> Check {
+        raft.check_invariants();
+        let mut shadow = self.shadows.remove(&node).unwrap_or_default();
+        if shadow.incarnation != incarnation {
+            shadow = Shadow {
+                incarnation,
+                ..Shadow::default()
+            };
+        }
+        let result = self.observe(node, raft, &mut shadow);
+        self.shadows.insert(node, shadow);
+        result
+    }
+
+    fn observe(&mut self, node: u64, raft: &RawNode, shadow: &mut Shadow) -> Check {
+        let log = raft.log();
+        let status = raft.status();
+        let last = log.last_index().0;
+        // Longest prefix of the shadow that still agrees with the log, by term.
+        let mut keep = (shadow.terms.len() as u64).min(last);
+        while keep > 0 && log.term(Index(keep)) != Some(shadow.terms[keep as usize - 1]) {
+            keep -= 1;
+        }
+        let changed_from = Index(keep + 1);
+        let old_len = shadow.terms.len() as u64;
+        self.mono
+            .check_step(node, shadow, &status, changed_from, old_len)?;
+        let new_entries = if keep < last {
+            log.slice(changed_from, Index(last), u64::MAX)
+        } else {
+            Vec::new()
+        };
+        let prev_term = log.term(Index(keep)).unwrap_or_default();
+        self.matching.check_entries(node, prev_term, &new_entries)?;
+        shadow.terms.truncate(keep as usize);
+        shadow.terms.extend(new_entries.iter().map(|e| e.term));
+        if status.commit > shadow.commit {
+            let committed = log.slice(shadow.commit.next(), status.commit, u64::MAX);
+            self.sms.record_committed(node, status.term, &committed)?;
+        }
+        if status.role == Role::Leader {
+            let new_leader = shadow.role != Some(Role::Leader) || shadow.term != status.term;
+            self.election.observe_leader(node, status.term)?;
+            if new_leader {
+                self.completeness.check_new_leader(node, raft, &self.sms)?;
+                self.append_only.start_term(node, raft);
+            } else {
+                self.append_only.check(node, raft)?;
+            }
+        }
+        shadow.commit = status.commit;
+        shadow.term = status.term;
+        shadow.role = Some(status.role);
+        Ok(())
+    }
+
+    /// Observes a message as it leaves a node (after any sync it waited for).
+    pub fn on_send(&mut self, msg: &Message) -> Check {
+        if let MessageBody::VoteResp { reject: false } = msg.body {
+            self.election
+                .observe_vote(msg.from.get(), msg.term, msg.to.get())?;
+        }
+        Ok(())
+    }
+
+    /// Observes an entry handed to the state machine of `node`.
+    pub fn on_apply(&mut self, node: u64, incarnation: u64, term: Term, entry: &Entry) -> Check {
+        self.sms.on_apply(node, incarnation, term, entry)
+    }
+
+    /// Observes a hard state becoming durable on `node`.
+    pub fn on_durable(&mut self, node: u64, hs: &HardState) -> Check {
+        self.mono.on_durable(node, hs)
+    }
+
+    /// Observes a node just restarted from its durable hard state.
+    pub fn on_restart(&mut self, node: u64, raft: &RawNode, durable: &HardState) -> Check {
+        self.mono.on_restart(node, raft, durable)
+    }
+
+    /// A full (not incremental) Log Matching pass over a node's whole log, for the end of a run.
+    pub fn full_check(&mut self, node: u64, raft: &RawNode) -> Check {
+        let log = raft.log();
+        if log.last_index() < log.first_index() {
+            return Ok(());
+        }
+        let entries = log.slice(log.first_index(), log.last_index(), u64::MAX);
+        self.matching
+            .check_entries(node, log.offset().term, &entries)?;
+        self.completeness_committed_prefix(node, raft)
+    }
+
+    fn completeness_committed_prefix(&self, node: u64, raft: &RawNode) -> Check {
+        self.sms.check_committed_prefix(node, raft)
+    }
+
+    /// Number of distinct indexes known committed (for reports).
+    pub fn committed_len(&self) -> usize {
+        self.sms.committed_len()
+    }
+
+    /// The entry known committed at `index`, as `(term, hash)`.
+    pub fn committed_at(&self, index: u64) -> Option<(Term, u64)> {
+        self.sms.committed_at(index)
+    }
+}

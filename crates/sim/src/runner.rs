@@ -1,0 +1,63 @@
+//! Running one seed of one scenario: catches the failure (a [`SimFailure`] or a panic inside
+//! the core), runs the end-of-run checks, and reports the trace digest and virtual time.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::cluster::SimFailure;
+use crate::scenarios::Scenario;
+
+/// What a passing run produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Digest of every event processed.
+    pub trace: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Virtual time at the end, ms.
+    pub virtual_ms: u64,
+}
+
+/// The cargo flags that select the mutation features compiled in, for replay commands.
+pub fn feature_flags() -> String {
+    let on: Vec<&str> = crate::MUTATIONS
+        .iter()
+        .filter(|(_, enabled)| *enabled)
+        .map(|(name, _)| *name)
+        .collect();
+    if on.is_empty() {
+        String::new()
+    } else {
+        format!(" --features {}", on.join(","))
+    }
+}
+
+/// Runs `scenario` on `seed`. `Err` carries the failure message, which names the seed and the
+/// command that replays it.
+pub fn run_seed(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        let mut c = (scenario.run)(seed);
+        c.final_checks();
+        Outcome {
+            trace: c.trace_digest(),
+            events: c.events(),
+            virtual_ms: c.now_ms(),
+        }
+    }));
+    result.map_err(|payload| {
+        if let Some(f) = payload.downcast_ref::<SimFailure>() {
+            return f.message.clone();
+        }
+        let what = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".to_string());
+        format!(
+            "panic (inside the core or the simulator): {what}\n  scenario {} seed {seed}\n  \
+             replay: cargo run -p sim --release{} -- --scenario {} --seed {seed}",
+            scenario.name,
+            feature_flags(),
+            scenario.name
+        )
+    })
+}

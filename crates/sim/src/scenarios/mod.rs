@@ -1,0 +1,129 @@
+//! Scenarios: the 6.5840 Raft suite, KV scenarios and the swarm. Each is a function from a seed
+//! to a finished [`Cluster`]; it fails by panicking with a [`crate::SimFailure`].
+
+pub mod kv_tests;
+pub mod lab;
+pub mod raft_tests;
+pub mod swarm;
+
+use crate::cluster::Cluster;
+
+/// A named scenario.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// Name used on the command line and in replay commands.
+    pub name: &'static str,
+    /// Runs one seed.
+    pub run: fn(u64) -> Cluster,
+}
+
+/// Every scenario, in 6.5840 order, then KV, then swarm.
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "InitialElection",
+        run: raft_tests::initial_election,
+    },
+    Scenario {
+        name: "ReElection",
+        run: raft_tests::re_election,
+    },
+    Scenario {
+        name: "ManyElections",
+        run: raft_tests::many_elections,
+    },
+    Scenario {
+        name: "BasicAgree",
+        run: raft_tests::basic_agree,
+    },
+    Scenario {
+        name: "RPCBytes",
+        run: raft_tests::rpc_bytes,
+    },
+    Scenario {
+        name: "FollowerFailure",
+        run: raft_tests::follower_failure,
+    },
+    Scenario {
+        name: "LeaderFailure",
+        run: raft_tests::leader_failure,
+    },
+    Scenario {
+        name: "FailAgree",
+        run: raft_tests::fail_agree,
+    },
+    Scenario {
+        name: "FailNoAgree",
+        run: raft_tests::fail_no_agree,
+    },
+    Scenario {
+        name: "ConcurrentStarts",
+        run: raft_tests::concurrent_starts,
+    },
+    Scenario {
+        name: "Rejoin",
+        run: raft_tests::rejoin,
+    },
+    Scenario {
+        name: "Backup",
+        run: raft_tests::backup,
+    },
+    Scenario {
+        name: "Count",
+        run: raft_tests::count,
+    },
+    Scenario {
+        name: "Persist1",
+        run: raft_tests::persist1,
+    },
+    Scenario {
+        name: "Persist2",
+        run: raft_tests::persist2,
+    },
+    Scenario {
+        name: "Persist3",
+        run: raft_tests::persist3,
+    },
+    Scenario {
+        name: "Figure8",
+        run: raft_tests::figure8,
+    },
+    Scenario {
+        name: "UnreliableAgree",
+        run: raft_tests::unreliable_agree,
+    },
+    Scenario {
+        name: "Figure8Unreliable",
+        run: raft_tests::figure8_unreliable,
+    },
+    Scenario {
+        name: "ReliableChurn",
+        run: raft_tests::reliable_churn,
+    },
+    Scenario {
+        name: "UnreliableChurn",
+        run: raft_tests::unreliable_churn,
+    },
+    Scenario {
+        name: "KvConcurrentPartitions",
+        run: kv_tests::kv_concurrent_partitions,
+    },
+    Scenario {
+        name: "KvCrashAll",
+        run: kv_tests::kv_crash_all,
+    },
+    Scenario {
+        name: "KvOnePartition",
+        run: kv_tests::kv_one_partition,
+    },
+    Scenario {
+        name: "Swarm",
+        run: swarm::swarm,
+    },
+];
+
+/// Looks a scenario up by name (case-insensitive).
+pub fn find(name: &str) -> Option<Scenario> {
+    ALL.iter()
+        .copied()
+        .find(|s| s.name.eq_ignore_ascii_case(name))
+}

@@ -1,0 +1,154 @@
+//! Every scenario on many seeds, determinism, and the simulator's self-tests (planted driver
+//! bugs must be caught). Seed counts are chosen so the whole file runs in a few minutes on two
+//! cores in release mode; the `sim` binary runs more.
+
+use sim::scenarios::{find, Scenario};
+use sim::{run_seed, set_driver_bug, DriverBug};
+
+/// Seeds per scenario in `cargo test`.
+const SEEDS: u64 = 200;
+
+fn run_many(name: &str, seeds: u64) {
+    let s: Scenario = find(name).expect("known scenario");
+    let mut failures = Vec::new();
+    for seed in 0..seeds {
+        if let Err(msg) = run_seed(s, seed) {
+            failures.push(msg);
+            if failures.len() >= 3 {
+                break;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failing seed(s) of {name}, first ones:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+macro_rules! scenario_tests {
+    ($($test:ident => $name:literal, $seeds:expr;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                run_many($name, $seeds);
+            }
+        )*
+    };
+}
+
+scenario_tests! {
+    initial_election => "InitialElection", SEEDS;
+    re_election => "ReElection", SEEDS;
+    many_elections => "ManyElections", SEEDS;
+    basic_agree => "BasicAgree", SEEDS;
+    rpc_bytes => "RPCBytes", SEEDS;
+    follower_failure => "FollowerFailure", SEEDS;
+    leader_failure => "LeaderFailure", SEEDS;
+    fail_agree => "FailAgree", SEEDS;
+    fail_no_agree => "FailNoAgree", SEEDS;
+    concurrent_starts => "ConcurrentStarts", SEEDS;
+    rejoin => "Rejoin", SEEDS;
+    backup => "Backup", SEEDS;
+    count => "Count", SEEDS;
+    persist1 => "Persist1", SEEDS;
+    persist2 => "Persist2", SEEDS;
+    persist3 => "Persist3", SEEDS;
+    figure8 => "Figure8", SEEDS;
+    unreliable_agree => "UnreliableAgree", SEEDS;
+    figure8_unreliable => "Figure8Unreliable", SEEDS;
+    reliable_churn => "ReliableChurn", SEEDS;
+    unreliable_churn => "UnreliableChurn", SEEDS;
+    kv_concurrent_partitions => "KvConcurrentPartitions", SEEDS;
+    kv_crash_all => "KvCrashAll", SEEDS;
+    kv_one_partition => "KvOnePartition", SEEDS;
+    swarm => "Swarm", SEEDS;
+}
+
+#[test]
+fn same_seed_same_trace() {
+    for name in [
+        "Figure8Unreliable",
+        "Swarm",
+        "KvConcurrentPartitions",
+        "Persist2",
+    ] {
+        let s = find(name).unwrap();
+        for seed in [1, 7] {
+            let a = run_seed(s, seed);
+            let b = run_seed(s, seed);
+            assert_eq!(a, b, "{name} seed {seed} is not deterministic");
+        }
+        if let (Ok(a), Ok(b)) = (run_seed(s, 1), run_seed(s, 7)) {
+            assert_ne!(
+                a.trace, b.trace,
+                "{name}: different seeds gave the same trace"
+            );
+        }
+    }
+}
+
+/// Runs seeds of the given scenarios with a planted driver bug until one fails with a message
+/// containing one of `expect` (other failures, e.g. known core bugs, are skipped); returns the
+/// failure message.
+fn catch(bug: DriverBug, scenarios: &[&str], seeds_max: u64, expect: &[&str]) -> String {
+    set_driver_bug(Some(bug));
+    let mut found = None;
+    'hunt: for seed in 0..seeds_max {
+        for name in scenarios {
+            if let Err(msg) = run_seed(find(name).unwrap(), seed) {
+                if expect.iter().any(|e| msg.contains(e)) {
+                    found = Some(msg);
+                    break 'hunt;
+                }
+            }
+        }
+    }
+    set_driver_bug(None);
+    found.unwrap_or_else(|| panic!("{bug:?} not caught within {seeds_max} seeds of {scenarios:?}"))
+}
+
+#[test]
+fn catches_send_before_sync() {
+    let msg = catch(
+        DriverBug::SendBeforeSync,
+        &["Swarm"],
+        300,
+        &["invariant", "linearizab"],
+    );
+    eprintln!("caught: {msg}");
+}
+
+#[test]
+fn catches_forgotten_vote() {
+    let msg = catch(
+        DriverBug::ForgetVoteOnRestart,
+        &["Persist2", "Figure8", "Swarm"],
+        100,
+        &["vote", "Election Safety"],
+    );
+    eprintln!("caught: {msg}");
+}
+
+#[test]
+fn catches_apply_twice() {
+    let msg = catch(
+        DriverBug::ApplyTwice,
+        &["BasicAgree"],
+        5,
+        &["State Machine Safety"],
+    );
+    eprintln!("caught: {msg}");
+}
+
+#[test]
+fn catches_reads_without_read_index() {
+    let msg = catch(
+        DriverBug::LocalReads,
+        &["KvOnePartition", "KvConcurrentPartitions"],
+        50,
+        &["linearizab", "Get("],
+    );
+    eprintln!("caught: {msg}");
+}

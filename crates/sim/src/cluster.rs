@@ -60,6 +60,15 @@ pub struct ClusterConfig {
     pub election_ticks: u64,
     /// Core heartbeat interval, ticks.
     pub heartbeat_ticks: u64,
+    /// Core PreVote (thesis §9.6).
+    pub pre_vote: bool,
+    /// Core CheckQuorum (thesis §6.2).
+    pub check_quorum: bool,
+    /// Core limit on entry bytes per append; small values split appends into one entry each,
+    /// which exposes commit-rule bugs that a batched no-op would hide.
+    pub msg_bytes_max: u64,
+    /// Core limit on appends in flight per follower.
+    pub inflight_msgs_max: usize,
 }
 
 impl ClusterConfig {
@@ -76,6 +85,10 @@ impl ClusterConfig {
             disk: DiskConfig::instant(),
             election_ticks: 30,
             heartbeat_ticks: 10,
+            pre_vote: true,
+            check_quorum: true,
+            msg_bytes_max: 1024 * 1024,
+            inflight_msgs_max: 256,
         }
     }
 }
@@ -327,6 +340,10 @@ impl Cluster {
         let mut cfg = Config::new(NodeId::new(node).expect("ids start at 1"));
         cfg.election_ticks = self.config.election_ticks;
         cfg.heartbeat_ticks = self.config.heartbeat_ticks;
+        cfg.pre_vote = self.config.pre_vote;
+        cfg.check_quorum = self.config.check_quorum;
+        cfg.msg_bytes_max = self.config.msg_bytes_max;
+        cfg.inflight_msgs_max = self.config.inflight_msgs_max;
         cfg.seed = self
             .seed
             .wrapping_add(incarnation.wrapping_mul(0x2545_F491_4F6C_DD1D));
@@ -564,7 +581,12 @@ impl Cluster {
     }
 
     fn send(&mut self, m: Message) {
-        let r = self.checker.on_send(&m);
+        let from = m.from.get();
+        let sender = self.hosts[(from - 1) as usize]
+            .raft
+            .as_ref()
+            .expect("a sending node is alive");
+        let r = self.checker.on_send(&m, sender);
         self.checked(r);
         if !is_reply(&m.body) {
             self.rpc_count += 1;

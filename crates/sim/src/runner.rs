@@ -15,6 +15,28 @@ pub struct Outcome {
     pub events: u64,
     /// Virtual time at the end, ms.
     pub virtual_ms: u64,
+    /// Log indexes known committed at the end.
+    pub committed: usize,
+    /// KV operations completed by clients.
+    pub ops_completed: usize,
+}
+
+/// Substrings of failures that occur without any mutation: open bugs in `crates/raft` found by
+/// this simulator (see the crate README). The mutation hunts skip them, and the
+/// `*_beyond_known_core_bugs` tests fail on anything else. Remove an entry when its bug is
+/// fixed.
+pub const KNOWN_CORE_BUGS: &[&str] = &[
+    // Progress::maybe_decr_to in Probe takes a stale rejection at `matched`, setting
+    // next == matched ("match N >= next N").
+    ">= next",
+    // The leader sends an empty append to every follower on every commit advance: 6.5840's
+    // Count bound (42 RPCs for 12 entries) is exceeded (48).
+    "too many RPCs",
+];
+
+/// Whether a failure message is one of [`KNOWN_CORE_BUGS`].
+pub fn is_known_core_bug(message: &str) -> bool {
+    KNOWN_CORE_BUGS.iter().any(|k| message.contains(k))
 }
 
 /// The cargo flags that select the mutation features compiled in, for replay commands.
@@ -41,6 +63,8 @@ pub fn run_seed(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
             trace: c.trace_digest(),
             events: c.events(),
             virtual_ms: c.now_ms(),
+            committed: c.committed_len(),
+            ops_completed: c.history.completed(),
         }
     }));
     result.map_err(|payload| {

@@ -76,6 +76,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Failures are reported by the runner with their seed; keep the default hook's noise out,
+    // but say where a panic inside the core happened.
+    std::panic::set_hook(Box::new(|info| {
+        if info.payload().downcast_ref::<sim::SimFailure>().is_none() {
+            if let Some(loc) = info.location() {
+                eprintln!("panic at {}:{}", loc.file(), loc.line());
+            }
+        }
+    }));
     let start = Instant::now();
     let mut runs = 0u64;
     let mut failures = 0u64;
@@ -92,8 +101,9 @@ fn main() -> ExitCode {
                     events += o.events;
                     if args.single {
                         println!(
-                            "{} seed {seed}: ok, trace {:016x}, {} events, {} virtual ms",
-                            s.name, o.trace, o.events, o.virtual_ms
+                            "{} seed {seed}: ok, trace {:016x}, {} events, {} virtual ms, {} \
+                             entries committed, {} client ops completed",
+                            s.name, o.trace, o.events, o.virtual_ms, o.committed, o.ops_completed
                         );
                     }
                 }

@@ -4,6 +4,7 @@
 //! commit advance, role) and hands each module only that, so checking stays cheap enough to run
 //! after every single step.
 
+mod acked_entries;
 mod election_safety;
 mod leader_append_only;
 mod leader_completeness;
@@ -70,6 +71,7 @@ struct Shadow {
 #[derive(Debug, Default)]
 pub struct Checker {
     shadows: BTreeMap<u64, Shadow>,
+    acked: acked_entries::AckedEntries,
     election: election_safety::ElectionSafety,
     append_only: leader_append_only::LeaderAppendOnly,
     matching: log_matching::LogMatching,
@@ -130,17 +132,29 @@ impl Checker {
                 self.append_only.check(node, raft)?;
             }
         }
+        self.acked.check(node, raft)?;
         shadow.commit = status.commit;
         shadow.term = status.term;
         shadow.role = Some(status.role);
         Ok(())
     }
 
-    /// Observes a message as it leaves a node (after any sync it waited for).
-    pub fn on_send(&mut self, msg: &Message) -> Check {
-        if let MessageBody::VoteResp { reject: false } = msg.body {
-            self.election
-                .observe_vote(msg.from.get(), msg.term, msg.to.get())?;
+    /// Observes a message as it leaves a node (after any sync it waited for), with the
+    /// sender's state at that moment.
+    pub fn on_send(&mut self, msg: &Message, sender: &RawNode) -> Check {
+        match msg.body {
+            MessageBody::VoteResp { reject: false } => {
+                self.election
+                    .observe_vote(msg.from.get(), msg.term, msg.to.get())?;
+            }
+            MessageBody::AppendResp {
+                index,
+                reject: None,
+            } => {
+                self.acked
+                    .on_ack(msg.from.get(), sender, msg.term, msg.to.get(), index);
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -88,6 +88,10 @@ pub const ALL: &[Scenario] = &[
         run: raft_tests::figure8,
     },
     Scenario {
+        name: "Figure8Split",
+        run: raft_tests::figure8_split,
+    },
+    Scenario {
         name: "UnreliableAgree",
         run: raft_tests::unreliable_agree,
     },

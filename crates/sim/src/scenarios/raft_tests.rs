@@ -528,7 +528,21 @@ pub fn persist3(seed: u64) -> Cluster {
 /// TestFigure83C: leaders crash right after proposing, 1000 times; the paper's Figure 8
 /// schedule arises and an old-term entry must not be committed by counting replicas.
 pub fn figure8(seed: u64) -> Cluster {
-    let mut c = lab(seed, "Figure8", 5, false);
+    figure8_with(lab(seed, "Figure8", 5, false))
+}
+
+/// Figure 8 with appends of one entry each (`msg_bytes_max` just above one command), so a new
+/// leader's no-op does not travel with the older entries before it: the schedule of the
+/// paper's Figure 8 (an old-term entry replicated to a majority before anything of the new
+/// term) then arises, and counting replicas of an old-term entry would commit it.
+pub fn figure8_split(seed: u64) -> Cluster {
+    let mut cfg = ClusterConfig::lab(5, seed % 2 == 1);
+    cfg.msg_bytes_max = 40;
+    cfg.inflight_msgs_max = 1;
+    figure8_with(Cluster::new(seed, "Figure8Split", cfg))
+}
+
+fn figure8_with(mut c: Cluster) -> Cluster {
     let servers = c.n();
     let v = rand_value(&mut c);
     one(&mut c, cmd(v), 1, true);

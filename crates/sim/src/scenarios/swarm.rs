@@ -29,6 +29,14 @@ pub struct SwarmParams {
     pub clients: usize,
     /// Length of the safety phase, ms.
     pub safety_ms: u64,
+    /// Core PreVote.
+    pub pre_vote: bool,
+    /// Core CheckQuorum.
+    pub check_quorum: bool,
+    /// Core entry bytes per append (100: one KV command per append).
+    pub msg_bytes_max: u64,
+    /// Core appends in flight per follower.
+    pub inflight_msgs_max: usize,
 }
 
 impl SwarmParams {
@@ -44,7 +52,7 @@ impl SwarmParams {
             duplicate_per_mille: r.pick(&[0, 0, 20, 100]),
             long_reordering: r.chance(100),
         };
-        let sync_ms_max = r.pick(&[0, 0, 3, 20, 60]);
+        let sync_ms_max = r.pick(&[0, 5, 20, 60]);
         let disk = DiskConfig {
             sync_ms_min: if sync_ms_max > 0 {
                 r.below(sync_ms_max)
@@ -52,12 +60,14 @@ impl SwarmParams {
                 0
             },
             sync_ms_max,
-            unsynced_survives_per_mille: r.pick(&[0, 500]),
+            unsynced_survives_per_mille: r.pick(&[0, 0, 500]),
         };
         let mut weights = [0u64; 7];
         for w in weights.iter_mut() {
             *w = r.pick(&[0, 1, 3]);
         }
+        // Crashes are the point of the disk model: always some.
+        weights[0] = weights[0].max(1);
         weights[6] = weights[6].max(1);
         SwarmParams {
             nodes: r.pick(&[3, 3, 5, 5, 7]),
@@ -67,6 +77,10 @@ impl SwarmParams {
             weights,
             clients: r.range(1, 4) as usize,
             safety_ms: 8_000,
+            pre_vote: r.chance(700),
+            check_quorum: r.chance(700),
+            msg_bytes_max: r.pick(&[1024 * 1024, 1024 * 1024, 100]),
+            inflight_msgs_max: r.pick(&[256, 256, 1, 4]) as usize,
         }
     }
 }
@@ -80,6 +94,10 @@ pub fn swarm(seed: u64) -> Cluster {
     let mut cfg = ClusterConfig::lab(p.nodes, false);
     cfg.net = p.net.clone();
     cfg.disk = p.disk.clone();
+    cfg.pre_vote = p.pre_vote;
+    cfg.check_quorum = p.check_quorum;
+    cfg.msg_bytes_max = p.msg_bytes_max;
+    cfg.inflight_msgs_max = p.inflight_msgs_max;
     let mut c = Cluster::new(seed, "Swarm", cfg);
     c.context = format!("swarm parameters: {p:?}");
     let all = c.ids();
@@ -178,12 +196,18 @@ pub fn swarm(seed: u64) -> Cluster {
     let (core, rest) = order.split_at(majority);
     c.net.heal();
     c.net.clear_link_loss();
+    // Raft's timing requirement (§5.6: broadcast time << election timeout) is restored too;
+    // liveness is only promised under it.
     c.net.config = NetConfig {
-        long_reordering: false,
+        delay_ms_min: 1,
+        delay_ms_max: c.net.config.delay_ms_max.min(10),
         request_loss_per_mille: 0,
         reply_loss_per_mille: 0,
-        ..c.net.config.clone()
+        duplicate_per_mille: 0,
+        long_reordering: false,
     };
+    c.disk.sync_ms_max = c.disk.sync_ms_max.min(5);
+    c.disk.sync_ms_min = c.disk.sync_ms_min.min(c.disk.sync_ms_max);
     for &i in core {
         if !c.alive(i) {
             c.start(i);

@@ -499,8 +499,8 @@ impl RawNode {
             }
             self.log.applied_to(applied);
         }
-        if self.role == Role::Leader && self.maybe_commit() {
-            self.bcast_append();
+        if self.role == Role::Leader {
+            self.maybe_commit();
         }
         self.check_invariants_if_debug();
     }

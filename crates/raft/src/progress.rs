@@ -114,9 +114,6 @@ pub struct Progress {
     pub(crate) inflights: Inflights,
     /// Heard from this node since the last CheckQuorum round (thesis §6.2).
     pub(crate) recent_active: bool,
-    /// Highest commit index sent to this follower in an append or heartbeat. An empty append
-    /// is worth sending only to raise it.
-    pub(crate) sent_commit: Index,
     /// Latest read round this follower acknowledged in this term (thesis §6.4).
     pub(crate) read_round_acked: u64,
     /// In `Replicate`: heartbeat answers received in a row while entries were outstanding and
@@ -140,7 +137,6 @@ impl Progress {
             probe_sent: false,
             inflights: Inflights::new(msgs_max, bytes_max),
             recent_active: false,
-            sent_commit: Index(0),
             read_round_acked: 0,
             stalled_heartbeats: 0,
         }
@@ -202,12 +198,13 @@ impl Progress {
     /// index. Stale rejections (from before a later success) are ignored. Returns whether the
     /// rejection was taken.
     pub fn maybe_decr_to(&mut self, rejected: Index, next_hint: Index) -> bool {
+        // The follower acknowledged everything through `matched` durably, and only a leader of
+        // this term writes to it, so it never rejects there legitimately: a rejection at or
+        // below `matched` answers an older append (reordered or duplicated) and is stale.
+        if rejected <= self.matched {
+            return false;
+        }
         if self.state == ProgressState::Replicate {
-            // Only the rejection of the oldest outstanding probe point matters; anything at or
-            // below `matched` is stale.
-            if rejected <= self.matched {
-                return false;
-            }
             self.next = next_hint.max(self.matched.next());
             self.become_probe_keep_next();
             return true;
@@ -300,6 +297,13 @@ mod tests {
         assert!(!p.is_paused());
         // A stale rejection for another index is ignored.
         assert!(!p.maybe_decr_to(Index(9), Index(2)));
+        // So is a late rejection at or below what the follower acknowledged since (found by
+        // the simulator: it used to set next to matched).
+        assert!(p.maybe_update(Index(3)));
+        p.become_probe();
+        assert_eq!(p.next, Index(4));
+        assert!(!p.maybe_decr_to(Index(3), Index(1)));
+        assert_eq!(p.next, Index(4));
         p.check_invariants();
     }
 

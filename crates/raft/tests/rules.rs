@@ -309,6 +309,8 @@ fn all_servers_apply_committed_entries_in_order() {
         c.node(1).propose(format!("v{i}").into_bytes()).unwrap();
     }
     c.stabilize();
+    // Followers learn the commit index with the next heartbeat.
+    c.tick_all();
     for id in 1..=3 {
         assert_eq!(c.applied_data(id), ["v0", "v1", "v2", "v3", "v4"]);
     }

@@ -250,7 +250,7 @@ impl Store {
         // Load the tail; this decodes and checks the newest entries.
         let cache_n = (self.options.cache_entries_max as u64).max(1);
         let lo = Index(last.0.saturating_sub(cache_n - 1).max(first.0));
-        let tail = self.read_engine(lo, last, u64::MAX)?;
+        let (tail, _) = self.read_engine(lo, last, u64::MAX)?;
         if tail.len() as u64 != last.0 - lo.0 + 1 {
             return Err(StorageError::corrupt(ENTRIES_FILE, lo.0, "gap in log tail"));
         }
@@ -304,7 +304,7 @@ impl Store {
         let mut prev = self.log_start.term;
         while lo <= self.last_index {
             let hi = Index((lo.0 + 4095).min(self.last_index.0));
-            let chunk = self.read_engine(lo, hi, u64::MAX)?;
+            let (chunk, _) = self.read_engine(lo, hi, u64::MAX)?;
             if chunk.len() as u64 != hi.0 - lo.0 + 1 {
                 return Err(StorageError::corrupt(ENTRIES_FILE, lo.0, "gap in log"));
             }

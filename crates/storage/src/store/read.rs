@@ -42,15 +42,16 @@ impl Store {
         let mut bytes = 0u64;
         if lo < cache_first {
             let engine_hi = hi.min(cache_first.prev());
-            out = self.read_engine(lo, engine_hi, bytes_max)?;
+            let limited;
+            (out, limited) = self.read_engine(lo, engine_hi, bytes_max)?;
             bytes = out.iter().map(Entry::size_bytes).sum();
             let expected = engine_hi.0 - lo.0 + 1;
-            if (out.len() as u64) < expected && bytes <= bytes_max {
+            if (out.len() as u64) < expected && !limited {
                 // The engine ran out of entries before the size limit: a hole in the log.
                 let at = lo.plus(out.len() as u64);
                 return Err(StorageError::corrupt(ENTRIES_FILE, at.0, "entry missing"));
             }
-            if (out.len() as u64) < expected || engine_hi == hi {
+            if limited || engine_hi == hi {
                 return Ok(out);
             }
         }
@@ -98,13 +99,14 @@ impl Store {
     }
 
     /// Reads `lo..=hi` from the engine, stopping before `bytes_max` is passed (at least one
-    /// entry). Stops early, without error, at a missing key: callers check the count.
+    /// entry); the flag says whether the limit stopped it. Entries missing at the end of the
+    /// range are not reported here: callers check the count.
     pub(super) fn read_engine(
         &self,
         lo: Index,
         hi: Index,
         bytes_max: u64,
-    ) -> Result<Vec<Entry>, StorageError> {
+    ) -> Result<(Vec<Entry>, bool), StorageError> {
         let mut out = Vec::new();
         let mut bytes = 0u64;
         let mut expected = lo;
@@ -124,12 +126,12 @@ impl Store {
             }
             let e = self.decode_at(index, &v)?;
             if !out.is_empty() && bytes + e.size_bytes() > bytes_max {
-                break;
+                return Ok((out, true));
             }
             bytes += e.size_bytes();
             out.push(e);
             expected = expected.next();
         }
-        Ok(out)
+        Ok((out, false))
     }
 }

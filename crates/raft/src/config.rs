@@ -49,6 +49,10 @@ pub struct Config {
     pub uncommitted_bytes_max: u64,
     /// Bytes of committed entries handed to the application per output batch.
     pub apply_bytes_max: u64,
+    /// Bytes of snapshot data per InstallSnapshot message.
+    pub snapshot_chunk_bytes: u64,
+    /// Snapshot chunks in flight to one follower.
+    pub snapshot_chunks_inflight_max: u64,
     /// Read requests pending at this node (waiting for confirmation or for apply).
     pub pending_reads_max: usize,
     /// Seed of the election-jitter PRNG. Mixed with `id`, so nodes may share one seed.
@@ -72,6 +76,8 @@ impl Config {
             uncommitted_bytes_max: 64 * 1024 * 1024,
             apply_bytes_max: 64 * 1024 * 1024,
             pending_reads_max: 65_536,
+            snapshot_chunk_bytes: 1024 * 1024,
+            snapshot_chunks_inflight_max: 4,
             seed: 0,
         }
     }
@@ -133,6 +139,15 @@ impl Config {
         if self.apply_bytes_max == 0 {
             return bad("apply_bytes_max", "must be at least 1".to_string());
         }
+        if self.snapshot_chunk_bytes == 0 {
+            return bad("snapshot_chunk_bytes", "must be at least 1".to_string());
+        }
+        if self.snapshot_chunks_inflight_max == 0 {
+            return bad(
+                "snapshot_chunks_inflight_max",
+                "must be at least 1".to_string(),
+            );
+        }
         if self.pending_reads_max == 0 {
             return bad("pending_reads_max", "must be at least 1".to_string());
         }
@@ -193,6 +208,14 @@ mod tests {
             ),
             ("apply_bytes_max", Box::new(|c| c.apply_bytes_max = 0)),
             ("pending_reads_max", Box::new(|c| c.pending_reads_max = 0)),
+            (
+                "snapshot_chunk_bytes",
+                Box::new(|c| c.snapshot_chunk_bytes = 0),
+            ),
+            (
+                "snapshot_chunks_inflight_max",
+                Box::new(|c| c.snapshot_chunks_inflight_max = 0),
+            ),
         ];
         for (field, mutate) in cases {
             let mut c = cfg();

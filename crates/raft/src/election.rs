@@ -98,7 +98,9 @@ impl RawNode {
                 MessageBody::PreVote { .. } => {}
                 // A granted pre-vote answer carries the future term of our own campaign.
                 MessageBody::PreVoteResp { reject: false } => {}
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     self.become_follower(msg.term, Some(msg.from));
                 }
                 _ => self.become_follower(msg.term, None),
@@ -123,7 +125,9 @@ impl RawNode {
         match msg.body {
             // With PreVote or CheckQuorum, a partitioned node may never raise its term by
             // itself, so a stale leader must be told to step down, or it keeps its followers.
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. }
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. }
                 if self.config.check_quorum || self.config.pre_vote =>
             {
                 let body = MessageBody::AppendResp {
@@ -198,7 +202,9 @@ impl RawNode {
             MessageBody::VoteResp { reject } if self.role == Role::Candidate => {
                 self.record_vote(msg.from, !reject, false);
             }
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } => {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
                 self.become_follower(msg.term, Some(msg.from));
                 self.step_follower(msg);
             }

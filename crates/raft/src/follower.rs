@@ -3,7 +3,8 @@
 
 use crate::message::{Message, MessageBody, RejectHint};
 use crate::node::RawNode;
-use crate::types::{Entry, EntryId, Index, NodeId};
+use crate::snapshot::{self, ChunkVerdict};
+use crate::types::{Entry, EntryId, Index, NodeId, SnapshotChunk, SnapshotMeta};
 
 impl RawNode {
     /// A follower's handling of messages of its own term.
@@ -25,6 +26,15 @@ impl RawNode {
             MessageBody::Heartbeat { commit, read_round } => {
                 self.hear_from_leader(msg.from);
                 self.handle_heartbeat(msg.from, commit, read_round);
+            }
+            MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                len,
+                data,
+            } => {
+                self.hear_from_leader(msg.from);
+                self.handle_snapshot_chunk(msg.from, meta, offset, len, data);
             }
             MessageBody::ReadIndex { ctx } => self.redirect_forwarded_read(msg.from, ctx),
             MessageBody::ReadIndexResp { ctx, index } => {
@@ -84,6 +94,74 @@ impl RawNode {
                 );
             }
         }
+    }
+
+    /// InstallSnapshot receiver (paper Figure 13), one chunk at a time: chunks are staged in
+    /// order; the last one installs the snapshot atomically (nothing partial is visible).
+    fn handle_snapshot_chunk(
+        &mut self,
+        leader: NodeId,
+        meta: SnapshotMeta,
+        offset: u64,
+        len: u64,
+        data: Vec<u8>,
+    ) {
+        if data.len() as u64 != len {
+            // Corrupt or unfilled chunk: ignore it; the leader resends after a stall.
+            return;
+        }
+        let last = meta.last;
+        if last.index <= self.log.committed() {
+            // Everything the snapshot covers is committed here already: acknowledge, and the
+            // leader replicates entries from our commit index on.
+            let index = self.log.committed();
+            self.send(
+                leader,
+                MessageBody::AppendResp {
+                    index,
+                    reject: None,
+                },
+            );
+            return;
+        }
+        let (offset_next, reject) =
+            match snapshot::on_chunk(&mut self.incoming_snapshot, &meta, offset, len) {
+                ChunkVerdict::Accept { complete } => {
+                    self.pending_chunks.push(SnapshotChunk {
+                        meta: meta.clone(),
+                        offset,
+                        data,
+                    });
+                    if complete {
+                        self.incoming_snapshot = None;
+                        self.install_snapshot(meta);
+                        let body = MessageBody::AppendResp {
+                            index: last.index,
+                            reject: None,
+                        };
+                        self.send(leader, body);
+                        return;
+                    }
+                    (offset + len, false)
+                }
+                ChunkVerdict::Duplicate(expected) => (expected, false),
+                ChunkVerdict::Reject(expected) => (expected, true),
+            };
+        let body = MessageBody::SnapshotResp {
+            last,
+            offset: offset_next,
+            reject,
+        };
+        self.send(leader, body);
+    }
+
+    /// Adopts a fully staged snapshot: the log restarts after it, the membership is the
+    /// snapshot's, and the application restores its state from the staged bytes.
+    fn install_snapshot(&mut self, meta: SnapshotMeta) {
+        self.log.install_snapshot(meta.last);
+        self.voters = crate::quorum::JointConfig::simple(meta.membership.voters.iter().copied());
+        self.snapshot = Some(meta.clone());
+        self.pending_install = Some(meta);
     }
 
     /// A heartbeat carries a commit index the leader knows we hold (see `send_heartbeats`).

@@ -10,7 +10,8 @@
 //!
 //! Implemented: randomized elections, PreVote, CheckQuorum, replication with flow control and
 //! fast conflict backtracking, the current-term commit rule (Figure 8), a no-op entry on
-//! election, persistence before replying, ReadIndex (with follower reads) and lease reads.
+//! election, persistence before replying, ReadIndex (with follower reads), lease reads, and log
+//! compaction with chunked, resumable snapshot transfer.
 #![deny(missing_docs)]
 
 mod config;
@@ -25,14 +26,16 @@ pub mod read;
 mod reads;
 mod replication;
 mod rng;
+pub mod snapshot;
 mod types;
 
 pub use config::{Config, ConfigError, ReadOnlyOption};
 pub use message::{Message, MessageBody, RejectHint};
 pub use node::{
-    InitialState, ProposeError, RawNode, ReadError, Ready, StartError, Status, StepError,
+    CompactError, InitialState, ProposeError, RawNode, ReadError, Ready, StartError, Status,
+    StepError,
 };
 pub use types::{
     Entry, EntryId, EntryKind, HardState, Index, Membership, NodeId, ReadCtx, ReadState, Role,
-    SoftState, Term, ENTRY_OVERHEAD_BYTES,
+    SnapshotChunk, SnapshotMeta, SoftState, Term, ENTRY_OVERHEAD_BYTES,
 };

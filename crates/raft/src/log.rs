@@ -277,6 +277,47 @@ impl RaftLog {
         self.persisted = self.persisted.min(from.prev());
     }
 
+    /// Discards entries through `last`, which a durable snapshot now covers (paper §7).
+    /// Requires `last` applied: only applied state can be in a snapshot.
+    pub fn compact_to(&mut self, last: EntryId) {
+        assert!(last.index <= self.applied, "compacting beyond applied");
+        assert!(
+            self.matches(last),
+            "compaction point {last:?} is not in the log"
+        );
+        if last.index <= self.offset.index {
+            return;
+        }
+        let drop = (last.index.0 - self.offset.index.0) as usize;
+        self.entries.drain(..drop);
+        self.offset = last;
+        self.check_invariants();
+    }
+
+    /// Replaces the log's prefix with a snapshot received from the leader (paper Figure 13,
+    /// receiver rules 6-7): if an entry matches the snapshot's last entry, the entries after
+    /// it are kept; otherwise the whole log is discarded. Commit and applied move to the
+    /// snapshot; the application restores its state from the snapshot bytes.
+    pub fn install_snapshot(&mut self, last: EntryId) {
+        assert!(
+            last.index > self.committed,
+            "installing a snapshot at or below commit"
+        );
+        if self.matches(last) {
+            let drop = (last.index.0 - self.offset.index.0) as usize;
+            self.entries.drain(..drop);
+        } else {
+            self.entries.clear();
+            self.unstable_from = last.index.next();
+        }
+        self.offset = last;
+        self.committed = last.index;
+        self.applied = last.index;
+        self.persisted = self.persisted.max(last.index);
+        self.unstable_from = self.unstable_from.max(last.index.next());
+        self.check_invariants();
+    }
+
     /// Raises the commit index. Returns whether it moved.
     pub fn commit_to(&mut self, index: Index) -> bool {
         if index <= self.committed {

@@ -1,6 +1,6 @@
 //! Messages between Raft nodes. Plain Rust types: the wire codec lives at the edge (server).
 
-use crate::types::{Entry, Index, NodeId, ReadCtx, Term};
+use crate::types::{Entry, EntryId, Index, NodeId, ReadCtx, SnapshotMeta, Term};
 
 /// One message. `term` is the sender's current term, except for pre-vote traffic where it is the
 /// term the pre-candidate *would* campaign in (thesis §9.6).
@@ -93,6 +93,31 @@ pub enum MessageBody {
         /// The follower's tag for the read.
         ctx: ReadCtx,
     },
+    /// One chunk of a snapshot (paper Figure 13, InstallSnapshot, with `offset` and `done`
+    /// replaced by `offset` + `len` against `meta.size_bytes`). The core produces it with
+    /// `data` empty: the edge fills `data` with bytes `[offset, offset + len)` of the
+    /// snapshot `meta` describes before sending it, and drops the message if it no longer has
+    /// that snapshot (the leader then restarts the transfer with its newest one).
+    InstallSnapshot {
+        /// The snapshot being sent.
+        meta: SnapshotMeta,
+        /// Where this chunk starts.
+        offset: u64,
+        /// How many bytes it carries.
+        len: u64,
+        /// The bytes (see above).
+        data: Vec<u8>,
+    },
+    /// A follower's answer to a chunk it did not install the snapshot with.
+    SnapshotResp {
+        /// The snapshot the answer is about.
+        last: EntryId,
+        /// The offset the follower expects next.
+        offset: u64,
+        /// True if the chunk did not fit (a gap, or another snapshot): resend from `offset`.
+        /// False: every byte before `offset` is staged durably.
+        reject: bool,
+    },
     /// The leader's answer to [`MessageBody::ReadIndex`].
     ReadIndexResp {
         /// The follower's tag.
@@ -117,6 +142,8 @@ impl MessageBody {
             MessageBody::HeartbeatResp { .. } => "HeartbeatResp",
             MessageBody::ReadIndex { .. } => "ReadIndex",
             MessageBody::ReadIndexResp { .. } => "ReadIndexResp",
+            MessageBody::InstallSnapshot { .. } => "InstallSnapshot",
+            MessageBody::SnapshotResp { .. } => "SnapshotResp",
         }
     }
 
@@ -133,6 +160,7 @@ impl MessageBody {
             MessageBody::Vote { .. }
                 | MessageBody::VoteResp { .. }
                 | MessageBody::AppendResp { .. }
+                | MessageBody::SnapshotResp { .. }
         )
     }
 
@@ -143,6 +171,7 @@ impl MessageBody {
             MessageBody::Append { entries, .. } => {
                 HEADER + 24 + entries.iter().map(Entry::size_bytes).sum::<u64>()
             }
+            MessageBody::InstallSnapshot { len, .. } => HEADER + 48 + len,
             _ => HEADER + 16,
         }
     }

@@ -7,7 +7,8 @@
 //!       node.tick() / node.step(msg) / node.propose(data) / node.read_index(ctx)
 //!       if node.has_ready() {
 //!           let rd = node.ready();
-//!           send rd.messages                      (may go at once)
+//!           send rd.messages                      (may go at once; fill snapshot chunks)
+//!           stage rd.snapshot_chunks; if rd.snapshot: install the staged snapshot
 //!           persist rd.hard_state, rd.entries      (then sync)
 //!           send rd.persisted_messages             (only after the sync)
 //!           apply rd.committed_entries, then serve rd.read_states
@@ -25,9 +26,10 @@ use crate::progress::Progress;
 use crate::quorum::JointConfig;
 use crate::read::ReadQueue;
 use crate::rng::Rng;
+use crate::snapshot::Incoming;
 use crate::types::{
     Entry, EntryId, EntryKind, HardState, Index, Membership, NodeId, ReadCtx, ReadState, Role,
-    SoftState, Term,
+    SnapshotChunk, SnapshotMeta, SoftState, Term,
 };
 
 /// Durable state a node starts from: what the storage recovered (or an empty log for a new
@@ -142,6 +144,58 @@ impl std::fmt::Display for ReadError {
 
 impl std::error::Error for ReadError {}
 
+/// Why [`RawNode::compact`] refused a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompactError {
+    /// The snapshot covers entries not applied yet.
+    NotApplied {
+        /// The snapshot's last index.
+        index: Index,
+        /// What is applied.
+        applied: Index,
+    },
+    /// The snapshot is older than the log's current start.
+    Stale {
+        /// The snapshot's last index.
+        index: Index,
+        /// Where the log starts.
+        first_index: Index,
+    },
+    /// The snapshot's last entry id is not in the log.
+    Mismatch {
+        /// The snapshot's last entry.
+        last: EntryId,
+    },
+}
+
+impl std::fmt::Display for CompactError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CompactError::NotApplied { index, applied } => {
+                write!(
+                    f,
+                    "snapshot at {index} is beyond the applied index {applied}"
+                )
+            }
+            CompactError::Stale { index, first_index } => {
+                write!(
+                    f,
+                    "snapshot at {index} is older than the log start {first_index}"
+                )
+            }
+            CompactError::Mismatch { last } => {
+                write!(
+                    f,
+                    "snapshot's last entry {}/{} is not in the log",
+                    last.index, last.term
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for CompactError {}
+
 /// A message that cannot be taken at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StepError {
@@ -177,7 +231,16 @@ pub struct Ready {
     /// Entries to persist. Any stored entries at or after `entries[0].index` must be replaced
     /// (the log was truncated there).
     pub entries: Vec<Entry>,
-    /// Messages that may be sent at once, before persisting.
+    /// Chunks of an incoming snapshot to stage durably, in order, before `persisted_messages`
+    /// leave. A chunk at offset 0 replaces any previously staged snapshot.
+    pub snapshot_chunks: Vec<SnapshotChunk>,
+    /// A fully staged snapshot to install: restore the state machine from it, keep it as the
+    /// current snapshot, and drop stored entries it covers (keep entries after it only if the
+    /// stored entry at `last.index` has term `last.term`). Before `entries` are persisted and
+    /// `committed_entries` applied.
+    pub snapshot: Option<SnapshotMeta>,
+    /// Messages that may be sent at once, before persisting. `InstallSnapshot` messages need
+    /// their `data` filled (see [`MessageBody::InstallSnapshot`]).
     pub messages: Vec<Message>,
     /// Messages that may be sent only after `hard_state` and `entries` are durable.
     pub persisted_messages: Vec<Message>,
@@ -263,6 +326,15 @@ pub struct RawNode {
     pub(crate) reads: ReadQueue,
     /// Reads that failed, to report in the next batch.
     pub(crate) failed_reads: Vec<ReadCtx>,
+    /// The newest durable snapshot this node can send (set by [`RawNode::compact`] or by
+    /// installing one). Invariant: if `Some`, its last index is at least the log's offset.
+    pub(crate) snapshot: Option<SnapshotMeta>,
+    /// Follower: the snapshot being received, and how much of it is staged.
+    pub(crate) incoming_snapshot: Option<Incoming>,
+    /// Chunks to hand out for staging in the next batch.
+    pub(crate) pending_chunks: Vec<SnapshotChunk>,
+    /// A snapshot to hand out for installing in the next batch.
+    pub(crate) pending_install: Option<SnapshotMeta>,
     /// Outgoing messages since the last batch. Bounded by flow control: one heartbeat per peer
     /// per interval, appends within each follower's window, one answer per message received.
     pub(crate) msgs: Vec<Message>,
@@ -310,6 +382,10 @@ impl RawNode {
             committed_in_term: false,
             reads: ReadQueue::default(),
             failed_reads: Vec::new(),
+            snapshot: None,
+            incoming_snapshot: None,
+            pending_chunks: Vec::new(),
+            pending_install: None,
             msgs: Vec::new(),
             ready_number: 0,
             in_flight: None,
@@ -426,6 +502,8 @@ impl RawNode {
             return false;
         }
         !self.msgs.is_empty()
+            || !self.pending_chunks.is_empty()
+            || self.pending_install.is_some()
             || self.log.has_unstable()
             || self.log.has_next_to_apply()
             || self.hard_state() != self.prev_hard_state
@@ -460,6 +538,8 @@ impl RawNode {
             number: self.ready_number,
             soft_state: (Some(soft_state) != self.prev_soft_state).then_some(soft_state),
             hard_state: (hard_state != self.prev_hard_state).then_some(hard_state),
+            snapshot_chunks: std::mem::take(&mut self.pending_chunks),
+            snapshot: self.pending_install.take(),
             entries,
             messages,
             persisted_messages,
@@ -503,6 +583,44 @@ impl RawNode {
             self.maybe_commit();
         }
         self.check_invariants_if_debug();
+    }
+
+    /// The application took a durable snapshot of its state through `meta.last` (paper §7):
+    /// the core discards the log entries it covers and sends it to followers that need them.
+    /// Call it again with the snapshot's description after restarting from a snapshot.
+    pub fn compact(&mut self, meta: SnapshotMeta) -> Result<(), CompactError> {
+        let last = meta.last;
+        if last.index > self.log.applied() {
+            return Err(CompactError::NotApplied {
+                index: last.index,
+                applied: self.log.applied(),
+            });
+        }
+        if last.index < self.log.offset().index {
+            return Err(CompactError::Stale {
+                index: last.index,
+                first_index: self.log.first_index(),
+            });
+        }
+        if !self.log.matches(last) {
+            return Err(CompactError::Mismatch { last });
+        }
+        self.log.compact_to(last);
+        self.snapshot = Some(meta);
+        self.check_invariants_if_debug();
+        Ok(())
+    }
+
+    /// After a restart, resumes receiving a snapshot of which `received_bytes` were staged
+    /// durably before the crash, so that the leader continues from there. Ignored if the
+    /// snapshot is no longer needed.
+    pub fn resume_staged_snapshot(&mut self, meta: SnapshotMeta, received_bytes: u64) {
+        if meta.last.index > self.log.committed() && received_bytes <= meta.size_bytes {
+            self.incoming_snapshot = Some(Incoming {
+                meta,
+                received: received_bytes,
+            });
+        }
     }
 
     /// Handles one message from a peer.
@@ -650,6 +768,12 @@ impl RawNode {
     /// after every step.
     pub fn check_invariants(&self) {
         self.log.check_invariants();
+        if let Some(s) = &self.snapshot {
+            assert!(
+                s.last.index >= self.log.offset().index,
+                "snapshot older than the log start"
+            );
+        }
         self.reads.check_invariants();
         assert!(
             self.log.last_term() <= self.term,

@@ -5,7 +5,12 @@
 //!   +--------+  <----------------------------  +-----------+
 //!   | Probe  |                                 | Replicate |
 //!   +--------+  ---------------------------->  +-----------+
-//!              successful append response
+//!     |    ^     successful append response
+//!     |    |  install acknowledged (append response at the snapshot index)
+//!     v    |
+//!   +----------+
+//!   | Snapshot |   entries it needs were compacted: chunked InstallSnapshot (paper §7)
+//!   +----------+
 //! ```
 //! In `Probe` the leader sends one append and waits for its answer (or the next heartbeat
 //! round) before sending another; in `Replicate` it pipelines appends optimistically, up to a
@@ -13,7 +18,8 @@
 
 use std::collections::VecDeque;
 
-use crate::types::Index;
+use crate::snapshot::Transfer;
+use crate::types::{Index, SnapshotMeta};
 
 /// Flow-control state of one follower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,6 +28,8 @@ pub enum ProgressState {
     Probe,
     /// Logs match up to `matched`; appends are pipelined.
     Replicate,
+    /// The follower needs entries the leader compacted; a snapshot is being sent.
+    Snapshot,
 }
 
 /// The window of appends sent and not yet acknowledged, oldest first.
@@ -110,8 +118,10 @@ pub struct Progress {
     pub(crate) state: ProgressState,
     /// In `Probe`: an append was sent and is unanswered; wait before sending another.
     pub(crate) probe_sent: bool,
-    /// Appends in flight (used in `Replicate`; empty in `Probe`).
+    /// Appends in flight (used in `Replicate`; empty otherwise).
     pub(crate) inflights: Inflights,
+    /// The snapshot transfer. Invariant: `Some` iff `state == Snapshot`.
+    pub(crate) snapshot: Option<Transfer>,
     /// Heard from this node since the last CheckQuorum round (thesis §6.2).
     pub(crate) recent_active: bool,
     /// Latest read round this follower acknowledged in this term (thesis §6.4).
@@ -136,6 +146,7 @@ impl Progress {
             state: ProgressState::Probe,
             probe_sent: false,
             inflights: Inflights::new(msgs_max, bytes_max),
+            snapshot: None,
             recent_active: false,
             read_round_acked: 0,
             stalled_heartbeats: 0,
@@ -147,12 +158,23 @@ impl Progress {
         match self.state {
             ProgressState::Probe => self.probe_sent,
             ProgressState::Replicate => self.inflights.full(),
+            ProgressState::Snapshot => true,
         }
+    }
+
+    /// Starts sending `meta` because the entries from `next` on were compacted.
+    pub fn become_snapshot(&mut self, meta: SnapshotMeta) {
+        self.state = ProgressState::Snapshot;
+        self.probe_sent = false;
+        self.stalled_heartbeats = 0;
+        self.inflights.reset();
+        self.snapshot = Some(Transfer::new(meta));
     }
 
     /// Switches to probing from `matched + 1`.
     pub fn become_probe(&mut self) {
         self.state = ProgressState::Probe;
+        self.snapshot = None;
         self.stalled_heartbeats = 0;
         self.probe_sent = false;
         self.next = self.matched.next();
@@ -162,6 +184,7 @@ impl Progress {
     /// Switches to pipelined replication after a successful append.
     pub fn become_replicate(&mut self) {
         self.state = ProgressState::Replicate;
+        self.snapshot = None;
         self.stalled_heartbeats = 0;
         self.probe_sent = false;
         self.next = self.matched.next();
@@ -178,6 +201,7 @@ impl Progress {
                 }
             }
             ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot => unreachable!("appends are paused while sending a snapshot"),
         }
     }
 
@@ -202,6 +226,10 @@ impl Progress {
         // this term writes to it, so it never rejects there legitimately: a rejection at or
         // below `matched` answers an older append (reordered or duplicated) and is stale.
         if rejected <= self.matched {
+            return false;
+        }
+        if self.state == ProgressState::Snapshot {
+            // Answers to appends sent before the transfer started are stale.
             return false;
         }
         if self.state == ProgressState::Replicate {
@@ -239,6 +267,10 @@ impl Progress {
                 }
                 false
             }
+            ProgressState::Snapshot => {
+                let transfer = self.snapshot.as_mut().expect("transfer in snapshot state");
+                transfer.on_heartbeat()
+            }
         }
     }
 
@@ -256,8 +288,20 @@ impl Progress {
             self.matched,
             self.next
         );
-        if self.state == ProgressState::Probe {
-            assert_eq!(self.inflights.count(), 0, "inflights in probe state");
+        if self.state != ProgressState::Replicate {
+            assert_eq!(
+                self.inflights.count(),
+                0,
+                "inflights outside the replicate state"
+            );
+        }
+        assert_eq!(
+            self.snapshot.is_some(),
+            self.state == ProgressState::Snapshot,
+            "snapshot transfer iff snapshot state"
+        );
+        if let Some(t) = &self.snapshot {
+            t.check_invariants();
         }
         self.inflights.check_invariants();
     }

@@ -5,6 +5,7 @@ use crate::message::{Message, MessageBody, RejectHint};
 use crate::node::RawNode;
 use crate::progress::ProgressState;
 use crate::quorum::VoteResult;
+use crate::types::EntryId;
 use crate::types::{Entry, Index, NodeId, Role};
 
 impl RawNode {
@@ -70,6 +71,9 @@ impl RawNode {
         let Some(pr) = self.progress.get(&to) else {
             return false;
         };
+        if pr.state == ProgressState::Snapshot {
+            return self.send_snapshot_chunks(to);
+        }
         if pr.is_paused() {
             return false;
         }
@@ -77,10 +81,18 @@ impl RawNode {
         let probing = pr.state == ProgressState::Probe;
         let prev_index = next.prev();
         let Some(prev_term) = self.log.term(prev_index) else {
-            // The entries this follower needs were compacted away; catching it up takes a
-            // snapshot (log compaction is a later feature: nothing compacts the log yet).
-            debug_assert!(false, "log compacted below {next} without snapshot support");
-            return false;
+            // The entries this follower needs were compacted away: send the snapshot that
+            // covers them instead (paper §7).
+            let Some(meta) = self.snapshot.clone() else {
+                // Restarted from a snapshot whose description the application has not given
+                // back yet (`RawNode::compact`); nothing to send until it does.
+                return false;
+            };
+            self.progress
+                .get_mut(&to)
+                .expect("progress exists")
+                .become_snapshot(meta);
+            return self.send_snapshot_chunks(to);
         };
         let entries = if next <= last {
             self.log.slice(next, last, self.config.msg_bytes_max)
@@ -102,6 +114,48 @@ impl RawNode {
         let pr = self.progress.get_mut(&to).expect("progress exists");
         pr.sent_append(sent_last, bytes);
         true
+    }
+
+    /// Sends the snapshot chunks the transfer window allows. Returns whether any were sent.
+    fn send_snapshot_chunks(&mut self, to: NodeId) -> bool {
+        let chunk = self.config.snapshot_chunk_bytes;
+        let window = chunk.saturating_mul(self.config.snapshot_chunks_inflight_max);
+        let mut chunks = Vec::new();
+        let pr = self.progress.get_mut(&to).expect("progress exists");
+        let transfer = pr.snapshot.as_mut().expect("transfer in snapshot state");
+        while let Some((offset, len)) = transfer.next_chunk(chunk, window) {
+            chunks.push((transfer.meta().clone(), offset, len));
+        }
+        let sent = !chunks.is_empty();
+        for (meta, offset, len) in chunks {
+            let body = MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                len,
+                data: Vec::new(),
+            };
+            self.send(to, body);
+        }
+        sent
+    }
+
+    /// A follower's answer to a snapshot chunk that did not complete the install.
+    fn handle_snapshot_response(&mut self, from: NodeId, last: EntryId, offset: u64, reject: bool) {
+        let Some(pr) = self.progress.get_mut(&from) else {
+            return;
+        };
+        let Some(transfer) = pr.snapshot.as_mut() else {
+            return;
+        };
+        if transfer.meta().last != last {
+            return;
+        }
+        if reject {
+            transfer.on_reject(offset);
+        } else {
+            transfer.on_ack(offset);
+        }
+        self.send_snapshot_chunks(from);
     }
 
     /// Heartbeats carry `min(commit, match)`: a follower may not hold the leader's entries past
@@ -136,6 +190,11 @@ impl RawNode {
                 self.handle_heartbeat_response(msg.from, read_round);
             }
             MessageBody::ReadIndex { ctx } => self.handle_forwarded_read(msg.from, ctx),
+            MessageBody::SnapshotResp {
+                last,
+                offset,
+                reject,
+            } => self.handle_snapshot_response(msg.from, last, offset, reject),
             // Another leader in our term would break Election Safety (§5.2); a message that
             // claims it is a corrupt or lying peer, which we ignore.
             _ => {}
@@ -162,8 +221,19 @@ impl RawNode {
         if !pr.maybe_update(index) {
             return;
         }
-        if pr.state == ProgressState::Probe {
-            pr.become_replicate();
+        match pr.state {
+            ProgressState::Probe => pr.become_replicate(),
+            ProgressState::Snapshot => {
+                let covered = pr
+                    .snapshot
+                    .as_ref()
+                    .map_or(Index(0), |t| t.meta().last.index);
+                if pr.matched >= covered {
+                    // Installed (or it had the entries already): replicate from there.
+                    pr.become_replicate();
+                }
+            }
+            ProgressState::Replicate => {}
         }
         self.maybe_commit();
         // Pipeline whatever else this follower can take.
@@ -192,6 +262,14 @@ impl RawNode {
         pr.read_round_acked = pr.read_round_acked.max(read_round);
         // A heartbeat answer is proof of life: resend what may have been lost.
         if pr.on_heartbeat_response(last) {
+            // A stalled snapshot transfer restarts with the newest snapshot: the edge drops
+            // chunks of a snapshot it no longer has.
+            let newest = self.snapshot.clone();
+            if let (Some(t), Some(newest)) = (pr.snapshot.as_ref(), newest) {
+                if t.meta() != &newest {
+                    pr.become_snapshot(newest);
+                }
+            }
             self.send_append(from);
         }
         if read_round > 0 {

@@ -153,6 +153,32 @@ impl Membership {
     }
 }
 
+/// Describes a snapshot of the application's state machine (paper §7): the state after
+/// applying every entry through `last`. The bytes themselves never enter the core: the
+/// application stores them, and the edge copies them in and out of snapshot messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnapshotMeta {
+    /// Last entry the snapshot covers (paper Figure 13 `lastIncludedIndex`/`lastIncludedTerm`).
+    pub last: EntryId,
+    /// The configuration as of `last`.
+    pub membership: Membership,
+    /// Size of the snapshot's bytes, for chunked transfer.
+    pub size_bytes: u64,
+}
+
+/// A piece of an incoming snapshot that the application must stage (write at `offset` of the
+/// staging area for `meta`) before the batch's persisted messages leave. A chunk at offset 0
+/// starts a new staging area, replacing any other.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SnapshotChunk {
+    /// Which snapshot this belongs to.
+    pub meta: SnapshotMeta,
+    /// Byte offset of `data` within the snapshot.
+    pub offset: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
 /// Role of a node (paper §5.1, plus the PreVote pre-candidate of thesis §9.6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {

@@ -148,6 +148,7 @@ fn run_command(c: &mut Option<Cluster>, command: &str) -> String {
                     commit: Index(args.u64_or("commit", 0)),
                 },
                 entries: entries_with_terms(&terms),
+                ..Disk::default()
             };
             c.disks.insert(id, disk);
             c.restart(id);

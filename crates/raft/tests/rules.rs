@@ -456,6 +456,7 @@ fn leaders_retry_with_an_earlier_next_index_on_rejection() {
                 commit: Index(0),
             },
             entries: entries_with_terms(&[1, 3, 3, 3]),
+            ..Disk::default()
         },
     );
     c.disks.insert(
@@ -467,6 +468,7 @@ fn leaders_retry_with_an_earlier_next_index_on_rejection() {
                 commit: Index(0),
             },
             entries: entries_with_terms(&[1, 2, 2, 2, 2, 2]),
+            ..Disk::default()
         },
     );
     c.restart(1);

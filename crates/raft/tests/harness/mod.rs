@@ -8,28 +8,111 @@ use std::fmt::Write;
 
 use raft::{
     Config, Entry, EntryId, EntryKind, HardState, Index, InitialState, Membership, Message,
-    MessageBody, NodeId, RawNode, ReadState, Ready, Term,
+    MessageBody, NodeId, RawNode, ReadState, Ready, SnapshotMeta, Term,
 };
 
-/// What a node has on its "disk".
+/// What a node has on its "disk": hard state, the log after the snapshot, the snapshot (its
+/// bytes encode the applied entries) and a staging area for an incoming one.
 #[derive(Clone, Debug, Default)]
 pub struct Disk {
     pub hard_state: HardState,
     pub entries: Vec<Entry>,
+    pub snapshot: Option<(SnapshotMeta, Vec<u8>)>,
+    pub staging: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 impl Disk {
-    fn write(&mut self, rd: &Ready) {
+    fn offset(&self) -> EntryId {
+        self.snapshot
+            .as_ref()
+            .map_or(EntryId::default(), |(m, _)| m.last)
+    }
+
+    fn write(&mut self, rd: &Ready) -> Option<Vec<Entry>> {
+        for chunk in &rd.snapshot_chunks {
+            if chunk.offset == 0 {
+                self.staging = Some((chunk.meta.clone(), Vec::new()));
+            }
+            let (meta, bytes) = self.staging.as_mut().expect("staging started at offset 0");
+            assert_eq!(meta, &chunk.meta, "chunk of another snapshot");
+            assert_eq!(
+                bytes.len() as u64,
+                chunk.offset,
+                "chunks staged out of order"
+            );
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let mut restored = None;
+        if let Some(meta) = &rd.snapshot {
+            let (staged_meta, bytes) = self.staging.take().expect("a staged snapshot");
+            assert_eq!(&staged_meta, meta);
+            assert_eq!(bytes.len() as u64, meta.size_bytes, "snapshot incomplete");
+            let last = meta.last;
+            let keep_suffix = self
+                .entries
+                .iter()
+                .any(|e| e.index == last.index && e.term == last.term);
+            if keep_suffix {
+                self.entries.retain(|e| e.index > last.index);
+            } else {
+                self.entries.clear();
+            }
+            restored = Some(decode_state(&bytes));
+            self.snapshot = Some((meta.clone(), bytes));
+        }
         if let Some(hs) = rd.hard_state {
             self.hard_state = hs;
         }
         if let Some(first) = rd.entries.first() {
-            let keep = (first.index.0 - 1) as usize;
+            let keep = (first.index.0 - self.offset().index.0 - 1) as usize;
             assert!(keep <= self.entries.len(), "gap in persisted log");
             self.entries.truncate(keep);
             self.entries.extend(rd.entries.iter().cloned());
         }
+        restored
     }
+
+    /// Drops entries covered by the snapshot.
+    pub fn compact(&mut self, meta: SnapshotMeta, bytes: Vec<u8>) {
+        self.entries.retain(|e| e.index > meta.last.index);
+        self.snapshot = Some((meta, bytes));
+    }
+}
+
+/// The harness state machine is the list of applied entries; a snapshot encodes it.
+pub fn encode_state(applied: &[Entry]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in applied {
+        let kind = if e.kind == EntryKind::Noop { 0u8 } else { 1u8 };
+        out.extend_from_slice(&e.index.0.to_le_bytes());
+        out.extend_from_slice(&e.term.0.to_le_bytes());
+        out.push(kind);
+        out.extend_from_slice(&(e.data.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e.data);
+    }
+    out
+}
+
+pub fn decode_state(mut b: &[u8]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let index = u64::from_le_bytes(b[0..8].try_into().expect("8 bytes"));
+        let term = u64::from_le_bytes(b[8..16].try_into().expect("8 bytes"));
+        let kind = if b[16] == 0 {
+            EntryKind::Noop
+        } else {
+            EntryKind::Normal
+        };
+        let len = u32::from_le_bytes(b[17..21].try_into().expect("4 bytes")) as usize;
+        out.push(Entry {
+            term: Term(term),
+            index: Index(index),
+            kind,
+            data: b[21..21 + len].to_vec(),
+        });
+        b = &b[21 + len..];
+    }
+    out
 }
 
 pub fn nid(id: u64) -> NodeId {
@@ -107,20 +190,25 @@ impl Cluster {
         }
     }
 
-    /// Starts (or restarts) node `id` from `disk`.
+    /// Starts (or restarts) node `id` from `disk`. The harness state machine survives
+    /// restarts (as if it were durable), so the node resumes at what it applied.
     pub fn start(&mut self, id: u64, cfg: Config, disk: Disk) {
         let applied = self
             .applied
             .get(&id)
             .map_or(0, |a| a.last().map_or(0, |e| e.index.0));
+        let snapshot = disk.snapshot.as_ref().map(|(m, _)| m.clone());
         let state = InitialState {
             hard_state: disk.hard_state,
             membership: self.membership.clone(),
-            snapshot: EntryId::default(),
+            snapshot: disk.offset(),
             entries: disk.entries.clone(),
-            applied: Index(applied),
+            applied: Index(applied).max(disk.offset().index),
         };
-        let node = RawNode::new(cfg.clone(), state).expect("valid start");
+        let mut node = RawNode::new(cfg.clone(), state).expect("valid start");
+        if let Some(meta) = snapshot {
+            node.compact(meta).expect("restart snapshot is valid");
+        }
         self.nodes.insert(id, node);
         self.configs.insert(id, cfg);
         self.disks.insert(id, disk);
@@ -184,9 +272,31 @@ impl Cluster {
             let _ = writeln!(self.trace, "> {id} handling Ready");
             self.trace.push_str(&format_ready(&rd));
         }
-        self.disks.get_mut(&id).expect("disk").write(&rd);
-        self.queue.extend(rd.messages.iter().cloned());
-        self.queue.extend(rd.persisted_messages.iter().cloned());
+        let disk = self.disks.get_mut(&id).expect("disk");
+        if let Some(state) = disk.write(&rd) {
+            // Installed a snapshot: the state machine is the snapshot's.
+            self.applied.insert(id, state);
+        }
+        let disk = &self.disks[&id];
+        for m in rd.messages.iter().chain(&rd.persisted_messages) {
+            let mut m = m.clone();
+            if let MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                len,
+                data,
+            } = &mut m.body
+            {
+                // The edge fills snapshot chunks from its current snapshot, or drops them.
+                match &disk.snapshot {
+                    Some((current, bytes)) if current == meta => {
+                        *data = bytes[*offset as usize..(*offset + *len) as usize].to_vec();
+                    }
+                    _ => continue,
+                }
+            }
+            self.queue.push(m);
+        }
         let applied = self.applied.entry(id).or_default();
         for e in &rd.committed_entries {
             if let Some(last) = applied.last() {
@@ -316,6 +426,28 @@ impl Cluster {
             .unwrap_or_default()
     }
 
+    /// Takes a snapshot of node `id` at its applied index and compacts its log.
+    pub fn compact(&mut self, id: u64) -> SnapshotMeta {
+        let applied = self.applied.get(&id).cloned().unwrap_or_default();
+        let node = &self.nodes[&id];
+        let index = node.status().applied;
+        let term = node.log().term(index).expect("applied entry in log");
+        let bytes = encode_state(&applied);
+        let meta = SnapshotMeta {
+            last: EntryId { term, index },
+            membership: self.membership.clone(),
+            size_bytes: bytes.len() as u64,
+        };
+        self.node(id)
+            .compact(meta.clone())
+            .expect("compact at applied");
+        self.disks
+            .get_mut(&id)
+            .expect("disk")
+            .compact(meta.clone(), bytes);
+        meta
+    }
+
     pub fn take_trace(&mut self) -> String {
         std::mem::take(&mut self.trace)
     }
@@ -383,6 +515,22 @@ pub fn format_msg(m: &Message) -> String {
             ctx.0,
             index.map_or("none".to_string(), |i| i.to_string())
         ),
+        MessageBody::InstallSnapshot {
+            meta, offset, len, ..
+        } => format!(
+            " snap={}/{} size={} offset={offset} len={len}",
+            meta.last.index, meta.last.term, meta.size_bytes
+        ),
+        MessageBody::SnapshotResp {
+            last,
+            offset,
+            reject,
+        } => format!(
+            " snap={}/{} offset={offset}{}",
+            last.index,
+            last.term,
+            if *reject { " rejected" } else { "" }
+        ),
     };
     head + &rest
 }
@@ -399,6 +547,23 @@ pub fn format_ready(rd: &Ready) -> String {
             s,
             "  hard state: term={} vote={vote} commit={}",
             hs.term, hs.commit
+        );
+    }
+    for c in &rd.snapshot_chunks {
+        let _ = writeln!(
+            s,
+            "  stage: snap={}/{} offset={} len={}",
+            c.meta.last.index,
+            c.meta.last.term,
+            c.offset,
+            c.data.len()
+        );
+    }
+    if let Some(m) = &rd.snapshot {
+        let _ = writeln!(
+            s,
+            "  install snapshot: {}/{} size={}",
+            m.last.index, m.last.term, m.size_bytes
         );
     }
     if !rd.entries.is_empty() {

@@ -71,7 +71,7 @@ impl RaftLog {
             persisted: last,
             unstable_from: last.next(),
         };
-        log.check_invariants();
+        log.check_invariants_full();
         log
     }
 
@@ -401,6 +401,25 @@ impl RaftLog {
             self.unstable_from <= self.last_index().next(),
             "unstable beyond end"
         );
+        // Order within `entries` is enforced where entries are added (`append`), so the
+        // per-step check is O(1); `check_invariants_full` walks the whole log.
+        if let (Some(first), Some(last)) = (self.entries.first(), self.entries.last()) {
+            assert_eq!(
+                first.index,
+                self.offset.index.next(),
+                "first entry after snapshot"
+            );
+            assert_eq!(last.index, self.last_index(), "log indexes not contiguous");
+            assert!(
+                first.term >= self.offset.term,
+                "log term below snapshot term"
+            );
+        }
+    }
+
+    /// [`RaftLog::check_invariants`] plus a walk over every entry.
+    pub fn check_invariants_full(&self) {
+        self.check_invariants();
         let mut prev = self.offset;
         for e in &self.entries {
             assert_eq!(e.index, prev.index.next(), "log indexes not contiguous");
@@ -607,7 +626,7 @@ mod tests {
                         log.commit_to(Index(c));
                     }
                 }
-                log.check_invariants();
+                log.check_invariants_full();
                 prop_assert_eq!(log.last_index(), Index(reference.len() as u64));
                 for (i, t) in reference.iter().enumerate() {
                     prop_assert_eq!(log.term(Index(i as u64 + 1)), Some(Term(*t)));

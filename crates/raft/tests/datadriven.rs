@@ -120,9 +120,17 @@ fn run_command(c: &mut Option<Cluster>, command: &str) -> String {
         let election = args.u64_or("election", 10);
         let heartbeat = args.u64_or("heartbeat", 1);
         let lease = args.bool_or("lease", false);
-        let msg_bytes_max = args.u64_or("msg-bytes-max", Config::new(nid(1)).msg_bytes_max);
+        let defaults = Config::new(nid(1));
+        let msg_bytes_max = args.u64_or("msg-bytes-max", defaults.msg_bytes_max);
+        let chunk_bytes = args.u64_or("snapshot-chunk-bytes", defaults.snapshot_chunk_bytes);
+        let chunks_inflight = args.u64_or(
+            "snapshot-chunks-inflight",
+            defaults.snapshot_chunks_inflight_max,
+        );
         *c = Some(Cluster::new(n, |cfg: &mut Config| {
             cfg.msg_bytes_max = msg_bytes_max;
+            cfg.snapshot_chunk_bytes = chunk_bytes;
+            cfg.snapshot_chunks_inflight_max = chunks_inflight;
             cfg.pre_vote = pre_vote;
             cfg.check_quorum = check_quorum;
             cfg.election_ticks = election;
@@ -237,6 +245,23 @@ fn run_command(c: &mut Option<Cluster>, command: &str) -> String {
             c.partition(&groups);
         }
         "heal" => c.heal(),
+        "compact" => {
+            let meta = c.compact(args.id(0));
+            let _ = writeln!(
+                out,
+                "snapshot {}/{} size={}",
+                meta.last.index, meta.last.term, meta.size_bytes
+            );
+            let _ = writeln!(out, "{}", log_line(c, args.id(0)));
+        }
+        "drop-next" => {
+            // drop-next TYPE: drops the first queued message of that kind.
+            let kind = args.positional[0].clone();
+            if let Some(pos) = c.queue.iter().position(|m| m.body.name() == kind) {
+                let m = c.queue.remove(pos);
+                let _ = writeln!(out, "dropped: {}", harness::format_msg(&m));
+            }
+        }
         "crash" => c.crash(args.id(0)),
         "restart" => c.restart(args.id(0)),
         "quiet" => c.verbose = false,

@@ -137,3 +137,27 @@ fn is_disk_full(e: &io::Error) -> bool {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
     ) || matches!(e.raw_os_error(), Some(28) | Some(122))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enospc_and_edquot_are_disk_full() {
+        for code in [28, 122] {
+            let e = StorageError::io("write", Path::new("/x"), io::Error::from_raw_os_error(code));
+            assert!(matches!(e, StorageError::DiskFull { .. }), "{e:?}");
+        }
+        let e = StorageError::engine(
+            Path::new("/x"),
+            fjall::Error::Io(io::Error::from_raw_os_error(28)),
+        );
+        assert!(matches!(e, StorageError::DiskFull { .. }), "{e:?}");
+        let e = StorageError::io("write", Path::new("/x"), io::Error::from_raw_os_error(5));
+        assert!(matches!(e, StorageError::Io { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "io error while trying to write /x: Input/output error (os error 5)"
+        );
+    }
+}

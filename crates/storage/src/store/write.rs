@@ -111,6 +111,15 @@ impl Store {
                 first.index, self.hard_state.commit
             ));
         }
+        // Terms never go back along the log (a leader only appends entries of its own term
+        // after entries of earlier terms).
+        let prev_term = self.term(first.index.prev())?;
+        if first.term < prev_term {
+            return bad(format!(
+                "entry {:?} follows an entry of term {prev_term}",
+                first.id()
+            ));
+        }
         for w in entries.windows(2) {
             if w[1].index != w[0].index.next() || w[1].term < w[0].term {
                 return bad(format!(

@@ -1,0 +1,304 @@
+//! The store's API, case by case: recovery of every record, the identity check, refusals of
+//! impossible requests, snapshots, staged snapshots and the core's `InitialState`.
+
+mod common;
+
+use std::fs;
+
+use common::{entry, hard_state, open};
+use raft::{Config, EntryId, Index, Membership, NodeId, RawNode, Term};
+use storage::{Identity, SnapshotMeta, StorageError, Store};
+
+fn id(term: u64, index: u64) -> EntryId {
+    EntryId {
+        term: Term(term),
+        index: Index(index),
+    }
+}
+
+fn voters() -> Membership {
+    Membership::new([1, 2, 3].map(|i| NodeId::new(i).unwrap()))
+}
+
+#[test]
+fn a_new_dir_is_empty_and_everything_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, rec) = open(dir.path()).unwrap();
+    assert!(rec.created);
+    assert_eq!(rec.last_index, Index(0));
+    assert_eq!(s.first_index(), Index(1));
+    s.set_membership(&voters()).unwrap();
+    let es: Vec<_> = (1..=20).map(|i| entry(i, 2, 50)).collect();
+    s.write(Some(&hard_state(2, 15)), &es).unwrap();
+    drop(s);
+    let (s, rec) = open(dir.path()).unwrap();
+    assert!(!rec.created);
+    assert_eq!(rec.hard_state, hard_state(2, 15));
+    assert_eq!(rec.membership, voters());
+    assert_eq!(rec.last_index, Index(20));
+    assert_eq!(common::all_entries(&s).unwrap(), es);
+    assert_eq!(s.term(Index(0)).unwrap(), Term(0));
+}
+
+#[test]
+fn the_recovered_state_starts_a_raft_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path()).unwrap();
+    s.set_membership(&voters()).unwrap();
+    let es: Vec<_> = (1..=10).map(|i| entry(i, 1, 8)).collect();
+    s.write(Some(&hard_state(1, 10)), &es).unwrap();
+    s.save_snapshot(
+        &SnapshotMeta {
+            last: id(1, 4),
+            membership: voters(),
+        },
+        b"kv",
+    )
+    .unwrap();
+    s.compact(id(1, 4)).unwrap();
+    drop(s);
+    let (s, rec) = open(dir.path()).unwrap();
+    let state = storage::initial_state(&s, rec.log_start.index).unwrap();
+    assert_eq!(state.snapshot, id(1, 4));
+    assert_eq!(state.entries, es[4..].to_vec());
+    let node = RawNode::new(Config::new(NodeId::new(1).unwrap()), state).unwrap();
+    assert_eq!(node.status().last, id(1, 10));
+    assert_eq!(node.status().commit, Index(10));
+}
+
+#[test]
+fn a_dir_of_another_cluster_or_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()).unwrap());
+    for other in [
+        Identity {
+            cluster_id: 0xdead,
+            node_id: NodeId::new(1).unwrap(),
+        },
+        Identity {
+            cluster_id: common::identity().cluster_id,
+            node_id: NodeId::new(2).unwrap(),
+        },
+    ] {
+        let mut o = common::options();
+        o.identity = other;
+        let err = Store::open(dir.path(), o).unwrap_err();
+        assert!(
+            matches!(err, StorageError::IdentityMismatch { found, .. } if found == common::identity()),
+            "{err:?}"
+        );
+    }
+}
+
+#[test]
+fn impossible_writes_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path()).unwrap();
+    s.write(
+        Some(&hard_state(2, 5)),
+        &(1..=10).map(|i| entry(i, 2, 4)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let invalid = |r: Result<(), StorageError>| {
+        assert!(matches!(r, Err(StorageError::InvalidRequest(_))), "{r:?}")
+    };
+    invalid(s.write(None, &[entry(12, 2, 1)])); // gap
+    invalid(s.write(None, &[entry(5, 3, 1)])); // replaces committed entry 5
+    invalid(s.write(None, &[entry(11, 1, 1)])); // term goes back
+    invalid(s.write(Some(&hard_state(1, 5)), &[])); // term goes back
+    invalid(s.write(Some(&hard_state(2, 11)), &[])); // commit past the log
+    invalid(s.write(None, &[entry(11, 2, 1), entry(13, 2, 1)])); // not contiguous
+    invalid(s.compact(id(2, 5))); // no snapshot covers it
+    s.save_snapshot(
+        &SnapshotMeta {
+            last: id(2, 8),
+            membership: voters(),
+        },
+        b"x",
+    )
+    .unwrap();
+    invalid(s.compact(id(2, 8))); // past commit
+    invalid(s.compact(id(1, 5))); // wrong term
+    assert_eq!(s.last_index(), Index(10));
+    assert_eq!(s.hard_state(), hard_state(2, 5));
+    s.compact(id(2, 5)).unwrap();
+    invalid(s.write(None, &[entry(5, 3, 1)])); // compacted prefix
+    assert!(matches!(
+        s.term(Index(4)),
+        Err(StorageError::Compacted { .. })
+    ));
+    assert!(matches!(
+        s.term(Index(11)),
+        Err(StorageError::Unavailable { .. })
+    ));
+    assert_eq!(s.term(Index(5)).unwrap(), Term(2));
+}
+
+#[test]
+fn a_truncated_suffix_never_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path()).unwrap();
+    s.write(
+        Some(&hard_state(1, 2)),
+        &(1..=10).map(|i| entry(i, 1, 4)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    s.write(Some(&hard_state(2, 2)), &[entry(4, 2, 9)]).unwrap();
+    assert_eq!(s.last_index(), Index(4));
+    drop(s);
+    let (s, rec) = open(dir.path()).unwrap();
+    assert_eq!(rec.last_index, Index(4));
+    assert_eq!(
+        s.entries(Index(4), Index(4), 0).unwrap(),
+        vec![entry(4, 2, 9)]
+    );
+    assert!(matches!(
+        s.entries(Index(4), Index(5), u64::MAX),
+        Err(StorageError::Unavailable { .. })
+    ));
+}
+
+#[test]
+fn byte_limited_reads_return_at_least_one_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path()).unwrap();
+    // 100 entries: most only in the engine (the test cache holds 8).
+    s.write(
+        None,
+        &(1..=100).map(|i| entry(i, 1, 100)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let one = entry(1, 1, 100).size_bytes();
+    assert_eq!(s.entries(Index(1), Index(100), 0).unwrap().len(), 1);
+    assert_eq!(s.entries(Index(1), Index(100), one * 3).unwrap().len(), 3);
+    assert_eq!(s.entries(Index(90), Index(100), one * 5).unwrap().len(), 5);
+    let all = s.entries(Index(1), Index(100), u64::MAX).unwrap();
+    assert_eq!(all, (1..=100).map(|i| entry(i, 1, 100)).collect::<Vec<_>>());
+}
+
+#[test]
+fn snapshots_replace_older_ones_and_a_missing_one_refuses_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path()).unwrap();
+    s.write(
+        Some(&hard_state(1, 10)),
+        &(1..=10).map(|i| entry(i, 1, 4)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for at in [3, 7] {
+        let meta = SnapshotMeta {
+            last: id(1, at),
+            membership: voters(),
+        };
+        s.save_snapshot(&meta, format!("state at {at}").as_bytes())
+            .unwrap();
+        s.compact(id(1, at)).unwrap();
+    }
+    let old = SnapshotMeta {
+        last: id(1, 5),
+        membership: voters(),
+    };
+    assert!(matches!(
+        s.save_snapshot(&old, b"old"),
+        Err(StorageError::InvalidRequest(_))
+    ));
+    let (meta, data) = s.load_snapshot().unwrap().unwrap();
+    assert_eq!(meta.last, id(1, 7));
+    assert_eq!(data, b"state at 7");
+    let snap_files: Vec<_> = fs::read_dir(dir.path().join("snap")).unwrap().collect();
+    assert_eq!(snap_files.len(), 1, "the older snapshot was removed");
+    // A leftover temp file from an interrupted save is cleaned up on open.
+    fs::write(
+        dir.path()
+            .join("snap/snap-0000000000000001-0000000000000009.snap.tmp"),
+        b"x",
+    )
+    .unwrap();
+    drop(s);
+    let (s, rec) = open(dir.path()).unwrap();
+    assert_eq!(rec.snapshot.unwrap().last, id(1, 7));
+    assert_eq!(fs::read_dir(dir.path().join("snap")).unwrap().count(), 1);
+    drop(s);
+    // The log was compacted to 7: without the snapshot file the data is gone, so refuse.
+    for f in fs::read_dir(dir.path().join("snap")).unwrap() {
+        fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    let err = open(dir.path()).unwrap_err();
+    assert!(
+        err.to_string().contains("no snapshot file covers it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn installing_a_snapshot_resets_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path()).unwrap();
+    s.write(
+        Some(&hard_state(1, 3)),
+        &(1..=10).map(|i| entry(i, 1, 4)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let meta = SnapshotMeta {
+        last: id(5, 50),
+        membership: voters(),
+    };
+    assert!(s.reset_to_snapshot(id(5, 50), &hard_state(5, 50)).is_err());
+    s.save_snapshot(&meta, b"leader state").unwrap();
+    s.reset_to_snapshot(id(5, 50), &hard_state(5, 50)).unwrap();
+    s.write(None, &[entry(51, 5, 1)]).unwrap();
+    drop(s);
+    let (s, rec) = open(dir.path()).unwrap();
+    assert_eq!(rec.log_start, id(5, 50));
+    assert_eq!(rec.hard_state, hard_state(5, 50));
+    assert_eq!(common::all_entries(&s).unwrap(), vec![entry(51, 5, 1)]);
+}
+
+#[test]
+fn a_staged_snapshot_survives_restart_and_a_torn_chunk_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path()).unwrap();
+    let meta = SnapshotMeta {
+        last: id(3, 30),
+        membership: voters(),
+    };
+    s.stage_begin(&meta, 300).unwrap();
+    assert_eq!(s.stage_chunk(0, &[1; 100]).unwrap(), 100);
+    assert!(matches!(
+        s.stage_chunk(50, &[1; 10]),
+        Err(StorageError::InvalidRequest(_))
+    ));
+    assert_eq!(s.stage_chunk(100, &[2; 100]).unwrap(), 200);
+    drop(s);
+    // A torn third chunk: a length prefix and half a record.
+    let stage = dir.path().join("snap/incoming.stage");
+    let mut bytes = fs::read(&stage).unwrap();
+    bytes.extend_from_slice(&[105, 0, 0, 0, 1, 3, 3, 3]);
+    fs::write(&stage, &bytes).unwrap();
+    let (mut s, rec) = open(dir.path()).unwrap();
+    let staged = rec.staged.unwrap();
+    assert_eq!(staged.meta, meta);
+    assert_eq!(staged.received_bytes, 200);
+    assert!(matches!(
+        s.stage_finish(),
+        Err(StorageError::InvalidRequest(_))
+    ));
+    s.stage_chunk(200, &[3; 100]).unwrap();
+    let (m, data) = s.stage_finish().unwrap();
+    assert_eq!(m, meta);
+    assert_eq!(data, [[1u8; 100], [2; 100], [3; 100]].concat());
+    assert!(s.staged().is_none());
+    assert_eq!(s.load_snapshot().unwrap().unwrap().1, data);
+    drop(s);
+    // A staging file with a broken header is discarded cleanly.
+    let (mut s, _) = open(dir.path()).unwrap();
+    s.stage_begin(&meta, 10).unwrap();
+    drop(s);
+    let mut bytes = fs::read(&stage).unwrap();
+    bytes[6] ^= 0xff;
+    fs::write(&stage, &bytes).unwrap();
+    let (s, rec) = open(dir.path()).unwrap();
+    assert!(rec.staged.is_none());
+    assert!(s.staged().is_none());
+    assert!(!stage.exists());
+}

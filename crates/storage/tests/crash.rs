@@ -15,7 +15,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{entry, hard_state, open, Rng};
-use raft::{Entry, HardState};
+use raft::{Entry, EntryId, HardState, Index, Membership, Term};
+use storage::SnapshotMeta;
 
 const CHILD_ENV: &str = "SKIFF_STORAGE_CRASH_CHILD";
 
@@ -23,13 +24,17 @@ const CHILD_ENV: &str = "SKIFF_STORAGE_CRASH_CHILD";
 struct Step {
     hard_state: HardState,
     entries: Vec<Entry>,
+    /// After the write: snapshot at this entry and compact the log to it.
+    compact_to: Option<EntryId>,
 }
 
 /// The child's script: from a seed, a sequence of writes with random batch sizes, occasional
-/// truncations of uncommitted entries and term changes.
+/// truncations of uncommitted entries, term changes and compactions.
 fn script(seed: u64, steps: usize) -> Vec<Step> {
     let mut rng = Rng(seed | 1);
-    let (mut last, mut term, mut commit) = (0u64, 1u64, 0u64);
+    let (mut last, mut term, mut commit, mut start) = (0u64, 1u64, 0u64, 0u64);
+    // terms[i - 1] is the term of entry i.
+    let mut terms: Vec<u64> = Vec::new();
     let mut out = Vec::new();
     for _ in 0..steps {
         if rng.below(8) == 0 {
@@ -41,26 +46,39 @@ fn script(seed: u64, steps: usize) -> Vec<Step> {
         let len = rng.below(600) as usize;
         let entries: Vec<Entry> = (from..from + n).map(|i| entry(i, term, len)).collect();
         last = from + n - 1;
+        terms.truncate(from as usize - 1);
+        terms.extend(std::iter::repeat_n(term, n as usize));
         commit = commit.max(last.saturating_sub(rng.below(20)));
+        let to = commit.saturating_sub(rng.below(30));
+        let compact_to = (rng.below(20) == 0 && to > start).then(|| {
+            start = to;
+            EntryId {
+                term: Term(terms[to as usize - 1]),
+                index: Index(to),
+            }
+        });
         out.push(Step {
             hard_state: hard_state(term, commit),
             entries,
+            compact_to,
         });
     }
     out
 }
 
-/// The expected (hard state, entries) after the first `k` steps.
-fn state_after(script: &[Step], k: usize) -> (HardState, Vec<Entry>) {
+/// The expected hard state, whole log (from index 1) and log start after the first `k` steps.
+fn state_after(script: &[Step], k: usize) -> (HardState, Vec<Entry>, EntryId) {
     let mut hs = HardState::default();
     let mut log: Vec<Entry> = Vec::new();
+    let mut start = EntryId::default();
     for s in &script[..k] {
         hs = s.hard_state;
         let from = s.entries[0].index.0 as usize;
         log.truncate(from - 1);
         log.extend(s.entries.iter().cloned());
+        start = s.compact_to.unwrap_or(start);
     }
-    (hs, log)
+    (hs, log, start)
 }
 
 const STEPS: usize = 3000;
@@ -79,6 +97,17 @@ fn crash_child() {
         store
             .write(Some(&step.hard_state), &step.entries)
             .expect("child write");
+        if let Some(to) = step.compact_to {
+            let meta = SnapshotMeta {
+                last: to,
+                membership: Membership::default(),
+            };
+            let data = format!("snapshot at {}", to.index.0);
+            store
+                .save_snapshot(&meta, data.as_bytes())
+                .expect("child snapshot");
+            store.compact(to).expect("child compact");
+        }
         println!("\nacked {}", k + 1);
     }
     println!("finished");
@@ -90,6 +119,7 @@ fn sigkill_at_random_points_loses_no_acknowledged_write() {
     let mut rng = Rng(0x00c0_ffee);
     let exe = std::env::current_exe().unwrap();
     let mut torn_in_flight = 0;
+    let mut compactions_seen = 0;
     for round in 0..kills {
         let dir = tempfile::tempdir().unwrap();
         let seed = rng.next();
@@ -135,10 +165,29 @@ fn sigkill_at_random_points_loses_no_acknowledged_write() {
         let script = script(seed, STEPS);
         let (store, rec) = open(dir.path()).unwrap_or_else(|e| panic!("round {round}: {e}"));
         let got = common::all_entries(&store).unwrap();
-        let (hs_a, log_a) = state_after(&script, acked);
-        let (hs_b, log_b) = state_after(&script, acked + 1);
-        let is_a = rec.hard_state == hs_a && got == log_a;
-        let is_b = rec.hard_state == hs_b && got == log_b;
+        let (hs_a, log_a, start_a) = state_after(&script, acked);
+        let (hs_b, log_b, start_b) = state_after(&script, acked + 1);
+        // The compaction after a write is not synced by itself: either start may be durable.
+        assert!(
+            rec.log_start == start_a || rec.log_start == start_b,
+            "round {round} seed {seed}: log start {:?}, expected {start_a:?} or {start_b:?}",
+            rec.log_start
+        );
+        let after_start = |log: &[Entry]| log[rec.log_start.index.0 as usize..].to_vec();
+        let is_a = rec.hard_state == hs_a && got == after_start(&log_a);
+        let is_b = rec.hard_state == hs_b && got == after_start(&log_b);
+        if rec.log_start.index.0 > 0 {
+            let (meta, data) = store
+                .load_snapshot()
+                .unwrap()
+                .expect("snapshot covers start");
+            assert!(meta.last.index >= rec.log_start.index);
+            assert_eq!(
+                data,
+                format!("snapshot at {}", meta.last.index.0).into_bytes()
+            );
+            compactions_seen += 1;
+        }
         assert!(
             is_a || is_b,
             "round {round} seed {seed}: recovered state (last {}, {:?}) is neither write {acked} \
@@ -151,5 +200,12 @@ fn sigkill_at_random_points_loses_no_acknowledged_write() {
             torn_in_flight += 1;
         }
     }
-    eprintln!("{kills} kills, {torn_in_flight} recovered the write in flight");
+    eprintln!(
+        "{kills} kills, {torn_in_flight} recovered the write in flight, \
+         {compactions_seen} recovered a compacted log"
+    );
+    assert!(
+        compactions_seen > 0,
+        "the script should compact before most kills"
+    );
 }

@@ -23,7 +23,7 @@
 #![deny(missing_docs)]
 
 mod cache;
-pub mod codec;
+mod codec;
 mod error;
 mod identity;
 mod options;

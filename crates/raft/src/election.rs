@@ -4,7 +4,7 @@
 use crate::message::{Message, MessageBody};
 use crate::node::RawNode;
 use crate::quorum::VoteResult;
-use crate::types::{EntryId, NodeId, Role};
+use crate::types::{EntryId, Index, NodeId, Role};
 
 impl RawNode {
     /// Follower and candidate clock: start an election when the randomized timeout passes
@@ -130,8 +130,11 @@ impl RawNode {
             | MessageBody::InstallSnapshot { .. }
                 if self.config.check_quorum || self.config.pre_vote =>
             {
+                // Index 0 promises nothing about our log: the answer only carries our term.
+                // (Our last index would read as a match if the sender is re-elected in our
+                // term before the answer arrives.)
                 let body = MessageBody::AppendResp {
-                    index: self.log.last_index(),
+                    index: Index(0),
                     reject: None,
                 };
                 self.send(msg.from, body);

@@ -17,6 +17,7 @@
 mod config;
 mod election;
 mod follower;
+pub mod lease;
 pub mod log;
 mod message;
 mod node;

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{Config, ConfigError};
+use crate::lease::Lease;
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
@@ -324,6 +325,8 @@ pub struct RawNode {
     pub(crate) committed_in_term: bool,
     /// Pending reads.
     pub(crate) reads: ReadQueue,
+    /// Leader only: send ticks of heartbeat rounds, for lease reads.
+    pub(crate) lease: Lease,
     /// Reads that failed, to report in the next batch.
     pub(crate) failed_reads: Vec<ReadCtx>,
     /// The newest durable snapshot this node can send (set by [`RawNode::compact`] or by
@@ -353,6 +356,7 @@ impl RawNode {
     pub fn new(config: Config, state: InitialState) -> Result<RawNode, StartError> {
         config.validate().map_err(StartError::Config)?;
         check_initial_state(&state).map_err(StartError::CorruptState)?;
+        let forward_ids = forward_id_base(&config, &state);
         let log = RaftLog::restore(
             state.snapshot,
             state.entries,
@@ -380,7 +384,8 @@ impl RawNode {
             rng: Rng::new(seed),
             uncommitted_bytes: 0,
             committed_in_term: false,
-            reads: ReadQueue::default(),
+            reads: ReadQueue::new(forward_ids),
+            lease: Lease::default(),
             failed_reads: Vec::new(),
             snapshot: None,
             incoming_snapshot: None,
@@ -700,6 +705,7 @@ impl RawNode {
         self.progress.clear();
         self.uncommitted_bytes = 0;
         self.committed_in_term = false;
+        self.lease.clear();
         for req in self.reads.take_unconfirmed() {
             self.fail_read(req);
         }
@@ -817,6 +823,18 @@ impl RawNode {
             self.check_invariants();
         }
     }
+}
+
+/// Where a node's forwarded-read ids start: different across restarts of the same node (the
+/// term or log grew, or the seed differs), so an answer meant for an earlier incarnation does
+/// not match a new read. The PRNG spreads the value over the id space.
+fn forward_id_base(config: &Config, state: &InitialState) -> u64 {
+    let last = state
+        .entries
+        .last()
+        .map_or(state.snapshot.index, |e| e.index);
+    let mix = config.seed ^ state.hard_state.term.0.rotate_left(32) ^ last.0.rotate_left(17);
+    Rng::new(mix).next_u64()
 }
 
 /// Checks recovered state for consistency; an error describes the first problem.

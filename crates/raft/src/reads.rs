@@ -23,10 +23,11 @@ impl RawNode {
                 // If the leader's answer is lost, the read fails after an election timeout
                 // rather than hanging.
                 let expires_at = self.ticks + 2 * self.config.election_ticks;
-                if !self.reads.forward(ctx, expires_at) {
+                let Some(id) = self.reads.forward(ctx, expires_at) else {
                     return Err(ReadError::DuplicateCtx);
-                }
-                self.send(leader, MessageBody::ReadIndex { ctx });
+                };
+                // The wire carries our request id, not the application's tag.
+                self.send(leader, MessageBody::ReadIndex { ctx: ReadCtx(id) });
                 Ok(())
             }
         }
@@ -38,24 +39,39 @@ impl RawNode {
         if !self.committed_in_term {
             // Until an entry of its term commits, a new leader does not know the commit index
             // (§6.4 step 1); the read waits for the no-op.
-            self.reads.wait_for_commit(req);
+            self.reads.wait_for_commit(req, self.ticks);
             return;
         }
         let commit = self.log.committed();
         let skip_round = cfg!(feature = "mut-read-without-quorum");
-        if skip_round
-            || self.config.read_only == ReadOnlyOption::LeaseBased
-            || self.voters.voters().len() == 1
-        {
-            // Lease: CheckQuorum guarantees no other leader within the election timeout (see
-            // the clock assumption on `ReadOnlyOption::LeaseBased`). One voter: no one else
-            // can lead.
+        if skip_round || self.voters.voters().len() == 1 || self.lease_holds() {
+            // One voter: no one else can lead. Lease: no other leader can be elected before
+            // the lease ends (see `lease.rs` and the clock assumption on
+            // `ReadOnlyOption::LeaseBased`).
             self.on_read_confirmed(req, commit);
             return;
         }
-        if let Some(round) = self.reads.add_to_round(vec![req], commit) {
+        if let Some(round) = self.reads.add_to_round(vec![req], commit, self.ticks) {
             self.send_heartbeats(round);
         }
+    }
+
+    /// Lease reads are on and a quorum acknowledged a heartbeat round recently enough.
+    fn lease_holds(&self) -> bool {
+        if self.config.read_only != ReadOnlyOption::LeaseBased {
+            return false;
+        }
+        let me = self.id();
+        let acked = self.voters.committed_index(|id| {
+            let round = if id == me {
+                u64::MAX
+            } else {
+                self.progress.get(&id).map_or(0, |pr| pr.read_round_acked)
+            };
+            Some(Index(round))
+        });
+        self.lease
+            .holds(acked.0, self.ticks, self.config.election_ticks)
     }
 
     /// The leader's no-op (or another entry of its term) committed: reads that waited can get
@@ -120,11 +136,11 @@ impl RawNode {
     }
 
     /// The leader answered a read we forwarded.
-    pub(crate) fn handle_read_index_response(&mut self, ctx: ReadCtx, index: Option<Index>) {
-        if !self.reads.answer_forwarded(ctx) {
-            // Expired already, or a duplicate answer.
+    pub(crate) fn handle_read_index_response(&mut self, id: ReadCtx, index: Option<Index>) {
+        let Some(ctx) = self.reads.answer_forwarded(id.0) else {
+            // Expired already, a duplicate, or meant for an earlier incarnation.
             return;
-        }
+        };
         match index {
             Some(index) => self.reads.push_confirmed(ReadState { ctx, index }),
             None => self.failed_reads.push(ctx),

@@ -27,6 +27,10 @@ impl RawNode {
                 }
             }
         }
+        let age_max = 2 * self.config.election_ticks;
+        for req in self.reads.expire_leader_reads(self.ticks, age_max) {
+            self.fail_read(req);
+        }
         if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.bcast_heartbeat();
@@ -161,11 +165,16 @@ impl RawNode {
     /// Heartbeats carry `min(commit, match)`: a follower may not hold the leader's entries past
     /// its match, and must not commit an index whose entry might differ from the leader's.
     fn bcast_heartbeat(&mut self) {
-        let read_round = self.reads.newest_round();
-        self.send_heartbeats(read_round);
+        // Every broadcast is a fresh round: its acknowledgements confirm pending reads and
+        // extend the lease.
+        let round = self.reads.new_round_id();
+        self.send_heartbeats(round);
     }
 
+    /// Sends heartbeats for `read_round` and remembers when, for the lease.
     pub(crate) fn send_heartbeats(&mut self, read_round: u64) {
+        self.lease
+            .record(read_round, self.ticks, self.config.election_ticks);
         let commit = self.log.committed();
         let targets: Vec<(NodeId, Index)> = self
             .progress

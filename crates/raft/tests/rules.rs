@@ -718,3 +718,107 @@ fn same_inputs_same_outputs() {
     assert!(a.len() > 1000);
     assert_eq!(a, b);
 }
+
+// ---- Regressions found in review ----
+
+/// A delayed heartbeat from a leader's previous term reaches a follower after that leader was
+/// re-elected. The follower's answer must not read as a match (it used to carry the
+/// follower's last index, and the leader committed an entry only it held).
+#[test]
+fn stale_term_answer_is_not_a_match() {
+    let mut a = node_with(1, &[1, 3], 3, 1);
+    let mut cfg = config(2);
+    cfg.check_quorum = true;
+    let state = InitialState {
+        hard_state: HardState {
+            term: Term(4),
+            vote: None,
+            commit: Index(1),
+        },
+        membership: Membership::new([nid(1), nid(2), nid(3)]),
+        snapshot: EntryId::default(),
+        entries: entries_with_terms(&[1, 2, 2, 2]),
+        applied: Index(0),
+    };
+    let mut b = RawNode::new(cfg, state).unwrap();
+    a.campaign();
+    let _ = drain(&mut a);
+    a.step(msg(3, 1, 4, MessageBody::VoteResp { reject: false }))
+        .unwrap();
+    assert_eq!(a.status().role, Role::Leader);
+    a.propose(b"w".to_vec()).unwrap();
+    let _ = drain(&mut a);
+    let heartbeat = MessageBody::Heartbeat {
+        commit: Index(1),
+        read_round: 0,
+    };
+    b.step(msg(1, 2, 3, heartbeat)).unwrap();
+    let answer = all_messages(&drain(&mut b));
+    assert_eq!(answer.len(), 1);
+    a.step(answer[0].clone()).unwrap();
+    assert_eq!(a.status().commit, Index(1), "no commit on a stale answer");
+}
+
+/// Lease reads end before the followers' leases do: a leader cut off after its last
+/// acknowledged heartbeat round does not serve lease reads past `election_ticks` from it.
+#[test]
+fn lease_reads_stop_when_the_followers_leases_may_have_ended() {
+    let mut c = Cluster::new(3, |cfg| cfg.read_only = raft::ReadOnlyOption::LeaseBased);
+    c.verbose = false;
+    assert!(c.elect(1));
+    c.tick_all();
+    c.isolate(1);
+    let e = c.configs[&1].election_ticks;
+    // Still leader (CheckQuorum steps down only at the end of its window), but the lease is
+    // gone: the read needs a round that cannot complete.
+    c.tick(1, e - 1);
+    c.stabilize();
+    assert_eq!(c.nodes[&1].status().role, Role::Leader);
+    c.node(1).read_index(ReadCtx(5)).unwrap();
+    c.stabilize();
+    assert!(c.reads.get(&1).is_none_or(|r| r.is_empty()));
+    // Once it steps down the read fails.
+    c.tick(1, 2 * e);
+    c.stabilize();
+    assert_eq!(c.failed_reads[&1], vec![5]);
+}
+
+/// A forwarded read that expired and is retried with the same tag is not answered by the late
+/// reply to the first attempt.
+#[test]
+fn late_answer_to_an_expired_forwarded_read_is_ignored() {
+    let mut f = node_with(2, &[1, 1], 1, 2);
+    let hb = || {
+        msg(
+            1,
+            2,
+            1,
+            MessageBody::Heartbeat {
+                commit: Index(2),
+                read_round: 0,
+            },
+        )
+    };
+    f.step(hb()).unwrap();
+    let _ = drain(&mut f);
+    f.read_index(ReadCtx(7)).unwrap();
+    let first_id = match &drain(&mut f).messages[0].body {
+        MessageBody::ReadIndex { ctx } => *ctx,
+        other => panic!("expected ReadIndex, got {other:?}"),
+    };
+    let mut failed = Vec::new();
+    for _ in 0..20 {
+        f.tick();
+        f.step(hb()).unwrap();
+        failed.extend(drain(&mut f).failed_reads);
+    }
+    assert_eq!(failed, [ReadCtx(7)]);
+    f.read_index(ReadCtx(7)).unwrap();
+    let _ = drain(&mut f);
+    let late = MessageBody::ReadIndexResp {
+        ctx: first_id,
+        index: Some(Index(2)),
+    };
+    f.step(msg(1, 2, 1, late)).unwrap();
+    assert!(!f.has_ready() || drain(&mut f).read_states.is_empty());
+}

@@ -1,0 +1,94 @@
+//! The leader's read lease (thesis §6.4.1), pure bookkeeping. Every heartbeat broadcast gets a
+//! fresh round id; followers echo it. A follower that received round `r` ignores votes for the
+//! next `election_ticks` ticks of its clock (it is "in lease"), so once a quorum acknowledged a
+//! round sent at tick `t`, no other leader can be elected before `t + election_ticks` on
+//! clocks that tick at the same rate. The leader serves lease reads only until
+//! `t + election_ticks - drift`, where the margin absorbs bounded drift between tick rates.
+
+use std::collections::VecDeque;
+
+/// Rounds remembered at most; older ones could not extend a lease anyway once newer ones are
+/// acknowledged.
+pub const LEASE_ROUNDS_MAX: usize = 4096;
+
+/// Send ticks of recent heartbeat rounds, oldest first.
+#[derive(Clone, Debug, Default)]
+pub struct Lease {
+    /// `(round id, tick sent)`. Invariant: ids strictly increasing, ticks non-decreasing;
+    /// length at most [`LEASE_ROUNDS_MAX`].
+    sent: VecDeque<(u64, u64)>,
+}
+
+impl Lease {
+    /// Round `id` was broadcast at tick `now`. Rounds that can no longer extend the lease
+    /// (sent more than `election_ticks` ago) are forgotten, keeping the newest of them.
+    pub fn record(&mut self, id: u64, now: u64, election_ticks: u64) {
+        if let Some(&(last_id, last_tick)) = self.sent.back() {
+            assert!(id > last_id, "round ids must increase");
+            assert!(now >= last_tick, "ticks went back");
+        }
+        self.sent.push_back((id, now));
+        while self.sent.len() > 1
+            && (self.sent.len() > LEASE_ROUNDS_MAX
+                || self.sent[1].1.saturating_add(election_ticks) <= now)
+        {
+            self.sent.pop_front();
+        }
+    }
+
+    /// The tick at which the newest round at or below `acked_id` was sent: the lease starts
+    /// there.
+    pub fn start_tick(&self, acked_id: u64) -> Option<u64> {
+        self.sent
+            .iter()
+            .rev()
+            .find(|&&(id, _)| id <= acked_id)
+            .map(|&(_, t)| t)
+    }
+
+    /// Whether a lease confirmed by a quorum acknowledging `acked_id` still holds at `now`.
+    pub fn holds(&self, acked_id: u64, now: u64, election_ticks: u64) -> bool {
+        let drift = lease_drift_ticks(election_ticks);
+        self.start_tick(acked_id)
+            .is_some_and(|t| now + drift < t + election_ticks)
+    }
+
+    /// Forgets every round (a new term).
+    pub fn clear(&mut self) {
+        self.sent.clear();
+    }
+}
+
+/// The safety margin for clock drift: a tenth of the election timeout, at least one tick.
+pub fn lease_drift_ticks(election_ticks: u64) -> u64 {
+    (election_ticks / 10).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_runs_from_the_acknowledged_round_send_tick() {
+        let mut l = Lease::default();
+        l.record(1, 0, 10);
+        l.record(2, 5, 10);
+        assert!(!l.holds(0, 1, 10), "nothing acknowledged");
+        // Round 1 (sent at 0) acknowledged: the lease holds until 10 - drift 1.
+        assert!(l.holds(1, 8, 10));
+        assert!(!l.holds(1, 9, 10));
+        // Round 2 (sent at 5) extends it.
+        assert!(l.holds(2, 13, 10));
+        assert!(!l.holds(2, 14, 10));
+    }
+
+    #[test]
+    fn old_rounds_are_forgotten() {
+        let mut l = Lease::default();
+        for i in 1..100 {
+            l.record(i, i, 10);
+        }
+        assert!(l.sent.len() <= 11);
+        assert_eq!(l.start_tick(99), Some(99));
+    }
+}

@@ -115,7 +115,7 @@ fn crash_child() {
 
 #[test]
 fn sigkill_at_random_points_loses_no_acknowledged_write() {
-    let kills = 40;
+    let kills = 30;
     let mut rng = Rng(0x00c0_ffee);
     let exe = std::env::current_exe().unwrap();
     let mut torn_in_flight = 0;

@@ -167,7 +167,7 @@ fn check(store: &Store, m: &Model) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn store_matches_reference_model(ops in proptest::collection::vec(op(), 1..60)) {

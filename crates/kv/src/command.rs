@@ -1,0 +1,123 @@
+//! What the Raft log carries ([`Command`]) and what applying it yields ([`Response`]).
+
+use crate::types::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
+};
+
+/// Identifies one client request for exactly-once application.
+///
+/// A client uses a unique `client_id` and numbers its requests `seq = 1, 2, ...`, with at most
+/// one request outstanding; a retry reuses the same pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Session {
+    /// Unique id of the client (for example chosen at random by the proposing server).
+    pub client_id: u64,
+    /// Sequence number of the request within the client; starts at 1.
+    pub seq: u64,
+}
+
+/// One entry of the replicated log: a request, optionally deduplicated by a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    /// Set for client writes that must apply exactly once; `None` for requests that are
+    /// idempotent or issued by the leader itself (lease expiry, compaction).
+    pub session: Option<Session>,
+    /// What to do.
+    pub request: Request,
+}
+
+impl Command {
+    /// A command without session.
+    pub fn new(request: Request) -> Self {
+        Command {
+            session: None,
+            request,
+        }
+    }
+
+    /// A command deduplicated by `(client_id, seq)`.
+    pub fn with_session(client_id: u64, seq: u64, request: Request) -> Self {
+        Command {
+            session: Some(Session { client_id, seq }),
+            request,
+        }
+    }
+}
+
+/// A state machine request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// A read through the log (etcd's pre-ReadIndex linearizable read).
+    Range(RangeRequest),
+    /// A put.
+    Put(PutRequest),
+    /// A delete.
+    DeleteRange(DeleteRangeRequest),
+    /// A transaction.
+    Txn(TxnRequest),
+    /// Compact history below `revision`.
+    Compact {
+        /// Revision to compact at.
+        revision: i64,
+    },
+    /// Grant a lease with a leader-chosen id.
+    LeaseGrant {
+        /// Lease id, non-zero.
+        id: i64,
+        /// Time to live, seconds.
+        ttl: i64,
+    },
+    /// Revoke a lease, deleting its keys in one revision.
+    LeaseRevoke {
+        /// Lease id.
+        id: i64,
+    },
+}
+
+/// The result of applying a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// Result of [`Request::Range`].
+    Range(RangeResponse),
+    /// Result of [`Request::Put`].
+    Put(PutResponse),
+    /// Result of [`Request::DeleteRange`].
+    DeleteRange(DeleteRangeResponse),
+    /// Result of [`Request::Txn`].
+    Txn(TxnResponse),
+    /// Result of [`Request::Compact`].
+    Compact {
+        /// Store revision.
+        revision: i64,
+    },
+    /// Result of [`Request::LeaseGrant`].
+    LeaseGrant {
+        /// Store revision.
+        revision: i64,
+        /// Lease id granted.
+        id: i64,
+        /// TTL granted, seconds.
+        ttl: i64,
+    },
+    /// Result of [`Request::LeaseRevoke`].
+    LeaseRevoke {
+        /// Store revision after deleting the lease's keys.
+        revision: i64,
+    },
+}
+
+impl Response {
+    /// The store revision the response carries in its header.
+    pub fn revision(&self) -> i64 {
+        match self {
+            Response::Range(r) => r.revision,
+            Response::Put(r) => r.revision,
+            Response::DeleteRange(r) => r.revision,
+            Response::Txn(r) => r.revision,
+            Response::Compact { revision }
+            | Response::LeaseGrant { revision, .. }
+            | Response::LeaseRevoke { revision } => *revision,
+        }
+    }
+}

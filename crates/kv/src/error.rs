@@ -1,0 +1,136 @@
+//! Errors: [`KvError`] for deterministic request failures (etcd's messages, replicated and stored
+//! in sessions), [`Error`] for everything the caller may see, including storage faults.
+
+/// A request failure with etcd's exact message. Deterministic: every replica applying the same
+/// command reaches the same `KvError`, so it is a response, not a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KvError {
+    /// Empty key (gRPC InvalidArgument).
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    /// Read or compaction at or below the compacted revision (gRPC OutOfRange).
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    /// Read or compaction above the current revision (gRPC OutOfRange).
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// Unknown lease (gRPC NotFound).
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    /// Lease id already granted (gRPC FailedPrecondition).
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// TTL above etcd's maximum of 9,000,000,000 seconds (gRPC OutOfRange).
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// `ignore_value`/`ignore_lease` on a missing key (gRPC InvalidArgument).
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    /// A value together with `ignore_value` (gRPC InvalidArgument).
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    /// A lease together with `ignore_lease` (gRPC InvalidArgument).
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    /// Overlapping writes in one transaction (gRPC InvalidArgument).
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    /// More than [`crate::TXN_OPS_MAX`] compares or ops in one branch, or nesting deeper than
+    /// [`crate::TXN_DEPTH_MAX`] (gRPC InvalidArgument).
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    /// A retry of a request older than the client's last applied one: its response is gone
+    /// (Skiff-specific; gRPC FailedPrecondition).
+    #[error("skiff: request sequence number is older than the client's last applied request")]
+    StaleSequence,
+    /// The client's session was evicted (or never existed) and `seq > 1`: the request may be a
+    /// retry of one already applied, so it is refused rather than risk applying it twice
+    /// (Skiff-specific; gRPC FailedPrecondition; the client must start a new client id).
+    #[error("skiff: client session expired; retry with a new client id")]
+    SessionExpired,
+}
+
+/// Every error of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request failed deterministically; reply with this to the client.
+    #[error(transparent)]
+    Kv(#[from] KvError),
+    /// `apply` was called with an index at or below the applied index; the entry must be skipped.
+    #[error("raft entry {index} already applied (applied index {applied})")]
+    AlreadyApplied {
+        /// Index passed in.
+        index: u64,
+        /// Applied index in the store.
+        applied: u64,
+    },
+    /// Bytes that are not a valid command, response or snapshot.
+    #[error("decode: {0}")]
+    Decode(String),
+    /// The database holds something this code did not write.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// redb failed (IO, full disk, ...). The caller should stop applying. Boxed to keep
+    /// `Result<_, Error>` small.
+    #[error("storage: {0}")]
+    Storage(Box<redb::Error>),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for Error {
+            fn from(e: $t) -> Self {
+                Error::Storage(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+impl KvError {
+    /// Stable one-byte code used by the codec; never reuse a retired code.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            KvError::EmptyKey => 1,
+            KvError::Compacted => 2,
+            KvError::FutureRevision => 3,
+            KvError::LeaseNotFound => 4,
+            KvError::LeaseExists => 5,
+            KvError::LeaseTtlTooLarge => 6,
+            KvError::KeyNotFound => 7,
+            KvError::ValueProvided => 8,
+            KvError::LeaseProvided => 9,
+            KvError::DuplicateKey => 10,
+            KvError::TooManyOps => 11,
+            KvError::StaleSequence => 12,
+            KvError::SessionExpired => 13,
+        }
+    }
+
+    /// Inverse of [`KvError::code`].
+    pub(crate) fn from_code(code: u8) -> Option<KvError> {
+        const ALL: [KvError; 13] = [
+            KvError::EmptyKey,
+            KvError::Compacted,
+            KvError::FutureRevision,
+            KvError::LeaseNotFound,
+            KvError::LeaseExists,
+            KvError::LeaseTtlTooLarge,
+            KvError::KeyNotFound,
+            KvError::ValueProvided,
+            KvError::LeaseProvided,
+            KvError::DuplicateKey,
+            KvError::TooManyOps,
+            KvError::StaleSequence,
+            KvError::SessionExpired,
+        ];
+        ALL.into_iter().find(|e| e.code() == code)
+    }
+}

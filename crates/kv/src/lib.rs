@@ -1,0 +1,49 @@
+//! Skiff's key-value state machine: an etcd-compatible MVCC store on redb.
+//!
+//! The server applies committed Raft entries with [`Store::apply`], which runs one
+//! [`Command`] and records the Raft index in the same redb transaction, so after a crash
+//! [`Store::applied_index`] says exactly where to resume. Reads that skip the log use
+//! [`Store::range`].
+//!
+//! Semantics follow etcd v3 (`etcdserver/apply.go`, `mvcc/`):
+//!
+//! - The store revision starts at 1 and increases by one per write transaction that changed
+//!   at least one key (a put, a delete that deleted something, a transaction with such ops, a
+//!   lease revoke that deleted keys). Reads, compares, no-op deletes, lease grants and
+//!   compactions leave it alone.
+//! - Each key has `create_revision`, `mod_revision` and `version`; a delete writes a tombstone
+//!   and a later put starts a new generation (`version` 1, new `create_revision`).
+//! - History stays readable at any revision `>= compact_revision()` until compacted.
+//! - Request failures are [`KvError`] values carrying etcd's exact messages.
+//!
+//! Modules: [`types`] (requests/responses), `command` (log entries), [`codec`] (their bytes),
+//! `mvcc` (history index), `range`, `write` (puts/deletes at one revision), `txn`
+//! (validation, compares), `lease`, `session` (exactly-once), [`snapshot`], `store`.
+#![deny(missing_docs)]
+
+pub mod codec;
+mod command;
+mod error;
+mod lease;
+mod mvcc;
+mod range;
+mod session;
+pub mod snapshot;
+mod store;
+mod txn;
+pub mod types;
+mod write;
+
+pub use command::{Command, Request, Response, Session};
+pub use error::{Error, KvError};
+pub use lease::LEASE_TTL_MAX;
+pub use store::{Durability, Options, Store};
+pub use types::*;
+
+/// Most compares, or ops in one branch, of a transaction: etcd's `--max-txn-ops` default.
+/// A nested transaction gets the budget its parent leaves.
+pub const TXN_OPS_MAX: usize = 128;
+
+/// Deepest nesting of transactions the codec accepts (the ops budget already limits it to
+/// [`TXN_OPS_MAX`]); bounds recursion on untrusted bytes.
+pub const TXN_DEPTH_MAX: usize = TXN_OPS_MAX;

@@ -1,0 +1,432 @@
+//! [`Store`]: the state machine the server applies committed Raft entries to.
+
+use std::path::Path;
+
+use redb::backends::InMemoryBackend;
+use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+
+use crate::command::{Command, Request, Response};
+use crate::error::Error;
+use crate::lease::{self, LEASES, LEASE_KEYS};
+use crate::mvcc::{scan_live, KeySpan, Record, HISTORY};
+use crate::range;
+use crate::session::{self, Lookup, SESSIONS, SESSIONS_BY_INDEX};
+use crate::txn;
+use crate::types::{Lease, RangeRequest, RangeResponse};
+use crate::write::Writer;
+
+/// Scalar state: `name -> u64`.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META_REVISION: &str = "revision";
+pub(crate) const META_COMPACTED: &str = "compact_revision";
+pub(crate) const META_APPLIED: &str = "applied_index";
+
+/// How commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every apply is fsynced before it returns (redb's default).
+    #[default]
+    Immediate,
+    /// Applies are written but not fsynced (redb's `Durability::Eventual`). A crash may lose
+    /// the latest applies, never tear one: after reopening, `applied_index()` says where to
+    /// resume and the server replays the rest from its Raft log, which is durable on its own.
+    Eventual,
+}
+
+/// Store configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Commit durability.
+    pub durability: Durability,
+    /// Most client sessions kept for exactly-once application; at least 1.
+    pub sessions_max: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            durability: Durability::Immediate,
+            sessions_max: 10_000,
+        }
+    }
+}
+
+impl Options {
+    /// Explains what is wrong with the options, if anything.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sessions_max == 0 {
+            return Err("sessions_max must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The scalar state of the store.
+///
+/// Invariants: `1 <= revision`; `compacted <= revision`; `applied` only grows (except through
+/// [`Store::restore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Meta {
+    /// Current store revision; 1 for an empty store, as in etcd.
+    pub(crate) revision: u64,
+    /// Compacted revision; 0 before any compaction.
+    pub(crate) compacted: u64,
+    /// Index of the last Raft entry applied.
+    pub(crate) applied: u64,
+}
+
+impl Meta {
+    pub(crate) fn read(t: &impl ReadableTable<&'static str, u64>) -> Result<Meta, Error> {
+        let get = |name: &str| -> Result<u64, Error> {
+            t.get(name)?
+                .map(|v| v.value())
+                .ok_or_else(|| Error::Corrupt(format!("meta {name} missing")))
+        };
+        let meta = Meta {
+            revision: get(META_REVISION)?,
+            compacted: get(META_COMPACTED)?,
+            applied: get(META_APPLIED)?,
+        };
+        if meta.revision == 0 || meta.compacted > meta.revision {
+            return Err(Error::Corrupt(format!("meta out of order: {meta:?}")));
+        }
+        Ok(meta)
+    }
+
+    pub(crate) fn write(&self, txn: &WriteTransaction) -> Result<(), Error> {
+        let mut t = txn.open_table(META)?;
+        t.insert(META_REVISION, self.revision)?;
+        t.insert(META_COMPACTED, self.compacted)?;
+        t.insert(META_APPLIED, self.applied)?;
+        Ok(())
+    }
+}
+
+/// The MVCC key-value state machine on a redb database.
+///
+/// Every method takes `&self`: redb serialises write transactions and gives readers a
+/// consistent snapshot, so reads may run on other threads while entries are applied.
+pub struct Store {
+    /// The database; all state lives in it (nothing is cached).
+    db: Database,
+    /// Validated options.
+    options: Options,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in the redb file at `path`.
+    pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Store, Error> {
+        options.validate().map_err(Error::Corrupt)?;
+        Store::init(Database::create(path)?, options)
+    }
+
+    /// A store held in memory (tests, simulation).
+    pub fn in_memory(options: Options) -> Result<Store, Error> {
+        options.validate().map_err(Error::Corrupt)?;
+        Store::init(
+            Database::builder().create_with_backend(InMemoryBackend::new())?,
+            options,
+        )
+    }
+
+    fn init(db: Database, options: Options) -> Result<Store, Error> {
+        let store = Store { db, options };
+        let txn = store.begin_write()?;
+        create_tables(&txn)?;
+        let fresh = txn.open_table(META)?.get(META_REVISION)?.is_none();
+        if fresh {
+            Meta {
+                revision: 1,
+                compacted: 0,
+                applied: 0,
+            }
+            .write(&txn)?;
+        }
+        txn.commit()?;
+        Ok(store)
+    }
+
+    pub(crate) fn begin_write(&self) -> Result<WriteTransaction, Error> {
+        let mut txn = self.db.begin_write()?;
+        if self.options.durability == Durability::Eventual {
+            txn.set_durability(redb::Durability::Eventual);
+        }
+        Ok(txn)
+    }
+
+    pub(crate) fn begin_read(&self) -> Result<ReadTransaction, Error> {
+        Ok(self.db.begin_read()?)
+    }
+
+    /// Applies the committed Raft entry `index` carrying `cmd`, atomically with recording
+    /// `index` as the applied index.
+    ///
+    /// Returns the response, or `Err(Error::Kv(_))` for a deterministic request failure (also
+    /// applied: the index advances and a session remembers it). `Err(Error::AlreadyApplied)`
+    /// means `index <= applied_index()` and nothing happened; other errors are storage faults
+    /// after which nothing was applied and the server should stop.
+    pub fn apply(&self, index: u64, cmd: &Command) -> Result<Response, Error> {
+        let txn = self.begin_write()?;
+        let meta = Meta::read(&txn.open_table(META)?)?;
+        if index <= meta.applied {
+            return Err(Error::AlreadyApplied {
+                index,
+                applied: meta.applied,
+            });
+        }
+        if let Some(s) = cmd.session {
+            let early = match session::lookup(&txn, s)? {
+                Lookup::Apply => None,
+                Lookup::Retry(result) => {
+                    session::touch(&txn, s.client_id, index)?;
+                    Some(result)
+                }
+                Lookup::Refuse(e) => Some(Err(e)),
+            };
+            if let Some(result) = early {
+                Meta {
+                    applied: index,
+                    ..meta
+                }
+                .write(&txn)?;
+                txn.commit()?;
+                return result.map_err(Error::Kv);
+            }
+        }
+        let (txn, meta, result) = match execute(&txn, meta, &cmd.request) {
+            Ok((resp, after)) => (txn, after, Ok(resp)),
+            Err(Error::Kv(e)) => {
+                // Undo the partial writes; the failure itself is still applied.
+                txn.abort()?;
+                (self.begin_write()?, meta, Err(e))
+            }
+            Err(other) => return Err(other),
+        };
+        if let Some(s) = cmd.session {
+            session::record(&txn, s, index, &result, self.options.sessions_max)?;
+        }
+        Meta {
+            applied: index,
+            ..meta
+        }
+        .write(&txn)?;
+        txn.commit()?;
+        result.map_err(Error::Kv)
+    }
+
+    /// Records that Raft entry `index`, which carries no command (an election no-op, a
+    /// configuration change), has been applied. Same skipping rule as [`Store::apply`].
+    pub fn advance_applied(&self, index: u64) -> Result<(), Error> {
+        let txn = self.begin_write()?;
+        let meta = Meta::read(&txn.open_table(META)?)?;
+        if index <= meta.applied {
+            return Err(Error::AlreadyApplied {
+                index,
+                applied: meta.applied,
+            });
+        }
+        Meta {
+            applied: index,
+            ..meta
+        }
+        .write(&txn)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// A range read outside Raft (serializable, or linearizable after a ReadIndex round).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
+        let txn = self.begin_read()?;
+        let meta = Meta::read(&txn.open_table(META)?)?;
+        range::range(
+            &txn.open_table(HISTORY)?,
+            req,
+            meta.revision,
+            meta.compacted,
+        )
+    }
+
+    fn meta(&self) -> Result<Meta, Error> {
+        Meta::read(&self.begin_read()?.open_table(META)?)
+    }
+
+    /// Current revision (1 for an empty store; +1 per write transaction that changed a key).
+    pub fn revision(&self) -> Result<i64, Error> {
+        Ok(self.meta()?.revision as i64)
+    }
+
+    /// Revision of the last compaction, 0 if none.
+    pub fn compact_revision(&self) -> Result<i64, Error> {
+        Ok(self.meta()?.compacted as i64)
+    }
+
+    /// Index of the last Raft entry applied; the server resumes at the next one.
+    pub fn applied_index(&self) -> Result<u64, Error> {
+        Ok(self.meta()?.applied)
+    }
+
+    /// Granted leases in id order.
+    pub fn leases(&self) -> Result<Vec<Lease>, Error> {
+        lease::all(&self.begin_read()?.open_table(LEASES)?)
+    }
+
+    /// Keys attached to lease `id` (empty for an unknown lease), ascending.
+    pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, Error> {
+        lease::keys_of(&self.begin_read()?.open_table(LEASE_KEYS)?, id)
+    }
+
+    /// A CRC-32 of the replicated state at the current revision, for comparing replicas: the
+    /// revision, compacted revision, every history row kept and every lease. Sessions and the
+    /// applied index are left out (they are bookkeeping, not keyspace). Returns
+    /// `(revision, hash)`.
+    pub fn hash(&self) -> Result<(i64, u32), Error> {
+        let txn = self.begin_read()?;
+        let meta = Meta::read(&txn.open_table(META)?)?;
+        let mut h = crc32fast::Hasher::new();
+        h.update(&meta.revision.to_le_bytes());
+        h.update(&meta.compacted.to_le_bytes());
+        for row in txn.open_table(HISTORY)?.iter()? {
+            let (k, v) = row?;
+            let (key, rev) = k.value();
+            h.update(&(key.len() as u64).to_le_bytes());
+            h.update(key);
+            h.update(&rev.to_le_bytes());
+            h.update(&(v.value().len() as u64).to_le_bytes());
+            h.update(v.value());
+        }
+        for l in lease::all(&txn.open_table(LEASES)?)? {
+            h.update(&l.id.to_le_bytes());
+            h.update(&l.ttl.to_le_bytes());
+        }
+        Ok((meta.revision as i64, h.finalize()))
+    }
+
+    /// Checks the cross-table invariants; a violation is a bug and panics. Linear in the size
+    /// of the store: for tests and the simulator.
+    pub fn check_invariants(&self) -> Result<(), Error> {
+        let txn = self.begin_read()?;
+        let meta = Meta::read(&txn.open_table(META)?)?;
+        let history = txn.open_table(HISTORY)?;
+        let leases = txn.open_table(LEASES)?;
+        let lease_keys = txn.open_table(LEASE_KEYS)?;
+        for row in history.iter()? {
+            let (k, _) = row?;
+            assert!(
+                k.value().1 <= meta.revision,
+                "history row above the store revision"
+            );
+        }
+        let mut attached = 0u64;
+        scan_live(
+            &history,
+            KeySpan::From(&[]),
+            meta.revision,
+            |key, _, bytes| {
+                if let Record::Put { lease, .. } = Record::decode(bytes)? {
+                    if lease != 0 {
+                        attached += 1;
+                        assert!(leases.get(lease)?.is_some(), "live key on a revoked lease");
+                        assert!(
+                            lease_keys.get((lease, key))?.is_some(),
+                            "key missing from its lease"
+                        );
+                    }
+                }
+                Ok(true)
+            },
+        )?;
+        assert_eq!(
+            lease_keys.iter()?.count() as u64,
+            attached,
+            "stale lease attachments"
+        );
+        let sessions = txn.open_table(SESSIONS)?.iter()?.count();
+        assert_eq!(sessions, txn.open_table(SESSIONS_BY_INDEX)?.iter()?.count());
+        assert!(sessions <= self.options.sessions_max);
+        Ok(())
+    }
+
+    /// The whole state as bytes, from one consistent read transaction (see [`crate::snapshot`]).
+    pub fn snapshot(&self) -> Result<Vec<u8>, Error> {
+        crate::snapshot::write(&self.begin_read()?)
+    }
+
+    /// Replaces the whole state (including the applied index) with a snapshot, atomically: on
+    /// any error, including a corrupt snapshot, the store is unchanged.
+    pub fn restore(&self, snapshot: &[u8]) -> Result<(), Error> {
+        let image = crate::snapshot::read(snapshot)?;
+        let txn = self.begin_write()?;
+        txn.delete_table(HISTORY)?;
+        txn.delete_table(LEASES)?;
+        txn.delete_table(LEASE_KEYS)?;
+        txn.delete_table(SESSIONS)?;
+        txn.delete_table(SESSIONS_BY_INDEX)?;
+        create_tables(&txn)?;
+        crate::snapshot::load(&txn, &image)?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+/// Creates every table so that read transactions can open them.
+fn create_tables(txn: &WriteTransaction) -> Result<(), Error> {
+    txn.open_table(META)?;
+    txn.open_table(HISTORY)?;
+    txn.open_table(LEASES)?;
+    txn.open_table(LEASE_KEYS)?;
+    txn.open_table(SESSIONS)?;
+    txn.open_table(SESSIONS_BY_INDEX)?;
+    Ok(())
+}
+
+/// Validates and runs one request in `txn`, returning the response and the new meta
+/// (`applied` unchanged). On `Err` the transaction may hold partial writes: abort it.
+fn execute(txn: &WriteTransaction, meta: Meta, req: &Request) -> Result<(Response, Meta), Error> {
+    txn::check_request(req)?;
+    let mut w = Writer::new(txn, meta.revision, meta.compacted)?;
+    let resp = match req {
+        Request::Range(r) => Response::Range(w.range(r)?),
+        Request::Put(p) => Response::Put(w.put(p)?),
+        Request::DeleteRange(d) => Response::DeleteRange(w.delete(d)?),
+        Request::Txn(t) => Response::Txn(txn::execute(&mut w, t)?),
+        Request::Compact { revision } => {
+            w.compact(*revision)?;
+            Response::Compact {
+                revision: w.read_rev() as i64,
+            }
+        }
+        Request::LeaseGrant { id, ttl } => {
+            w.lease_grant(*id, *ttl)?;
+            Response::LeaseGrant {
+                revision: w.read_rev() as i64,
+                id: *id,
+                ttl: *ttl,
+            }
+        }
+        Request::LeaseRevoke { id } => {
+            w.lease_revoke(*id)?;
+            Response::LeaseRevoke {
+                revision: w.read_rev() as i64,
+            }
+        }
+    };
+    let after = Meta {
+        revision: w.read_rev(),
+        compacted: w.compacted(),
+        applied: meta.applied,
+    };
+    drop(w);
+    assert!(after.revision == meta.revision || after.revision == meta.revision + 1);
+    if after != meta {
+        after.write(txn)?;
+    }
+    Ok((resp, after))
+}

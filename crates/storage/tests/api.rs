@@ -251,6 +251,7 @@ fn installing_a_snapshot_resets_the_log() {
     let (s, rec) = open(dir.path()).unwrap();
     assert_eq!(rec.log_start, id(5, 50));
     assert_eq!(rec.hard_state, hard_state(5, 50));
+    assert_eq!(rec.membership, voters());
     assert_eq!(common::all_entries(&s).unwrap(), vec![entry(51, 5, 1)]);
 }
 

@@ -192,19 +192,20 @@ impl Store {
 
     /// Replaces the whole log with a snapshot (a follower installing one from the leader):
     /// every entry goes, the log restarts after `to`, and `hard_state` (whose commit should be
-    /// `to.index`) is written in the same synced batch. A durable snapshot at `to` must exist.
+    /// `to.index`) and the snapshot's membership are written in the same synced batch. A
+    /// durable snapshot at `to` must exist (save or stage it first).
     pub fn reset_to_snapshot(
         &mut self,
         to: EntryId,
         hard_state: &HardState,
     ) -> Result<(), StorageError> {
         self.ensure_ok()?;
-        let latest = self.snapshots.latest().map(|s| s.last);
-        if latest != Some(to) {
+        let Some(snapshot) = self.snapshots.latest().filter(|s| s.last == to).cloned() else {
             return Err(StorageError::InvalidRequest(format!(
-                "reset to {to:?} but the durable snapshot is {latest:?}"
+                "reset to {to:?} but the durable snapshot is {:?}",
+                self.snapshots.latest().map(|s| s.last)
             )));
-        }
+        };
         if hard_state.commit > to.index || hard_state.term < self.hard_state.term {
             return Err(StorageError::InvalidRequest(format!(
                 "hard state {hard_state:?} does not fit a reset to {to:?}"
@@ -217,6 +218,12 @@ impl Store {
             KEY_HARD_STATE,
             codec::encode_hard_state(hard_state),
         );
+        // The membership as of the snapshot replaces ours, in the same atomic batch.
+        batch.insert(
+            &self.meta,
+            KEY_MEMBERSHIP,
+            codec::encode_membership(&snapshot.membership),
+        );
         let mut i = self.log_start.index.next();
         while i <= self.last_index {
             batch.remove(&self.entries, codec::index_key(i));
@@ -226,6 +233,7 @@ impl Store {
         self.log_start = to;
         self.last_index = to.index;
         self.hard_state = *hard_state;
+        self.membership = snapshot.membership;
         self.cache.clear();
         self.check_invariants_if_debug();
         Ok(())

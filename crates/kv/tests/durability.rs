@@ -1,0 +1,280 @@
+//! Exactly-once application, the applied index, reopening, snapshots and hostile bytes.
+
+mod common;
+
+use kv::codec::{decode_command, encode_command};
+use kv::*;
+use proptest::prelude::*;
+
+fn put(k: &str, v: &str) -> Request {
+    Request::Put(PutRequest::new(k, v))
+}
+
+fn store(sessions_max: usize) -> Store {
+    Store::in_memory(Options {
+        sessions_max,
+        ..Options::default()
+    })
+    .expect("store")
+}
+
+#[test]
+fn a_retried_command_returns_the_stored_response_and_applies_once() {
+    let s = store(10);
+    let cmd = Command::with_session(42, 1, put("k", "v"));
+    let first = s.apply(1, &cmd).unwrap();
+    // The same entry proposed again (client retry after a timeout) lands at a later index.
+    let again = s.apply(2, &cmd).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(s.revision().unwrap(), 2, "applied once");
+    assert_eq!(
+        s.applied_index().unwrap(),
+        2,
+        "the duplicate entry is still consumed"
+    );
+    let kv = s.range(&RangeRequest::key("k")).unwrap().kvs;
+    assert_eq!(kv[0].version, 1);
+    // The next request of the client applies normally.
+    s.apply(3, &Command::with_session(42, 2, put("k", "w")))
+        .unwrap();
+    assert_eq!(s.revision().unwrap(), 3);
+    // An older one is refused: its response is gone.
+    let stale = s
+        .apply(4, &Command::with_session(42, 1, put("k", "v")))
+        .unwrap_err();
+    assert!(
+        matches!(stale, Error::Kv(KvError::StaleSequence)),
+        "{stale}"
+    );
+    assert_eq!(s.revision().unwrap(), 3);
+}
+
+#[test]
+fn a_retried_failure_returns_the_same_failure_even_if_it_would_now_succeed() {
+    let s = store(10);
+    let mut p = PutRequest::new("k", "");
+    p.ignore_value = true;
+    let cmd = Command::with_session(7, 1, Request::Put(p));
+    assert!(matches!(
+        s.apply(1, &cmd),
+        Err(Error::Kv(KvError::KeyNotFound))
+    ));
+    s.apply(2, &Command::new(put("k", "v"))).unwrap();
+    assert!(matches!(
+        s.apply(3, &cmd),
+        Err(Error::Kv(KvError::KeyNotFound))
+    ));
+    assert_eq!(s.revision().unwrap(), 2);
+}
+
+#[test]
+fn sessions_evict_the_least_recently_seen_client_and_refuse_its_retries() {
+    let s = store(2);
+    s.apply(1, &Command::with_session(1, 1, put("a", "1")))
+        .unwrap();
+    s.apply(2, &Command::with_session(2, 1, put("b", "1")))
+        .unwrap();
+    s.apply(3, &Command::with_session(1, 2, put("a", "2")))
+        .unwrap(); // client 1 seen at 3
+    s.apply(4, &Command::with_session(3, 1, put("c", "1")))
+        .unwrap(); // evicts client 2 (seen at 2)
+    s.check_invariants().unwrap();
+    let rev = s.revision().unwrap();
+    // Client 2 retrying its first request: seq 1 from an unknown client opens a new session,
+    // which is the documented limit of the rule; a retry of seq > 1 is refused.
+    let expired = s
+        .apply(5, &Command::with_session(2, 2, put("b", "2")))
+        .unwrap_err();
+    assert!(matches!(expired, Error::Kv(KvError::SessionExpired)));
+    assert_eq!(s.revision().unwrap(), rev);
+    // Client 1 kept its session.
+    let retry = s
+        .apply(6, &Command::with_session(1, 2, put("a", "2")))
+        .unwrap();
+    assert_eq!(retry.revision(), 4);
+    assert_eq!(s.revision().unwrap(), rev);
+}
+
+#[test]
+fn entries_at_or_below_the_applied_index_are_skipped() {
+    let s = store(10);
+    s.apply(5, &Command::new(put("k", "v"))).unwrap();
+    for index in [1, 5] {
+        let err = s.apply(index, &Command::new(put("k", "w"))).unwrap_err();
+        assert!(
+            matches!(err, Error::AlreadyApplied { applied: 5, .. }),
+            "{err}"
+        );
+    }
+    s.advance_applied(6).unwrap();
+    assert!(s.advance_applied(6).is_err());
+    assert_eq!((s.applied_index().unwrap(), s.revision().unwrap()), (6, 2));
+}
+
+#[test]
+fn reopening_finds_the_same_state_and_applied_index() {
+    for durability in [Durability::Immediate, Durability::Eventual] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        let options = Options {
+            durability,
+            ..Options::default()
+        };
+        let (hash, snapshot) = {
+            let s = Store::open(&path, options).unwrap();
+            s.apply(1, &Command::new(Request::LeaseGrant { id: 3, ttl: 10 }))
+                .unwrap();
+            s.apply(
+                2,
+                &Command::new(Request::Put(PutRequest {
+                    lease: 3,
+                    ..PutRequest::new("a", "1")
+                })),
+            )
+            .unwrap();
+            s.apply(3, &Command::with_session(9, 1, put("b", "1")))
+                .unwrap();
+            s.apply(
+                4,
+                &Command::new(Request::DeleteRange(DeleteRangeRequest::key("b"))),
+            )
+            .unwrap();
+            s.apply(5, &Command::new(Request::Compact { revision: 3 }))
+                .unwrap();
+            (s.hash().unwrap(), s.snapshot().unwrap())
+        };
+        let s = Store::open(&path, options).unwrap();
+        assert_eq!(s.applied_index().unwrap(), 5);
+        assert_eq!(s.hash().unwrap(), hash);
+        assert_eq!(
+            s.snapshot().unwrap(),
+            snapshot,
+            "every table, sessions included"
+        );
+        assert_eq!(s.compact_revision().unwrap(), 3);
+        assert_eq!(s.lease_keys(3).unwrap(), vec![b"a".to_vec()]);
+        assert!(matches!(
+            s.apply(5, &Command::new(put("x", "y"))),
+            Err(Error::AlreadyApplied { .. })
+        ));
+        // The session survived: a retry is still recognised.
+        let retry = s
+            .apply(6, &Command::with_session(9, 1, put("b", "1")))
+            .unwrap();
+        assert_eq!(retry.revision(), 3);
+        s.check_invariants().unwrap();
+    }
+}
+
+#[test]
+fn restore_replaces_everything_and_refuses_corrupt_snapshots() {
+    let a = store(10);
+    a.apply(1, &Command::new(put("a", "1"))).unwrap();
+    a.apply(2, &Command::with_session(1, 1, put("b", "1")))
+        .unwrap();
+    let snap = a.snapshot().unwrap();
+    let b = store(10);
+    for i in 1..=5 {
+        b.apply(i, &Command::new(put("other", "x"))).unwrap();
+    }
+    let before = b.hash().unwrap();
+    let mut bad = snap.clone();
+    bad[12] ^= 1;
+    assert!(matches!(b.restore(&bad), Err(Error::Decode(_))));
+    assert!(matches!(
+        b.restore(&snap[..snap.len() - 1]),
+        Err(Error::Decode(_))
+    ));
+    assert_eq!(
+        b.hash().unwrap(),
+        before,
+        "a failed restore changes nothing"
+    );
+    b.restore(&snap).unwrap();
+    assert_eq!(b.hash().unwrap(), a.hash().unwrap());
+    assert_eq!(b.applied_index().unwrap(), 2);
+    assert!(b.range(&RangeRequest::key("other")).unwrap().kvs.is_empty());
+    let retry = b
+        .apply(3, &Command::with_session(1, 1, put("b", "1")))
+        .unwrap();
+    assert_eq!(retry.revision(), 3, "sessions travel with the snapshot");
+    b.check_invariants().unwrap();
+}
+
+#[test]
+fn commands_survive_the_codec_through_apply() {
+    let s = store(10);
+    let cmd = Command::with_session(
+        5,
+        1,
+        Request::Txn(TxnRequest {
+            compare: vec![Compare::new(
+                "k",
+                CompareResult::Equal,
+                CompareTarget::Version(0),
+            )],
+            success: vec![RequestOp::Put(PutRequest::new("k", "v"))],
+            failure: vec![],
+        }),
+    );
+    let decoded = decode_command(&encode_command(&cmd)).unwrap();
+    assert_eq!(decoded, cmd);
+    assert!(matches!(
+        s.apply(1, &decoded),
+        Ok(Response::Txn(TxnResponse {
+            succeeded: true,
+            revision: 2,
+            ..
+        }))
+    ));
+}
+
+/// One store shared by the property cases below (creating a redb database per case would
+/// dominate the run time); restores into it only ever fail, so it never changes.
+fn shared() -> &'static Store {
+    static STORE: std::sync::OnceLock<Store> = std::sync::OnceLock::new();
+    STORE.get_or_init(|| store(10))
+}
+
+fn sample_snapshot() -> &'static [u8] {
+    static SNAP: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    SNAP.get_or_init(|| {
+        let s = store(10);
+        s.apply(1, &Command::new(Request::LeaseGrant { id: 2, ttl: 5 }))
+            .unwrap();
+        s.apply(2, &Command::with_session(1, 1, put("key", "value")))
+            .unwrap();
+        s.apply(
+            3,
+            &Command::new(Request::Put(PutRequest {
+                lease: 2,
+                ..PutRequest::new("l", "v")
+            })),
+        )
+        .unwrap();
+        s.snapshot().unwrap()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = decode_command(&bytes);
+        let mut versioned = vec![1u8];
+        versioned.extend_from_slice(&bytes);
+        let _ = decode_command(&versioned);
+        prop_assert!(shared().restore(&bytes).is_err());
+        prop_assert_eq!(shared().revision().unwrap(), 1);
+    }
+
+    #[test]
+    fn bit_flips_in_a_snapshot_are_detected(pos in 0usize..10_000, bit in 0u8..8) {
+        let mut snap = sample_snapshot().to_vec();
+        let pos = pos % snap.len();
+        snap[pos] ^= 1 << bit;
+        prop_assert!(shared().restore(&snap).is_err());
+        prop_assert_eq!(shared().revision().unwrap(), 1);
+    }
+}

@@ -1,0 +1,352 @@
+//! Property test: the store against a deliberately simple reference model, a `Vec` of every
+//! `(key, revision, value or tombstone)` ever written. The model derives versions and create
+//! revisions by walking that list, and models compaction only as "reads below it fail", so it
+//! shares no code or data structure with the store.
+
+use std::collections::BTreeSet;
+
+use kv::*;
+use proptest::prelude::*;
+
+/// The reference model.
+#[derive(Default)]
+struct Model {
+    /// Every write: (key, revision, Some(value) for a put, None for a delete).
+    rows: Vec<(Vec<u8>, i64, Option<Vec<u8>>)>,
+    /// Store revision minus one (the model starts at 0 changes; etcd at revision 1).
+    changes: i64,
+    compacted: i64,
+    /// Whether the running transaction has written (then reads see revision + 1).
+    dirty: bool,
+}
+
+fn in_span(k: &[u8], key: &[u8], end: &[u8]) -> bool {
+    match end {
+        [] => k == key,
+        [0] => k >= key,
+        e => k >= key && k < e,
+    }
+}
+
+impl Model {
+    fn rev(&self) -> i64 {
+        1 + self.changes
+    }
+
+    fn read_rev(&self) -> i64 {
+        self.rev() + i64::from(self.dirty)
+    }
+
+    /// The live pair of `key` at `rev`, computed from scratch.
+    fn get(&self, key: &[u8], rev: i64) -> Option<KeyValue> {
+        let mut kv: Option<KeyValue> = None;
+        for (k, r, v) in &self.rows {
+            if k != key || *r > rev {
+                continue;
+            }
+            kv = v.as_ref().map(|value| {
+                let (create, version) = kv
+                    .as_ref()
+                    .map_or((*r, 1), |p| (p.create_revision, p.version + 1));
+                KeyValue {
+                    key: k.clone(),
+                    create_revision: create,
+                    mod_revision: *r,
+                    version,
+                    value: value.clone(),
+                    lease: 0,
+                }
+            });
+        }
+        kv
+    }
+
+    fn live(&self, key: &[u8], end: &[u8], rev: i64) -> Vec<KeyValue> {
+        let keys: BTreeSet<&Vec<u8>> = self
+            .rows
+            .iter()
+            .map(|(k, _, _)| k)
+            .filter(|k| in_span(k, key, end))
+            .collect();
+        keys.into_iter().filter_map(|k| self.get(k, rev)).collect()
+    }
+
+    fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+        self.rows.push((key.to_vec(), self.rev() + 1, value));
+        self.dirty = true;
+    }
+
+    fn range(&self, r: &RangeRequest) -> Result<RangeResponse, KvError> {
+        let cur = self.read_rev();
+        let rev = if r.revision <= 0 { cur } else { r.revision };
+        if rev > cur {
+            return Err(KvError::FutureRevision);
+        }
+        if rev < self.compacted {
+            return Err(KvError::Compacted);
+        }
+        let mut kvs = self.live(&r.key, &r.range_end, rev);
+        let count = kvs.len() as i64;
+        let more = r.limit > 0 && kvs.len() as i64 > r.limit;
+        if more {
+            kvs.truncate(r.limit as usize);
+        }
+        Ok(RangeResponse {
+            revision: cur,
+            kvs,
+            more,
+            count,
+        })
+    }
+
+    fn put(&mut self, p: &PutRequest) -> PutResponse {
+        let prev = self.get(&p.key, self.read_rev());
+        self.write(&p.key, Some(p.value.clone()));
+        PutResponse {
+            revision: self.rev() + 1,
+            prev_kv: prev.filter(|_| p.prev_kv),
+        }
+    }
+
+    fn delete(&mut self, d: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let doomed = self.live(&d.key, &d.range_end, self.read_rev());
+        for kv in &doomed {
+            self.write(&kv.key, None);
+        }
+        DeleteRangeResponse {
+            revision: self.read_rev(),
+            deleted: doomed.len() as i64,
+            prev_kvs: if d.prev_kv { doomed } else { vec![] },
+        }
+    }
+
+    fn holds(&self, c: &Compare) -> bool {
+        let kvs = self.live(&c.key, &c.range_end, self.read_rev());
+        if kvs.is_empty() && matches!(c.target, CompareTarget::Value(_)) {
+            return false;
+        }
+        let zero = [KeyValue::default()];
+        let kvs = if kvs.is_empty() { &zero[..] } else { &kvs[..] };
+        kvs.iter().all(|kv| {
+            let ord = match &c.target {
+                CompareTarget::Version(v) => kv.version.cmp(v),
+                CompareTarget::Create(v) => kv.create_revision.cmp(v),
+                CompareTarget::Mod(v) => kv.mod_revision.cmp(v),
+                CompareTarget::Value(v) => kv.value.cmp(v),
+                CompareTarget::Lease(v) => kv.lease.cmp(v),
+            };
+            match c.result {
+                CompareResult::Equal => ord.is_eq(),
+                CompareResult::Greater => ord.is_gt(),
+                CompareResult::Less => ord.is_lt(),
+                CompareResult::NotEqual => ord.is_ne(),
+            }
+        })
+    }
+
+    /// Flat transactions only (the generator makes no nested ones): a key put twice, or put
+    /// and deleted, in one branch is a duplicate.
+    fn duplicate(ops: &[RequestOp]) -> bool {
+        let mut puts = BTreeSet::new();
+        let dels: Vec<_> = ops
+            .iter()
+            .filter_map(|op| match op {
+                RequestOp::DeleteRange(d) => Some((d.key.clone(), d.range_end.clone())),
+                _ => None,
+            })
+            .collect();
+        ops.iter().any(|op| match op {
+            RequestOp::Put(p) => {
+                !puts.insert(p.key.clone()) || dels.iter().any(|(k, e)| in_span(&p.key, k, e))
+            }
+            _ => false,
+        })
+    }
+
+    fn apply(&mut self, req: &Request) -> Result<Response, KvError> {
+        let saved = (self.rows.len(), self.dirty);
+        let out = self.apply_inner(req);
+        if out.is_err() {
+            self.rows.truncate(saved.0);
+        }
+        self.changes += i64::from(self.dirty && out.is_ok());
+        self.dirty = false;
+        out
+    }
+
+    fn apply_inner(&mut self, req: &Request) -> Result<Response, KvError> {
+        Ok(match req {
+            Request::Range(r) => Response::Range(self.range(r)?),
+            Request::Put(p) => Response::Put(self.put(p)),
+            Request::DeleteRange(d) => Response::DeleteRange(self.delete(d)),
+            Request::Txn(t) => {
+                if Self::duplicate(&t.success) || Self::duplicate(&t.failure) {
+                    return Err(KvError::DuplicateKey);
+                }
+                let succeeded = t.compare.iter().all(|c| self.holds(c));
+                let mut responses = vec![];
+                for op in if succeeded { &t.success } else { &t.failure } {
+                    responses.push(match op {
+                        RequestOp::Range(r) => ResponseOp::Range(self.range(r)?),
+                        RequestOp::Put(p) => ResponseOp::Put(self.put(p)),
+                        RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(d)),
+                        RequestOp::Txn(_) => unreachable!("not generated"),
+                    });
+                }
+                Response::Txn(TxnResponse {
+                    revision: self.read_rev(),
+                    succeeded,
+                    responses,
+                })
+            }
+            Request::Compact { revision } => {
+                if *revision <= self.compacted {
+                    return Err(KvError::Compacted);
+                }
+                if *revision > self.rev() {
+                    return Err(KvError::FutureRevision);
+                }
+                self.compacted = *revision;
+                Response::Compact {
+                    revision: self.rev(),
+                }
+            }
+            Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } => {
+                unreachable!("not generated")
+            }
+        })
+    }
+}
+
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    prop::sample::select(vec!["a", "b", "bb", "c", "d"]).prop_map(|k| k.as_bytes().to_vec())
+}
+
+fn range_end() -> impl Strategy<Value = Vec<u8>> {
+    prop::sample::select(vec!["", "", "\0", "bz", "c", "e", "a"])
+        .prop_map(|k| k.as_bytes().to_vec())
+}
+
+fn value() -> impl Strategy<Value = Vec<u8>> {
+    prop::sample::select(vec!["", "x", "y", "z"]).prop_map(|v| v.as_bytes().to_vec())
+}
+
+fn range_req() -> impl Strategy<Value = RangeRequest> {
+    (key(), range_end(), 0i64..4, -1i64..14).prop_map(|(key, range_end, limit, revision)| {
+        RangeRequest {
+            key,
+            range_end,
+            limit,
+            revision,
+            ..Default::default()
+        }
+    })
+}
+
+fn put_req() -> impl Strategy<Value = PutRequest> {
+    (key(), value(), any::<bool>()).prop_map(|(key, value, prev_kv)| PutRequest {
+        key,
+        value,
+        prev_kv,
+        ..Default::default()
+    })
+}
+
+fn delete_req() -> impl Strategy<Value = DeleteRangeRequest> {
+    (key(), range_end(), any::<bool>()).prop_map(|(key, range_end, prev_kv)| DeleteRangeRequest {
+        key,
+        range_end,
+        prev_kv,
+    })
+}
+
+fn op() -> impl Strategy<Value = RequestOp> {
+    prop_oneof![
+        range_req().prop_map(RequestOp::Range),
+        put_req().prop_map(RequestOp::Put),
+        delete_req().prop_map(RequestOp::DeleteRange),
+    ]
+}
+
+fn compare() -> impl Strategy<Value = Compare> {
+    let result = prop::sample::select(vec![
+        CompareResult::Equal,
+        CompareResult::Greater,
+        CompareResult::Less,
+        CompareResult::NotEqual,
+    ]);
+    let target = prop_oneof![
+        (0i64..4).prop_map(CompareTarget::Version),
+        (0i64..10).prop_map(CompareTarget::Create),
+        (0i64..10).prop_map(CompareTarget::Mod),
+        value().prop_map(CompareTarget::Value),
+    ];
+    (
+        key(),
+        prop::sample::select(vec!["", "", "\0", "c"]),
+        result,
+        target,
+    )
+        .prop_map(|(key, end, result, target)| Compare {
+            key,
+            range_end: end.into(),
+            result,
+            target,
+        })
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        3 => put_req().prop_map(Request::Put),
+        2 => delete_req().prop_map(Request::DeleteRange),
+        2 => range_req().prop_map(Request::Range),
+        3 => (prop::collection::vec(compare(), 0..3), prop::collection::vec(op(), 0..4), prop::collection::vec(op(), 0..3))
+            .prop_map(|(compare, success, failure)| Request::Txn(TxnRequest { compare, success, failure })),
+        1 => (0i64..14).prop_map(|revision| Request::Compact { revision }),
+    ]
+}
+
+/// Every read the model can answer, at every revision, must match.
+fn same_history(store: &Store, model: &Model) {
+    for rev in 0..=model.rev() + 1 {
+        let req = RangeRequest {
+            revision: rev,
+            ..RangeRequest::range("\0", "\0")
+        };
+        let got = store.range(&req).map_err(|e| match e {
+            Error::Kv(k) => k,
+            other => panic!("{other}"),
+        });
+        assert_eq!(got, model.range(&req), "full range at revision {rev}");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_reference_model(requests in prop::collection::vec(request(), 1..40)) {
+        let store = Store::in_memory(Options::default()).expect("store");
+        let mut model = Model::default();
+        for (i, req) in requests.iter().enumerate() {
+            let got = store.apply(i as u64 + 1, &Command::new(req.clone())).map_err(|e| match e {
+                Error::Kv(k) => k,
+                other => panic!("storage fault: {other}"),
+            });
+            let want = model.apply(req);
+            prop_assert_eq!(&got, &want, "request {} {:?}", i, req);
+            prop_assert_eq!(store.revision().expect("rev"), model.rev());
+            prop_assert_eq!(store.compact_revision().expect("compact"), model.compacted);
+        }
+        store.check_invariants().expect("invariants");
+        same_history(&store, &model);
+
+        // A snapshot restored elsewhere answers the same, and hashes the same.
+        let copy = Store::in_memory(Options::default()).expect("store");
+        copy.apply(1, &Command::new(Request::Put(PutRequest::new("junk", "x")))).expect("put");
+        copy.restore(&store.snapshot().expect("snapshot")).expect("restore");
+        same_history(&copy, &model);
+        prop_assert_eq!(copy.hash().expect("hash"), store.hash().expect("hash"));
+        prop_assert_eq!(copy.applied_index().expect("applied"), requests.len() as u64);
+    }
+}

@@ -69,6 +69,8 @@ pub struct ClusterConfig {
     pub msg_bytes_max: u64,
     /// Core limit on appends in flight per follower.
     pub inflight_msgs_max: usize,
+    /// Core lease reads (`ReadOnlyOption::LeaseBased`) instead of ReadIndex.
+    pub lease_reads: bool,
 }
 
 impl ClusterConfig {
@@ -89,6 +91,7 @@ impl ClusterConfig {
             check_quorum: true,
             msg_bytes_max: 1024 * 1024,
             inflight_msgs_max: 256,
+            lease_reads: false,
         }
     }
 }
@@ -344,6 +347,9 @@ impl Cluster {
         cfg.check_quorum = self.config.check_quorum;
         cfg.msg_bytes_max = self.config.msg_bytes_max;
         cfg.inflight_msgs_max = self.config.inflight_msgs_max;
+        if self.config.lease_reads {
+            cfg.read_only = raft::ReadOnlyOption::LeaseBased;
+        }
         cfg.seed = self
             .seed
             .wrapping_add(incarnation.wrapping_mul(0x2545_F491_4F6C_DD1D));
@@ -498,8 +504,15 @@ impl Cluster {
 
     fn try_read(&mut self, node: u64, ctx: u64) -> Option<Result<(), ReadError>> {
         let raft = self.host_mut(node).raft.as_mut()?;
+        let role = raft.status().role;
         let r = raft.read_index(ReadCtx(ctx));
         self.trace.record(("read", node, self.now, r.is_ok()));
+        if self.verbose {
+            eprintln!(
+                "{:>7} n{node} read_index {ctx} as {role:?}: {r:?}",
+                self.now
+            );
+        }
         self.after_step(node);
         self.process_ready(node);
         Some(r)
@@ -896,6 +909,17 @@ impl Cluster {
 
     fn complete_client(&mut self, ci: usize, output: Option<String>) {
         let p = self.clients[ci].pending.take().expect("pending");
+        if self.verbose {
+            eprintln!(
+                "{:>7} client {} {:?} {:?} at n{:?} -> {:?}",
+                self.now,
+                ci + 1,
+                p.key,
+                p.op,
+                p.at,
+                output
+            );
+        }
         self.history.complete(p.hist, output, self.now);
         self.clients[ci].completed += 1;
         let think = self.clients[ci]

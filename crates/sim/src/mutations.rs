@@ -63,7 +63,7 @@ pub const HUNTS: &[Hunt] = &[
     },
     Hunt {
         mutation: "mut-read-without-quorum",
-        scenarios: &["KvConcurrentPartitions", "KvOnePartition", "Swarm"],
+        scenarios: &["KvStaleLeader", "KvConcurrentPartitions", "Swarm"],
         seeds_max: 200,
     },
     Hunt {

@@ -36,7 +36,22 @@ fn finish(c: &mut Cluster, cls: &[usize]) {
 /// Random partitions about every second while five clients run; then heal and require
 /// progress.
 pub fn kv_concurrent_partitions(seed: u64) -> Cluster {
-    let mut c = Cluster::new(seed, "KvConcurrentPartitions", ClusterConfig::lab(5, false));
+    concurrent_partitions(Cluster::new(
+        seed,
+        "KvConcurrentPartitions",
+        ClusterConfig::lab(5, false),
+    ))
+}
+
+/// [`kv_concurrent_partitions`] with lease reads (`ReadOnlyOption::LeaseBased`): no pauses and
+/// equal tick rates, so the lease's clock assumption holds.
+pub fn kv_lease_partitions(seed: u64) -> Cluster {
+    let mut cfg = ClusterConfig::lab(5, false);
+    cfg.lease_reads = true;
+    concurrent_partitions(Cluster::new(seed, "KvLeasePartitions", cfg))
+}
+
+fn concurrent_partitions(mut c: Cluster) -> Cluster {
     let cls = clients(&mut c, 5);
     check_one_leader(&mut c);
     for round in 0..3 {
@@ -183,6 +198,60 @@ pub fn kv_one_partition(seed: u64) -> Cluster {
         c.fail("Get did not complete within 3 s of healing");
     }
     check_get(&mut c, ck, "1", "15");
+    c.final_checks();
+    check_linearizable(&c);
+    c
+}
+
+/// A leader cut off with one follower must not serve reads that miss what the majority
+/// committed after the cut (thesis §6.4). Three rounds: partition the leader away, complete a
+/// write on the majority side, then read at the old leader.
+pub fn kv_stale_leader(seed: u64) -> Cluster {
+    stale_leader(Cluster::new(
+        seed,
+        "KvStaleLeader",
+        ClusterConfig::lab(5, false),
+    ))
+}
+
+/// [`kv_stale_leader`] with lease reads.
+pub fn kv_stale_leader_lease(seed: u64) -> Cluster {
+    let mut cfg = ClusterConfig::lab(5, false);
+    cfg.lease_reads = true;
+    stale_leader(Cluster::new(seed, "KvStaleLeaderLease", cfg))
+}
+
+fn stale_leader(mut c: Cluster) -> Cluster {
+    let all = c.ids();
+    for round in 0..3 {
+        let leader = check_one_leader(&mut c);
+        let k = 1 + c.rng.below(4);
+        let buddy = super::lab::plus(&c, leader, k);
+        // Cut at a random point of the leader's CheckQuorum round.
+        let ms = c.rng.below(3 * c.config().election_ticks * crate::TICK_MS);
+        c.run_for(ms);
+        if c.status(leader).map(|s| s.role) != Some(raft::Role::Leader) {
+            continue;
+        }
+        let majority: Vec<u64> = all
+            .iter()
+            .copied()
+            .filter(|&i| i != leader && i != buddy)
+            .collect();
+        c.net.partition(&[vec![leader, buddy], majority.clone()]);
+        let writer = c.add_client(majority.clone());
+        c.set_client_give_up(writer, u64::MAX / 4);
+        let key = format!("r{round}");
+        let value = format!("w{round};");
+        if kv_do(&mut c, writer, &key, KvOp::Append(value), 10_000).is_none() {
+            c.fail("the majority side did not complete a write within 10 s");
+        }
+        let reader = c.add_client(vec![leader]);
+        c.set_client_give_up(reader, ELECTION_TIMEOUT_MS);
+        kv_do(&mut c, reader, &key, KvOp::Get, 2 * ELECTION_TIMEOUT_MS);
+        c.net.heal();
+        c.run_for(ELECTION_TIMEOUT_MS);
+    }
     c.final_checks();
     check_linearizable(&c);
     c

@@ -112,6 +112,18 @@ pub const ALL: &[Scenario] = &[
         run: kv_tests::kv_concurrent_partitions,
     },
     Scenario {
+        name: "KvLeasePartitions",
+        run: kv_tests::kv_lease_partitions,
+    },
+    Scenario {
+        name: "KvStaleLeader",
+        run: kv_tests::kv_stale_leader,
+    },
+    Scenario {
+        name: "KvStaleLeaderLease",
+        run: kv_tests::kv_stale_leader_lease,
+    },
+    Scenario {
         name: "KvCrashAll",
         run: kv_tests::kv_crash_all,
     },

@@ -37,6 +37,9 @@ pub struct SwarmParams {
     pub msg_bytes_max: u64,
     /// Core appends in flight per follower.
     pub inflight_msgs_max: usize,
+    /// Lease reads instead of ReadIndex. Only drawn when the lease's clock assumption holds:
+    /// CheckQuorum on and no pauses (a paused leader's clock stops, which the lease forbids).
+    pub lease_reads: bool,
 }
 
 impl SwarmParams {
@@ -69,6 +72,8 @@ impl SwarmParams {
         // Crashes are the point of the disk model: always some.
         weights[0] = weights[0].max(1);
         weights[6] = weights[6].max(1);
+        let check_quorum = r.chance(700);
+        let lease_reads = check_quorum && weights[4] == 0 && r.chance(300);
         SwarmParams {
             nodes: r.pick(&[3, 3, 5, 5, 7]),
             net,
@@ -78,7 +83,8 @@ impl SwarmParams {
             clients: r.range(1, 4) as usize,
             safety_ms: 8_000,
             pre_vote: r.chance(700),
-            check_quorum: r.chance(700),
+            check_quorum,
+            lease_reads,
             msg_bytes_max: r.pick(&[1024 * 1024, 1024 * 1024, 100]),
             inflight_msgs_max: r.pick(&[256, 256, 1, 4]) as usize,
         }
@@ -98,6 +104,7 @@ pub fn swarm(seed: u64) -> Cluster {
     cfg.check_quorum = p.check_quorum;
     cfg.msg_bytes_max = p.msg_bytes_max;
     cfg.inflight_msgs_max = p.inflight_msgs_max;
+    cfg.lease_reads = p.lease_reads;
     let mut c = Cluster::new(seed, "Swarm", cfg);
     c.context = format!("swarm parameters: {p:?}");
     let all = c.ids();

@@ -140,8 +140,13 @@ pub(crate) fn read(bytes: &[u8]) -> Result<Image, Error> {
     })
 }
 
-/// Writes an image into freshly emptied tables.
-pub(crate) fn load(txn: &WriteTransaction, image: &Image) -> Result<(), Error> {
+/// Writes an image into freshly emptied tables. Sessions beyond `sessions_max` (a snapshot
+/// from a node configured with more) are evicted by the usual rule, least recently seen first.
+pub(crate) fn load(
+    txn: &WriteTransaction,
+    image: &Image,
+    sessions_max: usize,
+) -> Result<(), Error> {
     image.meta.write(txn)?;
     let mut history = txn.open_table(HISTORY)?;
     for (key, rev, row) in &image.history {
@@ -160,6 +165,12 @@ pub(crate) fn load(txn: &WriteTransaction, image: &Image) -> Result<(), Error> {
     for (id, row) in &image.sessions {
         sessions.insert(*id, row.as_slice())?;
         by_index.insert((Row::decode(row)?.index, *id), ())?;
+    }
+    while sessions.len()? > sessions_max as u64 {
+        let Some((k, _)) = by_index.pop_first()? else {
+            break;
+        };
+        sessions.remove(k.value().1)?;
     }
     Ok(())
 }

@@ -370,7 +370,7 @@ impl Store {
         txn.delete_table(SESSIONS)?;
         txn.delete_table(SESSIONS_BY_INDEX)?;
         create_tables(&txn)?;
-        crate::snapshot::load(&txn, &image)?;
+        crate::snapshot::load(&txn, &image, self.options.sessions_max)?;
         txn.commit()?;
         Ok(())
     }

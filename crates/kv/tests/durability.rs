@@ -202,6 +202,30 @@ fn restore_replaces_everything_and_refuses_corrupt_snapshots() {
 }
 
 #[test]
+fn restoring_into_a_smaller_session_table_evicts_the_oldest() {
+    let big = store(10);
+    for client in 1..=4 {
+        big.apply(client, &Command::with_session(client, 1, put("k", "v")))
+            .unwrap();
+    }
+    let small = store(2);
+    small.restore(&big.snapshot().unwrap()).unwrap();
+    small.check_invariants().unwrap();
+    let kept = small
+        .apply(5, &Command::with_session(4, 1, put("k", "v")))
+        .unwrap();
+    assert_eq!(
+        kept.revision(),
+        5,
+        "client 4 (seen last) is still deduplicated"
+    );
+    let evicted = small
+        .apply(6, &Command::with_session(1, 2, put("k", "w")))
+        .unwrap_err();
+    assert!(matches!(evicted, Error::Kv(KvError::SessionExpired)));
+}
+
+#[test]
 fn commands_survive_the_codec_through_apply() {
     let s = store(10);
     let cmd = Command::with_session(

@@ -3,16 +3,21 @@
 //! revisions by walking that list, and models compaction only as "reads below it fail", so it
 //! shares no code or data structure with the store.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kv::*;
 use proptest::prelude::*;
 
+/// One write: (key, revision, Some((value, lease)) for a put, None for a delete).
+type Row = (Vec<u8>, i64, Option<(Vec<u8>, i64)>);
+
 /// The reference model.
 #[derive(Default)]
 struct Model {
-    /// Every write: (key, revision, Some(value) for a put, None for a delete).
-    rows: Vec<(Vec<u8>, i64, Option<Vec<u8>>)>,
+    /// Every write, in order.
+    rows: Vec<Row>,
+    /// Granted leases: id -> ttl.
+    leases: BTreeMap<i64, i64>,
     /// Store revision minus one (the model starts at 0 changes; etcd at revision 1).
     changes: i64,
     compacted: i64,
@@ -44,7 +49,7 @@ impl Model {
             if k != key || *r > rev {
                 continue;
             }
-            kv = v.as_ref().map(|value| {
+            kv = v.as_ref().map(|(value, lease)| {
                 let (create, version) = kv
                     .as_ref()
                     .map_or((*r, 1), |p| (p.create_revision, p.version + 1));
@@ -54,7 +59,7 @@ impl Model {
                     mod_revision: *r,
                     version,
                     value: value.clone(),
-                    lease: 0,
+                    lease: *lease,
                 }
             });
         }
@@ -71,7 +76,7 @@ impl Model {
         keys.into_iter().filter_map(|k| self.get(k, rev)).collect()
     }
 
-    fn write(&mut self, key: &[u8], value: Option<Vec<u8>>) {
+    fn write(&mut self, key: &[u8], value: Option<(Vec<u8>, i64)>) {
         self.rows.push((key.to_vec(), self.rev() + 1, value));
         self.dirty = true;
     }
@@ -99,13 +104,38 @@ impl Model {
         })
     }
 
-    fn put(&mut self, p: &PutRequest) -> PutResponse {
+    fn check_put(p: &PutRequest) -> Result<(), KvError> {
+        if p.ignore_value && !p.value.is_empty() {
+            return Err(KvError::ValueProvided);
+        }
+        if p.ignore_lease && p.lease != 0 {
+            return Err(KvError::LeaseProvided);
+        }
+        Ok(())
+    }
+
+    fn put(&mut self, p: &PutRequest) -> Result<PutResponse, KvError> {
+        if p.lease != 0 && !self.leases.contains_key(&p.lease) {
+            return Err(KvError::LeaseNotFound);
+        }
         let prev = self.get(&p.key, self.read_rev());
-        self.write(&p.key, Some(p.value.clone()));
-        PutResponse {
+        let (value, lease) = match &prev {
+            None if p.ignore_value || p.ignore_lease => return Err(KvError::KeyNotFound),
+            Some(kv) => (
+                if p.ignore_value {
+                    kv.value.clone()
+                } else {
+                    p.value.clone()
+                },
+                if p.ignore_lease { kv.lease } else { p.lease },
+            ),
+            None => (p.value.clone(), p.lease),
+        };
+        self.write(&p.key, Some((value, lease)));
+        Ok(PutResponse {
             revision: self.rev() + 1,
             prev_kv: prev.filter(|_| p.prev_kv),
-        }
+        })
     }
 
     fn delete(&mut self, d: &DeleteRangeRequest) -> DeleteRangeResponse {
@@ -177,9 +207,17 @@ impl Model {
     fn apply_inner(&mut self, req: &Request) -> Result<Response, KvError> {
         Ok(match req {
             Request::Range(r) => Response::Range(self.range(r)?),
-            Request::Put(p) => Response::Put(self.put(p)),
+            Request::Put(p) => {
+                Self::check_put(p)?;
+                Response::Put(self.put(p)?)
+            }
             Request::DeleteRange(d) => Response::DeleteRange(self.delete(d)),
             Request::Txn(t) => {
+                for op in t.success.iter().chain(&t.failure) {
+                    if let RequestOp::Put(p) = op {
+                        Self::check_put(p)?;
+                    }
+                }
                 if Self::duplicate(&t.success) || Self::duplicate(&t.failure) {
                     return Err(KvError::DuplicateKey);
                 }
@@ -188,7 +226,7 @@ impl Model {
                 for op in if succeeded { &t.success } else { &t.failure } {
                     responses.push(match op {
                         RequestOp::Range(r) => ResponseOp::Range(self.range(r)?),
-                        RequestOp::Put(p) => ResponseOp::Put(self.put(p)),
+                        RequestOp::Put(p) => ResponseOp::Put(self.put(p)?),
                         RequestOp::DeleteRange(d) => ResponseOp::DeleteRange(self.delete(d)),
                         RequestOp::Txn(_) => unreachable!("not generated"),
                     });
@@ -211,8 +249,31 @@ impl Model {
                     revision: self.rev(),
                 }
             }
-            Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } => {
-                unreachable!("not generated")
+            Request::LeaseGrant { id, ttl } => {
+                if *id == 0 {
+                    return Err(KvError::LeaseNotFound);
+                }
+                if self.leases.insert(*id, *ttl).is_some() {
+                    return Err(KvError::LeaseExists);
+                }
+                Response::LeaseGrant {
+                    revision: self.rev(),
+                    id: *id,
+                    ttl: *ttl,
+                }
+            }
+            Request::LeaseRevoke { id } => {
+                if self.leases.remove(id).is_none() {
+                    return Err(KvError::LeaseNotFound);
+                }
+                for kv in self.live(b"\0", b"\0", self.read_rev()) {
+                    if kv.lease == *id {
+                        self.write(&kv.key, None);
+                    }
+                }
+                Response::LeaseRevoke {
+                    revision: self.read_rev(),
+                }
             }
         })
     }
@@ -244,12 +305,23 @@ fn range_req() -> impl Strategy<Value = RangeRequest> {
 }
 
 fn put_req() -> impl Strategy<Value = PutRequest> {
-    (key(), value(), any::<bool>()).prop_map(|(key, value, prev_kv)| PutRequest {
-        key,
-        value,
-        prev_kv,
-        ..Default::default()
-    })
+    let lease = prop::sample::select(vec![0i64, 0, 1, 2]);
+    let ignore = prop::sample::select(vec![
+        (false, false),
+        (false, false),
+        (true, false),
+        (false, true),
+    ]);
+    (key(), value(), any::<bool>(), lease, ignore).prop_map(
+        |(key, value, prev_kv, lease, (ignore_value, ignore_lease))| PutRequest {
+            key,
+            value,
+            prev_kv,
+            lease,
+            ignore_value,
+            ignore_lease,
+        },
+    )
 }
 
 fn delete_req() -> impl Strategy<Value = DeleteRangeRequest> {
@@ -280,6 +352,7 @@ fn compare() -> impl Strategy<Value = Compare> {
         (0i64..10).prop_map(CompareTarget::Create),
         (0i64..10).prop_map(CompareTarget::Mod),
         value().prop_map(CompareTarget::Value),
+        (0i64..3).prop_map(CompareTarget::Lease),
     ];
     (
         key(),
@@ -303,6 +376,8 @@ fn request() -> impl Strategy<Value = Request> {
         3 => (prop::collection::vec(compare(), 0..3), prop::collection::vec(op(), 0..4), prop::collection::vec(op(), 0..3))
             .prop_map(|(compare, success, failure)| Request::Txn(TxnRequest { compare, success, failure })),
         1 => (0i64..14).prop_map(|revision| Request::Compact { revision }),
+        1 => (0i64..3).prop_map(|id| Request::LeaseGrant { id, ttl: 10 }),
+        1 => (0i64..3).prop_map(|id| Request::LeaseRevoke { id }),
     ]
 }
 
@@ -337,6 +412,9 @@ proptest! {
             prop_assert_eq!(&got, &want, "request {} {:?}", i, req);
             prop_assert_eq!(store.revision().expect("rev"), model.rev());
             prop_assert_eq!(store.compact_revision().expect("compact"), model.compacted);
+            let leases: Vec<_> = model.leases.iter().map(|(&id, &ttl)| Lease { id, ttl }).collect();
+            prop_assert_eq!(store.leases().expect("leases"), leases);
+            store.check_invariants().expect("invariants");
         }
         store.check_invariants().expect("invariants");
         same_history(&store, &model);

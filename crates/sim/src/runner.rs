@@ -19,6 +19,8 @@ pub struct Outcome {
     pub committed: usize,
     /// KV operations completed by clients.
     pub ops_completed: usize,
+    /// What the scenario chose from the seed (e.g. the swarm parameters), if anything.
+    pub context: String,
 }
 
 /// Substrings of failures that occur without any mutation: open bugs in `crates/raft` found by
@@ -67,6 +69,7 @@ pub fn run_seed(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
             virtual_ms: c.now_ms(),
             committed: c.committed_len(),
             ops_completed: c.history.completed(),
+            context: c.context.clone(),
         }
     }));
     result.map_err(|payload| {

@@ -105,6 +105,9 @@ fn main() -> ExitCode {
                              entries committed, {} client ops completed",
                             s.name, o.trace, o.events, o.virtual_ms, o.committed, o.ops_completed
                         );
+                        if !o.context.is_empty() {
+                            println!("  {}", o.context);
+                        }
                     }
                 }
                 Err(msg) => {

@@ -574,6 +574,58 @@ fn txn_writes_share_one_revision_and_see_each_other() {
 }
 
 #[test]
+fn nested_txns_see_earlier_writes_and_may_put_then_delete_a_key() {
+    let mut s = Kv::new();
+    s.put("k", "old"); // 2
+    let nested = |success| {
+        RequestOp::Txn(TxnRequest {
+            success,
+            ..Default::default()
+        })
+    };
+    // etcd accepts a put in one nested txn and a delete of the same key in a later sibling.
+    let r = s.txn(TxnRequest {
+        success: vec![
+            nested(vec![put_op("k", "new")]),
+            RequestOp::Txn(TxnRequest {
+                compare: vec![cmp(
+                    "k",
+                    CompareResult::Equal,
+                    CompareTarget::Value(b"new".to_vec()),
+                )],
+                success: vec![RequestOp::DeleteRange(DeleteRangeRequest {
+                    prev_kv: true,
+                    ..DeleteRangeRequest::key("k")
+                })],
+                failure: vec![],
+            }),
+        ],
+        ..Default::default()
+    });
+    assert_eq!(r.revision, 3);
+    let ResponseOp::Txn(second) = &r.responses[1] else {
+        panic!("{r:?}")
+    };
+    assert!(
+        second.succeeded,
+        "the nested compare saw the earlier nested put"
+    );
+    let ResponseOp::DeleteRange(d) = &second.responses[0] else {
+        panic!()
+    };
+    assert_eq!(d.prev_kvs, vec![kv("k", "new", 2, 3, 2)]);
+    assert_eq!(s.get("k"), None);
+    let at2 = RangeRequest {
+        revision: 2,
+        ..RangeRequest::key("k")
+    };
+    assert_eq!(s.range(&at2).kvs, vec![kv("k", "old", 2, 2, 1)]);
+    s.put("k", "again"); // 4
+    assert_eq!(s.get("k"), Some(kv("k", "again", 4, 4, 1)));
+    s.store.check_invariants().unwrap();
+}
+
+#[test]
 fn txn_errors_apply_nothing() {
     let mut s = Kv::new();
     let dup = TxnRequest {

@@ -18,23 +18,33 @@ impl RawNode {
 
     /// Only voters may campaign.
     pub(crate) fn is_promotable(&self) -> bool {
-        self.voters.contains(self.id())
+        self.log.voters().contains(self.id())
     }
 
     /// Starts a pre-vote if enabled, else a real election.
     pub(crate) fn campaign_now(&mut self) {
         if self.config.pre_vote {
             self.become_pre_candidate();
-            self.request_votes(true);
+            self.request_votes(true, false);
         } else {
             self.become_candidate();
-            self.request_votes(false);
+            self.request_votes(false, false);
         }
+    }
+
+    /// Leader transfer (thesis §3.10): the leader says we hold its whole log; campaign now,
+    /// without a pre-vote, and ask voters to set their lease aside.
+    pub(crate) fn campaign_for_transfer(&mut self) {
+        if !self.is_promotable() {
+            return;
+        }
+        self.become_candidate();
+        self.request_votes(false, true);
     }
 
     /// Sends (pre-)vote requests to every other voter and counts our own vote; a one-node
     /// cluster wins at once.
-    fn request_votes(&mut self, pre: bool) {
+    fn request_votes(&mut self, pre: bool, leader_transfer: bool) {
         let me = self.id();
         self.votes.insert(me, true);
         if self.tally() == VoteResult::Won {
@@ -54,6 +64,7 @@ impl RawNode {
                 MessageBody::Vote {
                     last_log_index: last.index,
                     last_log_term: last.term,
+                    leader_transfer,
                 }
             };
             self.send_with_term(peer, term, body);
@@ -61,13 +72,15 @@ impl RawNode {
     }
 
     fn tally(&self) -> VoteResult {
-        self.voters.vote_result(|id| self.votes.get(&id).copied())
+        self.log
+            .voters()
+            .vote_result(|id| self.votes.get(&id).copied())
     }
 
     fn on_campaign_won(&mut self, pre: bool) {
         if pre {
             self.become_candidate();
-            self.request_votes(false);
+            self.request_votes(false, false);
         } else {
             self.become_leader();
         }
@@ -87,7 +100,10 @@ impl RawNode {
         if msg.term > self.term {
             let is_vote_request = matches!(
                 msg.body,
-                MessageBody::Vote { .. } | MessageBody::PreVote { .. }
+                MessageBody::Vote {
+                    leader_transfer: false,
+                    ..
+                } | MessageBody::PreVote { .. }
             );
             if is_vote_request && self.in_lease() {
                 // A disruptive or removed server: ignore it, do not even raise our term.
@@ -164,6 +180,7 @@ impl RawNode {
             MessageBody::Vote {
                 last_log_index,
                 last_log_term,
+                ..
             } => (
                 false,
                 EntryId {
@@ -219,7 +236,7 @@ impl RawNode {
     }
 
     fn record_vote(&mut self, from: NodeId, granted: bool, pre: bool) {
-        if !self.voters.contains(from) {
+        if !self.log.voters().contains(from) {
             return;
         }
         self.votes.entry(from).or_insert(granted);

@@ -36,6 +36,9 @@ impl RawNode {
                 self.hear_from_leader(msg.from);
                 self.handle_snapshot_chunk(msg.from, meta, offset, len, data);
             }
+            MessageBody::TimeoutNow if self.leader == Some(msg.from) => {
+                self.campaign_for_transfer();
+            }
             MessageBody::ReadIndex { ctx } => self.redirect_forwarded_read(msg.from, ctx),
             MessageBody::ReadIndexResp { ctx, index } => {
                 self.handle_read_index_response(ctx, index)
@@ -158,8 +161,8 @@ impl RawNode {
     /// Adopts a fully staged snapshot: the log restarts after it, the membership is the
     /// snapshot's, and the application restores its state from the staged bytes.
     fn install_snapshot(&mut self, meta: SnapshotMeta) {
-        self.log.install_snapshot(meta.last);
-        self.voters = crate::quorum::JointConfig::simple(meta.membership.voters.iter().copied());
+        self.log
+            .install_snapshot(meta.last, meta.membership.clone());
         self.snapshot = Some(meta.clone());
         self.pending_install = Some(meta);
     }

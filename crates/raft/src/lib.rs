@@ -19,6 +19,7 @@ mod election;
 mod follower;
 pub mod lease;
 pub mod log;
+pub mod membership;
 mod message;
 mod node;
 pub mod progress;
@@ -31,12 +32,13 @@ pub mod snapshot;
 mod types;
 
 pub use config::{Config, ConfigError, ReadOnlyOption};
+pub use membership::{MembershipError, TransferError};
 pub use message::{Message, MessageBody, RejectHint};
 pub use node::{
     CompactError, InitialState, ProposeError, RawNode, ReadError, Ready, StartError, Status,
     StepError,
 };
 pub use types::{
-    Entry, EntryId, EntryKind, HardState, Index, Membership, NodeId, ReadCtx, ReadState, Role,
-    SnapshotChunk, SnapshotMeta, SoftState, Term, ENTRY_OVERHEAD_BYTES,
+    Entry, EntryId, EntryKind, HardState, Index, Membership, MembershipChange, NodeId, ReadCtx,
+    ReadState, Role, SnapshotChunk, SnapshotMeta, SoftState, Term, ENTRY_OVERHEAD_BYTES,
 };

@@ -16,7 +16,8 @@
 //! The core keeps the whole log since the last snapshot in memory: its size is bounded by the
 //! snapshot policy (log compaction, paper §7), and the storage crate keeps the durable copy.
 
-use crate::types::{Entry, EntryId, Index, Term};
+use crate::quorum::JointConfig;
+use crate::types::{Entry, EntryId, EntryKind, Index, Membership, Term};
 
 /// Why an append from a leader did not fit this log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +48,13 @@ pub struct RaftLog {
     /// First index not yet handed out to be persisted. Invariant:
     /// `offset.index < unstable_from <= last_index() + 1`.
     unstable_from: Index,
+    /// The configuration as of `offset` (the snapshot's, or the bootstrap one).
+    base_membership: Membership,
+    /// Configuration entries in `entries`, `(index, membership)`, ascending. The last one (or
+    /// `base_membership`) is in force: a configuration takes effect when appended (§6).
+    memberships: Vec<(Index, Membership)>,
+    /// The voters of the configuration in force, derived from it.
+    voters: JointConfig,
 }
 
 impl RaftLog {
@@ -55,10 +63,18 @@ impl RaftLog {
     /// to what the log holds), and `applied` where the application's state machine stands.
     pub fn restore(
         offset: EntryId,
+        membership: Membership,
         entries: Vec<Entry>,
         committed: Index,
         applied: Index,
     ) -> RaftLog {
+        let memberships = entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EntryKind::Membership(m) => Some((e.index, m.clone())),
+                _ => None,
+            })
+            .collect();
         let last = offset.index.plus(entries.len() as u64);
         // Anything applied was committed, even if the persisted commit index lags behind it.
         let committed = committed.max(applied).max(offset.index).min(last);
@@ -70,9 +86,57 @@ impl RaftLog {
             applied,
             persisted: last,
             unstable_from: last.next(),
+            base_membership: membership,
+            memberships,
+            voters: JointConfig::default(),
         };
+        let mut log = log;
+        log.refresh_voters();
         log.check_invariants_full();
         log
+    }
+
+    /// The configuration in force: the last one in the log, committed or not (paper §6).
+    pub fn membership(&self) -> &Membership {
+        self.memberships
+            .last()
+            .map_or(&self.base_membership, |(_, m)| m)
+    }
+
+    /// The configuration in force right after entry `index` (what a snapshot taken at
+    /// `index` must record). `index` must be at or after the log's start.
+    pub fn membership_at(&self, index: Index) -> &Membership {
+        assert!(
+            index >= self.offset.index,
+            "configuration before the snapshot"
+        );
+        self.memberships
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or(&self.base_membership, |(_, m)| m)
+    }
+
+    /// Index of the entry that set the configuration in force (the snapshot's index or 0 for
+    /// the base configuration).
+    pub fn membership_index(&self) -> Index {
+        self.memberships
+            .last()
+            .map_or(self.offset.index, |(i, _)| *i)
+    }
+
+    /// The voters of the configuration in force.
+    pub fn voters(&self) -> &JointConfig {
+        &self.voters
+    }
+
+    fn refresh_voters(&mut self) {
+        let m = self.membership();
+        let voters = JointConfig {
+            incoming: crate::quorum::MajorityConfig::new(m.voters.iter().copied()),
+            outgoing: crate::quorum::MajorityConfig::new(m.voters_outgoing.iter().copied()),
+        };
+        self.voters = voters;
     }
 
     /// Index of the first entry held (it may be `last + 1` when the log is empty).
@@ -179,6 +243,10 @@ impl RaftLog {
                 e.term >= self.last_term(),
                 "leader append with a lower term"
             );
+            if let EntryKind::Membership(m) = &e.kind {
+                self.memberships.push((e.index, m.clone()));
+                self.refresh_voters();
+            }
             self.entries.push(e);
         }
     }
@@ -275,6 +343,12 @@ impl RaftLog {
         self.entries.truncate(keep);
         self.unstable_from = self.unstable_from.min(from);
         self.persisted = self.persisted.min(from.prev());
+        // A configuration rolls back with its entry (paper §6).
+        let before = self.memberships.len();
+        self.memberships.retain(|(i, _)| *i < from);
+        if self.memberships.len() != before {
+            self.refresh_voters();
+        }
     }
 
     /// Discards entries through `last`, which a durable snapshot now covers (paper §7).
@@ -291,6 +365,11 @@ impl RaftLog {
         let drop = (last.index.0 - self.offset.index.0) as usize;
         self.entries.drain(..drop);
         self.offset = last;
+        // The configuration as of the snapshot becomes the base.
+        let covered = self.memberships.partition_point(|(i, _)| *i <= last.index);
+        if let Some((_, m)) = self.memberships.drain(..covered).next_back() {
+            self.base_membership = m;
+        }
         self.check_invariants();
     }
 
@@ -298,7 +377,7 @@ impl RaftLog {
     /// receiver rules 6-7): if an entry matches the snapshot's last entry, the entries after
     /// it are kept; otherwise the whole log is discarded. Commit and applied move to the
     /// snapshot; the application restores its state from the snapshot bytes.
-    pub fn install_snapshot(&mut self, last: EntryId) {
+    pub fn install_snapshot(&mut self, last: EntryId, membership: Membership) {
         assert!(
             last.index > self.committed,
             "installing a snapshot at or below commit"
@@ -306,10 +385,14 @@ impl RaftLog {
         if self.matches(last) {
             let drop = (last.index.0 - self.offset.index.0) as usize;
             self.entries.drain(..drop);
+            self.memberships.retain(|(i, _)| *i > last.index);
         } else {
             self.entries.clear();
+            self.memberships.clear();
             self.unstable_from = last.index.next();
         }
+        self.base_membership = membership;
+        self.refresh_voters();
         self.offset = last;
         self.committed = last.index;
         self.applied = last.index;
@@ -450,7 +533,13 @@ mod tests {
             .enumerate()
             .map(|(i, &t)| ent(i as u64 + 1, t))
             .collect();
-        RaftLog::restore(EntryId::default(), entries, Index(0), Index(0))
+        RaftLog::restore(
+            EntryId::default(),
+            Membership::default(),
+            entries,
+            Index(0),
+            Index(0),
+        )
     }
 
     fn id(term: u64, index: u64) -> EntryId {
@@ -539,6 +628,34 @@ mod tests {
         assert_eq!(log.persisted(), Index(1));
         assert_eq!(log.take_unstable(), vec![ent(2, 2)]);
         log.check_invariants();
+    }
+
+    #[test]
+    fn configurations_take_effect_when_appended_and_roll_back_when_truncated() {
+        // Paper §6: a server uses the latest configuration in its log, committed or not.
+        let three = Membership::new([1, 2, 3].map(|i| crate::NodeId::new(i).unwrap()));
+        let four = Membership::new([1, 2, 3, 4].map(|i| crate::NodeId::new(i).unwrap()));
+        let mut log = RaftLog::restore(
+            EntryId::default(),
+            three.clone(),
+            Vec::new(),
+            Index(0),
+            Index(0),
+        );
+        let conf = Entry {
+            term: Term(1),
+            index: Index(2),
+            kind: EntryKind::Membership(four.clone()),
+            data: Vec::new(),
+        };
+        assert_eq!(log.maybe_append(id(0, 0), &[ent(1, 1), conf]), Ok(Index(2)));
+        assert_eq!(log.membership(), &four);
+        assert_eq!(log.voters().voters().len(), 4);
+        assert_eq!(log.membership_at(Index(1)), &three);
+        // A new leader overwrites the uncommitted configuration entry: back to three voters.
+        assert_eq!(log.maybe_append(id(1, 1), &[ent(2, 2)]), Ok(Index(2)));
+        assert_eq!(log.membership(), &three);
+        assert_eq!(log.voters().voters().len(), 3);
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub enum MessageBody {
         last_log_index: Index,
         /// Term of the candidate's last entry.
         last_log_term: Term,
+        /// The election follows a leader transfer: voters grant it even while they hear
+        /// from the (handing-over) leader (thesis §3.10).
+        leader_transfer: bool,
     },
     /// RequestVote reply (Figure 2, "voteGranted" is `!reject`).
     VoteResp {
@@ -88,6 +91,9 @@ pub enum MessageBody {
         /// The read round echoed back.
         read_round: u64,
     },
+    /// Leader transfer: the leader tells the target, now holding the whole log, to campaign
+    /// at once (thesis §3.10).
+    TimeoutNow,
     /// A follower asks the leader for a read index on behalf of its client (follower reads).
     ReadIndex {
         /// The follower's tag for the read.
@@ -140,6 +146,7 @@ impl MessageBody {
             MessageBody::AppendResp { .. } => "AppendResp",
             MessageBody::Heartbeat { .. } => "Heartbeat",
             MessageBody::HeartbeatResp { .. } => "HeartbeatResp",
+            MessageBody::TimeoutNow => "TimeoutNow",
             MessageBody::ReadIndex { .. } => "ReadIndex",
             MessageBody::ReadIndexResp { .. } => "ReadIndexResp",
             MessageBody::InstallSnapshot { .. } => "InstallSnapshot",

@@ -24,7 +24,6 @@ use crate::lease::Lease;
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::progress::Progress;
-use crate::quorum::JointConfig;
 use crate::read::ReadQueue;
 use crate::rng::Rng;
 use crate::snapshot::Incoming;
@@ -39,7 +38,8 @@ use crate::types::{
 pub struct InitialState {
     /// The persisted hard state.
     pub hard_state: HardState,
-    /// The voting configuration.
+    /// The configuration as of `snapshot` (or the bootstrap configuration of a new cluster).
+    /// Configuration entries in `entries` take precedence over it, in log order.
     pub membership: Membership,
     /// Id of the last entry covered by the snapshot the log starts after (default: none).
     pub snapshot: EntryId,
@@ -89,6 +89,11 @@ pub enum ProposeError {
     },
     /// Too many uncommitted bytes; retry later.
     Busy,
+    /// Leadership is being handed to another node; retry there shortly.
+    LeadershipTransfer {
+        /// The node taking over.
+        to: NodeId,
+    },
     /// The entry is larger than `msg_bytes_max` allows.
     TooLarge {
         /// Size of the proposed entry.
@@ -108,6 +113,9 @@ impl std::fmt::Display for ProposeError {
                 write!(f, "not the leader; no leader known")
             }
             ProposeError::Busy => write!(f, "too many uncommitted entries; busy"),
+            ProposeError::LeadershipTransfer { to } => {
+                write!(f, "leadership is being transferred to {to}")
+            }
             ProposeError::TooLarge {
                 size_bytes,
                 size_bytes_max,
@@ -301,8 +309,6 @@ pub struct RawNode {
     pub(crate) leader: Option<NodeId>,
     /// The log and its pointers.
     pub(crate) log: RaftLog,
-    /// Who votes.
-    pub(crate) voters: JointConfig,
     /// Leader only: progress of every other voter. Empty in other roles.
     pub(crate) progress: BTreeMap<NodeId, Progress>,
     /// (Pre-)candidate only: votes received in this campaign, including our own.
@@ -318,6 +324,12 @@ pub struct RawNode {
     pub(crate) ticks: u64,
     /// Election jitter source.
     pub(crate) rng: Rng,
+    /// Leader only: the voter leadership is being handed to (thesis §3.10). While set,
+    /// proposals are refused.
+    pub(crate) lead_transferee: Option<NodeId>,
+    /// Leader only: ticks since the transfer started; it is abandoned after an election
+    /// timeout.
+    pub(crate) transfer_elapsed: u64,
     /// Leader only: bytes of entries this leader appended that are not yet committed.
     pub(crate) uncommitted_bytes: u64,
     /// Leader only: an entry of the current term has been committed (thesis §6.4: reads need
@@ -359,6 +371,7 @@ impl RawNode {
         let forward_ids = forward_id_base(&config, &state);
         let log = RaftLog::restore(
             state.snapshot,
+            state.membership.clone(),
             state.entries,
             state.hard_state.commit,
             state.applied,
@@ -374,7 +387,6 @@ impl RawNode {
             role: Role::Follower,
             leader: None,
             log,
-            voters: JointConfig::simple(state.membership.voters.iter().copied()),
             progress: BTreeMap::new(),
             votes: BTreeMap::new(),
             election_elapsed: 0,
@@ -382,6 +394,8 @@ impl RawNode {
             randomized_election_ticks: config.election_ticks,
             ticks: 0,
             rng: Rng::new(seed),
+            lead_transferee: None,
+            transfer_elapsed: 0,
             uncommitted_bytes: 0,
             committed_in_term: false,
             reads: ReadQueue::new(forward_ids),
@@ -464,6 +478,9 @@ impl RawNode {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
             });
+        }
+        if let Some(to) = self.lead_transferee {
+            return Err(ProposeError::LeadershipTransfer { to });
         }
         let entry = Entry {
             term: self.term,
@@ -674,7 +691,8 @@ impl RawNode {
     /// Voters other than this node, sorted.
     pub(crate) fn peers(&self) -> Vec<NodeId> {
         let me = self.id();
-        self.voters
+        self.log
+            .voters()
             .voters()
             .into_iter()
             .filter(|&id| id != me)
@@ -706,6 +724,8 @@ impl RawNode {
         self.uncommitted_bytes = 0;
         self.committed_in_term = false;
         self.lease.clear();
+        self.lead_transferee = None;
+        self.transfer_elapsed = 0;
         for req in self.reads.take_unconfirmed() {
             self.fail_read(req);
         }
@@ -752,15 +772,8 @@ impl RawNode {
         self.reset(term);
         self.role = Role::Leader;
         self.leader = Some(self.id());
+        self.sync_progress();
         let last = self.log.last_index();
-        for peer in self.peers() {
-            let pr = Progress::new(
-                last,
-                self.config.inflight_msgs_max,
-                self.config.inflight_bytes_max,
-            );
-            self.progress.insert(peer, pr);
-        }
         let noop = Entry {
             term: self.term,
             index: last.next(),
@@ -793,6 +806,12 @@ impl RawNode {
         match self.role {
             Role::Leader => {
                 assert_eq!(self.vote, Some(self.id()), "leader did not vote for itself");
+                let mut members = self.log.membership().members();
+                members.remove(&self.id());
+                assert!(
+                    self.progress.keys().copied().eq(members.iter().copied()),
+                    "leader tracks exactly the other members"
+                );
                 for (id, pr) in &self.progress {
                     assert_ne!(*id, self.id(), "leader tracks itself");
                     assert!(
@@ -870,8 +889,12 @@ fn check_initial_state(state: &InitialState) -> Result<(), String> {
             state.applied, prev.index
         ));
     }
-    if state.membership.voters.is_empty() {
-        return Err("the membership has no voters".to_string());
+    state.membership.validate()?;
+    for e in &state.entries {
+        if let EntryKind::Membership(m) = &e.kind {
+            m.validate()
+                .map_err(|err| format!("entry {}: {err}", e.index))?;
+        }
     }
     Ok(())
 }

@@ -121,6 +121,10 @@ impl JointConfig {
     /// The highest index both halves have acknowledged.
     pub fn committed_index(&self, acked: impl Fn(NodeId) -> Option<Index>) -> Index {
         let a = self.incoming.committed_index(&acked);
+        if cfg!(feature = "mut-joint-one-majority") {
+            // Mutation: count the new configuration's majority only.
+            return a;
+        }
         let b = self.outgoing.committed_index(&acked);
         a.min(b)
     }
@@ -128,6 +132,9 @@ impl JointConfig {
     /// Won only if both halves won; lost if either lost.
     pub fn vote_result(&self, vote: impl Fn(NodeId) -> Option<bool>) -> VoteResult {
         let a = self.incoming.vote_result(&vote);
+        if cfg!(feature = "mut-joint-one-majority") {
+            return a;
+        }
         let b = self.outgoing.vote_result(&vote);
         match (a, b) {
             (VoteResult::Won, VoteResult::Won) => VoteResult::Won,

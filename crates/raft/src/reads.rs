@@ -44,7 +44,7 @@ impl RawNode {
         }
         let commit = self.log.committed();
         let skip_round = cfg!(feature = "mut-read-without-quorum");
-        if skip_round || self.voters.voters().len() == 1 || self.lease_holds() {
+        if skip_round || self.log.voters().voters().len() == 1 || self.lease_holds() {
             // One voter: no one else can lead. Lease: no other leader can be elected before
             // the lease ends (see `lease.rs` and the clock assumption on
             // `ReadOnlyOption::LeaseBased`).
@@ -62,7 +62,7 @@ impl RawNode {
             return false;
         }
         let me = self.id();
-        let acked = self.voters.committed_index(|id| {
+        let acked = self.log.voters().committed_index(|id| {
             let round = if id == me {
                 u64::MAX
             } else {
@@ -85,7 +85,7 @@ impl RawNode {
     /// A read round was acknowledged by some follower; release every round a quorum confirmed.
     pub(crate) fn confirm_reads(&mut self) {
         let me = self.id();
-        let voters = &self.voters;
+        let voters = self.log.voters();
         let progress = &self.progress;
         let confirmed = self.reads.confirm(|round| {
             voters.vote_result(|id| {

@@ -14,6 +14,14 @@ impl RawNode {
     pub(crate) fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
+        if self.lead_transferee.is_some() {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.config.election_ticks {
+                // The target did not take over in time: abort and take proposals again.
+                self.lead_transferee = None;
+                self.transfer_elapsed = 0;
+            }
+        }
         if self.election_elapsed >= self.config.election_ticks {
             self.election_elapsed = 0;
             if self.config.check_quorum {
@@ -40,7 +48,7 @@ impl RawNode {
     /// Whether a quorum (counting this node) was heard from in the current CheckQuorum round.
     pub(crate) fn quorum_active(&self) -> bool {
         let me = self.id();
-        let result = self.voters.vote_result(|id| {
+        let result = self.log.voters().vote_result(|id| {
             Some(id == me || self.progress.get(&id).is_some_and(|pr| pr.recent_active))
         });
         result == VoteResult::Won
@@ -245,8 +253,15 @@ impl RawNode {
             ProgressState::Replicate => {}
         }
         self.maybe_commit();
+        if self.role != Role::Leader {
+            // A committed configuration removed this leader.
+            return;
+        }
         // Pipeline whatever else this follower can take.
         while self.send_append(from) {}
+        if self.lead_transferee == Some(from) {
+            self.maybe_send_timeout_now(from);
+        }
     }
 
     /// Turns a follower's conflict hint into the next index to probe: skip the follower's whole
@@ -292,7 +307,7 @@ impl RawNode {
     pub(crate) fn maybe_commit(&mut self) -> bool {
         let me = self.id();
         let persisted = self.log.persisted();
-        let candidate = self.voters.committed_index(|id| {
+        let candidate = self.log.voters().committed_index(|id| {
             if id == me {
                 Some(persisted)
             } else {
@@ -318,6 +333,7 @@ impl RawNode {
             self.committed_in_term = true;
             self.on_first_commit_in_term();
         }
+        self.on_commit_membership();
         true
     }
 }

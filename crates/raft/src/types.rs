@@ -1,6 +1,7 @@
 //! The log vocabulary: newtypes for terms, indexes and node ids, log entries and the durable
 //! hard state. Values are validated where they enter the core; inside, code relies on the type.
 
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// A Raft term (paper §5.1). Terms only grow on any one node; term 0 means "no term yet".
@@ -89,6 +90,9 @@ pub enum EntryKind {
     /// The empty entry a new leader appends so that it can commit entries of earlier terms
     /// (paper §5.4.2, §8; thesis §6.4).
     Noop,
+    /// A new cluster configuration. It takes effect on every node as soon as it is in the log,
+    /// committed or not, and is undone if the entry is truncated (paper §6).
+    Membership(Membership),
 }
 
 /// One log entry.
@@ -136,20 +140,57 @@ pub struct HardState {
     pub commit: Index,
 }
 
-/// The voting configuration. Membership changes (joint consensus, learners) extend this; this
-/// issue has a fixed set of voters.
+/// A cluster configuration (paper §6). Outside a change it is a set of voters plus learners;
+/// during a joint-consensus change (`C_old,new`) `voters_outgoing` holds `C_old`, and
+/// elections and commitment need a majority of both `voters` and `voters_outgoing`.
+///
+/// Invariants ([`Membership::validate`]): `voters` is not empty; no node is both a voter (of
+/// either half) and a learner.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Membership {
-    /// Voting members, sorted.
-    pub voters: std::collections::BTreeSet<NodeId>,
+    /// Voting members (`C_new` during a joint change), sorted.
+    pub voters: BTreeSet<NodeId>,
+    /// `C_old` during a joint change; empty otherwise.
+    pub voters_outgoing: BTreeSet<NodeId>,
+    /// Non-voting members that receive the log (thesis §4.2.1).
+    pub learners: BTreeSet<NodeId>,
 }
 
 impl Membership {
-    /// A configuration with the given voters.
+    /// A configuration with the given voters and no learners.
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Membership {
         Membership {
             voters: voters.into_iter().collect(),
+            ..Membership::default()
         }
+    }
+
+    /// Whether this is a joint configuration.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// Whether `id` votes in either half.
+    pub fn is_voter(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.voters_outgoing.contains(&id)
+    }
+
+    /// Every member, voter or learner, sorted.
+    pub fn members(&self) -> BTreeSet<NodeId> {
+        let mut all: BTreeSet<NodeId> = self.voters.union(&self.voters_outgoing).copied().collect();
+        all.extend(self.learners.iter().copied());
+        all
+    }
+
+    /// Checks the invariants; the error says which one fails.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.voters.is_empty() {
+            return Err("the configuration has no voters".to_string());
+        }
+        if let Some(id) = self.learners.iter().find(|&&l| self.is_voter(l)) {
+            return Err(format!("node {id} is both a voter and a learner"));
+        }
+        Ok(())
     }
 }
 
@@ -177,6 +218,30 @@ pub struct SnapshotChunk {
     pub offset: u64,
     /// The bytes.
     pub data: Vec<u8>,
+}
+
+/// A requested change of the cluster configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum MembershipChange {
+    /// Add a voter (single-server change, thesis §4.1). Add it as a learner first and promote it
+    /// once caught up, so the cluster does not wait on a new, empty log.
+    AddVoter(NodeId),
+    /// Add a non-voting learner.
+    AddLearner(NodeId),
+    /// Make a learner a voter (single-server change).
+    PromoteLearner(NodeId),
+    /// Remove a voter or learner (single-server change). Removing the leader is allowed: it
+    /// steps down once the new configuration commits (paper §6).
+    Remove(NodeId),
+    /// Move to an arbitrary set of voters and learners through joint consensus
+    /// (`C_old` → `C_old,new` → `C_new`, paper §6); the joint configuration is left
+    /// automatically once it commits.
+    Replace {
+        /// The new voters.
+        voters: BTreeSet<NodeId>,
+        /// The new learners.
+        learners: BTreeSet<NodeId>,
+    },
 }
 
 /// Role of a node (paper §5.1, plus the PreVote pre-candidate of thesis §9.6).

@@ -19,7 +19,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use harness::{entries_with_terms, format_entry, nid, Cluster, Disk};
-use raft::{Config, HardState, Index, ReadCtx, ReadOnlyOption, Term};
+use raft::{Config, HardState, Index, MembershipChange, ReadCtx, ReadOnlyOption, Term};
 
 struct Block {
     comments: Vec<String>,
@@ -245,6 +245,48 @@ fn run_command(c: &mut Option<Cluster>, command: &str) -> String {
             c.partition(&groups);
         }
         "heal" => c.heal(),
+        "add-node" => c.add_node(args.id(0)),
+        "change" => {
+            // change LEADER add-voter=N | add-learner=N | promote=N | remove=N |
+            //        replace voters=1,2 [learners=3]
+            let id = args.id(0);
+            let n = |k: &str| args.named.get(k).map(|v| nid(v.parse().expect("id")));
+            let set = |k: &str| args.list(k).into_iter().map(nid).collect();
+            let change = if let Some(x) = n("add-voter") {
+                MembershipChange::AddVoter(x)
+            } else if let Some(x) = n("add-learner") {
+                MembershipChange::AddLearner(x)
+            } else if let Some(x) = n("promote") {
+                MembershipChange::PromoteLearner(x)
+            } else if let Some(x) = n("remove") {
+                MembershipChange::Remove(x)
+            } else {
+                MembershipChange::Replace {
+                    voters: set("voters"),
+                    learners: set("learners"),
+                }
+            };
+            match c.node(id).change_membership(change) {
+                Ok(eid) => {
+                    let _ = writeln!(out, "proposed at {}/{}", eid.index, eid.term);
+                }
+                Err(e) => {
+                    let _ = writeln!(out, "error: {e}");
+                }
+            }
+        }
+        "transfer" => {
+            let (from, to) = (args.id(0), args.id(1));
+            if let Err(e) = c.node(from).transfer_leader(nid(to)) {
+                let _ = writeln!(out, "error: {e}");
+            }
+        }
+        "membership" => {
+            for id in args.ids() {
+                let m = c.nodes[&id].log().membership().clone();
+                let _ = writeln!(out, "{id}: {}", harness::format_membership(&m));
+            }
+        }
         "compact" => {
             let meta = c.compact(args.id(0));
             let _ = writeln!(

@@ -50,6 +50,7 @@ fn vote_req(from: u64, to: u64, term: u64, last_index: u64, last_term: u64) -> M
         MessageBody::Vote {
             last_log_index: Index(last_index),
             last_log_term: Term(last_term),
+            leader_transfer: false,
         },
     )
 }
@@ -375,7 +376,8 @@ fn candidates_vote_for_themselves_in_a_new_term_and_ask_everyone() {
         m.body,
         MessageBody::Vote {
             last_log_index: Index(2),
-            last_log_term: Term(1)
+            last_log_term: Term(1),
+            leader_transfer: false,
         }
     )));
 }

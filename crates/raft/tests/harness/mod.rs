@@ -219,6 +219,14 @@ impl Cluster {
         self.nodes.get_mut(&id).expect("node exists")
     }
 
+    /// Starts a brand-new node `id` that joins the cluster: an empty log and the cluster's
+    /// initial configuration (it learns later ones from the leader's log).
+    pub fn add_node(&mut self, id: u64) {
+        let mut cfg = self.configs.values().next().expect("a node").clone();
+        cfg.id = nid(id);
+        self.start(id, cfg, Disk::default());
+    }
+
     /// Crash: the node stops; in-flight messages to it are lost. Its disk stays (writes here are
     /// synchronous, so nothing unsynced is lost).
     pub fn crash(&mut self, id: u64) {
@@ -435,7 +443,7 @@ impl Cluster {
         let bytes = encode_state(&applied);
         let meta = SnapshotMeta {
             last: EntryId { term, index },
-            membership: self.membership.clone(),
+            membership: node.log().membership_at(index).clone(),
             size_bytes: bytes.len() as u64,
         };
         self.node(id)
@@ -454,8 +462,9 @@ impl Cluster {
 }
 
 pub fn format_entry(e: &Entry) -> String {
-    match e.kind {
+    match &e.kind {
         EntryKind::Noop => format!("{}/{} noop", e.index, e.term),
+        EntryKind::Membership(m) => format!("{}/{} conf {}", e.index, e.term, format_membership(m)),
         EntryKind::Normal if e.data.is_empty() => format!("{}/{}", e.index, e.term),
         EntryKind::Normal => format!(
             "{}/{} {}",
@@ -470,17 +479,39 @@ fn format_entries(es: &[Entry]) -> String {
     es.iter().map(format_entry).collect::<Vec<_>>().join(", ")
 }
 
+pub fn format_membership(m: &raft::Membership) -> String {
+    let list = |s: &std::collections::BTreeSet<NodeId>| {
+        s.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut out = format!("voters=({})", list(&m.voters));
+    if m.is_joint() {
+        out += &format!("&&({})", list(&m.voters_outgoing));
+    }
+    if !m.learners.is_empty() {
+        out += &format!(" learners=({})", list(&m.learners));
+    }
+    out
+}
+
 pub fn format_msg(m: &Message) -> String {
     let head = format!("{}->{} {} term={}", m.from, m.to, m.body.name(), m.term);
     let rest = match &m.body {
         MessageBody::PreVote {
             last_log_index,
             last_log_term,
-        }
-        | MessageBody::Vote {
+        } => format!(" last={last_log_index}/{last_log_term}"),
+        MessageBody::Vote {
             last_log_index,
             last_log_term,
-        } => format!(" last={last_log_index}/{last_log_term}"),
+            leader_transfer,
+        } => format!(
+            " last={last_log_index}/{last_log_term}{}",
+            if *leader_transfer { " transfer" } else { "" }
+        ),
+        MessageBody::TimeoutNow => String::new(),
         MessageBody::PreVoteResp { reject } | MessageBody::VoteResp { reject } => {
             if *reject {
                 " rejected".to_string()

@@ -21,6 +21,8 @@ pub const SEAL_OVERHEAD_BYTES: usize = 1 + 4;
 /// Entry kind tags. Zero is never used so that zeroed bytes do not decode.
 const TAG_NORMAL: u8 = 1;
 const TAG_NOOP: u8 = 2;
+/// Entry kind tag: a configuration entry; the payload is the encoded membership.
+const TAG_MEMBERSHIP: u8 = 3;
 
 /// Appends the CRC of `buf` (which already starts with the version byte).
 fn seal(mut buf: Vec<u8>) -> Vec<u8> {
@@ -116,31 +118,47 @@ pub fn key_index(key: &[u8]) -> Result<Index, String> {
 pub fn encode_entry(e: &Entry) -> Vec<u8> {
     let mut buf = Vec::with_capacity(e.data.len() + 22 + SEAL_OVERHEAD_BYTES);
     buf.push(VERSION);
-    buf.push(match e.kind {
-        EntryKind::Normal => TAG_NORMAL,
-        EntryKind::Noop => TAG_NOOP,
-    });
+    let membership;
+    let (tag, data) = match &e.kind {
+        EntryKind::Normal => (TAG_NORMAL, &e.data),
+        EntryKind::Noop => (TAG_NOOP, &e.data),
+        EntryKind::Membership(m) => {
+            let mut b = Vec::new();
+            put_membership(&mut b, m);
+            membership = b;
+            (TAG_MEMBERSHIP, &membership)
+        }
+    };
+    buf.push(tag);
     buf.extend_from_slice(&e.term.0.to_le_bytes());
     buf.extend_from_slice(&e.index.0.to_le_bytes());
-    let len = u32::try_from(e.data.len()).expect("entry data over 4 GiB is rejected by write");
+    let len = u32::try_from(data.len()).expect("entry data over 4 GiB is rejected by write");
     buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&e.data);
+    buf.extend_from_slice(data);
     seal(buf)
 }
 
 /// Decodes an entry.
 pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
     let mut r = Reader::new(unseal(bytes)?);
-    let kind = match r.u8()? {
-        TAG_NORMAL => EntryKind::Normal,
-        TAG_NOOP => EntryKind::Noop,
-        t => return Err(format!("unknown entry kind tag {t}")),
-    };
+    let tag = r.u8()?;
     let term = Term(r.u64()?);
     let index = Index(r.u64()?);
     let len = r.u32()? as usize;
-    let data = r.bytes(len)?.to_vec();
+    let mut data = r.bytes(len)?.to_vec();
     r.finish()?;
+    let kind = match tag {
+        TAG_NORMAL => EntryKind::Normal,
+        TAG_NOOP => EntryKind::Noop,
+        TAG_MEMBERSHIP => {
+            let mut mr = Reader::new(&data);
+            let m = get_membership(&mut mr)?;
+            mr.finish()?;
+            data = Vec::new();
+            EntryKind::Membership(m)
+        }
+        t => return Err(format!("unknown entry kind tag {t}")),
+    };
     Ok(Entry {
         term,
         index,
@@ -170,12 +188,15 @@ pub fn decode_hard_state(bytes: &[u8]) -> Result<HardState, String> {
     Ok(hs)
 }
 
-/// Encodes a membership into `buf` (unsealed; reused by snapshot headers).
+/// Encodes a membership into `buf` (unsealed; reused by snapshot headers and configuration
+/// entries): voters, outgoing voters (joint configurations), learners.
 pub fn put_membership(buf: &mut Vec<u8>, m: &Membership) {
-    let n = u32::try_from(m.voters.len()).expect("voter count fits u32");
-    buf.extend_from_slice(&n.to_le_bytes());
-    for v in &m.voters {
-        buf.extend_from_slice(&v.get().to_le_bytes());
+    for set in [&m.voters, &m.voters_outgoing, &m.learners] {
+        let n = u32::try_from(set.len()).expect("member count fits u32");
+        buf.extend_from_slice(&n.to_le_bytes());
+        for v in set {
+            buf.extend_from_slice(&v.get().to_le_bytes());
+        }
     }
 }
 
@@ -184,18 +205,26 @@ const VOTERS_MAX: u32 = 1024;
 
 /// Decodes a membership written by [`put_membership`].
 pub fn get_membership(r: &mut Reader<'_>) -> Result<Membership, String> {
-    let n = r.u32()?;
-    if n > VOTERS_MAX {
-        return Err(format!("membership claims {n} voters (max {VOTERS_MAX})"));
-    }
-    let mut voters = BTreeSet::new();
-    for _ in 0..n {
-        let id = NodeId::new(r.u64()?).ok_or("voter id 0")?;
-        if !voters.insert(id) {
-            return Err(format!("voter {id} listed twice"));
+    let mut get_set = |what: &str| -> Result<BTreeSet<NodeId>, String> {
+        let n = r.u32()?;
+        if n > VOTERS_MAX {
+            return Err(format!("membership claims {n} {what} (max {VOTERS_MAX})"));
         }
-    }
-    Ok(Membership { voters })
+        let mut set = BTreeSet::new();
+        for _ in 0..n {
+            let id = NodeId::new(r.u64()?).ok_or_else(|| format!("{what}: id 0"))?;
+            if !set.insert(id) {
+                return Err(format!("{what}: node {id} listed twice"));
+            }
+        }
+        Ok(set)
+    };
+    let m = Membership {
+        voters: get_set("voters")?,
+        voters_outgoing: get_set("outgoing voters")?,
+        learners: get_set("learners")?,
+    };
+    Ok(m)
 }
 
 /// Encodes a membership record.
@@ -276,6 +305,18 @@ mod tests {
             kind,
             data: data.to_vec(),
         }
+    }
+
+    #[test]
+    fn configuration_entries_round_trip() {
+        let id = |i: u64| NodeId::new(i).unwrap();
+        let m = Membership {
+            voters: [id(1), id(4), id(5)].into(),
+            voters_outgoing: [id(1), id(2), id(3)].into(),
+            learners: [id(9)].into(),
+        };
+        let e = entry(EntryKind::Membership(m), b"");
+        assert_eq!(decode_entry(&encode_entry(&e)), Ok(e));
     }
 
     #[test]

@@ -44,10 +44,19 @@ pub(crate) fn violation(invariant: &'static str, detail: String) -> Check {
 /// A digest of an entry's content (kind and payload), to compare entries across nodes.
 pub fn entry_hash(e: &Entry) -> u64 {
     let mut h = Fnv::default();
-    h.write_u8(match e.kind {
-        EntryKind::Normal => 1,
-        EntryKind::Noop => 2,
-    });
+    match &e.kind {
+        EntryKind::Normal => h.write_u8(1),
+        EntryKind::Noop => h.write_u8(2),
+        EntryKind::Membership(m) => {
+            h.write_u8(3);
+            for set in [&m.voters, &m.voters_outgoing, &m.learners] {
+                for id in set {
+                    h.write(&id.get().to_le_bytes());
+                }
+                h.write_u8(0xff);
+            }
+        }
+    }
     h.write(&e.data);
     h.finish()
 }

@@ -428,3 +428,67 @@ proptest! {
         prop_assert_eq!(copy.applied_index().expect("applied"), requests.len() as u64);
     }
 }
+
+/// Writes on two keys, so that nested transactions often touch the same key.
+fn dense_op() -> impl Strategy<Value = RequestOp> {
+    let key = prop::sample::select(vec!["a", "b"]);
+    let end = prop::sample::select(vec!["", "", "\0"]);
+    prop_oneof![
+        3 => (key.clone(), value()).prop_map(|(k, v)| RequestOp::Put(PutRequest::new(k, v))),
+        3 => (key.clone(), end).prop_map(|(k, e)| RequestOp::DeleteRange(DeleteRangeRequest::range(k, e))),
+        1 => key.prop_map(|k| RequestOp::Range(RangeRequest::key(k))),
+        1 => op(),
+    ]
+}
+
+/// Nested transactions of random shape (up to three levels) on a few keys.
+fn nested_txn() -> impl Strategy<Value = TxnRequest> {
+    let leaf = dense_op();
+    let ops = leaf.prop_recursive(3, 24, 4, |inner| {
+        (
+            prop::collection::vec(compare(), 0..2),
+            prop::collection::vec(inner.clone(), 0..4),
+            prop::collection::vec(inner, 0..3),
+        )
+            .prop_map(|(compare, success, failure)| {
+                RequestOp::Txn(TxnRequest {
+                    compare,
+                    success,
+                    failure,
+                })
+            })
+    });
+    (
+        prop::collection::vec(compare(), 0..2),
+        prop::collection::vec(ops.clone(), 0..4),
+        prop::collection::vec(ops, 0..3),
+    )
+        .prop_map(|(compare, success, failure)| TxnRequest {
+            compare,
+            success,
+            failure,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Whatever nested transactions clients send, apply returns a response or a request error
+    /// (never a panic or a storage fault), bumps the revision by at most one, and keeps the
+    /// store's invariants; a failed transaction changes nothing.
+    #[test]
+    fn nested_txns_never_panic_and_keep_invariants(txns in prop::collection::vec(nested_txn(), 1..12)) {
+        let store = Store::in_memory(Options::default()).expect("store");
+        store.apply(1, &Command::new(Request::LeaseGrant { id: 1, ttl: 10 })).expect("grant");
+        for (i, t) in txns.into_iter().enumerate() {
+            let before = (store.revision().expect("rev"), store.hash().expect("hash"));
+            match store.apply(i as u64 + 2, &Command::new(Request::Txn(t))) {
+                Ok(resp) => prop_assert!(resp.revision() - before.0 <= 1),
+                Err(Error::Kv(_)) => prop_assert_eq!(store.hash().expect("hash"), before.1),
+                Err(other) => panic!("storage fault: {other}"),
+            }
+            prop_assert!(store.revision().expect("rev") - before.0 <= 1);
+            store.check_invariants().expect("invariants");
+        }
+    }
+}

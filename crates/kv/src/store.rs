@@ -27,10 +27,17 @@ pub enum Durability {
     /// Every apply is fsynced before it returns (redb's default).
     #[default]
     Immediate,
-    /// Applies are written but not fsynced (redb's `Durability::Eventual`). A crash may lose
-    /// the latest applies, never tear one: after reopening, `applied_index()` says where to
-    /// resume and the server replays the rest from its Raft log, which is durable on its own.
-    Eventual,
+    /// Only every `commits_per_sync`-th commit, and [`Store::sync`], reach the disk; the others
+    /// use redb's non-durable commits (visible to readers at once, no fsync). A crash loses
+    /// the applies since the last durable commit, never tears one: after reopening,
+    /// `applied_index()` says where to resume and the server replays the rest from its Raft
+    /// log. So the server must call [`Store::sync`] before discarding log entries it has
+    /// applied (log compaction), and must not answer clients from its own acknowledgement of
+    /// apply alone (a Raft-committed entry is durable in the log anyway).
+    Batched {
+        /// Commits between two fsyncs; at least 1 (1 behaves like `Immediate`).
+        commits_per_sync: u32,
+    },
 }
 
 /// Store configuration.
@@ -56,6 +63,13 @@ impl Options {
     pub fn validate(&self) -> Result<(), String> {
         if self.sessions_max == 0 {
             return Err("sessions_max must be at least 1".into());
+        }
+        if self.durability
+            == (Durability::Batched {
+                commits_per_sync: 0,
+            })
+        {
+            return Err("durability commits_per_sync must be at least 1".into());
         }
         Ok(())
     }
@@ -111,6 +125,8 @@ pub struct Store {
     db: Database,
     /// Validated options.
     options: Options,
+    /// Write transactions begun since the last durable one (for [`Durability::Batched`]).
+    commits_unsynced: std::sync::atomic::AtomicU32,
 }
 
 impl std::fmt::Debug for Store {
@@ -138,7 +154,11 @@ impl Store {
     }
 
     fn init(db: Database, options: Options) -> Result<Store, Error> {
-        let store = Store { db, options };
+        let store = Store {
+            db,
+            options,
+            commits_unsynced: std::sync::atomic::AtomicU32::new(0),
+        };
         let txn = store.begin_write()?;
         create_tables(&txn)?;
         let fresh = txn.open_table(META)?.get(META_REVISION)?.is_none();
@@ -156,10 +176,27 @@ impl Store {
 
     pub(crate) fn begin_write(&self) -> Result<WriteTransaction, Error> {
         let mut txn = self.db.begin_write()?;
-        if self.options.durability == Durability::Eventual {
-            txn.set_durability(redb::Durability::Eventual);
+        if let Durability::Batched { commits_per_sync } = self.options.durability {
+            use std::sync::atomic::Ordering::Relaxed;
+            // Write transactions are serialised by redb, so this count is exact.
+            let unsynced = self.commits_unsynced.fetch_add(1, Relaxed) + 1;
+            if unsynced >= commits_per_sync {
+                self.commits_unsynced.store(0, Relaxed);
+            } else {
+                txn.set_durability(redb::Durability::None);
+            }
         }
         Ok(txn)
+    }
+
+    /// Makes every commit so far durable (one empty durable commit). Only needed with
+    /// [`Durability::Batched`]; cheap otherwise.
+    pub fn sync(&self) -> Result<(), Error> {
+        let txn = self.db.begin_write()?;
+        txn.commit()?;
+        self.commits_unsynced
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     pub(crate) fn begin_read(&self) -> Result<ReadTransaction, Error> {

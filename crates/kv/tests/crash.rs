@@ -1,6 +1,8 @@
 //! Crash test: a child process applies entries to a file-backed store and is killed with
 //! SIGKILL at an arbitrary point; the reopened store must hold exactly the entries up to its
-//! applied index, each applied once, in three rounds on the same file.
+//! applied index, each applied once, in three rounds on the same file, and must have kept
+//! every apply acknowledged as durable (each apply with `Immediate`; each `sync()` with
+//! `Batched`).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command as Process, Stdio};
@@ -10,6 +12,22 @@ use kv::*;
 const CHILD_ENV: &str = "SKIFF_KV_CRASH_CHILD";
 const TEST_NAME: &str = "a_killed_writer_leaves_a_consistent_store";
 const KEYS: u64 = 50;
+/// With `Batched` durability the child syncs every this many applies.
+const SYNC_EVERY: u64 = 7;
+
+fn options(batched: bool) -> Options {
+    let durability = if batched {
+        Durability::Batched {
+            commits_per_sync: 1000,
+        }
+    } else {
+        Durability::Immediate
+    };
+    Options {
+        durability,
+        ..Options::default()
+    }
+}
 
 fn entry(index: u64) -> Command {
     Command::new(Request::Put(PutRequest::new(
@@ -19,21 +37,35 @@ fn entry(index: u64) -> Command {
 }
 
 /// The child: resumes after the applied index and applies entries until killed, printing
-/// each index once its apply has returned.
-fn child(path: &str) {
-    let store = Store::open(path, Options::default()).expect("open");
+/// each index once it is durable.
+fn child(spec: &str) {
+    let (batched, path) = spec.split_once('|').expect("mode|path");
+    let batched = batched == "batched";
+    let store = Store::open(path, options(batched)).expect("open");
     let start = store.applied_index().expect("applied");
     for index in start + 1.. {
         store.apply(index, &entry(index)).expect("apply");
-        println!("applied {index}");
+        if batched && index % SYNC_EVERY != 0 {
+            continue; // applied but not yet durable
+        }
+        if batched {
+            store.sync().expect("sync");
+        }
+        println!("durable {index}");
     }
 }
 
 #[test]
 fn a_killed_writer_leaves_a_consistent_store() {
-    if let Ok(path) = std::env::var(CHILD_ENV) {
-        return child(&path);
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        return child(&spec);
     }
+    for batched in [false, true] {
+        crash_rounds(batched);
+    }
+}
+
+fn crash_rounds(batched: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("kv.redb");
     let exe = std::env::current_exe().expect("test binary");
@@ -41,7 +73,14 @@ fn a_killed_writer_leaves_a_consistent_store() {
     for round in 1..=3u64 {
         let mut proc = Process::new(&exe)
             .args([TEST_NAME, "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &path)
+            .env(
+                CHILD_ENV,
+                format!(
+                    "{}|{}",
+                    if batched { "batched" } else { "immediate" },
+                    path.display()
+                ),
+            )
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn child");
@@ -51,7 +90,7 @@ fn a_killed_writer_leaves_a_consistent_store() {
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("child output");
             if let Some(n) = line
-                .strip_prefix("applied ")
+                .strip_prefix("durable ")
                 .and_then(|n| n.parse::<u64>().ok())
             {
                 acknowledged = n;
@@ -63,7 +102,7 @@ fn a_killed_writer_leaves_a_consistent_store() {
         proc.kill().expect("SIGKILL");
         proc.wait().expect("reap");
 
-        let store = Store::open(&path, Options::default()).expect("reopen");
+        let store = Store::open(&path, options(batched)).expect("reopen");
         let applied = store.applied_index().expect("applied");
         assert!(
             applied >= acknowledged,

@@ -113,7 +113,12 @@ fn entries_at_or_below_the_applied_index_are_skipped() {
 
 #[test]
 fn reopening_finds_the_same_state_and_applied_index() {
-    for durability in [Durability::Immediate, Durability::Eventual] {
+    for durability in [
+        Durability::Immediate,
+        Durability::Batched {
+            commits_per_sync: 3,
+        },
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("kv.redb");
         let options = Options {

@@ -13,11 +13,10 @@ use raft::{
     ReadCtx, ReadError, Status,
 };
 
-use crate::client::{Client, Pending};
+use crate::client::Client;
 use crate::history::History;
 use crate::host::Host;
 use crate::invariants::{Checker, Violation};
-use crate::kv::{KvCommand, KvOp};
 use crate::net::{is_reply, NetConfig, Network};
 use crate::rng::Rng;
 use crate::trace::Trace;
@@ -128,7 +127,7 @@ pub struct SimFailure {
 }
 
 #[derive(Clone, Debug, Hash)]
-enum Event {
+pub(crate) enum Event {
     Tick { node: u64, incarnation: u64 },
     Deliver(Message),
     Sync { node: u64, incarnation: u64 },
@@ -145,34 +144,34 @@ pub struct Cluster {
     pub replay_extra: String,
     /// Scenario context printed with a failure (e.g. the swarm parameters).
     pub context: String,
-    config: ClusterConfig,
-    now: u64,
-    seq: u64,
-    events: BTreeMap<(u64, u64), Event>,
-    hosts: Vec<Host>,
+    pub(crate) config: ClusterConfig,
+    pub(crate) now: u64,
+    pub(crate) seq: u64,
+    pub(crate) events: BTreeMap<(u64, u64), Event>,
+    pub(crate) hosts: Vec<Host>,
     /// The network; scenarios partition and heal it directly.
     pub net: Network,
     /// The disk model; swarm scenarios change it.
     pub disk: DiskConfig,
     /// Randomness of the world (network, disk, timing).
-    world_rng: Rng,
+    pub(crate) world_rng: Rng,
     /// Randomness for the scenario's own choices (commands, who to crash).
     pub rng: Rng,
-    checker: Checker,
-    trace: Trace,
-    rpc_count: u64,
-    rpc_bytes: u64,
+    pub(crate) checker: Checker,
+    pub(crate) trace: Trace,
+    pub(crate) rpc_count: u64,
+    pub(crate) rpc_bytes: u64,
     /// KV clients.
-    clients: Vec<Client>,
+    pub(crate) clients: Vec<Client>,
     /// KV client history.
     pub history: History,
     /// Pending reads: `(node, ctx) -> client index`.
-    reads: BTreeMap<(u64, u64), usize>,
-    next_read_ctx: u64,
+    pub(crate) reads: BTreeMap<(u64, u64), usize>,
+    pub(crate) next_read_ctx: u64,
     /// Keys the KV clients use.
     pub keys: Vec<String>,
-    verbose: bool,
-    driver_bug: Option<DriverBug>,
+    pub(crate) verbose: bool,
+    pub(crate) driver_bug: Option<DriverBug>,
 }
 
 impl Cluster {
@@ -235,11 +234,11 @@ impl Cluster {
         &self.config
     }
 
-    fn host(&self, node: u64) -> &Host {
+    pub(crate) fn host(&self, node: u64) -> &Host {
         &self.hosts[(node - 1) as usize]
     }
 
-    fn host_mut(&mut self, node: u64) -> &mut Host {
+    pub(crate) fn host_mut(&mut self, node: u64) -> &mut Host {
         &mut self.hosts[(node - 1) as usize]
     }
 
@@ -491,7 +490,11 @@ impl Cluster {
         r.ok()
     }
 
-    fn try_propose(&mut self, node: u64, data: Vec<u8>) -> Option<Result<EntryId, ProposeError>> {
+    pub(crate) fn try_propose(
+        &mut self,
+        node: u64,
+        data: Vec<u8>,
+    ) -> Option<Result<EntryId, ProposeError>> {
         let raft = self.host_mut(node).raft.as_mut()?;
         let r = raft.propose(data);
         self.trace.record(("propose", node, self.now, r.is_ok()));
@@ -502,7 +505,7 @@ impl Cluster {
         Some(r)
     }
 
-    fn try_read(&mut self, node: u64, ctx: u64) -> Option<Result<(), ReadError>> {
+    pub(crate) fn try_read(&mut self, node: u64, ctx: u64) -> Option<Result<(), ReadError>> {
         let raft = self.host_mut(node).raft.as_mut()?;
         let role = raft.status().role;
         let r = raft.read_index(ReadCtx(ctx));
@@ -520,7 +523,7 @@ impl Cluster {
 
     // ----- Time -----
 
-    fn schedule(&mut self, delay_ms: u64, event: Event) {
+    pub(crate) fn schedule(&mut self, delay_ms: u64, event: Event) {
         self.seq += 1;
         self.events.insert((self.now + delay_ms, self.seq), event);
     }
@@ -731,249 +734,6 @@ impl Cluster {
                 raft.log().check_invariants_full();
                 let r = self.checker.full_check(node, raft);
                 self.checked(r);
-            }
-        }
-    }
-
-    // ----- KV clients -----
-
-    /// Adds a KV client that talks to `servers`; returns its index.
-    pub fn add_client(&mut self, servers: Vec<u64>) -> usize {
-        let id = self.clients.len();
-        let rng = self.rng.fork(100 + id as u64);
-        self.clients.push(Client::new(id as u64 + 1, servers, rng));
-        self.schedule(
-            1,
-            Event::ClientWake {
-                client: id,
-                generation: 0,
-            },
-        );
-        id
-    }
-
-    /// Starts or stops a client issuing new operations (a pending one continues).
-    pub fn set_client_active(&mut self, client: usize, active: bool) {
-        self.clients[client].active = active;
-        if active && self.clients[client].pending.is_none() {
-            self.wake_client(client, 1);
-        }
-    }
-
-    /// How long the client retries one operation before recording it as unknown.
-    pub fn set_client_give_up(&mut self, client: usize, ms: u64) {
-        self.clients[client].give_up_ms = ms;
-    }
-
-    /// Restricts the servers a client talks to.
-    pub fn set_client_servers(&mut self, client: usize, servers: Vec<u64>) {
-        self.clients[client].servers = servers;
-    }
-
-    /// Queues a specific operation for a client (it runs when the client is idle).
-    pub fn client_queue(&mut self, client: usize, key: &str, op: KvOp) {
-        self.clients[client].queue.push_back((key.to_string(), op));
-        if self.clients[client].pending.is_none() {
-            self.wake_client(client, 1);
-        }
-    }
-
-    /// Whether the client has an operation in progress or queued.
-    pub fn client_busy(&self, client: usize) -> bool {
-        self.clients[client].pending.is_some() || !self.clients[client].queue.is_empty()
-    }
-
-    /// Operations the client completed.
-    pub fn client_completed(&self, client: usize) -> u64 {
-        self.clients[client].completed
-    }
-
-    fn wake_client(&mut self, client: usize, delay: u64) {
-        let c = &mut self.clients[client];
-        c.generation += 1;
-        let generation = c.generation;
-        self.schedule(delay, Event::ClientWake { client, generation });
-    }
-
-    fn client_wake(&mut self, ci: usize) {
-        if self.clients[ci].pending.is_none() {
-            let now = self.now;
-            let c = &mut self.clients[ci];
-            let next = c.queue.pop_front().or_else(|| {
-                c.active.then(|| {
-                    let key = self.keys[c.rng.below(self.keys.len() as u64) as usize].clone();
-                    let op = c.random_op();
-                    (key, op)
-                })
-            });
-            let Some((key, op)) = next else {
-                return;
-            };
-            c.seq += 1;
-            let hist = self.history.invoke(c.id, &key, op.clone(), now);
-            c.pending = Some(Pending {
-                hist,
-                key,
-                op,
-                seq: c.seq,
-                at: None,
-                read_ctx: None,
-                give_up_at: now + c.give_up_ms,
-            });
-        }
-        let now = self.now;
-        let c = &mut self.clients[ci];
-        let p = c.pending.as_mut().expect("set above");
-        if p.at.is_some() {
-            // The attempt timed out: try the next server with the same sequence number.
-            p.at = None;
-            if let Some(ctx) = p.read_ctx.take() {
-                let node = c.servers[c.next % c.servers.len()];
-                self.reads.remove(&(node, ctx));
-            }
-            c.next += 1;
-        }
-        if now >= p.give_up_at {
-            // Unknown outcome: it may still take effect; the history says so.
-            c.pending = None;
-            self.wake_client(ci, 1);
-            return;
-        }
-        let node = c.servers[c.next % c.servers.len()];
-        if !self.up(node) || self.paused(node) {
-            self.clients[ci].next += 1;
-            self.wake_client(ci, 20);
-            return;
-        }
-        let (op, key, seq, client_id) = {
-            let p = self.clients[ci].pending.as_ref().expect("pending");
-            (p.op.clone(), p.key.clone(), p.seq, self.clients[ci].id)
-        };
-        match op {
-            KvOp::Get if self.driver_bug == Some(DriverBug::LocalReads) => {
-                let value = self.host(node).kv.get(&key);
-                self.complete_client(ci, Some(value));
-            }
-            KvOp::Get => {
-                let ctx = self.next_read_ctx;
-                self.next_read_ctx += 1;
-                // Register first: the read may be released within this very call.
-                self.reads.insert((node, ctx), ci);
-                {
-                    let p = self.clients[ci].pending.as_mut().expect("pending");
-                    p.at = Some(node);
-                    p.read_ctx = Some(ctx);
-                }
-                let generation = self.clients[ci].generation;
-                match self.try_read(node, ctx) {
-                    Some(Ok(())) => {
-                        if self.clients[ci].generation == generation {
-                            self.wake_client(ci, crate::client::ATTEMPT_MS);
-                        }
-                    }
-                    _ => {
-                        self.reads.remove(&(node, ctx));
-                        let c = &mut self.clients[ci];
-                        let p = c.pending.as_mut().expect("pending");
-                        p.at = None;
-                        p.read_ctx = None;
-                        c.next += 1;
-                        self.wake_client(ci, 20);
-                    }
-                }
-            }
-            KvOp::Put(_) | KvOp::Append(_) => {
-                let cmd = KvCommand {
-                    client: client_id,
-                    seq,
-                    key,
-                    op,
-                };
-                self.clients[ci].pending.as_mut().expect("pending").at = Some(node);
-                let generation = self.clients[ci].generation;
-                match self.try_propose(node, cmd.encode()) {
-                    Some(Ok(_)) => {
-                        if self.clients[ci].generation == generation {
-                            self.wake_client(ci, crate::client::ATTEMPT_MS);
-                        }
-                    }
-                    Some(Err(ProposeError::NotLeader { leader })) => {
-                        let c = &mut self.clients[ci];
-                        c.pending.as_mut().expect("pending").at = None;
-                        match leader.and_then(|l| c.servers.iter().position(|&s| s == l.get())) {
-                            Some(pos) => c.next = pos,
-                            None => c.next += 1,
-                        }
-                        self.wake_client(ci, 10);
-                    }
-                    _ => {
-                        self.clients[ci].pending.as_mut().expect("pending").at = None;
-                        self.wake_client(ci, 50);
-                    }
-                }
-            }
-        }
-    }
-
-    fn complete_client(&mut self, ci: usize, output: Option<String>) {
-        let p = self.clients[ci].pending.take().expect("pending");
-        if self.verbose {
-            eprintln!(
-                "{:>7} client {} {:?} {:?} at n{:?} -> {:?}",
-                self.now,
-                ci + 1,
-                p.key,
-                p.op,
-                p.at,
-                output
-            );
-        }
-        self.history.complete(p.hist, output, self.now);
-        self.clients[ci].completed += 1;
-        let think = self.clients[ci]
-            .rng
-            .range(crate::client::THINK_MS_MIN, crate::client::THINK_MS_MAX);
-        self.wake_client(ci, think);
-    }
-
-    fn on_write_applied(&mut self, node: u64, client: u64, seq: u64) {
-        let ci = (client - 1) as usize;
-        let Some(c) = self.clients.get(ci) else {
-            return;
-        };
-        if c.pending
-            .as_ref()
-            .is_some_and(|p| p.seq == seq && p.at == Some(node) && p.read_ctx.is_none())
-        {
-            self.complete_client(ci, None);
-        }
-    }
-
-    fn on_read_ready(&mut self, node: u64, ctx: u64) {
-        let Some(ci) = self.reads.remove(&(node, ctx)) else {
-            return;
-        };
-        let Some(p) = self.clients[ci].pending.as_ref() else {
-            return;
-        };
-        if p.read_ctx != Some(ctx) {
-            return;
-        }
-        let value = self.host(node).kv.get(&p.key);
-        self.complete_client(ci, Some(value));
-    }
-
-    fn on_read_failed(&mut self, node: u64, ctx: u64) {
-        let Some(ci) = self.reads.remove(&(node, ctx)) else {
-            return;
-        };
-        let c = &mut self.clients[ci];
-        if let Some(p) = c.pending.as_mut() {
-            if p.read_ctx == Some(ctx) {
-                p.read_ctx = None;
-                p.at = None;
-                c.next += 1;
-                self.wake_client(ci, 10);
             }
         }
     }

@@ -13,6 +13,7 @@
 //! constants (1 tick = 10 ms of virtual time), add KV scenarios and a swarm scenario.
 
 pub mod client;
+mod client_driver;
 pub mod cluster;
 pub mod history;
 pub mod host;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use raft::{Role, Term};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::kv::TAG_RAW;
 
 /// 6.5840's `RaftElectionTimeout`: 1000 ms.
@@ -198,4 +198,9 @@ pub fn crash1(c: &mut Cluster, node: u64) {
 pub fn start1(c: &mut Cluster, node: u64) {
     c.crash(node);
     c.start(node);
+}
+
+/// A 6.5840 cluster: `servers` nodes, reliable or unreliable network.
+pub(crate) fn lab(seed: u64, name: &str, servers: usize, unreliable: bool) -> Cluster {
+    Cluster::new(seed, name, ClusterConfig::lab(servers, unreliable))
 }

@@ -3,7 +3,9 @@
 
 pub mod kv_tests;
 pub mod lab;
-pub mod raft_tests;
+pub mod raft_3a;
+pub mod raft_3b;
+pub mod raft_3c;
 pub mod swarm;
 
 use crate::cluster::Cluster;
@@ -21,91 +23,91 @@ pub struct Scenario {
 pub const ALL: &[Scenario] = &[
     Scenario {
         name: "InitialElection",
-        run: raft_tests::initial_election,
+        run: raft_3a::initial_election,
     },
     Scenario {
         name: "ReElection",
-        run: raft_tests::re_election,
+        run: raft_3a::re_election,
     },
     Scenario {
         name: "ManyElections",
-        run: raft_tests::many_elections,
+        run: raft_3a::many_elections,
     },
     Scenario {
         name: "BasicAgree",
-        run: raft_tests::basic_agree,
+        run: raft_3b::basic_agree,
     },
     Scenario {
         name: "RPCBytes",
-        run: raft_tests::rpc_bytes,
+        run: raft_3b::rpc_bytes,
     },
     Scenario {
         name: "FollowerFailure",
-        run: raft_tests::follower_failure,
+        run: raft_3b::follower_failure,
     },
     Scenario {
         name: "LeaderFailure",
-        run: raft_tests::leader_failure,
+        run: raft_3b::leader_failure,
     },
     Scenario {
         name: "FailAgree",
-        run: raft_tests::fail_agree,
+        run: raft_3b::fail_agree,
     },
     Scenario {
         name: "FailNoAgree",
-        run: raft_tests::fail_no_agree,
+        run: raft_3b::fail_no_agree,
     },
     Scenario {
         name: "ConcurrentStarts",
-        run: raft_tests::concurrent_starts,
+        run: raft_3b::concurrent_starts,
     },
     Scenario {
         name: "Rejoin",
-        run: raft_tests::rejoin,
+        run: raft_3b::rejoin,
     },
     Scenario {
         name: "Backup",
-        run: raft_tests::backup,
+        run: raft_3b::backup,
     },
     Scenario {
         name: "Count",
-        run: raft_tests::count,
+        run: raft_3b::count,
     },
     Scenario {
         name: "Persist1",
-        run: raft_tests::persist1,
+        run: raft_3c::persist1,
     },
     Scenario {
         name: "Persist2",
-        run: raft_tests::persist2,
+        run: raft_3c::persist2,
     },
     Scenario {
         name: "Persist3",
-        run: raft_tests::persist3,
+        run: raft_3c::persist3,
     },
     Scenario {
         name: "Figure8",
-        run: raft_tests::figure8,
+        run: raft_3c::figure8,
     },
     Scenario {
         name: "Figure8Split",
-        run: raft_tests::figure8_split,
+        run: raft_3c::figure8_split,
     },
     Scenario {
         name: "UnreliableAgree",
-        run: raft_tests::unreliable_agree,
+        run: raft_3c::unreliable_agree,
     },
     Scenario {
         name: "Figure8Unreliable",
-        run: raft_tests::figure8_unreliable,
+        run: raft_3c::figure8_unreliable,
     },
     Scenario {
         name: "ReliableChurn",
-        run: raft_tests::reliable_churn,
+        run: raft_3c::reliable_churn,
     },
     Scenario {
         name: "UnreliableChurn",
-        run: raft_tests::unreliable_churn,
+        run: raft_3c::unreliable_churn,
     },
     Scenario {
         name: "KvConcurrentPartitions",

@@ -5,8 +5,12 @@
 use sim::scenarios::{find, Scenario};
 use sim::{run_seed, set_driver_bug, DriverBug};
 
-/// Seeds per scenario in `cargo test`.
-const SEEDS: u64 = 200;
+/// Seeds per scenario in `cargo test --release` (CI). A debug build (`cargo test` without
+/// `--release`) runs a tenth as many, so a quick local run stays quick.
+const SEEDS: u64 = if cfg!(debug_assertions) { 20 } else { 200 };
+
+/// Seeds for the cheap, high-yield scenarios (Figure 8 variants, swarm).
+const SEEDS_MANY: u64 = if cfg!(debug_assertions) { 100 } else { 1000 };
 
 /// Runs seeds of `name`; failures that are [`sim::runner::KNOWN_CORE_BUGS`] are skipped (and
 /// counted) while anything else fails the test. For scenarios whose plain test is ignored
@@ -87,8 +91,8 @@ scenario_tests! {
     persist1 => "Persist1", SEEDS;
     persist2 => "Persist2", SEEDS;
     persist3 => "Persist3", SEEDS;
-    figure8 => "Figure8", 1000;
-    figure8_split => "Figure8Split", 1000;
+    figure8 => "Figure8", SEEDS_MANY;
+    figure8_split => "Figure8Split", SEEDS_MANY;
     unreliable_agree => "UnreliableAgree", SEEDS;
     figure8_unreliable => "Figure8Unreliable", SEEDS;
     reliable_churn => "ReliableChurn", SEEDS;
@@ -102,11 +106,11 @@ scenario_tests! {
     #[ignore = "core bug: raft::rng mixes the node id as seed ^ id * 0x9E3779B97F4A7C15 (the \
         SplitMix64 increment), so nodes sharing a seed get shifted copies of one jitter stream \
         and can split votes forever: Swarm seed 387 fails liveness"]
-    swarm => "Swarm", 1000;
+    swarm => "Swarm", SEEDS_MANY;
 }
 
 beyond_known_core_bugs! {
-    swarm_beyond_known_core_bugs => "Swarm", 1000;
+    swarm_beyond_known_core_bugs => "Swarm", SEEDS_MANY;
 }
 
 #[test]
@@ -182,7 +186,11 @@ fn catches_apply_twice() {
         5,
         &["State Machine Safety"],
     );
-    eprintln!("caught: {msg}");
+    // Every failure names its seed and the one command that replays it.
+    assert!(
+        msg.contains("replay: cargo run -p sim --release -- --scenario BasicAgree --seed "),
+        "{msg}"
+    );
 }
 
 #[test]

@@ -16,6 +16,24 @@
 //! - History stays readable at any revision `>= compact_revision()` until compacted.
 //! - Request failures are [`KvError`] values carrying etcd's exact messages.
 //!
+//! ```
+//! use kv::{Command, Options, PutRequest, RangeRequest, Request, Response, Store};
+//!
+//! let store = Store::in_memory(Options::default())?;
+//! // Apply committed entries in log order; a client write carries (client id, seq).
+//! let put = Command::with_session(7, 1, Request::Put(PutRequest::new("foo", "bar")));
+//! let bytes = kv::codec::encode_command(&put); // what the Raft log stores
+//! let resp = store.apply(1, &kv::codec::decode_command(&bytes)?)?;
+//! assert!(matches!(resp, Response::Put(ref p) if p.revision == 2));
+//! // A retry of the same (client, seq) at a later index returns the stored response.
+//! assert_eq!(store.apply(2, &put)?, resp);
+//! assert_eq!((store.revision()?, store.applied_index()?), (2, 2));
+//! // Reads outside the log.
+//! let got = store.range(&RangeRequest::prefix("f"))?;
+//! assert_eq!(got.kvs[0].value, b"bar");
+//! # Ok::<(), kv::Error>(())
+//! ```
+//!
 //! Modules: [`types`] (requests/responses), `command` (log entries), [`codec`] (their bytes),
 //! `mvcc` (history index), `range`, `write` (puts/deletes at one revision), `txn`
 //! (validation, compares), `lease`, `session` (exactly-once), [`snapshot`], `store`.

@@ -14,6 +14,11 @@
 //! Eviction rule: the table holds at most `sessions_max` clients. Opening a new session when it
 //! is full evicts the client whose last request has the smallest Raft index (least recently
 //! seen). The rule depends only on the log, so every replica evicts the same client.
+//!
+//! Limit of the rule: an evicted client retrying its *first* request (`seq == 1`) cannot be
+//! told from a new client and is applied again. Clients should therefore use a fresh client id
+//! per process lifetime and keep the table large enough (`sessions_max`) for the number of
+//! clients active within a retry window.
 
 use redb::TableDefinition;
 use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};

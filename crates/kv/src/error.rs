@@ -67,6 +67,9 @@ pub enum Error {
     /// Bytes that are not a valid command, response or snapshot.
     #[error("decode: {0}")]
     Decode(String),
+    /// Invalid [`crate::Options`]; says what is wrong.
+    #[error("invalid options: {0}")]
+    Config(String),
     /// The database holds something this code did not write.
     #[error("corrupt store: {0}")]
     Corrupt(String),

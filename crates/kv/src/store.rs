@@ -20,6 +20,9 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(crate) const META_REVISION: &str = "revision";
 pub(crate) const META_COMPACTED: &str = "compact_revision";
 pub(crate) const META_APPLIED: &str = "applied_index";
+/// Layout version of the tables; bump on any incompatible change.
+const META_FORMAT: &str = "format";
+const FORMAT: u64 = 1;
 
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -140,13 +143,13 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (or creates) the store in the redb file at `path`.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Store, Error> {
-        options.validate().map_err(Error::Corrupt)?;
+        options.validate().map_err(Error::Config)?;
         Store::init(Database::create(path)?, options)
     }
 
     /// A store held in memory (tests, simulation).
     pub fn in_memory(options: Options) -> Result<Store, Error> {
-        options.validate().map_err(Error::Corrupt)?;
+        options.validate().map_err(Error::Config)?;
         Store::init(
             Database::builder().create_with_backend(InMemoryBackend::new())?,
             options,
@@ -161,14 +164,23 @@ impl Store {
         };
         let txn = store.begin_write()?;
         create_tables(&txn)?;
-        let fresh = txn.open_table(META)?.get(META_REVISION)?.is_none();
-        if fresh {
-            Meta {
-                revision: 1,
-                compacted: 0,
-                applied: 0,
+        let format = txn.open_table(META)?.get(META_FORMAT)?.map(|v| v.value());
+        match format {
+            None => {
+                Meta {
+                    revision: 1,
+                    compacted: 0,
+                    applied: 0,
+                }
+                .write(&txn)?;
+                txn.open_table(META)?.insert(META_FORMAT, FORMAT)?;
             }
-            .write(&txn)?;
+            Some(FORMAT) => {}
+            Some(other) => {
+                return Err(Error::Corrupt(format!(
+                    "store format {other}, this build reads format {FORMAT}"
+                )))
+            }
         }
         txn.commit()?;
         Ok(store)

@@ -307,3 +307,23 @@ proptest! {
         prop_assert_eq!(shared().revision().unwrap(), 1);
     }
 }
+
+#[test]
+fn invalid_options_are_refused_with_a_reason() {
+    for options in [
+        Options {
+            sessions_max: 0,
+            ..Options::default()
+        },
+        Options {
+            durability: Durability::Batched {
+                commits_per_sync: 0,
+            },
+            ..Options::default()
+        },
+    ] {
+        let err = Store::in_memory(options).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        assert!(err.to_string().contains("at least 1"), "{err}");
+    }
+}

@@ -65,3 +65,9 @@ pub const TXN_OPS_MAX: usize = 128;
 /// Deepest nesting of transactions the codec accepts (the ops budget already limits it to
 /// [`TXN_OPS_MAX`]); bounds recursion on untrusted bytes.
 pub const TXN_DEPTH_MAX: usize = TXN_OPS_MAX;
+
+// The server shares one store between the apply loop and read handlers.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Store>();
+};

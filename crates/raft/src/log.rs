@@ -224,6 +224,16 @@ impl RaftLog {
         out
     }
 
+    /// Entries from `lo` through `hi` inclusive, borrowed (no copy). Panics on a compacted or
+    /// missing index, like [`RaftLog::slice`].
+    pub fn iter_range(&self, lo: Index, hi: Index) -> impl Iterator<Item = &Entry> {
+        assert!(lo >= self.first_index(), "range from compacted index {lo}");
+        assert!(hi <= self.last_index(), "range beyond last index {hi}");
+        let start = (lo.0 - self.offset.index.0 - 1) as usize;
+        let end = (hi.0 - self.offset.index.0) as usize;
+        self.entries[start..end.max(start)].iter()
+    }
+
     /// The election restriction (paper §5.4.1): a candidate's log is at least as up to date as
     /// ours if its last term is higher, or equal with an index at least ours.
     pub fn is_up_to_date(&self, last: EntryId) -> bool {

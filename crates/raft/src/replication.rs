@@ -322,8 +322,7 @@ impl RawNode {
         let old = self.log.committed();
         let released: u64 = self
             .log
-            .slice(old.next(), candidate, u64::MAX)
-            .iter()
+            .iter_range(old.next(), candidate)
             .filter(|e| e.term == self.term)
             .map(Entry::size_bytes)
             .sum();

@@ -1,0 +1,429 @@
+//! The etcd v3 API: `etcdserverpb.KV` and `etcdserverpb.Maintenance`.
+//!
+//! Writes are encoded as [`kv::Command`]s and proposed through the log; a follower forwards
+//! them to the leader over the peer port, since etcdctl does not retry writes on another
+//! endpoint. Reads are linearizable by default (ReadIndex, then a local read of the state
+//! machine) and served locally when `serializable` is set. Errors carry etcd's gRPC codes and
+//! messages, so etcd clients react to them as they would to etcd.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::{Code, Request, Response, Status};
+
+use crate::convert;
+use crate::node::{NodeHandle, ReadFailure, WriteError};
+use crate::pb::etcdserverpb as epb;
+use crate::transport::{ForwardedWrites, Peers};
+
+/// etcd's default `--max-request-bytes`: larger requests are refused.
+pub const REQUEST_BYTES_MAX: usize = 1536 * 1024;
+/// How long a request may wait for a leader, a commit or a read confirmation.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// Pause between attempts while no leader is known.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// Version reported by `Status`: the etcd API level this server speaks.
+pub const API_VERSION: &str = "3.5.0";
+
+// etcd's messages (etcdserver/api/v3rpc/rpctypes), which clients match on.
+const ERR_NO_LEADER: &str = "etcdserver: no leader";
+const ERR_KEY_NOT_PROVIDED: &str = "etcdserver: key is not provided";
+const ERR_TOO_LARGE: &str = "etcdserver: request is too large";
+const ERR_TIMEOUT: &str = "etcdserver: request timed out";
+const ERR_LEADER_CHANGED: &str = "etcdserver: leader changed";
+const ERR_TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+const ERR_STOPPED: &str = "etcdserver: server stopped";
+
+/// The client-facing services of one member.
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: NodeHandle,
+    peers: Arc<Peers>,
+    cluster_id: u64,
+    member_id: u64,
+    kv_path: PathBuf,
+}
+
+impl Api {
+    /// The API of member `member_id`.
+    pub fn new(
+        node: NodeHandle,
+        peers: Arc<Peers>,
+        cluster_id: u64,
+        member_id: u64,
+        kv_path: PathBuf,
+    ) -> Api {
+        Api {
+            inner: Arc::new(Inner {
+                node,
+                peers,
+                cluster_id,
+                member_id,
+                kv_path,
+            }),
+        }
+    }
+
+    fn header(&self) -> epb::ResponseHeader {
+        epb::ResponseHeader {
+            cluster_id: self.inner.cluster_id,
+            member_id: self.inner.member_id,
+            revision: 0,
+            raft_term: self.inner.node.status().term,
+        }
+    }
+
+    /// Proposes `request` here and waits for its result, retrying while no leader is known.
+    /// `NotLeader(Some(l))` is returned to the caller, who may forward.
+    async fn propose(&self, request: kv::Request) -> Result<kv::Response, WriteError> {
+        let data = kv::codec::encode_command(&kv::Command::new(request));
+        if data.len() > REQUEST_BYTES_MAX {
+            return Err(WriteError::TooLarge);
+        }
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, self.inner.node.propose(data.clone()));
+            match attempt.await {
+                Err(_) => return Err(WriteError::Busy),
+                Ok(Err(WriteError::NotLeader(None))) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(other) => return other,
+            }
+        }
+    }
+
+    async fn linearizable_read(&self) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, self.inner.node.read_index());
+            match attempt.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(ReadFailure::Stopped)) => return Err(Status::unavailable(ERR_STOPPED)),
+                Ok(Err(ReadFailure::Busy)) => {
+                    return Err(Status::resource_exhausted(ERR_TOO_MANY_REQUESTS))
+                }
+                Ok(Err(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Ok(Err(ReadFailure::NoLeader)) => return Err(Status::unavailable(ERR_NO_LEADER)),
+                Ok(Err(_)) | Err(_) => {
+                    return Err(if self.inner.node.status().leader.is_none() {
+                        Status::unavailable(ERR_NO_LEADER)
+                    } else {
+                        Status::unavailable(ERR_TIMEOUT)
+                    })
+                }
+            }
+        }
+    }
+
+    async fn range_inner(&self, r: epb::RangeRequest) -> Result<epb::RangeResponse, Status> {
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
+        }
+        let req = convert::range_request(&r).map_err(|e| Status::invalid_argument(e.0))?;
+        if !r.serializable {
+            self.linearizable_read().await?;
+        }
+        let kv = self.inner.node.kv.clone();
+        let resp = tokio::task::spawn_blocking(move || kv.range(&req))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(kv_status)?;
+        Ok(convert::range_response(resp, self.header()))
+    }
+
+    /// Runs a write: here if this node leads, else on the leader (once; `forward` false on
+    /// writes that were already forwarded, to rule out loops).
+    async fn write<T, Fut>(
+        &self,
+        request: kv::Request,
+        forward: bool,
+        via_leader: impl FnOnce(
+            crate::pb::skiff::raft::v1::raft_client::RaftClient<tonic::transport::Channel>,
+        ) -> Fut,
+    ) -> Result<WriteOutcome<T>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        match self.propose(request).await {
+            Ok(resp) => Ok(WriteOutcome::Local(resp)),
+            Err(WriteError::NotLeader(Some(leader))) if forward => {
+                let Some(client) = self.inner.peers.client(leader) else {
+                    return Err(Status::unavailable(ERR_NO_LEADER));
+                };
+                let resp = tokio::time::timeout(REQUEST_TIMEOUT, via_leader(client))
+                    .await
+                    .map_err(|_| Status::unavailable(ERR_TIMEOUT))?
+                    .map_err(|s| {
+                        // A connection failure to the leader says nothing about the request's
+                        // fate; report it as etcd does for an unreachable leader.
+                        if s.code() == Code::Unavailable && !s.message().starts_with("etcdserver:")
+                        {
+                            Status::unavailable(ERR_NO_LEADER)
+                        } else {
+                            s
+                        }
+                    })?;
+                Ok(WriteOutcome::Forwarded(resp.into_inner()))
+            }
+            Err(e) => Err(write_status(e)),
+        }
+    }
+}
+
+enum WriteOutcome<T> {
+    Local(kv::Response),
+    Forwarded(T),
+}
+
+fn write_status(e: WriteError) -> Status {
+    match e {
+        WriteError::NotLeader(_) => Status::unavailable(ERR_NO_LEADER),
+        WriteError::Busy => Status::unavailable(ERR_TIMEOUT),
+        WriteError::TooLarge => Status::invalid_argument(ERR_TOO_LARGE),
+        WriteError::LeaderChanged => Status::unavailable(ERR_LEADER_CHANGED),
+        WriteError::Kv(e) => kv_error_status(e),
+        WriteError::Stopped => Status::unavailable(ERR_STOPPED),
+    }
+}
+
+fn kv_error_status(e: kv::KvError) -> Status {
+    use kv::KvError as K;
+    let code = match e {
+        K::EmptyKey
+        | K::ValueProvided
+        | K::LeaseProvided
+        | K::DuplicateKey
+        | K::TooManyOps
+        | K::LeaseTtlTooLarge => Code::InvalidArgument,
+        K::Compacted | K::FutureRevision => Code::OutOfRange,
+        K::LeaseNotFound | K::KeyNotFound => Code::NotFound,
+        K::LeaseExists => Code::FailedPrecondition,
+        _ => Code::FailedPrecondition,
+    };
+    Status::new(code, e.to_string())
+}
+
+fn kv_status(e: kv::Error) -> Status {
+    match e {
+        kv::Error::Kv(e) => kv_error_status(e),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn unexpected(resp: &kv::Response) -> Status {
+    Status::internal(format!("state machine answered with {resp:?}"))
+}
+
+impl Api {
+    async fn put_impl(
+        &self,
+        r: epb::PutRequest,
+        forward: bool,
+    ) -> Result<epb::PutResponse, Status> {
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
+        }
+        let req = kv::Request::Put(convert::put_request(&r));
+        match self
+            .write(req, forward, |mut c| async move { c.put(r).await })
+            .await?
+        {
+            WriteOutcome::Local(kv::Response::Put(p)) => {
+                Ok(convert::put_response(p, self.header()))
+            }
+            WriteOutcome::Local(other) => Err(unexpected(&other)),
+            WriteOutcome::Forwarded(resp) => Ok(resp),
+        }
+    }
+
+    async fn delete_impl(
+        &self,
+        r: epb::DeleteRangeRequest,
+        forward: bool,
+    ) -> Result<epb::DeleteRangeResponse, Status> {
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
+        }
+        let req = kv::Request::DeleteRange(convert::delete_request(&r));
+        match self
+            .write(req, forward, |mut c| async move { c.delete_range(r).await })
+            .await?
+        {
+            WriteOutcome::Local(kv::Response::DeleteRange(d)) => {
+                Ok(convert::delete_response(d, self.header()))
+            }
+            WriteOutcome::Local(other) => Err(unexpected(&other)),
+            WriteOutcome::Forwarded(resp) => Ok(resp),
+        }
+    }
+
+    async fn txn_impl(
+        &self,
+        r: epb::TxnRequest,
+        forward: bool,
+    ) -> Result<epb::TxnResponse, Status> {
+        let txn = convert::txn_request(&r).map_err(|e| Status::invalid_argument(e.0))?;
+        let req = kv::Request::Txn(txn);
+        match self
+            .write(req, forward, |mut c| async move { c.txn(r).await })
+            .await?
+        {
+            WriteOutcome::Local(kv::Response::Txn(t)) => {
+                Ok(convert::txn_response(t, self.header()))
+            }
+            WriteOutcome::Local(other) => Err(unexpected(&other)),
+            WriteOutcome::Forwarded(resp) => Ok(resp),
+        }
+    }
+
+    async fn compact_impl(
+        &self,
+        r: epb::CompactionRequest,
+        forward: bool,
+    ) -> Result<epb::CompactionResponse, Status> {
+        let req = kv::Request::Compact {
+            revision: r.revision,
+        };
+        match self
+            .write(req, forward, |mut c| async move { c.compact(r).await })
+            .await?
+        {
+            WriteOutcome::Local(kv::Response::Compact { revision }) => {
+                Ok(epb::CompactionResponse {
+                    header: Some(epb::ResponseHeader {
+                        revision,
+                        ..self.header()
+                    }),
+                })
+            }
+            WriteOutcome::Local(other) => Err(unexpected(&other)),
+            WriteOutcome::Forwarded(resp) => Ok(resp),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl epb::kv_server::Kv for Api {
+    async fn range(
+        &self,
+        request: Request<epb::RangeRequest>,
+    ) -> Result<Response<epb::RangeResponse>, Status> {
+        self.range_inner(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn put(
+        &self,
+        request: Request<epb::PutRequest>,
+    ) -> Result<Response<epb::PutResponse>, Status> {
+        self.put_impl(request.into_inner(), true)
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<epb::DeleteRangeRequest>,
+    ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
+        self.delete_impl(request.into_inner(), true)
+            .await
+            .map(Response::new)
+    }
+
+    async fn txn(
+        &self,
+        request: Request<epb::TxnRequest>,
+    ) -> Result<Response<epb::TxnResponse>, Status> {
+        self.txn_impl(request.into_inner(), true)
+            .await
+            .map(Response::new)
+    }
+
+    async fn compact(
+        &self,
+        request: Request<epb::CompactionRequest>,
+    ) -> Result<Response<epb::CompactionResponse>, Status> {
+        self.compact_impl(request.into_inner(), true)
+            .await
+            .map(Response::new)
+    }
+}
+
+#[tonic::async_trait]
+impl ForwardedWrites for Api {
+    async fn put_here(&self, r: epb::PutRequest) -> Result<epb::PutResponse, Status> {
+        self.put_impl(r, false).await
+    }
+    async fn delete_here(
+        &self,
+        r: epb::DeleteRangeRequest,
+    ) -> Result<epb::DeleteRangeResponse, Status> {
+        self.delete_impl(r, false).await
+    }
+    async fn txn_here(&self, r: epb::TxnRequest) -> Result<epb::TxnResponse, Status> {
+        self.txn_impl(r, false).await
+    }
+    async fn compact_here(
+        &self,
+        r: epb::CompactionRequest,
+    ) -> Result<epb::CompactionResponse, Status> {
+        self.compact_impl(r, false).await
+    }
+}
+
+#[tonic::async_trait]
+impl epb::maintenance_server::Maintenance for Api {
+    async fn alarm(
+        &self,
+        _request: Request<epb::AlarmRequest>,
+    ) -> Result<Response<epb::AlarmResponse>, Status> {
+        // No alarms are raised yet (no space quota, no corruption checker).
+        Ok(Response::new(epb::AlarmResponse {
+            header: Some(self.header()),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<epb::StatusRequest>,
+    ) -> Result<Response<epb::StatusResponse>, Status> {
+        let st = self.inner.node.status();
+        let kv = self.inner.node.kv.clone();
+        let revision = tokio::task::spawn_blocking(move || kv.revision())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(kv_status)?;
+        let db_size = std::fs::metadata(&self.inner.kv_path)
+            .map(|m| i64::try_from(m.len()).unwrap_or(i64::MAX))
+            .unwrap_or(0);
+        let mut errors = Vec::new();
+        if st.leader.is_none() {
+            errors.push(ERR_NO_LEADER.to_string());
+        }
+        Ok(Response::new(epb::StatusResponse {
+            header: Some(epb::ResponseHeader {
+                revision,
+                ..self.header()
+            }),
+            version: API_VERSION.to_string(),
+            db_size,
+            leader: st.leader.map_or(0, |l| l.get()),
+            raft_index: st.commit,
+            raft_term: st.term,
+            raft_applied_index: st.applied,
+            errors,
+            db_size_in_use: db_size,
+            is_learner: false,
+        }))
+    }
+}

@@ -1,0 +1,156 @@
+//! The static cluster definition (`--initial-cluster`) and the ids derived from it. Ids are
+//! hashes of names and peer URLs, like etcd's, so every member computes the same ids without
+//! talking to the others, and a data dir records which cluster and member it belongs to.
+
+use std::collections::BTreeMap;
+
+use raft::NodeId;
+
+/// One member of the initial cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Human-readable name (`--name`).
+    pub name: String,
+    /// Raft node id, derived from the name and peer URL.
+    pub id: NodeId,
+    /// Where peers reach it, e.g. `http://127.0.0.1:2380`.
+    pub peer_url: String,
+}
+
+/// The initial cluster: members by id, and the cluster id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterSpec {
+    /// Members, sorted by id.
+    pub members: BTreeMap<NodeId, Member>,
+    /// Hash of every member id and the cluster token.
+    pub cluster_id: u64,
+}
+
+/// Members in one cluster definition, at most.
+pub const MEMBERS_MAX: usize = 64;
+
+impl ClusterSpec {
+    /// Parses `name=url,name=url,...`. Errors say what is wrong in one line.
+    pub fn parse(initial_cluster: &str, token: &str) -> Result<ClusterSpec, String> {
+        let mut members = BTreeMap::new();
+        let mut names = std::collections::BTreeSet::new();
+        for part in initial_cluster.split(',').filter(|p| !p.trim().is_empty()) {
+            let Some((name, url)) = part.split_once('=') else {
+                return Err(format!("member {part:?} is not of the form name=url"));
+            };
+            let (name, url) = (name.trim(), url.trim());
+            if name.is_empty() {
+                return Err(format!("member {part:?} has an empty name"));
+            }
+            parse_url(url).map_err(|e| format!("member {name}: {e}"))?;
+            if !names.insert(name.to_string()) {
+                return Err(format!("member name {name:?} appears twice"));
+            }
+            let id = member_id(name, url);
+            if members.contains_key(&id) {
+                return Err(format!("member {name} has a colliding id"));
+            }
+            members.insert(
+                id,
+                Member {
+                    name: name.to_string(),
+                    id,
+                    peer_url: url.to_string(),
+                },
+            );
+        }
+        if members.is_empty() {
+            return Err("no members".to_string());
+        }
+        if members.len() > MEMBERS_MAX {
+            return Err(format!("more than {MEMBERS_MAX} members"));
+        }
+        let mut h = Fnv::new();
+        h.write(token.as_bytes());
+        for id in members.keys() {
+            h.write(&id.get().to_be_bytes());
+        }
+        let cluster_id = h.finish().max(1);
+        Ok(ClusterSpec {
+            members,
+            cluster_id,
+        })
+    }
+
+    /// The member called `name`.
+    pub fn member_by_name(&self, name: &str) -> Option<&Member> {
+        self.members.values().find(|m| m.name == name)
+    }
+}
+
+/// The id of a member: a hash of its name and peer URL, never 0.
+pub fn member_id(name: &str, peer_url: &str) -> NodeId {
+    let mut h = Fnv::new();
+    h.write(name.as_bytes());
+    h.write(b"\0");
+    h.write(peer_url.as_bytes());
+    NodeId::new(h.finish().max(1)).unwrap_or_else(|| unreachable!("max(1) is non-zero"))
+}
+
+/// Parses `http://host:port` into a socket address. Only `http` is supported (no TLS yet).
+pub fn parse_url(url: &str) -> Result<std::net::SocketAddr, String> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("url {url:?} must start with http://"));
+    };
+    let rest = rest.trim_end_matches('/');
+    rest.parse()
+        .map_err(|_| format!("url {url:?} must be http://IP:PORT"))
+}
+
+/// 64-bit FNV-1a: small, stable across versions and platforms (unlike `DefaultHasher`).
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_derives_stable_ids() {
+        let s = "a=http://127.0.0.1:1,b=http://127.0.0.1:2,c=http://127.0.0.1:3";
+        let spec = ClusterSpec::parse(s, "t").expect("valid");
+        assert_eq!(spec.members.len(), 3);
+        assert_eq!(spec, ClusterSpec::parse(s, "t").expect("valid"));
+        assert_ne!(
+            spec.cluster_id,
+            ClusterSpec::parse(s, "u").expect("valid").cluster_id
+        );
+        assert_eq!(
+            spec.member_by_name("b").map(|m| m.id),
+            Some(member_id("b", "http://127.0.0.1:2"))
+        );
+    }
+
+    #[test]
+    fn bad_definitions_say_why() {
+        for (s, needle) in [
+            ("", "no members"),
+            ("a", "name=url"),
+            ("a=127.0.0.1:1", "http://"),
+            ("a=http://localhost", "IP:PORT"),
+            ("a=http://127.0.0.1:1,a=http://127.0.0.1:2", "twice"),
+        ] {
+            let err = ClusterSpec::parse(s, "t").expect_err(s);
+            assert!(err.contains(needle), "{s:?}: {err}");
+        }
+    }
+}

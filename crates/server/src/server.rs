@@ -1,0 +1,237 @@
+//! Wiring: open the data dir, build the node, bind the client and peer ports, run until a fault
+//! or shutdown.
+//!
+//! ```text
+//!   <data-dir>/raft/     Raft log, hard state, membership, identity (crates/storage)
+//!   <data-dir>/kv.redb   MVCC state machine (crates/kv); its applied index says where to resume
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::{Index, Membership, NodeId, RawNode};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::api::{Api, REQUEST_BYTES_MAX};
+use crate::cluster::ClusterSpec;
+use crate::error::ServerError;
+use crate::node::{NodeTask, INBOUND_QUEUE_MAX};
+use crate::pb::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
+use crate::pb::skiff::raft::v1::raft_server::RaftServer;
+use crate::transport::{Peers, RaftService, PEER_MSG_BYTES_MAX};
+
+/// gRPC framing allowance on top of the request limit (etcd's `grpcOverheadBytes`), so that an
+/// oversized request reaches the server and gets etcd's "request is too large" message.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// Largest Raft entry: a maximal request plus the command encoding.
+const ENTRY_BYTES_MAX: u64 = 2 * 1024 * 1024;
+
+/// Everything `skiff serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// This member's name in the cluster definition.
+    pub name: String,
+    /// Where the Raft log and state machine live.
+    pub data_dir: PathBuf,
+    /// Address of the etcd API.
+    pub listen_client: SocketAddr,
+    /// Address of the peer port.
+    pub listen_peer: SocketAddr,
+    /// The cluster definition.
+    pub cluster: ClusterSpec,
+    /// `--initial-cluster-state new` (true) or `existing` (false).
+    pub new_cluster: bool,
+    /// Leader heartbeat interval; also the tick of the Raft core.
+    pub heartbeat: Duration,
+    /// Minimum election timeout.
+    pub election: Duration,
+}
+
+impl ServerConfig {
+    /// Checks the settings against each other; the message names the flag at fault.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.cluster.member_by_name(&self.name).is_none() {
+            return Err(format!(
+                "--name {:?} is not a member of --initial-cluster",
+                self.name
+            ));
+        }
+        if self.heartbeat.is_zero() {
+            return Err("--heartbeat-interval must be at least 1 ms".into());
+        }
+        if self.election < self.heartbeat * 5 {
+            return Err(format!(
+                "--election-timeout ({} ms) must be at least 5 times --heartbeat-interval ({} ms)",
+                self.election.as_millis(),
+                self.heartbeat.as_millis()
+            ));
+        }
+        if self.election > Duration::from_secs(50) {
+            return Err("--election-timeout must be at most 50000 ms".into());
+        }
+        Ok(())
+    }
+}
+
+/// Runs a member until `shutdown` completes (Ok) or something fails (Err).
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    config.validate().map_err(ServerError::Config)?;
+    let spec = &config.cluster;
+    let me = spec
+        .member_by_name(&config.name)
+        .ok_or_else(|| ServerError::Config("member vanished".into()))?
+        .clone();
+    let cluster_id = spec.cluster_id;
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+        what: format!("create data dir {}", config.data_dir.display()),
+        source,
+    })?;
+
+    // The durable log, checked to belong to this cluster and member.
+    let identity = storage::Identity {
+        cluster_id,
+        node_id: me.id,
+    };
+    let (mut log, recovered) = storage::Store::open(
+        &config.data_dir.join("raft"),
+        storage::Options::new(identity),
+    )?;
+    if log.membership().voters.is_empty() {
+        if !config.new_cluster && recovered.created {
+            return Err(ServerError::Unsupported(
+                "--initial-cluster-state existing with an empty data dir (joining a running cluster)"
+                    .into(),
+            ));
+        }
+        log.set_membership(&Membership::new(spec.members.keys().copied()))?;
+    }
+
+    // The state machine; entries it has not applied are replayed from the log.
+    let kv_path = config.data_dir.join("kv.redb");
+    let kv = Arc::new(kv::Store::open(
+        &kv_path,
+        kv::Options {
+            // The Raft log is durable on its own; a crash replays what the state machine lost.
+            durability: kv::Durability::Batched {
+                commits_per_sync: 64,
+            },
+            ..kv::Options::default()
+        },
+    )?);
+    let applied = kv.applied_index()?;
+    if applied > log.last_index().0 {
+        return Err(ServerError::Config(format!(
+            "state machine applied index {applied} is past the raft log's last index {}: \
+             the data dir is inconsistent",
+            log.last_index()
+        )));
+    }
+    let state = storage::initial_state(&log, Index(applied))?;
+    let mut rc = raft::Config::new(me.id);
+    rc.heartbeat_ticks = 1;
+    rc.election_ticks = (config.election.as_millis() / config.heartbeat.as_millis().max(1)) as u64;
+    rc.msg_bytes_max = ENTRY_BYTES_MAX;
+    rc.seed = seed();
+    let raw = RawNode::new(rc, state)?;
+    tracing::info!(
+        name = %me.name, id = me.id.get(), cluster = format!("{cluster_id:#x}"),
+        applied, last = log.last_index().0, "starting member"
+    );
+
+    let client_listener = bind(config.listen_client, "client").await?;
+    let peer_listener = bind(config.listen_peer, "peer").await?;
+
+    let peers = Arc::new(
+        Peers::start(
+            cluster_id,
+            spec.members
+                .values()
+                .filter(|m| m.id != me.id)
+                .map(|m| (m.id, m.peer_url.clone())),
+        )
+        .map_err(ServerError::Config)?,
+    );
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
+    let tick = config.heartbeat;
+    let (task, handle) = NodeTask::new(raw, log, kv, peers.clone(), tick, inbound_rx);
+    let api = Api::new(handle, peers, cluster_id, me.id.get(), kv_path);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let client_server = tonic::transport::Server::builder()
+        .add_service(
+            KvServer::new(api.clone())
+                .max_decoding_message_size(REQUEST_BYTES_MAX + GRPC_OVERHEAD_BYTES),
+        )
+        .add_service(MaintenanceServer::new(api.clone()))
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(client_listener),
+            stopped(stop_rx.clone()),
+        );
+    let peer_server = tonic::transport::Server::builder()
+        .add_service(
+            RaftServer::new(RaftService::new(cluster_id, me.id, inbound_tx, api))
+                .max_decoding_message_size(PEER_MSG_BYTES_MAX)
+                .max_encoding_message_size(PEER_MSG_BYTES_MAX),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(stop_rx));
+    let mut node = tokio::spawn(task.run());
+    let mut client_server = tokio::spawn(client_server);
+    let mut peer_server = tokio::spawn(peer_server);
+
+    let result = tokio::select! {
+        _ = shutdown => Ok(()),
+        r = &mut node => flatten(r),
+        r = &mut client_server => flatten(r.map(|r| r.map_err(ServerError::from))),
+        r = &mut peer_server => flatten(r.map(|r| r.map_err(ServerError::from))),
+    };
+    let _ = stop_tx.send(true);
+    node.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = client_server.await;
+        let _ = peer_server.await;
+    })
+    .await;
+    result
+}
+
+fn flatten(r: Result<Result<(), ServerError>, tokio::task::JoinError>) -> Result<(), ServerError> {
+    match r {
+        Ok(r) => r,
+        Err(e) => Err(ServerError::Unsupported(format!("task failed: {e}"))),
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Io {
+            what: format!("bind {what} address {addr}"),
+            source,
+        })
+}
+
+/// Election jitter seed. The core is deterministic given its seed; the server picks a fresh one
+/// per start so that members restarted together do not time out in lockstep.
+fn seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    nanos ^ u64::from(std::process::id()).rotate_left(32)
+}
+
+/// Ids of a definition, for logs and tests.
+pub fn member_ids(spec: &ClusterSpec) -> Vec<NodeId> {
+    spec.members.keys().copied().collect()
+}

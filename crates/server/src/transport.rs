@@ -1,0 +1,249 @@
+//! Peer transport: Raft messages to and from other servers over gRPC (`skiff.raft.v1.Raft`).
+//!
+//! Sending: one bounded queue and one task per peer. The task batches whatever is queued (up
+//! to a count and byte limit) into one `Send` call. A failed call drops its batch (Raft
+//! retransmits) and the task backs off before the next attempt; the gRPC channel reconnects on
+//! its own. A full queue drops the message: Raft tolerates loss, and an unbounded queue to a
+//! dead peer would eat the memory.
+//!
+//! Receiving: [`RaftService`] decodes and validates each message and hands it to the node
+//! task's bounded inbound queue; malformed input is an `InvalidArgument` answer, never a crash.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use raft::{Message, NodeId};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::codec;
+use crate::pb::etcdserverpb as epb;
+use crate::pb::skiff::raft::v1 as pb;
+use crate::pb::skiff::raft::v1::raft_client::RaftClient;
+
+/// Messages queued for one peer, at most.
+pub const PEER_QUEUE_MAX: usize = 4096;
+/// Messages per `Send` call, at most.
+pub const BATCH_MSGS_MAX: usize = 256;
+/// Approximate bytes per `Send` call before the batch is closed (a single larger message still
+/// goes alone).
+pub const BATCH_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Largest gRPC message accepted or sent on the peer port.
+pub const PEER_MSG_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Backoff after a failed send: first and largest wait.
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long one `Send` call may take.
+const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Outgoing queues to every other member, and gRPC channels for forwarding writes.
+pub struct Peers {
+    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
+    channels: BTreeMap<NodeId, Channel>,
+}
+
+impl Peers {
+    /// Creates queues, lazily-connecting channels and sender tasks (on the current runtime) for
+    /// `peers` (id -> peer URL), stamping batches with `cluster_id`.
+    pub fn start(
+        cluster_id: u64,
+        peers: impl IntoIterator<Item = (NodeId, String)>,
+    ) -> Result<Peers, String> {
+        let mut queues = BTreeMap::new();
+        let mut channels = BTreeMap::new();
+        for (id, url) in peers {
+            let endpoint = Endpoint::from_shared(url.clone())
+                .map_err(|e| format!("peer url {url:?}: {e}"))?
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true);
+            let channel = endpoint.connect_lazy();
+            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
+            tokio::spawn(send_loop(cluster_id, id, channel.clone(), rx));
+            queues.insert(id, tx);
+            channels.insert(id, channel);
+        }
+        Ok(Peers { queues, channels })
+    }
+
+    /// Queues `m` for its recipient; drops it if the queue is full or the peer unknown.
+    pub fn send(&self, m: Message) {
+        let Some(q) = self.queues.get(&m.to) else {
+            tracing::warn!(to = m.to.get(), "message to an unknown peer dropped");
+            return;
+        };
+        if q.try_send(m).is_err() {
+            tracing::debug!("peer queue full; message dropped");
+        }
+    }
+
+    /// A client for forwarding writes to `id`.
+    pub fn client(&self, id: NodeId) -> Option<RaftClient<Channel>> {
+        self.channels.get(&id).map(|c| {
+            RaftClient::new(c.clone())
+                .max_decoding_message_size(PEER_MSG_BYTES_MAX)
+                .max_encoding_message_size(PEER_MSG_BYTES_MAX)
+        })
+    }
+}
+
+async fn send_loop(cluster_id: u64, to: NodeId, channel: Channel, mut rx: mpsc::Receiver<Message>) {
+    let mut client = RaftClient::new(channel)
+        .max_decoding_message_size(PEER_MSG_BYTES_MAX)
+        .max_encoding_message_size(PEER_MSG_BYTES_MAX);
+    let mut backoff = BACKOFF_MIN;
+    let mut failing = false;
+    while let Some(first) = rx.recv().await {
+        let mut bytes = first.body.size_bytes();
+        let mut batch = vec![codec::encode_message(&first)];
+        while batch.len() < BATCH_MSGS_MAX && bytes < BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(m) => {
+                    bytes += m.body.size_bytes();
+                    batch.push(codec::encode_message(&m));
+                }
+                Err(_) => break,
+            }
+        }
+        let mut req = Request::new(pb::MessageBatch {
+            cluster_id,
+            messages: batch,
+        });
+        req.set_timeout(SEND_TIMEOUT);
+        match client.send(req).await {
+            Ok(_) => {
+                if failing {
+                    tracing::info!(peer = to.get(), "peer reachable again");
+                }
+                failing = false;
+                backoff = BACKOFF_MIN;
+            }
+            Err(status) => {
+                if !failing {
+                    tracing::warn!(peer = to.get(), error = %status.message(), "send to peer failed; backing off");
+                }
+                failing = true;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                // Messages queued during the outage are stale (heartbeats, old appends); drop
+                // them and let Raft send fresh ones.
+                while rx.try_recv().is_ok() {}
+            }
+        }
+    }
+}
+
+/// Writes a follower forwards to the leader. Implemented by the API.
+#[tonic::async_trait]
+pub trait ForwardedWrites: Send + Sync + 'static {
+    /// A put arriving from a follower.
+    async fn put_here(&self, r: epb::PutRequest) -> Result<epb::PutResponse, Status>;
+    /// A delete arriving from a follower.
+    async fn delete_here(
+        &self,
+        r: epb::DeleteRangeRequest,
+    ) -> Result<epb::DeleteRangeResponse, Status>;
+    /// A transaction arriving from a follower.
+    async fn txn_here(&self, r: epb::TxnRequest) -> Result<epb::TxnResponse, Status>;
+    /// A compaction arriving from a follower.
+    async fn compact_here(
+        &self,
+        r: epb::CompactionRequest,
+    ) -> Result<epb::CompactionResponse, Status>;
+}
+
+/// The peer-port service.
+pub struct RaftService<F> {
+    cluster_id: u64,
+    me: NodeId,
+    inbound: mpsc::Sender<Message>,
+    writes: F,
+}
+
+impl<F> RaftService<F> {
+    /// Delivers valid messages for `me` of cluster `cluster_id` to `inbound`.
+    pub fn new(cluster_id: u64, me: NodeId, inbound: mpsc::Sender<Message>, writes: F) -> Self {
+        RaftService {
+            cluster_id,
+            me,
+            inbound,
+            writes,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl<F: ForwardedWrites> pb::raft_server::Raft for RaftService<F> {
+    async fn send(
+        &self,
+        request: Request<pb::MessageBatch>,
+    ) -> Result<Response<pb::SendAck>, Status> {
+        let batch = request.into_inner();
+        if batch.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "message from cluster {:#x}, this is cluster {:#x}",
+                batch.cluster_id, self.cluster_id
+            )));
+        }
+        for m in batch.messages {
+            let m =
+                codec::decode_message(m).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if m.to != self.me {
+                return Err(Status::invalid_argument(format!(
+                    "message for node {}, this is node {}",
+                    m.to, self.me
+                )));
+            }
+            match self.inbound.try_send(m) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(Status::resource_exhausted("inbound raft queue full"))
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(Status::unavailable("node stopped"))
+                }
+            }
+        }
+        Ok(Response::new(pb::SendAck {}))
+    }
+
+    async fn put(
+        &self,
+        request: Request<epb::PutRequest>,
+    ) -> Result<Response<epb::PutResponse>, Status> {
+        self.writes
+            .put_here(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<epb::DeleteRangeRequest>,
+    ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
+        self.writes
+            .delete_here(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn txn(
+        &self,
+        request: Request<epb::TxnRequest>,
+    ) -> Result<Response<epb::TxnResponse>, Status> {
+        self.writes
+            .txn_here(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn compact(
+        &self,
+        request: Request<epb::CompactionRequest>,
+    ) -> Result<Response<epb::CompactionResponse>, Status> {
+        self.writes
+            .compact_here(request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

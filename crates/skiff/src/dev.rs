@@ -1,0 +1,144 @@
+//! `skiff dev`: a local 3-member cluster as child processes of this one, on 127.0.0.1. Each
+//! child is `skiff serve` with its own data dir under `--data-dir` and its log in
+//! `<data-dir>/<name>.log`. Ctrl-C (or SIGTERM) kills the children; if a child exits on its
+//! own, the others are stopped too and the exit is reported.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+/// Members of the dev cluster.
+const MEMBERS: usize = 3;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Root of the members' data dirs.
+    #[arg(long, default_value = "./skiff-data")]
+    data_dir: PathBuf,
+    /// First port: member i serves clients on base+2i and peers on base+2i+1.
+    #[arg(long, default_value_t = 2379, value_parser = clap::value_parser!(u16).range(1024..=65000))]
+    base_port: u16,
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: DevArgs) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("find the skiff executable")?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let port = |i: usize, peer: bool| u32::from(args.base_port) + 2 * i as u32 + u32::from(peer);
+    let cluster = (0..MEMBERS)
+        .map(|i| format!("n{}=http://127.0.0.1:{}", i + 1, port(i, true)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children = Vec::new();
+    let mut endpoints = Vec::new();
+    for i in 0..MEMBERS {
+        let name = format!("n{}", i + 1);
+        let client = format!("http://127.0.0.1:{}", port(i, false));
+        let peer = format!("http://127.0.0.1:{}", port(i, true));
+        let log_path = args.data_dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("open {}", log_path.display()))?;
+        let log_err = log.try_clone().context("duplicate log file handle")?;
+        let child = tokio::process::Command::new(&exe)
+            .arg("serve")
+            .args(["--name", &name])
+            .arg("--data-dir")
+            .arg(args.data_dir.join(&name))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &cluster])
+            .args(["--initial-cluster-state", "new"])
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("start member {name}"))?;
+        children.push((name, child));
+        endpoints.push(client);
+    }
+    // Without the scheme: etcdctl 3.4 sends an endpoint given as a URL in the HTTP/2
+    // `:authority` header ("http://..."), which is invalid there, and `endpoint status` fails.
+    let eps = endpoints
+        .iter()
+        .map(|e| e.trim_start_matches("http://"))
+        .collect::<Vec<_>>()
+        .join(",");
+    println!("skiff dev: {MEMBERS} members running");
+    for ((name, _), ep) in children.iter().zip(&endpoints) {
+        println!(
+            "  {name}: {ep}   (log: {}/{name}.log)",
+            args.data_dir.display()
+        );
+    }
+    println!();
+    println!("try:");
+    println!("  export ETCDCTL_API=3 ENDPOINTS={eps}");
+    println!("  etcdctl --endpoints=$ENDPOINTS put greeting hello");
+    println!("  etcdctl --endpoints=$ENDPOINTS get greeting");
+    println!("  etcdctl --endpoints=$ENDPOINTS endpoint status -w table");
+    println!();
+    println!(
+        "Ctrl-C stops the cluster; data stays in {}",
+        args.data_dir.display()
+    );
+
+    let exited = {
+        let waits = children.iter_mut().map(|(name, c)| {
+            let name = name.clone();
+            Box::pin(async move { (name, c.wait().await) })
+        });
+        let any_exit = futures_select_all(waits.collect());
+        tokio::select! {
+            r = crate::shutdown_signal() => { r?; None }
+            (name, status) = any_exit => Some((name, status)),
+        }
+    };
+    for (name, child) in &mut children {
+        if let Err(e) = child.start_kill() {
+            tracing::debug!(member = %name, error = %e, "kill (already exited?)");
+        }
+        let _ = child.wait().await;
+    }
+    match exited {
+        None => {
+            println!("skiff dev: stopped");
+            Ok(())
+        }
+        Some((name, status)) => anyhow::bail!(
+            "member {name} exited ({}); see {}/{name}.log",
+            status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string()),
+            args.data_dir.display()
+        ),
+    }
+}
+
+/// Completes with the first of `futs` to complete.
+async fn futures_select_all<F: std::future::Future + Unpin>(futs: Vec<F>) -> F::Output {
+    let mut futs = futs;
+    std::future::poll_fn(move |cx| {
+        for f in futs.iter_mut() {
+            if let std::task::Poll::Ready(v) = std::pin::Pin::new(f).poll(cx) {
+                return std::task::Poll::Ready(v);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}

@@ -1,0 +1,194 @@
+//! `skiff`: run one member (`skiff serve`) or a local 3-member cluster (`skiff dev`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+mod dev;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "skiff",
+    version,
+    about = "A Raft-replicated key-value store speaking the etcd v3 API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run one member of a cluster (flags as in etcd).
+    Serve(ServeArgs),
+    /// Run a local 3-member cluster as child processes on 127.0.0.1.
+    Dev(dev::DevArgs),
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ServeArgs {
+    /// Human-readable name of this member; must appear in --initial-cluster.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Directory for the Raft log and the key-value data (default: <name>.skiff).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// URL to serve the etcd API on (one http://IP:PORT).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    listen_client_urls: String,
+    /// Client URL to advertise (informational for now).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    advertise_client_urls: String,
+    /// URL to serve the peer protocol on (one http://IP:PORT).
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    listen_peer_urls: String,
+    /// This member's peer URL as the others reach it; must match its --initial-cluster entry.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    initial_advertise_peer_urls: String,
+    /// All members: name=peer-url,... (default: this member alone).
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// new: bootstrap a new cluster; existing: restart a member whose data dir is populated.
+    #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
+    initial_cluster_state: String,
+    /// Token mixed into the cluster id, so two clusters with the same members differ.
+    #[arg(long, default_value = "skiff-cluster")]
+    initial_cluster_token: String,
+    /// Leader heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    heartbeat_interval: u64,
+    /// Election timeout in milliseconds (at least 5 heartbeats).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(5..=50_000))]
+    election_timeout: u64,
+}
+
+impl ServeArgs {
+    fn to_config(&self) -> anyhow::Result<server::ServerConfig> {
+        let single = |flag: &str, v: &str| -> anyhow::Result<std::net::SocketAddr> {
+            if v.contains(',') {
+                bail!("--{flag}: only one URL is supported, got {v:?}");
+            }
+            server::cluster::parse_url(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+        };
+        let listen_client = single("listen-client-urls", &self.listen_client_urls)?;
+        let listen_peer = single("listen-peer-urls", &self.listen_peer_urls)?;
+        single("advertise-client-urls", &self.advertise_client_urls)?;
+        single(
+            "initial-advertise-peer-urls",
+            &self.initial_advertise_peer_urls,
+        )?;
+        let initial_cluster = self
+            .initial_cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, self.initial_advertise_peer_urls));
+        let cluster = server::ClusterSpec::parse(&initial_cluster, &self.initial_cluster_token)
+            .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
+        let Some(me) = cluster.member_by_name(&self.name) else {
+            bail!(
+                "--name {:?} is not a member of --initial-cluster",
+                self.name
+            );
+        };
+        if me.peer_url != self.initial_advertise_peer_urls {
+            bail!(
+                "--initial-advertise-peer-urls {} does not match {}'s entry {} in --initial-cluster",
+                self.initial_advertise_peer_urls,
+                self.name,
+                me.peer_url
+            );
+        }
+        let config = server::ServerConfig {
+            name: self.name.clone(),
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.skiff", self.name))),
+            listen_client,
+            listen_peer,
+            cluster,
+            new_cluster: self.initial_cluster_state == "new",
+            heartbeat: Duration::from_millis(self.heartbeat_interval),
+            election: Duration::from_millis(self.election_timeout),
+        };
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One line that names the flag; clap's usage block would bury it.
+            let text = e.to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: invalid arguments")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+        Command::Dev(args) => dev::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.to_config()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = async {
+            let _ = shutdown_signal().await;
+            tracing::info!("shutting down");
+        };
+        server::run(config, shutdown)
+            .await
+            .map_err(anyhow::Error::from)
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r.context("wait for SIGINT")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,325 @@
+//! Test harness: a real cluster of `skiff serve` processes on loopback ports. Children are
+//! killed when the [`Cluster`] is dropped, also when a test fails; a failing test prints the
+//! tail of every member's log.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use server::pb::etcdserverpb as epb;
+use server::pb::etcdserverpb::kv_client::KvClient;
+use server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+use tonic::transport::Channel;
+
+/// How long a cluster may take to elect a leader, catch up or answer; generous on purpose (the
+/// tests check behaviour, never speed).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub child: Option<Child>,
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+    initial_cluster: String,
+}
+
+/// `n` distinct free ports (bound together, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+impl Cluster {
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports = free_ports(2 * n);
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{}", i + 1),
+                client_port: ports[2 * i],
+                peer_port: ports[2 * i + 1],
+                child: None,
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut c = Cluster {
+            dir,
+            members,
+            initial_cluster,
+        };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.log", self.members[i].name))
+    }
+
+    /// Starts (or restarts) member `i` with its data dir.
+    pub fn spawn(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(i))
+            .expect("open log");
+        let log_err = log.try_clone().expect("dup log");
+        let m = &self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .arg("serve")
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(&m.name))
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .expect("spawn skiff serve");
+        self.members[i].child = Some(child);
+    }
+
+    /// SIGKILLs member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `127.0.0.1:port,...` of every member (no scheme; see `skiff dev`).
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn endpoint(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    pub async fn kv(&self, i: usize) -> Option<KvClient<Channel>> {
+        let ch = channel(&format!("http://{}", self.endpoint(i))).await?;
+        Some(KvClient::new(ch))
+    }
+
+    pub async fn status(&self, i: usize) -> Option<epb::StatusResponse> {
+        let ch = channel(&format!("http://{}", self.endpoint(i))).await?;
+        let mut c = MaintenanceClient::new(ch);
+        let mut req = tonic::Request::new(epb::StatusRequest {});
+        req.set_timeout(Duration::from_secs(5));
+        c.status(req).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Index of the member every live member agrees leads, once they do.
+    pub async fn wait_leader(&self, live: &[usize]) -> usize {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut leaders = Vec::new();
+            let mut ids = Vec::new();
+            for &i in live {
+                if let Some(s) = self.status(i).await {
+                    leaders.push(s.leader);
+                    ids.push((s.header.map(|h| h.member_id).unwrap_or(0), i));
+                }
+            }
+            if leaders.len() == live.len()
+                && leaders[0] != 0
+                && leaders.iter().all(|l| *l == leaders[0])
+            {
+                if let Some((_, i)) = ids.iter().find(|(id, _)| *id == leaders[0]) {
+                    return *i;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader among {live:?} within {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn print_logs(&self) {
+        for i in 0..self.members.len() {
+            let text = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(40)..];
+            eprintln!(
+                "----- {} log (last {} lines) -----",
+                self.members[i].name,
+                tail.len()
+            );
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+pub async fn channel(url: &str) -> Option<Channel> {
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .ok()?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .ok()
+}
+
+/// Retries `put` against member `i` until it succeeds (bounded by [`PATIENCE`]).
+pub async fn put_retrying(c: &Cluster, i: usize, key: &str, value: &str) -> epb::PutResponse {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(mut kv) = c.kv(i).await {
+            let r = kv
+                .put(epb::PutRequest {
+                    key: key.into(),
+                    value: value.into(),
+                    ..Default::default()
+                })
+                .await;
+            match r {
+                Ok(r) => return r.into_inner(),
+                Err(s) => eprintln!("put {key} via member {i}: {s:?}"),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "put {key} via member {i} never succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Output of one etcdctl run.
+pub struct CtlOutput {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Whether etcdctl is usable; panics with instructions if it is missing, unless
+/// `SKIFF_SKIP_ETCDCTL=1`, in which case the caller skips.
+pub fn etcdctl_available() -> bool {
+    let found = Command::new("etcdctl")
+        .arg("version")
+        .env("ETCDCTL_API", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if found {
+        return true;
+    }
+    if std::env::var("SKIFF_SKIP_ETCDCTL").as_deref() == Ok("1") {
+        eprintln!("etcdctl not found; skipping because SKIFF_SKIP_ETCDCTL=1");
+        return false;
+    }
+    panic!(
+        "etcdctl is not on PATH: install it (Debian: apt-get install -y etcd-client) \
+         or set SKIFF_SKIP_ETCDCTL=1 to skip the etcdctl tests"
+    );
+}
+
+/// Runs etcdctl against `endpoints` with `args`, feeding `stdin`; killed after 60 s.
+pub fn etcdctl(endpoints: &str, args: &[&str], stdin: &str) -> CtlOutput {
+    use std::io::Write;
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--dial-timeout=5s", "--command-timeout=20s"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn etcdctl");
+    if let Some(mut si) = child.stdin.take() {
+        let _ = si.write_all(stdin.as_bytes());
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                break;
+            }
+        }
+    }
+    let out = child.wait_with_output().expect("etcdctl output");
+    CtlOutput {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs etcdctl until it succeeds (bounded by [`PATIENCE`]).
+pub fn etcdctl_ok(endpoints: &str, args: &[&str], stdin: &str) -> CtlOutput {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let out = etcdctl(endpoints, args, stdin);
+        if out.ok {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "etcdctl {args:?} kept failing: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn data_dir(c: &Cluster, i: usize) -> PathBuf {
+    c.dir.path().join(&c.members[i].name)
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -119,6 +119,19 @@ impl RawNode {
                 | MessageBody::InstallSnapshot { .. } => {
                     self.become_follower(msg.term, Some(msg.from));
                 }
+                MessageBody::Vote { .. } => {
+                    // Figure 2: a follower restarts its election timer only when it grants a
+                    // vote or hears from the current leader. Moving to a candidate's term does
+                    // neither: if we refuse the vote (our log is more up to date), our own
+                    // timer must keep running, or candidates that cannot win would keep the
+                    // one node that can from ever campaigning (found by the simulator: Swarm
+                    // seed 2088, PreVote off, livelocked for 10 s).
+                    let (elapsed, timeout) =
+                        (self.election_elapsed, self.randomized_election_ticks);
+                    self.become_follower(msg.term, None);
+                    self.election_elapsed = elapsed;
+                    self.randomized_election_ticks = timeout;
+                }
                 _ => self.become_follower(msg.term, None),
             }
         } else if msg.term < self.term {

@@ -376,7 +376,8 @@ impl RawNode {
             state.hard_state.commit,
             state.applied,
         );
-        let seed = config.seed ^ config.id.get().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        // Hash the id before mixing: see `Rng::mix` (the simulator caught correlated streams).
+        let seed = Rng::mix(config.seed ^ Rng::mix(config.id.get()));
         let mut node = RawNode {
             term: state.hard_state.term,
             vote: if cfg!(feature = "mut-forget-vote") {

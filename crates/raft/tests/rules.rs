@@ -348,6 +348,30 @@ fn followers_campaign_after_a_randomized_election_timeout() {
 }
 
 #[test]
+fn refusing_a_higher_term_vote_does_not_restart_the_election_timer() {
+    // Figure 2 (Followers): the election timer restarts on granting a vote or hearing from the
+    // current leader, not on merely moving to a candidate's term. A node with a more up-to-date
+    // log must not be kept from campaigning by candidates that cannot win.
+    let mut n = node_with(1, &[1, 2], 2, 0);
+    for _ in 0..9 {
+        n.tick();
+    }
+    for term in 3..40 {
+        n.step(vote_req(2, 1, term, 1, 1)).unwrap();
+        assert_eq!(
+            vote_granted(&drain(&mut n), 2),
+            Some(false),
+            "log is behind"
+        );
+        n.tick();
+        if n.status().role != Role::Follower {
+            return;
+        }
+    }
+    panic!("a stream of hopeless candidates kept the up-to-date node from campaigning");
+}
+
+#[test]
 fn followers_that_hear_from_the_leader_do_not_campaign() {
     // §5.2: "Followers remain followers as long as they receive valid RPCs from a leader".
     let mut c = Cluster::new(3, |_| {});

@@ -31,11 +31,7 @@ pub struct Outcome {
 /// served up to two election timeouts after the last quorum contact, KvLeasePartitions seed
 /// 150, in 7a34ef1.)
 pub const KNOWN_CORE_BUGS: &[&str] = &[
-    // raft::rng seeds each node with `seed ^ id * 0x9E37_79B9_7F4A_7C15`, a multiple of the
-    // SplitMix64 increment: with a shared (small, or the default 0) seed, node j's jitter
-    // stream is node i's shifted by j - i draws. Two candidates whose draw counts line up
-    // then pick the same timeouts every round and split the vote forever (Swarm seed 387).
-    "did not elect a leader and commit",
+    // None open. (Fixed: correlated election-jitter streams across nodes, Swarm seed 387.)
 ];
 
 /// Whether a failure message is one of [`KNOWN_CORE_BUGS`].

@@ -103,9 +103,6 @@ scenario_tests! {
     kv_stale_leader_lease => "KvStaleLeaderLease", SEEDS;
     kv_crash_all => "KvCrashAll", SEEDS;
     kv_one_partition => "KvOnePartition", SEEDS;
-    #[ignore = "core bug: raft::rng mixes the node id as seed ^ id * 0x9E3779B97F4A7C15 (the \
-        SplitMix64 increment), so nodes sharing a seed get shifted copies of one jitter stream \
-        and can split votes forever: Swarm seed 387 fails liveness"]
     swarm => "Swarm", SEEDS_MANY;
 }
 

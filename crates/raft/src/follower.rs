@@ -114,7 +114,7 @@ impl RawNode {
             return;
         }
         let last = meta.last;
-        if last.index <= self.log.committed() {
+        if last.index <= self.log.committed() && !cfg!(feature = "mut-install-stale-snapshot") {
             // Everything the snapshot covers is committed here already: acknowledge, and the
             // leader replicates entries from our commit index on.
             let index = self.log.committed();
@@ -130,6 +130,8 @@ impl RawNode {
         let (offset_next, reject) =
             match snapshot::on_chunk(&mut self.incoming_snapshot, &meta, offset, len) {
                 ChunkVerdict::Accept { complete } => {
+                    // Mutation: install as soon as the first chunk is staged.
+                    let complete = complete || cfg!(feature = "mut-apply-partial-snapshot");
                     self.pending_chunks.push(SnapshotChunk {
                         meta: meta.clone(),
                         offset,

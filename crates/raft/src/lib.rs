@@ -16,12 +16,14 @@
 
 mod config;
 mod election;
+mod errors;
 mod follower;
 pub mod lease;
 pub mod log;
 pub mod membership;
 mod message;
 mod node;
+mod output;
 pub mod progress;
 pub mod quorum;
 pub mod read;
@@ -32,12 +34,11 @@ pub mod snapshot;
 mod types;
 
 pub use config::{Config, ConfigError, ReadOnlyOption};
+pub use errors::{CompactError, ProposeError, ReadError, StartError, StepError};
 pub use membership::{MembershipError, TransferError};
 pub use message::{Message, MessageBody, RejectHint};
-pub use node::{
-    CompactError, InitialState, ProposeError, RawNode, ReadError, Ready, StartError, Status,
-    StepError,
-};
+pub use node::RawNode;
+pub use output::{InitialState, Ready, Status};
 pub use types::{
     Entry, EntryId, EntryKind, HardState, Index, Membership, MembershipChange, NodeId, ReadCtx,
     ReadState, Role, SnapshotChunk, SnapshotMeta, SoftState, Term, ENTRY_OVERHEAD_BYTES,

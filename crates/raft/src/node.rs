@@ -19,247 +19,20 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
+use crate::errors::{CompactError, ProposeError, ReadError, StartError, StepError};
 use crate::lease::Lease;
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
+use crate::output::{InitialState, Ready, Status};
 use crate::progress::Progress;
 use crate::read::ReadQueue;
 use crate::rng::Rng;
 use crate::snapshot::Incoming;
 use crate::types::{
-    Entry, EntryId, EntryKind, HardState, Index, Membership, NodeId, ReadCtx, ReadState, Role,
-    SnapshotChunk, SnapshotMeta, SoftState, Term,
+    Entry, EntryId, EntryKind, HardState, Index, NodeId, ReadCtx, Role, SnapshotChunk,
+    SnapshotMeta, SoftState, Term,
 };
-
-/// Durable state a node starts from: what the storage recovered (or an empty log for a new
-/// cluster).
-#[derive(Clone, Debug, Default)]
-pub struct InitialState {
-    /// The persisted hard state.
-    pub hard_state: HardState,
-    /// The configuration as of `snapshot` (or the bootstrap configuration of a new cluster).
-    /// Configuration entries in `entries` take precedence over it, in log order.
-    pub membership: Membership,
-    /// Id of the last entry covered by the snapshot the log starts after (default: none).
-    pub snapshot: EntryId,
-    /// The persisted entries after the snapshot, contiguous.
-    pub entries: Vec<Entry>,
-    /// Where the application's state machine stands (at least `snapshot.index`).
-    pub applied: Index,
-}
-
-impl InitialState {
-    /// A brand-new node of a new cluster with these voters.
-    pub fn new_cluster(voters: impl IntoIterator<Item = NodeId>) -> InitialState {
-        InitialState {
-            membership: Membership::new(voters),
-            ..InitialState::default()
-        }
-    }
-}
-
-/// Why a node could not start.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StartError {
-    /// The configuration is inconsistent.
-    Config(ConfigError),
-    /// The recovered durable state does not hold together (corruption or a bad restore).
-    CorruptState(String),
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::Config(e) => write!(f, "{e}"),
-            StartError::CorruptState(s) => write!(f, "recovered raft state is inconsistent: {s}"),
-        }
-    }
-}
-
-impl std::error::Error for StartError {}
-
-/// Why a proposal was refused. Nothing was appended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProposeError {
-    /// Only the leader takes proposals; `leader` is the one this node knows, if any.
-    NotLeader {
-        /// Known leader.
-        leader: Option<NodeId>,
-    },
-    /// Too many uncommitted bytes; retry later.
-    Busy,
-    /// Leadership is being handed to another node; retry there shortly.
-    LeadershipTransfer {
-        /// The node taking over.
-        to: NodeId,
-    },
-    /// The entry is larger than `msg_bytes_max` allows.
-    TooLarge {
-        /// Size of the proposed entry.
-        size_bytes: u64,
-        /// The limit.
-        size_bytes_max: u64,
-    },
-}
-
-impl std::fmt::Display for ProposeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProposeError::NotLeader { leader: Some(l) } => {
-                write!(f, "not the leader; leader is {l}")
-            }
-            ProposeError::NotLeader { leader: None } => {
-                write!(f, "not the leader; no leader known")
-            }
-            ProposeError::Busy => write!(f, "too many uncommitted entries; busy"),
-            ProposeError::LeadershipTransfer { to } => {
-                write!(f, "leadership is being transferred to {to}")
-            }
-            ProposeError::TooLarge {
-                size_bytes,
-                size_bytes_max,
-            } => write!(
-                f,
-                "entry of {size_bytes} bytes exceeds the limit of {size_bytes_max}"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ProposeError {}
-
-/// Why a read could not be started. A read that was started and later fails is reported in
-/// [`Ready::failed_reads`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadError {
-    /// No leader is known to confirm the read.
-    NoLeader,
-    /// Too many reads pending; retry later.
-    Busy,
-    /// A read with this tag is already pending here.
-    DuplicateCtx,
-}
-
-impl std::fmt::Display for ReadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReadError::NoLeader => write!(f, "no leader"),
-            ReadError::Busy => write!(f, "too many pending reads; busy"),
-            ReadError::DuplicateCtx => write!(f, "a read with this context is already pending"),
-        }
-    }
-}
-
-impl std::error::Error for ReadError {}
-
-/// Why [`RawNode::compact`] refused a snapshot.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CompactError {
-    /// The snapshot covers entries not applied yet.
-    NotApplied {
-        /// The snapshot's last index.
-        index: Index,
-        /// What is applied.
-        applied: Index,
-    },
-    /// The snapshot is older than the log's current start.
-    Stale {
-        /// The snapshot's last index.
-        index: Index,
-        /// Where the log starts.
-        first_index: Index,
-    },
-    /// The snapshot's last entry id is not in the log.
-    Mismatch {
-        /// The snapshot's last entry.
-        last: EntryId,
-    },
-}
-
-impl std::fmt::Display for CompactError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CompactError::NotApplied { index, applied } => {
-                write!(
-                    f,
-                    "snapshot at {index} is beyond the applied index {applied}"
-                )
-            }
-            CompactError::Stale { index, first_index } => {
-                write!(
-                    f,
-                    "snapshot at {index} is older than the log start {first_index}"
-                )
-            }
-            CompactError::Mismatch { last } => {
-                write!(
-                    f,
-                    "snapshot's last entry {}/{} is not in the log",
-                    last.index, last.term
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for CompactError {}
-
-/// A message that cannot be taken at all.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StepError {
-    /// The message is addressed to another node.
-    WrongRecipient {
-        /// Who it was for.
-        to: NodeId,
-    },
-    /// The message claims to come from this node.
-    FromSelf,
-}
-
-impl std::fmt::Display for StepError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StepError::WrongRecipient { to } => write!(f, "message addressed to node {to}"),
-            StepError::FromSelf => write!(f, "message claims to come from this node"),
-        }
-    }
-}
-
-impl std::error::Error for StepError {}
-
-/// One numbered output batch. See the module docs for the order of handling.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Ready {
-    /// Acknowledge with [`RawNode::advance`] once everything below is done.
-    pub number: u64,
-    /// Role, leader or term changed since the previous batch.
-    pub soft_state: Option<SoftState>,
-    /// Hard state to persist, if it changed.
-    pub hard_state: Option<HardState>,
-    /// Entries to persist. Any stored entries at or after `entries[0].index` must be replaced
-    /// (the log was truncated there).
-    pub entries: Vec<Entry>,
-    /// Chunks of an incoming snapshot to stage durably, in order, before `persisted_messages`
-    /// leave. A chunk at offset 0 replaces any previously staged snapshot.
-    pub snapshot_chunks: Vec<SnapshotChunk>,
-    /// A fully staged snapshot to install: restore the state machine from it, keep it as the
-    /// current snapshot, and drop stored entries it covers (keep entries after it only if the
-    /// stored entry at `last.index` has term `last.term`). Before `entries` are persisted and
-    /// `committed_entries` applied.
-    pub snapshot: Option<SnapshotMeta>,
-    /// Messages that may be sent at once, before persisting. `InstallSnapshot` messages need
-    /// their `data` filled (see [`MessageBody::InstallSnapshot`]).
-    pub messages: Vec<Message>,
-    /// Messages that may be sent only after `hard_state` and `entries` are durable.
-    pub persisted_messages: Vec<Message>,
-    /// Committed, durable entries to apply, in order.
-    pub committed_entries: Vec<Entry>,
-    /// Reads now safe to serve, after applying `committed_entries`.
-    pub read_states: Vec<ReadState>,
-    /// Reads that failed (leadership lost, or the leader did not answer in time); retry them.
-    pub failed_reads: Vec<ReadCtx>,
-}
 
 /// What an outstanding [`Ready`] promised to do, remembered until it is advanced.
 #[derive(Clone, Copy, Debug)]
@@ -269,29 +42,6 @@ struct InFlightReady {
     persisted_last: Option<Index>,
     /// Last committed entry handed out for apply, if any.
     applied_last: Option<Index>,
-}
-
-/// A point-in-time view of a node, for tests, metrics and the simulator's checkers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Status {
-    /// This node.
-    pub id: NodeId,
-    /// Current term.
-    pub term: Term,
-    /// Vote in `term`.
-    pub vote: Option<NodeId>,
-    /// Role.
-    pub role: Role,
-    /// Known leader.
-    pub leader: Option<NodeId>,
-    /// Commit index.
-    pub commit: Index,
-    /// Applied index.
-    pub applied: Index,
-    /// Durable index.
-    pub persisted: Index,
-    /// Last entry.
-    pub last: EntryId,
 }
 
 /// A Raft node: a deterministic state machine (see the crate docs).
@@ -508,7 +258,7 @@ impl RawNode {
         Ok(id)
     }
 
-    /// Asks for a linearizable read tagged `ctx`. The answer comes as a [`ReadState`] in a later
+    /// Asks for a linearizable read tagged `ctx`. The answer comes as a [`ReadState`](crate::ReadState) in a later
     /// batch (or in [`Ready::failed_reads`]). Works on followers too: they ask the leader.
     pub fn read_index(&mut self, ctx: ReadCtx) -> Result<(), ReadError> {
         if self.reads.len() >= self.config.pending_reads_max {

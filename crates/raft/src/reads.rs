@@ -2,8 +2,9 @@
 //! (follower reads), and lease reads as an option.
 
 use crate::config::ReadOnlyOption;
+use crate::errors::ReadError;
 use crate::message::MessageBody;
-use crate::node::{RawNode, ReadError};
+use crate::node::RawNode;
 use crate::quorum::VoteResult;
 use crate::read::ReadRequest;
 use crate::types::{Index, NodeId, ReadCtx, ReadState, Role};

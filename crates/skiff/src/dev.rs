@@ -1,6 +1,7 @@
 //! `skiff dev`: a local 3-member cluster as child processes of this one, on 127.0.0.1. Each
 //! child is `skiff serve` with its own data dir under `--data-dir` and its log in
-//! `<data-dir>/<name>.log`. Ctrl-C (or SIGTERM) kills the children; if a child exits on its
+//! `<data-dir>/<name>.log`. Ctrl-C (or SIGTERM) stops the children (and they stop by
+//! themselves if this process dies, when their stdin pipe closes); if a child exits on its
 //! own, the others are stopped too and the exit is reported.
 
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .join(",");
     let mut children = Vec::new();
+    // Held apart from the children because `Child::wait` closes a child's stdin.
+    let mut stdins = Vec::new();
     let mut endpoints = Vec::new();
     for i in 0..MEMBERS {
         let name = format!("n{}", i + 1);
@@ -51,7 +54,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
             .open(&log_path)
             .with_context(|| format!("open {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicate log file handle")?;
-        let child = tokio::process::Command::new(&exe)
+        let mut child = tokio::process::Command::new(&exe)
             .arg("serve")
             .args(["--name", &name])
             .arg("--data-dir")
@@ -62,12 +65,14 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &cluster])
             .args(["--initial-cluster-state", "new"])
-            .stdin(std::process::Stdio::null())
+            .arg("--stop-on-stdin-eof")
+            .stdin(std::process::Stdio::piped())
             .stdout(log)
             .stderr(log_err)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("start member {name}"))?;
+        stdins.push(child.stdin.take());
         children.push((name, child));
         endpoints.push(client);
     }
@@ -108,11 +113,15 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
             (name, status) = any_exit => Some((name, status)),
         }
     };
+    // Closing a member's stdin asks it to stop cleanly; kill it if it has not within 5 s.
+    drop(stdins);
     for (name, child) in &mut children {
-        if let Err(e) = child.start_kill() {
-            tracing::debug!(member = %name, error = %e, "kill (already exited?)");
+        let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await;
+        if stopped.is_err() {
+            tracing::warn!(member = %name, "did not stop in time; killing it");
+            let _ = child.start_kill();
+            let _ = child.wait().await;
         }
-        let _ = child.wait().await;
     }
     match exited {
         None => {

@@ -20,6 +20,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once at startup; the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run one member of a cluster (flags as in etcd).
@@ -63,6 +65,10 @@ struct ServeArgs {
     /// Election timeout in milliseconds (at least 5 heartbeats).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(5..=50_000))]
     election_timeout: u64,
+    /// Stop when stdin reaches end of file: `skiff dev` and the tests hold a pipe to each
+    /// member, so members never outlive their parent, even if it is SIGKILLed.
+    #[arg(long, hide = true)]
+    stop_on_stdin_eof: bool,
 }
 
 impl ServeArgs {
@@ -151,6 +157,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
@@ -167,19 +174,34 @@ fn main() -> ExitCode {
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
+    let watch_stdin = args.stop_on_stdin_eof;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("start the async runtime")?;
     rt.block_on(async move {
         let shutdown = async {
-            let _ = shutdown_signal().await;
-            tracing::info!("shutting down");
+            tokio::select! {
+                _ = shutdown_signal() => tracing::info!("signal received; shutting down"),
+                _ = stdin_eof(), if watch_stdin => tracing::info!("parent gone; shutting down"),
+            }
         };
         server::run(config, shutdown)
             .await
             .map_err(anyhow::Error::from)
     })
+}
+
+/// Completes when stdin is closed (or fails).
+async fn stdin_eof() {
+    use tokio::io::AsyncReadExt;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0u8; 64];
+    while let Ok(n) = stdin.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -1,0 +1,96 @@
+//! `skiff dev`: starts a 3-member cluster, serves etcdctl, and stops its children on SIGINT.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{etcdctl_available, etcdctl_ok, PATIENCE};
+
+/// A base port whose six successors are free right now.
+fn free_base_port() -> u16 {
+    let seed = u16::try_from(std::process::id() % 5000).unwrap_or(0);
+    for attempt in 0..200u16 {
+        let base = 30000 + (seed + attempt * 37) % 20000;
+        let held: Vec<_> = (0..6)
+            .map_while(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).ok())
+            .collect();
+        if held.len() == 6 {
+            return base;
+        }
+    }
+    panic!("no run of 6 free loopback ports found");
+}
+
+#[test]
+fn dev_cluster_serves_etcdctl_and_stops_on_ctrl_c() {
+    if !etcdctl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let base = free_base_port();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("skiff-data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn skiff dev");
+    // Kill the dev process however this test ends; its members stop when their stdin pipe
+    // from it closes.
+    struct Guard(Option<std::process::Child>);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if let Some(c) = self.0.as_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let stdout = dev.stdout.take().expect("stdout");
+    let pid = dev.id();
+    let mut guard = Guard(Some(dev));
+
+    let eps = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base + 2 * i))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert_eq!(
+        etcdctl_ok(&eps, &["put", "greeting", "hello"], "").stdout,
+        "OK\n"
+    );
+    assert_eq!(
+        etcdctl_ok(&eps, &["get", "greeting"], "").stdout,
+        "greeting\nhello\n"
+    );
+
+    let sent = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success());
+    let mut child = guard.0.take().expect("child");
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "skiff dev did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let printed = std::io::read_to_string(stdout).expect("read stdout");
+    assert!(printed.contains("etcdctl --endpoints="), "{printed}");
+    assert!(printed.contains("stopped"), "{printed}");
+    // The members are gone: their client ports refuse connections.
+    for i in 0..3 {
+        let deadline = Instant::now() + PATIENCE;
+        while std::net::TcpStream::connect(("127.0.0.1", base + 2 * i)).is_ok() {
+            assert!(Instant::now() < deadline, "member {i} still listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

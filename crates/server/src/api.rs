@@ -427,3 +427,60 @@ impl epb::maintenance_server::Maintenance for Api {
         }))
     }
 }
+
+impl Api {
+    /// `GET /health`, as etcd answers it: a linearizable read must succeed (within a short
+    /// timeout). Returns whether healthy and the JSON body.
+    pub async fn http_health(&self) -> (bool, String) {
+        let read = tokio::time::timeout(Duration::from_secs(3), self.linearizable_read()).await;
+        match read {
+            Ok(Ok(())) => (true, r#"{"health":"true","reason":""}"#.to_string()),
+            Ok(Err(s)) => (
+                false,
+                format!(r#"{{"health":"false","reason":"{}"}}"#, s.message()),
+            ),
+            Err(_) => (
+                false,
+                r#"{"health":"false","reason":"timed out waiting for read index"}"#.to_string(),
+            ),
+        }
+    }
+
+    /// `GET /metrics`: Prometheus text format. Names follow etcd's where one exists, so
+    /// dashboards built for etcd find them.
+    pub fn http_metrics(&self) -> String {
+        let st = self.inner.node.status();
+        let is_leader = st.leader.map(|l| l.get()) == Some(self.inner.member_id);
+        let gauges: [(&str, &str, u64); 6] = [
+            (
+                "etcd_server_has_leader",
+                "Whether a leader is known (1) or not (0).",
+                u64::from(st.leader.is_some()),
+            ),
+            (
+                "etcd_server_is_leader",
+                "Whether this member is the leader (1) or not (0).",
+                u64::from(is_leader),
+            ),
+            ("skiff_raft_term", "Current Raft term.", st.term),
+            ("skiff_raft_commit_index", "Raft commit index.", st.commit),
+            (
+                "skiff_raft_applied_index",
+                "Raft applied index.",
+                st.applied,
+            ),
+            (
+                "skiff_member_id",
+                "This member's id (constant; for joining series).",
+                self.inner.member_id,
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, value) in gauges {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            ));
+        }
+        out
+    }
+}

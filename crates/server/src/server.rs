@@ -169,11 +169,9 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
     let client_server = tonic::transport::Server::builder()
-        .add_service(
-            KvServer::new(api.clone())
-                .max_decoding_message_size(REQUEST_BYTES_MAX + GRPC_OVERHEAD_BYTES),
-        )
-        .add_service(MaintenanceServer::new(api.clone()))
+        // HTTP/1.1 too, for `GET /health` and `GET /metrics` with plain HTTP clients.
+        .accept_http1(true)
+        .add_routes(client_routes(&api))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(client_listener),
             stopped(stop_rx.clone()),
@@ -203,6 +201,44 @@ pub async fn run(
     })
     .await;
     result
+}
+
+/// The client port: the etcd gRPC services plus `GET /health` and `GET /metrics`.
+fn client_routes(api: &Api) -> tonic::service::Routes {
+    use axum::http::StatusCode;
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(
+        KvServer::new(api.clone())
+            .max_decoding_message_size(REQUEST_BYTES_MAX + GRPC_OVERHEAD_BYTES),
+    );
+    grpc.add_service(MaintenanceServer::new(api.clone()));
+    let (health_api, metrics_api) = (api.clone(), api.clone());
+    let router = grpc
+        .routes()
+        .into_axum_router()
+        .route(
+            "/health",
+            axum::routing::get(move || {
+                let api = health_api.clone();
+                async move {
+                    let (ok, body) = api.http_health().await;
+                    let code = if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (code, body)
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let api = metrics_api.clone();
+                async move { api.http_metrics() }
+            }),
+        );
+    tonic::service::Routes::from(router)
 }
 
 fn flatten(r: Result<Result<(), ServerError>, tokio::task::JoinError>) -> Result<(), ServerError> {

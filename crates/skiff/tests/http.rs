@@ -1,0 +1,48 @@
+//! Plain HTTP on the client port: `GET /health` and `GET /metrics`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, PATIENCE};
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_over_http() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2]).await;
+    for (i, m) in c.members.iter().enumerate() {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let resp = http_get(m.client_port, "/health");
+            if resp.starts_with("HTTP/1.1 200") {
+                assert!(resp.contains(r#"{"health":"true","reason":""}"#), "{resp}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} never healthy: {resp}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let metrics = http_get(m.client_port, "/metrics");
+        assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+        assert!(metrics.contains("etcd_server_has_leader 1"), "{metrics}");
+        let is_leader = if i == leader { 1 } else { 0 };
+        assert!(
+            metrics.contains(&format!("etcd_server_is_leader {is_leader}")),
+            "member {i}: {metrics}"
+        );
+    }
+}

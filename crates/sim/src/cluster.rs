@@ -9,13 +9,14 @@
 use std::collections::BTreeMap;
 
 use raft::{
-    Config, EntryId, HardState, Index, InitialState, Message, NodeId, ProposeError, RawNode,
-    ReadCtx, ReadError, Status,
+    Config, EntryId, HardState, Index, InitialState, Membership, MembershipChange, MembershipError,
+    Message, MessageBody, NodeId, ProposeError, RawNode, ReadCtx, ReadError, SnapshotMeta, Status,
+    TransferError,
 };
 
 use crate::client::Client;
 use crate::history::History;
-use crate::host::Host;
+use crate::host::{decode_app_state, Host};
 use crate::invariants::{Checker, Violation};
 use crate::net::{is_reply, NetConfig, Network};
 use crate::rng::Rng;
@@ -70,6 +71,13 @@ pub struct ClusterConfig {
     pub inflight_msgs_max: usize,
     /// Core lease reads (`ReadOnlyOption::LeaseBased`) instead of ReadIndex.
     pub lease_reads: bool,
+    /// Take a snapshot once this many entries were applied since the last one (6.5840 3D:
+    /// every 10); `None`: never (the log grows forever).
+    pub snapshot_every: Option<u64>,
+    /// Core snapshot chunk size, bytes.
+    pub snapshot_chunk_bytes: u64,
+    /// Core limit on snapshot chunks in flight per follower.
+    pub snapshot_chunks_inflight_max: u64,
 }
 
 impl ClusterConfig {
@@ -91,6 +99,9 @@ impl ClusterConfig {
             msg_bytes_max: 1024 * 1024,
             inflight_msgs_max: 256,
             lease_reads: false,
+            snapshot_every: None,
+            snapshot_chunk_bytes: 1024 * 1024,
+            snapshot_chunks_inflight_max: 4,
         }
     }
 }
@@ -172,11 +183,18 @@ pub struct Cluster {
     pub keys: Vec<String>,
     pub(crate) verbose: bool,
     pub(crate) driver_bug: Option<DriverBug>,
+    /// The configuration the cluster was created with; nodes added later start from it too.
+    pub(crate) initial_voters: Vec<u64>,
+    /// Snapshots taken by the application, over all nodes.
+    pub snapshots_taken: u64,
+    /// Snapshots installed from a leader, over all nodes.
+    pub snapshots_installed: u64,
 }
 
 impl Cluster {
     /// A cluster of fresh nodes, started and connected.
     pub fn new(seed: u64, scenario: &str, config: ClusterConfig) -> Cluster {
+        let initial_voters: Vec<u64> = (1..=config.nodes as u64).collect();
         let mut root = Rng::new(seed);
         let world_rng = root.fork(1);
         let rng = root.fork(2);
@@ -205,6 +223,9 @@ impl Cluster {
             keys: (0..5).map(|k| format!("k{k}")).collect(),
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
             driver_bug: DRIVER_BUG.with(|b| b.get()),
+            initial_voters,
+            snapshots_taken: 0,
+            snapshots_installed: 0,
         };
         for id in 1..=c.config.nodes as u64 {
             c.start(id);
@@ -346,6 +367,8 @@ impl Cluster {
         cfg.check_quorum = self.config.check_quorum;
         cfg.msg_bytes_max = self.config.msg_bytes_max;
         cfg.inflight_msgs_max = self.config.inflight_msgs_max;
+        cfg.snapshot_chunk_bytes = self.config.snapshot_chunk_bytes;
+        cfg.snapshot_chunks_inflight_max = self.config.snapshot_chunks_inflight_max;
         if self.config.lease_reads {
             cfg.read_only = raft::ReadOnlyOption::LeaseBased;
         }
@@ -355,32 +378,61 @@ impl Cluster {
         cfg
     }
 
+    /// Adds a server that has never run (it is not a member until a configuration change makes
+    /// it one); returns its id. Start it with [`Cluster::start`]: it begins with the cluster's
+    /// initial configuration and an empty log, and learns the rest from the leader.
+    pub fn add_host(&mut self) -> u64 {
+        let id = self.hosts.len() as u64 + 1;
+        self.hosts.push(Host::new(id));
+        self.trace.record(("add_host", id, self.now));
+        id
+    }
+
     /// Starts a crashed (or never started) node from its durable state.
     pub fn start(&mut self, node: u64) {
         assert!(!self.alive(node), "start of running node {node}");
         let incarnation = self.host(node).incarnation;
-        let voters = self.ids().into_iter().map(|i| NodeId::new(i).unwrap());
+        let voters = self
+            .initial_voters
+            .iter()
+            .map(|&i| NodeId::new(i).expect("ids start at 1"));
         let disk = self.host(node).disk.clone();
-        let fresh = disk.hard_state == HardState::default() && disk.entries.is_empty();
+        let fresh = disk.hard_state == HardState::default()
+            && disk.entries.is_empty()
+            && disk.snapshot.is_none();
         let mut hard_state = disk.hard_state;
         if self.driver_bug == Some(DriverBug::ForgetVoteOnRestart) {
             hard_state.vote = None;
         }
+        let snapshot = disk.snapshot.as_ref().map(|(m, _)| m.clone());
         let state = if fresh {
             InitialState::new_cluster(voters)
         } else {
             InitialState {
                 hard_state,
-                membership: raft::Membership::new(voters),
-                snapshot: EntryId::default(),
+                membership: snapshot
+                    .as_ref()
+                    .map_or_else(|| Membership::new(voters), |m| m.membership.clone()),
+                snapshot: disk.offset(),
                 entries: disk.entries.clone(),
-                applied: Index(0),
+                applied: disk.offset().index,
             }
         };
-        let raft = match RawNode::new(self.raft_config(node, incarnation), state) {
+        let mut raft = match RawNode::new(self.raft_config(node, incarnation), state) {
             Ok(r) => r,
             Err(e) => self.fail(&format!("node {node} failed to restart: {e}")),
         };
+        if let Some(meta) = &snapshot {
+            if let Err(e) = raft.compact(meta.clone()) {
+                self.fail(&format!(
+                    "node {node} refused its own snapshot {:?} on restart: {e:?}",
+                    meta.last
+                ));
+            }
+        }
+        if let Some((meta, bytes)) = &disk.staging {
+            raft.resume_staged_snapshot(meta.clone(), bytes.len() as u64);
+        }
         let r = self.checker.on_restart(node, &raft, &hard_state);
         self.checked(r);
         let h = self.host_mut(node);
@@ -390,6 +442,9 @@ impl Cluster {
         h.paused = false;
         h.held.clear();
         h.sync_held = false;
+        if let Some((meta, bytes)) = &disk.snapshot {
+            self.restore(node, meta, bytes);
+        }
         self.trace.record(("start", node, incarnation, self.now));
         if self.verbose {
             eprintln!("{:>7} n{node} start (incarnation {incarnation})", self.now);
@@ -397,6 +452,84 @@ impl Cluster {
         self.after_step(node);
         let phase = self.world_rng.below(TICK_MS);
         self.schedule(phase + 1, Event::Tick { node, incarnation });
+    }
+
+    /// Restores the application (integer commands and KV state) from snapshot bytes.
+    fn restore(&mut self, node: u64, meta: &SnapshotMeta, bytes: &[u8]) {
+        let Some((raw, kv)) = decode_app_state(bytes) else {
+            self.fail(&format!(
+                "node {node}: snapshot {:?} does not decode ({} bytes)",
+                meta.last,
+                bytes.len()
+            ));
+        };
+        let incarnation = self.host(node).incarnation;
+        let r = self.checker.on_restore(node, incarnation, meta.last);
+        self.checked(r);
+        for (i, d) in &raw {
+            if let Some(had) = self.host(node).applied.get(i) {
+                if had != d {
+                    self.fail(&format!(
+                        "node {node}: snapshot {:?} has {d:?} at index {i}, but the node \
+                         applied {had:?} there",
+                        meta.last
+                    ));
+                }
+            }
+        }
+        let h = self.host_mut(node);
+        for (i, d) in raw {
+            h.applied.insert(i, d);
+        }
+        h.kv = kv;
+        h.applied_index = meta.last.index;
+    }
+
+    /// Takes a snapshot at the applied index if `snapshot_every` entries were applied since the
+    /// last one, and compacts the core's log.
+    fn maybe_snapshot(&mut self, node: u64) {
+        let Some(every) = self.config.snapshot_every else {
+            return;
+        };
+        let h = self.host(node);
+        let Some(raft) = h.raft.as_ref() else {
+            return;
+        };
+        let applied = h.applied_index.min(raft.status().applied);
+        if applied.0 < h.disk.offset().index.0 + every.max(1) {
+            return;
+        }
+        let Some(term) = raft.log().term(applied) else {
+            return;
+        };
+        let meta = SnapshotMeta {
+            last: EntryId {
+                term,
+                index: applied,
+            },
+            membership: raft.log().membership_at(applied).clone(),
+            size_bytes: 0,
+        };
+        let bytes = h.encode_app_state(applied);
+        let meta = SnapshotMeta {
+            size_bytes: bytes.len() as u64,
+            ..meta
+        };
+        let h = self.host_mut(node);
+        let r = h.raft.as_mut().expect("alive").compact(meta.clone());
+        if let Err(e) = r {
+            self.fail(&format!(
+                "node {node} refused to compact at applied {:?}: {e:?}",
+                meta.last
+            ));
+        }
+        h.disk.compact(meta.clone(), bytes);
+        self.snapshots_taken += 1;
+        self.trace.record(("snapshot", node, meta.last, self.now));
+        if self.verbose {
+            eprintln!("{:>7} n{node} snapshot at {:?}", self.now, meta.last);
+        }
+        self.after_step(node);
     }
 
     /// Crashes a node: volatile state and unsynced writes are lost (unless the disk model lets
@@ -415,7 +548,9 @@ impl Cluster {
         let pending = h.pending.take();
         let mut durable = None;
         if let (Some(rd), true) = (pending, survives) {
-            h.disk.write(rd.hard_state, &rd.entries);
+            if let Err(e) = h.disk.write(&rd) {
+                self.fail(&format!("node {node}: {e}"));
+            }
             durable = rd.hard_state;
         }
         if let Some(hs) = durable {
@@ -521,6 +656,67 @@ impl Cluster {
         Some(r)
     }
 
+    /// Asks `node` to change the configuration; `None` if it is down.
+    pub fn change_membership(
+        &mut self,
+        node: u64,
+        change: MembershipChange,
+    ) -> Option<Result<EntryId, MembershipError>> {
+        let raft = self.host_mut(node).raft.as_mut()?;
+        let r = raft.change_membership(change.clone());
+        self.trace
+            .record(("change", node, self.now, &change, r.is_ok()));
+        if self.verbose {
+            eprintln!("{:>7} n{node} change {change:?}: {r:?}", self.now);
+        }
+        self.after_step(node);
+        self.process_ready(node);
+        Some(r)
+    }
+
+    /// Asks leader `node` to hand leadership to `to`; `None` if it is down.
+    pub fn transfer_leader(&mut self, node: u64, to: u64) -> Option<Result<(), TransferError>> {
+        let raft = self.host_mut(node).raft.as_mut()?;
+        let r = raft.transfer_leader(NodeId::new(to).expect("ids start at 1"));
+        self.trace
+            .record(("transfer", node, to, self.now, r.is_ok()));
+        if self.verbose {
+            eprintln!("{:>7} n{node} transfer to n{to}: {r:?}", self.now);
+        }
+        self.after_step(node);
+        self.process_ready(node);
+        Some(r)
+    }
+
+    /// The configuration in force at a running node (the last one in its log).
+    pub fn membership(&self, node: u64) -> Option<Membership> {
+        self.host(node)
+            .raft
+            .as_ref()
+            .map(|r| r.log().membership().clone())
+    }
+
+    /// Snapshot chunks sent over all nodes, and their bytes.
+    pub fn snapshot_traffic(&self) -> (u64, u64) {
+        self.hosts.iter().fold((0, 0), |(c, b), h| {
+            (c + h.snapshot_chunks_sent, b + h.snapshot_bytes_sent)
+        })
+    }
+
+    /// Largest persisted Raft state (hard state and log, without the snapshot) over all nodes.
+    pub fn raft_state_bytes_max(&self) -> u64 {
+        self.hosts
+            .iter()
+            .map(|h| h.disk.raft_state_bytes())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The durable snapshot index of `node` (0 without a snapshot).
+    pub fn snapshot_index(&self, node: u64) -> u64 {
+        self.host(node).disk.offset().index.0
+    }
+
     // ----- Time -----
 
     pub(crate) fn schedule(&mut self, delay_ms: u64, event: Event) {
@@ -596,8 +792,37 @@ impl Cluster {
         self.process_ready(to);
     }
 
-    fn send(&mut self, m: Message) {
+    fn send(&mut self, mut m: Message) {
         let from = m.from.get();
+        if let MessageBody::InstallSnapshot {
+            meta,
+            offset,
+            len,
+            data,
+        } = &mut m.body
+        {
+            // The edge fills a chunk from its current snapshot, or drops it if that snapshot
+            // was replaced.
+            let h = &mut self.hosts[(from - 1) as usize];
+            match &h.disk.snapshot {
+                Some((current, bytes)) if current == meta => {
+                    let (lo, hi) = (*offset as usize, (*offset + *len) as usize);
+                    if hi > bytes.len() || lo > hi {
+                        let n = bytes.len();
+                        self.fail(&format!(
+                            "node {from} asked to send bytes {lo}..{hi} of a {n}-byte snapshot"
+                        ));
+                    }
+                    *data = bytes[lo..hi].to_vec();
+                    h.snapshot_chunks_sent += 1;
+                    h.snapshot_bytes_sent += *len;
+                }
+                _ => {
+                    self.trace.record(("drop-stale-chunk", from, self.now));
+                    return;
+                }
+            }
+        }
         let sender = self.hosts[(from - 1) as usize]
             .raft
             .as_ref()
@@ -614,9 +839,15 @@ impl Cluster {
     }
 
     fn after_step(&mut self, node: u64) {
-        let h = &self.hosts[(node - 1) as usize];
+        let hosts = &self.hosts;
+        let h = &hosts[(node - 1) as usize];
         let raft = h.raft.as_ref().expect("checked node is alive");
-        let r = self.checker.after_step(node, h.incarnation, raft);
+        let holds = |n: u64, id: EntryId| {
+            hosts
+                .get((n as usize).wrapping_sub(1))
+                .is_some_and(|h| h.disk.holds(id))
+        };
+        let r = self.checker.after_step(node, h.incarnation, raft, &holds);
         self.checked(r);
     }
 
@@ -674,14 +905,18 @@ impl Cluster {
         let Some(rd) = self.host_mut(node).pending.take() else {
             return;
         };
-        if rd.snapshot.is_some() || !rd.snapshot_chunks.is_empty() {
-            // Nothing here compacts the log, so the core has no reason to send snapshots; the
-            // disk model does not store them yet (issue 4).
-            self.fail(&format!(
-                "node {node} handed out a snapshot, which the simulator does not model yet"
-            ));
+        let installed = match self.host_mut(node).disk.write(&rd) {
+            Ok(i) => i,
+            Err(e) => self.fail(&format!("node {node}: {e}")),
+        };
+        if let Some((meta, bytes)) = installed {
+            self.snapshots_installed += 1;
+            self.trace.record(("install", node, meta.last, self.now));
+            if self.verbose {
+                eprintln!("{:>7} n{node} installs snapshot {:?}", self.now, meta.last);
+            }
+            self.restore(node, &meta, &bytes);
         }
-        self.host_mut(node).disk.write(rd.hard_state, &rd.entries);
         if let Some(hs) = rd.hard_state {
             let r = self.checker.on_durable(node, &hs);
             self.checked(r);
@@ -724,6 +959,7 @@ impl Cluster {
             .expect("alive")
             .advance(rd.number);
         self.after_step(node);
+        self.maybe_snapshot(node);
     }
 
     /// End-of-run checks: a full Log Matching and committed-prefix pass over every live node.

@@ -1,45 +1,165 @@
 //! One simulated server: the real `raft::RawNode`, a simulated disk, and the application state
 //! (the applied log of the 6.5840 tests and the KV state machine).
 //!
-//! The disk model: a [`raft::Ready`]'s hard state and entries are *pending* from the moment the
-//! batch is taken until its sync completes (possibly much later, in virtual time). A crash loses
-//! every pending write (or, when the seed says so, lets it survive: written but not yet
-//! acknowledged data may or may not reach the platter). A restart rebuilds the node from what is
-//! durable, and nothing else.
+//! The disk model: a [`raft::Ready`]'s writes (hard state, entries, staged snapshot chunks and a
+//! snapshot to install) are *pending* from the moment the batch is taken until its sync
+//! completes (possibly much later, in virtual time). A crash loses every pending write (or, when
+//! the seed says so, lets the whole batch survive: written but not yet acknowledged data may or
+//! may not reach the platter). A restart rebuilds the node from what is durable, and nothing
+//! else.
+//!
+//! Snapshots the application takes itself are written atomically and synced before the core is
+//! told to compact (write to a temporary file, fsync, rename), so they are never pending: a
+//! crash keeps either the old snapshot and the full log, or the new snapshot and the log after
+//! it. An installed snapshot (from the leader) is part of its batch and follows the batch rules.
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
-use raft::{Entry, HardState, Index, Message, RawNode, Ready};
+use raft::{Entry, EntryId, HardState, Index, Message, RawNode, Ready, SnapshotMeta};
 
-use crate::kv::KvState;
+use crate::kv::{put_bytes, take_bytes, take_u32, take_u64, KvState, TAG_RAW};
+
+/// A stored snapshot: its meta and bytes (shared, never modified once written).
+pub type StoredSnapshot = (SnapshotMeta, Rc<Vec<u8>>);
+
+/// Integer commands by index, as a snapshot carries them.
+pub type RawCommands = Vec<(u64, Vec<u8>)>;
 
 /// Durable state of one node.
 #[derive(Clone, Debug, Default)]
 pub struct Disk {
     /// The synced hard state.
     pub hard_state: HardState,
-    /// The synced log, from index 1, contiguous.
+    /// The synced log after the snapshot, contiguous.
     pub entries: Vec<Entry>,
+    /// The current snapshot and its bytes.
+    pub snapshot: Option<StoredSnapshot>,
+    /// An incoming snapshot being staged: its meta and the bytes received so far, in order.
+    pub staging: Option<(SnapshotMeta, Vec<u8>)>,
 }
 
 impl Disk {
-    /// Applies a batch's writes: the hard state, and entries that replace everything from
-    /// `entries[0].index` on.
-    pub fn write(&mut self, hard_state: Option<HardState>, entries: &[Entry]) {
-        if let Some(hs) = hard_state {
+    /// The last entry the snapshot covers (zero without a snapshot).
+    pub fn offset(&self) -> EntryId {
+        self.snapshot
+            .as_ref()
+            .map_or(EntryId::default(), |(m, _)| m.last)
+    }
+
+    /// Applies a batch's writes in the documented order: staged chunks, the snapshot to
+    /// install, the hard state, then entries that replace everything from `entries[0].index`
+    /// on. Returns the installed snapshot, if any. `Err` when the core asks for something the
+    /// disk cannot do (a chunk out of order, installing an incomplete snapshot).
+    pub fn write(&mut self, rd: &Ready) -> Result<Option<StoredSnapshot>, String> {
+        for chunk in &rd.snapshot_chunks {
+            if chunk.offset == 0 {
+                self.staging = Some((chunk.meta.clone(), Vec::new()));
+            }
+            let Some((meta, bytes)) = self.staging.as_mut() else {
+                return Err(format!(
+                    "chunk at offset {} of snapshot {:?} with nothing staged",
+                    chunk.offset, chunk.meta.last
+                ));
+            };
+            if meta != &chunk.meta || bytes.len() as u64 != chunk.offset {
+                return Err(format!(
+                    "chunk at offset {} of snapshot {:?} does not continue the staged snapshot \
+                     {:?} ({} bytes staged)",
+                    chunk.offset,
+                    chunk.meta.last,
+                    meta.last,
+                    bytes.len()
+                ));
+            }
+            bytes.extend_from_slice(&chunk.data);
+        }
+        let mut installed = None;
+        if let Some(meta) = &rd.snapshot {
+            let staged = self.staging.take();
+            let Some((staged_meta, bytes)) = staged else {
+                return Err(format!(
+                    "install of snapshot {:?} with nothing staged",
+                    meta.last
+                ));
+            };
+            if &staged_meta != meta || bytes.len() as u64 != meta.size_bytes {
+                return Err(format!(
+                    "install of snapshot {:?} ({} bytes) but staged {:?} has {} bytes: a \
+                     partially received snapshot",
+                    meta.last,
+                    meta.size_bytes,
+                    staged_meta.last,
+                    bytes.len()
+                ));
+            }
+            let last = meta.last;
+            let keep_suffix = self
+                .entries
+                .iter()
+                .any(|e| e.index == last.index && e.term == last.term);
+            if keep_suffix {
+                self.entries.retain(|e| e.index > last.index);
+            } else {
+                self.entries.clear();
+            }
+            let bytes = Rc::new(bytes);
+            self.snapshot = Some((meta.clone(), bytes.clone()));
+            installed = Some((meta.clone(), bytes));
+        }
+        if let Some(hs) = rd.hard_state {
             self.hard_state = hs;
         }
-        if let Some(first) = entries.first() {
-            let keep = (first.index.0 - 1) as usize;
-            assert!(
-                keep <= self.entries.len(),
-                "write at {} leaves a gap after {}",
-                first.index,
-                self.entries.len()
-            );
+        if let Some(first) = rd.entries.first() {
+            let offset = self.offset().index.0;
+            if first.index.0 <= offset {
+                return Err(format!(
+                    "write of entry {} inside the snapshot (up to {offset})",
+                    first.index
+                ));
+            }
+            let keep = (first.index.0 - offset - 1) as usize;
+            if keep > self.entries.len() {
+                return Err(format!(
+                    "write at {} leaves a gap after {}",
+                    first.index,
+                    offset + self.entries.len() as u64
+                ));
+            }
             self.entries.truncate(keep);
-            self.entries.extend_from_slice(entries);
+            self.entries.extend_from_slice(&rd.entries);
         }
+        Ok(installed)
+    }
+
+    /// Stores a snapshot the application took (atomically, synced) and drops the entries it
+    /// covers.
+    pub fn compact(&mut self, meta: SnapshotMeta, bytes: Vec<u8>) {
+        self.entries.retain(|e| e.index > meta.last.index);
+        self.snapshot = Some((meta, Rc::new(bytes)));
+    }
+
+    /// Whether the durable state holds entry `id`: in the log, or covered by the snapshot
+    /// (which holds committed entries only).
+    pub fn holds(&self, id: EntryId) -> bool {
+        if id.index <= self.offset().index {
+            return true;
+        }
+        self.entries
+            .iter()
+            .rev()
+            .find(|e| e.index == id.index)
+            .is_some_and(|e| e.term == id.term)
+    }
+
+    /// Bytes of persisted Raft state (6.5840's `RaftStateSize`): hard state and log, not the
+    /// snapshot.
+    pub fn raft_state_bytes(&self) -> u64 {
+        24 + self
+            .entries
+            .iter()
+            .map(|e| 24 + e.data.len() as u64)
+            .sum::<u64>()
     }
 }
 
@@ -66,8 +186,12 @@ pub struct Host {
     pub applied: BTreeMap<u64, Vec<u8>>,
     /// Highest index applied in this incarnation.
     pub applied_index: Index,
-    /// The KV state machine (rebuilt after a restart by re-applying the log).
+    /// The KV state machine (rebuilt after a restart from the snapshot and the log).
     pub kv: KvState,
+    /// Bytes of snapshot chunks this node sent (filled `InstallSnapshot` requests).
+    pub snapshot_bytes_sent: u64,
+    /// `InstallSnapshot` requests this node sent.
+    pub snapshot_chunks_sent: u64,
 }
 
 impl Host {
@@ -85,13 +209,45 @@ impl Host {
             applied: BTreeMap::new(),
             applied_index: Index(0),
             kv: KvState::default(),
+            snapshot_bytes_sent: 0,
+            snapshot_chunks_sent: 0,
         }
+    }
+
+    /// The application's snapshot at `index`: the 6.5840 integer commands applied up to it
+    /// (like the lab's `xlog`) and the KV state machine.
+    pub fn encode_app_state(&self, index: Index) -> Vec<u8> {
+        let mut out = Vec::new();
+        let raw: Vec<(&u64, &Vec<u8>)> = self
+            .applied
+            .range(..=index.0)
+            .filter(|(_, d)| d.first() == Some(&TAG_RAW))
+            .collect();
+        out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        for (i, d) in raw {
+            out.extend_from_slice(&i.to_le_bytes());
+            put_bytes(&mut out, d);
+        }
+        self.kv.encode_into(&mut out);
+        out
     }
 
     /// Whether the node is running (it may be paused).
     pub fn alive(&self) -> bool {
         self.raft.is_some()
     }
+}
+
+/// Parses [`Host::encode_app_state`]'s output: the integer commands by index, and the KV state.
+pub fn decode_app_state(mut b: &[u8]) -> Option<(RawCommands, KvState)> {
+    let b = &mut b;
+    let mut raw = Vec::new();
+    for _ in 0..take_u32(b)? {
+        let i = take_u64(b)?;
+        raw.push((i, take_bytes(b)?));
+    }
+    let kv = KvState::decode_from(b)?;
+    b.is_empty().then_some((raw, kv))
 }
 
 #[cfg(test)]
@@ -111,8 +267,12 @@ mod tests {
     #[test]
     fn writes_replace_the_suffix() {
         let mut d = Disk::default();
-        d.write(None, &[e(1, 1), e(2, 1), e(3, 1)]);
-        d.write(None, &[e(2, 2)]);
+        let rd = |entries| Ready {
+            entries,
+            ..Ready::default()
+        };
+        d.write(&rd(vec![e(1, 1), e(2, 1), e(3, 1)])).unwrap();
+        d.write(&rd(vec![e(2, 2)])).unwrap();
         assert_eq!(d.entries, vec![e(1, 1), e(2, 2)]);
     }
 }

@@ -105,10 +105,68 @@ impl KvState {
         Some((cmd.client, cmd.seq))
     }
 
+    /// Serializes the state (data and sessions) for a snapshot.
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.data.len() as u32).to_le_bytes());
+        for (k, v) in &self.data {
+            put_bytes(out, k.as_bytes());
+            put_bytes(out, v.as_bytes());
+        }
+        out.extend_from_slice(&(self.sessions.len() as u32).to_le_bytes());
+        for (c, s) in &self.sessions {
+            out.extend_from_slice(&c.to_le_bytes());
+            out.extend_from_slice(&s.to_le_bytes());
+        }
+    }
+
+    /// Parses [`KvState::encode_into`]'s output, advancing `b`.
+    pub fn decode_from(b: &mut &[u8]) -> Option<KvState> {
+        let mut kv = KvState::default();
+        for _ in 0..take_u32(b)? {
+            let k = String::from_utf8(take_bytes(b)?).ok()?;
+            let v = String::from_utf8(take_bytes(b)?).ok()?;
+            kv.data.insert(k, v);
+        }
+        for _ in 0..take_u32(b)? {
+            let c = take_u64(b)?;
+            let s = take_u64(b)?;
+            kv.sessions.insert(c, s);
+        }
+        Some(kv)
+    }
+
     /// The value of `key`, empty if absent.
     pub fn get(&self, key: &str) -> String {
         self.data.get(key).cloned().unwrap_or_default()
     }
+}
+
+/// Appends a length-prefixed byte string.
+pub fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Takes a little-endian `u32`.
+pub fn take_u32(b: &mut &[u8]) -> Option<u32> {
+    let v = u32::from_le_bytes(b.get(..4)?.try_into().ok()?);
+    *b = &b[4..];
+    Some(v)
+}
+
+/// Takes a little-endian `u64`.
+pub fn take_u64(b: &mut &[u8]) -> Option<u64> {
+    let v = u64::from_le_bytes(b.get(..8)?.try_into().ok()?);
+    *b = &b[8..];
+    Some(v)
+}
+
+/// Takes a length-prefixed byte string.
+pub fn take_bytes(b: &mut &[u8]) -> Option<Vec<u8>> {
+    let n = take_u32(b)? as usize;
+    let v = b.get(..n)?.to_vec();
+    *b = &b[n..];
+    Some(v)
 }
 
 #[cfg(test)]
@@ -130,5 +188,10 @@ mod tests {
         assert_eq!(kv.apply(&data), Some((3, 7)));
         assert_eq!(kv.get("k"), "x");
         assert_eq!(kv.apply(&[TAG_RAW, 1, 2]), None);
+        let mut bytes = Vec::new();
+        kv.encode_into(&mut bytes);
+        let back = KvState::decode_from(&mut bytes.as_slice()).unwrap();
+        assert_eq!(back.get("k"), "x");
+        assert_eq!(back.sessions, kv.sessions);
     }
 }

@@ -36,6 +36,15 @@ impl ElectionSafety {
     }
 
     /// `voter` sent a granted vote for `candidate` in `term`.
+    /// The voters seen granting `candidate` their vote in `term`.
+    pub fn votes_for(&self, term: Term, candidate: u64) -> std::collections::BTreeSet<u64> {
+        self.votes
+            .iter()
+            .filter(|(&(_, t), &c)| t == term && c == candidate)
+            .map(|(&(v, _), _)| v)
+            .collect()
+    }
+
     pub fn observe_vote(&mut self, voter: u64, term: Term, candidate: u64) -> Check {
         match self.votes.get(&(voter, term)) {
             Some(&other) if other != candidate => violation(

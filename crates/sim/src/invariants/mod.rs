@@ -10,12 +10,16 @@ mod leader_append_only;
 mod leader_completeness;
 mod log_matching;
 mod monotonic;
+pub mod quorum;
 mod state_machine_safety;
 
 use std::collections::BTreeMap;
 use std::hash::Hasher;
 
-use raft::{Entry, EntryKind, HardState, Index, Message, MessageBody, RawNode, Role, Term};
+use raft::{
+    Entry, EntryId, EntryKind, HardState, Index, Membership, Message, MessageBody, RawNode, Role,
+    Term,
+};
 
 use crate::trace::Fnv;
 
@@ -74,6 +78,7 @@ struct Shadow {
     term: Term,
     /// Role observed.
     role: Option<Role>,
+    membership: Option<Membership>,
 }
 
 /// Runs every invariant module.
@@ -91,7 +96,13 @@ pub struct Checker {
 
 impl Checker {
     /// Observes node `node` after a step (tick, message, proposal, read, advance).
-    pub fn after_step(&mut self, node: u64, incarnation: u64, raft: &RawNode) -> Check {
+    pub fn after_step(
+        &mut self,
+        node: u64,
+        incarnation: u64,
+        raft: &RawNode,
+        holds: &dyn Fn(u64, EntryId) -> bool,
+    ) -> Check {
         raft.check_invariants();
         let mut shadow = self.shadows.remove(&node).unwrap_or_default();
         if shadow.incarnation != incarnation {
@@ -100,41 +111,78 @@ impl Checker {
                 ..Shadow::default()
             };
         }
-        let result = self.observe(node, raft, &mut shadow);
+        let result = self.observe(node, raft, &mut shadow, holds);
         self.shadows.insert(node, shadow);
         result
     }
 
-    fn observe(&mut self, node: u64, raft: &RawNode, shadow: &mut Shadow) -> Check {
+    fn observe(
+        &mut self,
+        node: u64,
+        raft: &RawNode,
+        shadow: &mut Shadow,
+        holds: &dyn Fn(u64, EntryId) -> bool,
+    ) -> Check {
         let log = raft.log();
         let status = raft.status();
         let last = log.last_index().0;
-        // Longest prefix of the shadow that still agrees with the log, by term.
+        // Longest prefix of the shadow that still agrees with the log, by term. Entries below
+        // the snapshot (`offset`) were compacted: the shadow keeps their terms (or a
+        // placeholder, term 0, when they arrived by snapshot) and only the rest, plus the
+        // snapshot's own last entry, can be compared.
+        let offset = log.offset();
         let mut keep = (shadow.terms.len() as u64).min(last);
-        while keep > 0 && log.term(Index(keep)) != Some(shadow.terms[keep as usize - 1]) {
+        while keep > offset.index.0
+            && log.term(Index(keep)) != Some(shadow.terms[keep as usize - 1])
+        {
+            keep -= 1;
+        }
+        if keep == offset.index.0
+            && keep > 0
+            && shadow.terms[keep as usize - 1] != offset.term
+            && shadow.terms[keep as usize - 1] != Term(0)
+        {
             keep -= 1;
         }
         let changed_from = Index(keep + 1);
         let old_len = shadow.terms.len() as u64;
         self.mono
             .check_step(node, shadow, &status, changed_from, old_len)?;
-        let new_entries = if keep < last {
-            log.slice(changed_from, Index(last), u64::MAX)
+        let from = keep.max(offset.index.0);
+        let new_entries = if from < last {
+            log.slice(Index(from + 1), Index(last), u64::MAX)
         } else {
             Vec::new()
         };
-        let prev_term = log.term(Index(keep)).unwrap_or_default();
+        let prev_term = log.term(Index(from)).unwrap_or_default();
         self.matching.check_entries(node, prev_term, &new_entries)?;
+        quorum::check_transitions(node, raft, &new_entries)?;
         shadow.terms.truncate(keep as usize);
+        while (shadow.terms.len() as u64) < offset.index.0 {
+            let i = shadow.terms.len() as u64 + 1;
+            shadow.terms.push(if i == offset.index.0 {
+                offset.term
+            } else {
+                Term(0)
+            });
+        }
         shadow.terms.extend(new_entries.iter().map(|e| e.term));
         if status.commit > shadow.commit {
-            let committed = log.slice(shadow.commit.next(), status.commit, u64::MAX);
-            self.sms.record_committed(node, status.term, &committed)?;
+            let lo = shadow.commit.next().max(log.first_index());
+            if lo <= status.commit {
+                let committed = log.slice(lo, status.commit, u64::MAX);
+                self.sms.record_committed(node, status.term, &committed)?;
+            }
+            if status.role == Role::Leader && shadow.role == Some(Role::Leader) {
+                quorum::check_commit(node, raft, shadow.membership.as_ref(), holds)?;
+            }
         }
         if status.role == Role::Leader {
             let new_leader = shadow.role != Some(Role::Leader) || shadow.term != status.term;
             self.election.observe_leader(node, status.term)?;
             if new_leader {
+                let votes = self.election.votes_for(status.term, node);
+                quorum::check_election(node, raft, &votes)?;
                 self.completeness.check_new_leader(node, raft, &self.sms)?;
                 self.append_only.start_term(node, raft);
             } else {
@@ -145,6 +193,7 @@ impl Checker {
         shadow.commit = status.commit;
         shadow.term = status.term;
         shadow.role = Some(status.role);
+        shadow.membership = Some(log.membership().clone());
         Ok(())
     }
 
@@ -174,6 +223,12 @@ impl Checker {
     }
 
     /// Observes a hard state becoming durable on `node`.
+    /// The application restored its state machine from a snapshot ending at `last` (after an
+    /// install, or on restart).
+    pub fn on_restore(&mut self, node: u64, incarnation: u64, last: EntryId) -> Check {
+        self.sms.on_restore(node, incarnation, last)
+    }
+
     pub fn on_durable(&mut self, node: u64, hs: &HardState) -> Check {
         self.mono.on_durable(node, hs)
     }

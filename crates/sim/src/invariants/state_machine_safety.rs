@@ -70,6 +70,37 @@ impl StateMachineSafety {
     }
 
     /// Every entry known committed at or below `node`'s commit index is in its log.
+    /// A node restored its state machine from a snapshot ending at `last`: that must not move
+    /// it backwards within an incarnation, and `last` must be the committed entry at its index.
+    pub fn on_restore(&mut self, node: u64, incarnation: u64, last: raft::EntryId) -> Check {
+        let (inc, applied) = self.applied.get(&node).copied().unwrap_or((incarnation, 0));
+        let applied = if inc == incarnation { applied } else { 0 };
+        if last.index.0 < applied {
+            return violation(
+                NAME,
+                format!(
+                    "node {node} restored a snapshot ending at {}@{} after applying index \
+                     {applied}: its state machine went backwards",
+                    last.index, last.term
+                ),
+            );
+        }
+        if let Some(&(term, _, _, other)) = self.committed.get(&last.index.0) {
+            if term != last.term {
+                return violation(
+                    NAME,
+                    format!(
+                        "node {node} restored a snapshot ending at {}@{}, but node {other} \
+                         committed term {term} there",
+                        last.index, last.term
+                    ),
+                );
+            }
+        }
+        self.applied.insert(node, (incarnation, last.index.0));
+        Ok(())
+    }
+
     pub fn check_committed_prefix(&self, node: u64, raft: &RawNode) -> Check {
         let log = raft.log();
         for (&index, &(term, _, _, other)) in self.committed.range(..=log.committed().0) {

@@ -1,4 +1,5 @@
-//! The crate's error type for starting and running a server.
+//! The crate's error type for starting and running a server. Wrapped errors are displayed
+//! inline and not exposed as `source()`, so that `{:#}` chains do not print them twice.
 
 /// Why a server could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -8,26 +9,42 @@ pub enum ServerError {
     Config(String),
     /// The durable Raft log failed.
     #[error("raft storage: {0}")]
-    Storage(#[from] storage::StorageError),
+    Storage(storage::StorageError),
     /// The key-value state machine failed.
     #[error("state machine: {0}")]
-    Kv(#[from] kv::Error),
+    Kv(kv::Error),
     /// The Raft core refused to start.
     #[error("raft: {0}")]
-    Raft(#[from] raft::StartError),
+    Raft(raft::StartError),
     /// A listener could not be bound or served.
-    #[error("{what}: {source}")]
+    #[error("{what}: {error}")]
     Io {
         /// What we were doing.
         what: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error (shown inline).
+        error: std::io::Error,
     },
     /// A gRPC server failed.
     #[error("grpc server: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    Transport(tonic::transport::Error),
     /// Something the server does not support yet was required.
     #[error("unsupported: {0}")]
     Unsupported(String),
 }
+
+macro_rules! from_inline {
+    ($($variant:ident($t:ty)),*) => {$(
+        impl From<$t> for ServerError {
+            fn from(e: $t) -> Self {
+                ServerError::$variant(e)
+            }
+        }
+    )*};
+}
+
+from_inline!(
+    Storage(storage::StorageError),
+    Kv(kv::Error),
+    Raft(raft::StartError),
+    Transport(tonic::transport::Error)
+);

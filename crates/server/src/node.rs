@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::{EntryKind, Index, Message, NodeId, RawNode, ReadCtx, Ready, Role};
+use raft::{EntryKind, Message, NodeId, RawNode, ReadCtx, Ready, Role};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ServerError;
@@ -403,9 +403,4 @@ fn status_of(raw: &RawNode) -> NodeStatus {
         commit: s.commit.0,
         applied: s.applied.0,
     }
-}
-
-/// The applied index the state machine reports, as the core's type.
-pub fn applied_index(kv: &kv::Store) -> Result<Index, ServerError> {
-    Ok(Index(kv.applied_index()?))
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::{Index, Membership, NodeId, RawNode};
+use raft::{Index, Membership, RawNode};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -90,9 +90,9 @@ pub async fn run(
         .ok_or_else(|| ServerError::Config("member vanished".into()))?
         .clone();
     let cluster_id = spec.cluster_id;
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::Io {
+    std::fs::create_dir_all(&config.data_dir).map_err(|error| ServerError::Io {
         what: format!("create data dir {}", config.data_dir.display()),
-        source,
+        error,
     })?;
 
     // The durable log, checked to belong to this cluster and member.
@@ -251,9 +251,9 @@ fn flatten(r: Result<Result<(), ServerError>, tokio::task::JoinError>) -> Result
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ServerError::Io {
+        .map_err(|error| ServerError::Io {
             what: format!("bind {what} address {addr}"),
-            source,
+            error,
         })
 }
 
@@ -265,9 +265,4 @@ fn seed() -> u64 {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     nanos ^ u64::from(std::process::id()).rotate_left(32)
-}
-
-/// Ids of a definition, for logs and tests.
-pub fn member_ids(spec: &ClusterSpec) -> Vec<NodeId> {
-    spec.members.keys().copied().collect()
 }

@@ -230,4 +230,5 @@ fn a_data_dir_of_another_cluster_is_refused() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("data dir belongs to"), "{stderr}");
+    assert_eq!(stderr.matches("data dir belongs to").count(), 1, "{stderr}");
 }

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -315,12 +315,4 @@ pub fn etcdctl_ok(endpoints: &str, args: &[&str], stdin: &str) -> CtlOutput {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-pub fn data_dir(c: &Cluster, i: usize) -> PathBuf {
-    c.dir.path().join(&c.members[i].name)
-}
-
-pub fn exists(p: &Path) -> bool {
-    p.exists()
 }

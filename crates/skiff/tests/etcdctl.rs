@@ -65,6 +65,18 @@ fn etcdctl_session() {
     assert_eq!(etcdctl_ok(&eps, &["get", "foo"], "").stdout, "");
     assert_eq!(etcdctl_ok(&eps, &["del", "nothing"], "").stdout, "0\n");
 
+    // Compaction: history below the revision is gone, with etcd's error.
+    let compact = etcdctl_ok(&eps, &["compaction", "3"], "");
+    assert_eq!(compact.stdout, "compacted revision 3\n");
+    let old = etcdctl(&eps, &["get", "foo2", "--rev=2"], "");
+    assert!(!old.ok);
+    assert!(
+        old.stderr
+            .contains("etcdserver: mvcc: required revision has been compacted"),
+        "{}",
+        old.stderr
+    );
+
     // endpoint status: one row per member, exactly one leader, same term.
     let status = etcdctl_ok(&eps, &["endpoint", "status", "-w", "simple"], "");
     let rows: Vec<&str> = status.stdout.lines().collect();

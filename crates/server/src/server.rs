@@ -23,7 +23,7 @@ use crate::error::ServerError;
 use crate::node::{NodeTask, INBOUND_QUEUE_MAX};
 use crate::pb::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
 use crate::pb::skiff::raft::v1::raft_server::RaftServer;
-use crate::transport::{Peers, RaftService, PEER_MSG_BYTES_MAX};
+use crate::transport::{Faults, Peers, RaftService, PEER_MSG_BYTES_MAX};
 
 /// gRPC framing allowance on top of the request limit (etcd's `grpcOverheadBytes`), so that an
 /// oversized request reaches the server and gets etcd's "request is too large" message.
@@ -50,7 +50,13 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// Minimum election timeout.
     pub election: Duration,
+    /// Testing only: a file naming members (whitespace-separated) whose traffic with this one is
+    /// dropped, re-read every [`FAULT_FILE_POLL`]; missing means none.
+    pub fault_file: Option<PathBuf>,
 }
+
+/// How often the fault file is re-read.
+pub const FAULT_FILE_POLL: Duration = Duration::from_millis(100);
 
 impl ServerConfig {
     /// Checks the settings against each other; the message names the flag at fault.
@@ -149,6 +155,10 @@ pub async fn run(
     let client_listener = bind(config.listen_client, "client").await?;
     let peer_listener = bind(config.listen_peer, "peer").await?;
 
+    let faults = Arc::new(Faults::default());
+    if let Some(path) = config.fault_file.clone() {
+        tokio::spawn(watch_fault_file(path, spec.clone(), faults.clone()));
+    }
     let peers = Arc::new(
         Peers::start(
             cluster_id,
@@ -156,6 +166,7 @@ pub async fn run(
                 .values()
                 .filter(|m| m.id != me.id)
                 .map(|m| (m.id, m.peer_url.clone())),
+            faults.clone(),
         )
         .map_err(ServerError::Config)?,
     );
@@ -178,7 +189,7 @@ pub async fn run(
         );
     let peer_server = tonic::transport::Server::builder()
         .add_service(
-            RaftServer::new(RaftService::new(cluster_id, me.id, inbound_tx, api))
+            RaftServer::new(RaftService::new(cluster_id, me.id, inbound_tx, api, faults))
                 .max_decoding_message_size(PEER_MSG_BYTES_MAX)
                 .max_encoding_message_size(PEER_MSG_BYTES_MAX),
         )
@@ -239,6 +250,24 @@ fn client_routes(api: &Api) -> tonic::service::Routes {
             }),
         );
     tonic::service::Routes::from(router)
+}
+
+/// Applies the fault file to `faults` until the server stops.
+async fn watch_fault_file(path: PathBuf, spec: ClusterSpec, faults: Arc<Faults>) {
+    let mut last = None;
+    loop {
+        let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
+        if last.as_ref() != Some(&text) {
+            let blocked = text
+                .split_whitespace()
+                .filter_map(|name| spec.member_by_name(name).map(|m| m.id))
+                .collect();
+            tracing::warn!(file = %path.display(), cut_off = %text.trim(), "fault hook: peers cut off");
+            faults.set_blocked(blocked);
+            last = Some(text);
+        }
+        tokio::time::sleep(FAULT_FILE_POLL).await;
+    }
 }
 
 fn flatten(r: Result<Result<(), ServerError>, tokio::task::JoinError>) -> Result<(), ServerError> {

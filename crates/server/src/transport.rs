@@ -9,7 +9,8 @@
 //! Receiving: [`RaftService`] decodes and validates each message and hands it to the node
 //! task's bounded inbound queue; malformed input is an `InvalidArgument` answer, never a crash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use raft::{Message, NodeId};
@@ -37,10 +38,36 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long one `Send` call may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A fault hook for tests: peers whose traffic is dropped in both directions, as if the network
+/// between them and this member were cut. Empty in normal operation.
+#[derive(Debug, Default)]
+pub struct Faults {
+    blocked: std::sync::RwLock<BTreeSet<NodeId>>,
+}
+
+impl Faults {
+    /// Replaces the set of cut-off peers.
+    pub fn set_blocked(&self, peers: BTreeSet<NodeId>) {
+        match self.blocked.write() {
+            Ok(mut b) => *b = peers,
+            Err(poisoned) => *poisoned.into_inner() = peers,
+        }
+    }
+
+    /// Whether traffic with `peer` is dropped.
+    pub fn is_blocked(&self, peer: NodeId) -> bool {
+        match self.blocked.read() {
+            Ok(b) => b.contains(&peer),
+            Err(poisoned) => poisoned.into_inner().contains(&peer),
+        }
+    }
+}
+
 /// Outgoing queues to every other member, and gRPC channels for forwarding writes.
 pub struct Peers {
     queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
     channels: BTreeMap<NodeId, Channel>,
+    faults: Arc<Faults>,
 }
 
 impl Peers {
@@ -49,6 +76,7 @@ impl Peers {
     pub fn start(
         cluster_id: u64,
         peers: impl IntoIterator<Item = (NodeId, String)>,
+        faults: Arc<Faults>,
     ) -> Result<Peers, String> {
         let mut queues = BTreeMap::new();
         let mut channels = BTreeMap::new();
@@ -63,11 +91,18 @@ impl Peers {
             queues.insert(id, tx);
             channels.insert(id, channel);
         }
-        Ok(Peers { queues, channels })
+        Ok(Peers {
+            queues,
+            channels,
+            faults,
+        })
     }
 
     /// Queues `m` for its recipient; drops it if the queue is full or the peer unknown.
     pub fn send(&self, m: Message) {
+        if self.faults.is_blocked(m.to) {
+            return;
+        }
         let Some(q) = self.queues.get(&m.to) else {
             tracing::warn!(to = m.to.get(), "message to an unknown peer dropped");
             return;
@@ -79,6 +114,9 @@ impl Peers {
 
     /// A client for forwarding writes to `id`.
     pub fn client(&self, id: NodeId) -> Option<RaftClient<Channel>> {
+        if self.faults.is_blocked(id) {
+            return None;
+        }
         self.channels.get(&id).map(|c| {
             RaftClient::new(c.clone())
                 .max_decoding_message_size(PEER_MSG_BYTES_MAX)
@@ -158,16 +196,24 @@ pub struct RaftService<F> {
     me: NodeId,
     inbound: mpsc::Sender<Message>,
     writes: F,
+    faults: Arc<Faults>,
 }
 
 impl<F> RaftService<F> {
     /// Delivers valid messages for `me` of cluster `cluster_id` to `inbound`.
-    pub fn new(cluster_id: u64, me: NodeId, inbound: mpsc::Sender<Message>, writes: F) -> Self {
+    pub fn new(
+        cluster_id: u64,
+        me: NodeId,
+        inbound: mpsc::Sender<Message>,
+        writes: F,
+        faults: Arc<Faults>,
+    ) -> Self {
         RaftService {
             cluster_id,
             me,
             inbound,
             writes,
+            faults,
         }
     }
 }
@@ -193,6 +239,10 @@ impl<F: ForwardedWrites> pb::raft_server::Raft for RaftService<F> {
                     "message for node {}, this is node {}",
                     m.to, self.me
                 )));
+            }
+            if self.faults.is_blocked(m.from) {
+                // Cut off by the fault hook: lost, as on a broken network.
+                continue;
             }
             match self.inbound.try_send(m) {
                 Ok(()) => {}

@@ -69,6 +69,9 @@ struct ServeArgs {
     /// member, so members never outlive their parent, even if it is SIGKILLed.
     #[arg(long, hide = true)]
     stop_on_stdin_eof: bool,
+    /// Testing only: a file naming members this one cannot talk to (see `ServerConfig`).
+    #[arg(long, hide = true)]
+    fault_file: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -118,6 +121,7 @@ impl ServeArgs {
             new_cluster: self.initial_cluster_state == "new",
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election: Duration::from_millis(self.election_timeout),
+            fault_file: self.fault_file.clone(),
         };
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)

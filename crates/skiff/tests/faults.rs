@@ -156,3 +156,51 @@ async fn a_paused_leader_comes_back_without_stale_reads() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_leader_neither_commits_nor_serves_stale_reads() {
+    let c = Cluster::start(3);
+    let all = [0, 1, 2];
+    let old = c.wait_leader(&all).await;
+    put_retrying(&c, old, "p", "1").await;
+
+    c.isolate(old);
+    let majority: Vec<usize> = all.iter().copied().filter(|&i| i != old).collect();
+    let new = c.wait_leader(&majority).await;
+    assert_ne!(new, old);
+    put_retrying(&c, majority[0], "p", "2").await;
+    put_retrying(&c, majority[1], "q", "1").await;
+
+    // The minority side cannot commit or confirm reads: both fail rather than lie.
+    let mut kv = c.kv(old).await.expect("connect to the isolated member");
+    let w = kv
+        .put(epb::PutRequest {
+            key: b"lost".to_vec(),
+            value: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await;
+    assert!(w.is_err(), "isolated member acknowledged a write: {w:?}");
+    assert!(
+        linearizable_get(&c, old, "p").await.is_err(),
+        "isolated member served a linearizable read"
+    );
+
+    c.heal();
+    let deadline = Instant::now() + PATIENCE;
+    for i in all {
+        while linearizable_get(&c, i, "q").await.ok().flatten().as_deref() != Some(&b"1"[..]) {
+            assert!(Instant::now() < deadline, "member {i} never converged");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            linearizable_get(&c, i, "p").await.ok().flatten().as_deref(),
+            Some(&b"2"[..]),
+            "member {i}"
+        );
+    }
+    // The write the isolated leader could not commit never shows up.
+    for i in all {
+        assert_eq!(linearizable_get(&c, i, "lost").await.ok().flatten(), None);
+    }
+}

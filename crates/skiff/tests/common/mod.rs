@@ -69,6 +69,32 @@ impl Cluster {
         c
     }
 
+    /// The fault file of member `i` (see `skiff serve --fault-file`).
+    pub fn fault_file(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join(format!("{}.faults", self.members[i].name))
+    }
+
+    /// Cuts member `i` off from every other member, in both directions.
+    pub fn isolate(&self, i: usize) {
+        let others: Vec<&str> = (0..self.members.len())
+            .filter(|&j| j != i)
+            .map(|j| self.members[j].name.as_str())
+            .collect();
+        std::fs::write(self.fault_file(i), others.join(" ")).expect("write fault file");
+        for j in (0..self.members.len()).filter(|&j| j != i) {
+            std::fs::write(self.fault_file(j), &self.members[i].name).expect("write fault file");
+        }
+    }
+
+    /// Removes every fault.
+    pub fn heal(&self) {
+        for j in 0..self.members.len() {
+            let _ = std::fs::remove_file(self.fault_file(j));
+        }
+    }
+
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.dir
             .path()
@@ -99,6 +125,8 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .arg("--stop-on-stdin-eof")
+            .arg("--fault-file")
+            .arg(self.fault_file(i))
             .env("RUST_LOG", "info")
             .stdin(Stdio::piped())
             .stdout(log)

@@ -189,6 +189,11 @@ pub struct Cluster {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader, over all nodes.
     pub snapshots_installed: u64,
+    /// Bytes of the snapshots installed from a leader, over all nodes (what a transfer without
+    /// loss or resends would have sent).
+    pub snapshot_bytes_installed: u64,
+    /// Chunks those installs needed at the configured chunk size.
+    pub snapshot_chunks_needed: u64,
 }
 
 impl Cluster {
@@ -226,6 +231,8 @@ impl Cluster {
             initial_voters,
             snapshots_taken: 0,
             snapshots_installed: 0,
+            snapshot_bytes_installed: 0,
+            snapshot_chunks_needed: 0,
         };
         for id in 1..=c.config.nodes as u64 {
             c.start(id);
@@ -703,6 +710,11 @@ impl Cluster {
         })
     }
 
+    /// Snapshot chunks dropped at the edge because the snapshot was replaced, over all nodes.
+    pub fn snapshot_chunks_dropped(&self) -> u64 {
+        self.hosts.iter().map(|h| h.snapshot_chunks_dropped).sum()
+    }
+
     /// Largest persisted Raft state (hard state and log, without the snapshot) over all nodes.
     pub fn raft_state_bytes_max(&self) -> u64 {
         self.hosts
@@ -818,6 +830,7 @@ impl Cluster {
                     h.snapshot_bytes_sent += *len;
                 }
                 _ => {
+                    h.snapshot_chunks_dropped += 1;
                     self.trace.record(("drop-stale-chunk", from, self.now));
                     return;
                 }
@@ -911,6 +924,11 @@ impl Cluster {
         };
         if let Some((meta, bytes)) = installed {
             self.snapshots_installed += 1;
+            self.snapshot_bytes_installed += meta.size_bytes;
+            self.snapshot_chunks_needed += meta
+                .size_bytes
+                .div_ceil(self.config.snapshot_chunk_bytes)
+                .max(1);
             self.trace.record(("install", node, meta.last, self.now));
             if self.verbose {
                 eprintln!("{:>7} n{node} installs snapshot {:?}", self.now, meta.last);

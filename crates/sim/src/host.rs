@@ -192,6 +192,8 @@ pub struct Host {
     pub snapshot_bytes_sent: u64,
     /// `InstallSnapshot` requests this node sent.
     pub snapshot_chunks_sent: u64,
+    /// `InstallSnapshot` requests dropped at the edge because their snapshot was replaced.
+    pub snapshot_chunks_dropped: u64,
 }
 
 impl Host {
@@ -211,6 +213,7 @@ impl Host {
             kv: KvState::default(),
             snapshot_bytes_sent: 0,
             snapshot_chunks_sent: 0,
+            snapshot_chunks_dropped: 0,
         }
     }
 

@@ -97,6 +97,13 @@ scenario_tests! {
     figure8_unreliable => "Figure8Unreliable", SEEDS;
     reliable_churn => "ReliableChurn", SEEDS;
     unreliable_churn => "UnreliableChurn", SEEDS;
+    snapshot_basic => "SnapshotBasic", SEEDS;
+    snapshot_install => "SnapshotInstall", SEEDS;
+    snapshot_install_unreliable => "SnapshotInstallUnreliable", SEEDS;
+    snapshot_install_crash => "SnapshotInstallCrash", SEEDS;
+    snapshot_install_uncrash => "SnapshotInstallUnCrash", SEEDS;
+    snapshot_all_crash => "SnapshotAllCrash", SEEDS;
+    snapshot_init => "SnapshotInit", SEEDS;
     kv_concurrent_partitions => "KvConcurrentPartitions", SEEDS;
     kv_lease_partitions => "KvLeasePartitions", SEEDS;
     kv_stale_leader => "KvStaleLeader", SEEDS;

@@ -6,6 +6,7 @@ pub mod lab;
 pub mod raft_3a;
 pub mod raft_3b;
 pub mod raft_3c;
+pub mod raft_3d;
 pub mod swarm;
 
 use crate::cluster::Cluster;
@@ -108,6 +109,34 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "UnreliableChurn",
         run: raft_3c::unreliable_churn,
+    },
+    Scenario {
+        name: "SnapshotBasic",
+        run: raft_3d::snapshot_basic,
+    },
+    Scenario {
+        name: "SnapshotInstall",
+        run: raft_3d::snapshot_install,
+    },
+    Scenario {
+        name: "SnapshotInstallUnreliable",
+        run: raft_3d::snapshot_install_unreliable,
+    },
+    Scenario {
+        name: "SnapshotInstallCrash",
+        run: raft_3d::snapshot_install_crash,
+    },
+    Scenario {
+        name: "SnapshotInstallUnCrash",
+        run: raft_3d::snapshot_install_uncrash,
+    },
+    Scenario {
+        name: "SnapshotAllCrash",
+        run: raft_3d::snapshot_all_crash,
+    },
+    Scenario {
+        name: "SnapshotInit",
+        run: raft_3d::snapshot_init,
     },
     Scenario {
         name: "KvConcurrentPartitions",

@@ -45,6 +45,9 @@ pub struct Client {
     pub servers: Vec<u64>,
     /// Index (mod len) of the server to try next.
     pub next: usize,
+    /// After following a leader hint: where to continue if the hinted server is not the
+    /// leader either (two removed servers can point at each other forever).
+    pub resume: Option<usize>,
     /// Last sequence number used.
     pub seq: u64,
     /// The operation in progress.
@@ -71,6 +74,7 @@ impl Client {
             id,
             servers,
             next: 0,
+            resume: None,
             seq: 0,
             pending: None,
             queue: VecDeque::new(),

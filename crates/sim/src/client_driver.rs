@@ -170,9 +170,16 @@ impl Cluster {
                     Some(Err(ProposeError::NotLeader { leader })) => {
                         let c = &mut self.clients[ci];
                         c.pending.as_mut().expect("pending").at = None;
-                        match leader.and_then(|l| c.servers.iter().position(|&s| s == l.get())) {
-                            Some(pos) => c.next = pos,
-                            None => c.next += 1,
+                        let hint =
+                            leader.and_then(|l| c.servers.iter().position(|&s| s == l.get()));
+                        match (c.resume.take(), hint) {
+                            // The hinted server was no leader either: go on from the hinter.
+                            (Some(resume), _) => c.next = resume,
+                            (None, Some(pos)) => {
+                                c.resume = Some(c.next + 1);
+                                c.next = pos;
+                            }
+                            (None, None) => c.next += 1,
                         }
                         self.wake_client(ci, 10);
                     }
@@ -187,6 +194,7 @@ impl Cluster {
 
     pub(crate) fn complete_client(&mut self, ci: usize, output: Option<String>) {
         let p = self.clients[ci].pending.take().expect("pending");
+        self.clients[ci].resume = None;
         if self.verbose {
             eprintln!(
                 "{:>7} client {} {:?} {:?} at n{:?} -> {:?}",

@@ -632,7 +632,8 @@ impl Cluster {
         r.ok()
     }
 
-    pub(crate) fn try_propose(
+    /// 6.5840's `Start` with the core's answer; `None` if the node is down.
+    pub fn try_propose(
         &mut self,
         node: u64,
         data: Vec<u8>,
@@ -640,6 +641,9 @@ impl Cluster {
         let raft = self.host_mut(node).raft.as_mut()?;
         let r = raft.propose(data);
         self.trace.record(("propose", node, self.now, r.is_ok()));
+        if self.verbose {
+            eprintln!("{:>7} n{node} propose: {r:?}", self.now);
+        }
         if r.is_ok() {
             self.after_step(node);
             self.process_ready(node);
@@ -701,6 +705,14 @@ impl Cluster {
             .raft
             .as_ref()
             .map(|r| r.log().membership().clone())
+    }
+
+    /// Index of the entry that set `node`'s configuration in force.
+    pub fn membership_index(&self, node: u64) -> Option<Index> {
+        self.host(node)
+            .raft
+            .as_ref()
+            .map(|r| r.log().membership_index())
     }
 
     /// Snapshot chunks sent over all nodes, and their bytes.

@@ -110,11 +110,21 @@ scenario_tests! {
     kv_stale_leader_lease => "KvStaleLeaderLease", SEEDS;
     kv_crash_all => "KvCrashAll", SEEDS;
     kv_one_partition => "KvOnePartition", SEEDS;
+    kv_snapshot_crash_all => "KvSnapshotCrashAll", SEEDS;
+    #[ignore = "core bug: install_snapshot over a conflicting suffix keeps persisted >= unstable_from (KvSnapshotPartitions seed 54; see runner::KNOWN_CORE_BUGS)"]
+    kv_snapshot_partitions => "KvSnapshotPartitions", SEEDS;
+    #[ignore = "core bug: install_snapshot over a conflicting suffix keeps persisted >= unstable_from (MembershipChurn seed 1; see runner::KNOWN_CORE_BUGS)"]
+    membership_churn => "MembershipChurn", SEEDS;
+    joint_partition => "JointPartition", SEEDS;
+    removed_node_disruption => "RemovedNodeDisruption", SEEDS;
+    leader_transfer_faults => "LeaderTransferFaults", SEEDS;
     swarm => "Swarm", SEEDS_MANY;
 }
 
 beyond_known_core_bugs! {
     swarm_beyond_known_core_bugs => "Swarm", SEEDS_MANY;
+    kv_snapshot_partitions_beyond_known_core_bugs => "KvSnapshotPartitions", SEEDS;
+    membership_churn_beyond_known_core_bugs => "MembershipChurn", SEEDS;
 }
 
 #[test]

@@ -86,7 +86,45 @@ fn concurrent_partitions(mut c: Cluster) -> Cluster {
 /// Every server crashes and restarts between rounds of client traffic (6.5840
 /// TestPersistConcurrent).
 pub fn kv_crash_all(seed: u64) -> Cluster {
-    let mut c = Cluster::new(seed, "KvCrashAll", ClusterConfig::lab(5, false));
+    crash_all(Cluster::new(
+        seed,
+        "KvCrashAll",
+        ClusterConfig::lab(5, false),
+    ))
+}
+
+/// The KV configuration with snapshots on: every 10 entries, 64-byte chunks (a KV snapshot
+/// is a few hundred bytes, so transfers take several chunks), 2 in flight.
+fn with_snapshots(mut cfg: ClusterConfig) -> ClusterConfig {
+    cfg.snapshot_every = Some(10);
+    cfg.snapshot_chunk_bytes = 64;
+    cfg.snapshot_chunks_inflight_max = 2;
+    cfg
+}
+
+/// [`kv_concurrent_partitions`] with snapshots on: partitioned nodes catch up by snapshot.
+pub fn kv_snapshot_partitions(seed: u64) -> Cluster {
+    let cfg = with_snapshots(ClusterConfig::lab(5, false));
+    let c = concurrent_partitions(Cluster::new(seed, "KvSnapshotPartitions", cfg));
+    if c.snapshots_taken == 0 {
+        c.fail("no snapshot was taken");
+    }
+    c
+}
+
+/// [`kv_crash_all`] with snapshots on and slow syncs: restarts go through snapshots, staged
+/// chunks and resumed transfers.
+pub fn kv_snapshot_crash_all(seed: u64) -> Cluster {
+    let mut cfg = with_snapshots(ClusterConfig::lab(5, seed % 2 == 1));
+    cfg.disk = crate::cluster::DiskConfig {
+        sync_ms_min: 0,
+        sync_ms_max: 20,
+        unsynced_survives_per_mille: 300,
+    };
+    crash_all(Cluster::new(seed, "KvSnapshotCrashAll", cfg))
+}
+
+fn crash_all(mut c: Cluster) -> Cluster {
     let cls = clients(&mut c, 5);
     for _ in 0..3 {
         for &ci in &cls {

@@ -3,6 +3,7 @@
 
 pub mod kv_tests;
 pub mod lab;
+pub mod membership;
 pub mod raft_3a;
 pub mod raft_3b;
 pub mod raft_3c;
@@ -159,8 +160,32 @@ pub const ALL: &[Scenario] = &[
         run: kv_tests::kv_crash_all,
     },
     Scenario {
+        name: "KvSnapshotPartitions",
+        run: kv_tests::kv_snapshot_partitions,
+    },
+    Scenario {
+        name: "KvSnapshotCrashAll",
+        run: kv_tests::kv_snapshot_crash_all,
+    },
+    Scenario {
         name: "KvOnePartition",
         run: kv_tests::kv_one_partition,
+    },
+    Scenario {
+        name: "MembershipChurn",
+        run: membership::membership_churn,
+    },
+    Scenario {
+        name: "JointPartition",
+        run: membership::joint_partition,
+    },
+    Scenario {
+        name: "RemovedNodeDisruption",
+        run: membership::removed_node_disruption,
+    },
+    Scenario {
+        name: "LeaderTransferFaults",
+        run: membership::leader_transfer_faults,
     },
     Scenario {
         name: "Swarm",

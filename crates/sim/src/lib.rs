@@ -56,4 +56,17 @@ pub const MUTATIONS: &[(&str, bool)] = &[
         cfg!(feature = "mut-read-without-quorum"),
     ),
     ("mut-forget-vote", cfg!(feature = "mut-forget-vote")),
+    (
+        "mut-install-stale-snapshot",
+        cfg!(feature = "mut-install-stale-snapshot"),
+    ),
+    (
+        "mut-apply-partial-snapshot",
+        cfg!(feature = "mut-apply-partial-snapshot"),
+    ),
+    ("mut-skip-joint", cfg!(feature = "mut-skip-joint")),
+    (
+        "mut-joint-one-majority",
+        cfg!(feature = "mut-joint-one-majority"),
+    ),
 ];

@@ -71,6 +71,30 @@ pub const HUNTS: &[Hunt] = &[
         scenarios: &["Persist2", "Figure8", "Swarm", "ReliableChurn"],
         seeds_max: 200,
     },
+    Hunt {
+        mutation: "mut-install-stale-snapshot",
+        scenarios: &[
+            "SnapshotInstallUnreliable",
+            "KvSnapshotCrashAll",
+            "SnapshotInstallUnCrash",
+        ],
+        seeds_max: 100,
+    },
+    Hunt {
+        mutation: "mut-apply-partial-snapshot",
+        scenarios: &["SnapshotInstall", "KvSnapshotCrashAll"],
+        seeds_max: 50,
+    },
+    Hunt {
+        mutation: "mut-skip-joint",
+        scenarios: &["JointPartition", "MembershipChurn"],
+        seeds_max: 20,
+    },
+    Hunt {
+        mutation: "mut-joint-one-majority",
+        scenarios: &["JointPartition", "MembershipChurn"],
+        seeds_max: 50,
+    },
 ];
 
 /// A run that caught the mutation.

@@ -42,7 +42,7 @@ fn show(m: &Membership) -> String {
     }
 }
 
-/// The commit quorum check for a leader whose commit index moved to `commit`. `before` is the
+/// The commit quorum check for a leader whose commit index moved. `before` is the
 /// configuration it had before this step (a step may both commit under the old configuration
 /// and append a new one, e.g. leaving a joint configuration).
 pub fn check_commit(
@@ -61,12 +61,18 @@ pub fn check_commit(
         return Ok(());
     }
     let id = EntryId { term, index };
-    let now = log.membership();
+    // The configuration the commit was computed with: the one in force, unless this very
+    // step appended a new one after the committed index (e.g. leaving a joint configuration
+    // once it commits), in which case the one before the step.
+    let now = match before {
+        Some(b) if b != log.membership() && log.membership_index() > index => b,
+        _ => log.membership(),
+    };
     let ok = |m: &Membership| is_quorum(m, |n| holds(n, id));
-    if ok(now) || before.is_some_and(ok) {
+    if ok(now) {
         return Ok(());
     }
-    let holders: Vec<u64> = now
+    let holders: BTreeSet<u64> = now
         .voters
         .iter()
         .chain(&now.voters_outgoing)
@@ -78,13 +84,9 @@ pub fn check_commit(
         "commit needs a quorum of the configuration (§5.3, §6: joint = both majorities)",
         format!(
             "leader {node} of term {} committed {index}@{term}, durable only on {holders:?} \
-             under configuration {}{}",
+             under configuration {}",
             status.term,
             show(now),
-            before.map_or(String::new(), |b| format!(
-                " (before the step: {})",
-                show(b)
-            ))
         ),
     )
 }

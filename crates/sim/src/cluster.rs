@@ -736,6 +736,15 @@ impl Cluster {
             .unwrap_or(0)
     }
 
+    /// Bytes of an incoming snapshot `node` has staged durably.
+    pub fn staged_bytes(&self, node: u64) -> u64 {
+        self.host(node)
+            .disk
+            .staging
+            .as_ref()
+            .map_or(0, |(_, b)| b.len() as u64)
+    }
+
     /// The durable snapshot index of `node` (0 without a snapshot).
     pub fn snapshot_index(&self, node: u64) -> u64 {
         self.host(node).disk.offset().index.0

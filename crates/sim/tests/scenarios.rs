@@ -104,6 +104,7 @@ scenario_tests! {
     snapshot_install_uncrash => "SnapshotInstallUnCrash", SEEDS;
     snapshot_all_crash => "SnapshotAllCrash", SEEDS;
     snapshot_init => "SnapshotInit", SEEDS;
+    snapshot_catch_up_far => "SnapshotCatchUpFar", 100;
     kv_concurrent_partitions => "KvConcurrentPartitions", SEEDS;
     kv_lease_partitions => "KvLeasePartitions", SEEDS;
     kv_stale_leader => "KvStaleLeader", SEEDS;

@@ -74,3 +74,13 @@ fn snapshot_install_ports_install_snapshots_and_report_traffic() {
         );
     }
 }
+
+#[test]
+fn far_behind_follower_catch_up_figures() {
+    // ~105 KB snapshot in 1 KiB chunks, 20% loss towards the lagger, leader crash mid-transfer.
+    let f = figures("SnapshotCatchUpFar", 20);
+    assert!(
+        f.installs >= 20,
+        "every seed installs at least one snapshot"
+    );
+}

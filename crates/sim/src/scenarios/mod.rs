@@ -140,6 +140,10 @@ pub const ALL: &[Scenario] = &[
         run: raft_3d::snapshot_init,
     },
     Scenario {
+        name: "SnapshotCatchUpFar",
+        run: raft_3d::snapshot_catch_up_far,
+    },
+    Scenario {
         name: "KvConcurrentPartitions",
         run: kv_tests::kv_concurrent_partitions,
     },

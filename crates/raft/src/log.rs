@@ -397,9 +397,13 @@ impl RaftLog {
             self.entries.drain(..drop);
             self.memberships.retain(|(i, _)| *i > last.index);
         } else {
+            // Nothing after the snapshot survives, durable or not (found by the simulator:
+            // keeping `persisted` beyond the snapshot broke `persisted < unstable_from` when a
+            // stale suffix of an old leader was on disk).
             self.entries.clear();
             self.memberships.clear();
             self.unstable_from = last.index.next();
+            self.persisted = last.index;
         }
         self.base_membership = membership;
         self.refresh_voters();
@@ -666,6 +670,17 @@ mod tests {
         assert_eq!(log.maybe_append(id(1, 1), &[ent(2, 2)]), Ok(Index(2)));
         assert_eq!(log.membership(), &three);
         assert_eq!(log.voters().voters().len(), 3);
+    }
+
+    #[test]
+    fn installing_a_non_matching_snapshot_drops_a_longer_durable_suffix() {
+        // The log holds an old leader's uncommitted entries beyond the snapshot index, durable.
+        let mut log = log_of(&[1, 1, 1, 1, 1]);
+        log.install_snapshot(id(2, 3), Membership::default());
+        log.check_invariants_full();
+        assert_eq!(log.last_id(), id(2, 3));
+        assert_eq!(log.persisted(), Index(3));
+        assert!(!log.has_unstable());
     }
 
     #[test]

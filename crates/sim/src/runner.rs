@@ -31,13 +31,9 @@ pub struct Outcome {
 /// served up to two election timeouts after the last quorum contact, KvLeasePartitions seed
 /// 150, in 7a34ef1.)
 pub const KNOWN_CORE_BUGS: &[&str] = &[
-    // `RaftLog::install_snapshot` discarding a conflicting suffix (no entry matches the
-    // snapshot's last) sets `unstable_from = last + 1` but keeps `persisted` at
-    // `max(persisted, last)`, so a follower whose durable log ran past the snapshot index with
-    // another term (an old leader's uncommitted tail) ends with `persisted >= unstable_from`
-    // and the core panics in `check_invariants`. First seen: MembershipChurn seed 1.
-    "persisted beyond handed-out",
-    // (Fixed: correlated election-jitter streams across nodes, Swarm seed 387.)
+    // None open. (Fixed: correlated election-jitter streams across nodes, Swarm seed 387;
+    // install_snapshot over a conflicting durable suffix keeping persisted >= unstable_from,
+    // MembershipChurn seed 1.)
 ];
 
 /// Whether a failure message is one of [`KNOWN_CORE_BUGS`].

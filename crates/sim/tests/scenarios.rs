@@ -112,14 +112,11 @@ scenario_tests! {
     kv_crash_all => "KvCrashAll", SEEDS;
     kv_one_partition => "KvOnePartition", SEEDS;
     kv_snapshot_crash_all => "KvSnapshotCrashAll", SEEDS;
-    #[ignore = "core bug: install_snapshot over a conflicting suffix keeps persisted >= unstable_from (KvSnapshotPartitions seed 54; see runner::KNOWN_CORE_BUGS)"]
     kv_snapshot_partitions => "KvSnapshotPartitions", SEEDS;
-    #[ignore = "core bug: install_snapshot over a conflicting suffix keeps persisted >= unstable_from (MembershipChurn seed 1; see runner::KNOWN_CORE_BUGS)"]
     membership_churn => "MembershipChurn", SEEDS;
     joint_partition => "JointPartition", SEEDS;
     removed_node_disruption => "RemovedNodeDisruption", SEEDS;
     leader_transfer_faults => "LeaderTransferFaults", SEEDS;
-    #[ignore = "core bug: install_snapshot over a conflicting suffix keeps persisted >= unstable_from (Swarm seed 38 with snapshots on; see runner::KNOWN_CORE_BUGS)"]
     swarm => "Swarm", SEEDS_MANY;
 }
 

@@ -27,6 +27,10 @@ pub enum ServerError {
     /// A gRPC server failed.
     #[error("grpc server: {0}")]
     Transport(tonic::transport::Error),
+    /// The core, the log and the state machine disagree: a bug, reported instead of
+    /// carrying on with state that may be wrong.
+    #[error("internal invariant broken: {0}")]
+    Invariant(String),
     /// Something the server does not support yet was required.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -3,12 +3,16 @@
 //!
 //! ```text
 //!   tick / step / propose / read_index
-//!   ready():  1. send messages            (may go before the disk write)
-//!             2. persist hard state + entries, sync
+//!   ready():  1. send messages            (may go before the disk write; snapshot chunks
+//!                                           are filled from the current snapshot file)
+//!             2. stage incoming snapshot chunks; install a complete snapshot (state
+//!                machine restored, log reset); persist hard state + entries, sync
 //!             3. send persisted_messages  (votes, append acks: only after the sync)
 //!             4. apply committed entries, answer waiting writers
 //!             5. answer reads released by the core (safe only after step 4)
 //!             advance(number)
+//!   then, if `snapshot_count` entries were applied since the last snapshot: snapshot the
+//!   state machine, save it, compact the core's log and the durable log (paper §7).
 //! ```
 //!
 //! Everything that reaches the task goes through a bounded channel; a full channel means
@@ -18,7 +22,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::{EntryKind, Message, NodeId, RawNode, ReadCtx, Ready, Role};
+use raft::{
+    EntryId, EntryKind, Index, Message, NodeId, RawNode, ReadCtx, Ready, Role, SnapshotMeta,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::error::ServerError;
@@ -135,6 +141,9 @@ impl NodeHandle {
     }
 }
 
+/// The snapshot a node holds: its description and bytes, shared with chunk sends.
+pub type CurrentSnapshot = (SnapshotMeta, Arc<Vec<u8>>);
+
 /// Everything the node task owns.
 pub struct NodeTask {
     raw: RawNode,
@@ -152,10 +161,19 @@ pub struct NodeTask {
     waiting_reads: BTreeMap<u64, ReadReply>,
     /// Next read tag.
     next_read_ctx: u64,
+    /// The newest durable snapshot (taken here or installed from the leader), whose bytes
+    /// fill outgoing `InstallSnapshot` chunks. Invariant: matches the newest snapshot file and
+    /// the core's idea of its snapshot.
+    snapshot: Option<CurrentSnapshot>,
+    /// Take a snapshot once this many entries were applied past the log start.
+    snapshot_count: u64,
 }
 
 impl NodeTask {
     /// Builds the task and its handle; `inbound` is where the transport delivers messages.
+    /// `snapshot` is the snapshot the log starts from (already given to the core with
+    /// `RawNode::compact`), if any.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         raw: RawNode,
         log: storage::Store,
@@ -163,7 +181,10 @@ impl NodeTask {
         peers: Arc<Peers>,
         tick: Duration,
         inbound: mpsc::Receiver<Message>,
+        snapshot: Option<CurrentSnapshot>,
+        snapshot_count: u64,
     ) -> (NodeTask, NodeHandle) {
+        assert!(snapshot_count > 0, "snapshot_count must be positive");
         let (ptx, prx) = mpsc::channel(PROPOSALS_QUEUE_MAX);
         let (rtx, rrx) = mpsc::channel(READS_QUEUE_MAX);
         let (stx, srx) = watch::channel(status_of(&raw));
@@ -186,6 +207,8 @@ impl NodeTask {
             waiting_writes: BTreeMap::new(),
             waiting_reads: BTreeMap::new(),
             next_read_ctx: 1,
+            snapshot,
+            snapshot_count,
         };
         (task, handle)
     }
@@ -227,6 +250,7 @@ impl NodeTask {
                 let rd = self.raw.ready();
                 self.handle_ready(rd)?;
             }
+            self.maybe_snapshot()?;
         }
     }
 
@@ -275,18 +299,17 @@ impl NodeTask {
     }
 
     fn handle_ready(&mut self, rd: Ready) -> Result<(), ServerError> {
-        if rd.snapshot.is_some() || !rd.snapshot_chunks.is_empty() {
-            // This server never compacts its log, so no peer should send it a snapshot.
-            return Err(ServerError::Unsupported(
-                "installing a snapshot from the leader".into(),
-            ));
-        }
         if let Some(ss) = rd.soft_state {
             tracing::info!(term = ss.term.0, role = ?ss.role, leader = ?ss.leader.map(|l| l.get()), "raft state");
         }
         // 1. Messages that do not depend on this batch's disk write.
         self.send_all(rd.messages);
-        // 2. Persist, then sync (Store::write syncs before returning).
+        // 2. Stage snapshot chunks, install a complete snapshot, persist, then sync
+        //    (Store::write syncs before returning).
+        tokio::task::block_in_place(|| self.stage_chunks(&rd.snapshot_chunks))?;
+        if let Some(meta) = &rd.snapshot {
+            tokio::task::block_in_place(|| self.install_snapshot(meta, rd.hard_state.as_ref()))?;
+        }
         if rd.hard_state.is_some() || !rd.entries.is_empty() {
             let log = &mut self.log;
             tokio::task::block_in_place(|| log.write(rd.hard_state.as_ref(), &rd.entries))?;
@@ -317,13 +340,146 @@ impl NodeTask {
         Ok(())
     }
 
+    /// Stages chunks of an incoming snapshot durably, in order (before the batch's
+    /// `SnapshotResp` promises them to the leader).
+    fn stage_chunks(&mut self, chunks: &[raft::SnapshotChunk]) -> Result<(), ServerError> {
+        for chunk in chunks {
+            if chunk.offset == 0 {
+                self.log
+                    .stage_begin(&storage_meta(&chunk.meta), chunk.meta.size_bytes)?;
+            }
+            let staged = self.log.staged().map(|p| p.meta.last);
+            if staged != Some(chunk.meta.last) {
+                // The core only asks for chunks that continue what it knows is staged.
+                return Err(ServerError::Invariant(format!(
+                    "snapshot chunk for {:?} at offset {} but {staged:?} is staged",
+                    chunk.meta.last, chunk.offset
+                )));
+            }
+            self.log.stage_chunk(chunk.offset, &chunk.data)?;
+        }
+        Ok(())
+    }
+
+    /// Installs a fully staged snapshot from the leader: the snapshot file becomes durable,
+    /// the state machine is replaced by it, then the log restarts after it (keeping a
+    /// matching suffix). A crash between the steps is finished at the next start (see
+    /// `server::recover_snapshot`).
+    fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        hard_state: Option<&raft::HardState>,
+    ) -> Result<(), ServerError> {
+        let (staged, data) = self.log.stage_finish()?;
+        if staged.last != meta.last || data.len() as u64 != meta.size_bytes {
+            return Err(ServerError::Invariant(format!(
+                "asked to install snapshot {:?} of {} bytes but staged {:?} has {} bytes",
+                meta.last,
+                meta.size_bytes,
+                staged.last,
+                data.len()
+            )));
+        }
+        self.kv.restore(&data)?;
+        self.kv.sync()?;
+        let applied = self.kv.applied_index()?;
+        if applied != meta.last.index.0 {
+            return Err(ServerError::Invariant(format!(
+                "snapshot {:?} restored a state machine at applied index {applied}",
+                meta.last
+            )));
+        }
+        let mut hs = hard_state.copied().unwrap_or_else(|| self.log.hard_state());
+        hs.commit = hs.commit.max(meta.last.index);
+        self.log.reset_to_snapshot(meta.last, &hs)?;
+        tracing::info!(
+            index = meta.last.index.0,
+            term = meta.last.term.0,
+            bytes = meta.size_bytes,
+            "installed a snapshot from the leader"
+        );
+        // Writers waiting on entries the snapshot covers will never see them applied here.
+        self.fail_writes_through(meta.last.index.0);
+        self.snapshot = Some((meta.clone(), Arc::new(data)));
+        Ok(())
+    }
+
+    /// Takes a snapshot of the state machine once `snapshot_count` entries were applied past
+    /// the log start, then compacts the core's log and the durable log up to it (paper §7).
+    fn maybe_snapshot(&mut self) -> Result<(), ServerError> {
+        let applied = self.kv.applied_index()?;
+        let start = self.log.log_start().index.0;
+        if applied < start.saturating_add(self.snapshot_count) {
+            return Ok(());
+        }
+        let index = Index(applied);
+        let Some(term) = self.raw.log().term(index) else {
+            return Ok(());
+        };
+        let membership = self.raw.log().membership_at(index).clone();
+        let log = &mut self.log;
+        let kv = &self.kv;
+        let (meta, data) = tokio::task::block_in_place(|| -> Result<_, ServerError> {
+            // The state machine must be durable at `applied` before the entries it covers go.
+            kv.sync()?;
+            let data = kv.snapshot()?;
+            let meta = SnapshotMeta {
+                last: EntryId { term, index },
+                membership,
+                size_bytes: data.len() as u64,
+            };
+            log.save_snapshot(&storage_meta(&meta), &data)?;
+            // The membership as of the new log start, before the entries that held it go.
+            log.set_membership(&meta.membership)?;
+            Ok((meta, data))
+        })?;
+        self.raw
+            .compact(meta.clone())
+            .map_err(|e| ServerError::Invariant(format!("core refused compaction: {e:?}")))?;
+        tokio::task::block_in_place(|| self.log.compact(meta.last))?;
+        tracing::info!(
+            index = applied,
+            term = term.0,
+            bytes = meta.size_bytes,
+            "took a snapshot and compacted the log"
+        );
+        self.snapshot = Some((meta, Arc::new(data)));
+        Ok(())
+    }
+
     fn send_all(&self, msgs: Vec<Message>) {
-        for m in msgs {
-            if matches!(m.body, raft::MessageBody::InstallSnapshot { .. }) {
-                tracing::error!(to = m.to.get(), "snapshot transfer is not supported yet");
-                continue;
+        for mut m in msgs {
+            if let raft::MessageBody::InstallSnapshot {
+                meta,
+                offset,
+                len,
+                data,
+            } = &mut m.body
+            {
+                // Fill the chunk from the current snapshot; drop it if that snapshot was
+                // replaced (the leader restarts the transfer with the new one).
+                let Some((current, bytes)) = &self.snapshot else {
+                    continue;
+                };
+                let (lo, hi) = (*offset as usize, offset.saturating_add(*len) as usize);
+                if current != meta || lo > hi || hi > bytes.len() {
+                    tracing::debug!(to = m.to.get(), "dropped a chunk of a replaced snapshot");
+                    continue;
+                }
+                *data = bytes[lo..hi].to_vec();
             }
             self.peers.send(m);
+        }
+    }
+
+    /// Answers writers waiting on entries up to `index` that will not be applied here.
+    fn fail_writes_through(&mut self, index: u64) {
+        while let Some(entry) = self.waiting_writes.first_entry() {
+            if *entry.key() > index {
+                break;
+            }
+            let (_, reply) = entry.remove();
+            let _ = reply.send(Err(WriteError::LeaderChanged));
         }
     }
 
@@ -334,13 +490,7 @@ impl NodeTask {
         result: Option<Result<kv::Response, kv::KvError>>,
     ) {
         // Writers whose index was passed without their entry lost it to another leader.
-        while let Some(entry) = self.waiting_writes.first_entry() {
-            if *entry.key() >= index {
-                break;
-            }
-            let (_, reply) = entry.remove();
-            let _ = reply.send(Err(WriteError::LeaderChanged));
-        }
+        self.fail_writes_through(index.saturating_sub(1));
         if let Some((want_term, reply)) = self.waiting_writes.remove(&index) {
             let answer = match result {
                 _ if want_term != term => Err(WriteError::LeaderChanged),
@@ -350,6 +500,14 @@ impl NodeTask {
             };
             let _ = reply.send(answer);
         }
+    }
+}
+
+/// The storage crate's description of a snapshot (its size lives in the file).
+pub fn storage_meta(meta: &SnapshotMeta) -> storage::SnapshotMeta {
+    storage::SnapshotMeta {
+        last: meta.last,
+        membership: meta.membership.clone(),
     }
 }
 

@@ -5,6 +5,11 @@
 //!   <data-dir>/raft/     Raft log, hard state, membership, identity (crates/storage)
 //!   <data-dir>/kv.redb   MVCC state machine (crates/kv); its applied index says where to resume
 //! ```
+//!
+//! At start: a snapshot file newer than the log start means a crash interrupted installing or
+//! taking it, and the install is finished; a state machine behind the log start is restored
+//! from the snapshot; the core is told about the snapshot (to send it to followers) and about a
+//! half-received one (to resume it).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +25,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::api::{Api, REQUEST_BYTES_MAX};
 use crate::cluster::ClusterSpec;
 use crate::error::ServerError;
-use crate::node::{NodeTask, INBOUND_QUEUE_MAX};
+use crate::node::{CurrentSnapshot, NodeTask, INBOUND_QUEUE_MAX};
 use crate::pb::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
 use crate::pb::skiff::raft::v1::raft_server::RaftServer;
 use crate::transport::{Faults, Peers, RaftService, PEER_MSG_BYTES_MAX};
@@ -50,6 +55,9 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// Minimum election timeout.
     pub election: Duration,
+    /// Take a snapshot and compact the log after this many applied entries (etcd's
+    /// `--snapshot-count`).
+    pub snapshot_count: u64,
     /// Testing only: a file naming members (whitespace-separated) whose traffic with this one is
     /// dropped, re-read every [`FAULT_FILE_POLL`]; missing means none.
     pub fault_file: Option<PathBuf>,
@@ -76,6 +84,9 @@ impl ServerConfig {
                 self.election.as_millis(),
                 self.heartbeat.as_millis()
             ));
+        }
+        if self.snapshot_count == 0 {
+            return Err("--snapshot-count must be at least 1".into());
         }
         if self.election > Duration::from_secs(50) {
             return Err("--election-timeout must be at most 50000 ms".into());
@@ -132,6 +143,7 @@ pub async fn run(
             ..kv::Options::default()
         },
     )?);
+    let snapshot = recover_snapshot(&mut log, &kv)?;
     let applied = kv.applied_index()?;
     if applied > log.last_index().0 {
         return Err(ServerError::Config(format!(
@@ -146,7 +158,22 @@ pub async fn run(
     rc.election_ticks = (config.election.as_millis() / config.heartbeat.as_millis().max(1)) as u64;
     rc.msg_bytes_max = ENTRY_BYTES_MAX;
     rc.seed = seed();
-    let raw = RawNode::new(rc, state)?;
+    let mut raw = RawNode::new(rc, state)?;
+    if let Some((meta, _)) = &snapshot {
+        raw.compact(meta.clone()).map_err(|e| {
+            ServerError::Invariant(format!(
+                "the core refused the snapshot it starts from: {e:?}"
+            ))
+        })?;
+    }
+    if let Some(staged) = log.staged() {
+        let meta = raft::SnapshotMeta {
+            last: staged.meta.last,
+            membership: staged.meta.membership.clone(),
+            size_bytes: staged.total_bytes,
+        };
+        raw.resume_staged_snapshot(meta, staged.received_bytes);
+    }
     tracing::info!(
         name = %me.name, id = me.id.get(), cluster = format!("{cluster_id:#x}"),
         applied, last = log.last_index().0, "starting member"
@@ -172,7 +199,16 @@ pub async fn run(
     );
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
     let tick = config.heartbeat;
-    let (task, handle) = NodeTask::new(raw, log, kv, peers.clone(), tick, inbound_rx);
+    let (task, handle) = NodeTask::new(
+        raw,
+        log,
+        kv,
+        peers.clone(),
+        tick,
+        inbound_rx,
+        snapshot,
+        config.snapshot_count,
+    );
     let api = Api::new(handle, peers, cluster_id, me.id.get(), kv_path);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -212,6 +248,45 @@ pub async fn run(
     })
     .await;
     result
+}
+
+/// Brings the log and the state machine in line with the newest snapshot file and returns it.
+///
+/// - A snapshot newer than the log start: a crash came between saving it and resetting the log
+///   (installing one from the leader, or taking one here). Its entries are committed, so the
+///   log restarts after it, keeping a suffix that matches it.
+/// - A state machine behind the log start (it syncs in batches, or a crash came before an
+///   install restored it): it is restored from the snapshot; the log replays the rest.
+fn recover_snapshot(
+    log: &mut storage::Store,
+    kv: &kv::Store,
+) -> Result<Option<CurrentSnapshot>, ServerError> {
+    let Some((meta, data)) = log.load_snapshot()? else {
+        return Ok(None);
+    };
+    if meta.last.index > log.log_start().index {
+        let mut hs = log.hard_state();
+        hs.commit = hs.commit.max(meta.last.index);
+        tracing::warn!(
+            index = meta.last.index.0,
+            "finishing a snapshot install or compaction interrupted by a crash"
+        );
+        log.reset_to_snapshot(meta.last, &hs)?;
+    }
+    if kv.applied_index()? < meta.last.index.0 {
+        tracing::info!(
+            index = meta.last.index.0,
+            "restoring the state machine from the snapshot"
+        );
+        kv.restore(&data)?;
+        kv.sync()?;
+    }
+    let meta = raft::SnapshotMeta {
+        last: meta.last,
+        membership: meta.membership,
+        size_bytes: data.len() as u64,
+    };
+    Ok(Some((meta, Arc::new(data))))
 }
 
 /// The client port: the etcd gRPC services plus `GET /health` and `GET /metrics`.

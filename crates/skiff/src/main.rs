@@ -65,6 +65,9 @@ struct ServeArgs {
     /// Election timeout in milliseconds (at least 5 heartbeats).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(5..=50_000))]
     election_timeout: u64,
+    /// Number of applied entries after which a snapshot is taken and the log compacted.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    snapshot_count: u64,
     /// Stop when stdin reaches end of file: `skiff dev` and the tests hold a pipe to each
     /// member, so members never outlive their parent, even if it is SIGKILLed.
     #[arg(long, hide = true)]
@@ -121,6 +124,7 @@ impl ServeArgs {
             new_cluster: self.initial_cluster_state == "new",
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election: Duration::from_millis(self.election_timeout),
+            snapshot_count: self.snapshot_count,
             fault_file: self.fault_file.clone(),
         };
         config.validate().map_err(anyhow::Error::msg)?;

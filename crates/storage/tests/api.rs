@@ -256,6 +256,37 @@ fn installing_a_snapshot_resets_the_log() {
 }
 
 #[test]
+fn installing_a_snapshot_keeps_a_matching_suffix() {
+    // The core keeps entries after the snapshot when the log holds the snapshot's last entry
+    // (they may already be acknowledged): the store must keep them too, across a reopen.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path()).unwrap();
+    s.write(
+        Some(&hard_state(2, 3)),
+        &(1..=10).map(|i| entry(i, 2, 4)).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let meta = SnapshotMeta {
+        last: id(2, 6),
+        membership: voters(),
+    };
+    s.save_snapshot(&meta, b"state through 6").unwrap();
+    // A commit past the kept suffix would be a lie.
+    assert!(s.reset_to_snapshot(id(2, 6), &hard_state(2, 11)).is_err());
+    s.reset_to_snapshot(id(2, 6), &hard_state(2, 6)).unwrap();
+    assert_eq!(s.first_index(), Index(7));
+    assert_eq!(s.last_index(), Index(10));
+    drop(s);
+    let (s, rec) = open(dir.path()).unwrap();
+    assert_eq!(rec.log_start, id(2, 6));
+    assert_eq!(rec.last_index, Index(10));
+    assert_eq!(
+        common::all_entries(&s).unwrap(),
+        (7..=10).map(|i| entry(i, 2, 4)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn a_staged_snapshot_survives_restart_and_a_torn_chunk_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let (mut s, _) = open(dir.path()).unwrap();

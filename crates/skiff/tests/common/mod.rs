@@ -28,6 +28,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
     initial_cluster: String,
+    /// Flags added to every member's `skiff serve`.
+    extra_args: Vec<String>,
 }
 
 /// `n` distinct free ports (bound together, then released).
@@ -43,6 +45,11 @@ fn free_ports(n: usize) -> Vec<u16> {
 
 impl Cluster {
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// Like [`Cluster::start`], with `extra_args` added to every member's command line.
+    pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
@@ -62,6 +69,7 @@ impl Cluster {
             dir,
             members,
             initial_cluster,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..n {
             c.spawn(i);
@@ -95,6 +103,11 @@ impl Cluster {
         }
     }
 
+    /// Member `i`'s data dir.
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(&self.members[i].name)
+    }
+
     pub fn log_path(&self, i: usize) -> PathBuf {
         self.dir
             .path()
@@ -124,6 +137,7 @@ impl Cluster {
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(&self.extra_args)
             .arg("--stop-on-stdin-eof")
             .arg("--fault-file")
             .arg(self.fault_file(i))

@@ -190,10 +190,12 @@ impl Store {
         Ok(())
     }
 
-    /// Replaces the whole log with a snapshot (a follower installing one from the leader):
-    /// every entry goes, the log restarts after `to`, and `hard_state` (whose commit should be
-    /// `to.index`) and the snapshot's membership are written in the same synced batch. A
-    /// durable snapshot at `to` must exist (save or stage it first).
+    /// Installs a snapshot received from the leader (paper §7; the core's `Ready::snapshot`):
+    /// the log restarts after `to`, and `hard_state` and the snapshot's membership are written
+    /// in the same synced batch. If the log holds the entry `to` itself (same index and term),
+    /// the entries after it are consistent with the snapshot and are kept, as the core expects
+    /// (they may already be acknowledged to the leader); otherwise every entry goes. A durable
+    /// snapshot at `to` must exist (save or stage it first).
     pub fn reset_to_snapshot(
         &mut self,
         to: EntryId,
@@ -206,9 +208,17 @@ impl Store {
                 self.snapshots.latest().map(|s| s.last)
             )));
         };
-        if hard_state.commit > to.index || hard_state.term < self.hard_state.term {
+        let keep_suffix = to.index > self.log_start.index
+            && to.index <= self.last_index
+            && self.term(to.index)? == to.term;
+        let new_last = if keep_suffix {
+            self.last_index
+        } else {
+            to.index
+        };
+        if hard_state.commit > new_last || hard_state.term < self.hard_state.term {
             return Err(StorageError::InvalidRequest(format!(
-                "hard state {hard_state:?} does not fit a reset to {to:?}"
+                "hard state {hard_state:?} does not fit a reset to {to:?} (last index {new_last})"
             )));
         }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
@@ -218,23 +228,33 @@ impl Store {
             KEY_HARD_STATE,
             codec::encode_hard_state(hard_state),
         );
-        // The membership as of the snapshot replaces ours, in the same atomic batch.
+        // The membership as of the snapshot replaces ours, in the same atomic batch. Kept
+        // entries after `to` may carry newer configurations; the core reads those from the log.
         batch.insert(
             &self.meta,
             KEY_MEMBERSHIP,
             codec::encode_membership(&snapshot.membership),
         );
+        let remove_to = if keep_suffix {
+            to.index
+        } else {
+            self.last_index
+        };
         let mut i = self.log_start.index.next();
-        while i <= self.last_index {
+        while i <= remove_to {
             batch.remove(&self.entries, codec::index_key(i));
             i = i.next();
         }
         self.commit(batch)?;
         self.log_start = to;
-        self.last_index = to.index;
+        self.last_index = new_last;
         self.hard_state = *hard_state;
         self.membership = snapshot.membership;
-        self.cache.clear();
+        if keep_suffix {
+            self.cache.compact_to(to.index);
+        } else {
+            self.cache.clear();
+        }
         self.check_invariants_if_debug();
         Ok(())
     }

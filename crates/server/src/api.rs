@@ -2,11 +2,17 @@
 //!
 //! Writes are encoded as [`kv::Command`]s and proposed through the log; a follower forwards
 //! them to the leader over the peer port, since etcdctl does not retry writes on another
-//! endpoint. Reads are linearizable by default (ReadIndex, then a local read of the state
+//! endpoint. Every write gets a session id where it arrives (Raft thesis §6.3), kept across
+//! the member's own retries (a lost answer from the leader, a leader change before commit),
+//! so that a write retried inside its deadline is applied once. Limit: the state machine
+//! remembers the last [`SESSIONS_MAX`] sessions, so a retry is deduplicated only if fewer
+//! writes than that were applied since its first attempt (at 10,000 writes/s that is 10 s,
+//! longer than [`REQUEST_TIMEOUT`]). Reads are linearizable by default (ReadIndex, then a local read of the state
 //! machine) and served locally when `serializable` is set. Errors carry etcd's gRPC codes and
 //! messages, so etcd clients react to them as they would to etcd.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +21,14 @@ use tonic::{Code, Request, Response, Status};
 use crate::convert;
 use crate::node::{NodeHandle, ReadFailure, WriteError};
 use crate::pb::etcdserverpb as epb;
-use crate::transport::{ForwardedWrites, Peers};
+use crate::transport::{ForwardedWrites, Peers, SESSION_HEADER};
 
 /// etcd's default `--max-request-bytes`: larger requests are refused.
 pub const REQUEST_BYTES_MAX: usize = 1536 * 1024;
 /// How long a request may wait for a leader, a commit or a read confirmation.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
+/// Sessions the state machine remembers for deduplicating retried writes.
+pub const SESSIONS_MAX: usize = 100_000;
 /// Pause between attempts while no leader is known.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 /// Version reported by `Status`: the etcd API level this server speaks.
@@ -47,6 +55,9 @@ struct Inner {
     cluster_id: u64,
     member_id: u64,
     kv_path: PathBuf,
+    /// Next session id for a write arriving here. Starts at a random point, so that ids of
+    /// different members (and of restarts) do not meet in practice.
+    next_session: AtomicU64,
 }
 
 impl Api {
@@ -65,7 +76,20 @@ impl Api {
                 cluster_id,
                 member_id,
                 kv_path,
+                next_session: AtomicU64::new(random_u64(member_id)),
             }),
+        }
+    }
+
+    /// A fresh session for one write.
+    fn new_session(&self) -> kv::Session {
+        let mut id = 0;
+        while id == 0 {
+            id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        }
+        kv::Session {
+            client_id: id,
+            seq: 1,
         }
     }
 
@@ -78,14 +102,22 @@ impl Api {
         }
     }
 
-    /// Proposes `request` here and waits for its result, retrying while no leader is known.
-    /// `NotLeader(Some(l))` is returned to the caller, who may forward.
-    async fn propose(&self, request: kv::Request) -> Result<kv::Response, WriteError> {
-        let data = kv::codec::encode_command(&kv::Command::new(request));
+    /// Proposes `request` under `session` here and waits for its result, retrying while no
+    /// leader is known, until `deadline`. `NotLeader(Some(l))` is returned to the caller, who
+    /// may forward.
+    async fn propose(
+        &self,
+        request: &kv::Request,
+        session: kv::Session,
+        deadline: tokio::time::Instant,
+    ) -> Result<kv::Response, WriteError> {
+        let data = kv::codec::encode_command(&kv::Command {
+            session: Some(session),
+            request: request.clone(),
+        });
         if data.len() > REQUEST_BYTES_MAX {
             return Err(WriteError::TooLarge);
         }
-        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
             let attempt = tokio::time::timeout_at(deadline, self.inner.node.propose(data.clone()));
             match attempt.await {
@@ -139,43 +171,104 @@ impl Api {
         Ok(convert::range_response(resp, self.header()))
     }
 
-    /// Runs a write: here if this node leads, else on the leader (once; `forward` false on
-    /// writes that were already forwarded, to rule out loops).
+    /// Runs a write: here if this node leads, else on the leader. `session` is `None` for a
+    /// client's write (a new session is chosen) and the follower's session for a forwarded
+    /// one, which is never forwarded again (no loops). A write that arrived here is retried
+    /// under its session until [`REQUEST_TIMEOUT`] when the leader changed before it
+    /// committed or the leader's answer was lost; the session makes the retry safe.
     async fn write<T, Fut>(
         &self,
         request: kv::Request,
-        forward: bool,
-        via_leader: impl FnOnce(
+        session: Option<kv::Session>,
+        via_leader: impl Fn(
             crate::pb::skiff::raft::v1::raft_client::RaftClient<tonic::transport::Channel>,
+            tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
         ) -> Fut,
     ) -> Result<WriteOutcome<T>, Status>
     where
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
-        match self.propose(request).await {
-            Ok(resp) => Ok(WriteOutcome::Local(resp)),
-            Err(WriteError::NotLeader(Some(leader))) if forward => {
-                let Some(client) = self.inner.peers.client(leader) else {
-                    return Err(Status::unavailable(ERR_NO_LEADER));
-                };
-                let resp = tokio::time::timeout(REQUEST_TIMEOUT, via_leader(client))
-                    .await
-                    .map_err(|_| Status::unavailable(ERR_TIMEOUT))?
-                    .map_err(|s| {
-                        // A connection failure to the leader says nothing about the request's
-                        // fate; report it as etcd does for an unreachable leader.
-                        if s.code() == Code::Unavailable && !s.message().starts_with("etcdserver:")
-                        {
-                            Status::unavailable(ERR_NO_LEADER)
-                        } else {
-                            s
-                        }
-                    })?;
-                Ok(WriteOutcome::Forwarded(resp.into_inner()))
+        let originated_here = session.is_none();
+        let session = session.unwrap_or_else(|| self.new_session());
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let retry = match self.propose(&request, session, deadline).await {
+                Ok(resp) => return Ok(WriteOutcome::Local(resp)),
+                Err(WriteError::NotLeader(Some(leader))) if originated_here => {
+                    match self.forward(leader, session, &via_leader, deadline).await {
+                        Ok(resp) => return Ok(WriteOutcome::Forwarded(resp)),
+                        Err(status) if retryable(&status) => status,
+                        Err(status) => return Err(status),
+                    }
+                }
+                Err(WriteError::LeaderChanged) if originated_here => {
+                    Status::unavailable(ERR_LEADER_CHANGED)
+                }
+                Err(e) => return Err(write_status(e)),
+            };
+            if tokio::time::Instant::now() + RETRY_PAUSE >= deadline {
+                return Err(retry);
             }
-            Err(e) => Err(write_status(e)),
+            tracing::debug!(session = session.client_id, error = %retry.message(), "retrying a write");
+            tokio::time::sleep(RETRY_PAUSE).await;
         }
     }
+
+    /// Sends a write to the leader with its session id, until `deadline`.
+    async fn forward<T, Fut>(
+        &self,
+        leader: raft::NodeId,
+        session: kv::Session,
+        via_leader: &impl Fn(
+            crate::pb::skiff::raft::v1::raft_client::RaftClient<tonic::transport::Channel>,
+            tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        ) -> Fut,
+        deadline: tokio::time::Instant,
+    ) -> Result<T, Status>
+    where
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let Some(client) = self.inner.peers.client(leader) else {
+            return Err(Status::unavailable(ERR_NO_LEADER));
+        };
+        let id = tonic::metadata::MetadataValue::from(session.client_id);
+        let resp = tokio::time::timeout_at(deadline, via_leader(client, id))
+            .await
+            .map_err(|_| Status::unavailable(ERR_TIMEOUT))?
+            .map_err(|s| {
+                // A connection failure to the leader says nothing about the request's fate;
+                // report it as etcd does for an unreachable leader.
+                if s.code() == Code::Unavailable && !s.message().starts_with("etcdserver:") {
+                    Status::unavailable(ERR_NO_LEADER)
+                } else {
+                    s
+                }
+            })?;
+        Ok(resp.into_inner())
+    }
+}
+
+/// Whether a forwarded write may be retried under its session: the leader was unreachable,
+/// had stepped down or lost the entry to a new leader.
+fn retryable(status: &Status) -> bool {
+    status.code() == Code::Unavailable
+        && [ERR_NO_LEADER, ERR_LEADER_CHANGED].contains(&status.message())
+}
+
+/// A random 64-bit number (the process's hash seed mixed with `salt`).
+fn random_u64(salt: u64) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(salt)
+}
+
+/// `request` with the session id of a forwarded write attached.
+fn with_session<T>(
+    request: T,
+    id: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+) -> Request<T> {
+    let mut r = Request::new(request);
+    r.metadata_mut().insert(SESSION_HEADER, id);
+    r
 }
 
 enum WriteOutcome<T> {
@@ -226,14 +319,17 @@ impl Api {
     async fn put_impl(
         &self,
         r: epb::PutRequest,
-        forward: bool,
+        session: Option<kv::Session>,
     ) -> Result<epb::PutResponse, Status> {
         if r.key.is_empty() {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
         let req = kv::Request::Put(convert::put_request(&r));
         match self
-            .write(req, forward, |mut c| async move { c.put(r).await })
+            .write(req, session, |mut c, id| {
+                let r = with_session(r.clone(), id);
+                async move { c.put(r).await }
+            })
             .await?
         {
             WriteOutcome::Local(kv::Response::Put(p)) => {
@@ -247,14 +343,17 @@ impl Api {
     async fn delete_impl(
         &self,
         r: epb::DeleteRangeRequest,
-        forward: bool,
+        session: Option<kv::Session>,
     ) -> Result<epb::DeleteRangeResponse, Status> {
         if r.key.is_empty() {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
         let req = kv::Request::DeleteRange(convert::delete_request(&r));
         match self
-            .write(req, forward, |mut c| async move { c.delete_range(r).await })
+            .write(req, session, |mut c, id| {
+                let r = with_session(r.clone(), id);
+                async move { c.delete_range(r).await }
+            })
             .await?
         {
             WriteOutcome::Local(kv::Response::DeleteRange(d)) => {
@@ -268,12 +367,15 @@ impl Api {
     async fn txn_impl(
         &self,
         r: epb::TxnRequest,
-        forward: bool,
+        session: Option<kv::Session>,
     ) -> Result<epb::TxnResponse, Status> {
         let txn = convert::txn_request(&r).map_err(|e| Status::invalid_argument(e.0))?;
         let req = kv::Request::Txn(txn);
         match self
-            .write(req, forward, |mut c| async move { c.txn(r).await })
+            .write(req, session, |mut c, id| {
+                let r = with_session(r.clone(), id);
+                async move { c.txn(r).await }
+            })
             .await?
         {
             WriteOutcome::Local(kv::Response::Txn(t)) => {
@@ -287,13 +389,16 @@ impl Api {
     async fn compact_impl(
         &self,
         r: epb::CompactionRequest,
-        forward: bool,
+        session: Option<kv::Session>,
     ) -> Result<epb::CompactionResponse, Status> {
         let req = kv::Request::Compact {
             revision: r.revision,
         };
         match self
-            .write(req, forward, |mut c| async move { c.compact(r).await })
+            .write(req, session, |mut c, id| {
+                let r = with_session(r, id);
+                async move { c.compact(r).await }
+            })
             .await?
         {
             WriteOutcome::Local(kv::Response::Compact { revision }) => {
@@ -325,7 +430,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::PutRequest>,
     ) -> Result<Response<epb::PutResponse>, Status> {
-        self.put_impl(request.into_inner(), true)
+        self.put_impl(request.into_inner(), None)
             .await
             .map(Response::new)
     }
@@ -334,7 +439,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::DeleteRangeRequest>,
     ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-        self.delete_impl(request.into_inner(), true)
+        self.delete_impl(request.into_inner(), None)
             .await
             .map(Response::new)
     }
@@ -343,7 +448,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::TxnRequest>,
     ) -> Result<Response<epb::TxnResponse>, Status> {
-        self.txn_impl(request.into_inner(), true)
+        self.txn_impl(request.into_inner(), None)
             .await
             .map(Response::new)
     }
@@ -352,7 +457,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::CompactionRequest>,
     ) -> Result<Response<epb::CompactionResponse>, Status> {
-        self.compact_impl(request.into_inner(), true)
+        self.compact_impl(request.into_inner(), None)
             .await
             .map(Response::new)
     }
@@ -360,23 +465,39 @@ impl epb::kv_server::Kv for Api {
 
 #[tonic::async_trait]
 impl ForwardedWrites for Api {
-    async fn put_here(&self, r: epb::PutRequest) -> Result<epb::PutResponse, Status> {
-        self.put_impl(r, false).await
+    // A forwarded write always runs under a session (a fresh one if the follower sent none),
+    // which also marks it as not to be forwarded again.
+    async fn put_here(
+        &self,
+        r: epb::PutRequest,
+        session: Option<kv::Session>,
+    ) -> Result<epb::PutResponse, Status> {
+        let session = session.unwrap_or_else(|| self.new_session());
+        self.put_impl(r, Some(session)).await
     }
     async fn delete_here(
         &self,
         r: epb::DeleteRangeRequest,
+        session: Option<kv::Session>,
     ) -> Result<epb::DeleteRangeResponse, Status> {
-        self.delete_impl(r, false).await
+        let session = session.unwrap_or_else(|| self.new_session());
+        self.delete_impl(r, Some(session)).await
     }
-    async fn txn_here(&self, r: epb::TxnRequest) -> Result<epb::TxnResponse, Status> {
-        self.txn_impl(r, false).await
+    async fn txn_here(
+        &self,
+        r: epb::TxnRequest,
+        session: Option<kv::Session>,
+    ) -> Result<epb::TxnResponse, Status> {
+        let session = session.unwrap_or_else(|| self.new_session());
+        self.txn_impl(r, Some(session)).await
     }
     async fn compact_here(
         &self,
         r: epb::CompactionRequest,
+        session: Option<kv::Session>,
     ) -> Result<epb::CompactionResponse, Status> {
-        self.compact_impl(r, false).await
+        let session = session.unwrap_or_else(|| self.new_session());
+        self.compact_impl(r, Some(session)).await
     }
 }
 

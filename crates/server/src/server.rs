@@ -140,7 +140,7 @@ pub async fn run(
             durability: kv::Durability::Batched {
                 commits_per_sync: 64,
             },
-            ..kv::Options::default()
+            sessions_max: crate::api::SESSIONS_MAX,
         },
     )?);
     let snapshot = recover_snapshot(&mut log, &kv)?;

@@ -171,22 +171,54 @@ async fn send_loop(cluster_id: u64, to: NodeId, channel: Channel, mut rx: mpsc::
     }
 }
 
-/// Writes a follower forwards to the leader. Implemented by the API.
+/// gRPC metadata key carrying the session id of a forwarded write (see [`ForwardedWrites`]).
+pub const SESSION_HEADER: &str = "skiff-session-id";
+
+/// The session of a forwarded write, from its metadata: `None` if absent, an error if garbled.
+pub fn session_of(md: &tonic::metadata::MetadataMap) -> Result<Option<kv::Session>, Status> {
+    let Some(v) = md.get(SESSION_HEADER) else {
+        return Ok(None);
+    };
+    let id = v
+        .to_str()
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .filter(|&id| id != 0)
+        .ok_or_else(|| Status::invalid_argument(format!("malformed {SESSION_HEADER}")))?;
+    Ok(Some(kv::Session {
+        client_id: id,
+        seq: 1,
+    }))
+}
+
+/// Writes a follower forwards to the leader. Implemented by the API. Each carries the
+/// session the follower chose for it, so that a retry after a lost answer or a leader change
+/// is applied once (Raft thesis §6.3).
 #[tonic::async_trait]
 pub trait ForwardedWrites: Send + Sync + 'static {
     /// A put arriving from a follower.
-    async fn put_here(&self, r: epb::PutRequest) -> Result<epb::PutResponse, Status>;
+    async fn put_here(
+        &self,
+        r: epb::PutRequest,
+        session: Option<kv::Session>,
+    ) -> Result<epb::PutResponse, Status>;
     /// A delete arriving from a follower.
     async fn delete_here(
         &self,
         r: epb::DeleteRangeRequest,
+        session: Option<kv::Session>,
     ) -> Result<epb::DeleteRangeResponse, Status>;
     /// A transaction arriving from a follower.
-    async fn txn_here(&self, r: epb::TxnRequest) -> Result<epb::TxnResponse, Status>;
+    async fn txn_here(
+        &self,
+        r: epb::TxnRequest,
+        session: Option<kv::Session>,
+    ) -> Result<epb::TxnResponse, Status>;
     /// A compaction arriving from a follower.
     async fn compact_here(
         &self,
         r: epb::CompactionRequest,
+        session: Option<kv::Session>,
     ) -> Result<epb::CompactionResponse, Status>;
 }
 
@@ -261,8 +293,9 @@ impl<F: ForwardedWrites> pb::raft_server::Raft for RaftService<F> {
         &self,
         request: Request<epb::PutRequest>,
     ) -> Result<Response<epb::PutResponse>, Status> {
+        let session = session_of(request.metadata())?;
         self.writes
-            .put_here(request.into_inner())
+            .put_here(request.into_inner(), session)
             .await
             .map(Response::new)
     }
@@ -271,8 +304,9 @@ impl<F: ForwardedWrites> pb::raft_server::Raft for RaftService<F> {
         &self,
         request: Request<epb::DeleteRangeRequest>,
     ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
+        let session = session_of(request.metadata())?;
         self.writes
-            .delete_here(request.into_inner())
+            .delete_here(request.into_inner(), session)
             .await
             .map(Response::new)
     }
@@ -281,8 +315,9 @@ impl<F: ForwardedWrites> pb::raft_server::Raft for RaftService<F> {
         &self,
         request: Request<epb::TxnRequest>,
     ) -> Result<Response<epb::TxnResponse>, Status> {
+        let session = session_of(request.metadata())?;
         self.writes
-            .txn_here(request.into_inner())
+            .txn_here(request.into_inner(), session)
             .await
             .map(Response::new)
     }
@@ -291,8 +326,9 @@ impl<F: ForwardedWrites> pb::raft_server::Raft for RaftService<F> {
         &self,
         request: Request<epb::CompactionRequest>,
     ) -> Result<Response<epb::CompactionResponse>, Status> {
+        let session = session_of(request.metadata())?;
         self.writes
-            .compact_here(request.into_inner())
+            .compact_here(request.into_inner(), session)
             .await
             .map(Response::new)
     }

@@ -1,4 +1,5 @@
-//! `skiff`: run one member (`skiff serve`) or a local 3-member cluster (`skiff dev`).
+//! `skiff`: run one member (`skiff serve`) or a local 3-member cluster (`skiff dev`), or
+//! load-test an etcd v3 API cluster (`skiff bench`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod dev;
 
 #[derive(Parser, Debug)]
@@ -28,6 +30,8 @@ enum Command {
     Serve(ServeArgs),
     /// Run a local 3-member cluster as child processes on 127.0.0.1.
     Dev(dev::DevArgs),
+    /// Load-test an etcd v3 API cluster (Skiff or etcd) and report throughput and latency.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -170,6 +174,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Dev(args) => dev::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

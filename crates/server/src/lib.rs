@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod apply;
 pub mod cluster;
 pub mod codec;
 pub mod convert;

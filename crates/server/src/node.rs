@@ -8,8 +8,10 @@
 //!             2. stage incoming snapshot chunks; install a complete snapshot (state
 //!                machine restored, log reset); persist hard state + entries, sync
 //!             3. send persisted_messages  (votes, append acks: only after the sync)
-//!             4. apply committed entries, answer waiting writers
-//!             5. answer reads released by the core (safe only after step 4)
+//!             4. hand committed entries, their writers and the released reads to the
+//!                apply task (crate::apply), which applies them while this task goes on
+//!                to the next batch (pipelined apply); reads are answered after the
+//!                entries before them are applied
 //!             advance(number)
 //!   then, if `snapshot_count` entries were applied since the last snapshot: snapshot the
 //!   state machine, save it, compact the core's log and the durable log (paper §7).
@@ -19,14 +21,14 @@
 //! "busy" to the caller, never an unbounded queue.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::{
-    EntryId, EntryKind, Index, Message, NodeId, RawNode, ReadCtx, Ready, Role, SnapshotMeta,
-};
+use raft::{EntryId, Index, Message, NodeId, RawNode, ReadCtx, Ready, Role, SnapshotMeta};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::apply::{ApplyJob, ReadReply, Waiter, WriteReply};
 use crate::error::ServerError;
 use crate::transport::Peers;
 
@@ -81,10 +83,8 @@ pub enum ReadFailure {
 
 struct Proposal {
     data: Vec<u8>,
-    reply: oneshot::Sender<Result<kv::Response, WriteError>>,
+    reply: WriteReply,
 }
-
-type ReadReply = oneshot::Sender<Result<(), ReadFailure>>;
 
 /// What the API can see of the node, updated after every batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,15 +148,20 @@ pub type CurrentSnapshot = (SnapshotMeta, Arc<Vec<u8>>);
 pub struct NodeTask {
     raw: RawNode,
     log: storage::Store,
-    kv: Arc<kv::Store>,
     peers: Arc<Peers>,
+    /// Jobs for the apply task, in order.
+    apply: mpsc::Sender<ApplyJob>,
+    /// The apply task, to learn why it stopped.
+    applier: Option<tokio::task::JoinHandle<Result<(), ServerError>>>,
+    /// The state machine's applied index, as the apply task last published it.
+    applied: Arc<AtomicU64>,
     tick: Duration,
     proposals: mpsc::Receiver<Proposal>,
     reads: mpsc::Receiver<ReadReply>,
     inbound: mpsc::Receiver<Message>,
     status: watch::Sender<NodeStatus>,
     /// Writers waiting for their entry: index -> (term proposed in, reply).
-    waiting_writes: BTreeMap<u64, (u64, oneshot::Sender<Result<kv::Response, WriteError>>)>,
+    waiting_writes: BTreeMap<u64, (u64, WriteReply)>,
     /// Readers waiting for confirmation, by read tag.
     waiting_reads: BTreeMap<u64, ReadReply>,
     /// Next read tag.
@@ -187,7 +192,9 @@ impl NodeTask {
         assert!(snapshot_count > 0, "snapshot_count must be positive");
         let (ptx, prx) = mpsc::channel(PROPOSALS_QUEUE_MAX);
         let (rtx, rrx) = mpsc::channel(READS_QUEUE_MAX);
-        let (stx, srx) = watch::channel(status_of(&raw));
+        let applied = Arc::new(AtomicU64::new(raw.status().applied.0));
+        let (stx, srx) = watch::channel(status_of(&raw, &applied));
+        let (apply, applier) = crate::apply::spawn(kv.clone(), applied.clone());
         let handle = NodeHandle {
             proposals: ptx,
             reads: rtx,
@@ -197,8 +204,10 @@ impl NodeTask {
         let task = NodeTask {
             raw,
             log,
-            kv,
             peers,
+            apply,
+            applier: Some(applier),
+            applied,
             tick,
             proposals: prx,
             reads: rrx,
@@ -248,9 +257,9 @@ impl NodeTask {
             }
             while self.raw.has_ready() {
                 let rd = self.raw.ready();
-                self.handle_ready(rd)?;
+                self.handle_ready(rd).await?;
             }
-            self.maybe_snapshot()?;
+            self.maybe_snapshot().await?;
         }
     }
 
@@ -298,7 +307,7 @@ impl NodeTask {
         }
     }
 
-    fn handle_ready(&mut self, rd: Ready) -> Result<(), ServerError> {
+    async fn handle_ready(&mut self, rd: Ready) -> Result<(), ServerError> {
         if let Some(ss) = rd.soft_state {
             tracing::info!(term = ss.term.0, role = ?ss.role, leader = ?ss.leader.map(|l| l.get()), "raft state");
         }
@@ -308,7 +317,7 @@ impl NodeTask {
         //    (Store::write syncs before returning).
         tokio::task::block_in_place(|| self.stage_chunks(&rd.snapshot_chunks))?;
         if let Some(meta) = &rd.snapshot {
-            tokio::task::block_in_place(|| self.install_snapshot(meta, rd.hard_state.as_ref()))?;
+            self.install_snapshot(meta, rd.hard_state.as_ref()).await?;
         }
         if rd.hard_state.is_some() || !rd.entries.is_empty() {
             let log = &mut self.log;
@@ -316,19 +325,31 @@ impl NodeTask {
         }
         // 3. Messages that promise durable state.
         self.send_all(rd.persisted_messages);
-        // 4. Apply.
-        if !rd.committed_entries.is_empty() {
-            let kv = self.kv.clone();
-            let results = tokio::task::block_in_place(|| apply_all(&kv, &rd.committed_entries))?;
-            for (entry, result) in rd.committed_entries.iter().zip(results) {
-                self.answer_write(entry.index.0, entry.term.0, result);
+        // 4. Apply (in the apply task), then answer the reads released in this batch.
+        let mut writers = Vec::new();
+        for e in &rd.committed_entries {
+            // Writers whose index was passed without their entry lost it to another leader.
+            self.fail_writes_through(e.index.0.saturating_sub(1));
+            if let Some((term, reply)) = self.waiting_writes.remove(&e.index.0) {
+                writers.push(Waiter {
+                    index: e.index.0,
+                    term,
+                    reply,
+                });
             }
         }
-        // 5. Reads, now that everything they must observe is applied.
-        for rs in rd.read_states {
-            if let Some(reply) = self.waiting_reads.remove(&rs.ctx.0) {
-                let _ = reply.send(Ok(()));
-            }
+        let reads: Vec<ReadReply> = rd
+            .read_states
+            .iter()
+            .filter_map(|rs| self.waiting_reads.remove(&rs.ctx.0))
+            .collect();
+        if !rd.committed_entries.is_empty() || !reads.is_empty() {
+            self.submit(ApplyJob::Entries {
+                entries: rd.committed_entries,
+                writers,
+                reads,
+            })
+            .await?;
         }
         for ctx in rd.failed_reads {
             if let Some(reply) = self.waiting_reads.remove(&ctx.0) {
@@ -336,8 +357,41 @@ impl NodeTask {
             }
         }
         self.raw.advance(rd.number);
-        self.status.send_replace(status_of(&self.raw));
+        self.status
+            .send_replace(status_of(&self.raw, &self.applied));
         Ok(())
+    }
+
+    /// Queues a job for the apply task; if that task has stopped, returns why.
+    async fn submit(&mut self, job: ApplyJob) -> Result<(), ServerError> {
+        if self.apply.send(job).await.is_ok() {
+            return Ok(());
+        }
+        Err(self.apply_failure().await)
+    }
+
+    /// Waits for the apply task's answer to a job.
+    async fn wait<T>(
+        &mut self,
+        rx: oneshot::Receiver<Result<T, ServerError>>,
+    ) -> Result<T, ServerError> {
+        match rx.await {
+            Ok(r) => r,
+            // The apply task dropped the job unanswered: it stopped.
+            Err(_) => Err(self.apply_failure().await),
+        }
+    }
+
+    /// Why the apply task stopped.
+    async fn apply_failure(&mut self) -> ServerError {
+        match self.applier.take() {
+            Some(task) => match task.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => ServerError::Invariant("the apply task stopped".into()),
+                Err(e) => ServerError::Invariant(format!("the apply task failed: {e}")),
+            },
+            None => ServerError::Invariant("the apply task stopped".into()),
+        }
     }
 
     /// Stages chunks of an incoming snapshot durably, in order (before the batch's
@@ -362,15 +416,15 @@ impl NodeTask {
     }
 
     /// Installs a fully staged snapshot from the leader: the snapshot file becomes durable,
-    /// the state machine is replaced by it, then the log restarts after it (keeping a
-    /// matching suffix). A crash between the steps is finished at the next start (see
-    /// `server::recover_snapshot`).
-    fn install_snapshot(
+    /// the state machine is replaced by it (after every entry queued before it is applied),
+    /// then the log restarts after it (keeping a matching suffix). A crash between the steps
+    /// is finished at the next start (see `server::recover_snapshot`).
+    async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
         hard_state: Option<&raft::HardState>,
     ) -> Result<(), ServerError> {
-        let (staged, data) = self.log.stage_finish()?;
+        let (staged, data) = tokio::task::block_in_place(|| self.log.stage_finish())?;
         if staged.last != meta.last || data.len() as u64 != meta.size_bytes {
             return Err(ServerError::Invariant(format!(
                 "asked to install snapshot {:?} of {} bytes but staged {:?} has {} bytes",
@@ -380,18 +434,18 @@ impl NodeTask {
                 data.len()
             )));
         }
-        self.kv.restore(&data)?;
-        self.kv.sync()?;
-        let applied = self.kv.applied_index()?;
-        if applied != meta.last.index.0 {
-            return Err(ServerError::Invariant(format!(
-                "snapshot {:?} restored a state machine at applied index {applied}",
-                meta.last
-            )));
-        }
+        let data = Arc::new(data);
+        let (done, rx) = oneshot::channel();
+        self.submit(ApplyJob::Install {
+            data: data.clone(),
+            index: meta.last.index.0,
+            done,
+        })
+        .await?;
+        self.wait(rx).await?;
         let mut hs = hard_state.copied().unwrap_or_else(|| self.log.hard_state());
         hs.commit = hs.commit.max(meta.last.index);
-        self.log.reset_to_snapshot(meta.last, &hs)?;
+        tokio::task::block_in_place(|| self.log.reset_to_snapshot(meta.last, &hs))?;
         tracing::info!(
             index = meta.last.index.0,
             term = meta.last.term.0,
@@ -400,19 +454,22 @@ impl NodeTask {
         );
         // Writers waiting on entries the snapshot covers will never see them applied here.
         self.fail_writes_through(meta.last.index.0);
-        self.snapshot = Some((meta.clone(), Arc::new(data)));
+        self.snapshot = Some((meta.clone(), data));
         Ok(())
     }
 
     /// Takes a snapshot of the state machine once `snapshot_count` entries were applied past
     /// the log start, then compacts the core's log and the durable log up to it (paper §7).
-    fn maybe_snapshot(&mut self) -> Result<(), ServerError> {
+    async fn maybe_snapshot(&mut self) -> Result<(), ServerError> {
         // Cheap test first (no IO): this runs after every batch.
         let start = self.log.log_start().index.0;
         if self.raw.status().applied.0 < start.saturating_add(self.snapshot_count) {
             return Ok(());
         }
-        let applied = self.kv.applied_index()?;
+        // The apply task serializes the state machine after the entries queued before.
+        let (done, rx) = oneshot::channel();
+        self.submit(ApplyJob::Snapshot { done }).await?;
+        let (applied, data) = self.wait(rx).await?;
         if applied < start.saturating_add(self.snapshot_count) {
             return Ok(());
         }
@@ -420,22 +477,17 @@ impl NodeTask {
         let Some(term) = self.raw.log().term(index) else {
             return Ok(());
         };
-        let membership = self.raw.log().membership_at(index).clone();
+        let meta = SnapshotMeta {
+            last: EntryId { term, index },
+            membership: self.raw.log().membership_at(index).clone(),
+            size_bytes: data.len() as u64,
+        };
         let log = &mut self.log;
-        let kv = &self.kv;
-        let (meta, data) = tokio::task::block_in_place(|| -> Result<_, ServerError> {
-            // The state machine must be durable at `applied` before the entries it covers go.
-            kv.sync()?;
-            let data = kv.snapshot()?;
-            let meta = SnapshotMeta {
-                last: EntryId { term, index },
-                membership,
-                size_bytes: data.len() as u64,
-            };
+        tokio::task::block_in_place(|| -> Result<_, ServerError> {
             log.save_snapshot(&storage_meta(&meta), &data)?;
             // The membership as of the new log start, before the entries that held it go.
             log.set_membership(&meta.membership)?;
-            Ok((meta, data))
+            Ok(())
         })?;
         self.raw
             .compact(meta.clone())
@@ -486,25 +538,6 @@ impl NodeTask {
             let _ = reply.send(Err(WriteError::LeaderChanged));
         }
     }
-
-    fn answer_write(
-        &mut self,
-        index: u64,
-        term: u64,
-        result: Option<Result<kv::Response, kv::KvError>>,
-    ) {
-        // Writers whose index was passed without their entry lost it to another leader.
-        self.fail_writes_through(index.saturating_sub(1));
-        if let Some((want_term, reply)) = self.waiting_writes.remove(&index) {
-            let answer = match result {
-                _ if want_term != term => Err(WriteError::LeaderChanged),
-                Some(Ok(resp)) => Ok(resp),
-                Some(Err(e)) => Err(WriteError::Kv(e)),
-                None => Err(WriteError::LeaderChanged),
-            };
-            let _ = reply.send(answer);
-        }
-    }
 }
 
 /// The storage crate's description of a snapshot (its size lives in the file).
@@ -515,54 +548,13 @@ pub fn storage_meta(meta: &SnapshotMeta) -> storage::SnapshotMeta {
     }
 }
 
-/// Applies committed entries in order. `None` for entries that carry no command.
-fn apply_all(
-    kv: &kv::Store,
-    entries: &[raft::Entry],
-) -> Result<Vec<Option<Result<kv::Response, kv::KvError>>>, ServerError> {
-    let applied = kv.applied_index()?;
-    let mut out = Vec::with_capacity(entries.len());
-    for e in entries {
-        if e.index.0 <= applied {
-            // Replayed after a restart: the state machine already has it.
-            out.push(None);
-            continue;
-        }
-        match e.kind {
-            EntryKind::Normal => {
-                let cmd = match kv::codec::decode_command(&e.data) {
-                    Ok(cmd) => cmd,
-                    Err(err) => {
-                        // A committed entry that does not decode is on every replica: skip it
-                        // deterministically rather than wedge the cluster.
-                        tracing::error!(index = e.index.0, error = %err, "undecodable command");
-                        kv.advance_applied(e.index.0)?;
-                        out.push(None);
-                        continue;
-                    }
-                };
-                match kv.apply(e.index.0, &cmd) {
-                    Ok(resp) => out.push(Some(Ok(resp))),
-                    Err(kv::Error::Kv(err)) => out.push(Some(Err(err))),
-                    Err(other) => return Err(other.into()),
-                }
-            }
-            _ => {
-                kv.advance_applied(e.index.0)?;
-                out.push(None);
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn status_of(raw: &RawNode) -> NodeStatus {
+fn status_of(raw: &RawNode, applied: &AtomicU64) -> NodeStatus {
     let s = raw.status();
     NodeStatus {
         term: s.term.0,
         leader: s.leader,
         role: s.role,
         commit: s.commit.0,
-        applied: s.applied.0,
+        applied: applied.load(Ordering::Acquire),
     }
 }

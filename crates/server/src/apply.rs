@@ -1,0 +1,207 @@
+//! The apply task: applies committed entries to the state machine behind the node task, so
+//! that the node task syncs the next batch to disk while this one is applied (pipelined apply).
+//!
+//! ```text
+//!   node task --ApplyJob (bounded, in order)--> apply task --> kv::Store
+//!                                                 |-- answers writers of each entry
+//!                                                 `-- answers reads released with the job,
+//!                                                     after every earlier job is applied
+//! ```
+//!
+//! Order is the whole contract: jobs are handled one at a time in the order sent, so a read
+//! released by the core in batch `n` is answered only once every entry of batches `<= n` is in
+//! the state machine, which is what ReadIndex needs (thesis §6.4). Snapshot jobs (install one
+//! from the leader, take one here) go through the same queue and so see exactly the entries
+//! sent before them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use raft::{Entry, EntryKind};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::ServerError;
+use crate::node::{ReadFailure, WriteError};
+
+/// Jobs queued for the apply task, at most; a full queue makes the node task wait.
+pub const APPLY_QUEUE_MAX: usize = 64;
+
+/// Where the answer to a write goes.
+pub type WriteReply = oneshot::Sender<Result<kv::Response, WriteError>>;
+/// Where the answer to a read goes.
+pub type ReadReply = oneshot::Sender<Result<(), ReadFailure>>;
+
+/// A writer waiting for the entry at `index`, proposed in `term`.
+pub struct Waiter {
+    /// Index the proposal got.
+    pub index: u64,
+    /// Term it was proposed in: if the entry applied at `index` has another term, the
+    /// proposal was lost to another leader.
+    pub term: u64,
+    /// The answer.
+    pub reply: WriteReply,
+}
+
+/// One unit of work, handled in order.
+pub enum ApplyJob {
+    /// Apply `entries` (committed, in log order), answer `writers`, then answer `reads`.
+    Entries {
+        /// Committed entries.
+        entries: Vec<Entry>,
+        /// Writers waiting for some of them, ascending by index.
+        writers: Vec<Waiter>,
+        /// Reads the core released in the same batch.
+        reads: Vec<ReadReply>,
+    },
+    /// Replace the state machine with a snapshot from the leader.
+    Install {
+        /// Snapshot bytes.
+        data: Arc<Vec<u8>>,
+        /// The applied index the snapshot must leave the state machine at.
+        index: u64,
+        /// Done (or why not).
+        done: oneshot::Sender<Result<(), ServerError>>,
+    },
+    /// Make the state machine durable and serialize it: `(applied index, bytes)`.
+    Snapshot {
+        /// The result.
+        done: oneshot::Sender<Result<(u64, Vec<u8>), ServerError>>,
+    },
+}
+
+/// Starts the apply task. `applied` is published after every job (for status and metrics).
+pub fn spawn(
+    kv: Arc<kv::Store>,
+    applied: Arc<AtomicU64>,
+) -> (
+    mpsc::Sender<ApplyJob>,
+    tokio::task::JoinHandle<Result<(), ServerError>>,
+) {
+    let (tx, rx) = mpsc::channel(APPLY_QUEUE_MAX);
+    let task = tokio::spawn(run(kv, applied, rx));
+    (tx, task)
+}
+
+/// Runs until the node task drops its sender (Ok) or the state machine fails (Err; the node
+/// task then stops too).
+async fn run(
+    kv: Arc<kv::Store>,
+    applied: Arc<AtomicU64>,
+    mut jobs: mpsc::Receiver<ApplyJob>,
+) -> Result<(), ServerError> {
+    while let Some(job) = jobs.recv().await {
+        match job {
+            ApplyJob::Entries {
+                entries,
+                writers,
+                reads,
+            } => {
+                let results = tokio::task::block_in_place(|| apply_all(&kv, &entries))?;
+                answer_writers(&entries, results, writers);
+                for r in reads {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            ApplyJob::Install { data, index, done } => {
+                let r = tokio::task::block_in_place(|| restore(&kv, &data, index));
+                let failed = r.as_ref().err().map(|e| e.to_string());
+                let _ = done.send(r);
+                if let Some(e) = failed {
+                    return Err(ServerError::Invariant(format!(
+                        "installing a snapshot failed: {e}"
+                    )));
+                }
+            }
+            ApplyJob::Snapshot { done } => {
+                let r = tokio::task::block_in_place(|| -> Result<_, ServerError> {
+                    // Durable first: the log entries the snapshot covers are about to go.
+                    kv.sync()?;
+                    let data = kv.snapshot()?;
+                    Ok((kv.applied_index()?, data))
+                });
+                let _ = done.send(r);
+            }
+        }
+        applied.store(kv.applied_index()?, Ordering::Release);
+    }
+    Ok(())
+}
+
+fn restore(kv: &kv::Store, data: &[u8], index: u64) -> Result<(), ServerError> {
+    kv.restore(data)?;
+    kv.sync()?;
+    let applied = kv.applied_index()?;
+    if applied != index {
+        return Err(ServerError::Invariant(format!(
+            "a snapshot through {index} restored a state machine at applied index {applied}"
+        )));
+    }
+    Ok(())
+}
+
+/// Answers each writer with the result of the entry at its index, if that entry is the one
+/// it proposed (same term); otherwise its proposal was lost to another leader.
+fn answer_writers(
+    entries: &[Entry],
+    results: Vec<Option<Result<kv::Response, kv::KvError>>>,
+    writers: Vec<Waiter>,
+) {
+    let first = entries.first().map_or(0, |e| e.index.0);
+    let mut results: Vec<Option<_>> = results.into_iter().map(Some).collect();
+    for w in writers {
+        let slot = w
+            .index
+            .checked_sub(first)
+            .and_then(|i| usize::try_from(i).ok());
+        let answer = match slot.and_then(|i| Some((entries.get(i)?, results.get_mut(i)?))) {
+            Some((e, result)) if e.term.0 == w.term => match result.take().flatten() {
+                Some(Ok(resp)) => Ok(resp),
+                Some(Err(err)) => Err(WriteError::Kv(err)),
+                None => Err(WriteError::LeaderChanged),
+            },
+            _ => Err(WriteError::LeaderChanged),
+        };
+        let _ = w.reply.send(answer);
+    }
+}
+
+/// Applies committed entries in order. `None` for entries that carry no command, or that the
+/// state machine already had (replayed after a restart).
+fn apply_all(
+    kv: &kv::Store,
+    entries: &[Entry],
+) -> Result<Vec<Option<Result<kv::Response, kv::KvError>>>, ServerError> {
+    let applied = kv.applied_index()?;
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        if e.index.0 <= applied {
+            out.push(None);
+            continue;
+        }
+        match e.kind {
+            EntryKind::Normal if !e.data.is_empty() => {
+                let cmd = match kv::codec::decode_command(&e.data) {
+                    Ok(cmd) => cmd,
+                    Err(err) => {
+                        // A committed entry that does not decode is on every replica: skip it
+                        // deterministically rather than wedge the cluster.
+                        tracing::error!(index = e.index.0, error = %err, "undecodable command");
+                        kv.advance_applied(e.index.0)?;
+                        out.push(None);
+                        continue;
+                    }
+                };
+                match kv.apply(e.index.0, &cmd) {
+                    Ok(resp) => out.push(Some(Ok(resp))),
+                    Err(kv::Error::Kv(err)) => out.push(Some(Err(err))),
+                    Err(other) => return Err(other.into()),
+                }
+            }
+            _ => {
+                kv.advance_applied(e.index.0)?;
+                out.push(None);
+            }
+        }
+    }
+    Ok(out)
+}

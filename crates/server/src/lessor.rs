@@ -14,7 +14,7 @@
 //!
 //! Pure: no clock, no IO. Callers pass `now`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 /// Longest deadline kept; longer TTLs (etcd allows 9e9 s) are capped so that `Instant`
@@ -47,13 +47,17 @@ pub enum Renewal {
 
 /// Deadlines of the leases this member expires while it leads.
 ///
-/// Invariant: `deadlines` is empty unless `primary_term` is set.
+/// Invariants: `deadlines` is empty unless `primary_term` is set; `by_deadline` holds exactly
+/// one `(expires_at, id)` per entry of `deadlines`.
 #[derive(Debug, Default)]
 pub struct Lessor {
     /// The term in which this member leads and keeps deadlines; `None` on followers.
     primary_term: Option<u64>,
     /// Lease id -> TTL and deadline.
     deadlines: BTreeMap<i64, Tracked>,
+    /// The same leases ordered by deadline, so that finding the expired ones costs what
+    /// they are, not what all leases are.
+    by_deadline: BTreeSet<(Instant, i64)>,
 }
 
 fn deadline(now: Instant, ttl_secs: i64) -> Instant {
@@ -70,16 +74,11 @@ impl Lessor {
     /// Becomes primary in `term`: every lease of the state machine gets a full TTL from now.
     pub fn promote(&mut self, term: u64, leases: &[kv::Lease], now: Instant) {
         self.primary_term = Some(term);
-        self.deadlines = leases
-            .iter()
-            .map(|l| {
-                let t = Tracked {
-                    ttl_secs: l.ttl,
-                    expires_at: deadline(now, l.ttl),
-                };
-                (l.id, t)
-            })
-            .collect();
+        self.deadlines.clear();
+        self.by_deadline.clear();
+        for l in leases {
+            self.set(l.id, l.ttl, deadline(now, l.ttl));
+        }
         self.check_invariants();
     }
 
@@ -87,6 +86,7 @@ impl Lessor {
     pub fn demote(&mut self) {
         self.primary_term = None;
         self.deadlines.clear();
+        self.by_deadline.clear();
         self.check_invariants();
     }
 
@@ -96,27 +96,37 @@ impl Lessor {
         if self.primary_term.is_none() {
             return;
         }
+        self.set(id, ttl_secs, deadline(now, ttl_secs));
+    }
+
+    /// Tracks `id` with `expires_at`, replacing an earlier deadline.
+    fn set(&mut self, id: i64, ttl_secs: i64, expires_at: Instant) {
         let t = Tracked {
             ttl_secs,
-            expires_at: deadline(now, ttl_secs),
+            expires_at,
         };
-        self.deadlines.insert(id, t);
+        if let Some(old) = self.deadlines.insert(id, t) {
+            self.by_deadline.remove(&(old.expires_at, id));
+        }
+        self.by_deadline.insert((expires_at, id));
     }
 
     /// Forgets a revoked lease.
     pub fn revoke(&mut self, id: i64) {
-        self.deadlines.remove(&id);
+        if let Some(old) = self.deadlines.remove(&id) {
+            self.by_deadline.remove(&(old.expires_at, id));
+        }
     }
 
     /// A keep-alive for `id` at `now`.
     pub fn renew(&mut self, id: i64, now: Instant) -> Renewal {
-        let Some(t) = self.deadlines.get_mut(&id) else {
+        let Some(t) = self.deadlines.get(&id).copied() else {
             return Renewal::Untracked;
         };
         if t.expires_at <= now {
             return Renewal::Expired;
         }
-        t.expires_at = deadline(now, t.ttl_secs);
+        self.set(id, t.ttl_secs, deadline(now, t.ttl_secs));
         Renewal::Renewed {
             ttl_secs: t.ttl_secs,
         }
@@ -131,14 +141,12 @@ impl Lessor {
 
     /// Up to `max` expired leases, earliest deadline first.
     pub fn expired(&self, now: Instant, max: usize) -> Vec<i64> {
-        let mut due: Vec<(Instant, i64)> = self
-            .deadlines
+        self.by_deadline
             .iter()
-            .filter(|(_, t)| t.expires_at <= now)
-            .map(|(id, t)| (t.expires_at, *id))
-            .collect();
-        due.sort_unstable();
-        due.into_iter().take(max).map(|(_, id)| id).collect()
+            .take_while(|(at, _)| *at <= now)
+            .take(max)
+            .map(|(_, id)| *id)
+            .collect()
     }
 
     /// Brings the tracked set in line with the state machine's `leases`: leases missing here
@@ -148,15 +156,14 @@ impl Lessor {
         if self.primary_term.is_none() {
             return;
         }
-        let mut next = BTreeMap::new();
+        let old = std::mem::take(&mut self.deadlines);
+        self.by_deadline.clear();
         for l in leases {
-            let t = self.deadlines.get(&l.id).copied().unwrap_or(Tracked {
-                ttl_secs: l.ttl,
-                expires_at: deadline(now, l.ttl),
-            });
-            next.insert(l.id, t);
+            let expires_at = old
+                .get(&l.id)
+                .map_or_else(|| deadline(now, l.ttl), |t| t.expires_at);
+            self.set(l.id, l.ttl, expires_at);
         }
-        self.deadlines = next;
         self.check_invariants();
     }
 
@@ -175,6 +182,11 @@ impl Lessor {
         assert!(
             self.primary_term.is_some() || self.deadlines.is_empty(),
             "a follower keeps no lease deadlines"
+        );
+        assert_eq!(
+            self.deadlines.len(),
+            self.by_deadline.len(),
+            "deadline index out of step"
         );
     }
 }
@@ -247,6 +259,22 @@ mod tests {
         assert_eq!(l.remaining(7, past), Some(Duration::ZERO));
         l.revoke(7);
         assert_eq!(l.renew(7, past), Renewal::Untracked);
+        l.check_invariants();
+    }
+
+    #[test]
+    fn expired_leases_come_earliest_deadline_first() {
+        let now = Instant::now();
+        let mut l = Lessor::default();
+        l.promote(1, &[lease(10, 3), lease(20, 1), lease(30, 2)], now);
+        let late = now + Duration::from_secs(5);
+        assert_eq!(l.expired(late, 10), vec![20, 30, 10]);
+        assert_eq!(l.expired(late, 2), vec![20, 30]);
+        // A renewal moves a lease back in the queue.
+        let soon = now + Duration::from_millis(500);
+        assert_eq!(l.renew(20, soon), Renewal::Renewed { ttl_secs: 1 });
+        assert_eq!(l.expired(now + Duration::from_secs(2), 10), vec![20, 30]);
+        l.check_invariants();
     }
 
     #[test]

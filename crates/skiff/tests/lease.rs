@@ -277,3 +277,97 @@ async fn an_unrenewed_lease_expires_on_every_member() {
         .into_inner();
     assert!(leases.leases.is_empty(), "{leases:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_through_a_follower_keep_the_lease() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let ttl = 5;
+    let g = grant(&c, follower, ttl).await;
+    put_with_lease(&c, follower, "kept", g.id).await;
+
+    // One keep-alive stream to the follower for more than twice the TTL; the follower
+    // forwards each keep-alive to the leader.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut l = lease_client(&c, follower).await;
+    let mut answers = l
+        .lease_keep_alive(ReceiverStream::new(rx))
+        .await
+        .expect("open keep-alive stream")
+        .into_inner();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2 * ttl as u64 + 2) {
+        tx.send(epb::LeaseKeepAliveRequest { id: g.id })
+            .await
+            .expect("queue keep-alive");
+        let a = answers
+            .message()
+            .await
+            .expect("keep-alive answer")
+            .expect("stream open");
+        assert_eq!((a.id, a.ttl), (g.id, ttl), "keep-alive answered {a:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    drop(tx);
+    for i in 0..3 {
+        assert_eq!(has_key(&c, i, "kept").await, Some(true), "member {i}");
+    }
+    if etcdctl_available() {
+        let id = format!("{:016x}", g.id);
+        let ka = etcdctl_ok(
+            &c.endpoint(follower),
+            &["lease", "keep-alive", "--once", &id],
+            "",
+        );
+        assert_eq!(
+            ka.stdout,
+            format!("lease {id} keepalived with TTL({ttl})\n")
+        );
+    }
+    // Without keep-alives it expires.
+    wait_key_gone(&c, &[0, 1, 2], "kept").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_outlives_its_leader_and_then_expires() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2]).await;
+    let ttl = 6;
+    let g = grant(&c, leader, ttl).await;
+    put_with_lease(&c, leader, "survivor", g.id).await;
+    c.kill(leader);
+    let live: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = c.wait_leader(&live).await;
+    let other = live
+        .iter()
+        .copied()
+        .find(|&i| i != new_leader)
+        .expect("two live members");
+
+    // The new leader gave the lease a full TTL when it took over: it is still there.
+    let deadline = Instant::now() + PATIENCE;
+    let left = loop {
+        let mut l = lease_client(&c, other).await;
+        let r = l
+            .lease_time_to_live(epb::LeaseTimeToLiveRequest {
+                id: g.id,
+                keys: true,
+            })
+            .await;
+        match r {
+            Ok(r) => break r.into_inner(),
+            Err(s) => eprintln!("time to live via member {other}: {s:?}"),
+        }
+        assert!(Instant::now() < deadline, "time to live never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(left.ttl >= 0, "lease lost in the leader change: {left:?}");
+    assert_eq!(left.granted_ttl, ttl);
+    assert_eq!(left.keys, vec![b"survivor".to_vec()]);
+    for &i in &live {
+        assert_eq!(has_key(&c, i, "survivor").await, Some(true), "member {i}");
+    }
+    // Not kept alive, it still expires under the new leader.
+    wait_key_gone(&c, &live, "survivor").await;
+}

@@ -11,7 +11,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use raft::Role;
@@ -38,14 +38,18 @@ const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 const PROMOTE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Answers queued on one keep-alive stream.
 const KEEPALIVE_QUEUE_MAX: usize = 16;
+/// Keep-alive streams open on one member, at most (each holds a task); more are refused as
+/// "too many requests".
+pub const KEEPALIVE_STREAMS_MAX: usize = 10_000;
 /// Attempts at a random lease id before giving up (a collision is a 1-in-2^63 event).
 const GRANT_ATTEMPTS_MAX: usize = 8;
 
 const ERR_NOT_LEADER: &str = "etcdserver: not leader";
+const ERR_TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 const ERR_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 
 /// The lease state of one member: the minimum TTL and, on the leader, the deadlines.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Leases {
     /// etcd's minimum TTL in seconds; smaller requested TTLs are raised to it. Set by
     /// [`Api::start_lessor`]; 1 before.
@@ -54,6 +58,19 @@ pub(super) struct Leases {
     lessor: Mutex<Lessor>,
     /// Salt for random lease ids.
     id_salt: AtomicU64,
+    /// One permit per open keep-alive stream.
+    keepalive_streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Leases {
+    fn default() -> Self {
+        Leases {
+            min_ttl_secs: AtomicI64::new(1),
+            lessor: Mutex::default(),
+            id_salt: AtomicU64::default(),
+            keepalive_streams: Arc::new(tokio::sync::Semaphore::new(KEEPALIVE_STREAMS_MAX)),
+        }
+    }
 }
 
 impl Leases {
@@ -511,10 +528,20 @@ impl epb::lease_server::Lease for Api {
         &self,
         request: Request<Streaming<epb::LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let Ok(permit) = self
+            .inner
+            .leases
+            .keepalive_streams
+            .clone()
+            .try_acquire_owned()
+        else {
+            return Err(Status::resource_exhausted(ERR_TOO_MANY_REQUESTS));
+        };
         let mut input = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
         let api = self.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             loop {
                 let next = tokio::select! {
                     m = input.message() => m,

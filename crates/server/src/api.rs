@@ -1,4 +1,4 @@
-//! The etcd v3 API: `etcdserverpb.KV` and `etcdserverpb.Maintenance`.
+//! The etcd v3 API: `etcdserverpb.KV` and `etcdserverpb.Maintenance` (`Lease` in [`lease`]).
 //!
 //! Writes are encoded as [`kv::Command`]s and proposed through the log; a follower forwards
 //! them to the leader over the peer port, since etcdctl does not retry writes on another
@@ -22,6 +22,8 @@ use crate::convert;
 use crate::node::{NodeHandle, ReadFailure, WriteError};
 use crate::pb::etcdserverpb as epb;
 use crate::transport::{ForwardedWrites, Peers, SESSION_HEADER};
+
+pub mod lease;
 
 /// etcd's default `--max-request-bytes`: larger requests are refused.
 pub const REQUEST_BYTES_MAX: usize = 1536 * 1024;
@@ -58,6 +60,8 @@ struct Inner {
     /// Next session id for a write arriving here. Starts at a random point, so that ids of
     /// different members (and of restarts) do not meet in practice.
     next_session: AtomicU64,
+    /// Lease expiry state (see [`lease`]).
+    leases: lease::Leases,
 }
 
 impl Api {
@@ -77,6 +81,7 @@ impl Api {
                 member_id,
                 kv_path,
                 next_session: AtomicU64::new(random_u64(member_id)),
+                leases: lease::Leases::default(),
             }),
         }
     }
@@ -290,13 +295,10 @@ fn write_status(e: WriteError) -> Status {
 fn kv_error_status(e: kv::KvError) -> Status {
     use kv::KvError as K;
     let code = match e {
-        K::EmptyKey
-        | K::ValueProvided
-        | K::LeaseProvided
-        | K::DuplicateKey
-        | K::TooManyOps
-        | K::LeaseTtlTooLarge => Code::InvalidArgument,
-        K::Compacted | K::FutureRevision => Code::OutOfRange,
+        K::EmptyKey | K::ValueProvided | K::LeaseProvided | K::DuplicateKey | K::TooManyOps => {
+            Code::InvalidArgument
+        }
+        K::Compacted | K::FutureRevision | K::LeaseTtlTooLarge => Code::OutOfRange,
         K::LeaseNotFound | K::KeyNotFound => Code::NotFound,
         K::LeaseExists => Code::FailedPrecondition,
         _ => Code::FailedPrecondition,

@@ -20,6 +20,7 @@ pub mod cluster;
 pub mod codec;
 pub mod convert;
 mod error;
+pub mod lessor;
 pub mod node;
 pub mod pb;
 pub mod server;

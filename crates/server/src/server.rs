@@ -26,7 +26,9 @@ use crate::api::{Api, REQUEST_BYTES_MAX};
 use crate::cluster::ClusterSpec;
 use crate::error::ServerError;
 use crate::node::{CurrentSnapshot, NodeTask, INBOUND_QUEUE_MAX};
-use crate::pb::etcdserverpb::{kv_server::KvServer, maintenance_server::MaintenanceServer};
+use crate::pb::etcdserverpb::{
+    kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+};
 use crate::pb::skiff::raft::v1::raft_server::RaftServer;
 use crate::transport::{Faults, Peers, RaftService, PEER_MSG_BYTES_MAX};
 
@@ -210,6 +212,7 @@ pub async fn run(
         config.snapshot_count,
     );
     let api = Api::new(handle, peers, cluster_id, me.id.get(), kv_path);
+    let lessor = api.start_lessor(config.election);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -242,6 +245,7 @@ pub async fn run(
     };
     let _ = stop_tx.send(true);
     node.abort();
+    lessor.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = client_server.await;
         let _ = peer_server.await;
@@ -298,6 +302,7 @@ fn client_routes(api: &Api) -> tonic::service::Routes {
             .max_decoding_message_size(REQUEST_BYTES_MAX + GRPC_OVERHEAD_BYTES),
     );
     grpc.add_service(MaintenanceServer::new(api.clone()));
+    grpc.add_service(LeaseServer::new(api.clone()));
     let (health_api, metrics_api) = (api.clone(), api.clone());
     let router = grpc
         .routes()

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
+use crate::api::lease::ForwardedLeases;
 use crate::codec;
 use crate::pb::etcdserverpb as epb;
 use crate::pb::skiff::raft::v1 as pb;
@@ -251,7 +252,7 @@ impl<F> RaftService<F> {
 }
 
 #[tonic::async_trait]
-impl<F: ForwardedWrites> pb::raft_server::Raft for RaftService<F> {
+impl<F: ForwardedWrites + ForwardedLeases> pb::raft_server::Raft for RaftService<F> {
     async fn send(
         &self,
         request: Request<pb::MessageBatch>,
@@ -331,5 +332,33 @@ impl<F: ForwardedWrites> pb::raft_server::Raft for RaftService<F> {
             .compact_here(request.into_inner(), session)
             .await
             .map(Response::new)
+    }
+
+    async fn lease_grant(
+        &self,
+        r: Request<epb::LeaseGrantRequest>,
+    ) -> Result<Response<epb::LeaseGrantResponse>, Status> {
+        self.writes.lease_grant_here(r).await
+    }
+
+    async fn lease_revoke(
+        &self,
+        r: Request<epb::LeaseRevokeRequest>,
+    ) -> Result<Response<epb::LeaseRevokeResponse>, Status> {
+        self.writes.lease_revoke_here(r).await
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        r: Request<epb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<epb::LeaseKeepAliveResponse>, Status> {
+        self.writes.lease_keep_alive_here(r).await
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        r: Request<epb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<epb::LeaseTimeToLiveResponse>, Status> {
+        self.writes.lease_time_to_live_here(r).await
     }
 }

@@ -244,7 +244,7 @@ async fn run_async(plan: Arc<Plan>) -> anyhow::Result<()> {
             .tcp_nodelay(true)
             .connect()
             .await
-            .map_err(|e| anyhow::anyhow!("connect to {url}: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("connect to {url}: {}", error_chain(&e)))?;
         channels.push(ch);
     }
     let clients: Vec<KvClient<Channel>> = (0..args.clients as usize)
@@ -541,6 +541,17 @@ fn txn_request(key: Vec<u8>, value: Vec<u8>) -> epb::TxnRequest {
 fn error_kind(s: &tonic::Status) -> String {
     let msg: String = s.message().chars().take(ERROR_MESSAGE_CHARS_MAX).collect();
     format!("{:?}: {msg}", s.code())
+}
+
+/// `e: its source: its source's source`, since tonic's transport errors say little alone.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text += &format!(": {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// A tiny seeded PRNG (SplitMix64): reproducible key choice without a dependency.

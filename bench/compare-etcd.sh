@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Benchmarks a 3-member etcd cluster and a 3-member Skiff cluster side by side on loopback,
+# with the same `skiff bench` workloads, then runs `etcdctl check perf` against each, and
+# prints a table of Skiff/etcd ratios.
+#
+#   bench/compare-etcd.sh                # everything (about 10 minutes)
+#   DURATION=5s bench/compare-etcd.sh    # shorter measured phases
+#   CHECK_PERF=0 bench/compare-etcd.sh   # skip etcdctl check perf (60 s per load and cluster)
+#   PROFILE=1 bench/compare-etcd.sh      # also `perf record -g` the Skiff leader under put/256
+#
+# Results (JSON per run, check perf output, member logs) stay in $RESULTS (default: a new
+# /tmp/skiff-compare.* directory); the members' data dirs are deleted at exit. Every process
+# the script starts is killed on exit, however it exits.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+DURATION=${DURATION:-8s}
+WARMUP=${WARMUP:-2s}
+KEY_SPACE=${KEY_SPACE:-10000}
+CHECK_PERF=${CHECK_PERF:-1}
+PROFILE=${PROFILE:-0}
+RESULTS=${RESULTS:-$(mktemp -d /tmp/skiff-compare.XXXXXX)}
+mkdir -p "$RESULTS"
+DATA=$(mktemp -d /tmp/skiff-compare-data.XXXXXX)
+export ETCDCTL_API=3
+# Loopback only: both clusters and every client stay on 127.0.0.1.
+ETCD_BASE=22379
+SKIFF_BASE=23379
+
+PIDS=()
+cleanup() {
+	local pid
+	for pid in "${PIDS[@]}"; do
+		kill "$pid" 2>/dev/null || true
+	done
+	for pid in "${PIDS[@]}"; do
+		wait "$pid" 2>/dev/null || true
+	done
+	PIDS=()
+	rm -rf "$DATA"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '== %s\n' "$*" >&2; }
+
+if ! command -v etcd >/dev/null; then
+	log "installing etcd-server"
+	apt-get update -qq && apt-get install -y -qq etcd-server >/dev/null
+fi
+command -v etcdctl >/dev/null || { echo "etcdctl not found (apt-get install etcd-client)" >&2; exit 1; }
+
+log "building skiff (release)"
+(cd "$ROOT" && cargo build --release -q -p skiff)
+SKIFF=${CARGO_TARGET_DIR:-$ROOT/target}/release/skiff
+[ -x "$SKIFF" ] || { echo "no skiff binary at $SKIFF" >&2; exit 1; }
+
+# endpoints BASE -> 127.0.0.1:BASE,127.0.0.1:BASE+2,127.0.0.1:BASE+4 (no scheme: etcdctl 3.4)
+endpoints() { echo "127.0.0.1:$1,127.0.0.1:$(($1 + 2)),127.0.0.1:$(($1 + 4))"; }
+initial_cluster() {
+	local prefix=$1 base=$2 i out=()
+	for i in 0 1 2; do out+=("$prefix$((i + 1))=http://127.0.0.1:$((base + 2 * i + 1))"); done
+	(IFS=,; echo "${out[*]}")
+}
+
+# start_members SYSTEM BASE: starts 3 members of SYSTEM (etcd|skiff) in the background.
+start_members() {
+	local sys=$1 base=$2 i name client peer cluster
+	cluster=$(initial_cluster "${sys:0:1}" "$base")
+	for i in 0 1 2; do
+		name="${sys:0:1}$((i + 1))"
+		client="http://127.0.0.1:$((base + 2 * i))"
+		peer="http://127.0.0.1:$((base + 2 * i + 1))"
+		local flags=(--name "$name" --data-dir "$DATA/$name"
+			--listen-client-urls "$client" --advertise-client-urls "$client"
+			--listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer"
+			--initial-cluster "$cluster" --initial-cluster-token "bench-$sys"
+			--initial-cluster-state new)
+		if [ "$sys" = etcd ]; then
+			etcd "${flags[@]}" >"$RESULTS/$name.log" 2>&1 &
+		else
+			"$SKIFF" serve "${flags[@]}" >"$RESULTS/$name.log" 2>&1 &
+		fi
+		PIDS+=($!)
+	done
+}
+
+# wait_ready ENDPOINTS: until a write through the first endpoint succeeds (at most 60 s).
+wait_ready() {
+	local i
+	for i in $(seq 1 120); do
+		if etcdctl --endpoints="$1" --dial-timeout=1s --command-timeout=2s put bench-ready 1 >/dev/null 2>&1; then
+			return 0
+		fi
+		sleep 0.5
+	done
+	echo "cluster at $1 never became ready" >&2
+	return 1
+}
+
+# leader_index ENDPOINTS: 0-based index of the member that says it leads.
+leader_index() {
+	local i=0 ep
+	for ep in ${1//,/ }; do
+		if etcdctl --endpoints="$ep" endpoint status -w simple 2>/dev/null | awk -F', ' '{exit !($5 == "true")}'; then
+			echo "$i"
+			return 0
+		fi
+		i=$((i + 1))
+	done
+	echo 0
+}
+
+# run_bench SYSTEM NAME ENDPOINTS ARGS...: one `skiff bench` run, JSON to $RESULTS/SYSTEM-NAME.json.
+run_bench() {
+	local sys=$1 name=$2 eps=$3
+	shift 3
+	log "$sys: $name"
+	"$SKIFF" bench --endpoints "$eps" --duration "$DURATION" --warmup "$WARMUP" \
+		--key-space "$KEY_SPACE" --val-size 256 --json "$RESULTS/$sys-$name.json" "$@" \
+		2>"$RESULTS/$sys-$name.progress" || log "$sys: $name failed (see $RESULTS/$sys-$name.progress)"
+}
+
+# bench_cluster SYSTEM BASE
+bench_cluster() {
+	local sys=$1 base=$2 eps leader leader_ep
+	eps=$(endpoints "$base")
+	log "$sys: starting 3 members on $eps"
+	start_members "$sys" "$base"
+	wait_ready "$eps"
+	leader=$(leader_index "$eps")
+	leader_ep=$(echo "$eps" | cut -d, -f$((leader + 1)))
+	log "$sys: leader is member $((leader + 1)) ($leader_ep)"
+
+	run_bench "$sys" put-c1 "$leader_ep" --workload put --clients 1 --conns 1
+	run_bench "$sys" put-c16 "$eps" --workload put --clients 16 --conns 6
+	if [ "$sys" = skiff ] && [ "$PROFILE" = 1 ]; then
+		local pid=${PIDS[$((${#PIDS[@]} - 3 + leader))]}
+		log "skiff: perf record -g on the leader (pid $pid) during put-c256"
+		# After the warmup, for most of the measured phase; DWARF unwinding because the
+		# release build keeps debug info but no frame pointers.
+		(sleep 2 && exec perf record -g --call-graph dwarf -F 199 -p "$pid" \
+			-o "$RESULTS/skiff-leader.perf.data" -- sleep 6) >"$RESULTS/perf-record.log" 2>&1 &
+		local perf_pid=$!
+		run_bench "$sys" put-c256 "$eps" --workload put --clients 256 --conns 24
+		wait "$perf_pid" || true
+	else
+		run_bench "$sys" put-c256 "$eps" --workload put --clients 256 --conns 24
+	fi
+	run_bench "$sys" get-l-c16 "$eps" --workload get --consistency l --clients 16 --conns 6
+	run_bench "$sys" get-l-c256 "$eps" --workload get --consistency l --clients 256 --conns 24
+	run_bench "$sys" mixed90-c256 "$eps" --workload mixed --read-ratio 0.9 --clients 256 --conns 24
+
+	if [ "$CHECK_PERF" = 1 ]; then
+		local load
+		for load in m l; do
+			log "$sys: etcdctl check perf --load=$load (60 s)"
+			etcdctl --endpoints="$eps" del --prefix /etcdctl-check-perf/ >/dev/null 2>&1 || true
+			{
+				echo "\$ etcdctl --endpoints=$eps check perf --load=$load"
+				timeout 150 etcdctl --endpoints="$eps" check perf --load="$load" 2>&1 &&
+					echo "(exit 0)" || echo "(exit $?)"
+			} 2>&1 | tr '\r' '\n' | grep -Ev '^ *[0-9]+ / [0-9]+ |^[[:space:]]*$' \
+				>"$RESULTS/$sys-checkperf-$load.txt" || true
+			tail -n 8 "$RESULTS/$sys-checkperf-$load.txt" >&2
+		done
+	fi
+	log "$sys: stopping"
+	cleanup
+	DATA=$(mktemp -d /tmp/skiff-compare-data.XXXXXX)
+}
+
+bench_cluster etcd "$ETCD_BASE"
+bench_cluster skiff "$SKIFF_BASE"
+
+# The table: one row per workload, etcd and Skiff side by side, then Skiff/etcd ratios.
+echo
+echo "etcd $(etcd --version 2>/dev/null | head -n 1 | awk '{print $3}') vs skiff $(cd "$ROOT" && git describe --always --dirty); measured $DURATION after $WARMUP warmup; results in $RESULTS"
+echo
+printf '| %-13s | %11s | %11s | %8s | %9s | %8s | %9s | %8s | %9s | %7s | %7s | %6s |\n' \
+	workload "etcd ops/s" "skiff ops/s" "etcd p50" "skiff p50" "etcd p99" "skiff p99" "etcd max" "skiff max" "thr x" "p99 x" errors
+printf '|%s|\n' "---------------|-------------|-------------|----------|-----------|----------|-----------|----------|-----------|---------|---------|--------"
+for name in put-c1 put-c16 put-c256 get-l-c16 get-l-c256 mixed90-c256; do
+	e="$RESULTS/etcd-$name.json"
+	s="$RESULTS/skiff-$name.json"
+	if [ -f "$e" ] && [ -f "$s" ]; then
+		jq -rn --arg name "$name" --slurpfile e "$e" --slurpfile s "$s" '
+			$e[0] as $e | $s[0] as $s |
+			def r(a; b): if b > 0 then (a / b * 100 | round / 100) else "-" end;
+			[$name, ($e.throughput_ops_s | round), ($s.throughput_ops_s | round),
+			 $e.latency_ms.p50, $s.latency_ms.p50, $e.latency_ms.p99, $s.latency_ms.p99,
+			 $e.latency_ms.max, $s.latency_ms.max,
+			 r($s.throughput_ops_s; $e.throughput_ops_s), r($s.latency_ms.p99; $e.latency_ms.p99),
+			 "\($e.errors_total)/\($s.errors_total)"] | @tsv' |
+			awk -F'\t' '{printf "| %-13s | %11s | %11s | %8s | %9s | %8s | %9s | %8s | %9s | %7s | %7s | %6s |\n", $1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12}'
+	else
+		printf '| %-13s | missing result: %s %s\n' "$name" "$([ -f "$e" ] || echo etcd)" "$([ -f "$s" ] || echo skiff)"
+	fi
+done
+echo
+echo "latencies in ms; thr x = Skiff/etcd throughput; p99 x = Skiff/etcd p99 (lower is better); errors = etcd/skiff"
+if [ "$CHECK_PERF" = 1 ]; then
+	for sys in etcd skiff; do
+		for load in m l; do
+			f="$RESULTS/$sys-checkperf-$load.txt"
+			[ -f "$f" ] || continue
+			echo
+			echo "$sys check perf --load=$load:"
+			grep -E 'PASS|FAIL|Slowest|Stddev|Throughput|rror|exit' "$f" | sed 's/^/  /' || true
+		done
+	done
+fi

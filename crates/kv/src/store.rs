@@ -6,7 +6,7 @@ use redb::backends::InMemoryBackend;
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::command::{Command, Request, Response};
-use crate::error::Error;
+use crate::error::{Error, KvError};
 use crate::lease::{self, LEASES, LEASE_KEYS};
 use crate::mvcc::{scan_live, KeySpan, Record, HISTORY};
 use crate::range;
@@ -269,6 +269,96 @@ impl Store {
         .write(&txn)?;
         txn.commit()?;
         result.map_err(Error::Kv)
+    }
+
+    /// Applies a run of committed Raft entries in one write transaction (one commit, so the
+    /// pages and the sync are shared; etcd's backend batches the same way). `None` marks an
+    /// entry without a command (no-op, configuration): only the applied index moves.
+    ///
+    /// Results match calling [`Store::apply`] / [`Store::advance_applied`] on each entry in
+    /// order, with `None` for entries at or below the applied index (already applied) and for
+    /// entries without a command. If a request fails (`KvError`), it may have written part
+    /// of its effect before failing, so the batch is abandoned and redone one transaction per
+    /// entry, which undoes a failed request alone. Storage faults return `Err` with nothing
+    /// of the batch applied.
+    pub fn apply_batch(
+        &self,
+        entries: &[(u64, Option<&Command>)],
+    ) -> Result<Vec<Option<Result<Response, KvError>>>, Error> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let txn = self.begin_write()?;
+        let mut meta = Meta::read(&txn.open_table(META)?)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for &(index, cmd) in entries {
+            if index <= meta.applied {
+                out.push(None);
+                continue;
+            }
+            let Some(cmd) = cmd else {
+                meta.applied = index;
+                out.push(None);
+                continue;
+            };
+            if let Some(s) = cmd.session {
+                let early = match session::lookup(&txn, s)? {
+                    Lookup::Apply => None,
+                    Lookup::Retry(result) => {
+                        session::touch(&txn, s.client_id, index)?;
+                        Some(result)
+                    }
+                    Lookup::Refuse(e) => Some(Err(e)),
+                };
+                if let Some(result) = early {
+                    meta.applied = index;
+                    out.push(Some(result));
+                    continue;
+                }
+            }
+            match execute(&txn, meta, &cmd.request) {
+                Ok((resp, after)) => {
+                    let result = Ok(resp);
+                    if let Some(s) = cmd.session {
+                        session::record(&txn, s, index, &result, self.options.sessions_max)?;
+                    }
+                    meta = Meta {
+                        applied: index,
+                        ..after
+                    };
+                    out.push(Some(result));
+                }
+                Err(Error::Kv(_)) => {
+                    txn.abort()?;
+                    return self.apply_each(entries);
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        meta.write(&txn)?;
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// [`Store::apply_batch`] one transaction per entry.
+    fn apply_each(
+        &self,
+        entries: &[(u64, Option<&Command>)],
+    ) -> Result<Vec<Option<Result<Response, KvError>>>, Error> {
+        let mut out = Vec::with_capacity(entries.len());
+        for &(index, cmd) in entries {
+            let r = match cmd {
+                Some(cmd) => self.apply(index, cmd).map(Some),
+                None => self.advance_applied(index).map(|()| None),
+            };
+            match r {
+                Ok(resp) => out.push(resp.map(Ok)),
+                Err(Error::AlreadyApplied { .. }) => out.push(None),
+                Err(Error::Kv(e)) => out.push(Some(Err(e))),
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(out)
     }
 
     /// Records that Raft entry `index`, which carries no command (an election no-op, a

@@ -327,3 +327,70 @@ fn invalid_options_are_refused_with_a_reason() {
         assert!(err.to_string().contains("at least 1"), "{err}");
     }
 }
+
+/// `apply_batch` gives the results and the state of applying each entry on its own, also when
+/// a request in the middle fails (the batch is redone entry by entry), with retries of a
+/// session inside the batch, no-op entries, and entries already applied.
+#[test]
+fn a_batch_applies_like_one_entry_at_a_time() {
+    let session = |id| {
+        Some(Session {
+            client_id: id,
+            seq: 1,
+        })
+    };
+    let cmd = |session, request| Command { session, request };
+    let cmds = [
+        cmd(session(1), put("a", "1")),
+        cmd(None, put("b", "2")),
+        cmd(session(1), put("a", "1")), // a retry of the first: answered, not applied
+        cmd(
+            session(2),
+            Request::Put(PutRequest {
+                lease: 77, // no such lease: fails
+                ..PutRequest::new("c", "3")
+            }),
+        ),
+        cmd(session(3), put("a", "4")),
+    ];
+    let layout: Vec<(u64, Option<&Command>)> = vec![
+        (1, None), // an election no-op
+        (2, Some(&cmds[0])),
+        (3, Some(&cmds[1])),
+        (4, Some(&cmds[2])),
+        (5, Some(&cmds[3])),
+        (6, Some(&cmds[4])),
+    ];
+    for with_failure in [false, true] {
+        let entries: Vec<(u64, Option<&Command>)> = layout
+            .iter()
+            .copied()
+            .filter(|(i, _)| with_failure || *i != 5)
+            .collect();
+        let one = store(100);
+        let mut expected = Vec::new();
+        for &(index, c) in &entries {
+            expected.push(match c {
+                None => {
+                    one.advance_applied(index).unwrap();
+                    None
+                }
+                Some(c) => match one.apply(index, c) {
+                    Ok(r) => Some(Ok(r)),
+                    Err(kv::Error::Kv(e)) => Some(Err(e)),
+                    Err(e) => panic!("{e}"),
+                },
+            });
+        }
+        let batch = store(100);
+        let got = batch.apply_batch(&entries).unwrap();
+        assert_eq!(got, expected, "with_failure={with_failure}");
+        assert_eq!(batch.hash().unwrap(), one.hash().unwrap());
+        assert_eq!(batch.applied_index().unwrap(), 6);
+        batch.check_invariants().unwrap();
+        // Replaying the same batch applies nothing.
+        let again = batch.apply_batch(&entries).unwrap();
+        assert!(again.iter().all(Option::is_none));
+        assert_eq!(batch.hash().unwrap(), one.hash().unwrap());
+    }
+}

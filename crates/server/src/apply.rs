@@ -165,43 +165,33 @@ fn answer_writers(
     }
 }
 
-/// Applies committed entries in order. `None` for entries that carry no command, or that the
-/// state machine already had (replayed after a restart).
+/// Applies committed entries in order, in one state machine transaction. `None` for entries
+/// that carry no command, or that the state machine already had (replayed after a restart).
 fn apply_all(
     kv: &kv::Store,
     entries: &[Entry],
 ) -> Result<Vec<Option<Result<kv::Response, kv::KvError>>>, ServerError> {
-    let applied = kv.applied_index()?;
-    let mut out = Vec::with_capacity(entries.len());
-    for e in entries {
-        if e.index.0 <= applied {
-            out.push(None);
-            continue;
-        }
-        match e.kind {
-            EntryKind::Normal if !e.data.is_empty() => {
-                let cmd = match kv::codec::decode_command(&e.data) {
-                    Ok(cmd) => cmd,
-                    Err(err) => {
-                        // A committed entry that does not decode is on every replica: skip it
-                        // deterministically rather than wedge the cluster.
-                        tracing::error!(index = e.index.0, error = %err, "undecodable command");
-                        kv.advance_applied(e.index.0)?;
-                        out.push(None);
-                        continue;
+    let commands: Vec<(u64, Option<kv::Command>)> = entries
+        .iter()
+        .map(|e| {
+            let cmd = match e.kind {
+                EntryKind::Normal if !e.data.is_empty() => {
+                    match kv::codec::decode_command(&e.data) {
+                        Ok(cmd) => Some(cmd),
+                        Err(err) => {
+                            // A committed entry that does not decode is on every replica: skip
+                            // it deterministically rather than wedge the cluster.
+                            tracing::error!(index = e.index.0, error = %err, "undecodable command");
+                            None
+                        }
                     }
-                };
-                match kv.apply(e.index.0, &cmd) {
-                    Ok(resp) => out.push(Some(Ok(resp))),
-                    Err(kv::Error::Kv(err)) => out.push(Some(Err(err))),
-                    Err(other) => return Err(other.into()),
                 }
-            }
-            _ => {
-                kv.advance_applied(e.index.0)?;
-                out.push(None);
-            }
-        }
-    }
-    Ok(out)
+                _ => None,
+            };
+            (e.index.0, cmd)
+        })
+        .collect();
+    let refs: Vec<(u64, Option<&kv::Command>)> =
+        commands.iter().map(|(i, c)| (*i, c.as_ref())).collect();
+    Ok(kv.apply_batch(&refs)?)
 }

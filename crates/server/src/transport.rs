@@ -126,49 +126,96 @@ impl Peers {
     }
 }
 
+/// Batches queued on one peer stream, at most; a stream that cannot take a batch for
+/// [`SEND_TIMEOUT`] (a hung peer) is dropped and reopened.
+const STREAM_BATCHES_MAX: usize = 16;
+/// A stream that stayed up this long counts as a recovery: backoff starts over.
+const STREAM_HEALTHY_AFTER: Duration = Duration::from_secs(1);
+
+/// Takes `first` and whatever else is queued, up to the batch limits.
+fn next_batch(
+    cluster_id: u64,
+    first: Message,
+    rx: &mut mpsc::Receiver<Message>,
+) -> pb::MessageBatch {
+    let mut bytes = first.body.size_bytes();
+    let mut messages = vec![codec::encode_message(&first)];
+    while messages.len() < BATCH_MSGS_MAX && bytes < BATCH_BYTES_MAX {
+        match rx.try_recv() {
+            Ok(m) => {
+                bytes += m.body.size_bytes();
+                messages.push(codec::encode_message(&m));
+            }
+            Err(_) => break,
+        }
+    }
+    pb::MessageBatch {
+        cluster_id,
+        messages,
+    }
+}
+
+/// Sends everything queued for `to` over one client stream (`Raft.Stream`), reopening it
+/// with exponential backoff when it breaks. Messages in flight when a stream breaks are
+/// lost, which Raft tolerates (it resends).
 async fn send_loop(cluster_id: u64, to: NodeId, channel: Channel, mut rx: mpsc::Receiver<Message>) {
-    let mut client = RaftClient::new(channel)
+    let client = RaftClient::new(channel)
         .max_decoding_message_size(PEER_MSG_BYTES_MAX)
         .max_encoding_message_size(PEER_MSG_BYTES_MAX);
     let mut backoff = BACKOFF_MIN;
     let mut failing = false;
-    while let Some(first) = rx.recv().await {
-        let mut bytes = first.body.size_bytes();
-        let mut batch = vec![codec::encode_message(&first)];
-        while batch.len() < BATCH_MSGS_MAX && bytes < BATCH_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(m) => {
-                    bytes += m.body.size_bytes();
-                    batch.push(codec::encode_message(&m));
-                }
-                Err(_) => break,
-            }
-        }
-        let mut req = Request::new(pb::MessageBatch {
-            cluster_id,
-            messages: batch,
+    loop {
+        // Open a stream lazily, when there is something to send.
+        let Some(first) = rx.recv().await else {
+            return;
+        };
+        let (btx, brx) = mpsc::channel(STREAM_BATCHES_MAX);
+        let mut c = client.clone();
+        let mut call = tokio::spawn(async move {
+            c.stream(tokio_stream::wrappers::ReceiverStream::new(brx))
+                .await
         });
-        req.set_timeout(SEND_TIMEOUT);
-        match client.send(req).await {
-            Ok(_) => {
-                if failing {
-                    tracing::info!(peer = to.get(), "peer reachable again");
+        let opened = tokio::time::Instant::now();
+        let mut pending = Some(first);
+        let why = loop {
+            let m = match pending.take() {
+                Some(m) => m,
+                None => match rx.recv().await {
+                    Some(m) => m,
+                    None => {
+                        drop(btx);
+                        let _ = call.await;
+                        return;
+                    }
+                },
+            };
+            let batch = next_batch(cluster_id, m, &mut rx);
+            match tokio::time::timeout(SEND_TIMEOUT, btx.send(batch)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break "stream closed".to_string(),
+                Err(_) => {
+                    call.abort();
+                    break "peer stopped reading".to_string();
                 }
-                failing = false;
-                backoff = BACKOFF_MIN;
             }
-            Err(status) => {
-                if !failing {
-                    tracing::warn!(peer = to.get(), error = %status.message(), "send to peer failed; backing off");
-                }
-                failing = true;
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                // Messages queued during the outage are stale (heartbeats, old appends); drop
-                // them and let Raft send fresh ones.
-                while rx.try_recv().is_ok() {}
-            }
+        };
+        let why = match (&mut call).await {
+            Ok(Err(status)) => status.message().to_string(),
+            _ => why,
+        };
+        if opened.elapsed() >= STREAM_HEALTHY_AFTER {
+            failing = false;
+            backoff = BACKOFF_MIN;
         }
+        if !failing {
+            tracing::warn!(peer = to.get(), error = %why, "stream to peer broke; reconnecting with backoff");
+        }
+        failing = true;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        // Messages queued during the outage are stale (heartbeats, old appends); drop them
+        // and let Raft send fresh ones.
+        while rx.try_recv().is_ok() {}
     }
 }
 
@@ -251,19 +298,18 @@ impl<F> RaftService<F> {
     }
 }
 
-#[tonic::async_trait]
-impl<F: ForwardedWrites + ForwardedLeases> pb::raft_server::Raft for RaftService<F> {
-    async fn send(
-        &self,
-        request: Request<pb::MessageBatch>,
-    ) -> Result<Response<pb::SendAck>, Status> {
-        let batch = request.into_inner();
+impl<F> RaftService<F> {
+    /// Hands a batch's messages to the node task, in order. A malformed or misaddressed
+    /// batch is refused whole; when the node's inbound queue is full the rest of the batch
+    /// is dropped (lost messages are resent by Raft; the queue stays bounded).
+    fn deliver(&self, batch: pb::MessageBatch) -> Result<(), Status> {
         if batch.cluster_id != self.cluster_id {
             return Err(Status::failed_precondition(format!(
                 "message from cluster {:#x}, this is cluster {:#x}",
                 batch.cluster_id, self.cluster_id
             )));
         }
+        let mut decoded = Vec::with_capacity(batch.messages.len());
         for m in batch.messages {
             let m =
                 codec::decode_message(m).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -273,6 +319,9 @@ impl<F: ForwardedWrites + ForwardedLeases> pb::raft_server::Raft for RaftService
                     m.to, self.me
                 )));
             }
+            decoded.push(m);
+        }
+        for m in decoded {
             if self.faults.is_blocked(m.from) {
                 // Cut off by the fault hook: lost, as on a broken network.
                 continue;
@@ -280,12 +329,35 @@ impl<F: ForwardedWrites + ForwardedLeases> pb::raft_server::Raft for RaftService
             match self.inbound.try_send(m) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(Status::resource_exhausted("inbound raft queue full"))
+                    tracing::debug!("inbound raft queue full; dropped the rest of a batch");
+                    return Ok(());
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
                     return Err(Status::unavailable("node stopped"))
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl<F: ForwardedWrites + ForwardedLeases> pb::raft_server::Raft for RaftService<F> {
+    async fn send(
+        &self,
+        request: Request<pb::MessageBatch>,
+    ) -> Result<Response<pb::SendAck>, Status> {
+        self.deliver(request.into_inner())?;
+        Ok(Response::new(pb::SendAck {}))
+    }
+
+    async fn stream(
+        &self,
+        request: Request<tonic::Streaming<pb::MessageBatch>>,
+    ) -> Result<Response<pb::SendAck>, Status> {
+        let mut batches = request.into_inner();
+        while let Some(batch) = batches.message().await? {
+            self.deliver(batch)?;
         }
         Ok(Response::new(pb::SendAck {}))
     }

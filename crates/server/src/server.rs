@@ -56,6 +56,10 @@ pub struct ServerConfig {
     pub heartbeat: Duration,
     /// Minimum election timeout.
     pub election: Duration,
+    /// Serve linearizable reads from the leader's lease (no heartbeat round per read batch)
+    /// instead of ReadIndex. Assumes bounded clock drift between members (see
+    /// `raft::ReadOnlyOption::LeaseBased`); off by default.
+    pub lease_reads: bool,
     /// Take a snapshot and compact the log after this many applied entries (etcd's
     /// `--snapshot-count`).
     pub snapshot_count: u64,
@@ -159,6 +163,9 @@ pub async fn run(
     rc.election_ticks = (config.election.as_millis() / config.heartbeat.as_millis().max(1)) as u64;
     rc.msg_bytes_max = ENTRY_BYTES_MAX;
     rc.seed = seed();
+    if config.lease_reads {
+        rc.read_only = raft::ReadOnlyOption::LeaseBased;
+    }
     let mut raw = RawNode::new(rc, state)?;
     if let Some((meta, _)) = &snapshot {
         raw.compact(meta.clone()).map_err(|e| {

@@ -69,6 +69,11 @@ struct ServeArgs {
     /// Election timeout in milliseconds (at least 5 heartbeats).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(5..=50_000))]
     election_timeout: u64,
+    /// How linearizable reads are confirmed: "index" (ReadIndex, a heartbeat round per batch of
+    /// reads; safe with any clocks) or "lease" (the leader's lease, no round trip; assumes the
+    /// members' clocks run at the same rate within a small drift).
+    #[arg(long, default_value = "index", value_parser = ["index", "lease"])]
+    read_mode: String,
     /// Number of applied entries after which a snapshot is taken and the log compacted.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_count: u64,
@@ -129,6 +134,7 @@ impl ServeArgs {
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count,
+            lease_reads: self.read_mode == "lease",
             fault_file: self.fault_file.clone(),
         };
         config.validate().map_err(anyhow::Error::msg)?;

@@ -55,7 +55,7 @@ mod write;
 pub use command::{Command, Request, Response, Session};
 pub use error::{Error, KvError};
 pub use lease::LEASE_TTL_MAX;
-pub use store::{Durability, Options, Store};
+pub use store::{Durability, Options, SnapshotView, Store};
 pub use types::*;
 
 /// Most compares, or ops in one branch, of a transaction: etcd's `--max-txn-ops` default.

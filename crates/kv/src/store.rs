@@ -140,6 +140,23 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// See [`Store::snapshot_view`].
+pub struct SnapshotView {
+    txn: ReadTransaction,
+}
+
+impl SnapshotView {
+    /// The applied index the view is at.
+    pub fn applied_index(&self) -> Result<u64, Error> {
+        Ok(Meta::read(&self.txn.open_table(META)?)?.applied)
+    }
+
+    /// The view as snapshot bytes (the format of [`Store::snapshot`]).
+    pub fn bytes(&self) -> Result<Vec<u8>, Error> {
+        crate::snapshot::write(&self.txn)
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in the redb file at `path`.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Store, Error> {
@@ -496,6 +513,15 @@ impl Store {
     /// The whole state as bytes, from one consistent read transaction (see [`crate::snapshot`]).
     pub fn snapshot(&self) -> Result<Vec<u8>, Error> {
         crate::snapshot::write(&self.begin_read()?)
+    }
+
+    /// A consistent view of the current state that can be serialized later, on another
+    /// thread, while writes go on (redb's MVCC keeps the view's pages alive until it is
+    /// dropped).
+    pub fn snapshot_view(&self) -> Result<SnapshotView, Error> {
+        Ok(SnapshotView {
+            txn: self.begin_read()?,
+        })
     }
 
     /// Replaces the whole state (including the applied index) with a snapshot, atomically: on

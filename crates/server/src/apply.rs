@@ -12,7 +12,8 @@
 //! released by the core in batch `n` is answered only once every entry of batches `<= n` is in
 //! the state machine, which is what ReadIndex needs (thesis §6.4). Snapshot jobs (install one
 //! from the leader, take one here) go through the same queue and so see exactly the entries
-//! sent before them.
+//! sent before them; taking one only opens a read view here, and the node task serializes it
+//! on a blocking thread while applying goes on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,10 +63,11 @@ pub enum ApplyJob {
         /// Done (or why not).
         done: oneshot::Sender<Result<(), ServerError>>,
     },
-    /// Make the state machine durable and serialize it: `(applied index, bytes)`.
+    /// Make the state machine durable and hand out a consistent view of it, to be
+    /// serialized off the apply path.
     Snapshot {
         /// The result.
-        done: oneshot::Sender<Result<(u64, Vec<u8>), ServerError>>,
+        done: oneshot::Sender<Result<kv::SnapshotView, ServerError>>,
     },
 }
 
@@ -116,8 +118,7 @@ async fn run(
                 let r = tokio::task::block_in_place(|| -> Result<_, ServerError> {
                     // Durable first: the log entries the snapshot covers are about to go.
                     kv.sync()?;
-                    let data = kv.snapshot()?;
-                    Ok((kv.applied_index()?, data))
+                    Ok(kv.snapshot_view()?)
                 });
                 let _ = done.send(r);
             }

@@ -172,6 +172,8 @@ pub struct NodeTask {
     snapshot: Option<CurrentSnapshot>,
     /// Take a snapshot once this many entries were applied past the log start.
     snapshot_count: u64,
+    /// A snapshot being serialized and written on a blocking thread, if any (at most one).
+    snapshotting: Option<tokio::task::JoinHandle<Result<CurrentSnapshot, ServerError>>>,
 }
 
 impl NodeTask {
@@ -218,6 +220,7 @@ impl NodeTask {
             next_read_ctx: 1,
             snapshot,
             snapshot_count,
+            snapshotting: None,
         };
         (task, handle)
     }
@@ -242,6 +245,15 @@ impl NodeTask {
                     Some(r) => self.read(r),
                     None => return Ok(()),
                 },
+                done = async { self.snapshotting.as_mut().expect("guarded").await },
+                    if self.snapshotting.is_some() =>
+                {
+                    self.snapshotting = None;
+                    let taken = done.map_err(|e| {
+                        ServerError::Invariant(format!("snapshot writer failed: {e}"))
+                    })??;
+                    self.finish_snapshot(taken)?;
+                }
             }
             // Take whatever else is already queued so that one sync covers all of it.
             for _ in 0..INPUTS_PER_BATCH_MAX {
@@ -458,18 +470,23 @@ impl NodeTask {
         Ok(())
     }
 
-    /// Takes a snapshot of the state machine once `snapshot_count` entries were applied past
-    /// the log start, then compacts the core's log and the durable log up to it (paper §7).
+    /// Starts a snapshot once `snapshot_count` entries were applied past the log start
+    /// (paper §7): the apply task opens a durable, consistent view of the state machine, and a
+    /// blocking thread serializes it and writes the snapshot file, so neither the node task nor
+    /// applying waits for a large state to be written. [`NodeTask::finish_snapshot`] then
+    /// compacts the logs.
     async fn maybe_snapshot(&mut self) -> Result<(), ServerError> {
         // Cheap test first (no IO): this runs after every batch.
         let start = self.log.log_start().index.0;
-        if self.raw.status().applied.0 < start.saturating_add(self.snapshot_count) {
+        if self.snapshotting.is_some()
+            || self.raw.status().applied.0 < start.saturating_add(self.snapshot_count)
+        {
             return Ok(());
         }
-        // The apply task serializes the state machine after the entries queued before.
         let (done, rx) = oneshot::channel();
         self.submit(ApplyJob::Snapshot { done }).await?;
-        let (applied, data) = self.wait(rx).await?;
+        let view = self.wait(rx).await?;
+        let applied = view.applied_index()?;
         if applied < start.saturating_add(self.snapshot_count) {
             return Ok(());
         }
@@ -477,14 +494,38 @@ impl NodeTask {
         let Some(term) = self.raw.log().term(index) else {
             return Ok(());
         };
-        let meta = SnapshotMeta {
-            last: EntryId { term, index },
-            membership: self.raw.log().membership_at(index).clone(),
-            size_bytes: data.len() as u64,
-        };
+        let last = EntryId { term, index };
+        let membership = self.raw.log().membership_at(index).clone();
+        let dir = self.log.snapshot_dir().to_path_buf();
+        self.snapshotting = Some(tokio::task::spawn_blocking(move || {
+            let data = view.bytes()?;
+            drop(view);
+            let meta = SnapshotMeta {
+                last,
+                membership,
+                size_bytes: data.len() as u64,
+            };
+            storage::write_snapshot_file(&dir, &storage_meta(&meta), &data)?;
+            Ok((meta, Arc::new(data)))
+        }));
+        Ok(())
+    }
+
+    /// Adopts a snapshot written by [`NodeTask::maybe_snapshot`] and compacts the core's log
+    /// and the durable log up to it. Skipped if a snapshot installed from the leader in the
+    /// meantime already covers it (the file is then removed by the next adoption).
+    fn finish_snapshot(&mut self, (meta, data): CurrentSnapshot) -> Result<(), ServerError> {
+        let covered = self.log.log_start().index;
+        if meta.last.index <= covered || !self.raw.log().matches(meta.last) {
+            tracing::info!(
+                index = meta.last.index.0,
+                "a newer snapshot was installed meanwhile; dropping the one taken here"
+            );
+            return Ok(());
+        }
         let log = &mut self.log;
         tokio::task::block_in_place(|| -> Result<_, ServerError> {
-            log.save_snapshot(&storage_meta(&meta), &data)?;
+            log.adopt_snapshot(&storage_meta(&meta))?;
             // The membership as of the new log start, before the entries that held it go.
             log.set_membership(&meta.membership)?;
             Ok(())
@@ -494,12 +535,12 @@ impl NodeTask {
             .map_err(|e| ServerError::Invariant(format!("core refused compaction: {e:?}")))?;
         tokio::task::block_in_place(|| self.log.compact(meta.last))?;
         tracing::info!(
-            index = applied,
-            term = term.0,
+            index = meta.last.index.0,
+            term = meta.last.term.0,
             bytes = meta.size_bytes,
             "took a snapshot and compacted the log"
         );
-        self.snapshot = Some((meta, Arc::new(data)));
+        self.snapshot = Some((meta, data));
         Ok(())
     }
 

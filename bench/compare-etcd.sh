@@ -7,6 +7,8 @@
 #   DURATION=5s bench/compare-etcd.sh    # shorter measured phases
 #   CHECK_PERF=0 bench/compare-etcd.sh   # skip etcdctl check perf (60 s per load and cluster)
 #   PROFILE=1 bench/compare-etcd.sh      # also `perf record -g` the Skiff leader under put/256
+#   CORE=0 bench/compare-etcd.sh         # skip the core microbenchmarks at the end
+#   RAFTRS=0 bench/compare-etcd.sh       # skip the core-vs-raft-rs table (builds raft-rs)
 #
 # Results (JSON per run, check perf output, member logs) stay in $RESULTS (default: a new
 # /tmp/skiff-compare.* directory); the members' data dirs are deleted at exit. Every process
@@ -19,6 +21,8 @@ WARMUP=${WARMUP:-2s}
 KEY_SPACE=${KEY_SPACE:-10000}
 CHECK_PERF=${CHECK_PERF:-1}
 PROFILE=${PROFILE:-0}
+CORE=${CORE:-1}
+RAFTRS=${RAFTRS:-1}
 RESULTS=${RESULTS:-$(mktemp -d /tmp/skiff-compare.XXXXXX)}
 mkdir -p "$RESULTS"
 DATA=$(mktemp -d /tmp/skiff-compare-data.XXXXXX)
@@ -209,4 +213,17 @@ if [ "$CHECK_PERF" = 1 ]; then
 			grep -E 'PASS|FAIL|Slowest|Stddev|Throughput|rror|exit' "$f" | sed 's/^/  /' || true
 		done
 	done
+fi
+
+# The consensus core alone, after the clusters are gone (no IO, 3 nodes in memory).
+if [ "$CORE" = 1 ]; then
+	echo
+	echo "core microbenchmarks (cargo bench -p raft):"
+	(cd "$ROOT" && cargo bench -q -p raft 2>/dev/null) | sed 's/^/  /' || echo "  (failed)"
+fi
+if [ "$RAFTRS" = 1 ]; then
+	echo
+	echo "Skiff core vs raft-rs 0.7, same harness (bench/raft-rs):"
+	(cd "$ROOT" && cargo run -q --release --manifest-path bench/raft-rs/Cargo.toml 2>/dev/null) |
+		sed 's/^/  /' || echo "  (raft-rs did not build)"
 fi

@@ -23,6 +23,7 @@ use crate::node::{NodeHandle, ReadFailure, WriteError};
 use crate::pb::etcdserverpb as epb;
 use crate::transport::{ForwardedWrites, Peers, SESSION_HEADER};
 
+pub mod compactor;
 pub mod lease;
 
 /// etcd's default `--max-request-bytes`: larger requests are refused.

@@ -60,6 +60,8 @@ pub struct ServerConfig {
     /// instead of ReadIndex. Assumes bounded clock drift between members (see
     /// `raft::ReadOnlyOption::LeaseBased`); off by default.
     pub lease_reads: bool,
+    /// Automatic compaction of the key-value history (etcd's `--auto-compaction-*`).
+    pub auto_compaction: crate::api::compactor::AutoCompaction,
     /// Take a snapshot and compact the log after this many applied entries (etcd's
     /// `--snapshot-count`).
     pub snapshot_count: u64,
@@ -219,6 +221,7 @@ pub async fn run(
     );
     let api = Api::new(handle, peers, cluster_id, me.id.get(), kv_path);
     let lessor = api.start_lessor(config.election);
+    let compactor = api.start_compactor(config.auto_compaction);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -249,6 +252,9 @@ pub async fn run(
     let _ = stop_tx.send(true);
     node.abort();
     lessor.abort();
+    if let Some(c) = compactor {
+        c.abort();
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = client_server.await;
         let _ = peer_server.await;

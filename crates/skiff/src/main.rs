@@ -74,6 +74,14 @@ struct ServeArgs {
     /// members' clocks run at the same rate within a small drift).
     #[arg(long, default_value = "index", value_parser = ["index", "lease"])]
     read_mode: String,
+    /// Automatic compaction of the key-value history: "periodic" (keep --auto-compaction-retention
+    /// of time) or "revision" (keep that many revisions).
+    #[arg(long, default_value = "periodic")]
+    auto_compaction_mode: String,
+    /// For periodic mode a duration ("1h", "30m", "90s"; a bare number means hours), for
+    /// revision mode a number of revisions; "0" turns automatic compaction off.
+    #[arg(long, default_value = "0")]
+    auto_compaction_retention: String,
     /// Number of applied entries after which a snapshot is taken and the log compacted.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_count: u64,
@@ -135,6 +143,11 @@ impl ServeArgs {
             election: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count,
             lease_reads: self.read_mode == "lease",
+            auto_compaction: server::api::compactor::AutoCompaction::parse(
+                &self.auto_compaction_mode,
+                &self.auto_compaction_retention,
+            )
+            .map_err(anyhow::Error::msg)?,
             fault_file: self.fault_file.clone(),
         };
         config.validate().map_err(anyhow::Error::msg)?;

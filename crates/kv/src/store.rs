@@ -248,24 +248,14 @@ impl Store {
                 applied: meta.applied,
             });
         }
-        if let Some(s) = cmd.session {
-            let early = match session::lookup(&txn, s)? {
-                Lookup::Apply => None,
-                Lookup::Retry(result) => {
-                    session::touch(&txn, s.client_id, index)?;
-                    Some(result)
-                }
-                Lookup::Refuse(e) => Some(Err(e)),
-            };
-            if let Some(result) = early {
-                Meta {
-                    applied: index,
-                    ..meta
-                }
-                .write(&txn)?;
-                txn.commit()?;
-                return result.map_err(Error::Kv);
+        if let Some(result) = session_answer(&txn, cmd, index)? {
+            Meta {
+                applied: index,
+                ..meta
             }
+            .write(&txn)?;
+            txn.commit()?;
+            return result.map_err(Error::Kv);
         }
         let (txn, meta, result) = match execute(&txn, meta, &cmd.request) {
             Ok((resp, after)) => (txn, after, Ok(resp)),
@@ -318,20 +308,10 @@ impl Store {
                 out.push(None);
                 continue;
             };
-            if let Some(s) = cmd.session {
-                let early = match session::lookup(&txn, s)? {
-                    Lookup::Apply => None,
-                    Lookup::Retry(result) => {
-                        session::touch(&txn, s.client_id, index)?;
-                        Some(result)
-                    }
-                    Lookup::Refuse(e) => Some(Err(e)),
-                };
-                if let Some(result) = early {
-                    meta.applied = index;
-                    out.push(Some(result));
-                    continue;
-                }
+            if let Some(result) = session_answer(&txn, cmd, index)? {
+                meta.applied = index;
+                out.push(Some(result));
+                continue;
             }
             match execute(&txn, meta, &cmd.request) {
                 Ok((resp, after)) => {
@@ -539,6 +519,26 @@ impl Store {
         txn.commit()?;
         Ok(())
     }
+}
+
+/// The answer a command gets from its session without being executed: the stored result of a
+/// retry (the session is touched at `index`) or a refusal. `None`: execute it.
+fn session_answer(
+    txn: &WriteTransaction,
+    cmd: &Command,
+    index: u64,
+) -> Result<Option<Result<Response, KvError>>, Error> {
+    let Some(s) = cmd.session else {
+        return Ok(None);
+    };
+    Ok(match session::lookup(txn, s)? {
+        Lookup::Apply => None,
+        Lookup::Retry(result) => {
+            session::touch(txn, s.client_id, index)?;
+            Some(result)
+        }
+        Lookup::Refuse(e) => Some(Err(e)),
+    })
 }
 
 /// Creates every table so that read transactions can open them.

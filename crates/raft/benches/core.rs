@@ -9,67 +9,9 @@
 
 use std::time::{Duration, Instant};
 
-use raft::{Config, InitialState, Message, NodeId, RawNode, Role};
+mod harness;
 
-struct Cluster {
-    nodes: Vec<RawNode>,
-    queue: Vec<Message>,
-    applied: u64,
-}
-
-impl Cluster {
-    fn new() -> Cluster {
-        let ids: Vec<NodeId> = (1..=3).map(|i| NodeId::new(i).expect("non-zero")).collect();
-        let nodes = ids
-            .iter()
-            .map(|&id| {
-                let mut cfg = Config::new(id);
-                cfg.seed = 1;
-                RawNode::new(cfg, InitialState::new_cluster(ids.clone())).expect("valid")
-            })
-            .collect();
-        Cluster {
-            nodes,
-            queue: Vec::new(),
-            applied: 0,
-        }
-    }
-
-    /// Handles every ready batch and delivers every message until nothing moves.
-    fn stabilize(&mut self) {
-        loop {
-            let mut moved = false;
-            for (i, n) in self.nodes.iter_mut().enumerate() {
-                while n.has_ready() {
-                    moved = true;
-                    let rd = n.ready();
-                    self.queue.extend(rd.messages);
-                    self.queue.extend(rd.persisted_messages);
-                    if i == 0 {
-                        self.applied += rd.committed_entries.len() as u64;
-                    }
-                    n.advance(rd.number);
-                }
-            }
-            if self.queue.is_empty() {
-                if !moved {
-                    return;
-                }
-                continue;
-            }
-            for m in std::mem::take(&mut self.queue) {
-                let to = (m.to.get() - 1) as usize;
-                self.nodes[to].step(m).expect("well addressed");
-            }
-        }
-    }
-
-    fn elect(&mut self) {
-        self.nodes[0].campaign();
-        self.stabilize();
-        assert_eq!(self.nodes[0].status().role, Role::Leader);
-    }
-}
+use harness::Cluster;
 
 fn commits_per_second(batch: usize, total: usize) -> (f64, Duration) {
     let mut c = Cluster::new();
@@ -80,9 +22,7 @@ fn commits_per_second(batch: usize, total: usize) -> (f64, Duration) {
     let mut proposed = 0;
     while proposed < total {
         for _ in 0..batch {
-            c.nodes[0]
-                .propose(payload.clone())
-                .expect("leader takes it");
+            c.propose(payload.clone());
         }
         proposed += batch;
         c.stabilize();

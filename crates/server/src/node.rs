@@ -339,9 +339,12 @@ impl NodeTask {
         self.send_all(rd.persisted_messages);
         // 4. Apply (in the apply task), then answer the reads released in this batch.
         let mut writers = Vec::new();
+        if let Some(first) = rd.committed_entries.first() {
+            // Writers below the first committed entry lost theirs to another leader (committed
+            // entries are contiguous, so every other writer is matched below).
+            self.fail_writes_through(first.index.0.saturating_sub(1));
+        }
         for e in &rd.committed_entries {
-            // Writers whose index was passed without their entry lost it to another leader.
-            self.fail_writes_through(e.index.0.saturating_sub(1));
             if let Some((term, reply)) = self.waiting_writes.remove(&e.index.0) {
                 writers.push(Waiter {
                     index: e.index.0,

@@ -160,15 +160,7 @@ pub async fn run(
         )));
     }
     let state = storage::initial_state(&log, Index(applied))?;
-    let mut rc = raft::Config::new(me.id);
-    rc.heartbeat_ticks = 1;
-    rc.election_ticks = (config.election.as_millis() / config.heartbeat.as_millis().max(1)) as u64;
-    rc.msg_bytes_max = ENTRY_BYTES_MAX;
-    rc.seed = seed();
-    if config.lease_reads {
-        rc.read_only = raft::ReadOnlyOption::LeaseBased;
-    }
-    let mut raw = RawNode::new(rc, state)?;
+    let mut raw = RawNode::new(raft_config(&config, me.id, seed()), state)?;
     if let Some((meta, _)) = &snapshot {
         raw.compact(meta.clone()).map_err(|e| {
             ServerError::Invariant(format!(
@@ -261,6 +253,20 @@ pub async fn run(
     })
     .await;
     result
+}
+
+/// The core's configuration for member `id`: one tick per heartbeat, the election timeout in
+/// ticks, and the read mode.
+fn raft_config(config: &ServerConfig, id: raft::NodeId, seed: u64) -> raft::Config {
+    let mut rc = raft::Config::new(id);
+    rc.heartbeat_ticks = 1;
+    rc.election_ticks = (config.election.as_millis() / config.heartbeat.as_millis().max(1)) as u64;
+    rc.msg_bytes_max = ENTRY_BYTES_MAX;
+    rc.seed = seed;
+    if config.lease_reads {
+        rc.read_only = raft::ReadOnlyOption::LeaseBased;
+    }
+    rc
 }
 
 /// Accepted connections with `TCP_NODELAY`: small gRPC responses must not wait for Nagle's
@@ -452,6 +458,35 @@ mod tests {
             .into_iter()
             .next()
             .map(|kv| kv.value)
+    }
+
+    #[test]
+    fn the_read_mode_flag_reaches_the_core() {
+        let cluster =
+            ClusterSpec::parse("n1=http://127.0.0.1:2380", "t").expect("cluster definition");
+        let mut config = ServerConfig {
+            name: "n1".into(),
+            data_dir: "unused".into(),
+            listen_client: "127.0.0.1:2379".parse().expect("addr"),
+            listen_peer: "127.0.0.1:2380".parse().expect("addr"),
+            cluster,
+            new_cluster: true,
+            heartbeat: std::time::Duration::from_millis(100),
+            election: std::time::Duration::from_millis(1000),
+            lease_reads: false,
+            auto_compaction: crate::api::compactor::AutoCompaction::Off,
+            snapshot_count: 100,
+            fault_file: None,
+        };
+        let id = NodeId::new(1).expect("non-zero");
+        let rc = raft_config(&config, id, 7);
+        assert_eq!(rc.read_only, raft::ReadOnlyOption::Safe);
+        assert_eq!(rc.election_ticks, 10);
+        config.lease_reads = true;
+        let rc = raft_config(&config, id, 7);
+        assert_eq!(rc.read_only, raft::ReadOnlyOption::LeaseBased);
+        rc.validate()
+            .expect("lease reads come with check quorum on");
     }
 
     #[test]

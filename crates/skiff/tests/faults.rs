@@ -7,22 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{put_retrying, Cluster, PATIENCE};
+use common::{local_get, put_retrying, Cluster, PATIENCE};
 use server::pb::etcdserverpb as epb;
-
-async fn serializable_get(c: &Cluster, i: usize, key: &str) -> Option<Vec<u8>> {
-    let mut kv = c.kv(i).await?;
-    let r = kv
-        .range(epb::RangeRequest {
-            key: key.into(),
-            serializable: true,
-            ..Default::default()
-        })
-        .await
-        .ok()?
-        .into_inner();
-    r.kvs.into_iter().next().map(|kv| kv.value)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_the_leader_then_restart_it() {
@@ -51,7 +37,7 @@ async fn kill_the_leader_then_restart_it() {
     let deadline = Instant::now() + PATIENCE;
     for key in &acked {
         loop {
-            if serializable_get(&c, leader, key).await.is_some() {
+            if local_get(&c, leader, key).await.is_some() {
                 break;
             }
             assert!(
@@ -65,7 +51,7 @@ async fn kill_the_leader_then_restart_it() {
     for i in all {
         for key in &acked {
             assert!(
-                serializable_get(&c, i, key).await.is_some(),
+                local_get(&c, i, key).await.is_some(),
                 "member {i} lost {key}"
             );
         }

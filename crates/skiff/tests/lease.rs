@@ -40,40 +40,22 @@ async fn grant(c: &Cluster, i: usize, ttl: i64) -> epb::LeaseGrantResponse {
 
 /// Puts `key` attached to `lease` through member `i`, retrying until it succeeds.
 async fn put_with_lease(c: &Cluster, i: usize, key: &str, lease: i64) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(mut kv) = c.kv(i).await {
-            let r = kv
-                .put(epb::PutRequest {
-                    key: key.into(),
-                    value: b"v".to_vec(),
-                    lease,
-                    ..Default::default()
-                })
-                .await;
-            match r {
-                Ok(_) => return,
-                Err(s) => eprintln!("put {key} via member {i}: {s:?}"),
-            }
-        }
-        assert!(Instant::now() < deadline, "put {key} via member {i} failed");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let request = epb::PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    };
+    common::put_request_retrying(c, i, request).await;
 }
 
-/// Whether member `i` holds `key` in its own state machine (serializable read); `None` if
-/// the member did not answer.
+/// Whether member `i` holds `key` in its own state machine; `None` if it did not answer.
 async fn has_key(c: &Cluster, i: usize, key: &str) -> Option<bool> {
-    let mut kv = c.kv(i).await?;
-    let r = kv
-        .range(epb::RangeRequest {
-            key: key.into(),
-            serializable: true,
-            ..Default::default()
-        })
-        .await
-        .ok()?;
-    Some(r.into_inner().count > 0)
+    let request = epb::RangeRequest {
+        key: key.into(),
+        ..Default::default()
+    };
+    Some(common::local_range(c, i, request).await?.count > 0)
 }
 
 /// Waits until `key` is gone from every member in `live`.

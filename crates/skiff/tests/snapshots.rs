@@ -12,21 +12,15 @@ use server::pb::etcdserverpb as epb;
 
 /// Keys under `prefix` that member `i` holds, read locally (serializable).
 async fn local_count(c: &Cluster, i: usize, prefix: &str) -> Option<i64> {
-    let mut kv = c.kv(i).await?;
     let mut end = prefix.as_bytes().to_vec();
     *end.last_mut()? += 1;
-    let r = kv
-        .range(epb::RangeRequest {
-            key: prefix.into(),
-            range_end: end,
-            serializable: true,
-            count_only: true,
-            ..Default::default()
-        })
-        .await
-        .ok()?
-        .into_inner();
-    Some(r.count)
+    let request = epb::RangeRequest {
+        key: prefix.into(),
+        range_end: end,
+        count_only: true,
+        ..Default::default()
+    };
+    Some(common::local_range(c, i, request).await?.count)
 }
 
 async fn wait_count(c: &Cluster, i: usize, prefix: &str, want: i64) {

@@ -252,17 +252,25 @@ pub async fn channel(url: &str) -> Option<Channel> {
 
 /// Retries `put` against member `i` until it succeeds (bounded by [`PATIENCE`]).
 pub async fn put_retrying(c: &Cluster, i: usize, key: &str, value: &str) -> epb::PutResponse {
+    let request = epb::PutRequest {
+        key: key.into(),
+        value: value.into(),
+        ..Default::default()
+    };
+    put_request_retrying(c, i, request).await
+}
+
+/// Retries `request` against member `i` until it succeeds (bounded by [`PATIENCE`]).
+pub async fn put_request_retrying(
+    c: &Cluster,
+    i: usize,
+    request: epb::PutRequest,
+) -> epb::PutResponse {
+    let key = String::from_utf8_lossy(&request.key).into_owned();
     let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(mut kv) = c.kv(i).await {
-            let r = kv
-                .put(epb::PutRequest {
-                    key: key.into(),
-                    value: value.into(),
-                    ..Default::default()
-                })
-                .await;
-            match r {
+            match kv.put(request.clone()).await {
                 Ok(r) => return r.into_inner(),
                 Err(s) => eprintln!("put {key} via member {i}: {s:?}"),
             }
@@ -273,6 +281,35 @@ pub async fn put_retrying(c: &Cluster, i: usize, key: &str, value: &str) -> epb:
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// `request` served by member `i` from its own state machine (serializable); `None` if the
+/// member did not answer.
+pub async fn local_range(
+    c: &Cluster,
+    i: usize,
+    request: epb::RangeRequest,
+) -> Option<epb::RangeResponse> {
+    let mut kv = c.kv(i).await?;
+    let request = epb::RangeRequest {
+        serializable: true,
+        ..request
+    };
+    Some(kv.range(request).await.ok()?.into_inner())
+}
+
+/// The value of `key` in member `i`'s own state machine; `None` if absent or no answer.
+pub async fn local_get(c: &Cluster, i: usize, key: &str) -> Option<Vec<u8>> {
+    let r = local_range(
+        c,
+        i,
+        epb::RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    r.kvs.into_iter().next().map(|kv| kv.value)
 }
 
 /// Output of one etcdctl run.

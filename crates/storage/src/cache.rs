@@ -1,5 +1,5 @@
 //! A bounded in-memory copy of the newest log entries. The leader reads recent entries for every
-//! append it sends, so those reads should not touch the engine.
+//! append it sends, so those reads should not touch the disk.
 //!
 //! ```text
 //!   log:    first ......................... last

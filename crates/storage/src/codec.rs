@@ -10,8 +10,6 @@ use std::collections::BTreeSet;
 
 use raft::{Entry, EntryId, EntryKind, HardState, Index, Membership, NodeId, Term};
 
-use crate::identity::Identity;
-
 /// The only format version written today.
 pub const VERSION: u8 = 1;
 
@@ -101,22 +99,18 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// The log key of an index: big-endian, so that byte order is index order.
-pub fn index_key(index: Index) -> [u8; 8] {
-    index.0.to_be_bytes()
-}
-
-/// The index of a log key.
-pub fn key_index(key: &[u8]) -> Result<Index, String> {
-    let a: [u8; 8] = key
-        .try_into()
-        .map_err(|_| format!("log key of {} bytes, expected 8", key.len()))?;
-    Ok(Index(u64::from_be_bytes(a)))
-}
-
 /// Encodes an entry.
+#[cfg(test)]
 pub fn encode_entry(e: &Entry) -> Vec<u8> {
     let mut buf = Vec::with_capacity(e.data.len() + 22 + SEAL_OVERHEAD_BYTES);
+    encode_entry_into(&mut buf, e);
+    buf
+}
+
+/// Appends the encoding of an entry to `buf` (what [`encode_entry`] returns), without a
+/// temporary allocation: the log writes a whole batch of entries into one buffer.
+pub fn encode_entry_into(buf: &mut Vec<u8>, e: &Entry) {
+    let start = buf.len();
     buf.push(VERSION);
     let membership;
     let (tag, data) = match &e.kind {
@@ -135,7 +129,21 @@ pub fn encode_entry(e: &Entry) -> Vec<u8> {
     let len = u32::try_from(data.len()).expect("entry data over 4 GiB is rejected by write");
     buf.extend_from_slice(&len.to_le_bytes());
     buf.extend_from_slice(data);
-    seal(buf)
+    let crc = crc32fast::hash(&buf[start..]);
+    buf.extend_from_slice(&crc.to_le_bytes());
+}
+
+/// The index and term of an encoded entry, read without checking its checksum (the caller
+/// has checked a checksum covering these bytes).
+pub fn peek_entry_id(bytes: &[u8]) -> Result<EntryId, String> {
+    let mut r = Reader::new(bytes);
+    if r.u8()? != VERSION {
+        return Err("unknown entry format version".to_string());
+    }
+    let _tag = r.u8()?;
+    let term = Term(r.u64()?);
+    let index = Index(r.u64()?);
+    Ok(EntryId { term, index })
 }
 
 /// Decodes an entry.
@@ -261,26 +269,6 @@ pub fn decode_entry_id(bytes: &[u8]) -> Result<EntryId, String> {
     Ok(id)
 }
 
-/// Encodes an identity record.
-pub fn encode_identity(id: &Identity) -> Vec<u8> {
-    let mut buf = vec![VERSION];
-    buf.extend_from_slice(&id.cluster_id.to_le_bytes());
-    buf.extend_from_slice(&id.node_id.get().to_le_bytes());
-    seal(buf)
-}
-
-/// Decodes an identity record.
-pub fn decode_identity(bytes: &[u8]) -> Result<Identity, String> {
-    let mut r = Reader::new(unseal(bytes)?);
-    let cluster_id = r.u64()?;
-    let node_id = NodeId::new(r.u64()?).ok_or("node id 0")?;
-    r.finish()?;
-    Ok(Identity {
-        cluster_id,
-        node_id,
-    })
-}
-
 /// Seals an arbitrary payload (used for snapshot headers and staging records).
 pub fn seal_payload(payload: &[u8]) -> Vec<u8> {
     let mut buf = Vec::with_capacity(payload.len() + SEAL_OVERHEAD_BYTES);
@@ -377,10 +365,5 @@ mod tests {
             index: Index(100),
         };
         assert_eq!(decode_entry_id(&encode_entry_id(id)).unwrap(), id);
-        let ident = Identity {
-            cluster_id: 77,
-            node_id: NodeId::new(5).unwrap(),
-        };
-        assert_eq!(decode_identity(&encode_identity(&ident)).unwrap(), ident);
     }
 }

@@ -37,22 +37,18 @@ pub enum StorageError {
     /// read) rather than guess: an acknowledged entry is never silently dropped.
     #[error("corrupt data in {file} at offset {offset}: {reason}")]
     Corrupt {
-        /// The file (or, inside the engine, the keyspace and key) holding the bad bytes.
+        /// The file holding the bad bytes.
         file: String,
         /// Byte offset in `file`, or the entry index for log entries.
         offset: u64,
         /// What check failed.
         reason: String,
     },
-    /// The embedded engine (fjall) failed: an IO error inside it, or corruption it detected in
-    /// its own journal or tables. The engine refuses further writes after a failed write.
-    #[error("storage engine error in {path}: {source}")]
-    Engine {
-        /// The engine's directory.
+    /// Another process has the log open (two servers started on one data dir).
+    #[error("{path} is locked: another process is using this data dir")]
+    Locked {
+        /// The lock file.
         path: PathBuf,
-        /// The engine's error.
-        #[source]
-        source: fjall::Error,
     },
     /// The data dir was created for another cluster or node.
     #[error("data dir belongs to {found}, but this server is {expected}")]
@@ -104,22 +100,6 @@ impl StorageError {
         }
     }
 
-    /// Wraps an engine error, recognising a full disk inside it.
-    pub(crate) fn engine(path: &Path, source: fjall::Error) -> StorageError {
-        if let fjall::Error::Io(e) = &source {
-            if is_disk_full(e) {
-                return StorageError::DiskFull {
-                    op: "write to the log engine in",
-                    path: path.to_path_buf(),
-                };
-            }
-        }
-        StorageError::Engine {
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-
     /// A corruption error.
     pub(crate) fn corrupt(file: impl Into<String>, offset: u64, reason: impl Into<String>) -> Self {
         StorageError::Corrupt {
@@ -148,11 +128,6 @@ mod tests {
             let e = StorageError::io("write", Path::new("/x"), io::Error::from_raw_os_error(code));
             assert!(matches!(e, StorageError::DiskFull { .. }), "{e:?}");
         }
-        let e = StorageError::engine(
-            Path::new("/x"),
-            fjall::Error::Io(io::Error::from_raw_os_error(28)),
-        );
-        assert!(matches!(e, StorageError::DiskFull { .. }), "{e:?}");
         let e = StorageError::io("write", Path::new("/x"), io::Error::from_raw_os_error(5));
         assert!(matches!(e, StorageError::Io { .. }), "{e:?}");
         assert_eq!(

@@ -6,8 +6,8 @@
 //! batch's hard state and entries durable with one sync before it returns, so the server may
 //! then send `persisted_messages` and call `advance`.
 //!
-//! The log lives in fjall (an LSM engine with a checksummed, synced journal), with every value
-//! additionally checksummed by our own versioned codec. Snapshots are plain files written
+//! The log lives in our own segmented write-ahead log ([`wal`]): checksummed records in
+//! zero-filled segment files, one synced record per write. Snapshots are plain files written
 //! atomically. See [`store`] for the layout and invariants.
 //!
 //! ```no_run
@@ -30,10 +30,11 @@ mod options;
 mod snapshot;
 mod staging;
 pub mod store;
+pub mod wal;
 
 pub use error::StorageError;
 pub use identity::Identity;
-pub use options::{Options, JOURNAL_BYTES_MIN};
+pub use options::{Options, SEGMENT_BYTES_MIN};
 pub use snapshot::{write_durable as write_snapshot_file, SnapshotMeta};
 pub use staging::{StagedProgress, CHUNK_BYTES_MAX};
 pub use store::{initial_state, Recovered, Store};

@@ -1,4 +1,4 @@
-//! How a store is opened: whose data dir it is and the limits of its caches and engine.
+//! How a store is opened: whose data dir it is and the limits of its caches and log files.
 
 use crate::identity::Identity;
 
@@ -12,13 +12,10 @@ pub struct Options {
     pub cache_entries_max: usize,
     /// Most bytes (`Entry::size_bytes`) the tail cache holds; the newest entry is always kept.
     pub cache_bytes_max: u64,
-    /// Upper bound on the engine's journal (write-ahead log) size. Restart replays at most this
-    /// much, so it bounds restart time. fjall's default is 512 MiB; its minimum is 64 MiB.
-    pub journal_bytes_max: u64,
-    /// Size at which the entries memtable is flushed to a table.
-    pub memtable_bytes_max: u64,
-    /// The engine's block cache.
-    pub engine_cache_bytes: u64,
+    /// Size of a log segment file. Segments are zero-filled to this size before use (so that
+    /// a sync writes data blocks only); a compaction deletes whole segments, so the disk holds
+    /// up to one segment of compacted entries. Restart reads every remaining segment.
+    pub segment_bytes: u64,
     /// Largest entry payload accepted, in bytes. Must be below 4 GiB (the codec's length field).
     pub entry_bytes_max: u64,
     /// Read and check every stored entry on open (checksums, contiguity, terms). Costs a full
@@ -27,20 +24,18 @@ pub struct Options {
     pub verify_on_open: bool,
 }
 
-/// fjall refuses journals under 64 MiB.
-pub const JOURNAL_BYTES_MIN: u64 = 64 * 1024 * 1024;
+/// The smallest segment size accepted.
+pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
 
 impl Options {
-    /// Defaults sized for a server: a 64 MiB journal (fjall's minimum, down from its 512 MiB
-    /// default, so restarts replay little), a 4096-entry / 16 MiB tail cache.
+    /// Defaults sized for a server: 64 MiB segments (as etcd's WAL), a 4096-entry / 16 MiB
+    /// tail cache.
     pub fn new(identity: Identity) -> Options {
         Options {
             identity,
             cache_entries_max: 4096,
             cache_bytes_max: 16 * 1024 * 1024,
-            journal_bytes_max: JOURNAL_BYTES_MIN,
-            memtable_bytes_max: 16 * 1024 * 1024,
-            engine_cache_bytes: 32 * 1024 * 1024,
+            segment_bytes: 64 * 1024 * 1024,
             entry_bytes_max: 64 * 1024 * 1024,
             verify_on_open: false,
         }
@@ -48,17 +43,14 @@ impl Options {
 
     /// Explains what is wrong with these options, if anything.
     pub fn validate(&self) -> Result<(), String> {
-        if self.journal_bytes_max < JOURNAL_BYTES_MIN {
+        if self.segment_bytes < SEGMENT_BYTES_MIN {
             return Err(format!(
-                "journal_bytes_max {} is below fjall's minimum {JOURNAL_BYTES_MIN}",
-                self.journal_bytes_max
+                "segment_bytes {} is below the minimum {SEGMENT_BYTES_MIN}",
+                self.segment_bytes
             ));
         }
         if self.entry_bytes_max >= u64::from(u32::MAX) {
             return Err("entry_bytes_max must be below 4 GiB".to_string());
-        }
-        if self.memtable_bytes_max < 1024 * 1024 {
-            return Err("memtable_bytes_max must be at least 1 MiB".to_string());
         }
         Ok(())
     }

@@ -1,14 +1,14 @@
 //! IO errors are values: a child process whose file-size limit (RLIMIT_FSIZE) makes the
-//! engine's writes fail with EFBIG gets an error from `write`, never a panic; later writes are
+//! log's writes fail with EFBIG gets an error from `write`, never a panic; later writes are
 //! refused with `Failed`; and a reopen (without the limit) finds every acknowledged entry.
 
 mod common;
 
 use std::process::Command;
 
-use common::{entry, hard_state, open};
+use common::{entry, hard_state};
 use raft::Index;
-use storage::StorageError;
+use storage::{StorageError, Store};
 
 const CHILD_ENV: &str = "SKIFF_STORAGE_IO_ERROR_CHILD";
 
@@ -17,8 +17,11 @@ fn io_error_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let (mut store, _) = open(dir.as_ref()).expect("open before the limit");
-    // From now on no file may grow past 2 MiB; the journal will hit it.
+    // Segments larger than the limit: writes past 2 MiB into the first segment fail.
+    let mut options = common::options();
+    options.segment_bytes = 8 << 20;
+    let (mut store, _) = Store::open(dir.as_ref(), options).expect("open before the limit");
+    // From now on no file may be written past 2 MiB.
     // SAFETY: plain libc calls with valid arguments, before any other thread writes files.
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
@@ -79,7 +82,7 @@ fn a_failed_write_is_an_error_and_acknowledged_entries_survive() {
         .max()
         .unwrap();
     assert!(acked >= 100, "the child acknowledged only {acked} entries");
-    let (store, rec) = open(dir.path()).unwrap();
+    let (store, rec) = common::open(dir.path()).unwrap();
     assert!(
         rec.last_index >= Index(acked),
         "{rec:?} lost acknowledged entries"

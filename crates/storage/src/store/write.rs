@@ -1,15 +1,14 @@
 //! Writes: the synced append (group commit), compaction, snapshot install and membership.
 
-use fjall::PersistMode;
 use std::path::Path;
 
 use raft::{Entry, EntryId, HardState, Index, Membership};
 
-use super::{Store, COMPACT_BATCH_KEYS_MAX, KEY_HARD_STATE, KEY_LOG_START, KEY_MEMBERSHIP};
-use crate::codec;
+use super::Store;
 use crate::error::StorageError;
 use crate::snapshot::SnapshotMeta;
 use crate::staging::Staging;
+use crate::wal::Wal;
 
 impl Store {
     fn ensure_ok(&self) -> Result<(), StorageError> {
@@ -19,17 +18,17 @@ impl Store {
         Ok(())
     }
 
-    /// Runs a batch; on failure marks the store failed (fsync errors are not retryable).
-    fn commit(&mut self, batch: fjall::OwnedWriteBatch) -> Result<(), StorageError> {
-        batch.commit().map_err(|e| {
+    /// Marks the store failed if a write failed (a failed sync is not retryable).
+    fn fail_on_err<T>(&mut self, r: Result<T, StorageError>) -> Result<T, StorageError> {
+        if r.is_err() {
             self.failed = true;
-            self.eng(e)
-        })
+        }
+        r
     }
 
     /// Persists one output batch of the core: the hard state (if any) and entries (if any),
     /// replacing stored entries at and after `entries[0].index`. Durable when it returns:
-    /// everything goes into one engine batch with one `fdatasync`, so the caller group-commits
+    /// everything goes into one log record with one `fdatasync`, so the caller group-commits
     /// by passing many entries at once.
     pub fn write(
         &mut self,
@@ -38,36 +37,12 @@ impl Store {
     ) -> Result<(), StorageError> {
         self.ensure_ok()?;
         self.validate_append(hard_state, entries)?;
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        for e in entries {
-            batch.insert(
-                &self.entries,
-                codec::index_key(e.index),
-                codec::encode_entry(e),
-            );
-        }
-        let new_last = entries.last().map_or(self.last_index, |e| e.index);
-        if entries.is_empty() {
-            debug_assert_eq!(new_last, self.last_index);
-        }
-        let mut i = new_last.next();
-        while i <= self.last_index {
-            // The truncated suffix beyond the new entries goes in the same batch.
-            batch.remove(&self.entries, codec::index_key(i));
-            i = i.next();
-        }
-        if let Some(hs) = hard_state {
-            batch.insert(&self.meta, KEY_HARD_STATE, codec::encode_hard_state(hs));
-        }
-        if batch.is_empty() {
+        if hard_state.is_none() && entries.is_empty() {
             return Ok(());
         }
-        self.commit(batch)?;
-        if let Some(hs) = hard_state {
-            self.hard_state = *hs;
-        }
+        let r = self.wal.append(hard_state, entries);
+        self.fail_on_err(r)?;
         if !entries.is_empty() {
-            self.last_index = new_last;
             self.cache.append(entries);
         }
         self.check_invariants_if_debug();
@@ -80,37 +55,33 @@ impl Store {
         entries: &[Entry],
     ) -> Result<(), StorageError> {
         let bad = |m: String| Err(StorageError::InvalidRequest(m));
+        let stored = self.hard_state();
+        let (start, last) = (self.log_start().index, self.last_index());
         if let Some(hs) = hs {
-            if hs.term < self.hard_state.term {
+            if hs.term < stored.term {
                 return bad(format!(
                     "hard state term {} < stored {}",
-                    hs.term, self.hard_state.term
+                    hs.term, stored.term
                 ));
             }
         }
-        let commit = hs.map_or(self.hard_state.commit, |h| h.commit);
+        let commit = hs.map_or(stored.commit, |h| h.commit);
         let Some(first) = entries.first() else {
-            if commit > self.last_index {
-                return bad(format!(
-                    "commit {commit} past the last entry {}",
-                    self.last_index
-                ));
+            if commit > last {
+                return bad(format!("commit {commit} past the last entry {last}"));
             }
             return Ok(());
         };
-        if first.index <= self.log_start.index {
+        if first.index <= start {
             return bad(format!("entry {} is in the compacted prefix", first.index));
         }
-        if first.index > self.last_index.next() {
-            return bad(format!(
-                "entry {} leaves a gap after {}",
-                first.index, self.last_index
-            ));
+        if first.index > last.next() {
+            return bad(format!("entry {} leaves a gap after {last}", first.index));
         }
-        if first.index <= self.hard_state.commit {
+        if first.index <= stored.commit {
             return bad(format!(
                 "entry {} would replace a committed entry (commit {})",
-                first.index, self.hard_state.commit
+                first.index, stored.commit
             ));
         }
         // Terms never go back along the log (a leader only appends entries of its own term
@@ -136,26 +107,26 @@ impl Store {
                 return bad(format!("entry {} has {} bytes", e.index, e.data.len()));
             }
         }
-        let last = entries.last().expect("non-empty").index;
-        if commit > last {
-            return bad(format!("commit {commit} past the new last entry {last}"));
+        let new_last = entries.last().expect("non-empty").index;
+        if commit > new_last {
+            return bad(format!(
+                "commit {commit} past the new last entry {new_last}"
+            ));
         }
-        Ok(())
+        Wal::check_append_size(entries)
     }
 
     /// Drops the log prefix up to and including `to`, which a durable snapshot must cover and
     /// which must be committed. Idempotent for `to` at or before the current start.
     pub fn compact(&mut self, to: EntryId) -> Result<(), StorageError> {
         self.ensure_ok()?;
-        if to.index <= self.log_start.index {
+        if to.index <= self.log_start().index {
             return Ok(());
         }
         let bad = |m: String| Err(StorageError::InvalidRequest(m));
-        if to.index > self.hard_state.commit {
-            return bad(format!(
-                "compact to {} past commit {}",
-                to.index, self.hard_state.commit
-            ));
+        let commit = self.hard_state().commit;
+        if to.index > commit {
+            return bad(format!("compact to {} past commit {commit}", to.index));
         }
         let covered = self.snapshots.latest().map_or(Index(0), |s| s.last.index);
         if to.index > covered {
@@ -168,25 +139,9 @@ impl Store {
         if term != to.term {
             return bad(format!("compact to {to:?} but the entry's term is {term}"));
         }
-        // Record the new start first: if a crash interrupts the removals, open finishes them.
-        let mut lo = self.log_start.index.next();
-        let mut batch = self.db.batch();
-        batch.insert(&self.meta, KEY_LOG_START, codec::encode_entry_id(to));
-        loop {
-            let hi = Index((lo.0 + COMPACT_BATCH_KEYS_MAX - 1).min(to.index.0));
-            let mut i = lo;
-            while i <= hi {
-                batch.remove(&self.entries, codec::index_key(i));
-                i = i.next();
-            }
-            self.commit(batch)?;
-            if hi == to.index {
-                break;
-            }
-            lo = hi.next();
-            batch = self.db.batch();
-        }
-        self.log_start = to;
+        // One synced record; whole segments of compacted entries are then deleted.
+        let r = self.wal.compact(to);
+        self.fail_on_err(r)?;
         self.cache.compact_to(to.index);
         self.check_invariants_if_debug();
         Ok(())
@@ -210,48 +165,20 @@ impl Store {
                 self.snapshots.latest().map(|s| s.last)
             )));
         };
-        let keep_suffix = to.index > self.log_start.index
-            && to.index <= self.last_index
-            && self.term(to.index)? == to.term;
-        let new_last = if keep_suffix {
-            self.last_index
-        } else {
-            to.index
-        };
-        if hard_state.commit > new_last || hard_state.term < self.hard_state.term {
+        let (start, last) = (self.log_start().index, self.last_index());
+        let keep_suffix = to.index > start && to.index <= last && self.term(to.index)? == to.term;
+        let new_last = if keep_suffix { last } else { to.index };
+        if hard_state.commit > new_last || hard_state.term < self.hard_state().term {
             return Err(StorageError::InvalidRequest(format!(
                 "hard state {hard_state:?} does not fit a reset to {to:?} (last index {new_last})"
             )));
         }
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        batch.insert(&self.meta, KEY_LOG_START, codec::encode_entry_id(to));
-        batch.insert(
-            &self.meta,
-            KEY_HARD_STATE,
-            codec::encode_hard_state(hard_state),
-        );
-        // The membership as of the snapshot replaces ours, in the same atomic batch. Kept
+        // The membership as of the snapshot replaces ours, in the same synced record. Kept
         // entries after `to` may carry newer configurations; the core reads those from the log.
-        batch.insert(
-            &self.meta,
-            KEY_MEMBERSHIP,
-            codec::encode_membership(&snapshot.membership),
-        );
-        let remove_to = if keep_suffix {
-            to.index
-        } else {
-            self.last_index
-        };
-        let mut i = self.log_start.index.next();
-        while i <= remove_to {
-            batch.remove(&self.entries, codec::index_key(i));
-            i = i.next();
-        }
-        self.commit(batch)?;
-        self.log_start = to;
-        self.last_index = new_last;
-        self.hard_state = *hard_state;
-        self.membership = snapshot.membership;
+        let r = self
+            .wal
+            .reset(to, hard_state, &snapshot.membership, keep_suffix);
+        self.fail_on_err(r)?;
         if keep_suffix {
             self.cache.compact_to(to.index);
         } else {
@@ -264,15 +191,8 @@ impl Store {
     /// Persists the voting configuration (synced).
     pub fn set_membership(&mut self, membership: &Membership) -> Result<(), StorageError> {
         self.ensure_ok()?;
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        batch.insert(
-            &self.meta,
-            KEY_MEMBERSHIP,
-            codec::encode_membership(membership),
-        );
-        self.commit(batch)?;
-        self.membership = membership.clone();
-        Ok(())
+        let r = self.wal.set_membership(membership);
+        self.fail_on_err(r)
     }
 
     /// Saves a snapshot file atomically and durably; older snapshot files are then removed.
@@ -353,33 +273,23 @@ impl Store {
     /// Forces everything written so far (including unsynced compactions) to disk.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.ensure_ok()?;
-        self.db.persist(PersistMode::SyncAll).map_err(|e| {
-            self.failed = true;
-            self.eng(e)
-        })
+        let r = self.wal.sync();
+        self.fail_on_err(r)
     }
 
     /// Panics if the in-memory view breaks an invariant. Cheap: no IO.
     pub fn check_invariants(&self) {
-        assert!(
-            self.log_start.index <= self.last_index,
-            "log start past last index"
-        );
-        assert!(
-            self.hard_state.commit <= self.last_index,
-            "commit past last index"
-        );
+        let (start, last) = (self.log_start().index, self.last_index());
+        assert!(start <= last, "log start past last index");
+        assert!(self.hard_state().commit <= last, "commit past last index");
         if let Some(l) = self.cache.last_index() {
-            assert_eq!(l, self.last_index, "cache is not a suffix of the log");
+            assert_eq!(l, last, "cache is not a suffix of the log");
         }
         if let Some(f) = self.cache.first_index() {
-            assert!(f > self.log_start.index, "cache holds compacted entries");
+            assert!(f > start, "cache holds compacted entries");
         }
         if let Some(s) = self.snapshots.latest() {
-            assert!(
-                s.last.index >= self.log_start.index,
-                "log compacted past snapshot"
-            );
+            assert!(s.last.index >= start, "log compacted past snapshot");
         }
         self.cache.check_invariants();
     }

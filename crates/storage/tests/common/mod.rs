@@ -14,13 +14,12 @@ pub fn identity() -> Identity {
     }
 }
 
-/// Small limits so that tests exercise cache misses and engine flushes.
+/// Small limits so that tests exercise cache misses and many segments.
 pub fn options() -> Options {
     let mut o = Options::new(identity());
     o.cache_entries_max = 8;
     o.cache_bytes_max = 4096;
-    o.memtable_bytes_max = 1024 * 1024;
-    o.engine_cache_bytes = 1024 * 1024;
+    o.segment_bytes = 256 * 1024;
     o
 }
 

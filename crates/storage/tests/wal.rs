@@ -1,0 +1,268 @@
+//! The write-ahead log's own recovery rules: torn writes are all or nothing at every byte and
+//! page boundary, damage before the tail and missing segments are refused with the file and
+//! offset named, compaction deletes whole segments, one process at a time, and entries larger
+//! than a segment.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::{entry, hard_state, Rng};
+use raft::{Entry, EntryId, Index, Membership, NodeId, Term};
+use storage::{Options, SnapshotMeta, StorageError, Store};
+
+fn options(segment_bytes: u64) -> Options {
+    let mut o = common::options();
+    o.segment_bytes = segment_bytes;
+    o
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let t = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            fs::copy(&p, &t).unwrap();
+        }
+    }
+}
+
+fn batch(lo: u64, n: u64, len: usize) -> Vec<Entry> {
+    (lo..lo + n).map(|i| entry(i, 1, len)).collect()
+}
+
+/// What a reopened store holds: hard state and every entry.
+fn contents(dir: &Path, o: Options) -> (raft::HardState, Vec<Entry>) {
+    let (s, rec) = Store::open(dir, o).unwrap();
+    (rec.hard_state, common::all_entries(&s).unwrap())
+}
+
+#[test]
+fn a_torn_write_is_all_or_nothing_at_every_byte_and_page() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("store");
+    let o = options(1 << 20);
+    {
+        let (mut s, _) = Store::open(&dir, o.clone()).unwrap();
+        s.write(Some(&hard_state(1, 30)), &batch(1, 40, 300))
+            .unwrap();
+    }
+    let before = contents(&dir, o.clone());
+    let seg = segments(&dir).pop().unwrap();
+    let old = fs::read(&seg).unwrap();
+    {
+        // One write of about 12 KiB: three pages, a new hard state and a truncation.
+        let (mut s, _) = Store::open(&dir, o.clone()).unwrap();
+        s.write(Some(&hard_state(2, 45)), &batch(36, 30, 400))
+            .unwrap();
+    }
+    let after = contents(&dir, o.clone());
+    assert_ne!(before, after);
+    let new = fs::read(&seg).unwrap();
+    assert_eq!(
+        segments(&dir).len(),
+        1,
+        "the write must not start a segment"
+    );
+    let start = old.iter().zip(&new).position(|(a, b)| a != b).unwrap();
+    let end = new.iter().rposition(|&b| b != 0).unwrap() + 1;
+    assert!(end - start > 8192, "the write spans pages");
+
+    let check = |bytes: Vec<u8>, what: &str| {
+        let work = base.path().join("work");
+        let _ = fs::remove_dir_all(&work);
+        copy_dir(&dir, &work);
+        fs::write(work.join("wal").join(seg.file_name().unwrap()), bytes).unwrap();
+        let got = contents(&work, o.clone());
+        assert!(
+            got == before || got == after,
+            "{what}: half a write is visible"
+        );
+        // Whatever was recovered takes new writes and survives another reopen.
+        {
+            let (mut s, _) = Store::open(&work, o.clone()).unwrap();
+            let next = s.last_index().0 + 1;
+            s.write(None, &batch(next, 3, 10)).unwrap();
+        }
+        let (_, again) = contents(&work, o.clone());
+        assert_eq!(again.len(), got.1.len() + 3, "{what}");
+        got == after
+    };
+    // Cut at every 61st byte of the write (and at its last bytes): the rest stays zero.
+    let mut whole = 0;
+    let cuts = (start..end).step_by(61).chain(end - 3..=end);
+    for cut in cuts {
+        let mut b = new[..cut].to_vec();
+        b.extend_from_slice(&old[cut..]);
+        whole += u32::from(check(b, &format!("cut at {cut}")));
+    }
+    assert_eq!(whole, 1, "only the complete write is visible");
+    // Pages reach the disk in any order: random subsets of the write's 4 KiB pages.
+    let mut rng = Rng(0x70_12);
+    let pages: Vec<usize> = (start / 4096..end.div_ceil(4096)).collect();
+    for round in 0..40 {
+        let mut b = old.clone();
+        let mut all = true;
+        for &p in &pages {
+            if rng.below(2) == 0 {
+                let r = p * 4096..((p + 1) * 4096).min(new.len());
+                b[r.clone()].copy_from_slice(&new[r]);
+            } else {
+                all = false;
+            }
+        }
+        let got_after = check(b, &format!("page subset round {round}"));
+        assert!(
+            !got_after || all,
+            "round {round}: a partial write was accepted"
+        );
+    }
+}
+
+#[test]
+fn damage_before_the_tail_is_refused_naming_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = options(1 << 20);
+    {
+        let (mut s, _) = Store::open(dir.path(), o.clone()).unwrap();
+        for i in 0..20 {
+            s.write(
+                Some(&hard_state(1, i * 10 + 10)),
+                &batch(i * 10 + 1, 10, 200),
+            )
+            .unwrap();
+        }
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let at = 20_000;
+    assert!(bytes[at..at + 100].iter().any(|&b| b != 0));
+    bytes[at] ^= 0x40;
+    fs::write(&seg, &bytes).unwrap();
+    match Store::open(dir.path(), o) {
+        Err(StorageError::Corrupt { file, offset, .. }) => {
+            assert!(
+                file.ends_with(seg.file_name().unwrap().to_str().unwrap()),
+                "{file}"
+            );
+            assert!(
+                offset <= at as u64 && at as u64 - offset < 4096,
+                "offset {offset}"
+            );
+        }
+        other => panic!("expected a corruption error, got {other:?}"),
+    }
+}
+
+fn fill_segments(dir: &Path, o: &Options, want: usize) -> u64 {
+    let (mut s, _) = Store::open(dir, o.clone()).unwrap();
+    let mut next = s.last_index().0 + 1;
+    while segments(dir).len() < want {
+        s.write(Some(&hard_state(1, next + 19)), &batch(next, 20, 1000))
+            .unwrap();
+        next += 20;
+    }
+    next - 1
+}
+
+#[test]
+fn a_missing_segment_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = options(64 * 1024);
+    fill_segments(dir.path(), &o, 4);
+    let segs = segments(dir.path());
+    fs::remove_file(&segs[1]).unwrap();
+    let err = Store::open(dir.path(), o.clone()).unwrap_err().to_string();
+    let name = segs[1].file_name().unwrap().to_str().unwrap();
+    assert!(err.contains(name) && err.contains("missing"), "{err}");
+    // The first segment gone (it holds entries of the log) is refused too.
+    fs::remove_file(&segs[0]).unwrap();
+    fs::remove_file(&segs[2]).unwrap();
+    let err = Store::open(dir.path(), o).unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
+}
+
+#[test]
+fn compaction_deletes_whole_segments_and_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = options(64 * 1024);
+    let last = fill_segments(dir.path(), &o, 8);
+    let to = EntryId {
+        term: Term(1),
+        index: Index(last - 30),
+    };
+    {
+        let (mut s, _) = Store::open(dir.path(), o.clone()).unwrap();
+        let meta = SnapshotMeta {
+            last: to,
+            membership: Membership::new([NodeId::new(1).unwrap()]),
+        };
+        s.save_snapshot(&meta, b"state").unwrap();
+        s.compact(to).unwrap();
+        assert!(
+            segments(dir.path()).len() <= 2,
+            "{:?}",
+            segments(dir.path())
+        );
+    }
+    let (s, rec) = Store::open(dir.path(), o).unwrap();
+    assert_eq!((rec.log_start, rec.last_index), (to, Index(last)));
+    let got = common::all_entries(&s).unwrap();
+    assert_eq!(
+        got,
+        (last - 29..=last)
+            .map(|i| entry(i, 1, 1000))
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn one_process_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = common::open(dir.path()).unwrap();
+    let err = common::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StorageError::Locked { .. }), "{err:?}");
+    assert!(err.to_string().contains("another process"), "{err}");
+    drop(s);
+    common::open(dir.path()).unwrap();
+}
+
+#[test]
+fn a_data_dir_of_the_old_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("log")).unwrap();
+    let err = common::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("fjall"), "{err}");
+}
+
+#[test]
+fn entries_larger_than_a_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = options(64 * 1024);
+    let big = entry(2, 1, 300 * 1024);
+    {
+        let (mut s, _) = Store::open(dir.path(), o.clone()).unwrap();
+        s.write(None, &[entry(1, 1, 10)]).unwrap();
+        s.write(None, std::slice::from_ref(&big)).unwrap();
+        s.write(Some(&hard_state(1, 4)), &batch(3, 2, 10)).unwrap();
+    }
+    let (s, rec) = Store::open(dir.path(), o).unwrap();
+    assert_eq!(rec.last_index, Index(4));
+    let got = common::all_entries(&s).unwrap();
+    assert_eq!(got[1], big);
+    assert_eq!(got.len(), 4);
+}

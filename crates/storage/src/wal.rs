@@ -379,6 +379,12 @@ impl Wal {
                             format!("zeroed bytes before a valid frame at offset {o}"),
                         ));
                     }
+                    if last {
+                        // Stray bytes in the unused space would sit at a frame boundary once
+                        // the log grows to them; they are not part of the log.
+                        Self::zero_tail(&file, &buf, at, &name, "stray bytes after the log's end")
+                            .map_err(io_err("zero the unused tail of", &path))?;
+                    }
                     break;
                 }
                 Frame::Bad(reason) => {
@@ -387,16 +393,7 @@ impl Wal {
                         return Err(corrupt(at, reason));
                     }
                     // A torn tail: the write in flight at a crash, never acknowledged.
-                    let end = buf.iter().rposition(|&b| b != 0).map_or(at, |p| p + 1);
-                    tracing::warn!(
-                        file = %name,
-                        offset = at,
-                        bytes = end - at,
-                        %reason,
-                        "truncating a torn write at the end of the log"
-                    );
-                    file.write_all_at(&vec![0u8; end - at], at as u64)
-                        .and_then(|()| file.sync_data())
+                    Self::zero_tail(&file, &buf, at, &name, &reason)
                         .map_err(io_err("zero the torn tail of", &path))?;
                     break;
                 }
@@ -408,6 +405,24 @@ impl Wal {
         self.segments.push_back(Segment { seq, path, file });
         self.write_at = at as u64;
         Ok(())
+    }
+
+    /// Zeroes `at..` up to the last non-zero byte of the segment held in `buf`, with a warning
+    /// saying why; nothing when it is all zeros already.
+    fn zero_tail(file: &File, buf: &[u8], at: usize, name: &str, why: &str) -> io::Result<()> {
+        let end = buf.iter().rposition(|&b| b != 0).map_or(at, |p| p + 1);
+        if end <= at {
+            return Ok(());
+        }
+        tracing::warn!(
+            file = %name,
+            offset = at,
+            bytes = end - at,
+            reason = %why,
+            "truncating the end of the log (a write that was in flight and never acknowledged)"
+        );
+        file.write_all_at(&vec![0u8; end - at], at as u64)?;
+        file.sync_data()
     }
 
     /// Creates segment `seq` (from `prepared` if given), writes its header and checkpoint,

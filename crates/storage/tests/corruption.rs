@@ -177,6 +177,14 @@ fn random_flips_and_truncations_are_refused_or_recovered() {
     assert!(paths.len() >= 5, "expected log segments and snapshot files");
     let mut rng = Rng(0xbad_d15c);
     let mut tally = Tally::default();
+    let last_segment = paths
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .max()
+        .unwrap()
+        .clone();
+    // Outcomes by (file kind, damage): printed so the closing note can say what each does.
+    let mut by_kind: std::collections::BTreeMap<String, Tally> = Default::default();
     let exe = std::env::current_exe().unwrap();
     fs::write(base.path().join("expected_len"), original.len().to_string()).unwrap();
     let cases = 120;
@@ -184,20 +192,39 @@ fn random_flips_and_truncations_are_refused_or_recovered() {
         let work = base.path().join(format!("case{case}"));
         // The child finds expected_len one level up.
         copy_dir(&pristine, &work);
-        let victim_rel = paths[rng.below(paths.len() as u64) as usize]
-            .strip_prefix(&pristine)
-            .unwrap()
-            .to_path_buf();
+        // A quarter of the cases hit the last segment, where torn tails are recovered.
+        let victim_path = if rng.below(4) == 0 {
+            &last_segment
+        } else {
+            &paths[rng.below(paths.len() as u64) as usize]
+        };
+        let kind = if *victim_path == last_segment {
+            "last log segment"
+        } else if victim_path.extension().is_some_and(|x| x == "wal") {
+            "older log segment"
+        } else if victim_path.extension().is_some_and(|x| x == "snap") {
+            "snapshot file"
+        } else {
+            "staging file"
+        };
+        let victim_rel = victim_path.strip_prefix(&pristine).unwrap().to_path_buf();
         let victim = work.join(&victim_rel);
         let mut bytes = fs::read(&victim).unwrap();
         let at = rng.below(bytes.len() as u64) as usize;
-        let what = if rng.below(2) == 0 {
+        let flip = rng.below(2) == 0;
+        let what = if flip {
             bytes[at] ^= 1 << rng.below(8);
             format!("case {case}: flip byte {at} of {}", victim_rel.display())
         } else {
             bytes.truncate(at);
             format!("case {case}: truncate {} to {at}", victim_rel.display())
         };
+        let row = by_kind
+            .entry(format!(
+                "{kind}, {}",
+                if flip { "flip" } else { "truncate" }
+            ))
+            .or_default();
         fs::write(&victim, &bytes).unwrap();
         let out = Command::new(&exe)
             .args([
@@ -216,10 +243,22 @@ fn random_flips_and_truncations_are_refused_or_recovered() {
             .lines()
             .find_map(|l| l.split("outcome ").nth(1).map(str::trim))
         {
-            Some("refused_open") => tally.refused_open += 1,
-            Some("refused_read") => tally.refused_read += 1,
-            Some("intact") => tally.intact += 1,
-            Some("shorter_prefix") => tally.shorter_prefix += 1,
+            Some("refused_open") => {
+                tally.refused_open += 1;
+                row.refused_open += 1;
+            }
+            Some("refused_read") => {
+                tally.refused_read += 1;
+                row.refused_read += 1;
+            }
+            Some("intact") => {
+                tally.intact += 1;
+                row.intact += 1;
+            }
+            Some("shorter_prefix") => {
+                tally.shorter_prefix += 1;
+                row.shorter_prefix += 1;
+            }
             _ => {
                 // The child died without an outcome: a panic or an abort.
                 panic!(
@@ -232,6 +271,9 @@ fn random_flips_and_truncations_are_refused_or_recovered() {
         fs::remove_dir_all(&work).unwrap();
     }
     eprintln!("{cases} corruptions: {tally:?}");
+    for (k, t) in &by_kind {
+        eprintln!("  {k}: {t:?}");
+    }
     assert_eq!(
         tally.refused_open + tally.refused_read + tally.intact + tally.shorter_prefix,
         cases

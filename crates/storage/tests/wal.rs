@@ -266,3 +266,37 @@ fn entries_larger_than_a_segment() {
     assert_eq!(got[1], big);
     assert_eq!(got.len(), 4);
 }
+
+#[test]
+fn a_stray_byte_in_unused_space_never_becomes_part_of_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = options(64 * 1024);
+    {
+        let (mut s, _) = Store::open(dir.path(), o.clone()).unwrap();
+        s.write(Some(&hard_state(1, 1)), &batch(1, 1, 100)).unwrap();
+    }
+    // Every aligned position in the unused space of the active segment gets a stray byte, but
+    // the first frame header there stays zero (so open sees the log's end, not a torn write).
+    let seg = segments(dir.path()).pop().unwrap();
+    let mut bytes = fs::read(&seg).unwrap();
+    let used = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    for at in (used.next_multiple_of(8) + 16..bytes.len()).step_by(8) {
+        bytes[at] = 0x5a;
+    }
+    fs::write(&seg, &bytes).unwrap();
+    // The log grows over that space and rolls to new segments; the reopen is clean.
+    let mut next = 2;
+    {
+        let (mut s, rec) = Store::open(dir.path(), o.clone()).unwrap();
+        assert_eq!(rec.last_index, Index(1));
+        while segments(dir.path()).len() < 3 {
+            s.write(Some(&hard_state(1, next + 6)), &batch(next, 7, 900))
+                .unwrap();
+            next += 7;
+        }
+    }
+    let (s, _) = Store::open(dir.path(), o).unwrap();
+    let got = common::all_entries(&s).unwrap();
+    assert_eq!(got.len() as u64, next - 1);
+    assert!(got.iter().all(|e| *e == entry(e.index.0, 1, e.data.len())));
+}

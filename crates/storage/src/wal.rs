@@ -599,7 +599,12 @@ impl Wal {
             if seg.seq >= keep {
                 break;
             }
-            if let Err(e) = fs::remove_file(&seg.path) {
+            // Oldest first, each removal made durable before the next, so a crash never leaves
+            // a gap in the sequence (which open refuses as a missing segment).
+            let removed = fs::remove_file(&seg.path)
+                .map_err(|e| e.to_string())
+                .and_then(|()| sync_dir(&self.dir).map_err(|e| e.to_string()));
+            if let Err(e) = removed {
                 tracing::warn!(file = %seg.path.display(), error = %e, "cannot delete a compacted log segment");
                 break;
             }

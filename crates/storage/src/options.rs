@@ -16,7 +16,7 @@ pub struct Options {
     /// a sync writes data blocks only); a compaction deletes whole segments, so the disk holds
     /// up to one segment of compacted entries. Restart reads every remaining segment.
     pub segment_bytes: u64,
-    /// Largest entry payload accepted, in bytes. Must be below 4 GiB (the codec's length field).
+    /// Largest entry payload accepted, in bytes. At most 512 MiB (half a log record).
     pub entry_bytes_max: u64,
     /// Read and check every stored entry on open (checksums, contiguity, terms). Costs a full
     /// read of the log; without it, open checks the metadata, the log's ends and the cached
@@ -49,8 +49,11 @@ impl Options {
                 self.segment_bytes
             ));
         }
-        if self.entry_bytes_max >= u64::from(u32::MAX) {
-            return Err("entry_bytes_max must be below 4 GiB".to_string());
+        if self.entry_bytes_max > crate::wal::RECORD_BYTES_MAX / 2 {
+            return Err(format!(
+                "entry_bytes_max must be at most {} (half the log's record limit)",
+                crate::wal::RECORD_BYTES_MAX / 2
+            ));
         }
         Ok(())
     }

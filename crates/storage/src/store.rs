@@ -4,6 +4,7 @@
 //!   <dir>/wal/        the write-ahead log (see [`crate::wal`]): segments of records holding
 //!                     entries, hard state, membership, log start; identity in every header
 //!   <dir>/snap/       snapshot files and the staging file of an incoming snapshot
+//!   <dir>/LOCK        locked (flock) while a process has the store open
 //!
 //!   snapshot.index >= log_start.index,   commit <= last_index
 //! ```
@@ -62,6 +63,25 @@ pub struct Store {
     /// dropped dirty pages, so nothing more is written until a reopen recovers what is really
     /// on disk.
     failed: bool,
+    /// `<dir>/LOCK`, locked for as long as the store is open: one process per data dir.
+    _lock: std::fs::File,
+}
+
+/// Creates `dir` if needed and takes its lock.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, StorageError> {
+    std::fs::create_dir_all(dir).map_err(|e| StorageError::io("create directory", dir, e))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StorageError::io("open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::Locked { path }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StorageError::io("lock", &path, e)),
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -90,9 +110,24 @@ impl Store {
                  read; remove the data dir and let the member catch up from the cluster",
             ));
         }
+        // The lock first: nothing in the dir may change while another process has it.
+        let lock = lock_dir(dir)?;
         let snapshots = SnapshotDir::open(&dir.join("snap"))?;
-        let (wal, created) = Wal::open(&dir.join("wal"), options.identity, options.segment_bytes)?;
         let staging = Staging::recover(snapshots.dir())?;
+        let fresh = snapshots.latest().is_none() && staging.is_none();
+        let (wal, created) = Wal::open(
+            &dir.join("wal"),
+            options.identity,
+            options.segment_bytes,
+            fresh,
+        )?;
+        if created {
+            // Make the new directories themselves durable.
+            crate::snapshot::sync_dir(dir)?;
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                crate::snapshot::sync_dir(parent)?;
+            }
+        }
         let mut store = Store {
             dir: dir.to_path_buf(),
             wal,
@@ -101,6 +136,7 @@ impl Store {
             staging,
             options,
             failed: false,
+            _lock: lock,
         };
         store.check_snapshot_covers_start()?;
         store.recover_log()?;

@@ -4,7 +4,6 @@
 //!   <dir>/0000000000000001.wal   [header][checkpoint][append][append][compact][append]...[zeros]
 //!   <dir>/0000000000000002.wal   [header][checkpoint][append]...            (the active one)
 //!   <dir>/0000000000000003.wal.tmp  the next segment, being zero-filled in the background
-//!   <dir>/LOCK                   held (flock) while a process has the log open
 //! ```
 //!
 //! Every change is one framed record ([`record`]), written with one `pwrite` and made durable
@@ -18,9 +17,10 @@
 //! the next one.
 //!
 //! Recovery rules (issue 6):
-//! - A bad frame in the last segment with no valid frame after it is a torn tail (the write
-//!   that was in flight when the machine stopped; it was never acknowledged): it is zeroed and
-//!   the log goes on from there, with a warning.
+//! - A bad frame in the last segment with no valid frame after it, and with a sector still
+//!   unwritten (all zeros) or an end past the end of the file, is a torn tail (the write in
+//!   flight when the machine stopped; it was never acknowledged): it is zeroed and the log goes
+//!   on from there, with a warning. Stray bytes after the log's end are zeroed too.
 //! - Any other bad frame, a bad header, a segment missing from the sequence, or an entry whose
 //!   segment is gone refuses to open with an error naming the file and offset.
 //!
@@ -128,7 +128,13 @@ impl LogState {
                 entries,
             } => {
                 if !entries.is_empty() {
-                    if *first <= self.log_start.index || *first > self.last_index.next() {
+                    let new_last = first
+                        .0
+                        .checked_add(entries.len() as u64 - 1)
+                        .ok_or("append past the largest index")?;
+                    if *first <= self.log_start.index
+                        || first.0 > self.last_index.0.saturating_add(1)
+                    {
                         return Err(format!(
                             "append at {first} does not fit a log of {}..={}",
                             self.log_start.index.next(),
@@ -142,7 +148,7 @@ impl LogState {
                         offset: payload_offset + u64::from(off),
                         len,
                     }));
-                    self.last_index = first.plus(entries.len() as u64 - 1);
+                    self.last_index = Index(new_last);
                 }
                 if let Some(hs) = hard_state {
                     self.hard_state = *hs;
@@ -221,10 +227,10 @@ pub(crate) struct Wal {
     state: LogState,
     /// Reused encoding buffer.
     buf: Vec<u8>,
+    /// During replay: the most entries the segments can hold (bounds a checkpoint's claim).
+    entries_max: u64,
     /// The next segment being prepared.
     prealloc: Option<Prealloc>,
-    /// Holds the lock for as long as the log is open.
-    _lock: File,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
@@ -232,27 +238,17 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir` and replays it. Returns whether it was created.
+    /// Opens the log in `dir` and replays it, or creates it if the directory has no segment
+    /// and `create_if_empty` (the caller knows no other state exists: a data dir with
+    /// snapshots but no log has lost its log, and with it the node's term and vote). Returns
+    /// whether it was created. The caller holds the data dir's lock.
     pub fn open(
         dir: &Path,
         identity: Identity,
         segment_bytes: u64,
+        create_if_empty: bool,
     ) -> Result<(Wal, bool), StorageError> {
         fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
-        let lock_path = dir.join("LOCK");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("open", &lock_path))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(StorageError::Locked { path: lock_path })
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(StorageError::io("lock", &lock_path, e)),
-        }
         let mut seqs = Vec::new();
         for e in fs::read_dir(dir).map_err(io_err("list", dir))? {
             let e = e.map_err(io_err("list", dir))?;
@@ -274,13 +270,29 @@ impl Wal {
             active_data_start: 0,
             state: LogState::default(),
             buf: Vec::new(),
+            entries_max: u64::MAX,
             prealloc: None,
-            _lock: lock,
         };
         let created = seqs.is_empty();
         if created {
+            if !create_if_empty {
+                return Err(StorageError::corrupt(
+                    dir.display().to_string(),
+                    0,
+                    "the log has no segment files, but the data dir holds snapshots: the log \
+                     (with the node's term and vote) is missing",
+                ));
+            }
             wal.start_segment(1, None)?;
         } else {
+            // Bound what a (checksum-valid but nonsensical) checkpoint may claim: every entry
+            // takes at least ENTRY_BYTES_MIN bytes of some segment.
+            let mut total = 0u64;
+            for &seq in &seqs {
+                let p = dir.join(segment::file_name(seq));
+                total += fs::metadata(&p).map_err(io_err("stat", &p))?.len();
+            }
+            wal.entries_max = total / record::ENTRY_BYTES_MIN;
             for w in seqs.windows(2) {
                 if w[1] != w[0] + 1 {
                     return Err(StorageError::corrupt(
@@ -313,7 +325,9 @@ impl Wal {
             }
             wal.remove_dead_segments();
         }
-        let next = wal.active().seq + 1;
+        let next = wal.active().seq.checked_add(1).ok_or_else(|| {
+            StorageError::corrupt(dir.display().to_string(), 0, "segment numbers exhausted")
+        })?;
         wal.prealloc = Some(Prealloc::start(dir, next, segment_bytes));
         Ok((wal, created))
     }
@@ -354,6 +368,13 @@ impl Wal {
                         .map_err(|r| corrupt(at, format!("bad record: {r}")))?;
                     match (first, &rec, state.as_mut()) {
                         (true, Record::Checkpoint(c), None) => {
+                            let n = c.last_index.0.saturating_sub(c.log_start.index.0);
+                            if n > self.entries_max {
+                                return Err(corrupt(
+                                    at,
+                                    format!("checkpoint claims {n} entries, more than the segments can hold"),
+                                ));
+                            }
                             *state = Some(LogState::from_checkpoint(c));
                         }
                         (true, Record::Checkpoint(_), Some(s)) | (false, _, Some(s)) => s
@@ -392,6 +413,15 @@ impl Wal {
                     if !last || first || later.is_some() {
                         return Err(corrupt(at, reason));
                     }
+                    if !record::has_unwritten_sector(&buf, at) {
+                        return Err(corrupt(
+                            at,
+                            format!(
+                                "{reason}: the last write is complete on disk but damaged (not \
+                                 a torn write), so an acknowledged write would be lost"
+                            ),
+                        ));
+                    }
                     // A torn tail: the write in flight at a crash, never acknowledged.
                     Self::zero_tail(&file, &buf, at, &name, &reason)
                         .map_err(io_err("zero the torn tail of", &path))?;
@@ -429,19 +459,30 @@ impl Wal {
     /// syncs it and makes it the active segment.
     fn start_segment(&mut self, seq: u64, prepared: Option<Prealloc>) -> Result<(), StorageError> {
         let tmp = self.dir.join(segment::temp_name(seq));
-        let file = match prepared {
+        let prepared = match prepared {
             Some(p) if p.seq() == seq => p.take(),
-            other => {
-                if let Some(p) = other {
-                    // Not the segment we need (cannot happen); wait for it and remove it.
-                    let path = p.path().to_path_buf();
-                    let _ = p.take();
-                    let _ = fs::remove_file(path);
-                }
-                segment::create_zeroed(&tmp, self.segment_bytes)
+            Some(p) => {
+                // Not the segment we need (cannot happen); wait for it and remove it.
+                let path = p.path().to_path_buf();
+                let _ = p.take();
+                let _ = fs::remove_file(path);
+                Err(io::Error::other("no segment was prepared"))
             }
-        }
-        .map_err(io_err("preallocate log segment", &tmp))?;
+            None => Err(io::Error::other("no segment was prepared")),
+        };
+        let file = match prepared {
+            Ok(f) => f,
+            Err(e) => {
+                // The background fill may have failed long ago (a disk full for a while):
+                // try once more now, and fail the write only if that fails too.
+                if seq > 1 {
+                    tracing::warn!(file = %tmp.display(), error = %e, "preparing the next log segment failed; retrying");
+                }
+                let _ = fs::remove_file(&tmp);
+                segment::create_zeroed(&tmp, self.segment_bytes)
+                    .map_err(io_err("preallocate log segment", &tmp))?
+            }
+        };
         let mut b = Vec::with_capacity(256);
         b.extend_from_slice(&segment::encode_header(seq, &self.identity));
         let s = record::begin_frame(&mut b);
@@ -470,7 +511,7 @@ impl Wal {
 
     /// Refuses an append whose record would exceed [`RECORD_BYTES_MAX`].
     pub fn check_append_size(entries: &[Entry]) -> Result<(), StorageError> {
-        let bytes: u64 = entries.iter().map(|e| e.data.len() as u64 + 64).sum();
+        let bytes = record::append_payload_bytes(entries);
         if bytes > RECORD_BYTES_MAX {
             return Err(StorageError::InvalidRequest(format!(
                 "one write of {bytes} bytes exceeds the log's record limit {RECORD_BYTES_MAX}"
@@ -601,14 +642,19 @@ impl Wal {
             }
             // Oldest first, each removal made durable before the next, so a crash never leaves
             // a gap in the sequence (which open refuses as a missing segment).
-            let removed = fs::remove_file(&seg.path)
-                .map_err(|e| e.to_string())
-                .and_then(|()| sync_dir(&self.dir).map_err(|e| e.to_string()));
-            if let Err(e) = removed {
-                tracing::warn!(file = %seg.path.display(), error = %e, "cannot delete a compacted log segment");
-                break;
+            match fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(file = %seg.path.display(), error = %e, "cannot delete a compacted log segment");
+                    break;
+                }
             }
             self.segments.pop_front();
+            if let Err(e) = sync_dir(&self.dir) {
+                tracing::warn!(error = %e, "cannot sync the log directory after deleting a segment");
+                break;
+            }
         }
     }
 

@@ -1,10 +1,11 @@
-//! Property test: random append/truncate/compact/read/reopen sequences against an in-memory
-//! reference log. After every step the store and the model must agree on the log's ends, the
+//! Property test: random append/truncate/compact/install/read/reopen sequences against an
+//! in-memory reference log, with 64 KiB segments so that the log rolls over and compaction
+//! deletes segments. After every step the store and the model must agree on the log's ends, the
 //! hard state, every term and every range read.
 
 mod common;
 
-use common::{entry, open};
+use common::entry;
 use proptest::prelude::*;
 use raft::{Entry, EntryId, HardState, Index, Membership, NodeId, Term};
 use storage::{SnapshotMeta, StorageError, Store};
@@ -42,6 +43,9 @@ enum Op {
     },
     /// Snapshot at a fraction of the commit index, then compact to it.
     Compact { frac: u8 },
+    /// Install a snapshot from a leader: at an entry of the log (the suffix after it stays) or
+    /// past its end in a newer term (the log is emptied).
+    Install { frac: u8, beyond: bool },
     /// Read a range given as fractions of the log.
     Read { lo: u8, hi: u8, bytes_max: u64 },
     /// Close and reopen.
@@ -50,10 +54,11 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u64..4, 0u64..12, 0u64..2, any::<u8>(), 0usize..300).prop_map(
+        6 => (0u64..4, 0u64..12, 0u64..2, any::<u8>(), 0usize..2000).prop_map(
             |(back, n, bump, commit_frac, len)| Op::Write { back, n, bump, commit_frac, len }
         ),
         1 => any::<u8>().prop_map(|frac| Op::Compact { frac }),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(frac, beyond)| Op::Install { frac, beyond }),
         3 => (any::<u8>(), any::<u8>(), prop_oneof![Just(u64::MAX), 1u64..2000])
             .prop_map(|(lo, hi, bytes_max)| Op::Read { lo, hi, bytes_max }),
         1 => Just(Op::Reopen),
@@ -118,6 +123,46 @@ fn apply(store: &mut Store, m: &mut Model, op: &Op) {
             m.entries.drain(..(to.0 - m.start.index.0) as usize);
             m.start = id;
         }
+        Op::Install { frac: f, beyond } => {
+            let (first, last) = (m.start.index.0 + 1, m.last().0);
+            let to = if beyond || last < first {
+                EntryId {
+                    term: Term(m.hard_state.term.0.max(m.term(m.last()).0) + 1),
+                    index: Index(last + 1 + u64::from(f % 5)),
+                }
+            } else {
+                let i = Index(frac(first, last, f));
+                EntryId {
+                    term: m.term(i),
+                    index: i,
+                }
+            };
+            let keep = !beyond && to.index.0 <= last;
+            let hs = HardState {
+                term: m.hard_state.term.max(to.term),
+                vote: NodeId::new(1),
+                commit: m.hard_state.commit.max(to.index).min(if keep {
+                    m.last()
+                } else {
+                    to.index
+                }),
+            };
+            let meta = SnapshotMeta {
+                last: to,
+                membership: Membership::new([NodeId::new(1).unwrap()]),
+            };
+            store
+                .save_snapshot(&meta, b"installed")
+                .expect("save snapshot");
+            store.reset_to_snapshot(to, &hs).expect("reset");
+            if keep {
+                m.entries.drain(..(to.index.0 - m.start.index.0) as usize);
+            } else {
+                m.entries.clear();
+            }
+            m.start = to;
+            m.hard_state = hs;
+        }
         Op::Read { lo, hi, bytes_max } => {
             let first = m.start.index.0 + 1;
             let (lo, hi) = (
@@ -147,6 +192,12 @@ fn apply(store: &mut Store, m: &mut Model, op: &Op) {
         // Handled by the caller, which owns the store.
         Op::Reopen => {}
     }
+}
+
+fn open(dir: &std::path::Path) -> Result<(Store, storage::Recovered), StorageError> {
+    let mut o = common::options();
+    o.segment_bytes = storage::SEGMENT_BYTES_MIN;
+    Store::open(dir, o)
 }
 
 fn check(store: &Store, m: &Model) {

@@ -1,5 +1,5 @@
-//! The write-ahead log's own recovery rules: torn writes are all or nothing at every byte and
-//! page boundary, damage before the tail and missing segments are refused with the file and
+//! The write-ahead log's own recovery rules: torn writes are all or nothing at every sector
+//! boundary and for any subset of sectors or pages, damage before the tail and missing segments are refused with the file and
 //! offset named, compaction deletes whole segments, one process at a time, and entries larger
 //! than a segment.
 
@@ -52,7 +52,7 @@ fn contents(dir: &Path, o: Options) -> (raft::HardState, Vec<Entry>) {
 }
 
 #[test]
-fn a_torn_write_is_all_or_nothing_at_every_byte_and_page() {
+fn a_torn_write_is_all_or_nothing_for_any_sectors_or_pages() {
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("store");
     let o = options(1 << 20);
@@ -102,16 +102,38 @@ fn a_torn_write_is_all_or_nothing_at_every_byte_and_page() {
         assert_eq!(again.len(), got.1.len() + 3, "{what}");
         got == after
     };
-    // Cut at every 61st byte of the write (and at its last bytes): the rest stays zero.
+    // Disks write 512-byte sectors atomically: cut the write at every sector boundary (the rest
+    // of the write stays zero, as preallocated).
     let mut whole = 0;
-    let cuts = (start..end).step_by(61).chain(end - 3..=end);
+    let cuts = (start.next_multiple_of(512)..end)
+        .step_by(512)
+        .chain([start, end]);
     for cut in cuts {
         let mut b = new[..cut].to_vec();
         b.extend_from_slice(&old[cut..]);
         whole += u32::from(check(b, &format!("cut at {cut}")));
     }
     assert_eq!(whole, 1, "only the complete write is visible");
-    // Pages reach the disk in any order: random subsets of the write's 4 KiB pages.
+    // Sectors reach the disk in any order: random subsets of the write's sectors.
+    let mut rng = Rng(0x5ec7);
+    let sectors: Vec<usize> = (start / 512..end.div_ceil(512)).collect();
+    for round in 0..40 {
+        let mut b = old.clone();
+        let mut all = true;
+        for &p in &sectors {
+            if rng.below(2) == 0 {
+                let r = p * 512..((p + 1) * 512).min(new.len());
+                b[r.clone()].copy_from_slice(&new[r]);
+            } else {
+                all = false;
+            }
+        }
+        let got_after = check(b, &format!("sector subset round {round}"));
+        assert!(
+            !got_after || all,
+            "round {round}: a partial write was accepted"
+        );
+    }
     let mut rng = Rng(0x70_12);
     let pages: Vec<usize> = (start / 4096..end.div_ceil(4096)).collect();
     for round in 0..40 {
@@ -166,6 +188,16 @@ fn damage_before_the_tail_is_refused_naming_file_and_offset() {
         }
         other => panic!("expected a corruption error, got {other:?}"),
     }
+    // The last write damaged while complete on disk (no sector left unwritten) is not a torn
+    // write: dropping it would lose an acknowledged write, so open refuses.
+    bytes[at] ^= 0x40;
+    let end = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[end - 50] ^= 0x01;
+    fs::write(&seg, &bytes).unwrap();
+    let err = Store::open(dir.path(), options(1 << 20))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a torn write"), "{err}");
 }
 
 fn fill_segments(dir: &Path, o: &Options, want: usize) -> u64 {
@@ -299,4 +331,115 @@ fn a_stray_byte_in_unused_space_never_becomes_part_of_the_log() {
     let got = common::all_entries(&s).unwrap();
     assert_eq!(got.len() as u64, next - 1);
     assert!(got.iter().all(|e| *e == entry(e.index.0, 1, e.data.len())));
+}
+
+#[test]
+fn a_crash_while_rolling_to_a_new_segment_is_all_or_nothing() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("store");
+    let o = options(64 * 1024);
+    let last = fill_segments(&dir, &o, 2);
+    let before_segments = segments(&dir);
+    // Writes until one starts a new segment.
+    let mut next = last + 1;
+    {
+        let (mut s, _) = Store::open(&dir, o.clone()).unwrap();
+        while segments(&dir).len() == before_segments.len() {
+            s.write(Some(&hard_state(1, next + 19)), &batch(next, 20, 1000))
+                .unwrap();
+            next += 20;
+        }
+    }
+    // The state just before the rolling write, and after it.
+    let after = contents(&dir, o.clone());
+    let before_roll = (
+        hard_state(1, next - 21),
+        after.1[..after.1.len() - 20].to_vec(),
+    );
+    let new_seg = segments(&dir).pop().unwrap();
+    let new_bytes = fs::read(&new_seg).unwrap();
+    let magic = b"SKWL";
+    let frames: Vec<usize> = (0..new_bytes.len() - 4)
+        .filter(|&i| &new_bytes[i..i + 4] == magic)
+        .collect();
+    let (frame, end) = (
+        frames[1],
+        new_bytes.iter().rposition(|&b| b != 0).unwrap() + 1,
+    );
+    let check = |image: &dyn Fn(&Path), what: &str| {
+        let work = base.path().join("work");
+        let _ = fs::remove_dir_all(&work);
+        copy_dir(&dir, &work);
+        image(&work);
+        let got = contents(&work, o.clone());
+        assert!(got == before_roll || got == after, "{what}: {:?}", got.0);
+        got == after
+    };
+    // Crash before the rename: the new segment is only a temporary file.
+    let tmp_name = format!("{}.tmp", new_seg.file_name().unwrap().to_str().unwrap());
+    let crashed_before_rename = |w: &Path| {
+        let seg = w.join("wal").join(new_seg.file_name().unwrap());
+        fs::rename(&seg, w.join("wal").join(&tmp_name)).unwrap();
+    };
+    assert!(!check(&crashed_before_rename, "before rename"));
+    // Crash after the rename (header and checkpoint are synced first): any sectors of the
+    // write in the new segment.
+    let mut rng = Rng(0x2011);
+    let mut whole = 0;
+    for round in 0..30 {
+        let mut b = new_bytes.clone();
+        let all = round == 0;
+        for s in (frame / 512)..end.div_ceil(512) {
+            if !all && rng.below(2) == 0 {
+                let r = (s * 512).max(frame)..((s + 1) * 512).min(b.len());
+                b[r].fill(0);
+            }
+        }
+        let image = |w: &Path| {
+            fs::write(w.join("wal").join(new_seg.file_name().unwrap()), &b).unwrap();
+        };
+        whole += u32::from(check(&image, &format!("round {round}")));
+    }
+    assert!(whole >= 1);
+}
+
+#[test]
+fn a_data_dir_whose_log_is_gone_is_refused_not_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (mut s, _) = common::open(dir.path()).unwrap();
+        s.write(Some(&hard_state(3, 2)), &batch(1, 2, 10)).unwrap();
+        let meta = SnapshotMeta {
+            last: EntryId {
+                term: Term(1),
+                index: Index(2),
+            },
+            membership: Membership::new([NodeId::new(1).unwrap()]),
+        };
+        s.save_snapshot(&meta, b"state").unwrap();
+    }
+    for seg in segments(dir.path()) {
+        fs::remove_file(seg).unwrap();
+    }
+    // Starting afresh would forget the term and vote: refused, and nothing is created.
+    let err = common::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("missing"), "{err}");
+    assert!(segments(dir.path()).is_empty());
+}
+
+#[test]
+fn a_second_process_changes_nothing_before_it_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, _) = common::open(dir.path()).unwrap();
+    // A snapshot being written by the running process.
+    let tmp = dir
+        .path()
+        .join("snap/snap-0000000000000001-0000000000000009.snap.tmp");
+    fs::write(&tmp, b"in progress").unwrap();
+    let err = common::open(dir.path()).unwrap_err();
+    assert!(matches!(err, StorageError::Locked { .. }), "{err:?}");
+    assert!(
+        tmp.exists(),
+        "the refused open removed another process's file"
+    );
 }

@@ -270,7 +270,8 @@ impl Store {
         }
     }
 
-    /// Forces everything written so far (including unsynced compactions) to disk.
+    /// Syncs the log again. Every write is already synced when it returns; this is for callers
+    /// that want an explicit barrier.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.ensure_ok()?;
         let r = self.wal.sync();

@@ -21,6 +21,28 @@ pub const FRAME_HEADER_BYTES: usize = 12;
 pub const FRAME_ALIGN: usize = 8;
 /// Largest payload a frame may claim; bounds allocation and scanning on corrupt input.
 pub const PAYLOAD_BYTES_MAX: usize = 1 << 30;
+/// Bytes an entry takes in an append at the least: its length prefix, version, kind tag,
+/// term, index, data length and CRC.
+pub const ENTRY_BYTES_MIN: u64 = 4 + 1 + 1 + 8 + 8 + 4 + 4;
+/// Bytes of an append payload besides its entries, at most: kind, flag, sealed hard state
+/// with its length prefix, entry count.
+const APPEND_FIXED_BYTES_MAX: u64 = 1 + 1 + 4 + 1 + 24 + 4 + 4;
+
+/// The exact payload size of an append of `entries` (with a hard state), so that a write too
+/// large for one record is refused before anything is encoded.
+pub fn append_payload_bytes(entries: &[Entry]) -> u64 {
+    let data = |e: &Entry| match &e.kind {
+        raft::EntryKind::Membership(m) => {
+            12 + 8 * (m.voters.len() + m.voters_outgoing.len() + m.learners.len()) as u64
+        }
+        _ => e.data.len() as u64,
+    };
+    APPEND_FIXED_BYTES_MAX
+        + entries
+            .iter()
+            .map(|e| ENTRY_BYTES_MIN + data(e))
+            .sum::<u64>()
+}
 
 const KIND_CHECKPOINT: u8 = 1;
 const KIND_APPEND: u8 = 2;
@@ -168,6 +190,36 @@ pub fn parse_frame(buf: &[u8], at: usize, seq: u64) -> Frame {
     Frame::Valid { payload, len, next }
 }
 
+/// Whether the bad frame at `at` can be a torn write rather than damage. Segments are
+/// zero-filled and synced before use, and a crash persists a write's sectors in any order, so
+/// a write cut short by a crash has a sector (or the part of one inside the frame) still all
+/// zeros, or its end beyond the end of the file (a record larger than a segment extends the
+/// file). A frame complete on disk whose checksum fails is damage to an acknowledged write.
+pub fn has_unwritten_sector(buf: &[u8], at: usize) -> bool {
+    const SECTOR: usize = 512;
+    let magic_ok = buf.len() - at >= 8 && buf[at..at + 4] == FRAME_MAGIC.to_le_bytes();
+    let end = if magic_ok {
+        let len = u32::from_le_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
+        let claimed = at.saturating_add(FRAME_HEADER_BYTES + len as usize);
+        if claimed > buf.len() {
+            return true;
+        }
+        claimed
+    } else {
+        // The header itself is not trustworthy: look at everything up to the last written byte.
+        buf.iter().rposition(|&b| b != 0).map_or(at, |p| p + 1)
+    };
+    let mut s = at - at % SECTOR;
+    while s < end {
+        let part = &buf[s.max(at)..(s + SECTOR).min(end)];
+        if part.iter().all(|&b| b == 0) {
+            return true;
+        }
+        s += SECTOR;
+    }
+    false
+}
+
 /// The offset of the first valid frame at or after `from` (aligned), if any. Used after a bad
 /// frame: a valid frame after it means the damage is not a torn tail.
 pub fn find_valid_frame(buf: &[u8], from: usize, seq: u64) -> Option<usize> {
@@ -286,7 +338,7 @@ pub fn decode(payload: &[u8]) -> Result<Record, String> {
                 let id = codec::peek_entry_id(bytes)?;
                 if i == 0 {
                     first = id.index;
-                } else if id.index != first.plus(i as u64) {
+                } else if Some(id.index.0) != first.0.checked_add(i as u64) {
                     return Err(format!(
                         "entry {} of an append starting at {first} says index {}",
                         i, id.index
@@ -391,6 +443,17 @@ mod tests {
         let entries: Vec<Entry> = (5..9).map(entry).collect();
         let mut at = Vec::new();
         let buf = framed(1, |b| at = put_append(b, Some(&hs), &entries));
+        let conf = Entry {
+            term: Term(2),
+            index: Index(9),
+            kind: EntryKind::Membership(m.clone()),
+            data: Vec::new(),
+        };
+        for es in [&entries[..], std::slice::from_ref(&conf), &[]] {
+            let mut b = Vec::new();
+            put_append(&mut b, Some(&hs), es);
+            assert_eq!(b.len() as u64, append_payload_bytes(es), "{es:?}");
+        }
         let Frame::Valid { payload, len, .. } = parse_frame(&buf, 0, 1) else {
             panic!("frame does not parse");
         };
@@ -439,6 +502,28 @@ mod tests {
         assert_eq!(parse_frame(&[0u8; 64], 0, 4), Frame::End);
         assert_eq!(parse_frame(&[0u8; 5], 0, 4), Frame::End);
         assert_eq!(find_valid_frame(&moved, 0, 4), None);
+        // A complete frame with a flipped byte is damage; one with a zeroed sector, a zeroed
+        // header start or a missing end may be a torn write.
+        let mut big = Vec::new();
+        let s = begin_frame(&mut big);
+        put_append(&mut big, None, &[entry(1000)]);
+        end_frame(&mut big, s, 4, 0);
+        let mut flipped = big.clone();
+        flipped[700] ^= 1;
+        assert!(matches!(parse_frame(&flipped, 0, 4), Frame::Bad(_)));
+        assert!(!has_unwritten_sector(&flipped, 0));
+        let mut holed = big.clone();
+        holed[512..1024].fill(0);
+        assert!(has_unwritten_sector(&holed, 0));
+        // A frame whose header straddles a sector boundary, the first sector never written.
+        let mut straddling = vec![0xee; 504];
+        straddling.extend_from_slice(&big);
+        let mut bad_magic = straddling.clone();
+        bad_magic[505] ^= 1;
+        assert!(!has_unwritten_sector(&bad_magic, 504));
+        straddling[504..512].fill(0);
+        assert!(has_unwritten_sector(&straddling, 504));
+        assert!(has_unwritten_sector(&big[..big.len() - 20], 0));
         let mut two = buf.clone();
         let s = begin_frame(&mut two);
         put_compact(&mut two, EntryId::default());

@@ -141,8 +141,9 @@ impl NodeHandle {
     }
 }
 
-/// The snapshot a node holds: its description and bytes, shared with chunk sends.
-pub type CurrentSnapshot = (SnapshotMeta, Arc<Vec<u8>>);
+/// The snapshot a node holds: its description. Its bytes stay in the snapshot file, from
+/// which outgoing chunks are read, so a member never keeps a copy of its state in memory.
+pub type CurrentSnapshot = SnapshotMeta;
 
 /// Everything the node task owns.
 pub struct NodeTask {
@@ -166,8 +167,8 @@ pub struct NodeTask {
     waiting_reads: BTreeMap<u64, ReadReply>,
     /// Next read tag.
     next_read_ctx: u64,
-    /// The newest durable snapshot (taken here or installed from the leader), whose bytes
-    /// fill outgoing `InstallSnapshot` chunks. Invariant: matches the newest snapshot file and
+    /// The newest durable snapshot (taken here or installed from the leader), whose file
+    /// fills outgoing `InstallSnapshot` chunks. Invariant: matches the newest snapshot file and
     /// the core's idea of its snapshot.
     snapshot: Option<CurrentSnapshot>,
     /// Take a snapshot once this many entries were applied past the log start.
@@ -469,7 +470,7 @@ impl NodeTask {
         );
         // Writers waiting on entries the snapshot covers will never see them applied here.
         self.fail_writes_through(meta.last.index.0);
-        self.snapshot = Some((meta.clone(), data));
+        self.snapshot = Some(meta.clone());
         Ok(())
     }
 
@@ -509,7 +510,7 @@ impl NodeTask {
                 size_bytes: data.len() as u64,
             };
             storage::write_snapshot_file(&dir, &storage_meta(&meta), &data)?;
-            Ok((meta, Arc::new(data)))
+            Ok(meta)
         }));
         Ok(())
     }
@@ -517,7 +518,7 @@ impl NodeTask {
     /// Adopts a snapshot written by [`NodeTask::maybe_snapshot`] and compacts the core's log
     /// and the durable log up to it. Skipped if a snapshot installed from the leader in the
     /// meantime already covers it (the file is then removed by the next adoption).
-    fn finish_snapshot(&mut self, (meta, data): CurrentSnapshot) -> Result<(), ServerError> {
+    fn finish_snapshot(&mut self, meta: CurrentSnapshot) -> Result<(), ServerError> {
         let covered = self.log.log_start().index;
         if meta.last.index <= covered || !self.raw.log().matches(meta.last) {
             tracing::info!(
@@ -543,7 +544,7 @@ impl NodeTask {
             bytes = meta.size_bytes,
             "took a snapshot and compacted the log"
         );
-        self.snapshot = Some((meta, data));
+        self.snapshot = Some(meta);
         Ok(())
     }
 
@@ -556,17 +557,22 @@ impl NodeTask {
                 data,
             } = &mut m.body
             {
-                // Fill the chunk from the current snapshot; drop it if that snapshot was
-                // replaced (the leader restarts the transfer with the new one).
-                let Some((current, bytes)) = &self.snapshot else {
-                    continue;
-                };
-                let (lo, hi) = (*offset as usize, offset.saturating_add(*len) as usize);
-                if current != meta || lo > hi || hi > bytes.len() {
+                // Fill the chunk from the current snapshot's file; drop it if that snapshot
+                // was replaced (the leader restarts the transfer with the new one).
+                if self.snapshot.as_ref() != Some(&*meta) {
                     tracing::debug!(to = m.to.get(), "dropped a chunk of a replaced snapshot");
                     continue;
                 }
-                *data = bytes[lo..hi].to_vec();
+                let log = &self.log;
+                match tokio::task::block_in_place(|| log.snapshot_chunk(meta.last, *offset, *len)) {
+                    Ok(chunk) => *data = chunk,
+                    Err(e) => {
+                        // The core resends after a timeout; a file that cannot be read is
+                        // reported, and the follower waits for the next snapshot.
+                        tracing::warn!(to = m.to.get(), error = %e, "cannot read a snapshot chunk");
+                        continue;
+                    }
+                }
             }
             self.peers.send(m);
         }

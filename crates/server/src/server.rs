@@ -161,7 +161,7 @@ pub async fn run(
     }
     let state = storage::initial_state(&log, Index(applied))?;
     let mut raw = RawNode::new(raft_config(&config, me.id, seed()), state)?;
-    if let Some((meta, _)) = &snapshot {
+    if let Some(meta) = &snapshot {
         raw.compact(meta.clone()).map_err(|e| {
             ServerError::Invariant(format!(
                 "the core refused the snapshot it starts from: {e:?}"
@@ -286,7 +286,7 @@ fn recover_snapshot(
     log: &mut storage::Store,
     kv: &kv::Store,
 ) -> Result<Option<CurrentSnapshot>, ServerError> {
-    let Some((meta, data)) = log.load_snapshot()? else {
+    let Some((meta, _)) = log.latest_snapshot()? else {
         return Ok(None);
     };
     if meta.last.index > log.log_start().index {
@@ -298,20 +298,28 @@ fn recover_snapshot(
         );
         log.reset_to_snapshot(meta.last, &hs)?;
     }
-    if kv.applied_index()? < meta.last.index.0 {
+    let size_bytes = if kv.applied_index()? < meta.last.index.0 {
         tracing::info!(
             index = meta.last.index.0,
             "restoring the state machine from the snapshot"
         );
+        let (_, data) = log
+            .load_snapshot()?
+            .ok_or_else(|| ServerError::Invariant("the snapshot file vanished".into()))?;
         kv.restore(&data)?;
         kv.sync()?;
-    }
-    let meta = raft::SnapshotMeta {
+        data.len() as u64
+    } else {
+        // Not needed here, but followers may be sent it: check it now, a slice at a time.
+        log.verify_snapshot()?
+            .ok_or_else(|| ServerError::Invariant("the snapshot file vanished".into()))?
+            .1
+    };
+    Ok(Some(raft::SnapshotMeta {
         last: meta.last,
         membership: meta.membership,
-        size_bytes: data.len() as u64,
-    };
-    Ok(Some((meta, Arc::new(data))))
+        size_bytes,
+    }))
 }
 
 /// The client port: the etcd gRPC services plus `GET /health` and `GET /metrics`.
@@ -509,8 +517,8 @@ mod tests {
         let current = recover_snapshot(&mut log, &kv)
             .expect("recover")
             .expect("snapshot");
-        assert_eq!(current.0.last, meta.last);
-        assert_eq!(current.0.size_bytes, data.len() as u64);
+        assert_eq!(current.last, meta.last);
+        assert_eq!(current.size_bytes, data.len() as u64);
         assert_eq!(log.log_start(), meta.last);
         assert_eq!(log.last_index(), Index(10));
         assert_eq!(log.hard_state().commit, Index(10));

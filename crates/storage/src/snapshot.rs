@@ -20,6 +20,8 @@ use crate::error::StorageError;
 const MAGIC: &[u8; 8] = b"SKIFFSNP";
 /// Bytes written between syncs when writing a large snapshot file.
 const WRITE_SLICE_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes read at a time when checking a snapshot's checksum.
+const READ_SLICE_BYTES: usize = 1024 * 1024;
 /// Largest header accepted; bounds allocation when the length field is corrupt.
 const HEADER_BYTES_MAX: u32 = 64 * 1024;
 
@@ -171,6 +173,74 @@ impl SnapshotDir {
             }
         }
         Ok(())
+    }
+
+    /// The newest snapshot and the size of its data, from its header.
+    pub fn latest_sized(&self) -> Result<Option<(SnapshotMeta, u64)>, StorageError> {
+        let Some(meta) = &self.latest else {
+            return Ok(None);
+        };
+        let (meta, data_len, _, _) = read_header(&self.dir.join(file_name(meta.last)), meta.last)?;
+        Ok(Some((meta, data_len)))
+    }
+
+    /// Checks the newest snapshot's data checksum, reading it in bounded slices (never the
+    /// whole file in memory). Returns its metadata and data size.
+    pub fn verify_latest(&self) -> Result<Option<(SnapshotMeta, u64)>, StorageError> {
+        let Some(meta) = &self.latest else {
+            return Ok(None);
+        };
+        let path = self.dir.join(file_name(meta.last));
+        let (meta, data_len, header_end, mut f) = read_header(&path, meta.last)?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; READ_SLICE_BYTES.min(data_len as usize)];
+        let mut left = data_len;
+        while left > 0 {
+            let n = (left as usize).min(buf.len());
+            f.read_exact(&mut buf[..n])
+                .map_err(|e| short(&path, header_end + data_len - left, e))?;
+            crc.update(&buf[..n]);
+            left -= n as u64;
+        }
+        let mut stored = [0u8; 4];
+        f.read_exact(&mut stored)
+            .map_err(|e| short(&path, header_end + data_len, e))?;
+        if u32::from_le_bytes(stored) != crc.finalize() {
+            return Err(StorageError::corrupt(
+                path.display().to_string(),
+                header_end,
+                "snapshot data checksum mismatch",
+            ));
+        }
+        Ok(Some((meta, data_len)))
+    }
+
+    /// Reads `len` bytes of the newest snapshot's data from `offset` (for sending it in
+    /// chunks without holding it in memory). `last` must name the newest snapshot: a replaced
+    /// one is gone.
+    pub fn read_chunk(
+        &self,
+        last: EntryId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        let Some(meta) = self.latest.as_ref().filter(|m| m.last == last) else {
+            return Err(StorageError::InvalidRequest(format!(
+                "snapshot {last:?} is not the newest ({:?})",
+                self.latest.as_ref().map(|m| m.last)
+            )));
+        };
+        let path = self.dir.join(file_name(meta.last));
+        let (_, data_len, header_end, f) = read_header(&path, meta.last)?;
+        if offset.checked_add(len).is_none_or(|end| end > data_len) {
+            return Err(StorageError::InvalidRequest(format!(
+                "chunk {offset}+{len} past the snapshot's {data_len} bytes"
+            )));
+        }
+        let mut buf = vec![0u8; len as usize];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, header_end + offset)
+            .map_err(|e| short(&path, header_end + offset, e))?;
+        Ok(buf)
     }
 
     /// Reads and fully verifies the newest snapshot.

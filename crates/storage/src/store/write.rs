@@ -212,6 +212,28 @@ impl Store {
         self.snapshots.adopt(meta)
     }
 
+    /// The newest snapshot file's metadata and data size, from its header (no data read).
+    pub fn latest_snapshot(&self) -> Result<Option<(SnapshotMeta, u64)>, StorageError> {
+        self.snapshots.latest_sized()
+    }
+
+    /// Checks the newest snapshot file's data checksum in bounded slices; returns its
+    /// metadata and data size.
+    pub fn verify_snapshot(&self) -> Result<Option<(SnapshotMeta, u64)>, StorageError> {
+        self.snapshots.verify_latest()
+    }
+
+    /// `len` bytes of the newest snapshot's data from `offset`, read from its file, to send
+    /// it to a follower in chunks. `last` must name the newest snapshot.
+    pub fn snapshot_chunk(
+        &self,
+        last: EntryId,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        self.snapshots.read_chunk(last, offset, len)
+    }
+
     /// Reads and verifies the newest snapshot file.
     pub fn load_snapshot(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
         self.snapshots.load_latest()

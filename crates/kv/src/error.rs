@@ -73,6 +73,9 @@ pub enum Error {
     /// The database holds something this code did not write.
     #[error("corrupt store: {0}")]
     Corrupt(String),
+    /// Reading or writing a snapshot stream failed.
+    #[error("snapshot io: {0}")]
+    Io(std::io::Error),
     /// redb failed (IO, full disk, ...). The caller should stop applying. Boxed to keep
     /// `Result<_, Error>` small.
     #[error("storage: {0}")]

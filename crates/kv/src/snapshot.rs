@@ -12,13 +12,16 @@
 //!   crc32 (4 bytes LE) of everything before it
 //! ```
 //!
-//! The snapshot is built in memory from one read transaction (simple; fine for the sizes a
-//! Raft snapshot of this store reaches today). Reading checks the CRC, then decodes everything
-//! before the store is touched, so a corrupt snapshot never half-replaces the state.
+//! Both directions stream: [`write_to`] sends the state to any `Write` a slice at a time, and
+//! [`load_from`] decodes from any `Read` straight into the tables of one write transaction,
+//! checking the CRC at the end. Neither holds the whole state in memory. A corrupt snapshot
+//! fails before the caller commits, so it never half-replaces the state.
+
+use std::io::{Read, Write};
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use crate::codec::{Reader, Writer};
+use crate::codec::Writer;
 use crate::error::Error;
 use crate::lease::{LEASES, LEASE_KEYS};
 use crate::mvcc::{Record, HISTORY};
@@ -27,75 +30,166 @@ use crate::store::{Meta, META};
 
 const MAGIC: &[u8; 8] = b"SKIFFKV\0";
 const VERSION: u8 = 1;
+/// Encoded bytes buffered before they are handed to the writer.
+const FLUSH_BYTES: usize = 1 << 20;
+/// Largest byte string a snapshot may hold (keys, values, rows); bounds allocation on
+/// corrupt input. Values are at most 1.5 MiB (etcd's request limit).
+const FIELD_BYTES_MAX: u64 = 64 << 20;
 
-/// A decoded snapshot, validated, not yet loaded.
-pub(crate) struct Image {
-    meta: Meta,
-    history: Vec<(Vec<u8>, u64, Vec<u8>)>,
-    leases: Vec<(i64, i64)>,
-    attached: Vec<(i64, Vec<u8>)>,
-    sessions: Vec<(u64, Vec<u8>)>,
+fn bad(m: &str) -> Error {
+    Error::Decode(format!("snapshot: {m}"))
 }
 
-/// Serialises the state seen by `txn`.
-pub(crate) fn write(txn: &ReadTransaction) -> Result<Vec<u8>, Error> {
-    let mut w = Writer(MAGIC.to_vec());
-    w.u8(VERSION);
+/// Encodes into a bounded buffer, handing full slices to `out` with a running CRC.
+struct Sink<'a> {
+    w: Writer,
+    out: &'a mut dyn Write,
+    crc: crc32fast::Hasher,
+    total: u64,
+}
+
+impl Sink<'_> {
+    fn flush(&mut self, force: bool) -> Result<(), Error> {
+        if force || self.w.0.len() >= FLUSH_BYTES {
+            self.crc.update(&self.w.0);
+            self.out.write_all(&self.w.0).map_err(Error::Io)?;
+            self.total += self.w.0.len() as u64;
+            self.w.0.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Serialises the state seen by `txn` into `out`; returns the bytes written.
+pub(crate) fn write_to(txn: &ReadTransaction, out: &mut dyn Write) -> Result<u64, Error> {
+    let mut s = Sink {
+        w: Writer(Vec::with_capacity(FLUSH_BYTES + 4096)),
+        out,
+        crc: crc32fast::Hasher::new(),
+        total: 0,
+    };
+    s.w.0.extend_from_slice(MAGIC);
+    s.w.u8(VERSION);
     let meta = Meta::read(&txn.open_table(META)?)?;
-    w.u64(meta.revision);
-    w.u64(meta.compacted);
-    w.u64(meta.applied);
+    s.w.u64(meta.revision);
+    s.w.u64(meta.compacted);
+    s.w.u64(meta.applied);
     let history = txn.open_table(HISTORY)?;
-    w.u64(history.len()?);
+    s.w.u64(history.len()?);
     for row in history.iter()? {
         let (k, v) = row?;
         let (key, rev) = k.value();
-        w.bytes(key);
-        w.u64(rev);
-        w.bytes(v.value());
+        s.w.bytes(key);
+        s.w.u64(rev);
+        s.w.bytes(v.value());
+        s.flush(false)?;
     }
     let leases = txn.open_table(LEASES)?;
-    w.u64(leases.len()?);
+    s.w.u64(leases.len()?);
     for row in leases.iter()? {
         let (id, ttl) = row?;
-        w.i64(id.value());
-        w.i64(ttl.value());
+        s.w.i64(id.value());
+        s.w.i64(ttl.value());
+        s.flush(false)?;
     }
     let attached = txn.open_table(LEASE_KEYS)?;
-    w.u64(attached.len()?);
+    s.w.u64(attached.len()?);
     for row in attached.iter()? {
         let (k, _) = row?;
         let (id, key) = k.value();
-        w.i64(id);
-        w.bytes(key);
+        s.w.i64(id);
+        s.w.bytes(key);
+        s.flush(false)?;
     }
     let sessions = txn.open_table(SESSIONS)?;
-    w.u64(sessions.len()?);
+    s.w.u64(sessions.len()?);
     for row in sessions.iter()? {
         let (id, v) = row?;
-        w.u64(id.value());
-        w.bytes(v.value());
+        s.w.u64(id.value());
+        s.w.bytes(v.value());
+        s.flush(false)?;
     }
-    let crc = crc32fast::hash(&w.0);
-    w.0.extend_from_slice(&crc.to_le_bytes());
-    Ok(w.0)
+    s.flush(true)?;
+    let crc = s.crc.clone().finalize();
+    s.out.write_all(&crc.to_le_bytes()).map_err(Error::Io)?;
+    Ok(s.total + 4)
 }
 
-/// Checks and decodes a snapshot.
-pub(crate) fn read(bytes: &[u8]) -> Result<Image, Error> {
-    let bad = |m: &str| Error::Decode(format!("snapshot: {m}"));
-    if bytes.len() < MAGIC.len() + 1 + 4 {
-        return Err(bad("too short"));
+/// Reads encoded values from a stream, feeding every byte to a CRC.
+struct Source<'a> {
+    input: std::io::BufReader<&'a mut dyn Read>,
+    crc: crc32fast::Hasher,
+}
+
+impl Source<'_> {
+    fn exact(&mut self, buf: &mut [u8]) -> Result<(), Error> {
+        self.input.read_exact(buf).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                bad("truncated")
+            } else {
+                Error::Io(e)
+            }
+        })?;
+        self.crc.update(buf);
+        Ok(())
     }
-    let (body, crc) = bytes.split_at(bytes.len() - 4);
-    let crc = u32::from_le_bytes(crc.try_into().map_err(|_| bad("crc"))?);
-    if crc32fast::hash(body) != crc {
-        return Err(bad("checksum mismatch"));
+
+    fn u8(&mut self) -> Result<u8, Error> {
+        let mut b = [0u8; 1];
+        self.exact(&mut b)?;
+        Ok(b[0])
     }
-    if &body[..MAGIC.len()] != MAGIC {
+
+    fn u64(&mut self) -> Result<u64, Error> {
+        let mut v: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            let part = u64::from(b & 0x7f);
+            if shift == 63 && part > 1 {
+                return Err(bad("varint overflow"));
+            }
+            v |= part << shift;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(bad("varint too long"))
+    }
+
+    fn i64(&mut self) -> Result<i64, Error> {
+        let u = self.u64()?;
+        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>, Error> {
+        let len = self.u64()?;
+        if len > FIELD_BYTES_MAX {
+            return Err(bad("field too long"));
+        }
+        let mut v = vec![0u8; len as usize];
+        self.exact(&mut v)?;
+        Ok(v)
+    }
+}
+
+/// Decodes a snapshot from `input` into freshly emptied tables of `txn`, checking every row
+/// and the CRC; the caller commits only if this returns `Ok`. Sessions beyond `sessions_max`
+/// (a snapshot from a node configured with more) are evicted by the usual rule, least
+/// recently seen first.
+pub(crate) fn load_from(
+    txn: &WriteTransaction,
+    input: &mut dyn Read,
+    sessions_max: usize,
+) -> Result<(), Error> {
+    let mut r = Source {
+        input: std::io::BufReader::with_capacity(1 << 20, input),
+        crc: crc32fast::Hasher::new(),
+    };
+    let mut magic = [0u8; 8];
+    r.exact(&mut magic)?;
+    if &magic != MAGIC {
         return Err(bad("not a Skiff kv snapshot"));
     }
-    let mut r = Reader::raw(&body[MAGIC.len()..]);
     if r.u8()? != VERSION {
         return Err(bad("unknown version"));
     }
@@ -107,64 +201,44 @@ pub(crate) fn read(bytes: &[u8]) -> Result<Image, Error> {
     if meta.revision == 0 || meta.compacted > meta.revision {
         return Err(bad("revisions out of order"));
     }
-    let mut history = Vec::new();
-    for _ in 0..r.len()? {
+    meta.write(txn)?;
+    let mut history = txn.open_table(HISTORY)?;
+    for _ in 0..r.u64()? {
         let (key, rev, row) = (r.bytes()?, r.u64()?, r.bytes()?);
         Record::decode(&row)?;
         if rev > meta.revision {
             return Err(bad("history row above the revision"));
         }
-        history.push((key, rev, row));
-    }
-    let mut leases = Vec::new();
-    for _ in 0..r.len()? {
-        leases.push((r.i64()?, r.i64()?));
-    }
-    let mut attached = Vec::new();
-    for _ in 0..r.len()? {
-        attached.push((r.i64()?, r.bytes()?));
-    }
-    let mut sessions = Vec::new();
-    for _ in 0..r.len()? {
-        let (id, row) = (r.u64()?, r.bytes()?);
-        Row::decode(&row)?;
-        sessions.push((id, row));
-    }
-    r.finish()?;
-    Ok(Image {
-        meta,
-        history,
-        leases,
-        attached,
-        sessions,
-    })
-}
-
-/// Writes an image into freshly emptied tables. Sessions beyond `sessions_max` (a snapshot
-/// from a node configured with more) are evicted by the usual rule, least recently seen first.
-pub(crate) fn load(
-    txn: &WriteTransaction,
-    image: &Image,
-    sessions_max: usize,
-) -> Result<(), Error> {
-    image.meta.write(txn)?;
-    let mut history = txn.open_table(HISTORY)?;
-    for (key, rev, row) in &image.history {
-        history.insert((key.as_slice(), *rev), row.as_slice())?;
+        history.insert((key.as_slice(), rev), row.as_slice())?;
     }
     let mut leases = txn.open_table(LEASES)?;
-    for (id, ttl) in &image.leases {
-        leases.insert(*id, *ttl)?;
+    for _ in 0..r.u64()? {
+        leases.insert(r.i64()?, r.i64()?)?;
     }
     let mut attached = txn.open_table(LEASE_KEYS)?;
-    for (id, key) in &image.attached {
-        attached.insert((*id, key.as_slice()), ())?;
+    for _ in 0..r.u64()? {
+        let (id, key) = (r.i64()?, r.bytes()?);
+        attached.insert((id, key.as_slice()), ())?;
     }
     let mut sessions = txn.open_table(SESSIONS)?;
     let mut by_index = txn.open_table(SESSIONS_BY_INDEX)?;
-    for (id, row) in &image.sessions {
-        sessions.insert(*id, row.as_slice())?;
-        by_index.insert((Row::decode(row)?.index, *id), ())?;
+    for _ in 0..r.u64()? {
+        let (id, row) = (r.u64()?, r.bytes()?);
+        let index = Row::decode(&row)?.index;
+        sessions.insert(id, row.as_slice())?;
+        by_index.insert((index, id), ())?;
+    }
+    let computed = r.crc.clone().finalize();
+    let mut stored = [0u8; 4];
+    r.input
+        .read_exact(&mut stored)
+        .map_err(|_| bad("truncated"))?;
+    if u32::from_le_bytes(stored) != computed {
+        return Err(bad("checksum mismatch"));
+    }
+    let mut rest = [0u8; 1];
+    if r.input.read(&mut rest).map_err(Error::Io)? != 0 {
+        return Err(bad("trailing bytes"));
     }
     while sessions.len()? > sessions_max as u64 {
         let Some((k, _)) = by_index.pop_first()? else {

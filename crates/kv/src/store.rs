@@ -153,7 +153,15 @@ impl SnapshotView {
 
     /// The view as snapshot bytes (the format of [`Store::snapshot`]).
     pub fn bytes(&self) -> Result<Vec<u8>, Error> {
-        crate::snapshot::write(&self.txn)
+        let mut out = Vec::new();
+        self.write_to(&mut out)?;
+        Ok(out)
+    }
+
+    /// Streams the serialized state into `out` a slice at a time (never whole in memory);
+    /// returns the bytes written.
+    pub fn write_to(&self, out: &mut dyn std::io::Write) -> Result<u64, Error> {
+        crate::snapshot::write_to(&self.txn, out)
     }
 }
 
@@ -492,7 +500,9 @@ impl Store {
 
     /// The whole state as bytes, from one consistent read transaction (see [`crate::snapshot`]).
     pub fn snapshot(&self) -> Result<Vec<u8>, Error> {
-        crate::snapshot::write(&self.begin_read()?)
+        let mut out = Vec::new();
+        crate::snapshot::write_to(&self.begin_read()?, &mut out)?;
+        Ok(out)
     }
 
     /// A consistent view of the current state that can be serialized later, on another
@@ -507,7 +517,12 @@ impl Store {
     /// Replaces the whole state (including the applied index) with a snapshot, atomically: on
     /// any error, including a corrupt snapshot, the store is unchanged.
     pub fn restore(&self, snapshot: &[u8]) -> Result<(), Error> {
-        let image = crate::snapshot::read(snapshot)?;
+        self.restore_from(&mut &snapshot[..])
+    }
+
+    /// [`Store::restore`] from a stream: rows go straight into one write transaction, which
+    /// commits only once the whole snapshot (and its checksum) has been read.
+    pub fn restore_from(&self, input: &mut dyn std::io::Read) -> Result<(), Error> {
         let txn = self.begin_write()?;
         txn.delete_table(HISTORY)?;
         txn.delete_table(LEASES)?;
@@ -515,7 +530,7 @@ impl Store {
         txn.delete_table(SESSIONS)?;
         txn.delete_table(SESSIONS_BY_INDEX)?;
         create_tables(&txn)?;
-        crate::snapshot::load(&txn, &image, self.options.sessions_max)?;
+        crate::snapshot::load_from(&txn, input, self.options.sessions_max)?;
         txn.commit()?;
         Ok(())
     }

@@ -394,3 +394,72 @@ fn a_batch_applies_like_one_entry_at_a_time() {
         assert_eq!(batch.hash().unwrap(), one.hash().unwrap());
     }
 }
+
+/// Writes that remember the largest single write, so the test sees the snapshot stream in
+/// bounded slices rather than one whole buffer.
+struct Recorder {
+    bytes: Vec<u8>,
+    largest_write: usize,
+}
+
+impl std::io::Write for Recorder {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.largest_write = self.largest_write.max(buf.len());
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Hands out at most 7 bytes per read.
+struct Trickle<'a>(&'a [u8]);
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(7).min(self.0.len());
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+#[test]
+fn snapshots_stream_in_bounded_slices_both_ways() {
+    let a = store(10);
+    let value = "v".repeat(1000);
+    for i in 1..=6000u64 {
+        a.apply(i, &Command::new(put(&format!("key{i:05}"), &value)))
+            .unwrap();
+    }
+    let mut out = Recorder {
+        bytes: Vec::new(),
+        largest_write: 0,
+    };
+    let written = a.snapshot_view().unwrap().write_to(&mut out).unwrap();
+    assert_eq!(written, out.bytes.len() as u64);
+    assert!(out.bytes.len() > 6_000_000);
+    assert!(
+        out.largest_write < 1_100_000,
+        "one write of {} bytes: the snapshot was buffered whole",
+        out.largest_write
+    );
+    assert_eq!(out.bytes, a.snapshot().unwrap());
+    let b = store(10);
+    b.restore_from(&mut Trickle(&out.bytes)).unwrap();
+    assert_eq!(b.hash().unwrap(), a.hash().unwrap());
+    b.check_invariants().unwrap();
+    // Cut short or with a byte of its end changed, the stream is refused and changes nothing.
+    let c = store(10);
+    let before = c.hash().unwrap();
+    let n = out.bytes.len();
+    assert!(c.restore_from(&mut Trickle(&out.bytes[..n - 10])).is_err());
+    let mut bad = out.bytes.clone();
+    bad[n - 2] ^= 4;
+    assert!(c.restore_from(&mut Trickle(&bad)).is_err());
+    let mut longer = out.bytes.clone();
+    longer.push(0);
+    assert!(c.restore_from(&mut Trickle(&longer)).is_err());
+    assert_eq!(c.hash().unwrap(), before);
+}

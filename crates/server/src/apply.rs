@@ -56,8 +56,8 @@ pub enum ApplyJob {
     },
     /// Replace the state machine with a snapshot from the leader.
     Install {
-        /// Snapshot bytes.
-        data: Arc<Vec<u8>>,
+        /// The snapshot's data, streamed from its file.
+        data: Box<storage::SnapshotReader>,
         /// The applied index the snapshot must leave the state machine at.
         index: u64,
         /// Done (or why not).
@@ -104,8 +104,12 @@ async fn run(
                     let _ = r.send(Ok(()));
                 }
             }
-            ApplyJob::Install { data, index, done } => {
-                let r = tokio::task::block_in_place(|| restore(&kv, &data, index));
+            ApplyJob::Install {
+                mut data,
+                index,
+                done,
+            } => {
+                let r = tokio::task::block_in_place(|| restore(&kv, &mut data, index));
                 let failed = r.as_ref().err().map(|e| e.to_string());
                 let _ = done.send(r);
                 if let Some(e) = failed {
@@ -128,8 +132,8 @@ async fn run(
     Ok(())
 }
 
-fn restore(kv: &kv::Store, data: &[u8], index: u64) -> Result<(), ServerError> {
-    kv.restore(data)?;
+fn restore(kv: &kv::Store, data: &mut dyn std::io::Read, index: u64) -> Result<(), ServerError> {
+    kv.restore_from(data)?;
     kv.sync()?;
     let applied = kv.applied_index()?;
     if applied != index {

@@ -440,20 +440,21 @@ impl NodeTask {
         meta: &SnapshotMeta,
         hard_state: Option<&raft::HardState>,
     ) -> Result<(), ServerError> {
-        let (staged, data) = tokio::task::block_in_place(|| self.log.stage_finish())?;
-        if staged.last != meta.last || data.len() as u64 != meta.size_bytes {
+        let log = &mut self.log;
+        let (staged, size, data) = tokio::task::block_in_place(|| -> Result<_, ServerError> {
+            log.stage_finish()?;
+            log.open_snapshot()?
+                .ok_or_else(|| ServerError::Invariant("the installed snapshot vanished".into()))
+        })?;
+        if staged.last != meta.last || size != meta.size_bytes {
             return Err(ServerError::Invariant(format!(
-                "asked to install snapshot {:?} of {} bytes but staged {:?} has {} bytes",
-                meta.last,
-                meta.size_bytes,
-                staged.last,
-                data.len()
+                "asked to install snapshot {:?} of {} bytes but staged {:?} has {size} bytes",
+                meta.last, meta.size_bytes, staged.last,
             )));
         }
-        let data = Arc::new(data);
         let (done, rx) = oneshot::channel();
         self.submit(ApplyJob::Install {
-            data: data.clone(),
+            data: Box::new(data),
             index: meta.last.index.0,
             done,
         })
@@ -502,15 +503,20 @@ impl NodeTask {
         let membership = self.raw.log().membership_at(index).clone();
         let dir = self.log.snapshot_dir().to_path_buf();
         self.snapshotting = Some(tokio::task::spawn_blocking(move || {
-            let data = view.bytes()?;
+            // Streamed from the read view to the file: the state is never whole in memory.
+            let smeta = storage::SnapshotMeta {
+                last,
+                membership: membership.clone(),
+            };
+            let mut file = storage::SnapshotWriter::create(&dir, &smeta)?;
+            let size_bytes = view.write_to(&mut file)?;
             drop(view);
-            let meta = SnapshotMeta {
+            file.finish()?;
+            Ok(SnapshotMeta {
                 last,
                 membership,
-                size_bytes: data.len() as u64,
-            };
-            storage::write_snapshot_file(&dir, &storage_meta(&meta), &data)?;
-            Ok(meta)
+                size_bytes,
+            })
         }));
         Ok(())
     }

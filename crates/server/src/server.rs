@@ -303,12 +303,12 @@ fn recover_snapshot(
             index = meta.last.index.0,
             "restoring the state machine from the snapshot"
         );
-        let (_, data) = log
-            .load_snapshot()?
+        let (_, size, mut data) = log
+            .open_snapshot()?
             .ok_or_else(|| ServerError::Invariant("the snapshot file vanished".into()))?;
-        kv.restore(&data)?;
+        kv.restore_from(&mut data)?;
         kv.sync()?;
-        data.len() as u64
+        size
     } else {
         // Not needed here, but followers may be sent it: check it now, a slice at a time.
         log.verify_snapshot()?

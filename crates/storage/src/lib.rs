@@ -35,6 +35,8 @@ pub mod wal;
 pub use error::StorageError;
 pub use identity::Identity;
 pub use options::{Options, SEGMENT_BYTES_MIN};
-pub use snapshot::{write_durable as write_snapshot_file, SnapshotMeta};
+pub use snapshot::{
+    write_durable as write_snapshot_file, SnapshotMeta, SnapshotReader, SnapshotWriter,
+};
 pub use staging::{StagedProgress, CHUNK_BYTES_MAX};
 pub use store::{initial_state, Recovered, Store};

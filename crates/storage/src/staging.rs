@@ -164,8 +164,9 @@ impl Staging {
         Ok(())
     }
 
-    /// Reads back the whole staged snapshot once every byte has arrived.
-    pub fn assemble(&self) -> Result<Vec<u8>, StorageError> {
+    /// Streams the whole staged snapshot into `out` once every byte has arrived, a chunk at
+    /// a time (each checked against its record's checksum).
+    pub fn copy_into(&self, out: &mut dyn Write) -> Result<(), StorageError> {
         let p = &self.progress;
         if p.received_bytes != p.total_bytes {
             return Err(StorageError::InvalidRequest(format!(
@@ -173,25 +174,44 @@ impl Staging {
                 p.received_bytes, p.total_bytes
             )));
         }
-        let bytes = fs::read(&self.path).map_err(|e| StorageError::io("read", &self.path, e))?;
-        let mut data = Vec::with_capacity(p.total_bytes as usize);
-        let mut pos = 0usize;
-        let mut first = true;
-        while let Some((payload, next)) = next_record(&bytes, pos) {
+        let changed = |pos: u64| {
+            StorageError::corrupt(
+                self.path.display().to_string(),
+                pos,
+                "staged snapshot changed on disk",
+            )
+        };
+        let file = File::open(&self.path).map_err(|e| StorageError::io("open", &self.path, e))?;
+        let mut input = std::io::BufReader::with_capacity(1 << 20, file);
+        let (mut pos, mut copied, mut first) = (0u64, 0u64, true);
+        let mut record = Vec::new();
+        loop {
+            let mut len = [0u8; 4];
+            match input.read_exact(&mut len) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(StorageError::io("read", &self.path, e)),
+            }
+            let len = u32::from_le_bytes(len) as usize;
+            if len > CHUNK_BYTES_MAX + codec::SEAL_OVERHEAD_BYTES {
+                return Err(changed(pos));
+            }
+            record.resize(len, 0);
+            input.read_exact(&mut record).map_err(|_| changed(pos))?;
+            let payload = codec::unseal_payload(&record).map_err(|_| changed(pos))?;
             if !first {
-                data.extend_from_slice(payload);
+                out.write_all(payload).map_err(|e| {
+                    StorageError::io("copy the staged snapshot from", &self.path, e)
+                })?;
+                copied += payload.len() as u64;
             }
             first = false;
-            pos = next;
+            pos += 4 + len as u64;
         }
-        if pos != bytes.len() || data.len() as u64 != p.total_bytes {
-            return Err(StorageError::corrupt(
-                self.path.display().to_string(),
-                pos as u64,
-                "staged snapshot changed on disk",
-            ));
+        if copied != p.total_bytes {
+            return Err(changed(pos));
         }
-        Ok(data)
+        Ok(())
     }
 
     /// Deletes the staging file.

@@ -316,11 +316,16 @@ fn a_staged_snapshot_survives_restart_and_a_torn_chunk_is_dropped() {
         Err(StorageError::InvalidRequest(_))
     ));
     s.stage_chunk(200, &[3; 100]).unwrap();
-    let (m, data) = s.stage_finish().unwrap();
+    let m = s.stage_finish().unwrap();
     assert_eq!(m, meta);
-    assert_eq!(data, [[1u8; 100], [2; 100], [3; 100]].concat());
+    let data = [[1u8; 100], [2; 100], [3; 100]].concat();
     assert!(s.staged().is_none());
     assert_eq!(s.load_snapshot().unwrap().unwrap().1, data);
+    let (m, size, mut r) = s.open_snapshot().unwrap().unwrap();
+    assert_eq!((m, size), (meta.clone(), 300));
+    let mut streamed = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut streamed).unwrap();
+    assert_eq!(streamed, data);
     drop(s);
     // A staging file with a broken header is discarded cleanly.
     let (mut s, _) = open(dir.path()).unwrap();
@@ -378,11 +383,28 @@ fn snapshot_chunks_are_read_from_the_file() {
     s.save_snapshot(&newer, b"newer").unwrap();
     assert!(s.snapshot_chunk(meta.last, 0, 1).is_err());
     assert_eq!(s.snapshot_chunk(newer.last, 1, 3).unwrap(), b"ewe");
-    // A flipped data byte is found by the streaming check.
+    // Written from a stream in pieces, read back as a stream.
+    let streamed_meta = SnapshotMeta {
+        last: id(1, 18),
+        membership: voters(),
+    };
+    let mut w = storage::SnapshotWriter::create(s.snapshot_dir(), &streamed_meta).unwrap();
+    for piece in data.chunks(100_000) {
+        std::io::Write::write_all(&mut w, piece).unwrap();
+    }
+    assert_eq!(w.finish().unwrap(), data.len() as u64);
+    s.adopt_snapshot(&streamed_meta).unwrap();
+    let (_, size, mut r) = s.open_snapshot().unwrap().unwrap();
+    assert_eq!(size, data.len() as u64);
+    let mut back = Vec::new();
+    std::io::Read::read_to_end(&mut r, &mut back).unwrap();
+    assert_eq!(back, data);
+    let newer = streamed_meta;
+    // A flipped data byte is found by the streaming check and by the stream reader.
     drop(s);
     let path = dir
         .path()
-        .join("snap/snap-0000000000000001-000000000000000f.snap");
+        .join("snap/snap-0000000000000001-0000000000000012.snap");
     let mut bytes = std::fs::read(&path).unwrap();
     let n = bytes.len();
     bytes[n - 6] ^= 1;
@@ -390,4 +412,8 @@ fn snapshot_chunks_are_read_from_the_file() {
     let (s, _) = open(dir.path()).unwrap();
     let err = s.verify_snapshot().unwrap_err().to_string();
     assert!(err.contains("checksum"), "{err}");
+    let (_, _, mut r) = s.open_snapshot().unwrap().unwrap();
+    let err = std::io::Read::read_to_end(&mut r, &mut Vec::new()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    let _ = newer;
 }

@@ -27,11 +27,6 @@ impl<'a> Reader<'a> {
         Ok(r)
     }
 
-    /// A reader over raw bytes without a version byte.
-    pub(crate) fn raw(bytes: &'a [u8]) -> Self {
-        Reader { buf: bytes }
-    }
-
     pub(crate) fn finish(&self) -> Result<(), Error> {
         if self.buf.is_empty() {
             Ok(())

@@ -268,20 +268,39 @@ impl Store {
         self.staging.as_ref().map(|s| s.progress())
     }
 
-    /// Turns a fully received staged snapshot into the durable snapshot file and removes the
-    /// staging file. Returns its metadata and data (to restore the state machine from).
-    pub fn stage_finish(&mut self) -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+    /// Turns a fully received staged snapshot into the durable snapshot file (streamed, never
+    /// whole in memory) and removes the staging file. Returns its metadata; read its data with
+    /// [`Store::open_snapshot`] to restore the state machine.
+    pub fn stage_finish(&mut self) -> Result<SnapshotMeta, StorageError> {
         let staging = self
             .staging
             .as_ref()
             .ok_or_else(|| StorageError::InvalidRequest("no snapshot is being staged".into()))?;
-        let data = staging.assemble()?;
         let meta = staging.progress().meta.clone();
-        self.snapshots.save(&meta, &data)?;
+        if let Some(l) = self.snapshots.latest() {
+            if meta.last.index <= l.last.index {
+                return Err(StorageError::InvalidRequest(format!(
+                    "snapshot at {} is not newer than the stored one at {}",
+                    meta.last.index, l.last.index
+                )));
+            }
+        }
+        let mut w = crate::snapshot::SnapshotWriter::create(self.snapshots.dir(), &meta)?;
+        staging.copy_into(&mut w)?;
+        w.finish()?;
+        self.snapshots.adopt(&meta)?;
         if let Some(s) = self.staging.take() {
             s.discard()?;
         }
-        Ok((meta, data))
+        Ok(meta)
+    }
+
+    /// The newest snapshot's data as a stream (checked against the file's CRC when fully
+    /// read), with its metadata and size.
+    pub fn open_snapshot(
+        &self,
+    ) -> Result<Option<(SnapshotMeta, u64, crate::snapshot::SnapshotReader)>, StorageError> {
+        self.snapshots.open_latest()
     }
 
     /// Abandons the snapshot being received, if any.

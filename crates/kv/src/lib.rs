@@ -50,6 +50,7 @@ pub mod snapshot;
 mod store;
 mod txn;
 pub mod types;
+mod watch;
 mod write;
 
 pub use command::{Command, Request, Response, Session};
@@ -57,6 +58,7 @@ pub use error::{Error, KvError};
 pub use lease::LEASE_TTL_MAX;
 pub use store::{Durability, Options, SnapshotView, Store};
 pub use types::*;
+pub use watch::{Changes, Event, EventKind};
 
 /// Most compares, or ops in one branch, of a transaction: etcd's `--max-txn-ops` default.
 /// A nested transaction gets the budget its parent leaves.

@@ -22,6 +22,11 @@ use crate::types::KeyValue;
 /// History rows: `(key, revision) -> encoded Record`.
 pub(crate) const HISTORY: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("history");
 
+/// The same rows by revision: `(revision, key) -> ()`, so that a watch reads the changes of a
+/// revision range without scanning every key. Invariant: exactly the `(key, rev)` pairs of
+/// [`HISTORY`], swapped.
+pub(crate) const BY_REV: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("history_by_rev");
+
 /// Trait alias for a readable history table (read-only or inside a write transaction).
 pub(crate) trait HistoryTable: ReadableTable<(&'static [u8], u64), &'static [u8]> {}
 impl<T: ReadableTable<(&'static [u8], u64), &'static [u8]>> HistoryTable for T {}
@@ -218,10 +223,12 @@ pub(crate) fn scan_live(
 /// too. Any other second write to `(key, rev)` is a bug and panics.
 pub(crate) fn write_row(
     t: &mut Table<'_, (&'static [u8], u64), &'static [u8]>,
+    by_rev: &mut Table<'_, (u64, &'static [u8]), ()>,
     key: &[u8],
     rev: u64,
     record: &Record,
 ) -> Result<(), Error> {
+    by_rev.insert((rev, key), ())?;
     let old = t.insert((key, rev), record.encode().as_slice())?;
     if let Some(old) = old {
         let put_then_delete = !Record::is_tombstone(old.value()) && *record == Record::Tombstone;
@@ -234,6 +241,7 @@ pub(crate) fn write_row(
 /// except the last one, and that one too if it is a tombstone. Returns rows removed.
 pub(crate) fn compact(
     t: &mut Table<'_, (&'static [u8], u64), &'static [u8]>,
+    by_rev: &mut Table<'_, (u64, &'static [u8]), ()>,
     rev: u64,
 ) -> Result<u64, Error> {
     let mut doomed: Vec<(Vec<u8>, u64)> = Vec::new();
@@ -262,6 +270,7 @@ pub(crate) fn compact(
     }
     for (key, r) in &doomed {
         t.remove((key.as_slice(), *r))?;
+        by_rev.remove((*r, key.as_slice()))?;
     }
     Ok(doomed.len() as u64)
 }

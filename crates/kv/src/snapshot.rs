@@ -5,7 +5,8 @@
 //! ```text
 //!   "SKIFFKV\0"  version(1)
 //!   revision compacted applied
-//!   n_history  { key rev row }*        rows as stored in the history table
+//!   n_history  { key rev row }*        rows as stored in the history table (the index by
+//!                                      revision is rebuilt from them)
 //!   n_leases   { id ttl }*
 //!   n_attached { lease key }*
 //!   n_sessions { client_id row }*      the eviction index is rebuilt from the rows
@@ -24,7 +25,7 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransacti
 use crate::codec::Writer;
 use crate::error::Error;
 use crate::lease::{LEASES, LEASE_KEYS};
-use crate::mvcc::{Record, HISTORY};
+use crate::mvcc::{Record, BY_REV, HISTORY};
 use crate::session::{Row, SESSIONS, SESSIONS_BY_INDEX};
 use crate::store::{Meta, META};
 
@@ -203,6 +204,7 @@ pub(crate) fn load_from(
     }
     meta.write(txn)?;
     let mut history = txn.open_table(HISTORY)?;
+    let mut by_rev = txn.open_table(BY_REV)?;
     for _ in 0..r.u64()? {
         let (key, rev, row) = (r.bytes()?, r.u64()?, r.bytes()?);
         Record::decode(&row)?;
@@ -210,6 +212,7 @@ pub(crate) fn load_from(
             return Err(bad("history row above the revision"));
         }
         history.insert((key.as_slice(), rev), row.as_slice())?;
+        by_rev.insert((rev, key.as_slice()), ())?;
     }
     let mut leases = txn.open_table(LEASES)?;
     for _ in 0..r.u64()? {

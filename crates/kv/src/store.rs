@@ -3,12 +3,15 @@
 use std::path::Path;
 
 use redb::backends::InMemoryBackend;
-use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 
 use crate::command::{Command, Request, Response};
 use crate::error::{Error, KvError};
 use crate::lease::{self, LEASES, LEASE_KEYS};
-use crate::mvcc::{scan_live, KeySpan, Record, HISTORY};
+use crate::mvcc::{scan_live, KeySpan, Record, BY_REV, HISTORY};
 use crate::range;
 use crate::session::{self, Lookup, SESSIONS, SESSIONS_BY_INDEX};
 use crate::txn;
@@ -22,7 +25,8 @@ pub(crate) const META_COMPACTED: &str = "compact_revision";
 pub(crate) const META_APPLIED: &str = "applied_index";
 /// Layout version of the tables; bump on any incompatible change.
 const META_FORMAT: &str = "format";
-const FORMAT: u64 = 1;
+/// 2: adds the history index by revision (built from the history when a format-1 store opens).
+const FORMAT: u64 = 2;
 
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -201,6 +205,16 @@ impl Store {
                 txn.open_table(META)?.insert(META_FORMAT, FORMAT)?;
             }
             Some(FORMAT) => {}
+            Some(1) => {
+                let history = txn.open_table(HISTORY)?;
+                let mut by_rev = txn.open_table(BY_REV)?;
+                for row in history.iter()? {
+                    let (k, _) = row?;
+                    let (key, rev) = k.value();
+                    by_rev.insert((rev, key), ())?;
+                }
+                txn.open_table(META)?.insert(META_FORMAT, FORMAT)?;
+            }
             Some(other) => {
                 return Err(Error::Corrupt(format!(
                     "store format {other}, this build reads format {FORMAT}"
@@ -492,6 +506,20 @@ impl Store {
             attached,
             "stale lease attachments"
         );
+        let by_rev = txn.open_table(BY_REV)?;
+        assert_eq!(
+            by_rev.len()?,
+            history.len()?,
+            "index by revision out of step with history"
+        );
+        for row in by_rev.iter()? {
+            let (k, _) = row?;
+            let (rev, key) = k.value();
+            assert!(
+                history.get((key, rev))?.is_some(),
+                "index by revision lists a missing row"
+            );
+        }
         let sessions = txn.open_table(SESSIONS)?.iter()?.count();
         assert_eq!(sessions, txn.open_table(SESSIONS_BY_INDEX)?.iter()?.count());
         assert!(sessions <= self.options.sessions_max);
@@ -525,6 +553,7 @@ impl Store {
     pub fn restore_from(&self, input: &mut dyn std::io::Read) -> Result<(), Error> {
         let txn = self.begin_write()?;
         txn.delete_table(HISTORY)?;
+        txn.delete_table(BY_REV)?;
         txn.delete_table(LEASES)?;
         txn.delete_table(LEASE_KEYS)?;
         txn.delete_table(SESSIONS)?;
@@ -560,6 +589,7 @@ fn session_answer(
 fn create_tables(txn: &WriteTransaction) -> Result<(), Error> {
     txn.open_table(META)?;
     txn.open_table(HISTORY)?;
+    txn.open_table(BY_REV)?;
     txn.open_table(LEASES)?;
     txn.open_table(LEASE_KEYS)?;
     txn.open_table(SESSIONS)?;

@@ -11,7 +11,7 @@ use redb::{Table, WriteTransaction};
 
 use crate::error::{Error, KvError};
 use crate::lease::{self, LEASES, LEASE_KEYS};
-use crate::mvcc::{self, live, scan_live, KeySpan, Record, HISTORY};
+use crate::mvcc::{self, live, scan_live, KeySpan, Record, BY_REV, HISTORY};
 use crate::range;
 use crate::types::{
     DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest,
@@ -22,6 +22,8 @@ use crate::types::{
 pub(crate) struct Writer<'t> {
     /// MVCC rows.
     history: Table<'t, (&'static [u8], u64), &'static [u8]>,
+    /// The same rows by revision.
+    by_rev: Table<'t, (u64, &'static [u8]), ()>,
     /// Granted leases.
     leases: Table<'t, i64, i64>,
     /// Keys attached to leases.
@@ -44,6 +46,7 @@ impl<'t> Writer<'t> {
         );
         Ok(Writer {
             history: txn.open_table(HISTORY)?,
+            by_rev: txn.open_table(BY_REV)?,
             leases: txn.open_table(LEASES)?,
             lease_keys: txn.open_table(LEASE_KEYS)?,
             base,
@@ -124,7 +127,7 @@ impl<'t> Writer<'t> {
             lease,
             value,
         };
-        mvcc::write_row(&mut self.history, &req.key, rev, &record)?;
+        mvcc::write_row(&mut self.history, &mut self.by_rev, &req.key, rev, &record)?;
         self.changed = true;
         Ok(PutResponse {
             revision: rev as i64,
@@ -155,7 +158,13 @@ impl<'t> Writer<'t> {
             self.lease_keys.remove((kv.lease, kv.key.as_slice()))?;
         }
         let rev = self.write_rev();
-        mvcc::write_row(&mut self.history, &kv.key, rev, &Record::Tombstone)?;
+        mvcc::write_row(
+            &mut self.history,
+            &mut self.by_rev,
+            &kv.key,
+            rev,
+            &Record::Tombstone,
+        )?;
         self.changed = true;
         Ok(())
     }
@@ -189,7 +198,7 @@ impl<'t> Writer<'t> {
         if rev > self.read_rev() as i64 {
             return Err(KvError::FutureRevision.into());
         }
-        mvcc::compact(&mut self.history, rev as u64)?;
+        mvcc::compact(&mut self.history, &mut self.by_rev, rev as u64)?;
         self.compacted = rev as u64;
         Ok(())
     }

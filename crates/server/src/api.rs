@@ -25,6 +25,7 @@ use crate::transport::{ForwardedWrites, Peers, SESSION_HEADER};
 
 pub mod compactor;
 pub mod lease;
+pub mod watch;
 
 /// etcd's default `--max-request-bytes`: larger requests are refused.
 pub const REQUEST_BYTES_MAX: usize = 1536 * 1024;

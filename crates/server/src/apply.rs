@@ -71,16 +71,18 @@ pub enum ApplyJob {
     },
 }
 
-/// Starts the apply task. `applied` is published after every job (for status and metrics).
+/// Starts the apply task. `applied` is published after every job (for status and metrics),
+/// and `changed` is told the applied index too (watch streams wait on it).
 pub fn spawn(
     kv: Arc<kv::Store>,
     applied: Arc<AtomicU64>,
+    changed: tokio::sync::watch::Sender<u64>,
 ) -> (
     mpsc::Sender<ApplyJob>,
     tokio::task::JoinHandle<Result<(), ServerError>>,
 ) {
     let (tx, rx) = mpsc::channel(APPLY_QUEUE_MAX);
-    let task = tokio::spawn(run(kv, applied, rx));
+    let task = tokio::spawn(run(kv, applied, changed, rx));
     (tx, task)
 }
 
@@ -89,6 +91,7 @@ pub fn spawn(
 async fn run(
     kv: Arc<kv::Store>,
     applied: Arc<AtomicU64>,
+    changed: tokio::sync::watch::Sender<u64>,
     mut jobs: mpsc::Receiver<ApplyJob>,
 ) -> Result<(), ServerError> {
     while let Some(job) = jobs.recv().await {
@@ -127,7 +130,9 @@ async fn run(
                 let _ = done.send(r);
             }
         }
-        applied.store(kv.applied_index()?, Ordering::Release);
+        let index = kv.applied_index()?;
+        applied.store(index, Ordering::Release);
+        changed.send_replace(index);
     }
     Ok(())
 }

@@ -109,6 +109,8 @@ pub struct NodeHandle {
     status: watch::Receiver<NodeStatus>,
     /// The state machine, for reads (writes go through the log).
     pub kv: Arc<kv::Store>,
+    /// The applied index, updated after every apply: watch streams wait on it.
+    applied_changes: watch::Receiver<u64>,
 }
 
 impl NodeHandle {
@@ -133,6 +135,11 @@ impl NodeHandle {
             mpsc::error::TrySendError::Closed(_) => ReadFailure::Stopped,
         })?;
         rx.await.unwrap_or(Err(ReadFailure::Stopped))
+    }
+
+    /// A receiver that wakes whenever the state machine has applied more entries.
+    pub fn applied_changes(&self) -> watch::Receiver<u64> {
+        self.applied_changes.clone()
     }
 
     /// The latest status.
@@ -197,12 +204,14 @@ impl NodeTask {
         let (rtx, rrx) = mpsc::channel(READS_QUEUE_MAX);
         let applied = Arc::new(AtomicU64::new(raw.status().applied.0));
         let (stx, srx) = watch::channel(status_of(&raw, &applied));
-        let (apply, applier) = crate::apply::spawn(kv.clone(), applied.clone());
+        let (changed_tx, changed_rx) = watch::channel(raw.status().applied.0);
+        let (apply, applier) = crate::apply::spawn(kv.clone(), applied.clone(), changed_tx);
         let handle = NodeHandle {
             proposals: ptx,
             reads: rtx,
             status: srx,
             kv: kv.clone(),
+            applied_changes: changed_rx,
         };
         let task = NodeTask {
             raw,

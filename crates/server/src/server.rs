@@ -27,6 +27,7 @@ use crate::error::ServerError;
 use crate::node::{CurrentSnapshot, NodeTask, INBOUND_QUEUE_MAX};
 use crate::pb::etcdserverpb::{
     kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 use crate::pb::skiff::raft::v1::raft_server::RaftServer;
 use crate::transport::{Faults, Peers, RaftService, PEER_MSG_BYTES_MAX};
@@ -332,6 +333,7 @@ fn client_routes(api: &Api) -> tonic::service::Routes {
     );
     grpc.add_service(MaintenanceServer::new(api.clone()));
     grpc.add_service(LeaseServer::new(api.clone()));
+    grpc.add_service(WatchServer::new(api.clone()));
     let (health_api, metrics_api) = (api.clone(), api.clone());
     let router = grpc
         .routes()

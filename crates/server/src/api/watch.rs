@@ -1,0 +1,339 @@
+//! etcd's Watch service. Each member serves it from its own applied state: a watcher keeps the
+//! next revision it owes the client and, whenever the state machine applies more, reads the
+//! changes of its key range from there ([`kv::Store::changes`]). A slow client makes its
+//! stream wait (the response queue is bounded); it falls behind in revisions, never in
+//! memory. Catching up from an old `start_revision` is the same read. A watcher whose next
+//! revision has been compacted away is canceled with `compact_revision`, as in etcd.
+//!
+//! Not done (yet): response fragmentation (`fragment`); all events of a revision go in one
+//! response, so a huge transaction makes one huge response.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{kv_status, Api};
+use crate::convert;
+use crate::pb::etcdserverpb as epb;
+use crate::pb::mvccpb;
+
+/// Responses queued per stream before the stream waits for its client.
+const OUT_QUEUE_MAX: usize = 16;
+/// Watchers per stream.
+const WATCHERS_PER_STREAM_MAX: usize = 4096;
+/// Events per response (a revision is never split, so a response can hold more).
+const EVENTS_PER_RESPONSE_MAX: usize = 1000;
+/// How often a watcher created with `progress_notify` hears the revision while idle (etcd:
+/// 10 minutes).
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(600);
+const ERR_COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+const ERR_DUPLICATE_ID: &str = "etcdserver: duplicate watch ID";
+const ERR_TOO_MANY_WATCHERS: &str = "etcdserver: too many watchers on one stream";
+
+type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<epb::WatchResponse, Status>> + Send>>;
+type Out = mpsc::Sender<Result<epb::WatchResponse, Status>>;
+
+/// One watcher of a stream.
+struct Watcher {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    /// The next revision to read. Invariant: every event before it was sent.
+    next: u64,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    /// Something was sent since the last progress tick.
+    active: bool,
+}
+
+/// The stream ended (the client went away or the server is stopping).
+struct Closed;
+
+#[tonic::async_trait]
+impl epb::watch_server::Watch for Api {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<Streaming<epb::WatchRequest>>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let input = request.into_inner();
+        let (tx, rx) = mpsc::channel(OUT_QUEUE_MAX);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let _ = api.run_watch_stream(input, tx).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+impl Api {
+    fn watch_header(&self, revision: u64) -> epb::ResponseHeader {
+        epb::ResponseHeader {
+            revision: revision as i64,
+            ..self.header()
+        }
+    }
+
+    async fn revisions(&self) -> Result<(u64, u64), Status> {
+        let kv = self.inner.node.kv.clone();
+        tokio::task::spawn_blocking(move || kv.revisions())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(kv_status)
+    }
+
+    /// Serves one Watch stream until the client or the server goes away.
+    async fn run_watch_stream(
+        &self,
+        mut input: Streaming<epb::WatchRequest>,
+        out: Out,
+    ) -> Result<(), Closed> {
+        let mut applied = self.inner.node.applied_changes();
+        let mut watchers: BTreeMap<i64, Watcher> = BTreeMap::new();
+        let mut next_id: i64 = 0;
+        let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
+        progress.tick().await;
+        loop {
+            // Bring every watcher up to the applied state before waiting again.
+            let ids: Vec<i64> = watchers.keys().copied().collect();
+            for id in ids {
+                self.deliver(id, &mut watchers, &out).await?;
+            }
+            tokio::select! {
+                m = input.message() => {
+                    let Ok(Some(req)) = m else { return Err(Closed) };
+                    self.handle_request(req, &mut watchers, &mut next_id, &out).await?;
+                }
+                r = applied.changed() => {
+                    if r.is_err() {
+                        return Err(Closed);
+                    }
+                }
+                _ = progress.tick() => {
+                    let (revision, _) = self.revisions().await.map_err(|_| Closed)?;
+                    for (id, w) in watchers.iter_mut() {
+                        if w.progress_notify && !w.active && w.next > revision {
+                            send(&out, epb::WatchResponse {
+                                header: Some(self.watch_header(revision)),
+                                watch_id: *id,
+                                ..Default::default()
+                            })
+                            .await?;
+                        }
+                        w.active = false;
+                    }
+                }
+                () = out.closed() => return Err(Closed),
+            }
+        }
+    }
+
+    async fn handle_request(
+        &self,
+        req: epb::WatchRequest,
+        watchers: &mut BTreeMap<i64, Watcher>,
+        next_id: &mut i64,
+        out: &Out,
+    ) -> Result<(), Closed> {
+        use epb::watch_request::RequestUnion;
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => {
+                self.create_watcher(c, watchers, next_id, out).await
+            }
+            Some(RequestUnion::CancelRequest(c)) => {
+                if watchers.remove(&c.watch_id).is_some() {
+                    let (revision, _) = self.revisions().await.map_err(|_| Closed)?;
+                    send(
+                        out,
+                        epb::WatchResponse {
+                            header: Some(self.watch_header(revision)),
+                            watch_id: c.watch_id,
+                            canceled: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                let (revision, _) = self.revisions().await.map_err(|_| Closed)?;
+                send(
+                    out,
+                    epb::WatchResponse {
+                        header: Some(self.watch_header(revision)),
+                        watch_id: -1,
+                        ..Default::default()
+                    },
+                )
+                .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create_watcher(
+        &self,
+        c: epb::WatchCreateRequest,
+        watchers: &mut BTreeMap<i64, Watcher>,
+        next_id: &mut i64,
+        out: &Out,
+    ) -> Result<(), Closed> {
+        let (revision, _) = match self.revisions().await {
+            Ok(r) => r,
+            Err(status) => {
+                let _ = out.send(Err(status)).await;
+                return Err(Closed);
+            }
+        };
+        let refuse = |id: i64, reason: &str| epb::WatchResponse {
+            header: Some(self.watch_header(revision)),
+            watch_id: id,
+            created: true,
+            canceled: true,
+            cancel_reason: reason.to_string(),
+            ..Default::default()
+        };
+        // etcd: an explicit id (non-zero) must be free; 0 asks for the next free one.
+        let id = if c.watch_id != 0 {
+            if watchers.contains_key(&c.watch_id) {
+                return send(out, refuse(c.watch_id, ERR_DUPLICATE_ID)).await;
+            }
+            c.watch_id
+        } else {
+            while watchers.contains_key(next_id) {
+                *next_id += 1;
+            }
+            *next_id
+        };
+        if watchers.len() >= WATCHERS_PER_STREAM_MAX {
+            return send(out, refuse(id, ERR_TOO_MANY_WATCHERS)).await;
+        }
+        use epb::watch_create_request::FilterType;
+        let filter = |f: FilterType| c.filters.contains(&(f as i32));
+        // An empty key watches from the smallest key, as in etcd.
+        let key = if c.key.is_empty() { vec![0] } else { c.key };
+        let next = match c.start_revision {
+            r if r > 0 => r as u64,
+            _ => revision + 1,
+        };
+        watchers.insert(
+            id,
+            Watcher {
+                key,
+                range_end: c.range_end,
+                next,
+                prev_kv: c.prev_kv,
+                no_put: filter(FilterType::Noput),
+                no_delete: filter(FilterType::Nodelete),
+                progress_notify: c.progress_notify,
+                active: true,
+            },
+        );
+        send(
+            out,
+            epb::WatchResponse {
+                header: Some(self.watch_header(revision)),
+                watch_id: id,
+                created: true,
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// Sends watcher `id` everything from its next revision to the applied state.
+    async fn deliver(
+        &self,
+        id: i64,
+        watchers: &mut BTreeMap<i64, Watcher>,
+        out: &Out,
+    ) -> Result<(), Closed> {
+        loop {
+            let Some(w) = watchers.get_mut(&id) else {
+                return Ok(());
+            };
+            let kv = self.inner.node.kv.clone();
+            let (key, end, from, prev) = (w.key.clone(), w.range_end.clone(), w.next, w.prev_kv);
+            let read = tokio::task::spawn_blocking(move || {
+                let r = kv.changes(&key, &end, from, EVENTS_PER_RESPONSE_MAX, prev);
+                (r, kv.revisions())
+            })
+            .await
+            .map_err(|_| Closed)?;
+            let changes = match read {
+                (Ok(c), _) => c,
+                (Err(kv::Error::Kv(kv::KvError::Compacted)), Ok((revision, compacted))) => {
+                    watchers.remove(&id);
+                    return send(
+                        out,
+                        epb::WatchResponse {
+                            header: Some(self.watch_header(revision)),
+                            watch_id: id,
+                            canceled: true,
+                            compact_revision: compacted as i64,
+                            cancel_reason: ERR_COMPACTED.to_string(),
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+                }
+                (Err(e), _) => {
+                    let _ = out.send(Err(kv_status(e))).await;
+                    return Err(Closed);
+                }
+            };
+            let done = changes.next > changes.revision;
+            let events: Vec<mvccpb::Event> = changes
+                .events
+                .into_iter()
+                .filter(|e| match e.kind {
+                    kv::EventKind::Put => !w.no_put,
+                    kv::EventKind::Delete => !w.no_delete,
+                })
+                .map(event)
+                .collect();
+            w.next = changes.next;
+            if !events.is_empty() {
+                w.active = true;
+                send(
+                    out,
+                    epb::WatchResponse {
+                        header: Some(self.watch_header(changes.revision)),
+                        watch_id: id,
+                        events,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+            if done {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn event(e: kv::Event) -> mvccpb::Event {
+    let kind = match e.kind {
+        kv::EventKind::Put => mvccpb::event::EventType::Put,
+        kv::EventKind::Delete => mvccpb::event::EventType::Delete,
+    };
+    mvccpb::Event {
+        r#type: kind as i32,
+        kv: Some(convert::key_value(e.kv)),
+        prev_kv: e.prev_kv.map(convert::key_value),
+    }
+}
+
+async fn send(out: &Out, resp: epb::WatchResponse) -> Result<(), Closed> {
+    out.send(Ok(resp)).await.map_err(|_| Closed)
+}

@@ -72,6 +72,22 @@ fn revision(resp: epb::PutResponse) -> i64 {
     resp.header.expect("header").revision
 }
 
+/// The leader's current revision.
+async fn revision_of_last(c: &Cluster, leader: usize) -> i64 {
+    let mut kv = c.kv(leader).await.expect("kv");
+    let r = kv
+        .range(epb::RangeRequest {
+            key: b"p/".to_vec(),
+            range_end: b"p0".to_vec(),
+            count_only: true,
+            ..Default::default()
+        })
+        .await
+        .expect("range")
+        .into_inner();
+    r.header.expect("header").revision
+}
+
 const PUT: i32 = mvccpb::event::EventType::Put as i32;
 const DELETE: i32 = mvccpb::event::EventType::Delete as i32;
 
@@ -167,6 +183,46 @@ async fn watch_follows_etcd() {
     assert_eq!(progress.watch_id, -1);
     assert!(progress.events.is_empty());
     assert!(progress.header.expect("header").revision > r1);
+    // Ids only go up: the canceled id 1 is not handed out again.
+    tx.send(create("z", "", 0)).await.unwrap();
+    let created = next(&mut rx).await;
+    assert!(created.created && !created.canceled);
+    assert_eq!(created.watch_id, 2);
+    // The client closes its side of the stream: events still arrive (as with etcd).
+    drop(tx);
+    put_retrying(&c, leader, "z", "after close").await;
+    let got = events(&mut rx, 1).await;
+    assert_eq!((got[0].1.as_str(), got[0].2.as_str()), ("z", "after close"));
+
+    // A progress answer never claims a revision whose events were not sent yet.
+    let (tx3, mut rx3) = open(&c, follower).await;
+    tx3.send(create("p/", "p0", 0)).await.unwrap();
+    assert!(next(&mut rx3).await.created);
+    for i in 0..20 {
+        put_retrying(&c, leader, &format!("p/{i:02}"), "v").await;
+    }
+    tx3.send(epb::WatchRequest {
+        request_union: Some(epb::watch_request::RequestUnion::ProgressRequest(
+            epb::WatchProgressRequest {},
+        )),
+    })
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let progress_rev = loop {
+        let resp = next(&mut rx3).await;
+        if resp.watch_id == -1 {
+            break resp.header.expect("header").revision;
+        }
+        seen.extend(
+            resp.events
+                .iter()
+                .map(|e| e.kv.as_ref().expect("kv").mod_revision),
+        );
+    };
+    let owed = seen.iter().filter(|r| **r <= progress_rev).count();
+    assert_eq!(owed, seen.len());
+    assert!(seen.len() as i64 >= 20 - (revision_of_last(&c, leader).await - progress_rev));
 
     // After a compaction, a watch from before it is canceled with the compacted revision.
     let r = revision(put_retrying(&c, leader, "w/c", "4").await);

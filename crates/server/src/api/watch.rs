@@ -5,8 +5,10 @@
 //! memory. Catching up from an old `start_revision` is the same read. A watcher whose next
 //! revision has been compacted away is canceled with `compact_revision`, as in etcd.
 //!
-//! Not done (yet): response fragmentation (`fragment`); all events of a revision go in one
-//! response, so a huge transaction makes one huge response.
+//! Differences from etcd: events within one revision come in key order (etcd: the order of the
+//! transaction's operations), and a key put and then deleted in one transaction shows only
+//! the delete. Not done (yet): response fragmentation (`fragment`); all events of a revision
+//! go in one response, so a huge transaction makes one huge response.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -90,7 +92,11 @@ impl Api {
             .map_err(kv_status)
     }
 
-    /// Serves one Watch stream until the client or the server goes away.
+    /// Serves one Watch stream until the client or the server goes away. Each pass sends at
+    /// most one batch per watcher that is behind, so one busy watcher cannot starve the others,
+    /// and requests are read between passes. Progress answers wait until every watcher has
+    /// caught up, so a progress revision never runs ahead of events still owed (as etcd
+    /// 3.4.25+/3.5.8+).
     async fn run_watch_stream(
         &self,
         mut input: Streaming<epb::WatchRequest>,
@@ -101,38 +107,98 @@ impl Api {
         let mut next_id: i64 = 0;
         let mut progress = tokio::time::interval(PROGRESS_INTERVAL);
         progress.tick().await;
+        // The client may close its side after its requests (etcd keeps serving).
+        let mut input_open = true;
+        let mut progress_asked = false;
+        let mut progress_due = false;
         loop {
-            // Bring every watcher up to the applied state before waiting again.
+            let (revision, _) = self.revisions().await.map_err(|_| Closed)?;
+            let mut behind = false;
             let ids: Vec<i64> = watchers.keys().copied().collect();
             for id in ids {
-                self.deliver(id, &mut watchers, &out).await?;
+                behind |= self
+                    .deliver_batch(id, revision, &mut watchers, &out)
+                    .await?;
+            }
+            if behind {
+                // More to send: read any request that is already waiting, then go on.
+                tokio::select! {
+                    biased;
+                    m = input.message(), if input_open => {
+                        self.on_message(m, &mut input_open, &mut progress_asked, &mut watchers, &mut next_id, &out).await?;
+                    }
+                    () = out.closed() => return Err(Closed),
+                    () = std::future::ready(()) => {}
+                }
+                continue;
+            }
+            // Every watcher has everything through `revision`.
+            if progress_asked {
+                progress_asked = false;
+                if !watchers.is_empty() {
+                    send(
+                        &out,
+                        epb::WatchResponse {
+                            header: Some(self.watch_header(revision)),
+                            watch_id: -1,
+                            ..Default::default()
+                        },
+                    )
+                    .await?;
+                }
+            }
+            if progress_due {
+                progress_due = false;
+                for (id, w) in watchers.iter_mut() {
+                    if w.progress_notify && !w.active {
+                        send(
+                            &out,
+                            epb::WatchResponse {
+                                header: Some(self.watch_header(revision)),
+                                watch_id: *id,
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    }
+                    w.active = false;
+                }
             }
             tokio::select! {
-                m = input.message() => {
-                    let Ok(Some(req)) = m else { return Err(Closed) };
-                    self.handle_request(req, &mut watchers, &mut next_id, &out).await?;
+                m = input.message(), if input_open => {
+                    self.on_message(m, &mut input_open, &mut progress_asked, &mut watchers, &mut next_id, &out).await?;
                 }
                 r = applied.changed() => {
                     if r.is_err() {
                         return Err(Closed);
                     }
                 }
-                _ = progress.tick() => {
-                    let (revision, _) = self.revisions().await.map_err(|_| Closed)?;
-                    for (id, w) in watchers.iter_mut() {
-                        if w.progress_notify && !w.active && w.next > revision {
-                            send(&out, epb::WatchResponse {
-                                header: Some(self.watch_header(revision)),
-                                watch_id: *id,
-                                ..Default::default()
-                            })
-                            .await?;
-                        }
-                        w.active = false;
-                    }
-                }
+                _ = progress.tick() => progress_due = true,
                 () = out.closed() => return Err(Closed),
             }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn on_message(
+        &self,
+        m: Result<Option<epb::WatchRequest>, Status>,
+        input_open: &mut bool,
+        progress_asked: &mut bool,
+        watchers: &mut BTreeMap<i64, Watcher>,
+        next_id: &mut i64,
+        out: &Out,
+    ) -> Result<(), Closed> {
+        match m {
+            Ok(Some(req)) => {
+                self.handle_request(req, watchers, next_id, progress_asked, out)
+                    .await
+            }
+            Ok(None) => {
+                *input_open = false;
+                Ok(())
+            }
+            Err(_) => Err(Closed),
         }
     }
 
@@ -141,6 +207,7 @@ impl Api {
         req: epb::WatchRequest,
         watchers: &mut BTreeMap<i64, Watcher>,
         next_id: &mut i64,
+        progress_asked: &mut bool,
         out: &Out,
     ) -> Result<(), Closed> {
         use epb::watch_request::RequestUnion;
@@ -165,16 +232,9 @@ impl Api {
                 Ok(())
             }
             Some(RequestUnion::ProgressRequest(_)) => {
-                let (revision, _) = self.revisions().await.map_err(|_| Closed)?;
-                send(
-                    out,
-                    epb::WatchResponse {
-                        header: Some(self.watch_header(revision)),
-                        watch_id: -1,
-                        ..Default::default()
-                    },
-                )
-                .await
+                // Answered once every watcher has caught up (see `run_watch_stream`).
+                *progress_asked = true;
+                Ok(())
             }
             None => Ok(()),
         }
@@ -202,10 +262,12 @@ impl Api {
             cancel_reason: reason.to_string(),
             ..Default::default()
         };
-        // etcd: an explicit id (non-zero) must be free; 0 asks for the next free one.
+        // etcd: an explicit id (non-zero) must be free; 0 asks for the next free one. Ids
+        // handed out only go up, so a canceled watcher's id is not reused on this stream.
+        // A refused create is answered under id -1, as in etcd.
         let id = if c.watch_id != 0 {
             if watchers.contains_key(&c.watch_id) {
-                return send(out, refuse(c.watch_id, ERR_DUPLICATE_ID)).await;
+                return send(out, refuse(-1, ERR_DUPLICATE_ID)).await;
             }
             c.watch_id
         } else {
@@ -215,7 +277,10 @@ impl Api {
             *next_id
         };
         if watchers.len() >= WATCHERS_PER_STREAM_MAX {
-            return send(out, refuse(id, ERR_TOO_MANY_WATCHERS)).await;
+            return send(out, refuse(-1, ERR_TOO_MANY_WATCHERS)).await;
+        }
+        if c.watch_id == 0 {
+            *next_id += 1;
         }
         use epb::watch_create_request::FilterType;
         let filter = |f: FilterType| c.filters.contains(&(f as i32));
@@ -250,75 +315,80 @@ impl Api {
         .await
     }
 
-    /// Sends watcher `id` everything from its next revision to the applied state.
-    async fn deliver(
+    /// Sends watcher `id` its next batch of changes up to `revision` (at most
+    /// [`EVENTS_PER_RESPONSE_MAX`] events, whole revisions). Returns whether it is still
+    /// behind `revision`.
+    async fn deliver_batch(
         &self,
         id: i64,
+        revision: u64,
         watchers: &mut BTreeMap<i64, Watcher>,
         out: &Out,
-    ) -> Result<(), Closed> {
-        loop {
-            let Some(w) = watchers.get_mut(&id) else {
-                return Ok(());
-            };
-            let kv = self.inner.node.kv.clone();
-            let (key, end, from, prev) = (w.key.clone(), w.range_end.clone(), w.next, w.prev_kv);
-            let read = tokio::task::spawn_blocking(move || {
-                let r = kv.changes(&key, &end, from, EVENTS_PER_RESPONSE_MAX, prev);
-                (r, kv.revisions())
-            })
-            .await
-            .map_err(|_| Closed)?;
-            let changes = match read {
-                (Ok(c), _) => c,
-                (Err(kv::Error::Kv(kv::KvError::Compacted)), Ok((revision, compacted))) => {
-                    watchers.remove(&id);
-                    return send(
-                        out,
-                        epb::WatchResponse {
-                            header: Some(self.watch_header(revision)),
-                            watch_id: id,
-                            canceled: true,
-                            compact_revision: compacted as i64,
-                            cancel_reason: ERR_COMPACTED.to_string(),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-                }
-                (Err(e), _) => {
-                    let _ = out.send(Err(kv_status(e))).await;
-                    return Err(Closed);
-                }
-            };
-            let done = changes.next > changes.revision;
-            let events: Vec<mvccpb::Event> = changes
-                .events
-                .into_iter()
-                .filter(|e| match e.kind {
-                    kv::EventKind::Put => !w.no_put,
-                    kv::EventKind::Delete => !w.no_delete,
-                })
-                .map(event)
-                .collect();
-            w.next = changes.next;
-            if !events.is_empty() {
-                w.active = true;
+    ) -> Result<bool, Closed> {
+        let Some(w) = watchers.get_mut(&id) else {
+            return Ok(false);
+        };
+        if w.next > revision {
+            return Ok(false);
+        }
+        let kv = self.inner.node.kv.clone();
+        let (key, end, from, prev) = (w.key.clone(), w.range_end.clone(), w.next, w.prev_kv);
+        let read = tokio::task::spawn_blocking(move || {
+            match kv.changes(&key, &end, from, EVENTS_PER_RESPONSE_MAX, prev) {
+                Err(kv::Error::Kv(kv::KvError::Compacted)) => Err(kv.revisions().map(|r| r.1)),
+                other => Ok(other),
+            }
+        })
+        .await
+        .map_err(|_| Closed)?;
+        let changes = match read {
+            Ok(Ok(c)) => c,
+            Err(Ok(compacted)) => {
+                watchers.remove(&id);
                 send(
                     out,
                     epb::WatchResponse {
-                        header: Some(self.watch_header(changes.revision)),
+                        header: Some(self.watch_header(revision)),
                         watch_id: id,
-                        events,
+                        canceled: true,
+                        compact_revision: compacted as i64,
+                        cancel_reason: ERR_COMPACTED.to_string(),
                         ..Default::default()
                     },
                 )
                 .await?;
+                return Ok(false);
             }
-            if done {
-                return Ok(());
+            Ok(Err(e)) | Err(Err(e)) => {
+                let _ = out.send(Err(kv_status(e))).await;
+                return Err(Closed);
             }
+        };
+        let events: Vec<mvccpb::Event> = changes
+            .events
+            .into_iter()
+            .filter(|e| match e.kind {
+                kv::EventKind::Put => !w.no_put,
+                kv::EventKind::Delete => !w.no_delete,
+            })
+            .map(event)
+            .collect();
+        w.next = changes.next;
+        let behind = w.next <= revision;
+        if !events.is_empty() {
+            w.active = true;
+            send(
+                out,
+                epb::WatchResponse {
+                    header: Some(self.watch_header(changes.revision)),
+                    watch_id: id,
+                    events,
+                    ..Default::default()
+                },
+            )
+            .await?;
         }
+        Ok(behind)
     }
 }
 

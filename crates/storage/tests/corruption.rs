@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{entry, hard_state, Rng};
+use common::{copy_dir, entry, hard_state, Rng};
 use raft::{Entry, EntryId, Index, Membership, NodeId, Term};
 use storage::{SnapshotMeta, Store};
 
@@ -24,19 +24,6 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
             files(&p, out);
         } else if p.metadata().unwrap().len() > 0 && !p.ends_with("lock") {
             out.push(p);
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let t = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &t);
-        } else {
-            fs::copy(&p, &t).unwrap();
         }
     }
 }

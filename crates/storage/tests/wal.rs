@@ -8,7 +8,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{entry, hard_state, Rng};
+use common::{copy_dir, entry, hard_state, Rng};
 use raft::{Entry, EntryId, Index, Membership, NodeId, Term};
 use storage::{Options, SnapshotMeta, StorageError, Store};
 
@@ -26,19 +26,6 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let p = e.unwrap().path();
-        let t = to.join(p.file_name().unwrap());
-        if p.is_dir() {
-            copy_dir(&p, &t);
-        } else {
-            fs::copy(&p, &t).unwrap();
-        }
-    }
 }
 
 fn batch(lo: u64, n: u64, len: usize) -> Vec<Entry> {
@@ -114,44 +101,26 @@ fn a_torn_write_is_all_or_nothing_for_any_sectors_or_pages() {
         whole += u32::from(check(b, &format!("cut at {cut}")));
     }
     assert_eq!(whole, 1, "only the complete write is visible");
-    // Sectors reach the disk in any order: random subsets of the write's sectors.
-    let mut rng = Rng(0x5ec7);
-    let sectors: Vec<usize> = (start / 512..end.div_ceil(512)).collect();
-    for round in 0..40 {
-        let mut b = old.clone();
-        let mut all = true;
-        for &p in &sectors {
-            if rng.below(2) == 0 {
-                let r = p * 512..((p + 1) * 512).min(new.len());
-                b[r.clone()].copy_from_slice(&new[r]);
-            } else {
-                all = false;
+    // Sectors (or whole pages) reach the disk in any order: random subsets of the write's.
+    for (unit, seed) in [(512, 0x5ec7), (4096, 0x70_12)] {
+        let mut rng = Rng(seed);
+        for round in 0..40 {
+            let mut b = old.clone();
+            let mut all = true;
+            for p in start / unit..end.div_ceil(unit) {
+                if rng.below(2) == 0 {
+                    let r = p * unit..((p + 1) * unit).min(new.len());
+                    b[r.clone()].copy_from_slice(&new[r]);
+                } else {
+                    all = false;
+                }
             }
+            let got_after = check(b, &format!("{unit}-byte unit subset, round {round}"));
+            assert!(
+                !got_after || all,
+                "round {round}: a partial write was accepted"
+            );
         }
-        let got_after = check(b, &format!("sector subset round {round}"));
-        assert!(
-            !got_after || all,
-            "round {round}: a partial write was accepted"
-        );
-    }
-    let mut rng = Rng(0x70_12);
-    let pages: Vec<usize> = (start / 4096..end.div_ceil(4096)).collect();
-    for round in 0..40 {
-        let mut b = old.clone();
-        let mut all = true;
-        for &p in &pages {
-            if rng.below(2) == 0 {
-                let r = p * 4096..((p + 1) * 4096).min(new.len());
-                b[r.clone()].copy_from_slice(&new[r]);
-            } else {
-                all = false;
-            }
-        }
-        let got_after = check(b, &format!("page subset round {round}"));
-        assert!(
-            !got_after || all,
-            "round {round}: a partial write was accepted"
-        );
     }
 }
 

@@ -65,6 +65,20 @@ pub fn all_entries(store: &Store) -> Result<Vec<Entry>, StorageError> {
     store.entries(store.first_index(), store.last_index(), u64::MAX)
 }
 
+/// Copies a directory tree (a data dir, to damage a copy of it).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let t = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &t);
+        } else {
+            std::fs::copy(&p, &t).unwrap();
+        }
+    }
+}
+
 /// A tiny xorshift PRNG so that tests replay from a printed seed.
 pub struct Rng(pub u64);
 

@@ -128,7 +128,7 @@ impl Api {
         loop {
             let attempt = tokio::time::timeout_at(deadline, self.inner.node.propose(data.clone()));
             match attempt.await {
-                Err(_) => return Err(WriteError::Busy),
+                Err(_) => return Err(WriteError::Timeout),
                 Ok(Err(WriteError::NotLeader(None))) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
@@ -286,7 +286,10 @@ enum WriteOutcome<T> {
 fn write_status(e: WriteError) -> Status {
     match e {
         WriteError::NotLeader(_) => Status::unavailable(ERR_NO_LEADER),
-        WriteError::Busy => Status::unavailable(ERR_TIMEOUT),
+        // As etcd: a full queue is "too many requests" (nothing was done); a deadline that
+        // passed is "request timed out" (the write may still happen).
+        WriteError::Busy => Status::resource_exhausted(ERR_TOO_MANY_REQUESTS),
+        WriteError::Timeout => Status::unavailable(ERR_TIMEOUT),
         WriteError::TooLarge => Status::invalid_argument(ERR_TOO_LARGE),
         WriteError::LeaderChanged => Status::unavailable(ERR_LEADER_CHANGED),
         WriteError::Kv(e) => kv_error_status(e),
@@ -607,5 +610,45 @@ impl Api {
             ));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_errors_get_etcds_codes_and_messages() {
+        let cases = [
+            (
+                WriteError::Busy,
+                Code::ResourceExhausted,
+                "etcdserver: too many requests",
+            ),
+            (
+                WriteError::Timeout,
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+            (
+                WriteError::NotLeader(None),
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                WriteError::TooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                WriteError::LeaderChanged,
+                Code::Unavailable,
+                "etcdserver: leader changed",
+            ),
+        ];
+        for (e, code, message) in cases {
+            let s = write_status(e);
+            assert_eq!((s.code(), s.message()), (code, message));
+        }
     }
 }

@@ -47,9 +47,12 @@ pub enum WriteError {
     /// This node is not the leader.
     #[error("not the leader")]
     NotLeader(Option<NodeId>),
-    /// Queues or the uncommitted log are full.
+    /// Queues or the uncommitted log are full: nothing was proposed.
     #[error("too many requests")]
     Busy,
+    /// The request was not answered before its deadline; it may still be applied.
+    #[error("request timed out")]
+    Timeout,
     /// The request exceeds the entry size limit.
     #[error("request is too large")]
     TooLarge,

@@ -22,7 +22,7 @@ use std::io::{Read, Write};
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use crate::codec::Writer;
+use crate::codec::{read_varint, unzigzag, Writer};
 use crate::error::Error;
 use crate::lease::{LEASES, LEASE_KEYS};
 use crate::mvcc::{Record, BY_REV, HISTORY};
@@ -142,24 +142,11 @@ impl Source<'_> {
     }
 
     fn u64(&mut self) -> Result<u64, Error> {
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            let part = u64::from(b & 0x7f);
-            if shift == 63 && part > 1 {
-                return Err(bad("varint overflow"));
-            }
-            v |= part << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(bad("varint too long"))
+        read_varint(|| self.u8())
     }
 
     fn i64(&mut self) -> Result<i64, Error> {
-        let u = self.u64()?;
-        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+        Ok(unzigzag(self.u64()?))
     }
 
     fn bytes(&mut self) -> Result<Vec<u8>, Error> {

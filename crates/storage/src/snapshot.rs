@@ -186,13 +186,52 @@ impl Write for SnapshotWriter {
 pub struct SnapshotReader {
     path: PathBuf,
     file: std::io::BufReader<File>,
+    /// Offset of the data in the file.
+    header_end: u64,
     left: u64,
     crc: crc32fast::Hasher,
+    /// The stored CRC has been compared (once the data is all read).
+    checked: bool,
+}
+
+impl SnapshotReader {
+    /// Compares the stored CRC with the data read, once.
+    fn check_end(&mut self) -> std::io::Result<()> {
+        if self.checked {
+            return Ok(());
+        }
+        let mut stored = [0u8; 4];
+        self.file.read_exact(&mut stored)?;
+        if u32::from_le_bytes(stored) != self.crc.clone().finalize() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: snapshot data checksum mismatch", self.path.display()),
+            ));
+        }
+        self.checked = true;
+        Ok(())
+    }
+
+    /// The store's error for a read error of this stream: the file and offset of a checksum
+    /// mismatch or a short file, else the IO error.
+    fn error(&self, e: std::io::Error) -> StorageError {
+        let file = self.path.display().to_string();
+        match e.kind() {
+            std::io::ErrorKind::InvalidData => {
+                StorageError::corrupt(file, self.header_end, "snapshot data checksum mismatch")
+            }
+            _ => short(&self.path, self.header_end, e),
+        }
+    }
 }
 
 impl Read for SnapshotReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
         if self.left == 0 {
+            self.check_end()?;
             return Ok(0);
         }
         let want = buf
@@ -208,14 +247,7 @@ impl Read for SnapshotReader {
         self.crc.update(&buf[..n]);
         self.left -= n as u64;
         if self.left == 0 {
-            let mut stored = [0u8; 4];
-            self.file.read_exact(&mut stored)?;
-            if u32::from_le_bytes(stored) != self.crc.clone().finalize() {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("{}: snapshot data checksum mismatch", self.path.display()),
-                ));
-            }
+            self.check_end()?;
         }
         Ok(n)
     }
@@ -266,7 +298,8 @@ impl SnapshotDir {
         self.adopt(meta)
     }
 
-    fn check_newer(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
+    /// Refuses a snapshot that is not newer than the latest.
+    pub(crate) fn check_newer(&self, meta: &SnapshotMeta) -> Result<(), StorageError> {
         if let Some(l) = &self.latest {
             if meta.last.index <= l.last.index {
                 return Err(StorageError::InvalidRequest(format!(
@@ -309,32 +342,11 @@ impl SnapshotDir {
     /// Checks the newest snapshot's data checksum, reading it in bounded slices (never the
     /// whole file in memory). Returns its metadata and data size.
     pub fn verify_latest(&self) -> Result<Option<(SnapshotMeta, u64)>, StorageError> {
-        let Some(meta) = &self.latest else {
+        let Some((meta, size, mut reader)) = self.open_latest()? else {
             return Ok(None);
         };
-        let path = self.dir.join(file_name(meta.last));
-        let (meta, data_len, header_end, mut f) = read_header(&path, meta.last)?;
-        let mut crc = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; READ_SLICE_BYTES.min(data_len as usize)];
-        let mut left = data_len;
-        while left > 0 {
-            let n = (left as usize).min(buf.len());
-            f.read_exact(&mut buf[..n])
-                .map_err(|e| short(&path, header_end + data_len - left, e))?;
-            crc.update(&buf[..n]);
-            left -= n as u64;
-        }
-        let mut stored = [0u8; 4];
-        f.read_exact(&mut stored)
-            .map_err(|e| short(&path, header_end + data_len, e))?;
-        if u32::from_le_bytes(stored) != crc.finalize() {
-            return Err(StorageError::corrupt(
-                path.display().to_string(),
-                header_end,
-                "snapshot data checksum mismatch",
-            ));
-        }
-        Ok(Some((meta, data_len)))
+        std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| reader.error(e))?;
+        Ok(Some((meta, size)))
     }
 
     /// Reads `len` bytes of the newest snapshot's data from `offset` (for sending it in
@@ -371,48 +383,28 @@ impl SnapshotDir {
             return Ok(None);
         };
         let path = self.dir.join(file_name(meta.last));
-        let (meta, data_len, _, f) = read_header(&path, meta.last)?;
+        let (meta, data_len, header_end, f) = read_header(&path, meta.last)?;
         let reader = SnapshotReader {
             path,
             file: std::io::BufReader::with_capacity(READ_SLICE_BYTES, f),
+            header_end,
             left: data_len,
             crc: crc32fast::Hasher::new(),
+            checked: false,
         };
         Ok(Some((meta, data_len, reader)))
     }
 
     /// Reads and fully verifies the newest snapshot.
     pub fn load_latest(&self) -> Result<Option<(SnapshotMeta, Vec<u8>)>, StorageError> {
-        let Some(meta) = &self.latest else {
+        let Some((meta, size, mut reader)) = self.open_latest()? else {
             return Ok(None);
         };
-        let path = self.dir.join(file_name(meta.last));
-        let (meta, data_len, header_end, mut f) = read_header(&path, meta.last)?;
-        let len = usize::try_from(data_len)
-            .map_err(|_| StorageError::corrupt(path.display().to_string(), 0, "huge length"))?;
-        let mut data = vec![0u8; len];
-        f.read_exact(&mut data)
-            .map_err(|e| short(&path, header_end, e))?;
-        let mut crc = [0u8; 4];
-        f.read_exact(&mut crc)
-            .map_err(|e| short(&path, header_end + data_len, e))?;
-        if u32::from_le_bytes(crc) != crc32fast::hash(&data) {
-            return Err(StorageError::corrupt(
-                path.display().to_string(),
-                header_end,
-                "snapshot data checksum mismatch",
-            ));
-        }
-        let mut rest = Vec::new();
-        f.read_to_end(&mut rest)
-            .map_err(|e| StorageError::io("read", &path, e))?;
-        if !rest.is_empty() {
-            return Err(StorageError::corrupt(
-                path.display().to_string(),
-                header_end + data_len + 4,
-                "trailing bytes after snapshot",
-            ));
-        }
+        let len = usize::try_from(size).map_err(|_| {
+            StorageError::corrupt(reader.path.display().to_string(), 0, "huge length")
+        })?;
+        let mut data = Vec::with_capacity(len);
+        reader.read_to_end(&mut data).map_err(|e| reader.error(e))?;
         Ok(Some((meta, data)))
     }
 }

@@ -227,8 +227,6 @@ pub(crate) struct Wal {
     state: LogState,
     /// Reused encoding buffer.
     buf: Vec<u8>,
-    /// During replay: the most entries the segments can hold (bounds a checkpoint's claim).
-    entries_max: u64,
     /// The next segment being prepared.
     prealloc: Option<Prealloc>,
 }
@@ -270,7 +268,6 @@ impl Wal {
             active_data_start: 0,
             state: LogState::default(),
             buf: Vec::new(),
-            entries_max: u64::MAX,
             prealloc: None,
         };
         let created = seqs.is_empty();
@@ -292,7 +289,7 @@ impl Wal {
                 let p = dir.join(segment::file_name(seq));
                 total += fs::metadata(&p).map_err(io_err("stat", &p))?.len();
             }
-            wal.entries_max = total / record::ENTRY_BYTES_MIN;
+            let entries_max = total / record::ENTRY_BYTES_MIN;
             for w in seqs.windows(2) {
                 if w[1] != w[0] + 1 {
                     return Err(StorageError::corrupt(
@@ -308,7 +305,7 @@ impl Wal {
             }
             let mut state = None;
             for (i, &seq) in seqs.iter().enumerate() {
-                wal.replay_segment(seq, i + 1 == seqs.len(), &mut state)?;
+                wal.replay_segment(seq, i + 1 == seqs.len(), entries_max, &mut state)?;
             }
             wal.state = state.expect("at least one segment replayed");
             if let Some(i) = wal.state.locs.iter().position(|l| l.len == 0) {
@@ -332,11 +329,13 @@ impl Wal {
         Ok((wal, created))
     }
 
-    /// Replays one segment into `state` (`None` before the first checkpoint).
+    /// Replays one segment into `state` (`None` before the first checkpoint). A checkpoint
+    /// may claim at most `entries_max` entries (what the segments could hold).
     fn replay_segment(
         &mut self,
         seq: u64,
         last: bool,
+        entries_max: u64,
         state: &mut Option<LogState>,
     ) -> Result<(), StorageError> {
         let path = self.dir.join(segment::file_name(seq));
@@ -369,7 +368,7 @@ impl Wal {
                     match (first, &rec, state.as_mut()) {
                         (true, Record::Checkpoint(c), None) => {
                             let n = c.last_index.0.saturating_sub(c.log_start.index.0);
-                            if n > self.entries_max {
+                            if n > entries_max {
                                 return Err(corrupt(
                                     at,
                                     format!("checkpoint claims {n} entries, more than the segments can hold"),

@@ -415,5 +415,29 @@ fn snapshot_chunks_are_read_from_the_file() {
     let (_, _, mut r) = s.open_snapshot().unwrap().unwrap();
     let err = std::io::Read::read_to_end(&mut r, &mut Vec::new()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    let err = s.load_snapshot().unwrap_err().to_string();
+    assert!(
+        err.contains("checksum") && err.contains("0000000000000012"),
+        "{err}"
+    );
+    // An empty snapshot's checksum is checked too.
+    drop(s);
+    let (mut s, _) = open(dir.path()).unwrap();
+    let empty = SnapshotMeta {
+        last: id(1, 19),
+        membership: voters(),
+    };
+    s.save_snapshot(&empty, b"").unwrap();
+    assert_eq!(s.verify_snapshot().unwrap(), Some((empty, 0)));
+    drop(s);
+    let path = dir
+        .path()
+        .join("snap/snap-0000000000000001-0000000000000013.snap");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let n = bytes.len();
+    bytes[n - 1] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    let (s, _) = open(dir.path()).unwrap();
+    assert!(s.verify_snapshot().is_err());
     let _ = newer;
 }

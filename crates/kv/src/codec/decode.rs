@@ -11,6 +11,29 @@ use crate::TXN_DEPTH_MAX;
 
 use super::{bad, CODEC_VERSION};
 
+/// Decodes a LEB128 varint from bytes handed out by `next` (a slice here, a stream in
+/// [`crate::snapshot`]); overlong or overflowing encodings are errors.
+pub(crate) fn read_varint(mut next: impl FnMut() -> Result<u8, Error>) -> Result<u64, Error> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let b = next()?;
+        let part = u64::from(b & 0x7f);
+        if shift == 63 && part > 1 {
+            return Err(bad("varint overflow".into()));
+        }
+        v |= part << shift;
+        if b & 0x80 == 0 {
+            return Ok(v);
+        }
+    }
+    Err(bad("varint too long".into()))
+}
+
+/// The signed value of a zigzag-encoded varint.
+pub(crate) fn unzigzag(u: u64) -> i64 {
+    ((u >> 1) as i64) ^ -((u & 1) as i64)
+}
+
 /// Reads encoded values from a byte slice, failing on truncation.
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
@@ -45,24 +68,11 @@ impl<'a> Reader<'a> {
     }
 
     pub(crate) fn u64(&mut self) -> Result<u64, Error> {
-        let mut v: u64 = 0;
-        for shift in (0..64).step_by(7) {
-            let b = self.u8()?;
-            let part = u64::from(b & 0x7f);
-            if shift == 63 && part > 1 {
-                return Err(bad("varint overflow".into()));
-            }
-            v |= part << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(bad("varint too long".into()))
+        read_varint(|| self.u8())
     }
 
     pub(crate) fn i64(&mut self) -> Result<i64, Error> {
-        let u = self.u64()?;
-        Ok(((u >> 1) as i64) ^ -((u & 1) as i64))
+        Ok(unzigzag(self.u64()?))
     }
 
     pub(crate) fn bool(&mut self) -> Result<bool, Error> {

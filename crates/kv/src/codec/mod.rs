@@ -13,7 +13,7 @@ use crate::error::{Error, KvError};
 mod decode;
 mod encode;
 
-pub(crate) use decode::Reader;
+pub(crate) use decode::{read_varint, unzigzag, Reader};
 pub(crate) use encode::Writer;
 
 /// Version byte of the encoding; bump it (and keep decoding older ones) on any change.

@@ -112,7 +112,12 @@ impl Api {
         let mut progress_asked = false;
         let mut progress_due = false;
         loop {
-            let (revision, _) = self.revisions().await.map_err(|_| Closed)?;
+            // Nothing is owed on a stream without watchers: no read then.
+            let revision = if watchers.is_empty() {
+                0
+            } else {
+                self.revisions().await.map_err(|_| Closed)?.0
+            };
             let mut behind = false;
             let ids: Vec<i64> = watchers.keys().copied().collect();
             for id in ids {

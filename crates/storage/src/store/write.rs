@@ -277,14 +277,7 @@ impl Store {
             .as_ref()
             .ok_or_else(|| StorageError::InvalidRequest("no snapshot is being staged".into()))?;
         let meta = staging.progress().meta.clone();
-        if let Some(l) = self.snapshots.latest() {
-            if meta.last.index <= l.last.index {
-                return Err(StorageError::InvalidRequest(format!(
-                    "snapshot at {} is not newer than the stored one at {}",
-                    meta.last.index, l.last.index
-                )));
-            }
-        }
+        self.snapshots.check_newer(&meta)?;
         let mut w = crate::snapshot::SnapshotWriter::create(self.snapshots.dir(), &meta)?;
         staging.copy_into(&mut w)?;
         w.finish()?;

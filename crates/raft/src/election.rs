@@ -1,6 +1,7 @@
 //! Terms and elections: the term rules every message passes through, election timeouts,
 //! PreVote, RequestVote and vote counting (paper §5.1, §5.2, §5.4.1; thesis §9.6).
 
+use crate::config::ReadOnlyOption;
 use crate::message::{Message, MessageBody};
 use crate::node::RawNode;
 use crate::quorum::VoteResult;
@@ -88,10 +89,23 @@ impl RawNode {
 
     /// Whether this node heard from a live leader recently enough to refuse to help anyone
     /// replace it (thesis §6.2 and §4.2.3: "ignore RequestVote when a leader is known").
-    fn in_lease(&self) -> bool {
-        self.config.check_quorum
-            && self.leader.is_some()
-            && self.election_elapsed < self.config.election_ticks
+    ///
+    /// With lease reads, a node that has just started may have acknowledged a leader's lease
+    /// round before it went down and has forgotten it (the ack is not persisted). Granting a
+    /// vote at once could elect a new leader while the old one serves lease reads, so for one
+    /// election timeout after a start the node acts as if it were in a lease (issue 12, hole
+    /// 3). Only lease reads need this for safety; with CheckQuorum alone, forgetting costs at
+    /// most one disruptive election, so such clusters keep electing at once after a start.
+    pub(crate) fn in_lease(&self) -> bool {
+        if !self.config.check_quorum {
+            return false;
+        }
+        let heard_from_leader =
+            self.leader.is_some() && self.election_elapsed < self.config.election_ticks;
+        let just_started = self.config.read_only == ReadOnlyOption::LeaseBased
+            && self.ticks < self.config.election_ticks
+            && !cfg!(feature = "mut-restart-forgets-lease");
+        heard_from_leader || just_started
     }
 
     /// The term rules every message passes first (Figure 2, "all servers": a higher term makes

@@ -17,12 +17,19 @@ pub struct Lease {
     /// `(round id, tick sent)`. Invariant: ids strictly increasing, ticks non-decreasing;
     /// length at most [`LEASE_ROUNDS_MAX`].
     sent: VecDeque<(u64, u64)>,
+    /// No lease for the rest of the term: this leader sent TimeoutNow, and the target may
+    /// campaign with votes that ignore the followers' leases whenever it arrives. Cleared only
+    /// by [`Lease::clear`] (a new term). Invariant: if set, `sent` is empty.
+    revoked: bool,
 }
 
 impl Lease {
     /// Round `id` was broadcast at tick `now`. Rounds that can no longer extend the lease
     /// (sent more than `election_ticks` ago) are forgotten, keeping the newest of them.
     pub fn record(&mut self, id: u64, now: u64, election_ticks: u64) {
+        if self.revoked {
+            return;
+        }
         if let Some(&(last_id, last_tick)) = self.sent.back() {
             assert!(id > last_id, "round ids must increase");
             assert!(now >= last_tick, "ticks went back");
@@ -53,9 +60,43 @@ impl Lease {
             .is_some_and(|t| now + drift < t + election_ticks)
     }
 
-    /// Forgets every round (a new term).
+    /// Forgets every round sent so far: only rounds sent from now on can start a lease (a
+    /// leader transfer was aborted, or a new term).
+    pub fn forget_rounds(&mut self) {
+        self.sent.clear();
+    }
+
+    /// Gives up the lease until [`Lease::clear`]: rounds sent from now on do not count.
+    pub fn revoke(&mut self) {
+        self.sent.clear();
+        self.revoked = true;
+    }
+
+    /// Whether [`Lease::revoke`] was called since the last [`Lease::clear`].
+    pub fn is_revoked(&self) -> bool {
+        self.revoked
+    }
+
+    /// Forgets every round and any revocation (a new term).
     pub fn clear(&mut self) {
         self.sent.clear();
+        self.revoked = false;
+    }
+
+    /// Panics if an invariant is broken.
+    pub fn check_invariants(&self) {
+        assert!(
+            !self.revoked || self.sent.is_empty(),
+            "a revoked lease records no rounds"
+        );
+        assert!(
+            self.sent.len() <= LEASE_ROUNDS_MAX,
+            "lease rounds unbounded"
+        );
+        for pair in self.sent.iter().zip(self.sent.iter().skip(1)) {
+            assert!(pair.0 .0 < pair.1 .0, "round ids must increase");
+            assert!(pair.0 .1 <= pair.1 .1, "round ticks went back");
+        }
     }
 }
 
@@ -80,6 +121,31 @@ mod tests {
         // Round 2 (sent at 5) extends it.
         assert!(l.holds(2, 13, 10));
         assert!(!l.holds(2, 14, 10));
+    }
+
+    #[test]
+    fn a_revoked_lease_holds_no_more_until_cleared() {
+        let mut l = Lease::default();
+        l.record(1, 0, 10);
+        assert!(l.holds(1, 1, 10));
+        l.revoke();
+        assert!(!l.holds(1, 1, 10));
+        l.record(2, 2, 10);
+        assert!(!l.holds(2, 3, 10), "rounds after a revocation do not count");
+        l.clear();
+        l.record(3, 4, 10);
+        assert!(l.holds(3, 5, 10));
+        l.check_invariants();
+    }
+
+    #[test]
+    fn forgotten_rounds_cannot_start_a_lease() {
+        let mut l = Lease::default();
+        l.record(1, 0, 10);
+        l.forget_rounds();
+        assert!(!l.holds(1, 1, 10), "round 1 was sent before");
+        l.record(2, 1, 10);
+        assert!(l.holds(2, 2, 10));
     }
 
     #[test]

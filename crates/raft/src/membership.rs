@@ -31,6 +31,12 @@ pub enum MembershipError {
     /// Another configuration change is not committed yet (or a joint configuration is not
     /// left yet); retry when it is.
     ChangeInProgress,
+    /// A leader transfer is pending (thesis §3.10): no entry of any kind is appended until it
+    /// completes or aborts, so the target stays caught up. etcd refuses the same way.
+    LeadershipTransfer {
+        /// The transfer target.
+        to: NodeId,
+    },
     /// The request does not make sense for the current configuration.
     Invalid(String),
 }
@@ -47,6 +53,9 @@ impl std::fmt::Display for MembershipError {
             MembershipError::NotReady => write!(f, "the leader has not committed in its term yet"),
             MembershipError::ChangeInProgress => {
                 write!(f, "another membership change is in progress")
+            }
+            MembershipError::LeadershipTransfer { to } => {
+                write!(f, "leadership is being transferred to {to}")
             }
             MembershipError::Invalid(why) => write!(f, "invalid membership change: {why}"),
         }
@@ -167,6 +176,9 @@ impl RawNode {
         if !self.committed_in_term {
             return Err(MembershipError::NotReady);
         }
+        if let Some(to) = self.lead_transferee {
+            return Err(MembershipError::LeadershipTransfer { to });
+        }
         if self.log.membership_index() > self.log.committed() {
             return Err(MembershipError::ChangeInProgress);
         }
@@ -210,9 +222,29 @@ impl RawNode {
         }
         if let Some(to) = self.lead_transferee {
             if !self.log.membership().is_voter(to) {
-                self.lead_transferee = None;
+                self.abort_transfer();
             }
         }
+    }
+
+    /// Leader: gives up a pending transfer and takes proposals again. Heartbeat rounds sent
+    /// before now may have been acknowledged by voters about to elect the target, so only
+    /// rounds sent from now on can renew the lease (and none, for the rest of the term, if
+    /// TimeoutNow went out: see `lease_holds`).
+    pub(crate) fn abort_transfer(&mut self) {
+        debug_assert_eq!(self.role, Role::Leader);
+        debug_assert!(self.lead_transferee.is_some(), "no transfer to abort");
+        self.lead_transferee = None;
+        self.transfer_elapsed = 0;
+        if !cfg!(feature = "mut-lease-during-transfer") {
+            self.lease.forget_rounds();
+        }
+        // Postcondition (off under the mutation that reopens the hole, so that the simulator,
+        // not this guard, must catch it).
+        debug_assert!(
+            cfg!(feature = "mut-lease-during-transfer") || !self.lease_holds(),
+            "lease survived an abort"
+        );
     }
 
     /// Leader, after the commit index moved: leave a committed joint configuration, and step
@@ -251,6 +283,10 @@ impl RawNode {
         self.lead_transferee = Some(to);
         self.transfer_elapsed = 0;
         self.maybe_send_timeout_now(to);
+        debug_assert!(
+            cfg!(feature = "mut-lease-during-transfer") || !self.lease_holds(),
+            "lease holds during a transfer"
+        );
         self.check_invariants_if_debug();
         Ok(())
     }
@@ -264,6 +300,11 @@ impl RawNode {
         let last = self.log.last_index();
         let caught_up = self.progress.get(&to).is_some_and(|pr| pr.matched == last);
         if caught_up {
+            // From here the target may campaign at any time, with votes that bypass the
+            // followers' leases: this leader's lease is void for the rest of its term.
+            if !cfg!(feature = "mut-lease-during-transfer") {
+                self.lease.revoke();
+            }
             self.send(to, MessageBody::TimeoutNow);
         } else {
             self.send_append(to);

@@ -70,7 +70,9 @@ pub struct RawNode {
     pub(crate) heartbeat_elapsed: u64,
     /// The current randomized timeout, in `[election_ticks, 2 * election_ticks)`.
     pub(crate) randomized_election_ticks: u64,
-    /// Ticks since start; only used to expire forwarded reads.
+    /// Ticks since this node started: the clock of forwarded-read expiry, read rounds and
+    /// the lease, and of the first election timeout after a start (see `in_lease`).
+    /// Never decreases.
     pub(crate) ticks: u64,
     /// Election jitter source.
     pub(crate) rng: Rng,
@@ -545,6 +547,26 @@ impl RawNode {
             );
         }
         self.reads.check_invariants();
+        self.lease.check_invariants();
+        if self.role != Role::Leader {
+            assert!(
+                self.lead_transferee.is_none(),
+                "transfer target off the leader"
+            );
+            assert_eq!(self.transfer_elapsed, 0, "transfer clock off the leader");
+            assert!(!self.committed_in_term, "committed_in_term off the leader");
+            assert_eq!(
+                self.uncommitted_bytes, 0,
+                "uncommitted bytes off the leader"
+            );
+        }
+        if let Some(to) = self.lead_transferee {
+            assert_ne!(to, self.id(), "transfer to self");
+            assert!(
+                self.log.membership().is_voter(to),
+                "transfer to a non-voter"
+            );
+        }
         assert!(
             self.log.last_term() <= self.term,
             "log holds a term above the current one"

@@ -44,11 +44,13 @@ impl RawNode {
             return;
         }
         let commit = self.log.committed();
-        let skip_round = cfg!(feature = "mut-read-without-quorum");
-        if skip_round || self.log.voters().voters().len() == 1 || self.lease_holds() {
-            // One voter: no one else can lead. Lease: no other leader can be elected before
-            // the lease ends (see `lease.rs` and the clock assumption on
-            // `ReadOnlyOption::LeaseBased`).
+        let skip_round = cfg!(feature = "mut-read-without-quorum")
+            || (cfg!(feature = "mut-read-skip-round-removing")
+                && self.log.voters().voters().len() == 1);
+        if skip_round || self.is_sole_voter() || self.lease_holds() {
+            // Sole voter: no one else can be elected without our vote. Lease: no other
+            // leader can be elected before the lease ends (see `lease.rs` and the clock
+            // assumption on `ReadOnlyOption::LeaseBased`).
             self.on_read_confirmed(req, commit);
             return;
         }
@@ -57,9 +59,28 @@ impl RawNode {
         }
     }
 
-    /// Lease reads are on and a quorum acknowledged a heartbeat round recently enough.
-    fn lease_holds(&self) -> bool {
+    /// Whether this node is the only voter of every configuration in force (both halves of a
+    /// joint one). A configuration takes effect when appended, so a leader removing itself
+    /// keeps leading under a configuration whose one voter is *another* node, which can elect
+    /// itself alone: a round is needed then (issue 12, hole 1).
+    pub(crate) fn is_sole_voter(&self) -> bool {
+        let voters = self.log.voters().voters();
+        voters.len() == 1 && voters.contains(&self.id())
+    }
+
+    /// Lease reads are on, no leader transfer can be under way, and a quorum acknowledged a
+    /// heartbeat round recently enough.
+    ///
+    /// A transfer target campaigns with votes that set the followers' leases aside (thesis
+    /// §3.10), so the lease is void while a transfer is pending, and for the rest of the term
+    /// once TimeoutNow was sent: a TimeoutNow delayed past an abort still starts such a
+    /// campaign (issue 12, hole 2; etcd-io/raft#99).
+    pub(crate) fn lease_holds(&self) -> bool {
         if self.config.read_only != ReadOnlyOption::LeaseBased {
+            return false;
+        }
+        let transfer_voids_lease = self.lead_transferee.is_some() || self.lease.is_revoked();
+        if transfer_voids_lease && !cfg!(feature = "mut-lease-during-transfer") {
             return false;
         }
         let me = self.id();

@@ -18,8 +18,7 @@ impl RawNode {
             self.transfer_elapsed += 1;
             if self.transfer_elapsed >= self.config.election_ticks {
                 // The target did not take over in time: abort and take proposals again.
-                self.lead_transferee = None;
-                self.transfer_elapsed = 0;
+                self.abort_transfer();
             }
         }
         if self.election_elapsed >= self.config.election_ticks {

@@ -163,6 +163,7 @@ fn run_command(c: &mut Option<Cluster>, command: &str) -> String {
             let _ = write!(out, "{}", log_line(c, id));
         }
         "campaign" => c.node(args.id(0)).campaign(),
+        "pass-startup" => c.pass_startup(),
         "tick" => c.tick(args.id(0), args.u64_or("n", 1)),
         "tick-heartbeat" => {
             let id = args.id(0);

@@ -791,6 +791,7 @@ fn stale_term_answer_is_not_a_match() {
 fn lease_reads_stop_when_the_followers_leases_may_have_ended() {
     let mut c = Cluster::new(3, |cfg| cfg.read_only = raft::ReadOnlyOption::LeaseBased);
     c.verbose = false;
+    c.pass_startup();
     assert!(c.elect(1));
     c.tick_all();
     c.isolate(1);

@@ -392,6 +392,23 @@ impl Cluster {
         self.stabilize();
     }
 
+    /// Lets one election timeout pass on every node with all links cut, so that nodes that
+    /// refuse votes right after a start (lease reads on) vote again. Pre-votes started meanwhile
+    /// go nowhere; with PreVote off, terms may rise.
+    pub fn pass_startup(&mut self) {
+        let saved = std::mem::take(&mut self.cut);
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for &id in &ids {
+            self.isolate(id);
+        }
+        for &id in &ids {
+            let e = self.configs[&id].election_ticks;
+            self.tick(id, e);
+        }
+        self.stabilize();
+        self.cut = saved;
+    }
+
     /// Campaigns at `id` and stabilizes; returns whether it became leader.
     pub fn elect(&mut self, id: u64) -> bool {
         self.node(id).campaign();

@@ -217,6 +217,19 @@ impl RawNode {
             ),
             _ => unreachable!("not a vote request"),
         };
+        // Preconditions: `step_term` moved us to a real vote's term (or dropped it), and a
+        // pre-vote never asks about a term below ours.
+        assert!(
+            if pre {
+                msg.term >= self.term
+            } else {
+                msg.term == self.term
+            },
+            "vote request of term {} reached a node of term {}",
+            msg.term,
+            self.term
+        );
+        let vote_before = self.vote;
         let can_vote = cfg!(feature = "mut-double-vote")
             || self.vote == Some(msg.from)
             || (self.vote.is_none() && self.leader.is_none())
@@ -237,6 +250,20 @@ impl RawNode {
             self.vote = Some(msg.from);
         }
         self.send(msg.from, MessageBody::VoteResp { reject: !grant });
+        // Postconditions (Figure 2, RequestVote rule 2): at most one vote per term, never
+        // changed once given, and only for a log at least as up to date as ours.
+        if !cfg!(feature = "mut-double-vote") {
+            assert!(
+                vote_before.is_none() || self.vote == vote_before,
+                "vote changed within term {} from {vote_before:?} to {:?}",
+                self.term,
+                self.vote
+            );
+        }
+        if grant && !cfg!(feature = "mut-no-election-restriction") {
+            assert!(self.log.is_up_to_date(last), "voted for a stale log");
+            assert_eq!(self.vote, Some(msg.from));
+        }
     }
 
     /// Candidate and pre-candidate: count votes; an append or heartbeat of this term means

@@ -57,6 +57,19 @@ impl RawNode {
     /// AppendEntries receiver (Figure 2, rules 1-5; rule 1, the stale term, was handled by
     /// `step_term`).
     fn handle_append(&mut self, leader: NodeId, prev: EntryId, entries: Vec<Entry>, commit: Index) {
+        // Preconditions: only the leader of our term reaches here (`step_term` and
+        // `hear_from_leader`).
+        assert_eq!(
+            self.leader,
+            Some(leader),
+            "append from a node that is not our leader"
+        );
+        assert_ne!(
+            self.role,
+            crate::types::Role::Leader,
+            "a leader handles an append"
+        );
+        let committed_before = self.log.committed();
         if prev.index < self.log.committed() {
             // Everything up to our commit index matches the leader's log (Leader Completeness,
             // §5.4), so acknowledge that much; the leader resends from there.
@@ -75,6 +88,20 @@ impl RawNode {
                 // Rule 5: commit up to what the leader committed, but only what we now know
                 // matches the leader's log.
                 self.log.commit_to(commit.min(last_new));
+                // Postconditions (rules 3-5): the log now holds prev and every sent entry, and
+                // the commit index moved only forward and only over entries we hold.
+                if !cfg!(feature = "mut-truncate-committed") {
+                    assert!(self.log.matches(prev) || prev.index < self.log.offset().index);
+                    if let Some(e) = entries.last() {
+                        assert!(
+                            self.log.matches(e.id()) || e.index <= self.log.offset().index,
+                            "appended entry {} is not in the log",
+                            e.index
+                        );
+                    }
+                }
+                assert!(self.log.committed() >= committed_before, "commit went back");
+                assert!(self.log.committed() <= self.log.last_index());
                 self.send(
                     leader,
                     MessageBody::AppendResp {

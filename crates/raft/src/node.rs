@@ -486,9 +486,12 @@ impl RawNode {
 
     /// Becomes a follower of `leader` (if known) in `term` (paper §5.2).
     pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.term, "follower of an older term {term}");
+        assert_ne!(leader, Some(self.id()), "follower of itself");
         self.reset(term);
         self.role = Role::Follower;
         self.leader = leader;
+        debug_assert!(self.progress.is_empty() && self.lead_transferee.is_none());
     }
 
     /// Starts a pre-vote (thesis §9.6): no term change, so a node that cannot win does not
@@ -499,18 +502,25 @@ impl RawNode {
             Role::Leader,
             "leader cannot become pre-candidate"
         );
+        assert!(self.is_promotable(), "a non-voter campaigns");
         let term = self.term;
         self.reset(term);
         self.role = Role::PreCandidate;
+        // Postcondition (thesis §9.6): a pre-vote leaves term and vote as they were.
+        assert_eq!(self.term, term);
     }
 
     /// Starts an election in a new term, voting for itself (paper §5.2).
     pub(crate) fn become_candidate(&mut self) {
         assert_ne!(self.role, Role::Leader, "leader cannot become candidate");
+        assert!(self.is_promotable(), "a non-voter campaigns");
         let term = self.term.next();
         self.reset(term);
         self.vote = Some(self.id());
         self.role = Role::Candidate;
+        // Postcondition (§5.2): a new term, our own vote in it, and no votes counted yet.
+        assert_eq!(self.term, term);
+        assert!(self.votes.is_empty() && self.leader.is_none());
     }
 
     /// Becomes leader of the current term: fresh progress for every follower, and a no-op entry
@@ -521,6 +531,8 @@ impl RawNode {
             Role::Candidate,
             "only a candidate becomes leader"
         );
+        assert_eq!(self.vote, Some(self.id()), "leader without its own vote");
+        assert!(self.is_promotable(), "a non-voter becomes leader");
         let term = self.term;
         self.reset(term);
         self.role = Role::Leader;
@@ -534,6 +546,22 @@ impl RawNode {
             data: Vec::new(),
         };
         self.append_as_leader(vec![noop]);
+        // Postcondition (§5.4.2, §8): the log ends with this term's no-op, nothing of the term
+        // is committed yet, and every other member is tracked.
+        assert_eq!(
+            self.log.last_id(),
+            EntryId {
+                term,
+                index: last.next()
+            }
+        );
+        // (Its own acknowledgement comes with the batch's persistence, so even a sole voter
+        // commits only on `advance`.)
+        assert!(!self.committed_in_term);
+        assert_eq!(
+            self.progress.len() + 1,
+            self.log.membership().members().len()
+        );
     }
 
     /// Panics if any invariant of the node or its parts is broken. The simulator calls this

@@ -48,6 +48,12 @@ impl RawNode {
             || (cfg!(feature = "mut-read-skip-round-removing")
                 && self.log.voters().voters().len() == 1);
         if skip_round || self.is_sole_voter() || self.lease_holds() {
+            if !cfg!(feature = "mut-lease-during-transfer") && self.lease_holds() {
+                assert!(
+                    self.lead_transferee.is_none() && !self.lease.is_revoked(),
+                    "lease read during a leader transfer"
+                );
+            }
             // Sole voter: no one else can be elected without our vote. Lease: no other
             // leader can be elected before the lease ends (see `lease.rs` and the clock
             // assumption on `ReadOnlyOption::LeaseBased`).
@@ -125,6 +131,17 @@ impl RawNode {
     }
 
     fn on_read_confirmed(&mut self, req: ReadRequest, index: Index) {
+        // Preconditions (thesis §6.4): only a leader that has committed an entry of its term
+        // confirms a read, at an index it has committed.
+        assert_eq!(self.role, Role::Leader, "a read confirmed off the leader");
+        assert!(
+            self.committed_in_term,
+            "a read confirmed before the term's first commit"
+        );
+        assert!(
+            index <= self.log.committed(),
+            "read index beyond the commit index"
+        );
         match req.from {
             None => self.reads.push_confirmed(ReadState {
                 ctx: req.ctx,

@@ -304,6 +304,7 @@ impl RawNode {
     /// counting replicas of an older term's entry is unsafe (paper §5.4.2, Figure 8). Returns
     /// whether the commit index moved.
     pub(crate) fn maybe_commit(&mut self) -> bool {
+        assert_eq!(self.role, Role::Leader, "only the leader counts replicas");
         let me = self.id();
         let persisted = self.log.persisted();
         let candidate = self.log.voters().committed_index(|id| {
@@ -327,6 +328,20 @@ impl RawNode {
             .sum();
         self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(released);
         self.log.commit_to(candidate);
+        // Postconditions (§5.4.2): the commit index moved forward to an entry of this term in
+        // this leader's log (a quorum of followers may hold it before our own disk does); an
+        // empty pipeline holds no uncommitted bytes.
+        assert_eq!(self.log.committed(), candidate);
+        assert!(candidate > old && candidate <= self.log.last_index());
+        if !cfg!(feature = "mut-commit-old-term") {
+            assert_eq!(self.log.term(candidate), Some(self.term));
+        }
+        if candidate == self.log.last_index() {
+            debug_assert_eq!(
+                self.uncommitted_bytes, 0,
+                "bytes left after everything committed"
+            );
+        }
         if !self.committed_in_term {
             self.committed_in_term = true;
             self.on_first_commit_in_term();

@@ -5,6 +5,7 @@ use crate::config::ReadOnlyOption;
 use crate::message::{Message, MessageBody};
 use crate::node::RawNode;
 use crate::quorum::VoteResult;
+use crate::role::{Campaign, RoleState};
 use crate::types::{EntryId, Index, NodeId, Role};
 
 impl RawNode {
@@ -47,7 +48,7 @@ impl RawNode {
     /// cluster wins at once.
     fn request_votes(&mut self, pre: bool, leader_transfer: bool) {
         let me = self.id();
-        self.votes.insert(me, true);
+        self.campaign_state_mut().votes.insert(me, true);
         if self.tally() == VoteResult::Won {
             self.on_campaign_won(pre);
             return;
@@ -72,10 +73,25 @@ impl RawNode {
         }
     }
 
+    /// The current (pre-)campaign. Panics in other roles: callers are campaign paths.
+    fn campaign_state(&self) -> &Campaign {
+        match &self.role {
+            RoleState::PreCandidate(c) | RoleState::Candidate(c) => c,
+            other => panic!("votes asked of a {:?}", other.kind()),
+        }
+    }
+
+    fn campaign_state_mut(&mut self) -> &mut Campaign {
+        match &mut self.role {
+            RoleState::PreCandidate(c) | RoleState::Candidate(c) => c,
+            other => panic!("votes asked of a {:?}", other.kind()),
+        }
+    }
+
     fn tally(&self) -> VoteResult {
         self.log
             .voters()
-            .vote_result(|id| self.votes.get(&id).copied())
+            .vote_result(|id| self.campaign_state().votes.get(&id).copied())
     }
 
     fn on_campaign_won(&mut self, pre: bool) {
@@ -154,7 +170,7 @@ impl RawNode {
         }
         match msg.body {
             MessageBody::PreVote { .. } | MessageBody::Vote { .. } => self.handle_vote_request(msg),
-            _ => match self.role {
+            _ => match self.role() {
                 Role::Leader => self.step_leader(msg),
                 Role::Candidate | Role::PreCandidate => self.step_candidate(msg),
                 Role::Follower => self.step_follower(msg),
@@ -270,10 +286,10 @@ impl RawNode {
     /// someone else won (paper §5.2).
     fn step_candidate(&mut self, msg: Message) {
         match msg.body {
-            MessageBody::PreVoteResp { reject } if self.role == Role::PreCandidate => {
+            MessageBody::PreVoteResp { reject } if self.role() == Role::PreCandidate => {
                 self.record_vote(msg.from, !reject, true);
             }
-            MessageBody::VoteResp { reject } if self.role == Role::Candidate => {
+            MessageBody::VoteResp { reject } if self.role() == Role::Candidate => {
                 self.record_vote(msg.from, !reject, false);
             }
             MessageBody::Append { .. }
@@ -293,7 +309,10 @@ impl RawNode {
         if !self.log.voters().contains(from) {
             return;
         }
-        self.votes.entry(from).or_insert(granted);
+        self.campaign_state_mut()
+            .votes
+            .entry(from)
+            .or_insert(granted);
         match self.tally() {
             VoteResult::Won => self.on_campaign_won(pre),
             VoteResult::Lost => {

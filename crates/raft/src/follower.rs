@@ -64,11 +64,7 @@ impl RawNode {
             Some(leader),
             "append from a node that is not our leader"
         );
-        assert_ne!(
-            self.role,
-            crate::types::Role::Leader,
-            "a leader handles an append"
-        );
+        assert!(!self.is_leader(), "a leader handles an append");
         let committed_before = self.log.committed();
         if prev.index < self.log.committed() {
             // Everything up to our commit index matches the leader's log (Leader Completeness,

@@ -30,6 +30,7 @@ pub mod read;
 mod reads;
 mod replication;
 mod rng;
+mod role;
 pub mod snapshot;
 mod types;
 

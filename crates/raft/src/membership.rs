@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use crate::message::MessageBody;
 use crate::node::RawNode;
 use crate::progress::Progress;
-use crate::types::{Entry, EntryId, EntryKind, Membership, MembershipChange, NodeId, Role};
+use crate::types::{Entry, EntryId, EntryKind, Membership, MembershipChange, NodeId};
 
 /// Why a membership change was refused. Nothing was appended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -168,15 +168,15 @@ impl RawNode {
         &mut self,
         change: MembershipChange,
     ) -> Result<EntryId, MembershipError> {
-        if self.role != Role::Leader {
+        let Some(ls) = self.leader_state() else {
             return Err(MembershipError::NotLeader {
                 leader: self.leader,
             });
-        }
-        if !self.committed_in_term {
+        };
+        if !ls.committed_in_term {
             return Err(MembershipError::NotReady);
         }
-        if let Some(to) = self.lead_transferee {
+        if let Some(to) = ls.lead_transferee {
             return Err(MembershipError::LeadershipTransfer { to });
         }
         if self.log.membership_index() > self.log.committed() {
@@ -190,7 +190,7 @@ impl RawNode {
 
     /// Appends a configuration entry as leader and puts it in force.
     fn append_membership(&mut self, next: Membership) -> EntryId {
-        debug_assert_eq!(self.role, Role::Leader);
+        debug_assert!(self.is_leader());
         let entry = Entry {
             term: self.term,
             index: self.log.last_index().next(),
@@ -208,19 +208,20 @@ impl RawNode {
     pub(crate) fn sync_progress(&mut self) {
         let me = self.id();
         let members = self.log.membership().members();
-        self.progress.retain(|id, _| members.contains(id));
         let last = self.log.last_index();
-        for id in members {
-            if id != me && !self.progress.contains_key(&id) {
-                let pr = Progress::new(
-                    last,
-                    self.config.inflight_msgs_max,
-                    self.config.inflight_bytes_max,
-                );
-                self.progress.insert(id, pr);
+        let (msgs_max, bytes_max) = (
+            self.config.inflight_msgs_max,
+            self.config.inflight_bytes_max,
+        );
+        let ls = self.leading_mut();
+        ls.progress.retain(|id, _| members.contains(id));
+        for &id in &members {
+            if id != me && !ls.progress.contains_key(&id) {
+                ls.progress
+                    .insert(id, Progress::new(last, msgs_max, bytes_max));
             }
         }
-        if let Some(to) = self.lead_transferee {
+        if let Some(to) = ls.lead_transferee {
             if !self.log.membership().is_voter(to) {
                 self.abort_transfer();
             }
@@ -232,12 +233,12 @@ impl RawNode {
     /// rounds sent from now on can renew the lease (and none, for the rest of the term, if
     /// TimeoutNow went out: see `lease_holds`).
     pub(crate) fn abort_transfer(&mut self) {
-        debug_assert_eq!(self.role, Role::Leader);
-        debug_assert!(self.lead_transferee.is_some(), "no transfer to abort");
-        self.lead_transferee = None;
-        self.transfer_elapsed = 0;
+        let ls = self.leading_mut();
+        debug_assert!(ls.lead_transferee.is_some(), "no transfer to abort");
+        ls.lead_transferee = None;
+        ls.transfer_elapsed = 0;
         if !cfg!(feature = "mut-lease-during-transfer") {
-            self.lease.forget_rounds();
+            ls.lease.forget_rounds();
         }
         // Postcondition (off under the mutation that reopens the hole, so that the simulator,
         // not this guard, must catch it).
@@ -250,7 +251,7 @@ impl RawNode {
     /// Leader, after the commit index moved: leave a committed joint configuration, and step
     /// down if a committed configuration no longer includes this node (paper §6).
     pub(crate) fn on_commit_membership(&mut self) {
-        if self.role != Role::Leader || self.log.membership_index() > self.log.committed() {
+        if !self.is_leader() || self.log.membership_index() > self.log.committed() {
             return;
         }
         let current = self.log.membership().clone();
@@ -272,7 +273,7 @@ impl RawNode {
     /// once `to` has the whole log it is told to campaign at once. Aborted after an election
     /// timeout.
     pub fn transfer_leader(&mut self, to: NodeId) -> Result<(), TransferError> {
-        if self.role != Role::Leader {
+        if !self.is_leader() {
             return Err(TransferError::NotLeader {
                 leader: self.leader,
             });
@@ -280,8 +281,9 @@ impl RawNode {
         if to == self.id() || !self.log.membership().is_voter(to) {
             return Err(TransferError::InvalidTarget(to));
         }
-        self.lead_transferee = Some(to);
-        self.transfer_elapsed = 0;
+        let ls = self.leading_mut();
+        ls.lead_transferee = Some(to);
+        ls.transfer_elapsed = 0;
         self.maybe_send_timeout_now(to);
         debug_assert!(
             cfg!(feature = "mut-lease-during-transfer") || !self.lease_holds(),
@@ -294,16 +296,17 @@ impl RawNode {
     /// Sends TimeoutNow to the transfer target once it holds the whole log; until then, makes
     /// sure it is being caught up.
     pub(crate) fn maybe_send_timeout_now(&mut self, to: NodeId) {
-        if self.lead_transferee != Some(to) {
+        let last = self.log.last_index();
+        let ls = self.leading_mut();
+        if ls.lead_transferee != Some(to) {
             return;
         }
-        let last = self.log.last_index();
-        let caught_up = self.progress.get(&to).is_some_and(|pr| pr.matched == last);
+        let caught_up = ls.progress.get(&to).is_some_and(|pr| pr.matched == last);
         if caught_up {
             // From here the target may campaign at any time, with votes that bypass the
             // followers' leases: this leader's lease is void for the rest of its term.
             if !cfg!(feature = "mut-lease-during-transfer") {
-                self.lease.revoke();
+                ls.lease.revoke();
             }
             self.send(to, MessageBody::TimeoutNow);
         } else {

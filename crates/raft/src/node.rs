@@ -17,17 +17,14 @@
 //!   }
 //! ```
 
-use std::collections::BTreeMap;
-
 use crate::config::Config;
 use crate::errors::{CompactError, ProposeError, ReadError, StartError, StepError};
-use crate::lease::Lease;
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
 use crate::output::{InitialState, Ready, Status};
-use crate::progress::Progress;
 use crate::read::ReadQueue;
 use crate::rng::Rng;
+use crate::role::{Campaign, LeaderState, RoleState};
 use crate::snapshot::Incoming;
 use crate::types::{
     Entry, EntryId, EntryKind, HardState, Index, NodeId, ReadCtx, Role, SnapshotChunk,
@@ -53,21 +50,15 @@ pub struct RawNode {
     pub(crate) term: Term,
     /// Vote in `term` (Figure 2 `votedFor`). Reset only when `term` grows.
     pub(crate) vote: Option<NodeId>,
-    /// Current role.
-    pub(crate) role: Role,
+    /// Current role, with the state only that role has (`role.rs`).
+    pub(crate) role: RoleState,
     /// The leader of `term`, once known. Invariant: `Some(id)` iff this node is leader.
     pub(crate) leader: Option<NodeId>,
     /// The log and its pointers.
     pub(crate) log: RaftLog,
-    /// Leader only: progress of every other voter. Empty in other roles.
-    pub(crate) progress: BTreeMap<NodeId, Progress>,
-    /// (Pre-)candidate only: votes received in this campaign, including our own.
-    pub(crate) votes: BTreeMap<NodeId, bool>,
     /// Ticks since the last election timeout reset (followers: since hearing from a leader or
     /// granting a vote; leader: since the last CheckQuorum round).
     pub(crate) election_elapsed: u64,
-    /// Leader only: ticks since the last heartbeat broadcast.
-    pub(crate) heartbeat_elapsed: u64,
     /// The current randomized timeout, in `[election_ticks, 2 * election_ticks)`.
     pub(crate) randomized_election_ticks: u64,
     /// Ticks since this node started: the clock of forwarded-read expiry, read rounds and
@@ -76,21 +67,8 @@ pub struct RawNode {
     pub(crate) ticks: u64,
     /// Election jitter source.
     pub(crate) rng: Rng,
-    /// Leader only: the voter leadership is being handed to (thesis §3.10). While set,
-    /// proposals are refused.
-    pub(crate) lead_transferee: Option<NodeId>,
-    /// Leader only: ticks since the transfer started; it is abandoned after an election
-    /// timeout.
-    pub(crate) transfer_elapsed: u64,
-    /// Leader only: bytes of entries this leader appended that are not yet committed.
-    pub(crate) uncommitted_bytes: u64,
-    /// Leader only: an entry of the current term has been committed (thesis §6.4: reads need
-    /// it, and it means the no-op is committed).
-    pub(crate) committed_in_term: bool,
     /// Pending reads.
     pub(crate) reads: ReadQueue,
-    /// Leader only: send ticks of heartbeat rounds, for lease reads.
-    pub(crate) lease: Lease,
     /// Reads that failed, to report in the next batch.
     pub(crate) failed_reads: Vec<ReadCtx>,
     /// The newest durable snapshot this node can send (set by [`RawNode::compact`] or by
@@ -137,22 +115,14 @@ impl RawNode {
             } else {
                 state.hard_state.vote
             },
-            role: Role::Follower,
+            role: RoleState::Follower,
             leader: None,
             log,
-            progress: BTreeMap::new(),
-            votes: BTreeMap::new(),
             election_elapsed: 0,
-            heartbeat_elapsed: 0,
             randomized_election_ticks: config.election_ticks,
             ticks: 0,
             rng: Rng::new(seed),
-            lead_transferee: None,
-            transfer_elapsed: 0,
-            uncommitted_bytes: 0,
-            committed_in_term: false,
             reads: ReadQueue::new(forward_ids),
-            lease: Lease::default(),
             failed_reads: Vec::new(),
             snapshot: None,
             incoming_snapshot: None,
@@ -176,13 +146,47 @@ impl RawNode {
         self.config.id
     }
 
+    /// The current role's name.
+    pub(crate) fn role(&self) -> Role {
+        self.role.kind()
+    }
+
+    /// Whether this node leads its term.
+    pub(crate) fn is_leader(&self) -> bool {
+        matches!(self.role, RoleState::Leader(_))
+    }
+
+    /// The leader's state. Panics off the leader: callers are leader-only paths.
+    pub(crate) fn leading(&self) -> &LeaderState {
+        match &self.role {
+            RoleState::Leader(ls) => ls,
+            other => panic!("leader state asked of a {:?}", other.kind()),
+        }
+    }
+
+    /// The leader's state, mutably. Panics off the leader: callers are leader-only paths.
+    pub(crate) fn leading_mut(&mut self) -> &mut LeaderState {
+        match &mut self.role {
+            RoleState::Leader(ls) => ls,
+            other => panic!("leader state asked of a {:?}", other.kind()),
+        }
+    }
+
+    /// The leader's state, if this node leads.
+    pub(crate) fn leader_state(&self) -> Option<&LeaderState> {
+        match &self.role {
+            RoleState::Leader(ls) => Some(ls),
+            _ => None,
+        }
+    }
+
     /// A snapshot of the node's state.
     pub fn status(&self) -> Status {
         Status {
             id: self.id(),
             term: self.term,
             vote: self.vote,
-            role: self.role,
+            role: self.role(),
             leader: self.leader,
             commit: self.log.committed(),
             applied: self.log.applied(),
@@ -204,7 +208,7 @@ impl RawNode {
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
         self.ticks += 1;
-        match self.role {
+        match self.role() {
             Role::Leader => self.tick_leader(),
             _ => self.tick_election(),
         }
@@ -217,7 +221,7 @@ impl RawNode {
     /// Starts an election now, as if the election timeout had passed (with a pre-vote first if
     /// enabled). Does nothing on a leader or on a node that does not vote.
     pub fn campaign(&mut self) {
-        if self.role != Role::Leader && self.is_promotable() {
+        if !self.is_leader() && self.is_promotable() {
             self.campaign_now();
         }
         self.check_invariants_if_debug();
@@ -227,14 +231,15 @@ impl RawNode {
     /// where, so the caller can tell when it commits (or is lost: a different entry committed
     /// at that index).
     pub fn propose(&mut self, data: Vec<u8>) -> Result<EntryId, ProposeError> {
-        if self.role != Role::Leader {
+        let Some(ls) = self.leader_state() else {
             return Err(ProposeError::NotLeader {
                 leader: self.leader,
             });
-        }
-        if let Some(to) = self.lead_transferee {
+        };
+        if let Some(to) = ls.lead_transferee {
             return Err(ProposeError::LeadershipTransfer { to });
         }
+        let uncommitted_bytes = ls.uncommitted_bytes;
         let entry = Entry {
             term: self.term,
             index: self.log.last_index().next(),
@@ -249,9 +254,7 @@ impl RawNode {
             });
         }
         // An empty pipeline always takes one entry, so a single large entry cannot wedge it.
-        if self.uncommitted_bytes > 0
-            && self.uncommitted_bytes + size > self.config.uncommitted_bytes_max
-        {
+        if uncommitted_bytes > 0 && uncommitted_bytes + size > self.config.uncommitted_bytes_max {
             return Err(ProposeError::Busy);
         }
         let id = entry.id();
@@ -354,7 +357,7 @@ impl RawNode {
             }
             self.log.applied_to(applied);
         }
-        if self.role == Role::Leader {
+        if self.is_leader() {
             self.maybe_commit();
         }
         self.check_invariants_if_debug();
@@ -421,7 +424,7 @@ impl RawNode {
 
     pub(crate) fn soft_state(&self) -> SoftState {
         SoftState {
-            role: self.role,
+            role: self.role(),
             leader: self.leader,
             term: self.term,
         }
@@ -470,15 +473,9 @@ impl RawNode {
         }
         self.leader = None;
         self.election_elapsed = 0;
-        self.heartbeat_elapsed = 0;
         self.reset_randomized_election_timeout();
-        self.votes.clear();
-        self.progress.clear();
-        self.uncommitted_bytes = 0;
-        self.committed_in_term = false;
-        self.lease.clear();
-        self.lead_transferee = None;
-        self.transfer_elapsed = 0;
+        // Whatever the old role held goes with it; the caller sets the new role.
+        self.role = RoleState::Follower;
         for req in self.reads.take_unconfirmed() {
             self.fail_read(req);
         }
@@ -489,45 +486,40 @@ impl RawNode {
         assert!(term >= self.term, "follower of an older term {term}");
         assert_ne!(leader, Some(self.id()), "follower of itself");
         self.reset(term);
-        self.role = Role::Follower;
+        self.role = RoleState::Follower;
         self.leader = leader;
-        debug_assert!(self.progress.is_empty() && self.lead_transferee.is_none());
     }
 
     /// Starts a pre-vote (thesis §9.6): no term change, so a node that cannot win does not
     /// disrupt the cluster.
     pub(crate) fn become_pre_candidate(&mut self) {
-        assert_ne!(
-            self.role,
-            Role::Leader,
-            "leader cannot become pre-candidate"
-        );
+        assert!(!self.is_leader(), "leader cannot become pre-candidate");
         assert!(self.is_promotable(), "a non-voter campaigns");
         let term = self.term;
         self.reset(term);
-        self.role = Role::PreCandidate;
+        self.role = RoleState::PreCandidate(Campaign::default());
         // Postcondition (thesis §9.6): a pre-vote leaves term and vote as they were.
         assert_eq!(self.term, term);
     }
 
     /// Starts an election in a new term, voting for itself (paper §5.2).
     pub(crate) fn become_candidate(&mut self) {
-        assert_ne!(self.role, Role::Leader, "leader cannot become candidate");
+        assert!(!self.is_leader(), "leader cannot become candidate");
         assert!(self.is_promotable(), "a non-voter campaigns");
         let term = self.term.next();
         self.reset(term);
         self.vote = Some(self.id());
-        self.role = Role::Candidate;
+        self.role = RoleState::Candidate(Campaign::default());
         // Postcondition (§5.2): a new term, our own vote in it, and no votes counted yet.
         assert_eq!(self.term, term);
-        assert!(self.votes.is_empty() && self.leader.is_none());
+        assert!(self.leader.is_none());
     }
 
     /// Becomes leader of the current term: fresh progress for every follower, and a no-op entry
     /// so that entries of earlier terms can commit (paper §5.4.2, §8).
     pub(crate) fn become_leader(&mut self) {
         assert_eq!(
-            self.role,
+            self.role(),
             Role::Candidate,
             "only a candidate becomes leader"
         );
@@ -535,7 +527,7 @@ impl RawNode {
         assert!(self.is_promotable(), "a non-voter becomes leader");
         let term = self.term;
         self.reset(term);
-        self.role = Role::Leader;
+        self.role = RoleState::Leader(Box::new(LeaderState::new()));
         self.leader = Some(self.id());
         self.sync_progress();
         let last = self.log.last_index();
@@ -557,9 +549,9 @@ impl RawNode {
         );
         // (Its own acknowledgement comes with the batch's persistence, so even a sole voter
         // commits only on `advance`.)
-        assert!(!self.committed_in_term);
+        assert!(!self.leading().committed_in_term);
         assert_eq!(
-            self.progress.len() + 1,
+            self.leading().progress.len() + 1,
             self.log.membership().members().len()
         );
     }
@@ -575,62 +567,62 @@ impl RawNode {
             );
         }
         self.reads.check_invariants();
-        self.lease.check_invariants();
-        if self.role != Role::Leader {
-            assert!(
-                self.lead_transferee.is_none(),
-                "transfer target off the leader"
-            );
-            assert_eq!(self.transfer_elapsed, 0, "transfer clock off the leader");
-            assert!(!self.committed_in_term, "committed_in_term off the leader");
-            assert_eq!(
-                self.uncommitted_bytes, 0,
-                "uncommitted bytes off the leader"
-            );
-        }
-        if let Some(to) = self.lead_transferee {
-            assert_ne!(to, self.id(), "transfer to self");
-            assert!(
-                self.log.membership().is_voter(to),
-                "transfer to a non-voter"
-            );
-        }
         assert!(
             self.log.last_term() <= self.term,
             "log holds a term above the current one"
         );
         assert_eq!(
             self.leader == Some(self.id()),
-            self.role == Role::Leader,
+            self.is_leader(),
             "leader field disagrees with role"
         );
-        match self.role {
-            Role::Leader => {
+        match &self.role {
+            RoleState::Leader(ls) => {
                 assert_eq!(self.vote, Some(self.id()), "leader did not vote for itself");
+                ls.check_invariants(self.id());
                 let mut members = self.log.membership().members();
                 members.remove(&self.id());
                 assert!(
-                    self.progress.keys().copied().eq(members.iter().copied()),
+                    ls.progress.keys().copied().eq(members.iter().copied()),
                     "leader tracks exactly the other members"
                 );
-                for (id, pr) in &self.progress {
-                    assert_ne!(*id, self.id(), "leader tracks itself");
+                for pr in ls.progress.values() {
                     assert!(
                         pr.matched <= self.log.last_index(),
                         "follower matched beyond leader log"
                     );
-                    pr.check_invariants();
+                }
+                if let Some(to) = ls.lead_transferee {
+                    assert!(
+                        self.log.membership().is_voter(to),
+                        "transfer to a non-voter"
+                    );
                 }
             }
-            Role::Candidate => {
+            RoleState::Candidate(c) => {
                 assert_eq!(
                     self.vote,
                     Some(self.id()),
                     "candidate did not vote for itself"
                 );
-                assert!(self.progress.is_empty());
+                assert_eq!(c.votes.get(&self.id()), Some(&true), "no own vote counted");
             }
-            Role::PreCandidate | Role::Follower => assert!(self.progress.is_empty()),
+            RoleState::PreCandidate(c) => {
+                assert_eq!(
+                    c.votes.get(&self.id()),
+                    Some(&true),
+                    "no own pre-vote counted"
+                );
+            }
+            RoleState::Follower => {}
+        }
+        if let RoleState::PreCandidate(c) | RoleState::Candidate(c) = &self.role {
+            for id in c.votes.keys() {
+                assert!(
+                    self.log.voters().contains(*id),
+                    "a non-voter's vote counted"
+                );
+            }
         }
         assert!(
             self.randomized_election_ticks >= self.config.election_ticks

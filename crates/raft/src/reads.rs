@@ -7,12 +7,13 @@ use crate::message::MessageBody;
 use crate::node::RawNode;
 use crate::quorum::VoteResult;
 use crate::read::ReadRequest;
+use crate::role::RoleState;
 use crate::types::{Index, NodeId, ReadCtx, ReadState, Role};
 
 impl RawNode {
     /// Starts a read at this node.
     pub(crate) fn start_read(&mut self, ctx: ReadCtx) -> Result<(), ReadError> {
-        match self.role {
+        match self.role() {
             Role::Leader => {
                 self.leader_read(ReadRequest { ctx, from: None });
                 Ok(())
@@ -36,8 +37,7 @@ impl RawNode {
 
     /// The leader takes a read, local or forwarded.
     fn leader_read(&mut self, req: ReadRequest) {
-        debug_assert_eq!(self.role, Role::Leader);
-        if !self.committed_in_term {
+        if !self.leading().committed_in_term {
             // Until an entry of its term commits, a new leader does not know the commit index
             // (§6.4 step 1); the read waits for the no-op.
             self.reads.wait_for_commit(req, self.ticks);
@@ -49,8 +49,9 @@ impl RawNode {
                 && self.log.voters().voters().len() == 1);
         if skip_round || self.is_sole_voter() || self.lease_holds() {
             if !cfg!(feature = "mut-lease-during-transfer") && self.lease_holds() {
+                let ls = self.leading();
                 assert!(
-                    self.lead_transferee.is_none() && !self.lease.is_revoked(),
+                    ls.lead_transferee.is_none() && !ls.lease.is_revoked(),
                     "lease read during a leader transfer"
                 );
             }
@@ -85,7 +86,8 @@ impl RawNode {
         if self.config.read_only != ReadOnlyOption::LeaseBased {
             return false;
         }
-        let transfer_voids_lease = self.lead_transferee.is_some() || self.lease.is_revoked();
+        let ls = self.leading();
+        let transfer_voids_lease = ls.lead_transferee.is_some() || ls.lease.is_revoked();
         if transfer_voids_lease && !cfg!(feature = "mut-lease-during-transfer") {
             return false;
         }
@@ -94,11 +96,11 @@ impl RawNode {
             let round = if id == me {
                 u64::MAX
             } else {
-                self.progress.get(&id).map_or(0, |pr| pr.read_round_acked)
+                ls.progress.get(&id).map_or(0, |pr| pr.read_round_acked)
             };
             Some(Index(round))
         });
-        self.lease
+        ls.lease
             .holds(acked.0, self.ticks, self.config.election_ticks)
     }
 
@@ -114,7 +116,10 @@ impl RawNode {
     pub(crate) fn confirm_reads(&mut self) {
         let me = self.id();
         let voters = self.log.voters();
-        let progress = &self.progress;
+        let RoleState::Leader(ls) = &self.role else {
+            panic!("reads confirmed off the leader");
+        };
+        let progress = &ls.progress;
         let confirmed = self.reads.confirm(|round| {
             voters.vote_result(|id| {
                 Some(
@@ -133,9 +138,8 @@ impl RawNode {
     fn on_read_confirmed(&mut self, req: ReadRequest, index: Index) {
         // Preconditions (thesis §6.4): only a leader that has committed an entry of its term
         // confirms a read, at an index it has committed.
-        assert_eq!(self.role, Role::Leader, "a read confirmed off the leader");
         assert!(
-            self.committed_in_term,
+            self.leading().committed_in_term,
             "a read confirmed before the term's first commit"
         );
         assert!(

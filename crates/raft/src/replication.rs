@@ -6,17 +6,19 @@ use crate::node::RawNode;
 use crate::progress::ProgressState;
 use crate::quorum::VoteResult;
 use crate::types::EntryId;
-use crate::types::{Entry, Index, NodeId, Role};
+use crate::types::{Entry, Index, NodeId};
 
 impl RawNode {
     /// Leader clock: heartbeats every `heartbeat_ticks`; every `election_ticks`, step down
     /// unless a quorum was heard from (CheckQuorum, thesis §6.2).
     pub(crate) fn tick_leader(&mut self) {
-        self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
-        if self.lead_transferee.is_some() {
-            self.transfer_elapsed += 1;
-            if self.transfer_elapsed >= self.config.election_ticks {
+        let election_ticks = self.config.election_ticks;
+        let ls = self.leading_mut();
+        ls.heartbeat_elapsed += 1;
+        if ls.lead_transferee.is_some() {
+            ls.transfer_elapsed += 1;
+            if ls.transfer_elapsed >= election_ticks {
                 // The target did not take over in time: abort and take proposals again.
                 self.abort_transfer();
             }
@@ -29,7 +31,7 @@ impl RawNode {
                     self.become_follower(term, None);
                     return;
                 }
-                for pr in self.progress.values_mut() {
+                for pr in self.leading_mut().progress.values_mut() {
                     pr.recent_active = false;
                 }
             }
@@ -38,8 +40,10 @@ impl RawNode {
         for req in self.reads.expire_leader_reads(self.ticks, age_max) {
             self.fail_read(req);
         }
-        if self.heartbeat_elapsed >= self.config.heartbeat_ticks {
-            self.heartbeat_elapsed = 0;
+        let heartbeat_ticks = self.config.heartbeat_ticks;
+        let ls = self.leading_mut();
+        if ls.heartbeat_elapsed >= heartbeat_ticks {
+            ls.heartbeat_elapsed = 0;
             self.bcast_heartbeat();
         }
     }
@@ -47,18 +51,20 @@ impl RawNode {
     /// Whether a quorum (counting this node) was heard from in the current CheckQuorum round.
     pub(crate) fn quorum_active(&self) -> bool {
         let me = self.id();
+        let progress = &self.leading().progress;
         let result = self.log.voters().vote_result(|id| {
-            Some(id == me || self.progress.get(&id).is_some_and(|pr| pr.recent_active))
+            Some(id == me || progress.get(&id).is_some_and(|pr| pr.recent_active))
         });
         result == VoteResult::Won
     }
 
     /// Appends entries created by this leader and starts replicating them.
     pub(crate) fn append_as_leader(&mut self, entries: Vec<Entry>) {
-        assert_eq!(self.role, Role::Leader);
+        let term = self.term;
+        let ls = self.leading_mut();
         for e in &entries {
-            assert_eq!(e.term, self.term, "leader appends only entries of its term");
-            self.uncommitted_bytes += e.size_bytes();
+            assert_eq!(e.term, term, "leader appends only entries of its term");
+            ls.uncommitted_bytes += e.size_bytes();
         }
         self.log.append(entries);
         // This node's own acknowledgement comes when the batch is durable (advance); a
@@ -68,7 +74,8 @@ impl RawNode {
 
     /// Sends appends to every follower that can take one.
     pub(crate) fn bcast_append(&mut self) {
-        for peer in self.progress.keys().copied().collect::<Vec<_>>() {
+        let peers: Vec<NodeId> = self.leading().progress.keys().copied().collect();
+        for peer in peers {
             self.send_append(peer);
         }
     }
@@ -79,7 +86,7 @@ impl RawNode {
     /// 6.5840 Count test demands). Returns whether one was sent.
     pub(crate) fn send_append(&mut self, to: NodeId) -> bool {
         let last = self.log.last_index();
-        let Some(pr) = self.progress.get(&to) else {
+        let Some(pr) = self.leading().progress.get(&to) else {
             return false;
         };
         if pr.state == ProgressState::Snapshot {
@@ -99,7 +106,8 @@ impl RawNode {
                 // back yet (`RawNode::compact`); nothing to send until it does.
                 return false;
             };
-            self.progress
+            self.leading_mut()
+                .progress
                 .get_mut(&to)
                 .expect("progress exists")
                 .become_snapshot(meta);
@@ -122,7 +130,11 @@ impl RawNode {
             commit: self.log.committed(),
         };
         self.send(to, body);
-        let pr = self.progress.get_mut(&to).expect("progress exists");
+        let pr = self
+            .leading_mut()
+            .progress
+            .get_mut(&to)
+            .expect("progress exists");
         pr.sent_append(sent_last, bytes);
         true
     }
@@ -132,7 +144,11 @@ impl RawNode {
         let chunk = self.config.snapshot_chunk_bytes;
         let window = chunk.saturating_mul(self.config.snapshot_chunks_inflight_max);
         let mut chunks = Vec::new();
-        let pr = self.progress.get_mut(&to).expect("progress exists");
+        let pr = self
+            .leading_mut()
+            .progress
+            .get_mut(&to)
+            .expect("progress exists");
         let transfer = pr.snapshot.as_mut().expect("transfer in snapshot state");
         while let Some((offset, len)) = transfer.next_chunk(chunk, window) {
             chunks.push((transfer.meta().clone(), offset, len));
@@ -152,7 +168,7 @@ impl RawNode {
 
     /// A follower's answer to a snapshot chunk that did not complete the install.
     fn handle_snapshot_response(&mut self, from: NodeId, last: EntryId, offset: u64, reject: bool) {
-        let Some(pr) = self.progress.get_mut(&from) else {
+        let Some(pr) = self.leading_mut().progress.get_mut(&from) else {
             return;
         };
         let Some(transfer) = pr.snapshot.as_mut() else {
@@ -180,10 +196,13 @@ impl RawNode {
 
     /// Sends heartbeats for `read_round` and remembers when, for the lease.
     pub(crate) fn send_heartbeats(&mut self, read_round: u64) {
-        self.lease
-            .record(read_round, self.ticks, self.config.election_ticks);
+        let (now, election_ticks) = (self.ticks, self.config.election_ticks);
+        self.leading_mut()
+            .lease
+            .record(read_round, now, election_ticks);
         let commit = self.log.committed();
         let targets: Vec<(NodeId, Index)> = self
+            .leading()
             .progress
             .iter()
             .map(|(&id, pr)| (id, pr.matched.min(commit)))
@@ -195,7 +214,7 @@ impl RawNode {
 
     /// The leader's handling of messages of its own term.
     pub(crate) fn step_leader(&mut self, msg: Message) {
-        if let Some(pr) = self.progress.get_mut(&msg.from) {
+        if let Some(pr) = self.leading_mut().progress.get_mut(&msg.from) {
             pr.recent_active = true;
         }
         match msg.body {
@@ -218,12 +237,16 @@ impl RawNode {
     }
 
     fn handle_append_response(&mut self, from: NodeId, index: Index, reject: Option<RejectHint>) {
-        if !self.progress.contains_key(&from) {
+        if !self.leading().progress.contains_key(&from) {
             return;
         }
         if let Some(hint) = reject {
             let next = self.next_after_rejection(index, hint);
-            let pr = self.progress.get_mut(&from).expect("checked above");
+            let pr = self
+                .leading_mut()
+                .progress
+                .get_mut(&from)
+                .expect("checked above");
             if pr.maybe_decr_to(index, next) {
                 self.send_append(from);
             }
@@ -233,7 +256,11 @@ impl RawNode {
             // A follower cannot hold more than we sent; this answer is not about our log.
             return;
         }
-        let pr = self.progress.get_mut(&from).expect("checked above");
+        let pr = self
+            .leading_mut()
+            .progress
+            .get_mut(&from)
+            .expect("checked above");
         if !pr.maybe_update(index) {
             return;
         }
@@ -252,13 +279,13 @@ impl RawNode {
             ProgressState::Replicate => {}
         }
         self.maybe_commit();
-        if self.role != Role::Leader {
+        if !self.is_leader() {
             // A committed configuration removed this leader.
             return;
         }
         // Pipeline whatever else this follower can take.
         while self.send_append(from) {}
-        if self.lead_transferee == Some(from) {
+        if self.leading().lead_transferee == Some(from) {
             self.maybe_send_timeout_now(from);
         }
     }
@@ -279,7 +306,8 @@ impl RawNode {
 
     fn handle_heartbeat_response(&mut self, from: NodeId, read_round: u64) {
         let last = self.log.last_index();
-        let Some(pr) = self.progress.get_mut(&from) else {
+        let newest = self.snapshot.clone();
+        let Some(pr) = self.leading_mut().progress.get_mut(&from) else {
             return;
         };
         pr.read_round_acked = pr.read_round_acked.max(read_round);
@@ -287,7 +315,6 @@ impl RawNode {
         if pr.on_heartbeat_response(last) {
             // A stalled snapshot transfer restarts with the newest snapshot: the edge drops
             // chunks of a snapshot it no longer has.
-            let newest = self.snapshot.clone();
             if let (Some(t), Some(newest)) = (pr.snapshot.as_ref(), newest) {
                 if t.meta() != &newest {
                     pr.become_snapshot(newest);
@@ -304,14 +331,14 @@ impl RawNode {
     /// counting replicas of an older term's entry is unsafe (paper §5.4.2, Figure 8). Returns
     /// whether the commit index moved.
     pub(crate) fn maybe_commit(&mut self) -> bool {
-        assert_eq!(self.role, Role::Leader, "only the leader counts replicas");
         let me = self.id();
         let persisted = self.log.persisted();
+        let progress = &self.leading().progress;
         let candidate = self.log.voters().committed_index(|id| {
             if id == me {
                 Some(persisted)
             } else {
-                self.progress.get(&id).map(|pr| pr.matched)
+                progress.get(&id).map(|pr| pr.matched)
             }
         });
         let current_term =
@@ -326,7 +353,8 @@ impl RawNode {
             .filter(|e| e.term == self.term)
             .map(Entry::size_bytes)
             .sum();
-        self.uncommitted_bytes = self.uncommitted_bytes.saturating_sub(released);
+        let ls = self.leading_mut();
+        ls.uncommitted_bytes = ls.uncommitted_bytes.saturating_sub(released);
         self.log.commit_to(candidate);
         // Postconditions (§5.4.2): the commit index moved forward to an entry of this term in
         // this leader's log (a quorum of followers may hold it before our own disk does); an
@@ -338,12 +366,14 @@ impl RawNode {
         }
         if candidate == self.log.last_index() {
             debug_assert_eq!(
-                self.uncommitted_bytes, 0,
+                self.leading().uncommitted_bytes,
+                0,
                 "bytes left after everything committed"
             );
         }
-        if !self.committed_in_term {
-            self.committed_in_term = true;
+        let ls = self.leading_mut();
+        if !ls.committed_in_term {
+            ls.committed_in_term = true;
             self.on_first_commit_in_term();
         }
         self.on_commit_membership();

@@ -28,7 +28,7 @@ use crate::output::{InitialState, Ready, Status};
 use crate::progress::Progress;
 use crate::read::ReadQueue;
 use crate::rng::Rng;
-use crate::snapshot::Incoming;
+use crate::snapshot::{self, Incoming};
 use crate::types::{
     Entry, EntryId, EntryKind, HardState, Index, NodeId, ReadCtx, Role, SnapshotChunk,
     SnapshotMeta, SoftState, Term,
@@ -307,6 +307,15 @@ impl RawNode {
         let (persisted_messages, messages) = std::mem::take(&mut self.msgs)
             .into_iter()
             .partition(|m: &Message| m.body.needs_persistence());
+        // A batch installs only the snapshot its staged chunks end with: the store stages
+        // chunks first, then installs (see `Ready::snapshot`).
+        if let Some(meta) = &self.pending_install {
+            assert!(
+                cfg!(feature = "mut-apply-partial-snapshot")
+                    || snapshot::chunks_end_staged(&self.pending_chunks, meta),
+                "a batch installs a snapshot its chunks do not end with"
+            );
+        }
         let rd = Ready {
             number: self.ready_number,
             soft_state: (Some(soft_state) != self.prev_soft_state).then_some(soft_state),

@@ -126,6 +126,21 @@ beyond_known_core_bugs! {
     membership_churn_beyond_known_core_bugs => "MembershipChurn", SEEDS;
 }
 
+/// Replays one seed that once failed and must now pass.
+fn replay(name: &str, seed: u64) {
+    if let Err(msg) = run_seed(find(name).expect("known scenario"), seed) {
+        panic!("{name} seed {seed} regressed:\n{msg}");
+    }
+}
+
+/// The last chunk of snapshot A and the first chunks of a newer B reached a paused follower
+/// together; the batch staged B's chunks and then asked to install A (partially staged B on
+/// disk). Fixed in `handle_snapshot_chunk`: no chunk is staged behind an install.
+#[test]
+fn swarm_seed_102635_install_behind_a_newer_snapshots_chunks() {
+    replay("Swarm", 102635);
+}
+
 #[test]
 fn same_seed_same_trace() {
     for name in [

@@ -152,13 +152,17 @@ impl RawNode {
     /// sender learns our term.
     fn step_stale(&mut self, msg: Message) {
         match msg.body {
-            // With PreVote or CheckQuorum, a partitioned node may never raise its term by
-            // itself, so a stale leader must be told to step down, or it keeps its followers.
+            // Figure 2, AppendEntries rule 1: "Reply false if term < currentTerm", with our
+            // term "for leader to update itself". Always, not only with PreVote or CheckQuorum
+            // (etcd's choice, assuming our own vote requests would depose the stale leader):
+            // a server whose log lacks the configuration that made it a member asks only the
+            // voters of its old configuration, so its higher term never reaches the leader,
+            // which it ignores in turn; it never catches up (found by the simulator: Swarm
+            // seed 221436, a restarted voter of {3,4,5} at term 9 with an empty log, campaigning
+            // to the removed 1 and 2 while 4 led {3,4,5} in term 6).
             MessageBody::Append { .. }
             | MessageBody::Heartbeat { .. }
-            | MessageBody::InstallSnapshot { .. }
-                if self.config.check_quorum || self.config.pre_vote =>
-            {
+            | MessageBody::InstallSnapshot { .. } => {
                 // Index 0 promises nothing about our log: the answer only carries our term.
                 // (Our last index would read as a match if the sender is re-elected in our
                 // term before the answer arrives.)

@@ -141,6 +141,15 @@ fn swarm_seed_102635_install_behind_a_newer_snapshots_chunks() {
     replay("Swarm", 102635);
 }
 
+/// Voter 3 of {3,4,5}, with an empty log and term 9, campaigned only to the removed 1 and 2
+/// and ignored the term-6 leader's heartbeats without answering (no PreVote, no
+/// CheckQuorum). Fixed in `step_stale`: a stale Append/Heartbeat is always answered with our
+/// term (Figure 2).
+#[test]
+fn swarm_seed_221436_member_with_stale_config_and_higher_term() {
+    replay("Swarm", 221436);
+}
+
 #[test]
 fn same_seed_same_trace() {
     for name in [

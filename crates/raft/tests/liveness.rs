@@ -52,6 +52,62 @@ fn commit_on_all(c: &mut Cluster, members: &[u64], data: &str) {
 }
 
 #[test]
+fn joint_exit_appended_only_on_outgoing_voters_still_elects() {
+    // Swarm seed 102983: {1,2,3} -> {3,4,5} by joint consensus (§6). The leader appends C_new
+    // once the joint configuration commits, but only node 2 (outgoing only) receives it before
+    // the leader crashes. Node 2 is no voter of C_new, the configuration in force in its log;
+    // 3, 4 and 5 still need a majority of {1,2,3}, and 2 refuses them (its log is more up to
+    // date, §5.4.1). Node 2 must be able to campaign: C_new is not committed in its log.
+    let mut c = Cluster::new(3, |cfg: &mut Config| {
+        cfg.pre_vote = true;
+        cfg.check_quorum = false;
+    });
+    c.verbose = false;
+    assert!(c.elect(1));
+    c.node(1).propose(b"before".to_vec()).unwrap();
+    c.stabilize();
+    c.add_node(4);
+    c.add_node(5);
+    c.node(1)
+        .change_membership(replace_with(&[3, 4, 5]))
+        .unwrap();
+    // Step until the leader has appended C_new, then keep it from 3, 4 and 5.
+    let c_new_appended = |c: &Cluster| !c.nodes[&1].log().membership().is_joint();
+    'step: for _ in 0..1000 {
+        for id in 1..=5 {
+            while c.process_ready(id) {
+                if c_new_appended(&c) {
+                    break 'step;
+                }
+            }
+        }
+        c.deliver(None);
+        if c_new_appended(&c) {
+            break;
+        }
+    }
+    assert!(c_new_appended(&c));
+    for to in [3, 4, 5] {
+        c.cut.insert((1, to));
+    }
+    c.stabilize();
+    c.crash(1);
+    assert_eq!(voters_of(&c, 2), vec![3, 4, 5], "node 2 holds C_new");
+    for id in [3, 4, 5] {
+        assert!(
+            c.nodes[&id].log().membership().is_joint(),
+            "node {id} lacks C_new"
+        );
+    }
+    let elected = tick_until(&mut c, 300, |c| {
+        c.leader()
+            .is_some_and(|l| [3, 4, 5].contains(&l) && voters_of(c, l) == vec![3, 4, 5])
+    });
+    assert!(elected, "no leader of {{3,4,5}} after 300 ticks");
+    commit_on_all(&mut c, &[3, 4, 5], "after");
+}
+
+#[test]
 fn member_with_a_stale_configuration_and_a_higher_term_catches_up() {
     // Swarm seed 221436: node 3 is cut off before it learns anything, and keeps campaigning
     // (no PreVote) among its initial configuration {1,2,3}, raising its term. Meanwhile the
@@ -107,4 +163,45 @@ fn member_with_a_stale_configuration_and_a_higher_term_catches_up() {
         c.nodes[&3].status()
     );
     commit_on_all(&mut c, &[3, 4, 5], "after");
+}
+
+#[test]
+fn removed_server_unaware_of_its_removal_does_not_disrupt() {
+    // The other side of `joint_exit_appended_only_on_outgoing_voters_still_elects`: node 3
+    // holds the entry removing it but never learns that it committed, so it may campaign. It
+    // must do so by PreVote even with PreVote off (thesis §4.2.3, §9.6): the remaining voters
+    // have moved on and refuse it without raising their term, so the leader keeps leading.
+    let mut c = Cluster::new(3, |cfg: &mut Config| {
+        cfg.pre_vote = false;
+        cfg.check_quorum = false;
+    });
+    c.verbose = false;
+    assert!(c.elect(1));
+    let removal = c
+        .node(1)
+        .change_membership(MembershipChange::Remove(nid(3)))
+        .unwrap();
+    // The removal reaches 2 and 3; the commit that follows reaches only 2.
+    c.process_ready(1);
+    c.deliver(None);
+    c.process_ready(2);
+    c.process_ready(3);
+    c.cut.insert((1, 3));
+    c.stabilize();
+    c.heal();
+    assert_eq!(c.nodes[&3].log().last_index(), removal.index);
+    assert!(c.nodes[&3].status().commit < removal.index);
+    c.node(1).propose(b"moved on".to_vec()).unwrap();
+    c.stabilize();
+    let term = c.nodes[&1].status().term;
+    for _ in 0..300 {
+        c.tick_all();
+    }
+    assert_eq!(c.leader(), Some(1));
+    assert_eq!(
+        c.nodes[&1].status().term,
+        term,
+        "the leader was not disturbed"
+    );
+    commit_on_all(&mut c, &[1, 2], "after");
 }

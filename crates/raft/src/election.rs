@@ -38,6 +38,10 @@ impl RawNode {
     /// on, then refuse it without raising their term (thesis §4.2.3: removed servers must not
     /// disrupt the cluster).
     pub(crate) fn campaign_now(&mut self) {
+        assert!(
+            self.is_promotable(),
+            "a campaign by a server that cannot vote"
+        );
         let outside = !self.log.voters().contains(self.id());
         if self.config.pre_vote || outside {
             self.become_pre_candidate();

@@ -18,14 +18,34 @@ impl RawNode {
         }
     }
 
-    /// Only voters may campaign.
+    /// Only voters may campaign: voters of the configuration in force (the last one in the
+    /// log, §6), and also voters of the last committed one while a later configuration is
+    /// still uncommitted here. The uncommitted entry may yet be replaced, and until it
+    /// commits the servers that hold it can be the only ones able to win: found by the
+    /// simulator (Swarm seed 102983), the joint configuration {2,3,4,5} -> {1,3,6} with
+    /// C_new appended only on 2, 4 and 5. They no longer counted themselves voters, and 1, 3
+    /// and 6, missing C_new, needed a majority of {2,3,4,5}, whose members refused them as
+    /// less up to date (§5.4.1): nobody could ever be elected. A candidate still counts
+    /// votes by the configuration in force, so Election Safety is unchanged; if it wins
+    /// without being a member it leads until that configuration commits, then steps down
+    /// (`on_commit_membership`, §6). See `campaign_now` for why it always pre-votes.
     pub(crate) fn is_promotable(&self) -> bool {
-        self.log.voters().contains(self.id())
+        let me = self.id();
+        self.log.voters().contains(me) || self.log.membership_at(self.log.committed()).is_voter(me)
     }
 
-    /// Starts a pre-vote if enabled, else a real election.
+    /// Starts a pre-vote if enabled, else a real election. A server outside the configuration
+    /// in force (see `is_promotable`) always pre-votes first (thesis §9.6): its removal may
+    /// have committed without its knowing, and the new configuration's voters, having moved
+    /// on, then refuse it without raising their term (thesis §4.2.3: removed servers must not
+    /// disrupt the cluster).
     pub(crate) fn campaign_now(&mut self) {
-        if self.config.pre_vote {
+        assert!(
+            self.is_promotable(),
+            "a campaign by a server that cannot vote"
+        );
+        let outside = !self.log.voters().contains(self.id());
+        if self.config.pre_vote || outside {
             self.become_pre_candidate();
             self.request_votes(true, false);
         } else {
@@ -182,13 +202,17 @@ impl RawNode {
     /// sender learns our term.
     fn step_stale(&mut self, msg: Message) {
         match msg.body {
-            // With PreVote or CheckQuorum, a partitioned node may never raise its term by
-            // itself, so a stale leader must be told to step down, or it keeps its followers.
+            // Figure 2, AppendEntries rule 1: "Reply false if term < currentTerm", with our
+            // term "for leader to update itself". Always, not only with PreVote or CheckQuorum
+            // (etcd's choice, assuming our own vote requests would depose the stale leader):
+            // a server whose log lacks the configuration that made it a member asks only the
+            // voters of its old configuration, so its higher term never reaches the leader,
+            // which it ignores in turn; it never catches up (found by the simulator: Swarm
+            // seed 221436, a restarted voter of {3,4,5} at term 9 with an empty log, campaigning
+            // to the removed 1 and 2 while 4 led {3,4,5} in term 6).
             MessageBody::Append { .. }
             | MessageBody::Heartbeat { .. }
-            | MessageBody::InstallSnapshot { .. }
-                if self.config.check_quorum || self.config.pre_vote =>
-            {
+            | MessageBody::InstallSnapshot { .. } => {
                 // Index 0 promises nothing about our log: the answer only carries our term.
                 // (Our last index would read as a match if the sender is re-elected in our
                 // term before the answer arrives.)

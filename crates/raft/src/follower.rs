@@ -150,6 +150,20 @@ impl RawNode {
             );
             return;
         }
+        if self.pending_install.is_some() {
+            // This batch already installs a snapshot, and a batch stages its chunks before it
+            // installs (see `Ready`). Staging a chunk now would replace the staged, complete
+            // snapshot before the store installs it (found by the simulator: a newer
+            // snapshot's first chunks arriving right behind the last chunk of an older one).
+            // Ask for this snapshot from the start; the next batch stages it.
+            let body = MessageBody::SnapshotResp {
+                last,
+                offset: 0,
+                reject: true,
+            };
+            self.send(leader, body);
+            return;
+        }
         let (offset_next, reject) =
             match snapshot::on_chunk(&mut self.incoming_snapshot, &meta, offset, len) {
                 ChunkVerdict::Accept { complete } => {
@@ -161,6 +175,24 @@ impl RawNode {
                         data,
                     });
                     if complete {
+                        // Postcondition of the decision to install (Figure 13, step 5 only
+                        // after the last chunk): `meta` is whole in the staging area, received
+                        // in order, and this batch stages nothing after it.
+                        if !cfg!(feature = "mut-apply-partial-snapshot") {
+                            let incoming = self.incoming_snapshot.as_ref();
+                            assert!(
+                                incoming.is_some_and(|i| i.meta == meta),
+                                "installing a snapshot that is not the one being received"
+                            );
+                            assert!(
+                                incoming.is_some_and(|i| i.received == meta.size_bytes),
+                                "installing a partially received snapshot"
+                            );
+                            assert!(
+                                snapshot::chunks_end_staged(&self.pending_chunks, &meta),
+                                "this batch's chunks do not end with the snapshot to install"
+                            );
+                        }
                         self.incoming_snapshot = None;
                         self.install_snapshot(meta);
                         let body = MessageBody::AppendResp {

@@ -25,7 +25,7 @@ use crate::output::{InitialState, Ready, Status};
 use crate::read::ReadQueue;
 use crate::rng::Rng;
 use crate::role::{Campaign, LeaderState, RoleState};
-use crate::snapshot::Incoming;
+use crate::snapshot::{self, Incoming};
 use crate::types::{
     Entry, EntryId, EntryKind, HardState, Index, NodeId, ReadCtx, Role, SnapshotChunk,
     SnapshotMeta, SoftState, Term,
@@ -312,6 +312,15 @@ impl RawNode {
         let (persisted_messages, messages) = std::mem::take(&mut self.msgs)
             .into_iter()
             .partition(|m: &Message| m.body.needs_persistence());
+        // A batch installs only the snapshot its staged chunks end with: the store stages
+        // chunks first, then installs (see `Ready::snapshot`).
+        if let Some(meta) = &self.pending_install {
+            assert!(
+                cfg!(feature = "mut-apply-partial-snapshot")
+                    || snapshot::chunks_end_staged(&self.pending_chunks, meta),
+                "a batch installs a snapshot its chunks do not end with"
+            );
+        }
         let rd = Ready {
             number: self.ready_number,
             soft_state: (Some(soft_state) != self.prev_soft_state).then_some(soft_state),
@@ -550,10 +559,9 @@ impl RawNode {
         // (Its own acknowledgement comes with the batch's persistence, so even a sole voter
         // commits only on `advance`.)
         assert!(!self.leading().committed_in_term);
-        assert_eq!(
-            self.leading().progress.len() + 1,
-            self.log.membership().members().len()
-        );
+        let mut others = self.log.membership().members();
+        others.remove(&self.id());
+        assert!(self.leading().progress.keys().eq(others.iter()));
     }
 
     /// Panics if any invariant of the node or its parts is broken. The simulator calls this
@@ -617,10 +625,12 @@ impl RawNode {
             RoleState::Follower => {}
         }
         if let RoleState::PreCandidate(c) | RoleState::Candidate(c) = &self.role {
-            for id in c.votes.keys() {
+            // Our own vote is recorded even outside the configuration in force (thesis
+            // §4.2.2), where the tally ignores it; every other one is a voter's.
+            for &id in c.votes.keys() {
                 assert!(
-                    self.log.voters().contains(*id),
-                    "a non-voter's vote counted"
+                    id == self.id() || self.log.voters().contains(id),
+                    "a non-voter's vote recorded"
                 );
             }
         }

@@ -10,7 +10,7 @@
 //! resends from there. Duplicates are answered with `received`, so a leader that restarts the
 //! transfer from 0 resumes where the follower is.
 
-use crate::types::SnapshotMeta;
+use crate::types::{SnapshotChunk, SnapshotMeta};
 
 /// Heartbeat answers without progress before the leader resends from `acked`.
 pub const SNAPSHOT_STALL_HEARTBEATS_MAX: u32 = 3;
@@ -174,6 +174,25 @@ pub fn on_chunk(
     }
 }
 
+/// Whether staging `chunks` in order ends with `meta` whole: the chunks after the last one at
+/// offset 0 (which restarts the staging), or all of them if none is, belong to `meta`, follow
+/// each other without a gap, and the last one ends at `meta.size_bytes`. A batch that installs
+/// `meta` must satisfy this, or the store would be asked to install bytes it does not hold
+/// (Figure 13: the snapshot is adopted only once its last chunk arrived after all others).
+pub fn chunks_end_staged(chunks: &[SnapshotChunk], meta: &SnapshotMeta) -> bool {
+    let start = chunks.iter().rposition(|c| c.offset == 0).unwrap_or(0);
+    let tail = &chunks[start..];
+    let Some(last) = tail.last() else {
+        return false;
+    };
+    let contiguous = tail
+        .windows(2)
+        .all(|w| w[0].offset + w[0].data.len() as u64 == w[1].offset);
+    tail.iter().all(|c| &c.meta == meta)
+        && contiguous
+        && last.offset + last.data.len() as u64 == meta.size_bytes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,6 +274,35 @@ mod tests {
             ChunkVerdict::Reject(0),
             "beyond the end"
         );
+    }
+
+    fn chunk(m: &SnapshotMeta, offset: u64, len: usize) -> SnapshotChunk {
+        SnapshotChunk {
+            meta: m.clone(),
+            offset,
+            data: vec![0; len],
+        }
+    }
+
+    #[test]
+    fn a_batch_ends_staged_only_with_the_whole_snapshot_last() {
+        let (a, b) = (meta(10, 5), meta(20, 9));
+        let whole_a = [chunk(&a, 0, 4), chunk(&a, 4, 6)];
+        assert!(chunks_end_staged(&whole_a, &a));
+        // The rest of a snapshot staged in earlier batches.
+        assert!(chunks_end_staged(&[chunk(&a, 4, 6)], &a));
+        // B restarted the staging after A was whole (Swarm seed 102635).
+        let b_after = [chunk(&a, 0, 4), chunk(&a, 4, 6), chunk(&b, 0, 4)];
+        assert!(!chunks_end_staged(&b_after, &a));
+        // A restarted after B: only A's run counts.
+        let a_after = [chunk(&b, 0, 4), chunk(&a, 0, 4), chunk(&a, 4, 6)];
+        assert!(chunks_end_staged(&a_after, &a));
+        assert!(!chunks_end_staged(&[chunk(&a, 0, 4)], &a), "incomplete");
+        assert!(
+            !chunks_end_staged(&[chunk(&a, 0, 4), chunk(&a, 5, 5)], &a),
+            "gap"
+        );
+        assert!(!chunks_end_staged(&[], &a), "nothing staged in the batch");
     }
 
     #[test]

@@ -181,23 +181,32 @@ fn vote_is_persisted_before_the_reply() {
 
 #[test]
 fn append_rule1_stale_term_is_refused_and_the_sender_told() {
-    // §5.1: "Reply false if term < currentTerm". With CheckQuorum the answer carries our term
-    // so that a stale leader steps down; the entries are not taken.
-    let mut cfg = config(1);
-    cfg.check_quorum = true;
-    let state = InitialState::new_cluster([nid(1), nid(2), nid(3)]);
-    let mut n = RawNode::new(cfg, state).unwrap();
-    n.step(vote_req(3, 1, 5, 0, 0)).unwrap();
-    let _ = drain(&mut n);
-    n.step(append(2, 1, 4, (0, 0), &[(1, 4)], 0)).unwrap();
-    let rd = drain(&mut n);
-    assert_eq!(
-        n.status().last.index,
-        Index(0),
-        "stale entries not appended"
-    );
-    let m = &all_messages(&rd)[0];
-    assert_eq!((m.to, m.term), (nid(2), Term(5)));
+    // §5.1: "Reply false if term < currentTerm". The answer carries our term so that a stale
+    // leader steps down; the entries are not taken. With or without PreVote and CheckQuorum:
+    // without both, a member whose log lacks its configuration never reaches the leader
+    // with its own vote requests (Swarm seed 221436).
+    for (pre_vote, check_quorum) in [(false, false), (true, false), (false, true), (true, true)] {
+        let mut cfg = config(1);
+        cfg.pre_vote = pre_vote;
+        cfg.check_quorum = check_quorum;
+        let state = InitialState::new_cluster([nid(1), nid(2), nid(3)]);
+        let mut n = RawNode::new(cfg, state).unwrap();
+        n.step(vote_req(3, 1, 5, 0, 0)).unwrap();
+        let _ = drain(&mut n);
+        n.step(append(2, 1, 4, (0, 0), &[(1, 4)], 0)).unwrap();
+        let rd = drain(&mut n);
+        assert_eq!(
+            n.status().last.index,
+            Index(0),
+            "stale entries not appended"
+        );
+        let m = &all_messages(&rd)[0];
+        assert_eq!(
+            (m.to, m.term),
+            (nid(2), Term(5)),
+            "pre_vote {pre_vote} check_quorum {check_quorum}"
+        );
+    }
 }
 
 #[test]

@@ -236,3 +236,80 @@ fn follower_restart_mid_transfer_resumes_from_staged_bytes() {
     );
     assert_eq!(c.applied_data(3), c.applied_data(1));
 }
+
+/// `InstallSnapshot` chunk `offset..offset + len` of `meta` from `from`, with the bytes.
+fn chunk_msg(
+    from: u64,
+    to: u64,
+    term: Term,
+    meta: &SnapshotMeta,
+    bytes: &[u8],
+    offset: u64,
+    len: u64,
+) -> raft::Message {
+    raft::Message {
+        from: nid(from),
+        to: nid(to),
+        term,
+        body: MessageBody::InstallSnapshot {
+            meta: meta.clone(),
+            offset,
+            len,
+            data: bytes[offset as usize..(offset + len) as usize].to_vec(),
+        },
+    }
+}
+
+#[test]
+fn newer_snapshot_chunks_behind_a_completed_one_wait_for_the_next_batch() {
+    // Found by the simulator (Swarm seed 102635): a paused follower receives, in one batch,
+    // every chunk of snapshot A and then the first chunks of a newer snapshot B. The batch must
+    // not stage B's chunks in front of A's install (the store stages chunks, then installs).
+    let mut c = cluster_with_entries(10, 64);
+    c.crash(3);
+    propose_many(&mut c, 1, 10, 20);
+    let a = c.compact(1);
+    let a_bytes = c.disks[&1].snapshot.clone().expect("snapshot A").1;
+    propose_many(&mut c, 1, 30, 20);
+    let b = c.compact(1);
+    let b_bytes = c.disks[&1].snapshot.clone().expect("snapshot B").1;
+    assert!(a.last.index < b.last.index);
+    assert!(b.size_bytes > 128, "B takes more than two chunks");
+    c.restart(3);
+    let term = c.nodes[&1].status().term;
+    for offset in (0..a.size_bytes).step_by(64) {
+        let len = 64.min(a.size_bytes - offset);
+        let m = chunk_msg(1, 3, term, &a, &a_bytes, offset, len);
+        c.node(3).step(m).unwrap();
+    }
+    for offset in [0, 64] {
+        let m = chunk_msg(1, 3, term, &b, &b_bytes, offset, 64);
+        c.node(3).step(m).unwrap();
+    }
+    let rd = c.node(3).ready();
+    assert_eq!(rd.snapshot.as_ref(), Some(&a), "A is whole: install it");
+    let last = rd.snapshot_chunks.last().expect("A's chunks");
+    assert_eq!(last.meta, a, "nothing staged after the install's chunks");
+    assert_eq!(last.offset + last.data.len() as u64, a.size_bytes);
+    // B's chunks are refused from the start, so the leader resends B in later batches.
+    let b_rejects = rd
+        .messages
+        .iter()
+        .chain(&rd.persisted_messages)
+        .filter(|m| {
+            matches!(m.body, MessageBody::SnapshotResp { last, offset: 0, reject: true }
+                if last == b.last)
+        })
+        .count();
+    assert_eq!(b_rejects, 2);
+    // The store can do what the batch asks (its answers are dropped, as if lost).
+    let restored = c.disks.get_mut(&3).expect("disk").write(&rd);
+    c.applied.insert(3, restored.expect("A installed"));
+    c.node(3).advance(rd.number);
+    // The cluster carries on: node 3 catches up to B and beyond.
+    propose_many(&mut c, 1, 50, 5);
+    for _ in 0..50 {
+        c.tick_all();
+    }
+    assert_eq!(c.applied_data(3), c.applied_data(1));
+}

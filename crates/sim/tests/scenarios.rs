@@ -126,6 +126,39 @@ beyond_known_core_bugs! {
     membership_churn_beyond_known_core_bugs => "MembershipChurn", SEEDS;
 }
 
+/// Replays one seed that once failed and must now pass.
+fn replay(name: &str, seed: u64) {
+    if let Err(msg) = run_seed(find(name).expect("known scenario"), seed) {
+        panic!("{name} seed {seed} regressed:\n{msg}");
+    }
+}
+
+/// The last chunk of snapshot A and the first chunks of a newer B reached a paused follower
+/// together; the batch staged B's chunks and then asked to install A (partially staged B on
+/// disk). Fixed in `handle_snapshot_chunk`: no chunk is staged behind an install.
+#[test]
+fn swarm_seed_102635_install_behind_a_newer_snapshots_chunks() {
+    replay("Swarm", 102635);
+}
+
+/// The joint configuration {2,3,4,5} -> {1,3,6} with C_new appended only on 2, 4 and 5:
+/// they no longer campaigned (not voters of C_new), and 1, 3 and 6 could not win a majority
+/// of {2,3,4,5}. Fixed in `is_promotable`: a voter of the last committed configuration may
+/// campaign while a later one is uncommitted in its log.
+#[test]
+fn swarm_seed_102983_joint_exit_only_on_outgoing_voters() {
+    replay("Swarm", 102983);
+}
+
+/// Voter 3 of {3,4,5}, with an empty log and term 9, campaigned only to the removed 1 and 2
+/// and ignored the term-6 leader's heartbeats without answering (no PreVote, no
+/// CheckQuorum). Fixed in `step_stale`: a stale Append/Heartbeat is always answered with our
+/// term (Figure 2).
+#[test]
+fn swarm_seed_221436_member_with_stale_config_and_higher_term() {
+    replay("Swarm", 221436);
+}
+
 #[test]
 fn same_seed_same_trace() {
     for name in [

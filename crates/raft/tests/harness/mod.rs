@@ -28,7 +28,9 @@ impl Disk {
             .map_or(EntryId::default(), |(m, _)| m.last)
     }
 
-    fn write(&mut self, rd: &Ready) -> Option<Vec<Entry>> {
+    /// Applies a batch's writes in `Ready`'s order; returns the restored state machine if it
+    /// installs a snapshot. Panics on a batch a store could not apply.
+    pub fn write(&mut self, rd: &Ready) -> Option<Vec<Entry>> {
         for chunk in &rd.snapshot_chunks {
             if chunk.offset == 0 {
                 self.staging = Some((chunk.meta.clone(), Vec::new()));

@@ -273,7 +273,8 @@ pub fn swarm(seed: u64) -> Cluster {
     loop {
         if c.now_ms() - t0 > 10_000 {
             c.fail(&format!(
-                "liveness: healed majority {core:?} did not elect a leader and commit within 10 s"
+                "liveness: healed majority {core:?} did not elect a leader and commit within 10 s\n{}",
+                node_states(&c)
             ));
         }
         if index.is_none() {
@@ -320,6 +321,36 @@ pub fn swarm(seed: u64) -> Cluster {
     c.final_checks();
     check_linearizable(&c);
     c
+}
+
+/// One line per server: role, term, log and configuration, to tell a stuck core from a stuck
+/// check in a liveness failure.
+fn node_states(c: &Cluster) -> String {
+    let mut out = String::new();
+    for i in c.ids() {
+        let line = match (c.status(i), c.membership(i)) {
+            (Some(s), Some(m)) => format!(
+                "  n{i}: {:?} term {} leader {:?} commit {} applied {} last {:?}; voters {:?} \
+                 outgoing {:?} learners {:?}",
+                s.role,
+                s.term.0,
+                s.leader.map(|l| l.get()),
+                s.commit.0,
+                s.applied.0,
+                (s.last.index.0, s.last.term.0),
+                m.voters.iter().map(|v| v.get()).collect::<Vec<_>>(),
+                m.voters_outgoing
+                    .iter()
+                    .map(|v| v.get())
+                    .collect::<Vec<_>>(),
+                m.learners.iter().map(|v| v.get()).collect::<Vec<_>>(),
+            ),
+            _ => format!("  n{i}: down"),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
 }
 
 /// One random membership change (or leader transfer) on the current leader, if any.

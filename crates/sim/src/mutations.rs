@@ -118,7 +118,7 @@ pub const HUNTS: &[Hunt] = &[
             StateMachineSafety,
             Linearizability,
         ],
-        guards_off: &[Guard::Monotonic],
+        guards_off: &[],
     },
     Hunt {
         mutation: "mut-read-without-quorum",
@@ -145,7 +145,7 @@ pub const HUNTS: &[Hunt] = &[
         ],
         seeds_max: 100,
         caught_by: &[StateMachineSafety, Linearizability],
-        guards_off: &[Guard::Monotonic, Guard::CoreInvariants],
+        guards_off: &[Guard::Monotonic],
     },
     // The state machine is restored from the first chunk of a snapshot.
     Hunt {

@@ -16,9 +16,11 @@ use raft::{
 
 use crate::client::Client;
 use crate::history::History;
-use crate::host::{decode_app_state, Host};
+use crate::host::{decode_app_state, Host, RawCommands};
 use crate::invariants::{Checker, Violation};
+use crate::kv::{KvState, TAG_RAW};
 use crate::net::{is_reply, NetConfig, Network};
+use crate::property::{guards_off, GuardsOff, Property};
 use crate::rng::Rng;
 use crate::trace::Trace;
 
@@ -133,7 +135,10 @@ pub fn set_driver_bug(bug: Option<DriverBug>) {
 /// Why a run stopped: a broken invariant, a failed scenario expectation, or a core panic.
 #[derive(Clone, Debug)]
 pub struct SimFailure {
-    /// What went wrong, with the seed and the replay command.
+    /// The property that failed.
+    pub property: Property,
+    /// What went wrong, with the seed and the replay command. Starts with the property's name
+    /// and a colon unless it is a scenario expectation.
     pub message: String,
 }
 
@@ -183,6 +188,12 @@ pub struct Cluster {
     pub keys: Vec<String>,
     pub(crate) verbose: bool,
     pub(crate) driver_bug: Option<DriverBug>,
+    /// Guards turned off (mutation hunts only; see [`crate::property::set_guards_off`]).
+    pub(crate) guards_off: GuardsOff,
+    /// The payload of every entry applied anywhere, by index: the committed log as the state
+    /// machines saw it (State Machine Safety makes it one entry per index), to check that a
+    /// state machine restored from a snapshot is the committed prefix.
+    pub(crate) applied_log: BTreeMap<u64, Vec<u8>>,
     /// The configuration the cluster was created with; nodes added later start from it too.
     pub(crate) initial_voters: Vec<u64>,
     /// Snapshots taken by the application, over all nodes.
@@ -203,6 +214,7 @@ impl Cluster {
         let mut root = Rng::new(seed);
         let world_rng = root.fork(1);
         let rng = root.fork(2);
+        let guards_off = guards_off();
         let mut c = Cluster {
             seed,
             scenario: scenario.to_string(),
@@ -217,7 +229,7 @@ impl Cluster {
             events: BTreeMap::new(),
             world_rng,
             rng,
-            checker: Checker::default(),
+            checker: Checker::new(guards_off),
             trace: Trace::default(),
             rpc_count: 0,
             rpc_bytes: 0,
@@ -228,6 +240,8 @@ impl Cluster {
             keys: (0..5).map(|k| format!("k{k}")).collect(),
             verbose: std::env::var_os("SIM_VERBOSE").is_some(),
             driver_bug: DRIVER_BUG.with(|b| b.get()),
+            guards_off,
+            applied_log: BTreeMap::new(),
             initial_voters,
             snapshots_taken: 0,
             snapshots_installed: 0,
@@ -341,8 +355,19 @@ impl Cluster {
 
     /// Stops the run: a scenario expectation failed.
     pub fn fail(&self, what: &str) -> ! {
+        self.fail_as(Property::Scenario, what)
+    }
+
+    /// Stops the run: `property` failed. The message starts with the property's name (scenario
+    /// expectations excepted), then the seed and the replay command.
+    pub fn fail_as(&self, property: Property, what: &str) -> ! {
+        let head = if property == Property::Scenario {
+            String::new()
+        } else {
+            format!("{property}: ")
+        };
         let mut message = format!(
-            "{what}\n  scenario {} seed {} at virtual {} ms\n  replay: {}",
+            "{head}{what}\n  scenario {} seed {} at virtual {} ms\n  replay: {}",
             self.scenario,
             self.seed,
             self.now,
@@ -351,11 +376,14 @@ impl Cluster {
         if !self.context.is_empty() {
             message.push_str(&format!("\n  {}", self.context));
         }
-        std::panic::panic_any(SimFailure { message })
+        std::panic::panic_any(SimFailure { property, message })
     }
 
     fn violated(&self, v: Violation) -> ! {
-        self.fail(&format!("invariant {v}"))
+        self.fail_as(
+            v.property,
+            &format!("{} violated: {}", v.invariant, v.detail),
+        )
     }
 
     fn checked(&self, r: Result<(), Violation>) {
@@ -427,14 +455,20 @@ impl Cluster {
         };
         let mut raft = match RawNode::new(self.raft_config(node, incarnation), state) {
             Ok(r) => r,
-            Err(e) => self.fail(&format!("node {node} failed to restart: {e}")),
+            Err(e) => self.fail_as(
+                Property::CoreAssertion,
+                &format!("node {node} failed to restart: {e}"),
+            ),
         };
         if let Some(meta) = &snapshot {
             if let Err(e) = raft.compact(meta.clone()) {
-                self.fail(&format!(
-                    "node {node} refused its own snapshot {:?} on restart: {e:?}",
-                    meta.last
-                ));
+                self.fail_as(
+                    Property::CoreAssertion,
+                    &format!(
+                        "node {node} refused its own snapshot {:?} on restart: {e:?}",
+                        meta.last
+                    ),
+                );
             }
         }
         if let Some((meta, bytes)) = &disk.staging {
@@ -461,26 +495,26 @@ impl Cluster {
         self.schedule(phase + 1, Event::Tick { node, incarnation });
     }
 
-    /// Restores the application (integer commands and KV state) from snapshot bytes.
+    /// Restores the application (integer commands and KV state) from snapshot bytes, as a
+    /// real application would: whatever decodes (a damaged snapshot, which only the disk
+    /// guard being off lets through, restores a damaged state machine).
     fn restore(&mut self, node: u64, meta: &SnapshotMeta, bytes: &[u8]) {
-        let Some((raw, kv)) = decode_app_state(bytes) else {
-            self.fail(&format!(
-                "node {node}: snapshot {:?} does not decode ({} bytes)",
-                meta.last,
-                bytes.len()
-            ));
-        };
+        let (raw, kv) = decode_app_state(bytes);
         let incarnation = self.host(node).incarnation;
         let r = self.checker.on_restore(node, incarnation, meta.last);
         self.checked(r);
+        self.check_restored(node, meta, &raw, &kv);
         for (i, d) in &raw {
             if let Some(had) = self.host(node).applied.get(i) {
                 if had != d {
-                    self.fail(&format!(
-                        "node {node}: snapshot {:?} has {d:?} at index {i}, but the node \
+                    self.fail_as(
+                        Property::StateMachineSafety,
+                        &format!(
+                            "node {node}: snapshot {:?} has {d:?} at index {i}, but the node \
                          applied {had:?} there",
-                        meta.last
-                    ));
+                            meta.last
+                        ),
+                    );
                 }
             }
         }
@@ -490,6 +524,45 @@ impl Cluster {
         }
         h.kv = kv;
         h.applied_index = meta.last.index;
+    }
+
+    /// State Machine Safety for a restore (§5.4.3, §7): a state machine restored from a snapshot
+    /// ending at `last` must be the one that applying the committed entries `1..=last` gives.
+    /// The reference is rebuilt from [`Cluster::applied_log`] (skipped if an index is missing,
+    /// which happens only for entries nobody applied in this run).
+    fn check_restored(&self, node: u64, meta: &SnapshotMeta, raw: &RawCommands, kv: &KvState) {
+        let last = meta.last.index.0;
+        if self.applied_log.range(..=last).count() as u64 != last {
+            return;
+        }
+        let mut want_kv = KvState::default();
+        let mut want_raw = Vec::new();
+        for (&i, d) in self.applied_log.range(..=last) {
+            want_kv.apply(d);
+            if d.first() == Some(&TAG_RAW) {
+                want_raw.push((i, d.clone()));
+            }
+        }
+        let (mut got, mut want) = (Vec::new(), Vec::new());
+        kv.encode_into(&mut got);
+        want_kv.encode_into(&mut want);
+        if &want_raw != raw || got != want {
+            let missing = want_raw.iter().filter(|w| !raw.contains(w)).count();
+            let extra = raw.iter().filter(|r| !want_raw.contains(r)).count();
+            self.fail_as(
+                Property::StateMachineSafety,
+                &format!(
+                    "State Machine Safety (§5.4.3, §7) violated: node {node} restored a state \
+                     machine from snapshot {:?} that is not the committed prefix: {missing} \
+                     committed commands missing, {extra} not committed, KV state {} ({} bytes, \
+                     committed prefix gives {} bytes)",
+                    meta.last,
+                    if got == want { "equal" } else { "differs" },
+                    got.len(),
+                    want.len()
+                ),
+            );
+        }
     }
 
     /// Takes a snapshot at the applied index if `snapshot_every` entries were applied since the
@@ -525,10 +598,13 @@ impl Cluster {
         let h = self.host_mut(node);
         let r = h.raft.as_mut().expect("alive").compact(meta.clone());
         if let Err(e) = r {
-            self.fail(&format!(
-                "node {node} refused to compact at applied {:?}: {e:?}",
-                meta.last
-            ));
+            self.fail_as(
+                Property::CoreAssertion,
+                &format!(
+                    "node {node} refused to compact at applied {:?}: {e:?}",
+                    meta.last
+                ),
+            );
         }
         h.disk.compact(meta.clone(), bytes);
         self.snapshots_taken += 1;
@@ -555,8 +631,9 @@ impl Cluster {
         let pending = h.pending.take();
         let mut durable = None;
         if let (Some(rd), true) = (pending, survives) {
-            if let Err(e) = h.disk.write(&rd) {
-                self.fail(&format!("node {node}: {e}"));
+            let lenient = self.guards_off.off(crate::property::Guard::DiskSnapshot);
+            if let Err(e) = self.host_mut(node).disk.write(&rd, lenient) {
+                self.fail_as(Property::DiskGuard, &format!("node {node}: {e}"));
             }
             durable = rd.hard_state;
         }
@@ -819,7 +896,10 @@ impl Cluster {
         }
         let r = self.host_mut(to).raft.as_mut().expect("alive").step(m);
         if let Err(e) = r {
-            self.fail(&format!("node {to} refused a routed message: {e}"));
+            self.fail_as(
+                Property::CoreAssertion,
+                &format!("node {to} refused a routed message: {e}"),
+            );
         }
         self.after_step(to);
         self.process_ready(to);
@@ -842,9 +922,13 @@ impl Cluster {
                     let (lo, hi) = (*offset as usize, (*offset + *len) as usize);
                     if hi > bytes.len() || lo > hi {
                         let n = bytes.len();
-                        self.fail(&format!(
-                            "node {from} asked to send bytes {lo}..{hi} of a {n}-byte snapshot"
-                        ));
+                        self.fail_as(
+                            Property::CoreAssertion,
+                            &format!(
+                                "node {from} asked to send bytes {lo}..{hi} of a {n}-byte \
+                                 snapshot"
+                            ),
+                        );
                     }
                     *data = bytes[lo..hi].to_vec();
                     h.snapshot_chunks_sent += 1;
@@ -939,9 +1023,10 @@ impl Cluster {
         let Some(rd) = self.host_mut(node).pending.take() else {
             return;
         };
-        let installed = match self.host_mut(node).disk.write(&rd) {
+        let lenient = self.guards_off.off(crate::property::Guard::DiskSnapshot);
+        let installed = match self.host_mut(node).disk.write(&rd, lenient) {
             Ok(i) => i,
-            Err(e) => self.fail(&format!("node {node}: {e}")),
+            Err(e) => self.fail_as(Property::DiskGuard, &format!("node {node}: {e}")),
         };
         if let Some((meta, bytes)) = installed {
             self.snapshots_installed += 1;
@@ -971,6 +1056,7 @@ impl Cluster {
         for e in twice.iter().chain(&rd.committed_entries) {
             let r = self.checker.on_apply(node, incarnation, term, e);
             self.checked(r);
+            self.applied_log.insert(e.index.0, e.data.clone());
             let h = self.host_mut(node);
             h.applied_index = e.index;
             h.applied.insert(e.index.0, e.data.clone());
@@ -980,12 +1066,15 @@ impl Cluster {
         }
         for rs in &rd.read_states {
             if self.host(node).applied_index < rs.index {
-                self.fail(&format!(
+                self.fail_as(
+                    Property::CoreAssertion,
+                    &format!(
                     "node {node} released read {:?} at index {} before applying it (applied {})",
                     rs.ctx,
                     rs.index,
                     self.host(node).applied_index
-                ));
+                ),
+                );
             }
             self.on_read_ready(node, rs.ctx.0);
         }
@@ -1006,7 +1095,6 @@ impl Cluster {
         for node in self.ids() {
             let h = &self.hosts[(node - 1) as usize];
             if let Some(raft) = h.raft.as_ref() {
-                raft.log().check_invariants_full();
                 let r = self.checker.full_check(node, raft);
                 self.checked(r);
             }

@@ -50,8 +50,15 @@ impl Disk {
     /// Applies a batch's writes in the documented order: staged chunks, the snapshot to
     /// install, the hard state, then entries that replace everything from `entries[0].index`
     /// on. Returns the installed snapshot, if any. `Err` when the core asks for something the
-    /// disk cannot do (a chunk out of order, installing an incomplete snapshot).
-    pub fn write(&mut self, rd: &Ready) -> Result<Option<StoredSnapshot>, String> {
+    /// disk cannot do (a chunk out of order, installing an incomplete snapshot): the disk
+    /// guard. With `guard_off` (mutation hunts only) the disk does what a plain file would
+    /// instead: chunks are written at their offsets (zeros in gaps) and an install takes the
+    /// staged bytes, padded with zeros or cut to the announced size, so the damage reaches the
+    /// state machine.
+    pub fn write(&mut self, rd: &Ready, guard_off: bool) -> Result<Option<StoredSnapshot>, String> {
+        if guard_off {
+            return self.write_unguarded(rd);
+        }
         for chunk in &rd.snapshot_chunks {
             if chunk.offset == 0 {
                 self.staging = Some((chunk.meta.clone(), Vec::new()));
@@ -77,6 +84,7 @@ impl Disk {
         let mut installed = None;
         if let Some(meta) = &rd.snapshot {
             let staged = self.staging.take();
+            // The disk guard: refuse to install anything but the complete staged snapshot.
             let Some((staged_meta, bytes)) = staged else {
                 return Err(format!(
                     "install of snapshot {:?} with nothing staged",
@@ -93,20 +101,58 @@ impl Disk {
                     bytes.len()
                 ));
             }
-            let last = meta.last;
-            let keep_suffix = self
-                .entries
-                .iter()
-                .any(|e| e.index == last.index && e.term == last.term);
-            if keep_suffix {
-                self.entries.retain(|e| e.index > last.index);
-            } else {
-                self.entries.clear();
-            }
-            let bytes = Rc::new(bytes);
-            self.snapshot = Some((meta.clone(), bytes.clone()));
-            installed = Some((meta.clone(), bytes));
+            installed = Some(self.install(meta, bytes));
         }
+        self.write_state(rd)?;
+        Ok(installed)
+    }
+
+    /// [`Disk::write`] without the disk guard.
+    fn write_unguarded(&mut self, rd: &Ready) -> Result<Option<StoredSnapshot>, String> {
+        for chunk in &rd.snapshot_chunks {
+            let fresh =
+                chunk.offset == 0 || self.staging.as_ref().is_none_or(|(m, _)| m != &chunk.meta);
+            if fresh {
+                self.staging = Some((chunk.meta.clone(), Vec::new()));
+            }
+            let (_, bytes) = self.staging.as_mut().expect("staged above");
+            let lo = chunk.offset as usize;
+            let hi = lo + chunk.data.len();
+            if bytes.len() < hi {
+                bytes.resize(hi, 0);
+            }
+            bytes[lo..hi].copy_from_slice(&chunk.data);
+        }
+        let mut installed = None;
+        if let Some(meta) = &rd.snapshot {
+            let mut bytes = self.staging.take().map(|(_, b)| b).unwrap_or_default();
+            bytes.resize(meta.size_bytes as usize, 0);
+            installed = Some(self.install(meta, bytes));
+        }
+        self.write_state(rd)?;
+        Ok(installed)
+    }
+
+    /// Makes `bytes` the snapshot `meta` and drops the log it covers (keeping a matching
+    /// suffix).
+    fn install(&mut self, meta: &SnapshotMeta, bytes: Vec<u8>) -> StoredSnapshot {
+        let last = meta.last;
+        let keep_suffix = self
+            .entries
+            .iter()
+            .any(|e| e.index == last.index && e.term == last.term);
+        if keep_suffix {
+            self.entries.retain(|e| e.index > last.index);
+        } else {
+            self.entries.clear();
+        }
+        let bytes = Rc::new(bytes);
+        self.snapshot = Some((meta.clone(), bytes.clone()));
+        (meta.clone(), bytes)
+    }
+
+    /// The hard state, then entries that replace the log from `entries[0].index` on.
+    fn write_state(&mut self, rd: &Ready) -> Result<(), String> {
         if let Some(hs) = rd.hard_state {
             self.hard_state = hs;
         }
@@ -129,7 +175,7 @@ impl Disk {
             self.entries.truncate(keep);
             self.entries.extend_from_slice(&rd.entries);
         }
-        Ok(installed)
+        Ok(())
     }
 
     /// Stores a snapshot the application took (atomically, synced) and drops the entries it
@@ -242,15 +288,18 @@ impl Host {
 }
 
 /// Parses [`Host::encode_app_state`]'s output: the integer commands by index, and the KV state.
-pub fn decode_app_state(mut b: &[u8]) -> Option<(RawCommands, KvState)> {
+/// Like an application without checksums, it keeps whatever decodes: a damaged snapshot gives
+/// a damaged state machine (State Machine Safety then catches it on restore).
+pub fn decode_app_state(mut b: &[u8]) -> (RawCommands, KvState) {
     let b = &mut b;
     let mut raw = Vec::new();
-    for _ in 0..take_u32(b)? {
-        let i = take_u64(b)?;
-        raw.push((i, take_bytes(b)?));
+    let count = take_u32(b).unwrap_or(0);
+    for _ in 0..count {
+        let Some(i) = take_u64(b) else { break };
+        let Some(d) = take_bytes(b) else { break };
+        raw.push((i, d));
     }
-    let kv = KvState::decode_from(b)?;
-    b.is_empty().then_some((raw, kv))
+    (raw, KvState::decode_prefix(b))
 }
 
 #[cfg(test)]
@@ -274,8 +323,9 @@ mod tests {
             entries,
             ..Ready::default()
         };
-        d.write(&rd(vec![e(1, 1), e(2, 1), e(3, 1)])).unwrap();
-        d.write(&rd(vec![e(2, 2)])).unwrap();
+        d.write(&rd(vec![e(1, 1), e(2, 1), e(3, 1)]), false)
+            .unwrap();
+        d.write(&rd(vec![e(2, 2)]), false).unwrap();
         assert_eq!(d.entries, vec![e(1, 1), e(2, 2)]);
     }
 }

@@ -135,6 +135,27 @@ impl KvState {
         Some(kv)
     }
 
+    /// Like [`KvState::decode_from`], but keeps what decodes before the first damaged record.
+    pub fn decode_prefix(b: &mut &[u8]) -> KvState {
+        let mut kv = KvState::default();
+        for _ in 0..take_u32(b).unwrap_or(0) {
+            let Some(k) = take_bytes(b).and_then(|k| String::from_utf8(k).ok()) else {
+                return kv;
+            };
+            let Some(v) = take_bytes(b).and_then(|v| String::from_utf8(v).ok()) else {
+                return kv;
+            };
+            kv.data.insert(k, v);
+        }
+        for _ in 0..take_u32(b).unwrap_or(0) {
+            let (Some(c), Some(s)) = (take_u64(b), take_u64(b)) else {
+                return kv;
+            };
+            kv.sessions.insert(c, s);
+        }
+        kv
+    }
+
     /// The value of `key`, empty if absent.
     pub fn get(&self, key: &str) -> String {
         self.data.get(key).cloned().unwrap_or_default()

@@ -7,7 +7,8 @@
 //!
 //! Checks: after every step of every node, the safety properties of the Raft paper (one module
 //! each in [`invariants`]); after a run, linearizability of the KV clients' history
-//! ([`linearizability`]). Every failure names the seed and the command that replays it.
+//! ([`linearizability`]). Every failure names the property that failed ([`property`]), the
+//! seed and the command that replays it.
 //!
 //! Scenarios ([`scenarios`]) port the MIT 6.5840 Raft lab tests with their structure and
 //! constants (1 tick = 10 ms of virtual time), add KV scenarios and a swarm scenario.
@@ -23,6 +24,7 @@ pub mod linearizability;
 #[cfg(feature = "mutations")]
 pub mod mutations;
 pub mod net;
+pub mod property;
 pub mod rng;
 pub mod runner;
 pub mod scenarios;
@@ -31,7 +33,8 @@ pub mod trace;
 pub use cluster::{
     set_driver_bug, Cluster, ClusterConfig, DiskConfig, DriverBug, SimFailure, TICK_MS,
 };
-pub use runner::{run_seed, Outcome};
+pub use property::{set_guards_off, Guard, Property};
+pub use runner::{run_seed, run_seed_classified, Failure, Outcome};
 
 /// The mutation features this crate knows, and whether each is compiled in. Each re-introduces
 /// a known bug in `crates/raft` (see `mutations`), which the simulator must catch.
@@ -68,5 +71,17 @@ pub const MUTATIONS: &[(&str, bool)] = &[
     (
         "mut-joint-one-majority",
         cfg!(feature = "mut-joint-one-majority"),
+    ),
+    (
+        "mut-read-skip-round-removing",
+        cfg!(feature = "mut-read-skip-round-removing"),
+    ),
+    (
+        "mut-lease-during-transfer",
+        cfg!(feature = "mut-lease-during-transfer"),
+    ),
+    (
+        "mut-restart-forgets-lease",
+        cfg!(feature = "mut-restart-forgets-lease"),
     ),
 ];

@@ -1,9 +1,12 @@
 //! Running one seed of one scenario: catches the failure (a [`SimFailure`] or a panic inside
 //! the core), runs the end-of-run checks, and reports the trace digest and virtual time.
 
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
 
 use crate::cluster::SimFailure;
+use crate::property::Property;
 use crate::scenarios::Scenario;
 
 /// What a passing run produced.
@@ -55,9 +58,57 @@ pub fn feature_flags() -> String {
     }
 }
 
-/// Runs `scenario` on `seed`. `Err` carries the failure message, which names the seed and the
-/// command that replays it.
+/// A failed run: the property that failed, and the message (which starts with the property's
+/// name, and names the seed and the command that replays it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What failed.
+    pub property: Property,
+    /// The message.
+    pub message: String,
+}
+
+thread_local! {
+    /// Where the last panic on this thread happened (`file:line`), to tell a core assertion
+    /// from a panic in the simulator.
+    static PANIC_AT: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Installs (once per process) a panic hook that records the panic's location on its thread,
+/// then runs the previous hook (except for a [`SimFailure`], which the runner reports).
+fn record_panic_locations() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()));
+            PANIC_AT.with(|p| *p.borrow_mut() = at);
+            // A simulator failure is reported by whoever runs the seed; print other panics.
+            if !info.payload().is::<SimFailure>() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Whether a panic at `file` is inside the core (`crates/raft`, or the `raft` crate as a
+/// dependency).
+fn in_core(file: &str) -> bool {
+    file.contains("crates/raft/") || file.contains("raft/src/")
+}
+
+/// Runs `scenario` on `seed`. `Err` carries the failure message, which starts with the property
+/// that failed and names the seed and the command that replays it.
 pub fn run_seed(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
+    run_seed_classified(scenario, seed).map_err(|f| f.message)
+}
+
+/// [`run_seed`], with the failed property as data.
+pub fn run_seed_classified(scenario: Scenario, seed: u64) -> Result<Outcome, Failure> {
+    record_panic_locations();
+    PANIC_AT.with(|p| *p.borrow_mut() = None);
     let result = catch_unwind(AssertUnwindSafe(|| {
         let mut c = (scenario.run)(seed);
         c.final_checks();
@@ -72,19 +123,31 @@ pub fn run_seed(scenario: Scenario, seed: u64) -> Result<Outcome, String> {
     }));
     result.map_err(|payload| {
         if let Some(f) = payload.downcast_ref::<SimFailure>() {
-            return f.message.clone();
+            return Failure {
+                property: f.property,
+                message: f.message.clone(),
+            };
         }
         let what = payload
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "unknown panic".to_string());
-        format!(
-            "panic (inside the core or the simulator): {what}\n  scenario {} seed {seed}\n  \
-             replay: cargo run -p sim --release{} -- --scenario {} --seed {seed}",
-            scenario.name,
-            feature_flags(),
-            scenario.name
-        )
+        let at = PANIC_AT.with(|p| p.borrow_mut().take()).unwrap_or_default();
+        let property = if in_core(&at) {
+            Property::CoreAssertion
+        } else {
+            Property::SimulatorPanic
+        };
+        Failure {
+            property,
+            message: format!(
+                "{property}: {what} (at {at})\n  scenario {} seed {seed}\n  \
+                 replay: cargo run -p sim --release{} -- --scenario {} --seed {seed}",
+                scenario.name,
+                feature_flags(),
+                scenario.name
+            ),
+        }
     })
 }

@@ -50,6 +50,7 @@ impl AckedEntries {
         let have = raft.log().term(index);
         if have != Some(entry_term) {
             return violation(
+                crate::property::Property::AckedEntries,
                 "acknowledged entries are kept within the term (Figure 2, §5.3)",
                 format!(
                     "node {node} acknowledged index {index} (term {entry_term}) to the leader of \

@@ -24,6 +24,7 @@ impl ElectionSafety {
     pub fn observe_leader(&mut self, node: u64, term: Term) -> Check {
         match self.leaders.get(&term) {
             Some(&other) if other != node => violation(
+                crate::property::Property::ElectionSafety,
                 "Election Safety (§5.2)",
                 format!("nodes {other} and {node} both lead term {term}"),
             ),
@@ -48,6 +49,7 @@ impl ElectionSafety {
     pub fn observe_vote(&mut self, voter: u64, term: Term, candidate: u64) -> Check {
         match self.votes.get(&(voter, term)) {
             Some(&other) if other != candidate => violation(
+                crate::property::Property::ElectionSafety,
                 "Election Safety: one vote per term (§5.2, Figure 2 votedFor)",
                 format!("node {voter} voted for {other} and for {candidate} in term {term}"),
             ),

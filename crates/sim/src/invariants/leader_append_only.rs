@@ -26,6 +26,7 @@ impl LeaderAppendOnly {
         if let Some(prev) = self.last.get(&node) {
             if log.last_index() < prev.index || log.term(prev.index) != Some(prev.term) {
                 return violation(
+                    crate::property::Property::LeaderAppendOnly,
                     "Leader Append-Only (§5.3)",
                     format!(
                         "leader {node} had entry {}@{} and now has last {}@{} (term at {} is {:?})",

@@ -24,6 +24,7 @@ impl LeaderCompleteness {
             let have = log.term(Index(index));
             if have != Some(entry_term) {
                 return violation(
+                    crate::property::Property::LeaderCompleteness,
                     "Leader Completeness (§5.4)",
                     format!(
                         "node {node} leads term {term} but has {have:?} at index {index}, \

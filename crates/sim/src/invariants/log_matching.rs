@@ -27,6 +27,7 @@ impl LogMatching {
             match self.seen.get(&key) {
                 Some(&(hash, pt, other)) if (hash, pt) != value => {
                     return violation(
+                        crate::property::Property::LogMatching,
                         "Log Matching (§5.3)",
                         format!(
                             "entry {}@{} on node {node} (hash {:x}, previous term {}) differs \

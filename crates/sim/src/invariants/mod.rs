@@ -21,11 +21,14 @@ use raft::{
     Term,
 };
 
+use crate::property::{Guard, GuardsOff, Property};
 use crate::trace::Fnv;
 
 /// A broken safety property: which one, and what was seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Violation {
+    /// The property broken.
+    pub property: Property,
     /// The property's name, as in the paper.
     pub invariant: &'static str,
     /// What was observed.
@@ -34,15 +37,23 @@ pub struct Violation {
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} violated: {}", self.invariant, self.detail)
+        write!(
+            f,
+            "{}: {} violated: {}",
+            self.property, self.invariant, self.detail
+        )
     }
 }
 
 /// Result of one check.
 pub type Check = Result<(), Violation>;
 
-pub(crate) fn violation(invariant: &'static str, detail: String) -> Check {
-    Err(Violation { invariant, detail })
+pub(crate) fn violation(property: Property, invariant: &'static str, detail: String) -> Check {
+    Err(Violation {
+        property,
+        invariant,
+        detail,
+    })
 }
 
 /// A digest of an entry's content (kind and payload), to compare entries across nodes.
@@ -92,9 +103,19 @@ pub struct Checker {
     completeness: leader_completeness::LeaderCompleteness,
     sms: state_machine_safety::StateMachineSafety,
     mono: monotonic::Monotonic,
+    /// Guards turned off (mutation hunts only).
+    guards_off: GuardsOff,
 }
 
 impl Checker {
+    /// A checker with `guards_off` turned off.
+    pub fn new(guards_off: GuardsOff) -> Checker {
+        Checker {
+            guards_off,
+            ..Checker::default()
+        }
+    }
+
     /// Observes node `node` after a step (tick, message, proposal, read, advance).
     pub fn after_step(
         &mut self,
@@ -103,7 +124,9 @@ impl Checker {
         raft: &RawNode,
         holds: &dyn Fn(u64, EntryId) -> bool,
     ) -> Check {
-        raft.check_invariants();
+        if self.guards_off.on(Guard::CoreInvariants) {
+            raft.check_invariants();
+        }
         let mut shadow = self.shadows.remove(&node).unwrap_or_default();
         if shadow.incarnation != incarnation {
             shadow = Shadow {
@@ -146,8 +169,10 @@ impl Checker {
         }
         let changed_from = Index(keep + 1);
         let old_len = shadow.terms.len() as u64;
-        self.mono
-            .check_step(node, shadow, &status, changed_from, old_len)?;
+        if self.guards_off.on(Guard::Monotonic) {
+            self.mono
+                .check_step(node, shadow, &status, changed_from, old_len)?;
+        }
         let from = keep.max(offset.index.0);
         let new_entries = if from < last {
             log.slice(Index(from + 1), Index(last), u64::MAX)
@@ -156,7 +181,10 @@ impl Checker {
         };
         let prev_term = log.term(Index(from)).unwrap_or_default();
         self.matching.check_entries(node, prev_term, &new_entries)?;
-        quorum::check_transitions(node, raft, &new_entries)?;
+        if self.guards_off.on(Guard::QuorumShape) {
+            quorum::check_transitions(node, raft, &new_entries)?;
+        }
+        let count_quorums = self.guards_off.on(Guard::QuorumCount);
         shadow.terms.truncate(keep as usize);
         while (shadow.terms.len() as u64) < offset.index.0 {
             let i = shadow.terms.len() as u64 + 1;
@@ -173,7 +201,7 @@ impl Checker {
                 let committed = log.slice(lo, status.commit, u64::MAX);
                 self.sms.record_committed(node, status.term, &committed)?;
             }
-            if status.role == Role::Leader && shadow.role == Some(Role::Leader) {
+            if count_quorums && status.role == Role::Leader && shadow.role == Some(Role::Leader) {
                 quorum::check_commit(node, raft, shadow.membership.as_ref(), holds)?;
             }
         }
@@ -182,7 +210,9 @@ impl Checker {
             self.election.observe_leader(node, status.term)?;
             if new_leader {
                 let votes = self.election.votes_for(status.term, node);
-                quorum::check_election(node, raft, &votes)?;
+                if count_quorums {
+                    quorum::check_election(node, raft, &votes)?;
+                }
                 self.completeness.check_new_leader(node, raft, &self.sms)?;
                 self.append_only.start_term(node, raft);
             } else {
@@ -230,17 +260,26 @@ impl Checker {
     }
 
     pub fn on_durable(&mut self, node: u64, hs: &HardState) -> Check {
+        if self.guards_off.off(Guard::Monotonic) {
+            return Ok(());
+        }
         self.mono.on_durable(node, hs)
     }
 
     /// Observes a node just restarted from its durable hard state.
     pub fn on_restart(&mut self, node: u64, raft: &RawNode, durable: &HardState) -> Check {
+        if self.guards_off.off(Guard::Monotonic) {
+            return Ok(());
+        }
         self.mono.on_restart(node, raft, durable)
     }
 
     /// A full (not incremental) Log Matching pass over a node's whole log, for the end of a run.
     pub fn full_check(&mut self, node: u64, raft: &RawNode) -> Check {
         let log = raft.log();
+        if self.guards_off.on(Guard::CoreInvariants) {
+            log.check_invariants_full();
+        }
         if log.last_index() < log.first_index() {
             return Ok(());
         }

@@ -30,6 +30,7 @@ impl Monotonic {
         }
         if status.term < shadow.term {
             return violation(
+                crate::property::Property::Monotonic,
                 "currentTerm monotonic (Figure 2)",
                 format!(
                     "node {node} went from term {} to {}",
@@ -39,6 +40,7 @@ impl Monotonic {
         }
         if status.commit < shadow.commit {
             return violation(
+                crate::property::Property::Monotonic,
                 "commitIndex monotonic (Figure 2)",
                 format!(
                     "node {node} went from commit {} to {}",
@@ -48,6 +50,7 @@ impl Monotonic {
         }
         if changed_from <= shadow.commit && changed_from.0 <= shadow_len {
             return violation(
+                crate::property::Property::Monotonic,
                 "committed entries are never removed (§5.4)",
                 format!(
                     "node {node} changed or dropped its log from index {changed_from} while its \
@@ -64,12 +67,14 @@ impl Monotonic {
         if let Some(prev) = self.durable.get(&node) {
             if hs.term < prev.term {
                 return violation(
+                    crate::property::Property::Monotonic,
                     "durable currentTerm monotonic (Figure 2)",
                     format!("node {node} persisted term {} after {}", hs.term, prev.term),
                 );
             }
             if hs.term == prev.term && prev.vote.is_some() && hs.vote != prev.vote {
                 return violation(
+                    crate::property::Property::Monotonic,
                     "durable votedFor (Figure 2)",
                     format!(
                         "node {node} persisted vote {:?} after {:?} in term {}",
@@ -87,6 +92,7 @@ impl Monotonic {
         let s = raft.status();
         if s.term != durable.term || s.vote != durable.vote {
             return violation(
+                crate::property::Property::Monotonic,
                 "persistent state survives restart (Figure 2)",
                 format!(
                     "node {node} restarted with term {} vote {:?}, durable term {} vote {:?}",

@@ -81,6 +81,7 @@ pub fn check_commit(
         .filter(|&n| holds(n, id))
         .collect();
     violation(
+        crate::property::Property::Quorum,
         "commit needs a quorum of the configuration (§5.3, §6: joint = both majorities)",
         format!(
             "leader {node} of term {} committed {index}@{term}, durable only on {holders:?} \
@@ -100,6 +101,7 @@ pub fn check_election(node: u64, raft: &RawNode, voters_for: &BTreeSet<u64>) -> 
         return Ok(());
     }
     violation(
+        crate::property::Property::Quorum,
         "leader elected by a quorum of its configuration (§5.2, §6: joint = both majorities)",
         format!(
             "node {node} leads term {} with votes from {voters_for:?} (and itself) under \
@@ -123,6 +125,7 @@ pub fn check_transitions(node: u64, raft: &RawNode, new_entries: &[raft::Entry])
         let prev = log.membership_at(Index(e.index.0 - 1));
         let bad = |why: &str| {
             violation(
+                crate::property::Property::Quorum,
                 "configuration changes are single-server or go through joint consensus (§6)",
                 format!(
                     "node {node} appended {}@{} {} after {}: {why}",

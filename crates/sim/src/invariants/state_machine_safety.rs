@@ -34,6 +34,7 @@ impl StateMachineSafety {
         let hash = entry_hash(e);
         match self.committed.get(&e.index.0) {
             Some(&(term, h, _, other)) if (term, h) != (e.term, hash) => violation(
+                crate::property::Property::StateMachineSafety,
                 NAME,
                 format!(
                     "index {} committed as {}@{term} (hash {h:x}) on node {other} but as \
@@ -57,6 +58,7 @@ impl StateMachineSafety {
         let last = if inc == incarnation { last } else { 0 };
         if entry.index.0 != last + 1 {
             return violation(
+                crate::property::Property::StateMachineSafety,
                 NAME,
                 format!(
                     "node {node} applied index {} right after index {last} (out of order, a \
@@ -77,6 +79,7 @@ impl StateMachineSafety {
         let applied = if inc == incarnation { applied } else { 0 };
         if last.index.0 < applied {
             return violation(
+                crate::property::Property::StateMachineSafety,
                 NAME,
                 format!(
                     "node {node} restored a snapshot ending at {}@{} after applying index \
@@ -88,6 +91,7 @@ impl StateMachineSafety {
         if let Some(&(term, _, _, other)) = self.committed.get(&last.index.0) {
             if term != last.term {
                 return violation(
+                    crate::property::Property::StateMachineSafety,
                     NAME,
                     format!(
                         "node {node} restored a snapshot ending at {}@{}, but node {other} \
@@ -109,6 +113,7 @@ impl StateMachineSafety {
             }
             if log.term(raft::Index(index)) != Some(term) {
                 return violation(
+                    crate::property::Property::StateMachineSafety,
                     NAME,
                     format!(
                         "node {node} has {:?} at committed index {index}, node {other} \

@@ -6,15 +6,19 @@ use super::lab::{check_one_leader, ELECTION_TIMEOUT_MS};
 use crate::cluster::{Cluster, ClusterConfig};
 use crate::kv::KvOp;
 use crate::linearizability::{check, Verdict};
+use crate::property::Property;
 
-/// Checks the history; a violation fails the run, an inconclusive search is reported.
+/// Checks the history. A violation fails the run; so does a search that hit its bound, which
+/// proves nothing and must not pass (it fails as `linearizability_inconclusive`, which no
+/// mutation hunt counts as a catch).
 pub fn check_linearizable(c: &Cluster) {
     match check(&c.history) {
         Verdict::Ok => {}
-        Verdict::Violation(s) => c.fail(&format!("linearizability violated: {s}")),
-        Verdict::Inconclusive(s) => {
-            eprintln!("note: seed {} linearizability inconclusive: {s}", c.seed)
-        }
+        Verdict::Violation(s) => c.fail_as(Property::Linearizability, &format!("violated: {s}")),
+        Verdict::Inconclusive(s) => c.fail_as(
+            Property::LinearizabilityInconclusive,
+            &format!("the search hit its bound, nothing is proven: {s}"),
+        ),
     }
 }
 

@@ -1,7 +1,6 @@
 //! Terms and elections: the term rules every message passes through, election timeouts,
 //! PreVote, RequestVote and vote counting (paper §5.1, §5.2, §5.4.1; thesis §9.6).
 
-use crate::config::ReadOnlyOption;
 use crate::message::{Message, MessageBody};
 use crate::node::RawNode;
 use crate::quorum::VoteResult;
@@ -38,7 +37,8 @@ impl RawNode {
     /// in force (see `is_promotable`) always pre-votes first (thesis §9.6): its removal may
     /// have committed without its knowing, and the new configuration's voters, having moved
     /// on, then refuse it without raising their term (thesis §4.2.3: removed servers must not
-    /// disrupt the cluster).
+    /// disrupt the cluster). (A transfer's campaign skips the pre-vote even then: see
+    /// `campaign_for_transfer`; the sender's lease is already revoked.)
     pub(crate) fn campaign_now(&mut self) {
         assert!(
             self.is_promotable(),
@@ -124,24 +124,20 @@ impl RawNode {
     }
 
     /// Whether this node heard from a live leader recently enough to refuse to help anyone
-    /// replace it (thesis §6.2 and §4.2.3: "ignore RequestVote when a leader is known").
+    /// replace it (thesis §6.2 and §4.2.3: "ignore RequestVote when a leader is known"), which
+    /// is also what a leader's lease reads rely on (thesis §6.4.1).
     ///
-    /// With lease reads, a node that has just started may have acknowledged a leader's lease
-    /// round before it went down and has forgotten it (the ack is not persisted). Granting a
-    /// vote at once could elect a new leader while the old one serves lease reads, so for one
-    /// election timeout after a start the node acts as if it were in a lease (issue 12, hole
-    /// 3). Only lease reads need this for safety; with CheckQuorum alone, forgetting costs at
-    /// most one disruptive election, so such clusters keep electing at once after a start.
+    /// The window runs on its own clock (`lease_granted_until`), not on knowing a leader: a
+    /// higher-term message that is not a vote (a stale heartbeat's answer, a late vote
+    /// answer) makes us a follower of nobody, yet the lease we acknowledged still runs (issue
+    /// 12, found in review). With lease reads, a node that has just started is in the window
+    /// for one election timeout: it may have acknowledged a lease round before it went down
+    /// and forgotten it (issue 12, hole 3). Only lease reads need that for safety; with
+    /// CheckQuorum alone, forgetting costs at most one disruptive election, so such clusters
+    /// keep electing at once after a start. A leader is always in its own lease: CheckQuorum
+    /// steps it down when it loses its quorum.
     pub(crate) fn in_lease(&self) -> bool {
-        if !self.config.check_quorum {
-            return false;
-        }
-        let heard_from_leader =
-            self.leader.is_some() && self.election_elapsed < self.config.election_ticks;
-        let just_started = self.config.read_only == ReadOnlyOption::LeaseBased
-            && self.ticks < self.config.election_ticks
-            && !cfg!(feature = "mut-restart-forgets-lease");
-        heard_from_leader || just_started
+        self.config.check_quorum && (self.is_leader() || self.ticks < self.lease_granted_until)
     }
 
     /// The term rules every message passes first (Figure 2, "all servers": a higher term makes
@@ -233,12 +229,13 @@ impl RawNode {
     /// RequestVote receiver (Figure 2) and its PreVote twin: grant if we have not voted for
     /// someone else in this term and the candidate's log is at least as up to date (§5.4.1).
     fn handle_vote_request(&mut self, msg: Message) {
-        let (pre, last) = match msg.body {
+        let (pre, transfer, last) = match msg.body {
             MessageBody::PreVote {
                 last_log_index,
                 last_log_term,
             } => (
                 true,
+                false,
                 EntryId {
                     term: last_log_term,
                     index: last_log_index,
@@ -247,9 +244,10 @@ impl RawNode {
             MessageBody::Vote {
                 last_log_index,
                 last_log_term,
-                ..
+                leader_transfer,
             } => (
                 false,
+                leader_transfer,
                 EntryId {
                     term: last_log_term,
                     index: last_log_index,
@@ -276,7 +274,11 @@ impl RawNode {
             || (pre && msg.term > self.term);
         let up_to_date =
             self.log.is_up_to_date(last) || cfg!(feature = "mut-no-election-restriction");
-        let grant = can_vote && up_to_date && !(pre && self.in_lease());
+        // In the lease window a new vote is refused in any term, ours included (`step_term`
+        // drops higher-term requests before they get here); a vote already given is repeated,
+        // and a transfer's votes set the window aside (thesis §3.10).
+        let lease_refuses = !transfer && self.vote != Some(msg.from) && self.in_lease();
+        let grant = can_vote && up_to_date && !lease_refuses;
         if pre {
             // Answer in the asked-for term when granting, so the pre-candidate counts it.
             let term = if grant { msg.term } else { self.term };

@@ -52,6 +52,8 @@ impl RawNode {
     fn hear_from_leader(&mut self, leader: NodeId) {
         self.election_elapsed = 0;
         self.leader = Some(leader);
+        let until = self.ticks + self.config.election_ticks;
+        self.lease_granted_until = self.lease_granted_until.max(until);
     }
 
     /// AppendEntries receiver (Figure 2, rules 1-5; rule 1, the stale term, was handled by

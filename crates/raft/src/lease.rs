@@ -1,9 +1,12 @@
 //! The leader's read lease (thesis §6.4.1), pure bookkeeping. Every heartbeat broadcast gets a
-//! fresh round id; followers echo it. A follower that received round `r` ignores votes for the
-//! next `election_ticks` ticks of its clock (it is "in lease"), so once a quorum acknowledged a
-//! round sent at tick `t`, no other leader can be elected before `t + election_ticks` on
-//! clocks that tick at the same rate. The leader serves lease reads only until
-//! `t + election_ticks - drift`, where the margin absorbs bounded drift between tick rates.
+//! fresh round id; followers echo it. A follower that received round `r` refuses every
+//! non-transfer vote for the next `election_ticks` ticks of its clock, whatever its term or
+//! role meanwhile (`in_lease`), so once a quorum acknowledged a round sent at tick `t`, no
+//! other leader can be elected before `t + election_ticks` on clocks that tick at the same
+//! rate. The leader serves lease reads only until `t + election_ticks - drift`, where the
+//! margin absorbs tick phase and bounded drift between tick rates. Transfer votes set the
+//! followers' refusal aside, so a leader that may have a transfer under way has no lease
+//! (`lease_holds`).
 
 use std::collections::VecDeque;
 
@@ -18,8 +21,9 @@ pub struct Lease {
     /// length at most [`LEASE_ROUNDS_MAX`].
     sent: VecDeque<(u64, u64)>,
     /// No lease for the rest of the term: this leader sent TimeoutNow, and the target may
-    /// campaign with votes that ignore the followers' leases whenever it arrives. Cleared only
-    /// by [`Lease::clear`] (a new term). Invariant: if set, `sent` is empty.
+    /// campaign with votes that ignore the followers' leases whenever it arrives. Never
+    /// cleared: a new term starts with a new leader state and a new `Lease`. Invariant: if
+    /// set, `sent` is empty.
     revoked: bool,
 }
 
@@ -61,26 +65,20 @@ impl Lease {
     }
 
     /// Forgets every round sent so far: only rounds sent from now on can start a lease (a
-    /// leader transfer was aborted, or a new term).
+    /// leader transfer was aborted).
     pub fn forget_rounds(&mut self) {
         self.sent.clear();
     }
 
-    /// Gives up the lease until [`Lease::clear`]: rounds sent from now on do not count.
+    /// Gives up the lease for good: rounds sent from now on do not count.
     pub fn revoke(&mut self) {
         self.sent.clear();
         self.revoked = true;
     }
 
-    /// Whether [`Lease::revoke`] was called since the last [`Lease::clear`].
+    /// Whether [`Lease::revoke`] was called.
     pub fn is_revoked(&self) -> bool {
         self.revoked
-    }
-
-    /// Forgets every round and any revocation (a new term).
-    pub fn clear(&mut self) {
-        self.sent.clear();
-        self.revoked = false;
     }
 
     /// Panics if an invariant is broken.
@@ -100,9 +98,14 @@ impl Lease {
     }
 }
 
-/// The safety margin for clock drift: a tenth of the election timeout, at least one tick.
+/// The safety margin: one tick for tick phase, plus a tenth of the election timeout for drift
+/// between tick rates. A follower may vote `election_ticks` of its ticks after it received a
+/// round, and its first tick can come right after the receipt, so (E - 1) tick periods later;
+/// the leader's lease, counted from the send, must end before that, with room to spare for a
+/// faster follower clock. (With only `max(E / 10, 1)`, E = 10 left no room at all: found in
+/// review.) Every node must use the same `election_ticks`.
 pub fn lease_drift_ticks(election_ticks: u64) -> u64 {
-    (election_ticks / 10).max(1)
+    election_ticks / 10 + 1
 }
 
 #[cfg(test)]
@@ -115,16 +118,16 @@ mod tests {
         l.record(1, 0, 10);
         l.record(2, 5, 10);
         assert!(!l.holds(0, 1, 10), "nothing acknowledged");
-        // Round 1 (sent at 0) acknowledged: the lease holds until 10 - drift 1.
-        assert!(l.holds(1, 8, 10));
-        assert!(!l.holds(1, 9, 10));
+        // Round 1 (sent at 0) acknowledged: the lease holds until 10 - drift 2.
+        assert!(l.holds(1, 7, 10));
+        assert!(!l.holds(1, 8, 10));
         // Round 2 (sent at 5) extends it.
-        assert!(l.holds(2, 13, 10));
-        assert!(!l.holds(2, 14, 10));
+        assert!(l.holds(2, 12, 10));
+        assert!(!l.holds(2, 13, 10));
     }
 
     #[test]
-    fn a_revoked_lease_holds_no_more_until_cleared() {
+    fn a_revoked_lease_holds_no_more() {
         let mut l = Lease::default();
         l.record(1, 0, 10);
         assert!(l.holds(1, 1, 10));
@@ -132,9 +135,6 @@ mod tests {
         assert!(!l.holds(1, 1, 10));
         l.record(2, 2, 10);
         assert!(!l.holds(2, 3, 10), "rounds after a revocation do not count");
-        l.clear();
-        l.record(3, 4, 10);
-        assert!(l.holds(3, 5, 10));
         l.check_invariants();
     }
 

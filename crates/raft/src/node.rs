@@ -17,7 +17,7 @@
 //!   }
 //! ```
 
-use crate::config::Config;
+use crate::config::{Config, ReadOnlyOption};
 use crate::errors::{CompactError, ProposeError, ReadError, StartError, StepError};
 use crate::log::RaftLog;
 use crate::message::{Message, MessageBody};
@@ -52,7 +52,8 @@ pub struct RawNode {
     pub(crate) vote: Option<NodeId>,
     /// Current role, with the state only that role has (`role.rs`).
     pub(crate) role: RoleState,
-    /// The leader of `term`, once known. Invariant: `Some(id)` iff this node is leader.
+    /// The leader of `term`, once known. Invariant: `== Some(self.id())` iff this node is
+    /// leader.
     pub(crate) leader: Option<NodeId>,
     /// The log and its pointers.
     pub(crate) log: RaftLog,
@@ -62,9 +63,15 @@ pub struct RawNode {
     /// The current randomized timeout, in `[election_ticks, 2 * election_ticks)`.
     pub(crate) randomized_election_ticks: u64,
     /// Ticks since this node started: the clock of forwarded-read expiry, read rounds and
-    /// the lease, and of the first election timeout after a start (see `in_lease`).
-    /// Never decreases.
+    /// the lease, and of `lease_granted_until`. Never decreases.
     pub(crate) ticks: u64,
+    /// With CheckQuorum, this node refuses non-transfer (pre-)votes while `ticks` is below
+    /// this (see `in_lease`): `ticks + election_ticks` whenever it hears from the leader of its
+    /// term, and `election_ticks` at start with lease reads, since it may have acknowledged a
+    /// lease round before it went down. It survives term and role changes: a follower moved to
+    /// a higher term by a message that is not a vote must still honour the lease it granted.
+    /// Never decreases.
+    pub(crate) lease_granted_until: u64,
     /// Election jitter source.
     pub(crate) rng: Rng,
     /// Pending reads.
@@ -121,6 +128,13 @@ impl RawNode {
             election_elapsed: 0,
             randomized_election_ticks: config.election_ticks,
             ticks: 0,
+            lease_granted_until: if config.read_only == ReadOnlyOption::LeaseBased
+                && !cfg!(feature = "mut-restart-forgets-lease")
+            {
+                config.election_ticks
+            } else {
+                0
+            },
             rng: Rng::new(seed),
             reads: ReadQueue::new(forward_ids),
             failed_reads: Vec::new(),

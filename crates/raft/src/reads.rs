@@ -48,13 +48,6 @@ impl RawNode {
             || (cfg!(feature = "mut-read-skip-round-removing")
                 && self.log.voters().voters().len() == 1);
         if skip_round || self.is_sole_voter() || self.lease_holds() {
-            if !cfg!(feature = "mut-lease-during-transfer") && self.lease_holds() {
-                let ls = self.leading();
-                assert!(
-                    ls.lead_transferee.is_none() && !ls.lease.is_revoked(),
-                    "lease read during a leader transfer"
-                );
-            }
             // Sole voter: no one else can be elected without our vote. Lease: no other
             // leader can be elected before the lease ends (see `lease.rs` and the clock
             // assumption on `ReadOnlyOption::LeaseBased`).

@@ -36,8 +36,10 @@ impl RoleState {
 /// A (pre-)campaign's votes.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Campaign {
-    /// Answers received in this campaign, our own included: granted or refused. Only voters
-    /// of the configuration in force are recorded; one answer per voter (the first counts).
+    /// Answers received in this campaign: granted or refused; one per voter (the first
+    /// counts). Besides our own vote, only voters of the configuration in force are recorded;
+    /// ours is recorded even when we are outside it (thesis §4.2.2), and the tally ignores it
+    /// then.
     pub(crate) votes: BTreeMap<NodeId, bool>,
 }
 
@@ -52,8 +54,9 @@ pub(crate) struct LeaderState {
     /// ticks.
     pub(crate) heartbeat_elapsed: u64,
     /// The voter leadership is being handed to (thesis §3.10). While set, proposals and
-    /// configuration changes are refused and lease reads are not served. Invariant: a voter
-    /// other than this node.
+    /// configuration changes are refused (the automatic exit from a joint configuration is
+    /// still appended) and lease reads are not served. Invariant: a voter other than this
+    /// node.
     pub(crate) lead_transferee: Option<NodeId>,
     /// Ticks since the transfer started; it is abandoned after an election timeout.
     /// Invariant: 0 when no transfer is pending.

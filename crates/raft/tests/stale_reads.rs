@@ -7,7 +7,7 @@
 mod harness;
 
 use harness::{nid, Cluster};
-use raft::{Index, MembershipChange, ReadCtx, ReadOnlyOption, Role};
+use raft::{Index, MembershipChange, MessageBody, ReadCtx, ReadOnlyOption, Role};
 
 /// Proposes `data` at `id` (the leader) and lets the reachable nodes commit it. Returns its index.
 fn put(c: &mut Cluster, id: u64, data: &str) -> Index {
@@ -248,4 +248,89 @@ fn a_pending_transfer_refuses_membership_changes() {
         err,
         raft::MembershipError::LeadershipTransfer { to: nid(2) }
     );
+}
+
+/// Ticks until `id` starts a campaign on its own (on a copy of the node).
+fn ticks_until_campaign(c: &Cluster, id: u64) -> u64 {
+    let mut probe = c.nodes[&id].clone();
+    let term = probe.status().term;
+    for n in 1..1000 {
+        probe.tick();
+        if probe.status().term != term {
+            return n;
+        }
+    }
+    panic!("never campaigns");
+}
+
+/// A follower in the lease quorum is moved to a higher term by a message that is not a vote
+/// request (here a stale-term answer, AppendResp, to a heartbeat it sent long ago as leader).
+/// `become_follower(term, None)` forgets the leader, `in_lease` is then false, and the follower
+/// grants the next vote at once, while the old leader still serves lease reads on its ack.
+/// Hole 3b (found in review): a follower that acknowledged leader 1's lease round is moved to a
+/// higher term by a message that is not a vote request (a stale heartbeat's answer). Its
+/// refusal of votes was tied to knowing a leader, which the term change forgets, so it voted at
+/// once for node 3, which committed "b" while node 1 still served lease reads. The refusal now
+/// runs on its own clock, across term changes, and covers votes of its own term too.
+#[test]
+fn a_follower_moved_up_a_term_by_a_non_vote_message_keeps_its_lease() {
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.read_only = ReadOnlyOption::LeaseBased;
+        cfg.pre_vote = false;
+    });
+    c.verbose = false;
+    c.pass_startup();
+    // Term T0: node 2 leads; one of its heartbeats to node 3 is held in the network.
+    assert!(c.elect(2));
+    put(&mut c, 2, "a0");
+    // One lockstep tick (heartbeat_ticks = 1), messages not yet delivered.
+    for id in 1..=3 {
+        c.tick(id, 1);
+    }
+    while c.process_ready(2) {}
+    let pos = c
+        .queue
+        .iter()
+        .position(|m| m.to == nid(3) && matches!(m.body, MessageBody::Heartbeat { .. }))
+        .expect("heartbeat to 3");
+    let held = c.queue.remove(pos);
+    c.stabilize();
+    // Node 2 hands leadership to node 1 (term T = T0 + 1).
+    c.node(2).transfer_leader(nid(1)).expect("transfer");
+    c.stabilize();
+    assert_eq!(c.nodes[&1].status().role, Role::Leader);
+    put(&mut c, 1, "a");
+    c.tick_all();
+    // Node 3 is cut off; with PreVote off its term rises as it times out.
+    c.isolate(3);
+    let t = ticks_until_campaign(&c, 3);
+    for _ in 0..t {
+        c.tick_all();
+    }
+    assert_eq!(c.nodes[&3].status().role, Role::Candidate);
+    assert_eq!(c.nodes[&1].status().role, Role::Leader);
+    // Just before node 3's next timeout: node 2 has just acknowledged node 1's round.
+    let t = ticks_until_campaign(&c, 3);
+    for _ in 0..t - 1 {
+        c.tick_all();
+    }
+    // The held heartbeat finally reaches node 3, whose stale answer carries its term to
+    // node 2. From now on node 2 -> node 1 is cut (node 1 keeps its lease from the last ack).
+    c.cut.clear();
+    c.cut.insert((1, 3));
+    c.cut.insert((3, 1));
+    c.cut.insert((2, 1));
+    c.queue.push(held);
+    c.stabilize();
+    assert_eq!(c.nodes[&2].status().term, c.nodes[&3].status().term);
+    // Node 3 times out. Before the fix node 2 granted at once and node 3 won.
+    c.tick_all();
+    let b = if c.nodes[&3].status().role == Role::Leader {
+        put(&mut c, 3, "b")
+    } else {
+        c.nodes[&1].status().commit
+    };
+    assert_eq!(c.nodes[&1].status().role, Role::Leader);
+    let answer = read(&mut c, 1, 77);
+    assert_not_stale(answer, b, "lease read after a follower's term moved up");
 }

@@ -42,7 +42,7 @@ pub const REMOVED_LEADER_STUCK: &str = "removed leader holds the only copy of it
 /// voters, and is now outside its own configuration in force: it never campaigns
 /// (`is_promotable`), and it refuses the remaining voters' (pre-)votes because its log is
 /// longer, while they need its vote under the configuration they still hold.
-fn removed_leader_stuck(c: &Cluster) -> Option<String> {
+pub(crate) fn removed_leader_stuck(c: &Cluster) -> Option<String> {
     if leader(c).is_some() {
         return None;
     }

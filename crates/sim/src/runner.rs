@@ -34,6 +34,9 @@ pub const KNOWN_CORE_BUGS: &[&str] = &[
     // A leader that removed itself and stepped down before C_new reached the other voters
     // blocks every election (MembershipShrink seed 11).
     crate::scenarios::membership_shrink::REMOVED_LEADER_STUCK,
+    // With PreVote and CheckQuorum off, a voter left in an old configuration (without the
+    // leader) and a higher term drops the leader's appends unanswered (Swarm seed 5754).
+    crate::scenarios::swarm::STALE_MEMBER_UNREACHED,
     // Fixed: correlated election-jitter streams across nodes, Swarm seed 387;
     // install_snapshot over a conflicting durable suffix keeping persisted >= unstable_from,
     // MembershipChurn seed 1.

@@ -10,6 +10,10 @@ use crate::net::NetConfig;
 /// Rounds of one shape or fault each.
 const ROUNDS: usize = 10;
 
+/// Kinds of round (see [`kv_lease_transfers`]).
+const KINDS: usize = 6;
+const _: () = assert!(KINDS <= ROUNDS, "every kind runs at least once");
+
 /// `KvLeaseTransfers`: three or five voters with lease reads and three KV clients; each round
 /// picks a transfer to a random voter whose old leader is then deafened, a transfer that
 /// aborts because TimeoutNow is slowed past the abort, a follower restarted right after each
@@ -37,6 +41,10 @@ pub fn kv_lease_transfers(seed: u64) -> Cluster {
     }
     let mut probes = Probes::new(&mut c);
     let mut transfers = 0;
+    let mut order: Vec<usize> = (0..KINDS).collect();
+    for i in (1..KINDS).rev() {
+        order.swap(i, c.rng.below(i as u64 + 1) as usize);
+    }
     for round in 0..ROUNDS {
         c.net.heal();
         c.net.clear_kind_delay();
@@ -52,7 +60,12 @@ pub fn kv_lease_transfers(seed: u64) -> Cluster {
         let others: Vec<u64> = c.ids().into_iter().filter(|&x| x != l).collect();
         let to = c.rng.pick(&others);
         let term = c.status(l).expect("leader runs").term;
-        match c.rng.below(6) {
+        // Every kind once in the first rounds (in a seed-drawn order), then random kinds.
+        let kind = match order.get(round) {
+            Some(&k) => k,
+            None => c.rng.below(KINDS as u64) as usize,
+        };
+        match kind {
             0 => {
                 shapes::quiesce(&mut c, &cls);
                 if leader(&c) == Some(l) {

@@ -194,7 +194,7 @@ pub fn swarm(seed: u64) -> Cluster {
             membership_step(&mut c);
         }
         if let Some(probes) = probes.as_mut() {
-            if p.small_configs && c.rng.chance(150) {
+            if p.small_configs && c.rng.chance(250) {
                 small_config_step(&mut c, probes);
             }
             if p.lease_shapes && c.rng.chance(100) {
@@ -302,6 +302,9 @@ pub fn swarm(seed: u64) -> Cluster {
     loop {
         if c.now_ms() - t0 > 10_000 {
             if let Some(why) = super::membership_shrink::removed_leader_stuck(&c) {
+                c.fail(&why);
+            }
+            if let Some(why) = stale_member_unreached(&c) {
                 c.fail(&why);
             }
             c.fail(&format!(
@@ -424,9 +427,8 @@ fn leader_voters(c: &Cluster) -> Option<(u64, Vec<u64>)> {
     Some((l, m.voters.iter().map(|i| i.get()).collect()))
 }
 
-/// One step toward small or moved configurations: remove a voter down to one (the leader
-/// itself in half the steps, cut off right after the removal reached the other voter in half
-/// of those), move the voters onto machines outside the configuration, or add a learner
+/// One step toward small or moved configurations: remove followers down to two voters, then
+/// the leader itself (cut off right after the removal reached the other voter in most steps), move the voters onto machines outside the configuration, or add a learner
 /// (promoted later by [`membership_step`]).
 fn small_config_step(c: &mut Cluster, probes: &mut Probes) {
     use raft::{MembershipChange, NodeId};
@@ -435,19 +437,22 @@ fn small_config_step(c: &mut Cluster, probes: &mut Probes) {
         return;
     };
     let nid = |i: u64| NodeId::new(i).expect("ids start at 1");
-    let outside: Vec<u64> = c.ids().into_iter().filter(|x| !voters.contains(x)).collect();
-    match c.rng.below(3) {
-        0 if voters.len() >= 2 => {
+    let outside: Vec<u64> = c
+        .ids()
+        .into_iter()
+        .filter(|x| !voters.contains(x))
+        .collect();
+    match c.rng.below(4) {
+        0 | 1 if voters.len() >= 2 => {
+            // Toward two voters by removing followers, then the leader removes itself.
             let others: Vec<u64> = voters.iter().copied().filter(|&v| v != l).collect();
-            let x = if c.rng.chance(500) {
-                l
-            } else {
-                c.rng.pick(&others)
-            };
-            if x == l && others.len() == 1 && c.rng.chance(500) {
+            if others.len() >= 2 {
+                let x = c.rng.pick(&others);
+                let _ = c.change_membership(l, MembershipChange::Remove(nid(x)));
+            } else if c.rng.chance(700) {
                 shapes::remove_self_cut_off(c, probes, l, others[0]);
             } else {
-                let _ = c.change_membership(l, MembershipChange::Remove(nid(x)));
+                let _ = c.change_membership(l, MembershipChange::Remove(nid(l)));
             }
         }
         1 if !outside.is_empty() => {
@@ -510,4 +515,35 @@ fn lease_shape(c: &mut Cluster, clients: &[usize], probes: &mut Probes) {
         c.net.heal();
     }
     shapes::unquiesce(c, clients);
+}
+
+/// Message of the open core liveness bug in [`crate::runner::KNOWN_CORE_BUGS`].
+pub const STALE_MEMBER_UNREACHED: &str =
+    "a voter left in an old configuration with a higher term never catches up";
+
+/// With PreVote and CheckQuorum off, a node answers no message of an older term; a voter of
+/// the leader's configuration that still holds an older configuration without the leader
+/// campaigns (raising its term) only toward its old peers, and drops the leader's appends as
+/// stale: it never learns the new configuration nor the leader the higher term (Figure 2
+/// says a stale request is rejected with the receiver's term).
+fn stale_member_unreached(c: &Cluster) -> Option<String> {
+    if c.config().pre_vote || c.config().check_quorum {
+        return None;
+    }
+    let l = super::membership::leader(c)?;
+    let term = c.status(l)?.term;
+    let m = c.membership(l)?;
+    m.voters.iter().map(|v| v.get()).find_map(|x| {
+        let s = c.status(x)?;
+        let theirs = c.membership(x)?;
+        let unreached = s.term > term && !theirs.is_voter(raft::NodeId::new(l)?);
+        unreached.then(|| {
+            format!(
+                "{STALE_MEMBER_UNREACHED}: voter {x} (term {}, voters {:?}) drops leader {l}'s \
+                 term-{term} appends unanswered (core liveness bug)",
+                s.term,
+                theirs.voters.iter().map(|i| i.get()).collect::<Vec<_>>()
+            )
+        })
+    })
 }

@@ -69,4 +69,16 @@ pub const MUTATIONS: &[(&str, bool)] = &[
         "mut-joint-one-majority",
         cfg!(feature = "mut-joint-one-majority"),
     ),
+    (
+        "mut-read-skip-round-removing",
+        cfg!(feature = "mut-read-skip-round-removing"),
+    ),
+    (
+        "mut-lease-during-transfer",
+        cfg!(feature = "mut-lease-during-transfer"),
+    ),
+    (
+        "mut-restart-forgets-lease",
+        cfg!(feature = "mut-restart-forgets-lease"),
+    ),
 ];

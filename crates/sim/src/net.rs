@@ -75,6 +75,10 @@ pub struct Network {
     cut: BTreeSet<(u64, u64)>,
     /// Extra loss on single directed links, per mille (swarm testing).
     link_loss_per_mille: BTreeMap<(u64, u64), u64>,
+    /// Extra delay for one kind of message (`MessageBody::name`) on one directed link, ms: a
+    /// message held back on a slow path while the rest of the traffic flows, such as a
+    /// TimeoutNow that arrives after its transfer was aborted.
+    kind_delay_ms: BTreeMap<(u64, u64, &'static str), u64>,
 }
 
 impl Network {
@@ -85,6 +89,7 @@ impl Network {
             disconnected: BTreeSet::new(),
             cut: BTreeSet::new(),
             link_loss_per_mille: BTreeMap::new(),
+            kind_delay_ms: BTreeMap::new(),
         }
     }
 
@@ -148,6 +153,16 @@ impl Network {
         self.link_loss_per_mille.clear();
     }
 
+    /// Holds back messages of one `kind` (`MessageBody::name`) on one directed link by `ms`.
+    pub fn set_kind_delay(&mut self, from: u64, to: u64, kind: &'static str, ms: u64) {
+        self.kind_delay_ms.insert((from, to, kind), ms);
+    }
+
+    /// Removes every per-kind delay.
+    pub fn clear_kind_delay(&mut self) {
+        self.kind_delay_ms.clear();
+    }
+
     /// The delays (in ms) after which copies of `msg` arrive: empty if it is lost.
     pub fn route(&self, rng: &mut Rng, msg: &Message) -> Vec<u64> {
         let (from, to) = (msg.from.get(), msg.to.get());
@@ -168,6 +183,12 @@ impl Network {
         if rng.chance(loss) || rng.chance(extra) {
             return Vec::new();
         }
+        let slow_ms = if self.kind_delay_ms.is_empty() {
+            0
+        } else {
+            let key = (from, to, msg.body.name());
+            self.kind_delay_ms.get(&key).copied().unwrap_or(0)
+        };
         let copies = if rng.chance(self.config.duplicate_per_mille) {
             2
         } else {
@@ -181,7 +202,7 @@ impl Network {
                     let spread = rng.below(2000);
                     d = 200 + rng.below(1 + spread);
                 }
-                d
+                d + slow_ms
             })
             .collect()
     }

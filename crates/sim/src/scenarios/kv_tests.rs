@@ -154,7 +154,7 @@ fn crash_all(mut c: Cluster) -> Cluster {
 
 /// Runs one operation on a client to completion or until `timeout_ms`; returns the history
 /// entry's output (`Some(None)` for a completed write) or `None` if it did not complete.
-fn kv_do(
+pub(crate) fn kv_do(
     c: &mut Cluster,
     ci: usize,
     key: &str,

@@ -14,7 +14,7 @@ use super::kv_tests::check_linearizable;
 use super::lab::{cmd, ELECTION_TIMEOUT_MS};
 use crate::cluster::{Cluster, ClusterConfig};
 
-fn nid(i: u64) -> NodeId {
+pub(crate) fn nid(i: u64) -> NodeId {
     NodeId::new(i).expect("ids start at 1")
 }
 
@@ -33,7 +33,7 @@ pub fn leader(c: &Cluster) -> Option<u64> {
 }
 
 /// Waits up to `ms` for a leader.
-fn wait_leader(c: &mut Cluster, ms: u64) -> Option<u64> {
+pub(crate) fn wait_leader(c: &mut Cluster, ms: u64) -> Option<u64> {
     let t0 = c.now_ms();
     loop {
         if let Some(l) = leader(c) {
@@ -48,7 +48,7 @@ fn wait_leader(c: &mut Cluster, ms: u64) -> Option<u64> {
 
 /// Asks the leader for `change`, retrying while the leader is busy (NotReady,
 /// ChangeInProgress) or changing, for up to `ms`. Returns whether it was accepted.
-fn request(c: &mut Cluster, change: MembershipChange, ms: u64) -> bool {
+pub(crate) fn request(c: &mut Cluster, change: MembershipChange, ms: u64) -> bool {
     let t0 = c.now_ms();
     while c.now_ms() - t0 < ms {
         if let Some(l) = leader(c) {
@@ -64,7 +64,7 @@ fn request(c: &mut Cluster, change: MembershipChange, ms: u64) -> bool {
 }
 
 /// Starts every server that is down.
-fn start_all(c: &mut Cluster) {
+pub(crate) fn start_all(c: &mut Cluster) {
     for i in c.ids() {
         if !c.alive(i) {
             c.start(i);
@@ -74,7 +74,7 @@ fn start_all(c: &mut Cluster) {
 
 /// Waits until the leader's configuration is not joint and its last configuration entry is
 /// committed, for up to `ms`.
-fn wait_settled(c: &mut Cluster, ms: u64) -> bool {
+pub(crate) fn wait_settled(c: &mut Cluster, ms: u64) -> bool {
     let t0 = c.now_ms();
     while c.now_ms() - t0 < ms {
         if let Some(l) = leader(c) {
@@ -90,12 +90,12 @@ fn wait_settled(c: &mut Cluster, ms: u64) -> bool {
     false
 }
 
-fn kv_clients(c: &mut Cluster, n: usize) -> Vec<usize> {
+pub(crate) fn kv_clients(c: &mut Cluster, n: usize) -> Vec<usize> {
     let all = c.ids();
     (0..n).map(|_| c.add_client(all.clone())).collect()
 }
 
-fn finish(c: &mut Cluster, cls: &[usize], what: &str) {
+pub(crate) fn finish(c: &mut Cluster, cls: &[usize], what: &str) {
     c.net.heal();
     start_all(c);
     if !wait_settled(c, 20_000) {

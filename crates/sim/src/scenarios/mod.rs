@@ -3,11 +3,14 @@
 
 pub mod kv_tests;
 pub mod lab;
+pub mod lease_transfers;
 pub mod membership;
+pub mod membership_shrink;
 pub mod raft_3a;
 pub mod raft_3b;
 pub mod raft_3c;
 pub mod raft_3d;
+pub mod shapes;
 pub mod swarm;
 
 use crate::cluster::Cluster;
@@ -190,6 +193,14 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "LeaderTransferFaults",
         run: membership::leader_transfer_faults,
+    },
+    Scenario {
+        name: "MembershipShrink",
+        run: membership_shrink::membership_shrink,
+    },
+    Scenario {
+        name: "KvLeaseTransfers",
+        run: lease_transfers::kv_lease_transfers,
     },
     Scenario {
         name: "Swarm",

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use super::kv_tests::check_linearizable;
 use super::lab::{cmd, n_committed};
+use super::shapes::{self, Probes};
 use crate::cluster::{Cluster, ClusterConfig, DiskConfig, TICK_MS};
 use crate::net::NetConfig;
 use crate::rng::Rng;
@@ -49,6 +50,14 @@ pub struct SwarmParams {
     /// Two spare servers and occasional membership changes (learners added and promoted,
     /// voters removed, joint replacements, leader transfers) during the safety phase.
     pub membership: bool,
+    /// Small and moving configurations (implies `membership`): voters removed down to one,
+    /// the leader removing itself (sometimes cut off right after its removal reached the other
+    /// voter), replacements onto machines outside the configuration.
+    pub small_configs: bool,
+    /// Lease reads (implies CheckQuorum and no pauses) with the stale-read shapes of
+    /// `scenarios::shapes`: transfers whose old leader is then deafened, TimeoutNow held back
+    /// past the abort, a follower restarted after each acknowledgement.
+    pub lease_shapes: bool,
 }
 
 impl SwarmParams {
@@ -97,6 +106,15 @@ impl SwarmParams {
         let snapshot_chunk_bytes = r.pick(&[64, 256, 1024]);
         let snapshot_chunks_inflight_max = r.pick(&[1, 2, 4]);
         let membership = r.chance(300);
+        let small_configs = r.chance(150);
+        let lease_shapes = r.chance(150);
+        let membership = membership || small_configs;
+        let check_quorum = check_quorum || lease_shapes;
+        let lease_reads = lease_reads || lease_shapes;
+        if lease_shapes {
+            // The lease's clock assumption: a paused leader's clock stops.
+            weights[4] = 0;
+        }
         SwarmParams {
             nodes,
             net,
@@ -114,6 +132,8 @@ impl SwarmParams {
             snapshot_chunk_bytes,
             snapshot_chunks_inflight_max,
             membership,
+            small_configs,
+            lease_shapes,
         }
     }
 }
@@ -146,6 +166,7 @@ pub fn swarm(seed: u64) -> Cluster {
     for &ci in &cls {
         c.set_client_active(ci, true);
     }
+    let mut probes = (p.small_configs || p.lease_shapes).then(|| Probes::new(&mut c));
     // Safety phase.
     let mut restart_at: BTreeMap<u64, u64> = BTreeMap::new();
     let mut resume_at: BTreeMap<u64, u64> = BTreeMap::new();
@@ -171,6 +192,14 @@ pub fn swarm(seed: u64) -> Cluster {
         }
         if p.membership && c.rng.chance(200) {
             membership_step(&mut c);
+        }
+        if let Some(probes) = probes.as_mut() {
+            if p.small_configs && c.rng.chance(250) {
+                small_config_step(&mut c, probes);
+            }
+            if p.lease_shapes && c.rng.chance(100) {
+                lease_shape(&mut c, &cls, probes);
+            }
         }
         let mut pick = c.rng.below(total);
         let mut kind = 0;
@@ -272,6 +301,12 @@ pub fn swarm(seed: u64) -> Cluster {
     let mut index = None;
     loop {
         if c.now_ms() - t0 > 10_000 {
+            if let Some(why) = super::membership_shrink::removed_leader_stuck(&c) {
+                c.fail(&why);
+            }
+            if let Some(why) = stale_member_unreached(&c) {
+                c.fail(&why);
+            }
             c.fail(&format!(
                 "liveness: healed majority {core:?} did not elect a leader and commit within 10 s\n{}",
                 node_states(&c)
@@ -411,4 +446,135 @@ fn membership_step(c: &mut Cluster) {
         _ => return,
     };
     let _ = c.change_membership(l, change);
+}
+
+/// The voters of the leader's configuration (leader first is not promised), if not joint.
+fn leader_voters(c: &Cluster) -> Option<(u64, Vec<u64>)> {
+    let l = super::membership::leader(c)?;
+    let m = c.membership(l)?;
+    if m.is_joint() {
+        return None;
+    }
+    Some((l, m.voters.iter().map(|i| i.get()).collect()))
+}
+
+/// One step toward small or moved configurations: remove followers down to two voters, then
+/// the leader itself (cut off right after the removal reached the other voter in most steps), move the voters onto machines outside the configuration, or add a learner
+/// (promoted later by [`membership_step`]).
+fn small_config_step(c: &mut Cluster, probes: &mut Probes) {
+    use raft::{MembershipChange, NodeId};
+    use std::collections::BTreeSet;
+    let Some((l, voters)) = leader_voters(c) else {
+        return;
+    };
+    let nid = |i: u64| NodeId::new(i).expect("ids start at 1");
+    let outside: Vec<u64> = c
+        .ids()
+        .into_iter()
+        .filter(|x| !voters.contains(x))
+        .collect();
+    match c.rng.below(4) {
+        0 | 1 if voters.len() >= 2 => {
+            // Toward two voters by removing followers, then the leader removes itself.
+            let others: Vec<u64> = voters.iter().copied().filter(|&v| v != l).collect();
+            if others.len() >= 2 {
+                let x = c.rng.pick(&others);
+                let _ = c.change_membership(l, MembershipChange::Remove(nid(x)));
+            } else if c.rng.chance(700) {
+                shapes::remove_self_cut_off(c, probes, l, others[0]);
+            } else {
+                let _ = c.change_membership(l, MembershipChange::Remove(nid(l)));
+            }
+        }
+        1 if !outside.is_empty() => {
+            let size = voters.len().clamp(1, 3).min(outside.len());
+            let mut pool = outside;
+            let mut pick = BTreeSet::new();
+            while pick.len() < size {
+                let x = pool.remove(c.rng.below(pool.len() as u64) as usize);
+                if !c.alive(x) {
+                    c.start(x);
+                }
+                pick.insert(nid(x));
+            }
+            let change = MembershipChange::Replace {
+                voters: pick,
+                learners: BTreeSet::new(),
+            };
+            let _ = c.change_membership(l, change);
+        }
+        _ if !outside.is_empty() => {
+            let x = c.rng.pick(&outside);
+            if !c.alive(x) {
+                c.start(x);
+            }
+            let _ = c.change_membership(l, MembershipChange::AddLearner(nid(x)));
+        }
+        _ => {}
+    }
+}
+
+/// One lease stale-read shape (see [`shapes`]) with the clients quiet, then a heal.
+fn lease_shape(c: &mut Cluster, clients: &[usize], probes: &mut Probes) {
+    let Some((l, voters)) = leader_voters(c) else {
+        return;
+    };
+    let others: Vec<u64> = voters.iter().copied().filter(|&v| v != l).collect();
+    if others.is_empty() {
+        return;
+    }
+    shapes::quiesce(c, clients);
+    if super::membership::leader(c) == Some(l) {
+        let to = c.rng.pick(&others);
+        match c.rng.below(3) {
+            0 => {
+                shapes::transfer_then_deafen(c, probes, l, to);
+            }
+            1 => {
+                let election_ms = c.config().election_ticks * TICK_MS;
+                let slow_ms = election_ms + 50 + c.rng.below(election_ms);
+                shapes::late_timeout_now(c, probes, l, to, slow_ms);
+            }
+            _ => {
+                let mut rest: Vec<u64> = others.iter().copied().filter(|&x| x != to).collect();
+                rest.truncate((voters.len() - 1) / 2);
+                if !rest.is_empty() {
+                    shapes::restart_after_ack(c, probes, l, &rest, to);
+                }
+            }
+        }
+        c.net.heal();
+    }
+    shapes::unquiesce(c, clients);
+}
+
+/// Message of the open core liveness bug in [`crate::runner::KNOWN_CORE_BUGS`].
+pub const STALE_MEMBER_UNREACHED: &str =
+    "a voter left in an old configuration with a higher term never catches up";
+
+/// With PreVote and CheckQuorum off, a node answers no message of an older term; a voter of
+/// the leader's configuration that still holds an older configuration without the leader
+/// campaigns (raising its term) only toward its old peers, and drops the leader's appends as
+/// stale: it never learns the new configuration nor the leader the higher term (Figure 2
+/// says a stale request is rejected with the receiver's term).
+fn stale_member_unreached(c: &Cluster) -> Option<String> {
+    if c.config().pre_vote || c.config().check_quorum {
+        return None;
+    }
+    let l = super::membership::leader(c)?;
+    let term = c.status(l)?.term;
+    let m = c.membership(l)?;
+    m.voters.iter().map(|v| v.get()).find_map(|x| {
+        let s = c.status(x)?;
+        let theirs = c.membership(x)?;
+        let unreached = s.term > term && !theirs.is_voter(raft::NodeId::new(l)?);
+        unreached.then(|| {
+            format!(
+                "{STALE_MEMBER_UNREACHED}: voter {x} (term {}, voters {:?}) drops leader {l}'s \
+                 term-{term} appends unanswered (core liveness bug)",
+                s.term,
+                theirs.voters.iter().map(|i| i.get()).collect::<Vec<_>>()
+            )
+        })
+    })
 }

@@ -130,8 +130,8 @@ pub const HUNTS: &[Hunt] = &[
     // A restarted node votes again in the term it voted in.
     Hunt {
         mutation: "mut-forget-vote",
-        scenarios: &["Persist2", "Figure8", "Swarm", "ReliableChurn"],
-        seeds_max: 200,
+        scenarios: &["Swarm", "Persist2", "Figure8", "ReliableChurn"],
+        seeds_max: 2000,
         caught_by: &[ElectionSafety],
         guards_off: &[Guard::Monotonic],
     },
@@ -171,29 +171,27 @@ pub const HUNTS: &[Hunt] = &[
         caught_by: DIVERGED,
         guards_off: &[Guard::QuorumCount],
     },
-    // A leader removing itself serves reads as if it were the sole voter. Waiting for the
-    // MembershipShrink scenario.
+    // A leader removing itself serves reads as if it were the sole voter.
     Hunt {
         mutation: "mut-read-skip-round-removing",
-        scenarios: &["MembershipChurn", "Swarm"],
-        seeds_max: 200,
+        scenarios: &["MembershipShrink", "Swarm"],
+        seeds_max: 50,
         caught_by: &[Linearizability],
         guards_off: &[],
     },
-    // Lease reads after TimeoutNow: the target is elected inside the lease. Waiting for the
-    // KvLeaseTransfers scenario.
+    // Lease reads after TimeoutNow: the target is elected inside the lease.
     Hunt {
         mutation: "mut-lease-during-transfer",
-        scenarios: &["KvLeasePartitions", "KvStaleLeaderLease", "Swarm"],
-        seeds_max: 200,
+        scenarios: &["KvLeaseTransfers", "Swarm"],
+        seeds_max: 20,
         caught_by: &[Linearizability],
         guards_off: &[],
     },
     // A restarted node votes inside a lease it acknowledged before the crash.
     Hunt {
         mutation: "mut-restart-forgets-lease",
-        scenarios: &["KvStaleLeaderLease", "KvLeasePartitions", "Swarm"],
-        seeds_max: 200,
+        scenarios: &["KvLeaseTransfers", "Swarm"],
+        seeds_max: 20,
         caught_by: &[Linearizability],
         guards_off: &[],
     },

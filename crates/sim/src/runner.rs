@@ -34,15 +34,13 @@ pub struct Outcome {
 /// served up to two election timeouts after the last quorum contact, KvLeasePartitions seed
 /// 150, in 7a34ef1.)
 pub const KNOWN_CORE_BUGS: &[&str] = &[
-    // A leader that removed itself and stepped down before C_new reached the other voters
-    // blocks every election (MembershipShrink seed 11).
-    crate::scenarios::membership_shrink::REMOVED_LEADER_STUCK,
-    // With PreVote and CheckQuorum off, a voter left in an old configuration (without the
-    // leader) and a higher term drops the leader's appends unanswered (Swarm seed 5754).
-    crate::scenarios::swarm::STALE_MEMBER_UNREACHED,
     // Fixed: correlated election-jitter streams across nodes, Swarm seed 387;
     // install_snapshot over a conflicting durable suffix keeping persisted >= unstable_from,
-    // MembershipChurn seed 1.
+    // MembershipChurn seed 1; a leader that removed itself and stepped down before C_new
+    // reached the other voter blocked every election (MembershipShrink seed 11, fixed by
+    // letting voters of the committed configuration campaign, Swarm seed 102983); a voter
+    // left in an old configuration with a higher term dropped the leader's appends unanswered
+    // (Swarm seed 5754, fixed by always answering stale appends, Swarm seed 221436).
 ];
 
 /// Whether a failure message is one of [`KNOWN_CORE_BUGS`].

@@ -13,26 +13,6 @@ const SEEDS: u64 = if cfg!(debug_assertions) { 20 } else { 200 };
 /// Seeds for the cheap, high-yield scenarios (Figure 8 variants, swarm).
 const SEEDS_MANY: u64 = if cfg!(debug_assertions) { 100 } else { 1000 };
 
-/// Runs seeds of `name`; failures that are [`sim::runner::KNOWN_CORE_BUGS`] are skipped (and
-/// counted) while anything else fails the test. For scenarios whose plain test is ignored
-/// because of an open core bug, so the rest of what they check keeps running in CI.
-fn run_many_beyond_known_core_bugs(name: &str, seeds: u64) {
-    let s: Scenario = find(name).expect("known scenario");
-    let mut known = 0;
-    for seed in 0..seeds {
-        match run_seed(s, seed) {
-            Ok(_) => {}
-            Err(msg) if sim::runner::is_known_core_bug(&msg) => known += 1,
-            Err(msg) => panic!("{name} failed beyond the known core bugs:\n{msg}"),
-        }
-    }
-    eprintln!("{name}: {known} of {seeds} seeds stopped at a known core bug");
-    assert!(
-        known < seeds,
-        "{name}: every seed stopped at a known core bug"
-    );
-}
-
 fn run_many(name: &str, seeds: u64) {
     let s: Scenario = find(name).expect("known scenario");
     let mut failures = Vec::new();
@@ -59,17 +39,6 @@ macro_rules! scenario_tests {
             $(#[$attr])*
             fn $test() {
                 run_many($name, $seeds);
-            }
-        )*
-    };
-}
-
-macro_rules! beyond_known_core_bugs {
-    ($($test:ident => $name:literal, $seeds:expr;)*) => {
-        $(
-            #[test]
-            fn $test() {
-                run_many_beyond_known_core_bugs($name, $seeds);
             }
         )*
     };
@@ -119,19 +88,8 @@ scenario_tests! {
     removed_node_disruption => "RemovedNodeDisruption", SEEDS;
     leader_transfer_faults => "LeaderTransferFaults", SEEDS;
     kv_lease_transfers => "KvLeaseTransfers", SEEDS;
-    #[ignore = "open core liveness bug: a removed leader holding the only copy of its removal \
-                blocks every election (runner::KNOWN_CORE_BUGS); see membership_shrink_beyond_known_core_bugs"]
     membership_shrink => "MembershipShrink", SEEDS;
-    #[ignore = "open core liveness bugs in runner::KNOWN_CORE_BUGS (Swarm seeds 499, 5754); \
-                see swarm_beyond_known_core_bugs"]
     swarm => "Swarm", SEEDS_MANY;
-}
-
-beyond_known_core_bugs! {
-    swarm_beyond_known_core_bugs => "Swarm", SEEDS_MANY;
-    kv_snapshot_partitions_beyond_known_core_bugs => "KvSnapshotPartitions", SEEDS;
-    membership_churn_beyond_known_core_bugs => "MembershipChurn", SEEDS;
-    membership_shrink_beyond_known_core_bugs => "MembershipShrink", SEEDS;
 }
 
 /// Replays one seed that once failed and must now pass.
@@ -165,6 +123,22 @@ fn swarm_seed_102983_joint_exit_only_on_outgoing_voters() {
 #[test]
 fn swarm_seed_221436_member_with_stale_config_and_higher_term() {
     replay("Swarm", 221436);
+}
+
+/// A leader of {1,2} that removed itself and stepped down before C_new reached node 2 (and
+/// seeds like it in MembershipShrink and Swarm) blocked every election while it could not
+/// campaign. Fixed with seed 102983 (`is_promotable`).
+#[test]
+fn removed_leader_holding_the_only_copy_of_its_removal() {
+    replay("MembershipShrink", 11);
+    replay("Swarm", 499);
+}
+
+/// A voter left in an old configuration with a higher term, PreVote and CheckQuorum off, never
+/// caught up. Fixed with seed 221436 (`step_stale`).
+#[test]
+fn swarm_seed_5754_stale_member_unreached() {
+    replay("Swarm", 5754);
 }
 
 #[test]
@@ -250,8 +224,8 @@ fn catches_forgotten_vote() {
     // the vote is sent; with it off, Election Safety sees the two votes.
     let msg = catch_guards_off(
         DriverBug::ForgetVoteOnRestart,
-        &["Persist2", "Figure8", "Swarm", "ReliableChurn"],
-        200,
+        &["Swarm", "Persist2", "Figure8", "ReliableChurn"],
+        2000,
         &[ElectionSafety],
         &[Guard::Monotonic],
     );

@@ -301,12 +301,6 @@ pub fn swarm(seed: u64) -> Cluster {
     let mut index = None;
     loop {
         if c.now_ms() - t0 > 10_000 {
-            if let Some(why) = super::membership_shrink::removed_leader_stuck(&c) {
-                c.fail(&why);
-            }
-            if let Some(why) = stale_member_unreached(&c) {
-                c.fail(&why);
-            }
             c.fail(&format!(
                 "liveness: healed majority {core:?} did not elect a leader and commit within 10 s\n{}",
                 node_states(&c)
@@ -546,35 +540,4 @@ fn lease_shape(c: &mut Cluster, clients: &[usize], probes: &mut Probes) {
         c.net.heal();
     }
     shapes::unquiesce(c, clients);
-}
-
-/// Message of the open core liveness bug in [`crate::runner::KNOWN_CORE_BUGS`].
-pub const STALE_MEMBER_UNREACHED: &str =
-    "a voter left in an old configuration with a higher term never catches up";
-
-/// With PreVote and CheckQuorum off, a node answers no message of an older term; a voter of
-/// the leader's configuration that still holds an older configuration without the leader
-/// campaigns (raising its term) only toward its old peers, and drops the leader's appends as
-/// stale: it never learns the new configuration nor the leader the higher term (Figure 2
-/// says a stale request is rejected with the receiver's term).
-fn stale_member_unreached(c: &Cluster) -> Option<String> {
-    if c.config().pre_vote || c.config().check_quorum {
-        return None;
-    }
-    let l = super::membership::leader(c)?;
-    let term = c.status(l)?.term;
-    let m = c.membership(l)?;
-    m.voters.iter().map(|v| v.get()).find_map(|x| {
-        let s = c.status(x)?;
-        let theirs = c.membership(x)?;
-        let unreached = s.term > term && !theirs.is_voter(raft::NodeId::new(l)?);
-        unreached.then(|| {
-            format!(
-                "{STALE_MEMBER_UNREACHED}: voter {x} (term {}, voters {:?}) drops leader {l}'s \
-                 term-{term} appends unanswered (core liveness bug)",
-                s.term,
-                theirs.voters.iter().map(|i| i.get()).collect::<Vec<_>>()
-            )
-        })
-    })
 }

@@ -415,12 +415,19 @@ impl RawNode {
     /// After a restart, resumes receiving a snapshot of which `received_bytes` were staged
     /// durably before the crash, so that the leader continues from there. Ignored if the
     /// snapshot is no longer needed.
+    ///
+    /// A snapshot staged whole but not installed (the crash came between the last chunk and
+    /// the install) is received again from the start: resumed at its full size, every chunk
+    /// would be a duplicate and the leader's transfer fully acknowledged, so nothing could
+    /// complete it; and a batch installs only a snapshot its own chunks end with.
     pub fn resume_staged_snapshot(&mut self, meta: SnapshotMeta, received_bytes: u64) {
         if meta.last.index > self.log.committed() && received_bytes <= meta.size_bytes {
-            self.incoming_snapshot = Some(Incoming {
-                meta,
-                received: received_bytes,
-            });
+            let received = if received_bytes == meta.size_bytes {
+                0
+            } else {
+                received_bytes
+            };
+            self.incoming_snapshot = Some(Incoming { meta, received });
         }
     }
 

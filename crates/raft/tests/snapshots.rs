@@ -313,3 +313,72 @@ fn newer_snapshot_chunks_behind_a_completed_one_wait_for_the_next_batch() {
     }
     assert_eq!(c.applied_data(3), c.applied_data(1));
 }
+
+/// A follower that staged every chunk durably but crashed before installing (the store stages
+/// a batch's chunks, then installs) restarts with the whole snapshot staged. Resumed at its full
+/// size it could never be completed: every chunk is a duplicate, the leader's transfer is fully
+/// acknowledged, and only a newer snapshot would unblock it (found in review). It is received
+/// again from the start instead, and installs.
+#[test]
+fn follower_crash_between_the_last_chunk_and_the_install_still_installs() {
+    let mut c = cluster_with_entries(10, 64);
+    c.crash(3);
+    propose_many(&mut c, 1, 10, 200);
+    let meta = c.compact(1);
+    c.restart(3);
+    let mut crashed = false;
+    'outer: for _ in 0..40 {
+        for id in 1..=3 {
+            c.tick(id, 1);
+        }
+        for _ in 0..50 {
+            for id in 1..=2 {
+                while c.process_ready(id) {}
+            }
+            loop {
+                let mut probe = c.nodes[&3].clone();
+                if !probe.has_ready() {
+                    break;
+                }
+                if probe.ready().snapshot.is_some() {
+                    // Stage the batch's chunks, then crash before the install.
+                    let rd = c.node(3).ready();
+                    let disk = c.disks.get_mut(&3).expect("disk");
+                    for chunk in &rd.snapshot_chunks {
+                        if chunk.offset == 0 {
+                            disk.staging = Some((chunk.meta.clone(), Vec::new()));
+                        }
+                        let (_, bytes) = disk.staging.as_mut().expect("staging started");
+                        bytes.extend_from_slice(&chunk.data);
+                    }
+                    crashed = true;
+                    break 'outer;
+                }
+                c.process_ready(3);
+            }
+            if c.deliver(None) == 0 {
+                break;
+            }
+        }
+    }
+    assert!(crashed, "the install batch was reached");
+    let (staged_meta, staged) = c.disks[&3].staging.clone().expect("staged");
+    assert_eq!(staged_meta, meta);
+    assert_eq!(staged.len() as u64, meta.size_bytes, "staged whole");
+    c.crash(3);
+    c.restart(3);
+    c.node(3)
+        .resume_staged_snapshot(staged_meta, staged.len() as u64);
+    // No new proposals: the leader has no newer snapshot to switch to.
+    for _ in 0..200 {
+        c.tick_all();
+        if c.nodes[&3].status().applied >= meta.last.index {
+            break;
+        }
+    }
+    assert!(
+        c.nodes[&3].status().applied >= meta.last.index,
+        "the staged snapshot was never installed"
+    );
+    assert_eq!(c.applied_data(3), c.applied_data(1));
+}

@@ -5,8 +5,9 @@
 use std::collections::BTreeMap;
 
 use crate::lease::Lease;
+use crate::node::RawNode;
 use crate::progress::Progress;
-use crate::types::{NodeId, Role};
+use crate::types::{Entry, EntryId, EntryKind, NodeId, Role, Term};
 
 /// The role and the state only that role has.
 #[derive(Clone, Debug)]
@@ -98,5 +99,103 @@ impl LeaderState {
             );
         }
         assert_ne!(self.lead_transferee, Some(me), "transfer to self");
+    }
+}
+
+/// Role changes (paper §5.2; thesis §9.6 for the pre-vote).
+impl RawNode {
+    /// Common part of every role change: a new term forgets the vote; timers restart.
+    fn reset(&mut self, term: Term) {
+        if term != self.term {
+            assert!(
+                term > self.term,
+                "term went back from {} to {term}",
+                self.term
+            );
+            self.term = term;
+            self.vote = None;
+        }
+        self.leader = None;
+        self.election_elapsed = 0;
+        self.reset_randomized_election_timeout();
+        // Whatever the old role held goes with it; the caller sets the new role.
+        self.role = RoleState::Follower;
+        for req in self.reads.take_unconfirmed() {
+            self.fail_read(req);
+        }
+    }
+
+    /// Becomes a follower of `leader` (if known) in `term` (paper §5.2).
+    pub(crate) fn become_follower(&mut self, term: Term, leader: Option<NodeId>) {
+        assert!(term >= self.term, "follower of an older term {term}");
+        assert_ne!(leader, Some(self.id()), "follower of itself");
+        self.reset(term);
+        self.role = RoleState::Follower;
+        self.leader = leader;
+    }
+
+    /// Starts a pre-vote (thesis §9.6): no term change, so a node that cannot win does not
+    /// disrupt the cluster.
+    pub(crate) fn become_pre_candidate(&mut self) {
+        assert!(!self.is_leader(), "leader cannot become pre-candidate");
+        assert!(self.is_promotable(), "a non-voter campaigns");
+        let term = self.term;
+        self.reset(term);
+        self.role = RoleState::PreCandidate(Campaign::default());
+        // Postcondition (thesis §9.6): a pre-vote leaves term and vote as they were.
+        assert_eq!(self.term, term);
+    }
+
+    /// Starts an election in a new term, voting for itself (paper §5.2).
+    pub(crate) fn become_candidate(&mut self) {
+        assert!(!self.is_leader(), "leader cannot become candidate");
+        assert!(self.is_promotable(), "a non-voter campaigns");
+        let term = self.term.next();
+        self.reset(term);
+        self.vote = Some(self.id());
+        self.role = RoleState::Candidate(Campaign::default());
+        // Postcondition (§5.2): a new term, our own vote in it, and no votes counted yet.
+        assert_eq!(self.term, term);
+        assert!(self.leader.is_none());
+    }
+
+    /// Becomes leader of the current term: fresh progress for every follower, and a no-op entry
+    /// so that entries of earlier terms can commit (paper §5.4.2, §8).
+    pub(crate) fn become_leader(&mut self) {
+        assert_eq!(
+            self.role(),
+            Role::Candidate,
+            "only a candidate becomes leader"
+        );
+        assert_eq!(self.vote, Some(self.id()), "leader without its own vote");
+        assert!(self.is_promotable(), "a non-voter becomes leader");
+        let term = self.term;
+        self.reset(term);
+        self.role = RoleState::Leader(Box::new(LeaderState::new()));
+        self.leader = Some(self.id());
+        self.sync_progress();
+        let last = self.log.last_index();
+        let noop = Entry {
+            term: self.term,
+            index: last.next(),
+            kind: EntryKind::Noop,
+            data: Vec::new(),
+        };
+        self.append_as_leader(vec![noop]);
+        // Postcondition (§5.4.2, §8): the log ends with this term's no-op, nothing of the term
+        // is committed yet, and every other member is tracked.
+        assert_eq!(
+            self.log.last_id(),
+            EntryId {
+                term,
+                index: last.next()
+            }
+        );
+        // (Its own acknowledgement comes with the batch's persistence, so even a sole voter
+        // commits only on `advance`.)
+        assert!(!self.leading().committed_in_term);
+        let mut others = self.log.membership().members();
+        others.remove(&self.id());
+        assert!(self.leading().progress.keys().eq(others.iter()));
     }
 }

@@ -222,6 +222,14 @@ impl RawNode {
             MessageBody::PreVote { .. } => {
                 self.send(msg.from, MessageBody::PreVoteResp { reject: true });
             }
+            // Figure 2, RequestVote rule 1, likewise with our term "for candidate to update
+            // itself" (etcd drops it). Unanswered, a candidate that needs our vote can stay a
+            // term behind us for good: found by the simulator, Swarm seed 2159289, where node
+            // 4 (joint {4} -> {1}) needed node 1, which, far behind and believing in {1,3,5},
+            // campaigned among voters that refused it, always one term ahead of node 4.
+            MessageBody::Vote { .. } => {
+                self.send(msg.from, MessageBody::VoteResp { reject: true });
+            }
             _ => {}
         }
     }

@@ -141,6 +141,15 @@ fn swarm_seed_5754_stale_member_unreached() {
     replay("Swarm", 5754);
 }
 
+/// Node 4 (joint {4} -> {1}) needed node 1's vote; node 1, far behind and believing in
+/// {1,3,5}, campaigned (PreVote off) among voters that refused it, always one term ahead of
+/// node 4, and dropped node 4's stale vote requests unanswered. Fixed in `step_stale`: a stale
+/// vote request is answered with our term (Figure 2).
+#[test]
+fn swarm_seed_2159289_stale_vote_request_answered() {
+    replay("Swarm", 2159289);
+}
+
 #[test]
 fn same_seed_same_trace() {
     for name in [

@@ -150,6 +150,15 @@ fn swarm_seed_2159289_stale_vote_request_answered() {
     replay("Swarm", 2159289);
 }
 
+/// Node 1, sole voter with other members, won term 3 at once and sent term-3 appends before
+/// term 3 was durable; it crashed, came back in term 2, won term 3 again with another log, and
+/// a member held two different entries 24@3 (Log Matching). Fixed in `ready`: no message of a
+/// term or vote that is not durable yet leaves before the sync.
+#[test]
+fn swarm_seed_2262450_sole_voter_sends_only_a_durable_term() {
+    replay("Swarm", 2262450);
+}
+
 #[test]
 fn same_seed_same_trace() {
     for name in [

@@ -39,6 +39,8 @@ struct InFlightReady {
     persisted_last: Option<Index>,
     /// Last committed entry handed out for apply, if any.
     applied_last: Option<Index>,
+    /// The hard state handed out with (or before) this batch: durable once it is advanced.
+    hard_state: HardState,
 }
 
 /// A Raft node: a deterministic state machine (see the crate docs).
@@ -96,6 +98,9 @@ pub struct RawNode {
     in_flight: Option<InFlightReady>,
     /// Hard state as of the last batch handed out.
     prev_hard_state: HardState,
+    /// Hard state as of the last batch advanced (or the start): what a crash keeps. A
+    /// candidate counts its own vote only once its term and vote are here.
+    pub(crate) durable_hard_state: HardState,
     /// Soft state as of the last batch handed out (`None` before the first).
     prev_soft_state: Option<SoftState>,
 }
@@ -146,6 +151,7 @@ impl RawNode {
             ready_number: 0,
             in_flight: None,
             prev_hard_state: state.hard_state,
+            durable_hard_state: state.hard_state,
             prev_soft_state: None,
             config,
         };
@@ -360,6 +366,7 @@ impl RawNode {
             number: rd.number,
             persisted_last: rd.entries.last().map(|e| e.index),
             applied_last,
+            hard_state,
         });
         self.prev_hard_state = hard_state;
         self.prev_soft_state = Some(soft_state);
@@ -380,6 +387,7 @@ impl RawNode {
         if let Some(last) = rd.persisted_last {
             self.log.persisted_to(last);
         }
+        self.durable_hard_state = rd.hard_state;
         if let Some(applied) = rd.applied_last {
             let mut applied = applied;
             if cfg!(feature = "mut-apply-twice") && applied > self.log.applied().next() {
@@ -391,6 +399,9 @@ impl RawNode {
         if self.is_leader() {
             self.maybe_commit();
         }
+        // A candidate that already holds a quorum (a sole voter) leads once its own vote is
+        // durable (see `own_vote_durable`).
+        self.maybe_win_with_durable_vote();
         self.check_invariants_if_debug();
     }
 

@@ -601,6 +601,11 @@ fn leader_counts_own_persistence_in_a_single_node_cluster() {
     let id = nid(1);
     let mut n = RawNode::new(config(1), InitialState::new_cluster([id])).unwrap();
     n.campaign();
+    // It leads once its vote is durable (see `own_vote_durable`).
+    assert_eq!(n.status().role, Role::Candidate);
+    let rd = n.ready();
+    assert_eq!(rd.hard_state.map(|h| h.vote), Some(Some(id)));
+    n.advance(rd.number);
     assert_eq!(n.status().role, Role::Leader);
     let rd = drain(&mut n);
     assert_eq!(rd.entries.len(), 1);
@@ -870,6 +875,7 @@ fn late_answer_to_an_expired_forwarded_read_is_ignored() {
 /// no message before the latest HardState is persisted.
 #[test]
 fn nothing_of_a_new_term_leaves_before_the_term_is_durable() {
+    // A sole voter with a learner leads only once its term and vote are durable.
     let mut membership = Membership::new([nid(1)]);
     membership.learners.insert(nid(2));
     let state = InitialState {
@@ -885,31 +891,41 @@ fn nothing_of_a_new_term_leaves_before_the_term_is_durable() {
     };
     let mut n = RawNode::new(config(1), state).expect("valid node");
     n.campaign();
-    assert_eq!(n.status().role, Role::Leader, "a sole voter wins at once");
+    assert_eq!(
+        n.status().role,
+        Role::Candidate,
+        "not before its vote is durable"
+    );
     let rd = n.ready();
-    assert_eq!(rd.hard_state.map(|h| h.term), Some(Term(3)));
+    assert_eq!(
+        rd.hard_state.map(|h| (h.term, h.vote)),
+        Some((Term(3), Some(nid(1))))
+    );
+    assert!(rd.messages.is_empty() && rd.persisted_messages.is_empty());
+    n.advance(rd.number);
+    assert_eq!(n.status().role, Role::Leader);
+    let rd = n.ready();
+    assert!(rd
+        .messages
+        .iter()
+        .any(|m| m.term == Term(3) && matches!(m.body, MessageBody::Append { .. })));
+    n.advance(rd.number);
+    // A follower moved to a higher term by a heartbeat answers only after the term is durable.
+    let mut f = node_with(2, &[1], 1, 0);
+    let hb = MessageBody::Heartbeat {
+        commit: Index(0),
+        read_round: 1,
+    };
+    f.step(msg(1, 2, 2, hb)).unwrap();
+    let rd = f.ready();
+    assert_eq!(rd.hard_state.map(|h| h.term), Some(Term(2)));
     assert!(
         rd.messages.is_empty(),
         "sent before the sync: {:?}",
         rd.messages
     );
-    assert!(
-        rd.persisted_messages
-            .iter()
-            .any(|m| matches!(m.body, MessageBody::Append { .. })),
-        "the learner's append waits for the sync"
-    );
-    n.advance(rd.number);
-    // Once the term is durable, the leader's messages go at once again.
-    n.tick();
-    let rd = n.ready();
     assert!(rd
-        .hard_state
-        .is_none_or(|h| h.term == Term(3) && h.vote == Some(nid(1))));
-    assert!(
-        rd.messages
-            .iter()
-            .any(|m| matches!(m.body, MessageBody::Heartbeat { .. })),
-        "{rd:?}"
-    );
+        .persisted_messages
+        .iter()
+        .any(|m| matches!(m.body, MessageBody::HeartbeatResp { .. })));
 }

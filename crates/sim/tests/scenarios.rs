@@ -159,6 +159,16 @@ fn swarm_seed_2262450_sole_voter_sends_only_a_durable_term() {
     replay("Swarm", 2262450);
 }
 
+/// A sole voter won its term in memory before the term and its vote were durable; a crash
+/// took the term back, and it voted for another leader of that term (2780045: two leaders of
+/// term 5) or led it again with another log (2177418: two entries 20@4). Fixed in
+/// `own_vote_durable`: a candidate counts its own vote only once it is durable.
+#[test]
+fn sole_voter_leads_only_a_durable_term() {
+    replay("Swarm", 2780045);
+    replay("Swarm", 2177418);
+}
+
 #[test]
 fn same_seed_same_trace() {
     for name in [

@@ -18,6 +18,10 @@ else
     mapfile -t muts < <(sed -n 's/^\(mut-[a-z-]*\) = .*/\1/p' crates/sim/Cargo.toml)
 fi
 logs=${MUTATIONS_LOG_DIR:-target/mutations}
+# Mutant builds go to their own target directory: in the shared one, the last feature build
+# would leave target/release/sim with a mutation compiled in, and a later `sim` run (a seed
+# sweep, a replay) would report that mutation's failures as real ones.
+export CARGO_TARGET_DIR=${MUTATIONS_TARGET_DIR:-target/mutants}
 mkdir -p "$logs"
 
 started=$(date +%s)

@@ -5,27 +5,33 @@
 //! nothing of the protocol.
 //!
 //! ```text
-//!   etcd clients --gRPC--> api (KV, Maintenance) --bounded channels--> node task --> RawNode
-//!                                   ^                                    |  Ready
-//!   peers ------gRPC--> transport --+-- inbound messages ---------------+  |
-//!                          ^                                               v
-//!                          +---- per-peer bounded send queues <-- messages; persist (storage);
-//!                                                                 apply (kv); answer waiters
+//!   etcd clients --gRPC--> api (one file per etcd service) ----+
+//!                            | writes, lease calls             | reads, proposals
+//!                            v                                 v
+//!   peers <--gRPC--> peer (codec, streams, forwarding) --> replica (node task, apply task,
+//!                            ^  Outbox                           snapshots) --> storage, kv
+//!                            +---------------------------------+
 //! ```
+//!
+//! Rooms and the one-way rule: `api → peer → replica → {raft, storage, kv}`. [`replica`]
+//! knows nothing of gRPC (its messages leave through the [`replica::Outbox`] trait the peer
+//! layer implements); [`peer`] knows nothing of etcd's services (requests forwarded to the
+//! leader reach the API through the [`peer::LeaderApi`] trait the API implements). Shared by
+//! all: [`pb`] (generated types), [`rpctypes`] (etcd's errors), [`cluster`], [`ServerError`].
+//! [`server`] and [`config`] wire them together.
 #![deny(missing_docs)]
 
 pub mod api;
-pub mod apply;
 pub mod cluster;
-pub mod codec;
-pub mod convert;
+pub mod config;
 mod error;
-pub mod lessor;
-pub mod node;
 pub mod pb;
+pub mod peer;
+pub mod replica;
+pub mod rpctypes;
 pub mod server;
-pub mod transport;
 
 pub use cluster::{ClusterSpec, Member};
+pub use config::ServerConfig;
 pub use error::ServerError;
-pub use server::{run, ServerConfig};
+pub use server::run;

@@ -8,7 +8,7 @@ mod common;
 use common::{Cluster, PATIENCE};
 use server::pb::etcdserverpb as epb;
 use server::pb::skiff::raft::v1::raft_client::RaftClient;
-use server::transport::SESSION_HEADER;
+use server::peer::SESSION_HEADER;
 use std::time::Instant;
 
 async fn forwarded_put(c: &Cluster, leader: usize, session: Option<&str>) -> epb::PutResponse {

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use super::Api;
 use crate::pb::etcdserverpb as epb;
+use crate::peer::Origin;
 
 /// How often `revision` mode checks.
 pub const REVISION_CHECK_INTERVAL: Duration = Duration::from_secs(5);
@@ -157,7 +158,7 @@ impl Api {
                 revision: target,
                 physical: false,
             };
-            match self.compact_impl(request, None).await {
+            match self.compact_impl(request, Origin::Client, None).await {
                 Ok(_) => tracing::info!(revision = target, "auto-compacted the key-value history"),
                 Err(status) => {
                     tracing::warn!(revision = target, error = %status.message(), "auto-compaction failed")

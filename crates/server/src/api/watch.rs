@@ -17,10 +17,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{kv_status, Api};
-use crate::convert;
+use super::{convert, Api};
 use crate::pb::etcdserverpb as epb;
 use crate::pb::mvccpb;
+use crate::rpctypes::kv_status;
 
 /// Responses queued per stream before the stream waits for its client.
 const OUT_QUEUE_MAX: usize = 16;

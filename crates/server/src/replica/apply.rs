@@ -1,5 +1,6 @@
-//! The apply task: applies committed entries to the state machine behind the node task, so
-//! that the node task syncs the next batch to disk while this one is applied (pipelined apply).
+//! The apply task: applies committed entries to the state machine ([`kv::Store`]) behind the
+//! node task and answers their writers and the reads released with them, so that the node task
+//! syncs the next batch to disk while this one is applied (pipelined apply).
 //!
 //! ```text
 //!   node task --ApplyJob (bounded, in order)--> apply task --> kv::Store
@@ -21,27 +22,11 @@ use std::sync::Arc;
 use raft::{Entry, EntryKind};
 use tokio::sync::{mpsc, oneshot};
 
+use super::reply::{ReadReply, Waiter, WriteError};
 use crate::error::ServerError;
-use crate::node::{ReadFailure, WriteError};
 
 /// Jobs queued for the apply task, at most; a full queue makes the node task wait.
 pub const APPLY_QUEUE_MAX: usize = 64;
-
-/// Where the answer to a write goes.
-pub type WriteReply = oneshot::Sender<Result<kv::Response, WriteError>>;
-/// Where the answer to a read goes.
-pub type ReadReply = oneshot::Sender<Result<(), ReadFailure>>;
-
-/// A writer waiting for the entry at `index`, proposed in `term`.
-pub struct Waiter {
-    /// Index the proposal got.
-    pub index: u64,
-    /// Term it was proposed in: if the entry applied at `index` has another term, the
-    /// proposal was lost to another leader.
-    pub term: u64,
-    /// The answer.
-    pub reply: WriteReply,
-}
 
 /// One unit of work, handled in order.
 pub enum ApplyJob {

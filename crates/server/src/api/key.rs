@@ -1,0 +1,163 @@
+//! etcd's KV service (`etcdserverpb.KV`; etcd's `v3rpc/key.go`): Range, Put, DeleteRange, Txn
+//! and Compact. Writes run on the leader through `Api::write` (the one forward-and-retry loop); a range is linearizable
+//! (ReadIndex, then this member's state machine) unless `serializable` is set.
+
+use tonic::{Request, Response, Status};
+
+use super::{convert, unexpected, Api};
+use crate::pb::etcdserverpb as epb;
+use crate::peer::{with_session, Origin, Reached};
+use crate::rpctypes::ERR_KEY_NOT_PROVIDED;
+
+impl Api {
+    async fn range_impl(&self, r: epb::RangeRequest) -> Result<epb::RangeResponse, Status> {
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
+        }
+        let req = convert::range_request(&r).map_err(|e| Status::invalid_argument(e.0))?;
+        if !r.serializable {
+            self.linearizable_read().await?;
+        }
+        let resp = self.read_kv(move |kv| kv.range(&req)).await?;
+        Ok(convert::range_response(resp, self.header()))
+    }
+
+    pub(super) async fn put_impl(
+        &self,
+        r: epb::PutRequest,
+        origin: Origin,
+        session: Option<kv::Session>,
+    ) -> Result<epb::PutResponse, Status> {
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
+        }
+        let req = kv::Request::Put(convert::put_request(&r));
+        let via = |mut c: super::LeaderClient, s| {
+            let r = with_session(r.clone(), s);
+            async move { c.put(r).await }
+        };
+        match self.write(req, origin, session, via).await? {
+            Reached::Here(kv::Response::Put(p)) => Ok(convert::put_response(p, self.header())),
+            Reached::Here(other) => Err(unexpected(&other)),
+            Reached::Leader(resp) => Ok(resp),
+        }
+    }
+
+    pub(super) async fn delete_impl(
+        &self,
+        r: epb::DeleteRangeRequest,
+        origin: Origin,
+        session: Option<kv::Session>,
+    ) -> Result<epb::DeleteRangeResponse, Status> {
+        if r.key.is_empty() {
+            return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
+        }
+        let req = kv::Request::DeleteRange(convert::delete_request(&r));
+        let via = |mut c: super::LeaderClient, s| {
+            let r = with_session(r.clone(), s);
+            async move { c.delete_range(r).await }
+        };
+        match self.write(req, origin, session, via).await? {
+            Reached::Here(kv::Response::DeleteRange(d)) => {
+                Ok(convert::delete_response(d, self.header()))
+            }
+            Reached::Here(other) => Err(unexpected(&other)),
+            Reached::Leader(resp) => Ok(resp),
+        }
+    }
+
+    pub(super) async fn txn_impl(
+        &self,
+        r: epb::TxnRequest,
+        origin: Origin,
+        session: Option<kv::Session>,
+    ) -> Result<epb::TxnResponse, Status> {
+        let txn = convert::txn_request(&r).map_err(|e| Status::invalid_argument(e.0))?;
+        let req = kv::Request::Txn(txn);
+        let via = |mut c: super::LeaderClient, s| {
+            let r = with_session(r.clone(), s);
+            async move { c.txn(r).await }
+        };
+        match self.write(req, origin, session, via).await? {
+            Reached::Here(kv::Response::Txn(t)) => Ok(convert::txn_response(t, self.header())),
+            Reached::Here(other) => Err(unexpected(&other)),
+            Reached::Leader(resp) => Ok(resp),
+        }
+    }
+
+    pub(super) async fn compact_impl(
+        &self,
+        r: epb::CompactionRequest,
+        origin: Origin,
+        session: Option<kv::Session>,
+    ) -> Result<epb::CompactionResponse, Status> {
+        let req = kv::Request::Compact {
+            revision: r.revision,
+        };
+        let via = |mut c: super::LeaderClient, s| {
+            let r = with_session(r, s);
+            async move { c.compact(r).await }
+        };
+        match self.write(req, origin, session, via).await? {
+            Reached::Here(kv::Response::Compact { revision }) => Ok(epb::CompactionResponse {
+                header: Some(epb::ResponseHeader {
+                    revision,
+                    ..self.header()
+                }),
+            }),
+            Reached::Here(other) => Err(unexpected(&other)),
+            Reached::Leader(resp) => Ok(resp),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl epb::kv_server::Kv for Api {
+    async fn range(
+        &self,
+        request: Request<epb::RangeRequest>,
+    ) -> Result<Response<epb::RangeResponse>, Status> {
+        let resp = self.range_impl(request.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn put(
+        &self,
+        request: Request<epb::PutRequest>,
+    ) -> Result<Response<epb::PutResponse>, Status> {
+        let resp = self
+            .put_impl(request.into_inner(), Origin::Client, None)
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<epb::DeleteRangeRequest>,
+    ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
+        let resp = self
+            .delete_impl(request.into_inner(), Origin::Client, None)
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn txn(
+        &self,
+        request: Request<epb::TxnRequest>,
+    ) -> Result<Response<epb::TxnResponse>, Status> {
+        let resp = self
+            .txn_impl(request.into_inner(), Origin::Client, None)
+            .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(
+        &self,
+        request: Request<epb::CompactionRequest>,
+    ) -> Result<Response<epb::CompactionResponse>, Status> {
+        let resp = self
+            .compact_impl(request.into_inner(), Origin::Client, None)
+            .await?;
+        Ok(Response::new(resp))
+    }
+}

@@ -1,0 +1,259 @@
+//! The etcd v3 API, one file per service: [`key`] (KV, as etcd's `v3rpc/key.go`), [`lease`] (Lease, with the leader's
+//! expiry task in [`expiry`] and the deadlines in [`lessor`]), [`watch`] (Watch),
+//! [`maintenance`] (Maintenance); the automatic [`compactor`]; [`http`] (health, metrics and
+//! the client port's routes); and [`leader`], the answers to requests followers forward here
+//! (it implements [`crate::peer::LeaderApi`]).
+//!
+//! Writes are encoded as [`kv::Command`]s and proposed through the log; on a follower they go
+//! to the leader through [`crate::peer::Forwarder`], since etcdctl does not retry writes on
+//! another endpoint. Every write gets a session id where it arrives (Raft thesis §6.3), kept
+//! across the retries of that loop (a lost answer from the leader, a leader change before
+//! commit), so that a write retried inside its deadline is applied once. Limit: the state
+//! machine remembers the last [`crate::replica::SESSIONS_MAX`] sessions, so a retry is
+//! deduplicated only if fewer writes than that were applied since its first attempt (at
+//! 10,000 writes/s that is 10 s, longer than [`crate::peer::REQUEST_TIMEOUT`]). Reads are linearizable by
+//! default (ReadIndex, then a local read of the state machine) and served locally when
+//! `serializable` is set. Errors carry etcd's gRPC codes and messages ([`crate::rpctypes`]),
+//! so etcd clients react to them as they would to etcd.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tonic::transport::Channel;
+use tonic::{Response, Status};
+
+use crate::pb::etcdserverpb as epb;
+use crate::pb::skiff::raft::v1::raft_client::RaftClient;
+use crate::peer::{Forwarder, Origin, Reached};
+use crate::replica::{NodeHandle, ReadFailure, WriteError};
+use crate::rpctypes::{
+    kv_error_status, ERR_LEADER_CHANGED, ERR_NO_LEADER, ERR_STOPPED, ERR_TIMEOUT, ERR_TOO_LARGE,
+    ERR_TOO_MANY_REQUESTS,
+};
+
+pub mod compactor;
+pub mod convert;
+pub mod expiry;
+pub mod http;
+pub mod key;
+pub mod leader;
+pub mod lease;
+pub mod lessor;
+pub mod maintenance;
+pub mod watch;
+
+/// etcd's default `--max-request-bytes`: larger requests are refused.
+pub const REQUEST_BYTES_MAX: usize = 1536 * 1024;
+/// Version reported by `Status`: the etcd API level this server speaks.
+pub const API_VERSION: &str = "3.5.0";
+
+/// The client-facing services of one member.
+#[derive(Clone)]
+pub struct Api {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: NodeHandle,
+    /// Runs requests on the leader (the one forward-and-retry loop).
+    leader: Forwarder,
+    cluster_id: u64,
+    member_id: u64,
+    kv_path: PathBuf,
+    /// Next session id for a write arriving here. Starts at a random point, so that ids of
+    /// different members (and of restarts) do not meet in practice.
+    next_session: AtomicU64,
+    /// Lease expiry state (see [`lease`]).
+    leases: lease::Leases,
+}
+
+impl Api {
+    /// The API of member `member_id`.
+    pub fn new(
+        node: NodeHandle,
+        leader: Forwarder,
+        cluster_id: u64,
+        member_id: u64,
+        kv_path: PathBuf,
+    ) -> Api {
+        Api {
+            inner: Arc::new(Inner {
+                node,
+                leader,
+                cluster_id,
+                member_id,
+                kv_path,
+                next_session: AtomicU64::new(random_u64(member_id)),
+                leases: lease::Leases::default(),
+            }),
+        }
+    }
+
+    /// A fresh session for one write.
+    fn new_session(&self) -> kv::Session {
+        let mut id = 0;
+        while id == 0 {
+            id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
+        }
+        kv::Session {
+            client_id: id,
+            seq: 1,
+        }
+    }
+
+    fn header(&self) -> epb::ResponseHeader {
+        epb::ResponseHeader {
+            cluster_id: self.inner.cluster_id,
+            member_id: self.inner.member_id,
+            revision: 0,
+            raft_term: self.inner.node.status().term,
+        }
+    }
+
+    /// Runs a write on the leader: proposed here if this member leads, else forwarded through
+    /// `via_leader` (given a client of the leader and the write's session). `session` is
+    /// `None` for a client's write (a fresh one is chosen) and the follower's for one
+    /// forwarded here (`origin` [`Origin::Peer`]: run here once, never forwarded again).
+    async fn write<T, Fut>(
+        &self,
+        request: kv::Request,
+        origin: Origin,
+        session: Option<kv::Session>,
+        via_leader: impl Fn(LeaderClient, kv::Session) -> Fut,
+    ) -> Result<Reached<kv::Response, T>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let session = session.unwrap_or_else(|| self.new_session());
+        let data = kv::codec::encode_command(&kv::Command {
+            session: Some(session),
+            request,
+        });
+        if data.len() > REQUEST_BYTES_MAX {
+            return Err(write_status(WriteError::TooLarge));
+        }
+        let node = &self.inner.node;
+        self.inner
+            .leader
+            .on_leader(
+                origin,
+                || {
+                    let data = data.clone();
+                    async move { node.propose(data).await.map_err(write_status) }
+                },
+                |client| via_leader(client, session),
+            )
+            .await
+    }
+
+    /// Waits until a linearizable read may be served from this member's state machine
+    /// (ReadIndex), retrying while the leader is unknown or changing.
+    async fn linearizable_read(&self) -> Result<(), Status> {
+        let policy = self.inner.leader.policy();
+        let deadline = tokio::time::Instant::now() + policy.timeout;
+        loop {
+            let attempt = tokio::time::timeout_at(deadline, self.inner.node.read_index());
+            match attempt.await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(ReadFailure::Stopped)) => return Err(Status::unavailable(ERR_STOPPED)),
+                Ok(Err(ReadFailure::Busy)) => {
+                    return Err(Status::resource_exhausted(ERR_TOO_MANY_REQUESTS))
+                }
+                Ok(Err(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(policy.pause).await;
+                }
+                Ok(Err(ReadFailure::NoLeader)) => return Err(Status::unavailable(ERR_NO_LEADER)),
+                Ok(Err(_)) | Err(_) => {
+                    return Err(if self.inner.node.status().leader.is_none() {
+                        Status::unavailable(ERR_NO_LEADER)
+                    } else {
+                        Status::unavailable(ERR_TIMEOUT)
+                    })
+                }
+            }
+        }
+    }
+
+    /// Runs a state machine read on a blocking thread.
+    async fn read_kv<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&kv::Store) -> Result<T, kv::Error> + Send + 'static,
+    ) -> Result<T, Status> {
+        let kv = self.inner.node.kv.clone();
+        tokio::task::spawn_blocking(move || read(&kv))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(crate::rpctypes::kv_status)
+    }
+}
+
+/// A client of the leader's peer port, to forward a request.
+type LeaderClient = RaftClient<Channel>;
+
+/// A random 64-bit number (the process's hash seed mixed with `salt`).
+fn random_u64(salt: u64) -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(salt)
+}
+
+/// The state machine answered a request with a response of another kind: a bug.
+fn unexpected(resp: &kv::Response) -> Status {
+    Status::internal(format!("state machine answered with {resp:?}"))
+}
+
+/// A write's failure as etcd reports it.
+fn write_status(e: WriteError) -> Status {
+    match e {
+        WriteError::NotLeader(_) => Status::unavailable(ERR_NO_LEADER),
+        // As etcd: a full queue is "too many requests" (nothing was done); a deadline that
+        // passed is "request timed out" (the write may still happen).
+        WriteError::Busy => Status::resource_exhausted(ERR_TOO_MANY_REQUESTS),
+        WriteError::Timeout => Status::unavailable(ERR_TIMEOUT),
+        WriteError::TooLarge => Status::invalid_argument(ERR_TOO_LARGE),
+        WriteError::LeaderChanged => Status::unavailable(ERR_LEADER_CHANGED),
+        WriteError::Kv(e) => kv_error_status(e),
+        WriteError::Stopped => Status::unavailable(ERR_STOPPED),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn write_errors_get_etcds_codes_and_messages() {
+        let cases = [
+            (
+                WriteError::Busy,
+                Code::ResourceExhausted,
+                "etcdserver: too many requests",
+            ),
+            (
+                WriteError::Timeout,
+                Code::Unavailable,
+                "etcdserver: request timed out",
+            ),
+            (
+                WriteError::NotLeader(None),
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+            (
+                WriteError::TooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                WriteError::LeaderChanged,
+                Code::Unavailable,
+                "etcdserver: leader changed",
+            ),
+        ];
+        for (e, code, message) in cases {
+            let s = write_status(e);
+            assert_eq!((s.code(), s.message()), (code, message));
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! The replica's handle for the layers above: propose a write, wait for a linearizable read,
+//! watch the applied index and the node's status. Every request goes to the node task through
+//! a bounded channel; a full one is "busy" at once, never a queue that grows.
+
+use std::sync::Arc;
+
+use raft::{NodeId, Role};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::reply::{ReadFailure, ReadReply, WriteError, WriteReply};
+
+/// A write on its way to the node task.
+pub(super) struct Proposal {
+    pub(super) data: Vec<u8>,
+    pub(super) reply: WriteReply,
+}
+
+/// What the API can see of the node, updated after every batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// Current term.
+    pub term: u64,
+    /// Known leader.
+    pub leader: Option<NodeId>,
+    /// Role.
+    pub role: Role,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+}
+
+/// The API's side of the node task. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    pub(super) proposals: mpsc::Sender<Proposal>,
+    pub(super) reads: mpsc::Sender<ReadReply>,
+    pub(super) status: watch::Receiver<NodeStatus>,
+    /// The state machine, for reads (writes go through the log).
+    pub kv: Arc<kv::Store>,
+    /// The applied index, updated after every apply: watch streams wait on it.
+    pub(super) applied_changes: watch::Receiver<u64>,
+}
+
+impl NodeHandle {
+    /// Proposes an encoded command and waits until it is applied. Errors at once when the
+    /// queue is full or this node does not lead.
+    pub async fn propose(&self, data: Vec<u8>) -> Result<kv::Response, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.proposals
+            .try_send(Proposal { data, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => WriteError::Busy,
+                mpsc::error::TrySendError::Closed(_) => WriteError::Stopped,
+            })?;
+        rx.await.unwrap_or(Err(WriteError::Stopped))
+    }
+
+    /// Waits until a linearizable read may be served from the local state machine.
+    pub async fn read_index(&self) -> Result<(), ReadFailure> {
+        let (reply, rx) = oneshot::channel();
+        self.reads.try_send(reply).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ReadFailure::Busy,
+            mpsc::error::TrySendError::Closed(_) => ReadFailure::Stopped,
+        })?;
+        rx.await.unwrap_or(Err(ReadFailure::Stopped))
+    }
+
+    /// A receiver that wakes whenever the state machine has applied more entries.
+    pub fn applied_changes(&self) -> watch::Receiver<u64> {
+        self.applied_changes.clone()
+    }
+
+    /// The latest status.
+    pub fn status(&self) -> NodeStatus {
+        *self.status.borrow()
+    }
+}

@@ -1,0 +1,52 @@
+//! etcd's gRPC errors (etcd's `etcdserver/api/v3rpc/rpctypes`): the codes and messages etcd
+//! clients match on, and how the state machine's errors map to them. Shared by the peer layer
+//! (whose retry policy reads them off forwarded answers) and the API.
+
+use tonic::{Code, Status};
+
+/// No leader is known, or it cannot be reached.
+pub const ERR_NO_LEADER: &str = "etcdserver: no leader";
+/// A request that needs the leader reached a member that does not lead.
+pub const ERR_NOT_LEADER: &str = "etcdserver: not leader";
+/// A range, put or delete without a key.
+pub const ERR_KEY_NOT_PROVIDED: &str = "etcdserver: key is not provided";
+/// The request exceeds `--max-request-bytes`.
+pub const ERR_TOO_LARGE: &str = "etcdserver: request is too large";
+/// The deadline passed; the write may still be applied.
+pub const ERR_TIMEOUT: &str = "etcdserver: request timed out";
+/// The leader changed before the request committed.
+pub const ERR_LEADER_CHANGED: &str = "etcdserver: leader changed";
+/// A queue is full: nothing was done.
+pub const ERR_TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
+/// The member is stopping.
+pub const ERR_STOPPED: &str = "etcdserver: server stopped";
+/// A lease TTL over the maximum.
+pub const ERR_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
+
+/// A state machine refusal with etcd's code (its message is already etcd's).
+pub fn kv_error_status(e: kv::KvError) -> Status {
+    use kv::KvError as K;
+    let code = match e {
+        K::EmptyKey | K::ValueProvided | K::LeaseProvided | K::DuplicateKey | K::TooManyOps => {
+            Code::InvalidArgument
+        }
+        K::Compacted | K::FutureRevision | K::LeaseTtlTooLarge => Code::OutOfRange,
+        K::LeaseNotFound | K::KeyNotFound => Code::NotFound,
+        K::LeaseExists => Code::FailedPrecondition,
+        _ => Code::FailedPrecondition,
+    };
+    Status::new(code, e.to_string())
+}
+
+/// A state machine failure: a refusal as etcd's, anything else internal.
+pub fn kv_status(e: kv::Error) -> Status {
+    match e {
+        kv::Error::Kv(e) => kv_error_status(e),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+/// Whether `s` carries the state machine's error `e`.
+pub fn is_kv_error(s: &Status, e: kv::KvError) -> bool {
+    s.message() == e.to_string()
+}

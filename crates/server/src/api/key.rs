@@ -1,6 +1,7 @@
 //! etcd's KV service (`etcdserverpb.KV`; etcd's `v3rpc/key.go`): Range, Put, DeleteRange, Txn
-//! and Compact. Writes run on the leader through `Api::write` (the one forward-and-retry loop); a range is linearizable
-//! (ReadIndex, then this member's state machine) unless `serializable` is set.
+//! and Compact. Writes run on the leader through `Api::write` (the one forward-and-retry
+//! loop); a range is linearizable (ReadIndex, then this member's state machine) unless
+//! `serializable` is set.
 
 use tonic::{Request, Response, Status};
 

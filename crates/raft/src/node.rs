@@ -334,9 +334,9 @@ impl RawNode {
         // older term and live the same term again differently. A sole voter wins at once with
         // no Vote message to wait for (found by the simulator, Swarm seed 2262450: two
         // incarnations of node 1 led term 3, and a learner got two different entries 24@3).
-        let term_or_vote_new = (hard_state.term, hard_state.vote)
-            != (self.prev_hard_state.term, self.prev_hard_state.vote)
-            && !cfg!(feature = "mut-send-before-persist");
+        let term_or_vote_changed = (hard_state.term, hard_state.vote)
+            != (self.prev_hard_state.term, self.prev_hard_state.vote);
+        let term_or_vote_new = term_or_vote_changed && !cfg!(feature = "mut-send-before-persist");
         let (persisted_messages, messages) = std::mem::take(&mut self.msgs)
             .into_iter()
             .partition(|m: &Message| term_or_vote_new || m.body.needs_persistence());
@@ -349,8 +349,17 @@ impl RawNode {
                 "a batch installs a snapshot its chunks do not end with"
             );
         }
+        // Only a new term, vote, entry or snapshot chunk must reach the disk before anything
+        // depends on it. A commit index is volatile state (paper Figure 2): written without a
+        // sync, a crash that loses it makes this node learn it again from the leader (etcd's
+        // `MustSync`).
+        let must_sync = (term_or_vote_changed && !cfg!(feature = "mut-sync-only-log"))
+            || !entries.is_empty()
+            || !self.pending_chunks.is_empty()
+            || self.pending_install.is_some();
         let rd = Ready {
             number: self.ready_number,
+            must_sync,
             soft_state: (Some(soft_state) != self.prev_soft_state).then_some(soft_state),
             hard_state: (hard_state != self.prev_hard_state).then_some(hard_state),
             snapshot_chunks: std::mem::take(&mut self.pending_chunks),

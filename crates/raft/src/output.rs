@@ -41,6 +41,13 @@ pub struct Ready {
     pub number: u64,
     /// Role, leader or term changed since the previous batch.
     pub soft_state: Option<SoftState>,
+    /// Whether this batch's writes must be synced before `persisted_messages` leave and the
+    /// batch is advanced. False when they change nothing but the commit index: then
+    /// `hard_state` may be written without a sync (a crash that loses it only makes the node
+    /// learn its commit index again; it is volatile state in the paper's Figure 2, and etcd's
+    /// `MustSync` is the same rule). `entries`, `snapshot_chunks` and `snapshot` are empty
+    /// then.
+    pub must_sync: bool,
     /// Hard state to persist, if it changed.
     pub hard_state: Option<HardState>,
     /// Entries to persist. Any stored entries at or after `entries[0].index` must be replaced

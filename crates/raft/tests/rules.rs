@@ -929,3 +929,41 @@ fn nothing_of_a_new_term_leaves_before_the_term_is_durable() {
         .iter()
         .any(|m| matches!(m.body, MessageBody::HeartbeatResp { .. })));
 }
+
+// ---- Durability of each batch (Figure 2: persistent and volatile state) ----
+
+#[test]
+fn only_term_vote_entries_and_snapshots_must_be_synced() {
+    // Figure 2: currentTerm, votedFor and log[] are persistent state; commitIndex is volatile.
+    // A batch that changes nothing but the commit index may be written without a sync
+    // (etcd's MustSync); one that changes anything persistent must be synced.
+    let mut n = node_with(2, &[1], 1, 0);
+    let rd = drain(&mut n);
+    assert!(
+        rd.hard_state.is_none() || !rd.must_sync,
+        "a start batch with nothing new needs no sync: {rd:?}"
+    );
+
+    // A new term (and the append's entry): synced.
+    n.step(append(1, 2, 2, (1, 1), &[(2, 2)], 0))
+        .expect("append");
+    let rd = drain(&mut n);
+    assert_eq!(rd.hard_state.map(|h| h.term), Some(Term(2)));
+    assert!(rd.must_sync, "new term and entries");
+
+    // Only the commit index moves: no sync needed, yet the entry is handed out to apply.
+    n.step(append(1, 2, 2, (2, 2), &[], 2)).expect("commit");
+    let rd = drain(&mut n);
+    assert_eq!(rd.hard_state.map(|h| h.commit), Some(Index(2)));
+    assert!(rd.entries.is_empty());
+    assert!(!rd.must_sync, "a commit-only hard state: {rd:?}");
+    assert_eq!(rd.committed_entries.len(), 2);
+
+    // A vote in a new term: synced, and its answer waits for the sync.
+    n.step(vote_req(3, 2, 3, 2, 2)).expect("vote");
+    let rd = drain(&mut n);
+    assert_eq!(rd.hard_state.map(|h| h.vote), Some(Some(nid(3))));
+    assert!(rd.must_sync);
+    assert_eq!(vote_granted(&rd, 3), Some(true));
+    assert!(rd.messages.is_empty(), "the vote goes after the sync");
+}

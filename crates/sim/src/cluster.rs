@@ -637,6 +637,13 @@ impl Cluster {
             }
             durable = rd.hard_state;
         }
+        // A commit index written without a sync reaches the platter or not, as the seed says.
+        let disk = &mut self.host_mut(node).disk;
+        if survives {
+            disk.sync_unsynced();
+        } else {
+            disk.unsynced_hard_state = None;
+        }
         if let Some(hs) = durable {
             let r = self.checker.on_durable(node, &hs);
             self.checked(r);
@@ -1001,10 +1008,15 @@ impl Cluster {
                     self.send(m);
                 }
             }
+            let must_sync = rd.must_sync;
             self.host_mut(node).pending = Some(rd);
-            let delay = self
-                .world_rng
-                .range(self.disk.sync_ms_min, self.disk.sync_ms_max);
+            // A batch that needs no sync is written to the page cache and done at once.
+            let delay = if must_sync {
+                self.world_rng
+                    .range(self.disk.sync_ms_min, self.disk.sync_ms_max)
+            } else {
+                0
+            };
             if delay > 0 {
                 self.schedule(delay, Event::Sync { node, incarnation });
                 return;
@@ -1041,7 +1053,7 @@ impl Cluster {
             }
             self.restore(node, &meta, &bytes);
         }
-        if let Some(hs) = rd.hard_state {
+        if let Some(hs) = rd.hard_state.filter(|_| rd.must_sync) {
             let r = self.checker.on_durable(node, &hs);
             self.checked(r);
         }

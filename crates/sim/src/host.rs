@@ -6,7 +6,9 @@
 //! completes (possibly much later, in virtual time). A crash loses every pending write (or, when
 //! the seed says so, lets the whole batch survive: written but not yet acknowledged data may or
 //! may not reach the platter). A restart rebuilds the node from what is durable, and nothing
-//! else.
+//! else. A batch that needs no sync (`Ready::must_sync` false: only the commit index moved) is
+//! done at once, its hard state left in the page cache until the next synced write; a crash
+//! before that keeps or loses it, as the seed says.
 //!
 //! Snapshots the application takes itself are written atomically and synced before the core is
 //! told to compact (write to a temporary file, fsync, rename), so they are never pending: a
@@ -37,6 +39,10 @@ pub struct Disk {
     pub snapshot: Option<StoredSnapshot>,
     /// An incoming snapshot being staged: its meta and the bytes received so far, in order.
     pub staging: Option<(SnapshotMeta, Vec<u8>)>,
+    /// A hard state written by a batch that did not need a sync (`Ready::must_sync` false:
+    /// only the commit index changed): in the page cache, not on the platter. The next synced
+    /// write makes it durable with itself; a crash may lose it.
+    pub unsynced_hard_state: Option<HardState>,
 }
 
 impl Disk {
@@ -54,8 +60,45 @@ impl Disk {
     /// guard. With `guard_off` (mutation hunts only) the disk does what a plain file would
     /// instead: chunks are written at their offsets (zeros in gaps) and an install takes the
     /// staged bytes, padded with zeros or cut to the announced size, so the damage reaches the
-    /// state machine.
+    /// state machine. A batch whose `must_sync` is false may change only the commit index (the
+    /// guard refuses anything else): its hard state stays in the page cache
+    /// (`unsynced_hard_state`) until the next synced write; unguarded, any hard state does.
     pub fn write(&mut self, rd: &Ready, guard_off: bool) -> Result<Option<StoredSnapshot>, String> {
+        if !rd.must_sync {
+            // The disk guard: a batch that skips the sync may change nothing but the commit
+            // index (anything else would be lost by a crash after the batch was advanced).
+            let commit_only = rd.entries.is_empty()
+                && rd.snapshot_chunks.is_empty()
+                && rd.snapshot.is_none()
+                && rd.hard_state.is_none_or(|hs| {
+                    let durable = self.unsynced_hard_state.unwrap_or(self.hard_state);
+                    (hs.term, hs.vote) == (durable.term, durable.vote)
+                });
+            if !commit_only && !guard_off {
+                return Err(format!(
+                    "an unsynced batch changes more than the commit index: hard state {:?} \
+                     (durable {:?}), {} entries, {} chunks, install {}",
+                    rd.hard_state,
+                    self.hard_state,
+                    rd.entries.len(),
+                    rd.snapshot_chunks.len(),
+                    rd.snapshot.is_some()
+                ));
+            }
+            if let Some(hs) = rd.hard_state {
+                // Unguarded, a hard state that changes more is kept unsynced too, as a plain
+                // file would keep it, so that a crash can lose it.
+                self.unsynced_hard_state = Some(hs);
+            }
+            if commit_only {
+                return Ok(None);
+            }
+            let mut rest = rd.clone();
+            rest.hard_state = None;
+            return self.write_unguarded(&rest);
+        }
+        // A sync flushes what was written before it too.
+        self.sync_unsynced();
         if guard_off {
             return self.write_unguarded(rd);
         }
@@ -131,6 +174,13 @@ impl Disk {
         }
         self.write_state(rd)?;
         Ok(installed)
+    }
+
+    /// Makes an unsynced hard state durable (a sync, or a crash that happened to keep it).
+    pub fn sync_unsynced(&mut self) {
+        if let Some(hs) = self.unsynced_hard_state.take() {
+            self.hard_state = hs;
+        }
     }
 
     /// Makes `bytes` the snapshot `meta` and drops the log it covers (keeping a matching
@@ -321,6 +371,7 @@ mod tests {
         let mut d = Disk::default();
         let rd = |entries| Ready {
             entries,
+            must_sync: true,
             ..Ready::default()
         };
         d.write(&rd(vec![e(1, 1), e(2, 1), e(3, 1)]), false)

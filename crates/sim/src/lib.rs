@@ -84,4 +84,5 @@ pub const MUTATIONS: &[(&str, bool)] = &[
         "mut-restart-forgets-lease",
         cfg!(feature = "mut-restart-forgets-lease"),
     ),
+    ("mut-sync-only-log", cfg!(feature = "mut-sync-only-log")),
 ];

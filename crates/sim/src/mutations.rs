@@ -195,6 +195,16 @@ pub const HUNTS: &[Hunt] = &[
         caught_by: &[Linearizability],
         guards_off: &[],
     },
+    // A new term or vote written without a sync is lost by a crash: the node votes twice in
+    // one term. The disk refuses an unsynced batch that changes more than the commit index;
+    // off, it keeps such a batch in the page cache, where a crash loses it.
+    Hunt {
+        mutation: "mut-sync-only-log",
+        scenarios: &["Swarm"],
+        seeds_max: 2000,
+        caught_by: DIVERGED,
+        guards_off: &[Guard::DiskSnapshot, Guard::QuorumCount],
+    },
 ];
 
 /// A failure the hunt did not count.

@@ -108,9 +108,11 @@ pub enum Guard {
     /// The simulator's calls to `RawNode::check_invariants` (and the log's full check at the
     /// end of a run). The core's own `assert!`s cannot be turned off.
     CoreInvariants,
-    /// The disk's refusal of a chunk out of order and of an install of an incompletely staged
-    /// snapshot. Off, the disk writes chunks where they say (a file written at offsets, zeros
-    /// in gaps) and installs what is staged, padded with zeros to the announced size.
+    /// The disk's refusal of a chunk out of order, of an install of an incompletely staged
+    /// snapshot, and of an unsynced batch that changes more than the commit index. Off, the
+    /// disk writes chunks where they say (a file written at offsets, zeros in gaps), installs
+    /// what is staged, padded with zeros to the announced size, and keeps any unsynced hard
+    /// state in the page cache, where a crash loses it.
     DiskSnapshot,
     /// The quorum module's configuration-shape check (single-server steps or joint consensus).
     QuorumShape,

@@ -441,3 +441,42 @@ fn snapshot_chunks_are_read_from_the_file() {
     assert!(s.verify_snapshot().is_err());
     let _ = newer;
 }
+
+#[test]
+fn a_commit_only_hard_state_is_written_without_a_sync_and_kept_on_reopen() {
+    // `write_commit` is for batches whose `must_sync` is false: only the commit index moves.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path()).unwrap();
+    s.set_membership(&voters()).unwrap();
+    let es: Vec<_> = (1..=5).map(|i| entry(i, 2, 50)).collect();
+    s.write(Some(&hard_state(2, 1)), &es).unwrap();
+    s.write_commit(&hard_state(2, 3)).unwrap();
+    assert_eq!(s.hard_state(), hard_state(2, 3));
+
+    // Anything but the commit index, or a commit past the log, is refused and changes nothing.
+    for bad in [hard_state(3, 3), hard_state(2, 6)] {
+        let e = s.write_commit(&bad).expect_err("refused");
+        assert!(matches!(e, StorageError::InvalidRequest(_)), "{e}");
+    }
+    let mut voted = hard_state(2, 4);
+    voted.vote = NodeId::new(2);
+    assert!(s.write_commit(&voted).is_err(), "a vote must be synced");
+    assert_eq!(s.hard_state(), hard_state(2, 3));
+
+    // Interleaved with synced writes across many segments (each segment's unsynced tail is
+    // synced before the log moves on), everything reads back after a reopen.
+    let mut last = 5;
+    for round in 0..200u64 {
+        let es: Vec<_> = (last + 1..=last + 3).map(|i| entry(i, 2, 4000)).collect();
+        s.write(None, &es).unwrap();
+        last += 3;
+        s.write_commit(&hard_state(2, last - 1 - round % 2))
+            .unwrap();
+    }
+    let want = s.hard_state();
+    drop(s);
+    let (s, rec) = open(dir.path()).unwrap();
+    assert_eq!(rec.hard_state, want);
+    assert_eq!(rec.last_index, Index(last));
+    assert_eq!(common::all_entries(&s).unwrap().len() as u64, last);
+}

@@ -289,7 +289,7 @@ fn corrupt_snapshot_names_file_and_offset() {
     let n = bytes.len();
     bytes[n - 100] ^= 0xff;
     fs::write(&snap, &bytes).unwrap();
-    let (store, _) = common::open(dir.path()).unwrap();
+    let (store, _) = open_past_forks(dir.path()).unwrap();
     let err = store.load_snapshot().unwrap_err().to_string();
     assert!(
         err.contains(snap.file_name().unwrap().to_str().unwrap()),
@@ -300,6 +300,23 @@ fn corrupt_snapshot_names_file_and_offset() {
     bytes.truncate(n - 10);
     fs::write(&snap, &bytes).unwrap();
     drop(store);
-    let err = common::open(dir.path()).unwrap_err().to_string();
+    let err = open_past_forks(dir.path()).unwrap_err().to_string();
     assert!(err.contains("offset"), "{err}");
+}
+
+/// Opens the store, waiting out a `Locked` refusal: another test of this binary spawns a
+/// process, and a fork taken while this test held the lock keeps the lock's file description
+/// open until the child execs (flaky in CI otherwise).
+fn open_past_forks(
+    dir: &std::path::Path,
+) -> Result<(storage::Store, storage::Recovered), storage::StorageError> {
+    for _ in 0..100 {
+        match common::open(dir) {
+            Err(storage::StorageError::Locked { .. }) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
+    common::open(dir)
 }

@@ -7,6 +7,7 @@
 //!                                           are filled from the current snapshot file)
 //!             2. stage incoming snapshot chunks; install a complete snapshot (state
 //!                machine restored, log reset); persist hard state + entries, sync
+//!                (unless only the commit index changed: `must_sync` false, no sync)
 //!             3. send persisted_messages  (votes, append acks: only after the sync)
 //!             4. hand committed entries, their writers and the released reads to the
 //!                apply task ([`super::apply`]), which applies them while this task goes on
@@ -232,9 +233,14 @@ impl NodeTask {
         if let Some(meta) = &rd.snapshot {
             self.install_snapshot(meta, rd.hard_state.as_ref()).await?;
         }
-        if rd.hard_state.is_some() || !rd.entries.is_empty() {
-            let log = &mut self.log;
-            tokio::task::block_in_place(|| log.write(rd.hard_state.as_ref(), &rd.entries))?;
+        if rd.must_sync {
+            if rd.hard_state.is_some() || !rd.entries.is_empty() {
+                let log = &mut self.log;
+                tokio::task::block_in_place(|| log.write(rd.hard_state.as_ref(), &rd.entries))?;
+            }
+        } else if let Some(hs) = &rd.hard_state {
+            // Only the commit index changed: written, not synced (etcd's `MustSync`).
+            self.log.write_commit(hs)?;
         }
         // 3. Messages that promise durable state.
         self.send_all(rd.persisted_messages);

@@ -49,6 +49,31 @@ impl Store {
         Ok(())
     }
 
+    /// Writes a hard state that changes only the commit index, without a sync (a batch whose
+    /// `Ready::must_sync` is false). A crash may lose it: the node then restarts with an older
+    /// commit index and learns the newer one from the leader, which is safe because the
+    /// commit index is volatile state (paper Figure 2). The next [`Store::write`] or
+    /// [`Store::sync`] makes it durable.
+    pub fn write_commit(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
+        self.ensure_ok()?;
+        let stored = self.hard_state();
+        if (hard_state.term, hard_state.vote) != (stored.term, stored.vote) {
+            return Err(StorageError::InvalidRequest(format!(
+                "an unsynced hard state may change only the commit index: term {} vote {:?}, \
+                 stored term {} vote {:?}",
+                hard_state.term, hard_state.vote, stored.term, stored.vote
+            )));
+        }
+        self.validate_append(Some(hard_state), &[])?;
+        if *hard_state == stored {
+            return Ok(());
+        }
+        let r = self.wal.append_unsynced(hard_state);
+        self.fail_on_err(r)?;
+        self.check_invariants_if_debug();
+        Ok(())
+    }
+
     fn validate_append(
         &self,
         hs: Option<&HardState>,
@@ -304,8 +329,8 @@ impl Store {
         }
     }
 
-    /// Syncs the log again. Every write is already synced when it returns; this is for callers
-    /// that want an explicit barrier.
+    /// Syncs the log: makes a hard state written by [`Store::write_commit`] durable. Every
+    /// other write is already synced when it returns.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.ensure_ok()?;
         let r = self.wal.sync();

@@ -169,6 +169,21 @@ pub(crate) fn live(t: &impl HistoryTable, key: &[u8], rev: u64) -> Result<Option
     Ok(latest(t, key, rev)?.and_then(|(r, rec)| rec.to_kv(key, r)))
 }
 
+/// Every pair of the span `key..range_end` live at `rev`, in key order.
+pub(crate) fn live_in(
+    t: &impl HistoryTable,
+    key: &[u8],
+    range_end: &[u8],
+    rev: u64,
+) -> Result<Vec<KeyValue>, Error> {
+    let mut out = Vec::new();
+    scan_live(t, KeySpan::new(key, range_end), rev, |k, r, b| {
+        out.extend(Record::decode(b)?.to_kv(k, r));
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
 /// Calls `visit` for every key of `span` live at `rev`, in ascending key order, with the
 /// revision of its row and the row's bytes; stops when `visit` returns `false`.
 ///

@@ -15,7 +15,7 @@ use crate::mvcc::{scan_live, KeySpan, Record, BY_REV, HISTORY};
 use crate::range;
 use crate::session::{self, Lookup, SESSIONS, SESSIONS_BY_INDEX};
 use crate::txn;
-use crate::types::{Lease, RangeRequest, RangeResponse};
+use crate::types::{Lease, RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use crate::write::Writer;
 
 /// Scalar state: `name -> u64`.
@@ -410,6 +410,20 @@ impl Store {
             meta.revision,
             meta.compacted,
         )
+    }
+
+    /// A read-only transaction ([`TxnRequest::is_read_only`]) served outside Raft, like a
+    /// range (etcd serves these without a log entry): validated as any request, then run on
+    /// one consistent read view. Panics on a transaction that writes (the caller's check).
+    pub fn txn_read_only(&self, t: &TxnRequest) -> Result<TxnResponse, Error> {
+        assert!(
+            t.is_read_only(),
+            "txn_read_only given a transaction that writes"
+        );
+        txn::check_txn_request(t)?;
+        let rtxn = self.begin_read()?;
+        let meta = Meta::read(&rtxn.open_table(META)?)?;
+        txn::execute_read_only(&rtxn.open_table(HISTORY)?, t, meta.revision, meta.compacted)
     }
 
     fn meta(&self) -> Result<Meta, Error> {

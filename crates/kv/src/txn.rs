@@ -5,7 +5,8 @@ use std::collections::BTreeSet;
 
 use crate::command::Request;
 use crate::error::{Error, KvError};
-use crate::mvcc::KeySpan;
+use crate::mvcc::{live_in, HistoryTable, KeySpan};
+use crate::range;
 use crate::types::{
     Compare, CompareResult, CompareTarget, KeyValue, PutRequest, RequestOp, ResponseOp, TxnRequest,
     TxnResponse,
@@ -19,17 +20,20 @@ pub(crate) fn check_request(req: &Request) -> Result<(), KvError> {
         Request::Range(r) => check_key(&r.key),
         Request::Put(p) => check_put(p),
         Request::DeleteRange(d) => check_key(&d.key),
-        Request::Txn(t) => {
-            check_txn(t, TXN_OPS_MAX)?;
-            // Overlap checks after the size checks, to bound their cost (as etcd does).
-            check_intervals(&t.success)?;
-            check_intervals(&t.failure)?;
-            Ok(())
-        }
+        Request::Txn(t) => check_txn_request(t),
         Request::Compact { .. } | Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } => {
             Ok(())
         }
     }
+}
+
+/// Static checks of a transaction.
+pub(crate) fn check_txn_request(t: &TxnRequest) -> Result<(), KvError> {
+    check_txn(t, TXN_OPS_MAX)?;
+    // Overlap checks after the size checks, to bound their cost (as etcd does).
+    check_intervals(&t.success)?;
+    check_intervals(&t.failure)?;
+    Ok(())
 }
 
 fn check_key(key: &[u8]) -> Result<(), KvError> {
@@ -132,14 +136,18 @@ fn check_intervals(ops: &[RequestOp]) -> Result<Writes, KvError> {
 /// satisfy it; a span with no live key compares as a zero pair (version, create, mod and lease
 /// 0), except that a value compare on it is false.
 pub(crate) fn compare_holds(w: &Writer<'_>, c: &Compare) -> Result<bool, Error> {
-    let kvs = w.live_in(&c.key, &c.range_end)?;
+    Ok(compare_holds_on(&w.live_in(&c.key, &c.range_end)?, c))
+}
+
+/// [`compare_holds`] on the live pairs `kvs` of the compare's span.
+fn compare_holds_on(kvs: &[KeyValue], c: &Compare) -> bool {
     if kvs.is_empty() {
         if matches!(c.target, CompareTarget::Value(_)) {
-            return Ok(false);
+            return false;
         }
-        return Ok(compare_kv(c, &KeyValue::default()));
+        return compare_kv(c, &KeyValue::default());
     }
-    Ok(kvs.iter().all(|kv| compare_kv(c, kv)))
+    kvs.iter().all(|kv| compare_kv(c, kv))
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
@@ -181,6 +189,41 @@ pub(crate) fn execute(w: &mut Writer<'_>, t: &TxnRequest) -> Result<TxnResponse,
     }
     Ok(TxnResponse {
         revision: w.read_rev() as i64,
+        succeeded,
+        responses,
+    })
+}
+
+/// Runs a validated read-only transaction ([`TxnRequest::is_read_only`]) on the history as of
+/// revision `rev`: what [`execute`] would answer, without a write transaction.
+pub(crate) fn execute_read_only(
+    history: &impl HistoryTable,
+    t: &TxnRequest,
+    rev: u64,
+    compacted: u64,
+) -> Result<TxnResponse, Error> {
+    let mut succeeded = true;
+    for c in &t.compare {
+        if !compare_holds_on(&live_in(history, &c.key, &c.range_end, rev)?, c) {
+            succeeded = false;
+            break;
+        }
+    }
+    let ops = if succeeded { &t.success } else { &t.failure };
+    let mut responses = Vec::with_capacity(ops.len());
+    for op in ops {
+        responses.push(match op {
+            RequestOp::Range(r) => ResponseOp::Range(range::range(history, r, rev, compacted)?),
+            RequestOp::Txn(inner) => {
+                ResponseOp::Txn(execute_read_only(history, inner, rev, compacted)?)
+            }
+            RequestOp::Put(_) | RequestOp::DeleteRange(_) => {
+                panic!("execute_read_only given a transaction that writes")
+            }
+        });
+    }
+    Ok(TxnResponse {
+        revision: rev as i64,
         succeeded,
         responses,
     })

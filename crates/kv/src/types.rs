@@ -262,6 +262,19 @@ pub struct TxnRequest {
     pub failure: Vec<RequestOp>,
 }
 
+impl TxnRequest {
+    /// Whether every op of both branches, nested transactions included, is a range: then the
+    /// transaction writes nothing and is served like a range, without a log entry (etcd's
+    /// `isTxnReadonly`).
+    pub fn is_read_only(&self) -> bool {
+        self.success.iter().chain(&self.failure).all(|op| match op {
+            RequestOp::Range(_) => true,
+            RequestOp::Txn(inner) => inner.is_read_only(),
+            RequestOp::Put(_) | RequestOp::DeleteRange(_) => false,
+        })
+    }
+}
+
 /// etcd's `RangeResponse` (the header is reduced to its revision).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RangeResponse {

@@ -11,7 +11,7 @@ use redb::{Table, WriteTransaction};
 
 use crate::error::{Error, KvError};
 use crate::lease::{self, LEASES, LEASE_KEYS};
-use crate::mvcc::{self, live, scan_live, KeySpan, Record, BY_REV, HISTORY};
+use crate::mvcc::{self, live, Record, BY_REV, HISTORY};
 use crate::range;
 use crate::types::{
     DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest,
@@ -76,17 +76,7 @@ impl<'t> Writer<'t> {
 
     /// The live pairs of a span at the read revision.
     pub(crate) fn live_in(&self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, Error> {
-        let mut out = Vec::new();
-        scan_live(
-            &self.history,
-            KeySpan::new(key, range_end),
-            self.read_rev(),
-            |k, r, b| {
-                out.extend(Record::decode(b)?.to_kv(k, r));
-                Ok(true)
-            },
-        )?;
-        Ok(out)
+        mvcc::live_in(&self.history, key, range_end, self.read_rev())
     }
 
     /// etcd's put: the caller has validated the request statically (`txn::check_put`).

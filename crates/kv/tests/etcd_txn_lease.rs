@@ -337,3 +337,84 @@ fn hash_is_deterministic_and_tracks_state() {
     b.put("k", "v");
     assert_ne!(a.store.hash().unwrap().1, b.store.hash().unwrap().1);
 }
+
+#[test]
+fn a_read_only_txn_is_served_outside_the_log_with_the_answer_the_log_would_give() {
+    // etcd serves a transaction of ranges only like a range (no log entry). The answer must be
+    // the one applying it would give, and serving it must change nothing.
+    let mut s = Kv::new();
+    s.put("a", "1");
+    s.put("b", "2");
+    s.put("b", "3");
+    s.del("a");
+    s.put("c", "4");
+    let range = |k: &str, end: &str, limit: i64| {
+        RequestOp::Range(RangeRequest {
+            range_end: end.into(),
+            limit,
+            ..RangeRequest::key(k)
+        })
+    };
+    let shapes = [
+        TxnRequest {
+            compare: vec![cmp("b", CompareResult::Equal, CompareTarget::Version(2))],
+            success: vec![range("a", "z", 0), range("b", "", 0)],
+            failure: vec![range("c", "", 0)],
+        },
+        TxnRequest {
+            compare: vec![cmp("a", CompareResult::Greater, CompareTarget::Version(0))],
+            success: vec![range("b", "", 0)],
+            failure: vec![
+                range("a", "z", 1),
+                RequestOp::Txn(TxnRequest {
+                    compare: vec![cmp(
+                        "c",
+                        CompareResult::Equal,
+                        CompareTarget::Value(b"4".to_vec()),
+                    )],
+                    success: vec![range("c", "", 0)],
+                    failure: vec![],
+                }),
+            ],
+        },
+        TxnRequest {
+            compare: vec![],
+            success: vec![RequestOp::Range(RangeRequest {
+                revision: 3,
+                ..RangeRequest::key("a")
+            })],
+            failure: vec![],
+        },
+    ];
+    for t in shapes {
+        assert!(t.is_read_only());
+        let (rev, applied) = (s.rev(), s.store.applied_index().unwrap());
+        let outside = s.store.txn_read_only(&t).expect("read-only txn");
+        assert_eq!((s.rev(), s.store.applied_index().unwrap()), (rev, applied));
+        assert_eq!(s.txn(t), outside, "the log's answer");
+    }
+    // Refusals are the same too: a range at a compacted revision.
+    s.apply(Request::Compact { revision: 4 }).expect("compact");
+    let old = TxnRequest {
+        compare: vec![],
+        success: vec![RequestOp::Range(RangeRequest {
+            revision: 2,
+            ..RangeRequest::key("a")
+        })],
+        failure: vec![],
+    };
+    assert!(matches!(
+        s.store.txn_read_only(&old),
+        Err(Error::Kv(KvError::Compacted))
+    ));
+    assert!(!TxnRequest {
+        compare: vec![],
+        success: vec![],
+        failure: vec![RequestOp::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![put_op("x", "y")],
+            failure: vec![],
+        })],
+    }
+    .is_read_only());
+}

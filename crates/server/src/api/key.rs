@@ -1,7 +1,7 @@
 //! etcd's KV service (`etcdserverpb.KV`; etcd's `v3rpc/key.go`): Range, Put, DeleteRange, Txn
 //! and Compact. Writes run on the leader through `Api::write` (the one forward-and-retry
-//! loop); a range is linearizable (ReadIndex, then this member's state machine) unless
-//! `serializable` is set.
+//! loop); a range, and a transaction of ranges only, is linearizable (ReadIndex, then this
+//! member's state machine) unless `serializable` is set, and never enters the log.
 
 use tonic::{Request, Response, Status};
 
@@ -74,6 +74,15 @@ impl Api {
         session: Option<kv::Session>,
     ) -> Result<epb::TxnResponse, Status> {
         let txn = convert::txn_request(&r).map_err(|e| Status::invalid_argument(e.0))?;
+        if txn.is_read_only() {
+            // Served like a range, without a log entry (etcd's `isTxnReadonly`): linearizable
+            // unless every op is a serializable range.
+            if !is_txn_serializable(&r) {
+                self.linearizable_read().await?;
+            }
+            let resp = self.read_kv(move |kv| kv.txn_read_only(&txn)).await?;
+            return Ok(convert::txn_response(resp, self.header()));
+        }
         let req = kv::Request::Txn(txn);
         let via = |mut c: super::LeaderClient, s| {
             let r = with_session(r.clone(), s);
@@ -110,6 +119,16 @@ impl Api {
             Reached::Leader(resp) => Ok(resp),
         }
     }
+}
+
+/// Whether every op of both branches is a serializable range (etcd's `isTxnSerializable`; a
+/// nested transaction is not).
+fn is_txn_serializable(r: &epb::TxnRequest) -> bool {
+    use epb::request_op::Request as Op;
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| matches!(&op.request, Some(Op::RequestRange(range)) if range.serializable))
 }
 
 #[tonic::async_trait]

@@ -15,6 +15,22 @@ pub struct Session {
     pub client_id: u64,
     /// Sequence number of the request within the client; starts at 1.
     pub seq: u64,
+    /// The proposing server's applied index when it opened the session: every entry of the
+    /// session comes after it. It lets the store tell a new session from one it may have
+    /// evicted (see `session`); `None` (older proposers) opens any unknown session at seq 1.
+    pub opened_after: Option<u64>,
+}
+
+impl Session {
+    /// Request `seq` of client `client_id`, opened by a server that had applied the log
+    /// through `applied`.
+    pub fn opened(client_id: u64, seq: u64, applied: u64) -> Self {
+        Session {
+            client_id,
+            seq,
+            opened_after: Some(applied),
+        }
+    }
 }
 
 /// One entry of the replicated log: a request, optionally deduplicated by a session.
@@ -39,7 +55,11 @@ impl Command {
     /// A command deduplicated by `(client_id, seq)`.
     pub fn with_session(client_id: u64, seq: u64, request: Request) -> Self {
         Command {
-            session: Some(Session { client_id, seq }),
+            session: Some(Session {
+                client_id,
+                seq,
+                opened_after: None,
+            }),
             request,
         }
     }

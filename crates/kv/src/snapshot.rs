@@ -33,9 +33,11 @@ const MAGIC: &[u8; 8] = b"SKIFFKV\0";
 const VERSION: u8 = 1;
 /// Encoded bytes buffered before they are handed to the writer.
 const FLUSH_BYTES: usize = 1 << 20;
-/// Largest byte string a snapshot may hold (keys, values, rows); bounds allocation on
-/// corrupt input. Values are at most 1.5 MiB (etcd's request limit).
-const FIELD_BYTES_MAX: u64 = 64 << 20;
+/// Bytes reserved up front for one byte string; a longer one grows as its bytes arrive, so
+/// that a corrupt length costs no more memory than the input holds. There is no limit on a
+/// field's length that the writer does not also have (a reader that refused what the writer
+/// wrote would make the snapshot, and every member needing it, unrecoverable).
+const FIELD_PREALLOC_MAX: u64 = 1 << 20;
 
 fn bad(m: &str) -> Error {
     Error::Decode(format!("snapshot: {m}"))
@@ -151,23 +153,47 @@ impl Source<'_> {
 
     fn bytes(&mut self) -> Result<Vec<u8>, Error> {
         let len = self.u64()?;
-        if len > FIELD_BYTES_MAX {
-            return Err(bad("field too long"));
+        let mut v = Vec::with_capacity(len.min(FIELD_PREALLOC_MAX) as usize);
+        let got = (&mut self.input)
+            .take(len)
+            .read_to_end(&mut v)
+            .map_err(Error::Io)?;
+        if got as u64 != len {
+            return Err(bad("truncated"));
         }
-        let mut v = vec![0u8; len as usize];
-        self.exact(&mut v)?;
+        self.crc.update(&v);
         Ok(v)
     }
 }
 
-/// Decodes a snapshot from `input` into freshly emptied tables of `txn`, checking every row
-/// and the CRC; the caller commits only if this returns `Ok`. Sessions beyond `sessions_max`
-/// (a snapshot from a node configured with more) are evicted by the usual rule, least
-/// recently seen first.
-pub(crate) fn load_from(
-    txn: &WriteTransaction,
+/// One decoded part of a snapshot, in stream order.
+enum Item {
+    Meta(Meta),
+    History {
+        key: Vec<u8>,
+        rev: u64,
+        row: Vec<u8>,
+    },
+    Lease {
+        id: i64,
+        ttl: i64,
+    },
+    Attached {
+        id: i64,
+        key: Vec<u8>,
+    },
+    Session {
+        id: u64,
+        row: Vec<u8>,
+        index: u64,
+    },
+}
+
+/// Decodes a whole snapshot, checking every row and the CRC, handing each part to `take` in
+/// order. `Ok` only if the snapshot is complete and intact.
+fn decode(
     input: &mut dyn Read,
-    sessions_max: usize,
+    take: &mut dyn FnMut(Item) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let mut r = Source {
         input: std::io::BufReader::with_capacity(1 << 20, input),
@@ -189,34 +215,27 @@ pub(crate) fn load_from(
     if meta.revision == 0 || meta.compacted > meta.revision {
         return Err(bad("revisions out of order"));
     }
-    meta.write(txn)?;
-    let mut history = txn.open_table(HISTORY)?;
-    let mut by_rev = txn.open_table(BY_REV)?;
+    take(Item::Meta(meta))?;
     for _ in 0..r.u64()? {
         let (key, rev, row) = (r.bytes()?, r.u64()?, r.bytes()?);
         Record::decode(&row)?;
         if rev > meta.revision {
             return Err(bad("history row above the revision"));
         }
-        history.insert((key.as_slice(), rev), row.as_slice())?;
-        by_rev.insert((rev, key.as_slice()), ())?;
+        take(Item::History { key, rev, row })?;
     }
-    let mut leases = txn.open_table(LEASES)?;
     for _ in 0..r.u64()? {
-        leases.insert(r.i64()?, r.i64()?)?;
+        let (id, ttl) = (r.i64()?, r.i64()?);
+        take(Item::Lease { id, ttl })?;
     }
-    let mut attached = txn.open_table(LEASE_KEYS)?;
     for _ in 0..r.u64()? {
         let (id, key) = (r.i64()?, r.bytes()?);
-        attached.insert((id, key.as_slice()), ())?;
+        take(Item::Attached { id, key })?;
     }
-    let mut sessions = txn.open_table(SESSIONS)?;
-    let mut by_index = txn.open_table(SESSIONS_BY_INDEX)?;
     for _ in 0..r.u64()? {
         let (id, row) = (r.u64()?, r.bytes()?);
         let index = Row::decode(&row)?.index;
-        sessions.insert(id, row.as_slice())?;
-        by_index.insert((index, id), ())?;
+        take(Item::Session { id, row, index })?;
     }
     let computed = r.crc.clone().finalize();
     let mut stored = [0u8; 4];
@@ -230,6 +249,50 @@ pub(crate) fn load_from(
     if r.input.read(&mut rest).map_err(Error::Io)? != 0 {
         return Err(bad("trailing bytes"));
     }
+    Ok(())
+}
+
+/// Checks that `input` is a complete, intact snapshot this build can load, writing nothing
+/// (so that a staged snapshot is known good before it replaces the previous one).
+pub fn verify(input: &mut dyn Read) -> Result<(), Error> {
+    decode(input, &mut |_| Ok(()))
+}
+
+/// Decodes a snapshot from `input` into freshly emptied tables of `txn`, checking every row
+/// and the CRC; the caller commits only if this returns `Ok`. Sessions beyond `sessions_max`
+/// (a snapshot from a node configured with more) are evicted by the usual rule, least
+/// recently seen first.
+pub(crate) fn load_from(
+    txn: &WriteTransaction,
+    input: &mut dyn Read,
+    sessions_max: usize,
+) -> Result<(), Error> {
+    let mut history = txn.open_table(HISTORY)?;
+    let mut by_rev = txn.open_table(BY_REV)?;
+    let mut leases = txn.open_table(LEASES)?;
+    let mut attached = txn.open_table(LEASE_KEYS)?;
+    let mut sessions = txn.open_table(SESSIONS)?;
+    let mut by_index = txn.open_table(SESSIONS_BY_INDEX)?;
+    decode(input, &mut |item| {
+        match item {
+            Item::Meta(meta) => meta.write(txn)?,
+            Item::History { key, rev, row } => {
+                history.insert((key.as_slice(), rev), row.as_slice())?;
+                by_rev.insert((rev, key.as_slice()), ())?;
+            }
+            Item::Lease { id, ttl } => {
+                leases.insert(id, ttl)?;
+            }
+            Item::Attached { id, key } => {
+                attached.insert((id, key.as_slice()), ())?;
+            }
+            Item::Session { id, row, index } => {
+                sessions.insert(id, row.as_slice())?;
+                by_index.insert((index, id), ())?;
+            }
+        }
+        Ok(())
+    })?;
     while sessions.len()? > sessions_max as u64 {
         let Some((k, _)) = by_index.pop_first()? else {
             break;

@@ -13,7 +13,7 @@ use crate::error::{Error, KvError};
 use crate::lease::{self, LEASES, LEASE_KEYS};
 use crate::mvcc::{scan_live, KeySpan, Record, BY_REV, HISTORY};
 use crate::range;
-use crate::session::{self, Lookup, SESSIONS, SESSIONS_BY_INDEX};
+use crate::session::{self, Lookup, Outcome, SESSIONS, SESSIONS_BY_INDEX};
 use crate::txn;
 use crate::types::{Lease, RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use crate::write::Writer;
@@ -27,6 +27,13 @@ pub(crate) const META_APPLIED: &str = "applied_index";
 const META_FORMAT: &str = "format";
 /// 2: adds the history index by revision (built from the history when a format-1 store opens).
 const FORMAT: u64 = 2;
+
+/// Whether a request runs for real or is replayed to answer a retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replay {
+    No,
+    Yes,
+}
 
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -270,15 +277,16 @@ impl Store {
                 applied: meta.applied,
             });
         }
-        if let Some(result) = session_answer(&txn, cmd, index)? {
+        if let Some(answer) = session_answer(&txn, cmd, index, self.options.sessions_max)? {
             Meta {
                 applied: index,
                 ..meta
             }
             .write(&txn)?;
             txn.commit()?;
-            return result.map_err(Error::Kv);
+            return self.answer(&cmd.request, answer)?.map_err(Error::Kv);
         }
+        let rev_before = meta.revision;
         let (txn, meta, result) = match execute(&txn, meta, &cmd.request) {
             Ok((resp, after)) => (txn, after, Ok(resp)),
             Err(Error::Kv(e)) => {
@@ -289,7 +297,8 @@ impl Store {
             Err(other) => return Err(other),
         };
         if let Some(s) = cmd.session {
-            session::record(&txn, s, index, &result, self.options.sessions_max)?;
+            let outcome = Outcome::of(&cmd.request, &result, rev_before);
+            session::record(&txn, s, index, &outcome, self.options.sessions_max)?;
         }
         Meta {
             applied: index,
@@ -320,6 +329,7 @@ impl Store {
         let txn = self.begin_write()?;
         let mut meta = Meta::read(&txn.open_table(META)?)?;
         let mut out = Vec::with_capacity(entries.len());
+        let mut replays = Vec::new();
         for &(index, cmd) in entries {
             if index <= meta.applied {
                 out.push(None);
@@ -330,16 +340,25 @@ impl Store {
                 out.push(None);
                 continue;
             };
-            if let Some(result) = session_answer(&txn, cmd, index)? {
+            if let Some(answer) = session_answer(&txn, cmd, index, self.options.sessions_max)? {
                 meta.applied = index;
-                out.push(Some(result));
+                match answer {
+                    Outcome::Stored(result) => out.push(Some(result)),
+                    Outcome::Replay { rev_before } => {
+                        // Answered once the batch is committed (a replay needs its own
+                        // transaction).
+                        replays.push((out.len(), cmd, rev_before));
+                        out.push(None);
+                    }
+                }
                 continue;
             }
             match execute(&txn, meta, &cmd.request) {
                 Ok((resp, after)) => {
                     let result = Ok(resp);
                     if let Some(s) = cmd.session {
-                        session::record(&txn, s, index, &result, self.options.sessions_max)?;
+                        let outcome = Outcome::of(&cmd.request, &result, meta.revision);
+                        session::record(&txn, s, index, &outcome, self.options.sessions_max)?;
                     }
                     meta = Meta {
                         applied: index,
@@ -356,7 +375,71 @@ impl Store {
         }
         meta.write(&txn)?;
         txn.commit()?;
+        for (slot, cmd, rev_before) in replays {
+            out[slot] = Some(self.replay(&cmd.request, rev_before)?);
+        }
         Ok(out)
+    }
+
+    /// The answer to a retry: as stored, or replayed.
+    fn answer(
+        &self,
+        request: &Request,
+        outcome: Outcome,
+    ) -> Result<Result<Response, KvError>, Error> {
+        match outcome {
+            Outcome::Stored(result) => Ok(result),
+            Outcome::Replay { rev_before } => self.replay(request, rev_before),
+        }
+    }
+
+    /// Answers a retry of `request`, first applied when the store revision was `rev_before`,
+    /// by running it again as of that revision in a write transaction that is never
+    /// committed: the history after `rev_before` is removed first, so the request sees what it
+    /// saw then, and lease checks are skipped (it passed them then; only its answer is
+    /// wanted). If the history at `rev_before` was compacted away since, the answer is etcd's
+    /// "compacted" error. Runs only for retries, which are rare; costs one delete per row
+    /// written since.
+    fn replay(
+        &self,
+        request: &Request,
+        rev_before: u64,
+    ) -> Result<Result<Response, KvError>, Error> {
+        let txn = self.db.begin_write()?;
+        let meta = Meta::read(&txn.open_table(META)?)?;
+        if rev_before < meta.compacted || rev_before > meta.revision {
+            txn.abort()?;
+            return Ok(Err(KvError::Compacted));
+        }
+        {
+            let mut history = txn.open_table(HISTORY)?;
+            let mut by_rev = txn.open_table(BY_REV)?;
+            loop {
+                let (rev, key) = match by_rev.last()? {
+                    Some((k, _)) => {
+                        let (rev, key) = k.value();
+                        (rev, key.to_vec())
+                    }
+                    None => break,
+                };
+                if rev <= rev_before {
+                    break;
+                }
+                by_rev.remove((rev, key.as_slice()))?;
+                history.remove((key.as_slice(), rev))?;
+            }
+        }
+        let then = Meta {
+            revision: rev_before,
+            ..meta
+        };
+        let r = execute_as(&txn, then, request, Replay::Yes);
+        txn.abort()?;
+        match r {
+            Ok((resp, _)) => Ok(Ok(resp)),
+            Err(Error::Kv(e)) => Ok(Err(e)),
+            Err(other) => Err(other),
+        }
     }
 
     /// [`Store::apply_batch`] one transaction per entry.
@@ -579,23 +662,24 @@ impl Store {
     }
 }
 
-/// The answer a command gets from its session without being executed: the stored result of a
-/// retry (the session is touched at `index`) or a refusal. `None`: execute it.
+/// The answer a command gets from its session without being executed: the outcome of a retry
+/// (the session is touched at `index`) or a refusal. `None`: execute it.
 fn session_answer(
     txn: &WriteTransaction,
     cmd: &Command,
     index: u64,
-) -> Result<Option<Result<Response, KvError>>, Error> {
+    sessions_max: usize,
+) -> Result<Option<Outcome>, Error> {
     let Some(s) = cmd.session else {
         return Ok(None);
     };
-    Ok(match session::lookup(txn, s)? {
+    Ok(match session::lookup(txn, s, sessions_max)? {
         Lookup::Apply => None,
-        Lookup::Retry(result) => {
+        Lookup::Retry(outcome) => {
             session::touch(txn, s.client_id, index)?;
-            Some(result)
+            Some(outcome)
         }
-        Lookup::Refuse(e) => Some(Err(e)),
+        Lookup::Refuse(e) => Some(Outcome::Stored(Err(e))),
     })
 }
 
@@ -614,8 +698,19 @@ fn create_tables(txn: &WriteTransaction) -> Result<(), Error> {
 /// Validates and runs one request in `txn`, returning the response and the new meta
 /// (`applied` unchanged). On `Err` the transaction may hold partial writes: abort it.
 fn execute(txn: &WriteTransaction, meta: Meta, req: &Request) -> Result<(Response, Meta), Error> {
+    execute_as(txn, meta, req, Replay::No)
+}
+
+/// [`execute`], or its replay for a retry's answer (see [`Store::replay`]).
+fn execute_as(
+    txn: &WriteTransaction,
+    meta: Meta,
+    req: &Request,
+    replay: Replay,
+) -> Result<(Response, Meta), Error> {
     txn::check_request(req)?;
     let mut w = Writer::new(txn, meta.revision, meta.compacted)?;
+    w.replay = replay == Replay::Yes;
     let resp = match req {
         Request::Range(r) => Response::Range(w.range(r)?),
         Request::Put(p) => Response::Put(w.put(p)?),

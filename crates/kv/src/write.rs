@@ -34,6 +34,9 @@ pub(crate) struct Writer<'t> {
     compacted: u64,
     /// Whether a row was written at `base + 1`.
     changed: bool,
+    /// Replaying a request to answer a retry (in a transaction that is never committed):
+    /// lease checks, which it passed when it was applied, are skipped.
+    pub(crate) replay: bool,
 }
 
 impl<'t> Writer<'t> {
@@ -52,6 +55,7 @@ impl<'t> Writer<'t> {
             base,
             compacted,
             changed: false,
+            replay: false,
         })
     }
 
@@ -81,7 +85,7 @@ impl<'t> Writer<'t> {
 
     /// etcd's put: the caller has validated the request statically (`txn::check_put`).
     pub(crate) fn put(&mut self, req: &PutRequest) -> Result<PutResponse, Error> {
-        if req.lease != 0 {
+        if req.lease != 0 && !self.replay {
             lease::require(&self.leases, req.lease)?;
         }
         let prev = live(&self.history, &req.key, self.read_rev())?;

@@ -333,12 +333,7 @@ fn invalid_options_are_refused_with_a_reason() {
 /// session inside the batch, no-op entries, and entries already applied.
 #[test]
 fn a_batch_applies_like_one_entry_at_a_time() {
-    let session = |id| {
-        Some(Session {
-            client_id: id,
-            seq: 1,
-        })
-    };
+    let session = |id| Some(Session::opened(id, 1, 0));
     let cmd = |session, request| Command { session, request };
     let cmds = [
         cmd(session(1), put("a", "1")),
@@ -462,4 +457,156 @@ fn snapshots_stream_in_bounded_slices_both_ways() {
     longer.push(0);
     assert!(c.restore_from(&mut Trickle(&longer)).is_err());
     assert_eq!(c.hash().unwrap(), before);
+}
+
+/// A command of session `(id, seq)` opened by a server that had applied through `after`.
+fn opened(id: u64, seq: u64, after: u64, request: Request) -> Command {
+    Command {
+        session: Some(Session::opened(id, seq, after)),
+        request,
+    }
+}
+
+#[test]
+fn a_retry_of_a_large_answer_is_replayed_and_the_session_keeps_no_payload() {
+    // The session table keeps no response that carries key-values: a retry is answered by
+    // running the request again as of the revision it first saw, after other writes changed
+    // everything it read.
+    let s = store(10);
+    let big = "x".repeat(200_000);
+    let mut index = 0;
+    let mut next = || {
+        index += 1;
+        index
+    };
+    for k in ["a", "b", "c"] {
+        s.apply(next(), &Command::new(put(k, &big))).unwrap();
+    }
+    let del = Request::DeleteRange(DeleteRangeRequest {
+        prev_kv: true,
+        ..DeleteRangeRequest::range("a", "c")
+    });
+    let txn = Request::Txn(TxnRequest {
+        compare: vec![Compare::new(
+            "c",
+            CompareResult::Equal,
+            CompareTarget::Version(1),
+        )],
+        success: vec![
+            RequestOp::Range(RangeRequest::range("a", "z")),
+            RequestOp::Put(PutRequest {
+                prev_kv: true,
+                ..PutRequest::new("c", "small")
+            }),
+            RequestOp::Range(RangeRequest::range("a", "z")),
+            RequestOp::Put(PutRequest::new("d", "new")),
+        ],
+        failure: vec![],
+    });
+    let put_prev = Request::Put(PutRequest {
+        prev_kv: true,
+        ..PutRequest::new("d", "again")
+    });
+    let firsts: Vec<(Command, Response)> = [(7, del), (8, txn), (9, put_prev)]
+        .into_iter()
+        .map(|(id, r)| {
+            let cmd = opened(id, 1, 0, r);
+            let first = s.apply(next(), &cmd).unwrap();
+            (cmd, first)
+        })
+        .collect();
+    let snapshot_bytes = s.snapshot().unwrap().len();
+    // Everything the requests read changes afterwards.
+    for k in ["a", "b", "c", "d"] {
+        s.apply(next(), &Command::new(put(k, "later"))).unwrap();
+    }
+    let rev = s.revision().unwrap();
+    for (cmd, first) in &firsts {
+        let again = s.apply(next(), cmd).unwrap();
+        // Not assert_eq: the answers hold 200 KB values.
+        assert!(
+            &again == first,
+            "the retry's answer differs: revision {} vs {}",
+            again.revision(),
+            first.revision()
+        );
+    }
+    // Retries inside a batch are answered the same way.
+    let batch: Vec<(u64, Option<&Command>)> =
+        firsts.iter().map(|(c, _)| (next(), Some(c))).collect();
+    let answers = s.apply_batch(&batch).unwrap();
+    for (a, (_, first)) in answers.into_iter().zip(&firsts) {
+        assert!(a == Some(Ok(first.clone())), "a retry in a batch");
+    }
+    assert_eq!(s.revision().unwrap(), rev, "nothing applied twice");
+    s.check_invariants().unwrap();
+    // The live data is ~4 x 5 bytes now; the state before the retries held the three 200 KB
+    // values in history, but no answer: the snapshot is history, not stored responses.
+    assert!(
+        snapshot_bytes < 3 * big.len() + 4096,
+        "snapshot of {snapshot_bytes} bytes: a stored response?"
+    );
+    // Once the revision a retry read at is compacted, it gets etcd's "compacted" error.
+    s.apply(next(), &Command::new(Request::Compact { revision: rev }))
+        .unwrap();
+    let (cmd, _) = &firsts[1];
+    assert!(matches!(
+        s.apply(next(), cmd),
+        Err(Error::Kv(KvError::Compacted))
+    ));
+    assert_eq!(s.revision().unwrap(), rev);
+}
+
+#[test]
+fn a_retry_of_an_evicted_session_is_refused_not_applied_twice() {
+    // sessions_max 2. A session opened after applied index `after` has every entry after it;
+    // once the table is full and its oldest session was seen after `after`, an unknown session
+    // may be one that was evicted, and is refused.
+    let s = store(2);
+    s.apply(1, &opened(1, 1, 0, put("a", "1"))).unwrap();
+    s.apply(2, &opened(2, 1, 1, put("b", "1"))).unwrap();
+    s.apply(3, &opened(3, 1, 2, put("c", "1"))).unwrap(); // evicts client 1 (seen at 1)
+    let rev = s.revision().unwrap();
+    // Client 1 retries its put (opened after 0): it may have been applied, so it is refused.
+    let refused = s.apply(4, &opened(1, 1, 0, put("a", "1"))).unwrap_err();
+    assert!(
+        matches!(refused, Error::Kv(KvError::SessionExpired)),
+        "{refused}"
+    );
+    assert_eq!(s.revision().unwrap(), rev, "not applied twice");
+    // A session opened after the oldest one left was seen is new, and applied.
+    s.apply(5, &opened(4, 1, 3, put("d", "1"))).unwrap();
+    assert_eq!(s.revision().unwrap(), rev + 1);
+    // Until the table is full, nothing was evicted: any unknown session at seq 1 is new.
+    let roomy = store(10);
+    roomy.apply(1, &opened(1, 1, 0, put("a", "1"))).unwrap();
+    roomy.apply(2, &opened(2, 1, 0, put("b", "1"))).unwrap();
+    assert_eq!(roomy.revision().unwrap(), 3);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn a_snapshot_loads_whatever_its_writer_wrote_and_verify_checks_it_whole() {
+    // No field limit on the reader that the writer does not have: a 70 MiB value (larger
+    // than any request, but the store does not bound it) survives a snapshot round trip.
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path().join("a.redb"), Options::default()).unwrap();
+    s.apply(1, &Command::new(put("huge", &"v".repeat(70 << 20))))
+        .unwrap();
+    let mut bytes = Vec::new();
+    s.snapshot_view().unwrap().write_to(&mut bytes).unwrap();
+    kv::snapshot::verify(&mut bytes.as_slice()).expect("intact");
+    let t = Store::open(dir.path().join("b.redb"), Options::default()).unwrap();
+    t.restore(&bytes).expect("the writer's own snapshot loads");
+    assert_eq!(t.hash().unwrap(), s.hash().unwrap());
+    // Truncated, corrupt or with a length past the end: refused without allocating it.
+    let n = bytes.len();
+    let mut flipped = bytes.clone();
+    flipped[n / 2] ^= 1;
+    for bad in [&bytes[..n - 1], &flipped[..], &bytes[..20]] {
+        assert!(kv::snapshot::verify(&mut &bad[..]).is_err());
+    }
+    let mut lying = bytes[..bytes.len() - 4].to_vec();
+    lying.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
+    assert!(kv::snapshot::verify(&mut lying.as_slice()).is_err());
 }

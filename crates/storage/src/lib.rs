@@ -38,5 +38,5 @@ pub use options::{Options, SEGMENT_BYTES_MIN};
 pub use snapshot::{
     write_durable as write_snapshot_file, SnapshotMeta, SnapshotReader, SnapshotWriter,
 };
-pub use staging::{StagedProgress, CHUNK_BYTES_MAX};
+pub use staging::{StagedProgress, StagedReader, CHUNK_BYTES_MAX};
 pub use store::{initial_state, Recovered, Store};

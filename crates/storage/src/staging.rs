@@ -167,6 +167,22 @@ impl Staging {
     /// Streams the whole staged snapshot into `out` once every byte has arrived, a chunk at
     /// a time (each checked against its record's checksum).
     pub fn copy_into(&self, out: &mut dyn Write) -> Result<(), StorageError> {
+        let mut reader = self.reader()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader.read_checked(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            out.write_all(&buf[..n])
+                .map_err(|e| StorageError::io("copy the staged snapshot from", &self.path, e))?;
+        }
+    }
+
+    /// A reader of the whole staged snapshot's bytes, once every byte has arrived: each chunk
+    /// is checked against its record's checksum as it is read, and a file that changed on
+    /// disk is an error, never short data.
+    pub fn reader(&self) -> Result<StagedReader, StorageError> {
         let p = &self.progress;
         if p.received_bytes != p.total_bytes {
             return Err(StorageError::InvalidRequest(format!(
@@ -174,44 +190,22 @@ impl Staging {
                 p.received_bytes, p.total_bytes
             )));
         }
-        let changed = |pos: u64| {
-            StorageError::corrupt(
-                self.path.display().to_string(),
-                pos,
-                "staged snapshot changed on disk",
-            )
-        };
         let file = File::open(&self.path).map_err(|e| StorageError::io("open", &self.path, e))?;
-        let mut input = std::io::BufReader::with_capacity(1 << 20, file);
-        let (mut pos, mut copied, mut first) = (0u64, 0u64, true);
-        let mut record = Vec::new();
-        loop {
-            let mut len = [0u8; 4];
-            match input.read_exact(&mut len) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(StorageError::io("read", &self.path, e)),
-            }
-            let len = u32::from_le_bytes(len) as usize;
-            if len > CHUNK_BYTES_MAX + codec::SEAL_OVERHEAD_BYTES {
-                return Err(changed(pos));
-            }
-            record.resize(len, 0);
-            input.read_exact(&mut record).map_err(|_| changed(pos))?;
-            let payload = codec::unseal_payload(&record).map_err(|_| changed(pos))?;
-            if !first {
-                out.write_all(payload).map_err(|e| {
-                    StorageError::io("copy the staged snapshot from", &self.path, e)
-                })?;
-                copied += payload.len() as u64;
-            }
-            first = false;
-            pos += 4 + len as u64;
+        let mut reader = StagedReader {
+            path: self.path.clone(),
+            input: std::io::BufReader::with_capacity(1 << 20, file),
+            total: p.total_bytes,
+            copied: 0,
+            pos: 0,
+            payload: Vec::new(),
+            at: 0,
+        };
+        // Record 0 is the header, not data.
+        if !reader.next_record()? {
+            return Err(reader.changed());
         }
-        if copied != p.total_bytes {
-            return Err(changed(pos));
-        }
-        Ok(())
+        reader.payload.clear();
+        Ok(reader)
     }
 
     /// Deletes the staging file.
@@ -256,4 +250,82 @@ fn decode_header(p: &[u8]) -> Result<(SnapshotMeta, u64), String> {
     let total = r.u64()?;
     r.finish()?;
     Ok((SnapshotMeta { last, membership }, total))
+}
+
+/// The bytes of a fully staged snapshot, chunk by chunk (see [`Staging::reader`]).
+#[derive(Debug)]
+pub struct StagedReader {
+    path: PathBuf,
+    input: std::io::BufReader<File>,
+    /// Announced size of the snapshot.
+    total: u64,
+    /// Data bytes read from records so far.
+    copied: u64,
+    /// File offset of the next record.
+    pos: u64,
+    /// The current record's payload, and how much of it was handed out.
+    payload: Vec<u8>,
+    at: usize,
+}
+
+impl StagedReader {
+    fn changed(&self) -> StorageError {
+        StorageError::corrupt(
+            self.path.display().to_string(),
+            self.pos,
+            "staged snapshot changed on disk",
+        )
+    }
+
+    /// Loads the next record's payload; `false` at the end of the file.
+    fn next_record(&mut self) -> Result<bool, StorageError> {
+        let mut len = [0u8; 4];
+        match self.input.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+            Err(e) => return Err(StorageError::io("read", &self.path, e)),
+        }
+        let len = u32::from_le_bytes(len) as usize;
+        if len > CHUNK_BYTES_MAX + codec::SEAL_OVERHEAD_BYTES {
+            return Err(self.changed());
+        }
+        let mut record = vec![0u8; len];
+        self.input
+            .read_exact(&mut record)
+            .map_err(|_| self.changed())?;
+        let payload = codec::unseal_payload(&record)
+            .map_err(|_| self.changed())?
+            .to_vec();
+        self.pos += 4 + len as u64;
+        self.payload = payload;
+        self.at = 0;
+        Ok(true)
+    }
+
+    /// [`Read::read`] with the store's error.
+    fn read_checked(&mut self, buf: &mut [u8]) -> Result<usize, StorageError> {
+        while self.at == self.payload.len() {
+            if !self.next_record()? {
+                if self.copied != self.total {
+                    return Err(self.changed());
+                }
+                return Ok(0);
+            }
+            self.copied += self.payload.len() as u64;
+            if self.copied > self.total {
+                return Err(self.changed());
+            }
+        }
+        let n = buf.len().min(self.payload.len() - self.at);
+        buf[..n].copy_from_slice(&self.payload[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Read for StagedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.read_checked(buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string()))
+    }
 }

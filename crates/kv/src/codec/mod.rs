@@ -24,10 +24,24 @@ pub fn encode_command(cmd: &Command) -> Vec<u8> {
     let mut w = Writer(vec![CODEC_VERSION]);
     match cmd.session {
         None => w.u8(0),
-        Some(s) => {
+        Some(Session {
+            client_id,
+            seq,
+            opened_after: None,
+        }) => {
             w.u8(1);
-            w.u64(s.client_id);
-            w.u64(s.seq);
+            w.u64(client_id);
+            w.u64(seq);
+        }
+        Some(Session {
+            client_id,
+            seq,
+            opened_after: Some(after),
+        }) => {
+            w.u8(2);
+            w.u64(client_id);
+            w.u64(seq);
+            w.u64(after);
         }
     }
     w.request(&cmd.request);
@@ -42,6 +56,12 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, Error> {
         1 => Some(Session {
             client_id: r.u64()?,
             seq: r.u64()?,
+            opened_after: None,
+        }),
+        2 => Some(Session {
+            client_id: r.u64()?,
+            seq: r.u64()?,
+            opened_after: Some(r.u64()?),
         }),
         t => return Err(bad(format!("session tag {t}"))),
     };
@@ -129,6 +149,10 @@ mod tests {
                 ttl: 10,
             }),
             Command::new(Request::LeaseRevoke { id: -1 }),
+            Command {
+                session: Some(Session::opened(3, 1, u64::MAX - 1)),
+                request: Request::Put(PutRequest::new("k", "v")),
+            },
         ];
         for cmd in cmds {
             assert_eq!(decode_command(&encode_command(&cmd)).ok(), Some(cmd));

@@ -25,7 +25,7 @@ use tonic::{Response, Status};
 
 use crate::pb::etcdserverpb as epb;
 use crate::pb::skiff::raft::v1::raft_client::RaftClient;
-use crate::peer::{Forwarder, Origin, Reached};
+use crate::peer::{answer_left_out, Forwarder, Origin, Reached};
 use crate::replica::{NodeHandle, ReadFailure, WriteError};
 use crate::rpctypes::{
     kv_error_status, ERR_LEADER_CHANGED, ERR_NO_LEADER, ERR_STOPPED, ERR_TIMEOUT, ERR_TOO_LARGE,
@@ -90,16 +90,14 @@ impl Api {
         }
     }
 
-    /// A fresh session for one write.
+    /// A fresh session for one write, opened after everything this member has applied (so
+    /// that the state machine can tell it from a session it evicted).
     fn new_session(&self) -> kv::Session {
         let mut id = 0;
         while id == 0 {
             id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         }
-        kv::Session {
-            client_id: id,
-            seq: 1,
-        }
+        kv::Session::opened(id, 1, self.inner.node.status().applied)
     }
 
     fn header(&self) -> epb::ResponseHeader {
@@ -134,7 +132,24 @@ impl Api {
             return Err(write_status(WriteError::TooLarge));
         }
         let node = &self.inner.node;
-        self.inner
+        let via = |client| {
+            // Registered before the leader can propose the entry: if its answer is too large
+            // to ship, this member answers from its own apply (see
+            // `replica::session_waiters`).
+            let wait = node.await_session(session.client_id);
+            let forwarded = via_leader(client, session);
+            async move {
+                let wait = wait.map_err(write_status)?;
+                let answer = forwarded.await?;
+                if answer_left_out(answer.metadata()) {
+                    let applied = wait.applied().await.map_err(write_status)?;
+                    return Ok(Response::new(Answer::Applied(applied)));
+                }
+                Ok(Response::new(Answer::Leader(answer.into_inner())))
+            }
+        };
+        let reached = self
+            .inner
             .leader
             .on_leader(
                 origin,
@@ -142,9 +157,13 @@ impl Api {
                     let data = data.clone();
                     async move { node.propose(data).await.map_err(write_status) }
                 },
-                |client| via_leader(client, session),
+                via,
             )
-            .await
+            .await?;
+        Ok(match reached {
+            Reached::Here(r) | Reached::Leader(Answer::Applied(r)) => Reached::Here(r),
+            Reached::Leader(Answer::Leader(t)) => Reached::Leader(t),
+        })
     }
 
     /// Waits until a linearizable read may be served from this member's state machine
@@ -186,6 +205,13 @@ impl Api {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(crate::rpctypes::kv_status)
     }
+}
+
+/// A forwarded write's answer: the leader's, or this member's own apply of the entry when the
+/// leader left its answer out.
+enum Answer<T> {
+    Applied(kv::Response),
+    Leader(T),
 }
 
 /// A client of the leader's peer port, to forward a request.

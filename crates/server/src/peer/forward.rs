@@ -30,7 +30,9 @@ use crate::pb::skiff::raft::v1::raft_client::RaftClient;
 use crate::replica::NodeHandle;
 use crate::rpctypes::{ERR_LEADER_CHANGED, ERR_NOT_LEADER, ERR_NO_LEADER, ERR_TIMEOUT};
 
-/// gRPC metadata key carrying the session id of a forwarded write.
+/// gRPC metadata key carrying the session of a forwarded write: `<client id>` or
+/// `<client id>:<opened after>` (the forwarding member's applied index when it opened the
+/// session; see `kv::Session::opened_after`).
 pub const SESSION_HEADER: &str = "skiff-session-id";
 
 /// The session of a forwarded write, from its metadata: `None` if absent, an error if garbled.
@@ -38,25 +40,74 @@ pub fn session_of(md: &tonic::metadata::MetadataMap) -> Result<Option<kv::Sessio
     let Some(v) = md.get(SESSION_HEADER) else {
         return Ok(None);
     };
-    let id = v
-        .to_str()
+    let malformed = || Status::invalid_argument(format!("malformed {SESSION_HEADER}"));
+    let text = v.to_str().map_err(|_| malformed())?;
+    let (id, after) = match text.split_once(':') {
+        Some((id, after)) => (id, Some(after)),
+        None => (text, None),
+    };
+    let client_id = id
+        .parse::<u64>()
         .ok()
-        .and_then(|s| s.parse::<u64>().ok())
         .filter(|&id| id != 0)
-        .ok_or_else(|| Status::invalid_argument(format!("malformed {SESSION_HEADER}")))?;
+        .ok_or_else(malformed)?;
+    let opened_after = after
+        .map(|a| a.parse::<u64>().map_err(|_| malformed()))
+        .transpose()?;
     Ok(Some(kv::Session {
-        client_id: id,
+        client_id,
         seq: 1,
+        opened_after,
     }))
+}
+
+/// gRPC metadata key a forwarding member sets on a write: it can answer the write from its
+/// own apply of the entry, so the leader may leave out an answer too large to ship.
+pub const CAN_ANSWER_HEADER: &str = "skiff-can-answer";
+/// gRPC metadata key the leader sets on an empty answer to such a write: the real answer was
+/// too large for the peer port; the forwarding member answers from its own apply.
+pub const ANSWER_LEFT_OUT_HEADER: &str = "skiff-answer-left-out";
+/// Largest answer to a forwarded write the leader ships; a larger one is left out (above).
+pub const SHIPPED_ANSWER_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Whether the forwarding member can answer from its own apply.
+pub fn can_answer(md: &tonic::metadata::MetadataMap) -> bool {
+    md.get(CAN_ANSWER_HEADER).is_some()
+}
+
+/// Whether the leader left the answer out (the forwarding member answers it).
+pub fn answer_left_out(md: &tonic::metadata::MetadataMap) -> bool {
+    md.get(ANSWER_LEFT_OUT_HEADER).is_some()
+}
+
+/// The leader's answer to a forwarded write: as it is, or empty and marked if it is larger
+/// than [`SHIPPED_ANSWER_BYTES_MAX`] and the forwarding member can answer it itself.
+pub fn ship<T: prost::Message + Default>(answer: T, can_answer: bool) -> Response<T> {
+    if can_answer && answer.encoded_len() > SHIPPED_ANSWER_BYTES_MAX {
+        let mut r = Response::new(T::default());
+        r.metadata_mut().insert(
+            ANSWER_LEFT_OUT_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        return r;
+    }
+    Response::new(answer)
 }
 
 /// `request` with `session` attached, to forward it to the leader.
 pub fn with_session<T>(request: T, session: kv::Session) -> Request<T> {
     let mut r = Request::new(request);
     r.metadata_mut().insert(
-        SESSION_HEADER,
-        tonic::metadata::MetadataValue::from(session.client_id),
+        CAN_ANSWER_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
     );
+    let text = match session.opened_after {
+        Some(after) => format!("{}:{after}", session.client_id),
+        None => session.client_id.to_string(),
+    };
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(text) {
+        r.metadata_mut().insert(SESSION_HEADER, v);
+    }
     r
 }
 
@@ -338,6 +389,32 @@ mod tests {
             via_runs.into_inner(),
             start.elapsed(),
         )
+    }
+
+    #[test]
+    fn the_session_header_round_trips_and_garbage_is_refused() {
+        for s in [
+            kv::Session::opened(7, 1, 42),
+            kv::Session {
+                client_id: u64::MAX,
+                seq: 1,
+                opened_after: None,
+            },
+        ] {
+            let r = with_session((), s);
+            assert_eq!(session_of(r.metadata()).expect("parses"), Some(s));
+        }
+        for bad in ["0", "x", "7:", "7:y", ":3", "-1"] {
+            let mut r = Request::new(());
+            r.metadata_mut()
+                .insert(SESSION_HEADER, bad.parse().expect("ascii"));
+            let e = session_of(r.metadata()).expect_err(bad);
+            assert_eq!(e.code(), Code::InvalidArgument, "{bad}");
+        }
+        assert_eq!(
+            session_of(Request::new(()).metadata()).expect("absent"),
+            None
+        );
     }
 
     fn unavailable(m: &str) -> Status {

@@ -13,8 +13,8 @@ pub mod service;
 
 pub use faults::Faults;
 pub use forward::{
-    session_of, with_session, Forwarder, Origin, Reached, RetryPolicy, REQUEST_TIMEOUT,
-    RETRY_PAUSE, SESSION_HEADER,
+    answer_left_out, session_of, with_session, Forwarder, Origin, Reached, RetryPolicy,
+    REQUEST_TIMEOUT, RETRY_PAUSE, SESSION_HEADER,
 };
 pub use outbound::{Peers, PEER_MSG_BYTES_MAX};
 pub use service::{LeaderApi, RaftService};

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::codec;
 use super::faults::Faults;
-use super::forward::session_of;
+use super::forward::{can_answer, session_of, ship};
 use crate::pb::etcdserverpb as epb;
 use crate::pb::skiff::raft::v1 as pb;
 
@@ -164,27 +164,27 @@ impl<F: LeaderApi> pb::raft_server::Raft for RaftService<F> {
     }
 
     async fn put(&self, r: Request<epb::PutRequest>) -> Result<Response<epb::PutResponse>, Status> {
-        let session = session_of(r.metadata())?;
+        let (session, can) = (session_of(r.metadata())?, can_answer(r.metadata()));
         let resp = self.leader.forwarded_put(r.into_inner(), session).await?;
-        Ok(Response::new(resp))
+        Ok(ship(resp, can))
     }
 
     async fn delete_range(
         &self,
         r: Request<epb::DeleteRangeRequest>,
     ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-        let session = session_of(r.metadata())?;
+        let (session, can) = (session_of(r.metadata())?, can_answer(r.metadata()));
         let resp = self
             .leader
             .forwarded_delete_range(r.into_inner(), session)
             .await?;
-        Ok(Response::new(resp))
+        Ok(ship(resp, can))
     }
 
     async fn txn(&self, r: Request<epb::TxnRequest>) -> Result<Response<epb::TxnResponse>, Status> {
-        let session = session_of(r.metadata())?;
+        let (session, can) = (session_of(r.metadata())?, can_answer(r.metadata()));
         let resp = self.leader.forwarded_txn(r.into_inner(), session).await?;
-        Ok(Response::new(resp))
+        Ok(ship(resp, can))
     }
 
     async fn compact(

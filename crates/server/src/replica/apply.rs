@@ -23,6 +23,7 @@ use raft::{Entry, EntryKind};
 use tokio::sync::{mpsc, oneshot};
 
 use super::reply::{ReadReply, Waiter, WriteError};
+use super::session_waiters::SessionWaiters;
 use crate::error::ServerError;
 
 /// Jobs queued for the apply task, at most; a full queue makes the node task wait.
@@ -62,12 +63,13 @@ pub fn spawn(
     kv: Arc<kv::Store>,
     applied: Arc<AtomicU64>,
     changed: tokio::sync::watch::Sender<u64>,
+    sessions: Arc<SessionWaiters>,
 ) -> (
     mpsc::Sender<ApplyJob>,
     tokio::task::JoinHandle<Result<(), ServerError>>,
 ) {
     let (tx, rx) = mpsc::channel(APPLY_QUEUE_MAX);
-    let task = tokio::spawn(run(kv, applied, changed, rx));
+    let task = tokio::spawn(run(kv, applied, changed, sessions, rx));
     (tx, task)
 }
 
@@ -77,6 +79,7 @@ async fn run(
     kv: Arc<kv::Store>,
     applied: Arc<AtomicU64>,
     changed: tokio::sync::watch::Sender<u64>,
+    sessions: Arc<SessionWaiters>,
     mut jobs: mpsc::Receiver<ApplyJob>,
 ) -> Result<(), ServerError> {
     while let Some(job) = jobs.recv().await {
@@ -86,7 +89,8 @@ async fn run(
                 writers,
                 reads,
             } => {
-                let results = tokio::task::block_in_place(|| apply_all(&kv, &entries))?;
+                let (results, clients) = tokio::task::block_in_place(|| apply_all(&kv, &entries))?;
+                answer_sessions(&sessions, &results, &clients);
                 answer_writers(&entries, results, writers);
                 for r in reads {
                     let _ = r.send(Ok(()));
@@ -97,6 +101,9 @@ async fn run(
                 index,
                 done,
             } => {
+                // The entries the snapshot covers are never applied here: writers waiting
+                // for them retry under their session.
+                sessions.fail_all(WriteError::LeaderChanged);
                 let r = tokio::task::block_in_place(|| restore(&kv, &mut data, index));
                 let failed = r.as_ref().err().map(|e| e.to_string());
                 let _ = done.send(r);
@@ -160,12 +167,33 @@ fn answer_writers(
     }
 }
 
+/// Answers writers waiting for their session's entry here (see
+/// [`super::session_waiters`]) with this member's result for it.
+fn answer_sessions(
+    sessions: &SessionWaiters,
+    results: &[Option<Result<kv::Response, kv::KvError>>],
+    clients: &[Option<u64>],
+) {
+    for (result, client) in results.iter().zip(clients) {
+        let (Some(result), Some(client)) = (result, client) else {
+            continue;
+        };
+        if sessions.is_waiting(*client) {
+            sessions.answer(*client, result.clone().map_err(WriteError::Kv));
+        }
+    }
+}
+
+/// The results of applying one batch, by entry, and the session client of each entry.
+type Applied = (
+    Vec<Option<Result<kv::Response, kv::KvError>>>,
+    Vec<Option<u64>>,
+);
+
 /// Applies committed entries in order, in one state machine transaction. `None` for entries
 /// that carry no command, or that the state machine already had (replayed after a restart).
-fn apply_all(
-    kv: &kv::Store,
-    entries: &[Entry],
-) -> Result<Vec<Option<Result<kv::Response, kv::KvError>>>, ServerError> {
+/// Also returns each entry's session client, if any.
+fn apply_all(kv: &kv::Store, entries: &[Entry]) -> Result<Applied, ServerError> {
     let commands: Vec<(u64, Option<kv::Command>)> = entries
         .iter()
         .map(|e| {
@@ -188,5 +216,9 @@ fn apply_all(
         .collect();
     let refs: Vec<(u64, Option<&kv::Command>)> =
         commands.iter().map(|(i, c)| (*i, c.as_ref())).collect();
-    Ok(kv.apply_batch(&refs)?)
+    let clients = commands
+        .iter()
+        .map(|(_, c)| c.as_ref().and_then(|c| c.session).map(|s| s.client_id))
+        .collect();
+    Ok((kv.apply_batch(&refs)?, clients))
 }

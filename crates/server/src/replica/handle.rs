@@ -8,6 +8,7 @@ use raft::{NodeId, Role};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::reply::{ReadFailure, ReadReply, WriteError, WriteReply};
+use super::session_waiters::{SessionWait, SessionWaiters};
 
 /// A write on its way to the node task.
 pub(super) struct Proposal {
@@ -40,6 +41,8 @@ pub struct NodeHandle {
     pub kv: Arc<kv::Store>,
     /// The applied index, updated after every apply: watch streams wait on it.
     pub(super) applied_changes: watch::Receiver<u64>,
+    /// Writers waiting for their session's entry to be applied here.
+    pub(super) session_waiters: Arc<SessionWaiters>,
 }
 
 impl NodeHandle {
@@ -64,6 +67,12 @@ impl NodeHandle {
             mpsc::error::TrySendError::Closed(_) => ReadFailure::Stopped,
         })?;
         rx.await.unwrap_or(Err(ReadFailure::Stopped))
+    }
+
+    /// Registers for the result of this member's apply of session `client_id`'s next entry
+    /// (see [`super::session_waiters`]); before the entry can be proposed.
+    pub fn await_session(&self, client_id: u64) -> Result<SessionWait, WriteError> {
+        self.session_waiters.register(client_id)
     }
 
     /// A receiver that wakes whenever the state machine has applied more entries.

@@ -16,6 +16,7 @@ mod handle;
 mod node;
 pub mod open;
 mod reply;
+pub mod session_waiters;
 mod snapshot;
 
 use raft::Message;
@@ -25,6 +26,7 @@ pub use handle::{NodeHandle, NodeStatus};
 pub use node::{NodeTask, INBOUND_QUEUE_MAX, PROPOSALS_QUEUE_MAX, READS_QUEUE_MAX};
 pub use open::{open, OpenOptions, Opened, SESSIONS_MAX};
 pub use reply::{ReadFailure, WriteError};
+pub use session_waiters::{SessionWait, SESSION_WAITERS_MAX};
 
 /// The snapshot a node holds: its description. Its bytes stay in the snapshot file, from
 /// which outgoing chunks are read, so a member never keeps a copy of its state in memory.

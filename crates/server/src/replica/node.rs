@@ -97,13 +97,20 @@ impl NodeTask {
         let applied = Arc::new(AtomicU64::new(raw.status().applied.0));
         let (stx, srx) = watch::channel(status_of(&raw, &applied));
         let (changed_tx, changed_rx) = watch::channel(raw.status().applied.0);
-        let (apply, applier) = super::apply::spawn(kv.clone(), applied.clone(), changed_tx);
+        let session_waiters = Arc::new(super::session_waiters::SessionWaiters::default());
+        let (apply, applier) = super::apply::spawn(
+            kv.clone(),
+            applied.clone(),
+            changed_tx,
+            session_waiters.clone(),
+        );
         let handle = NodeHandle {
             proposals: ptx,
             reads: rtx,
             status: srx,
             kv: kv.clone(),
             applied_changes: changed_rx,
+            session_waiters,
         };
         let task = NodeTask {
             raw,

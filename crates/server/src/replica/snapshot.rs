@@ -46,6 +46,19 @@ impl NodeTask {
     ) -> Result<(), ServerError> {
         let log = &mut self.log;
         let (staged, size, data) = tokio::task::block_in_place(|| -> Result<_, ServerError> {
+            // Decode the staged snapshot whole before it replaces the previous one: a snapshot
+            // this member cannot load must not cost it the one it can restart from.
+            let verified = log
+                .staged_reader()
+                .map_err(ServerError::from)
+                .and_then(|mut r| kv::snapshot::verify(&mut r).map_err(ServerError::from));
+            if let Err(e) = verified {
+                log.stage_discard()?;
+                return Err(ServerError::Invariant(format!(
+                    "the leader's snapshot {:?} does not load here, kept the previous one: {e}",
+                    meta.last
+                )));
+            }
             log.stage_finish()?;
             log.open_snapshot()?
                 .ok_or_else(|| ServerError::Invariant("the installed snapshot vanished".into()))

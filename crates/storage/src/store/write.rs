@@ -288,6 +288,15 @@ impl Store {
         Ok(staging.progress().received_bytes)
     }
 
+    /// The bytes of the fully received staged snapshot, to check before
+    /// [`Store::stage_finish`] makes it the snapshot (and drops the previous one).
+    pub fn staged_reader(&self) -> Result<crate::staging::StagedReader, StorageError> {
+        self.staging
+            .as_ref()
+            .ok_or_else(|| StorageError::InvalidRequest("no snapshot is being staged".into()))?
+            .reader()
+    }
+
     /// Progress of the snapshot being received, if any.
     pub fn staged(&self) -> Option<&crate::staging::StagedProgress> {
         self.staging.as_ref().map(|s| s.progress())

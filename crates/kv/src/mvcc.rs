@@ -94,6 +94,43 @@ impl Record {
         }
     }
 
+    /// The lease of a stored put row, without copying its value; `None` for a tombstone.
+    pub(crate) fn lease_of(bytes: &[u8]) -> Result<Option<i64>, Error> {
+        match bytes.split_first() {
+            Some((&TAG_TOMBSTONE, [])) => Ok(None),
+            Some((&TAG_PUT, rest)) if rest.len() >= 24 => {
+                let lease: [u8; 8] = rest[16..24]
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("history row lease".into()))?;
+                Ok(Some(i64::from_le_bytes(lease)))
+            }
+            _ => Err(Error::Corrupt(format!(
+                "history row of {} bytes",
+                bytes.len()
+            ))),
+        }
+    }
+
+    /// The client-visible pair for a put at `key`, modified at `rev`, taking the value.
+    pub(crate) fn into_kv(self, key: &[u8], rev: u64) -> Option<KeyValue> {
+        match self {
+            Record::Tombstone => None,
+            Record::Put {
+                create,
+                version,
+                lease,
+                value,
+            } => Some(KeyValue {
+                key: key.to_vec(),
+                create_revision: create as i64,
+                mod_revision: rev as i64,
+                version: version as i64,
+                value,
+                lease,
+            }),
+        }
+    }
+
     /// Whether a stored row is a tombstone, without decoding the value.
     pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
         bytes.first() == Some(&TAG_TOMBSTONE)
@@ -178,7 +215,25 @@ pub(crate) fn live_in(
 ) -> Result<Vec<KeyValue>, Error> {
     let mut out = Vec::new();
     scan_live(t, KeySpan::new(key, range_end), rev, |k, r, b| {
-        out.extend(Record::decode(b)?.to_kv(k, r));
+        out.extend(Record::decode(b)?.into_kv(k, r));
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Every key of the span `key..range_end` live at `rev`, with its lease, in key order: what a
+/// delete needs, without copying any value.
+pub(crate) fn live_keys_in(
+    t: &impl HistoryTable,
+    key: &[u8],
+    range_end: &[u8],
+    rev: u64,
+) -> Result<Vec<(Vec<u8>, i64)>, Error> {
+    let mut out = Vec::new();
+    scan_live(t, KeySpan::new(key, range_end), rev, |k, _, b| {
+        if let Some(lease) = Record::lease_of(b)? {
+            out.push((k.to_vec(), lease));
+        }
         Ok(true)
     })?;
     Ok(out)

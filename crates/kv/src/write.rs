@@ -134,28 +134,38 @@ impl<'t> Writer<'t> {
         &mut self,
         req: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, Error> {
-        let doomed = self.live_in(&req.key, &req.range_end)?;
-        for kv in &doomed {
-            self.tombstone(kv)?;
+        if req.prev_kv {
+            let doomed = self.live_in(&req.key, &req.range_end)?;
+            for kv in &doomed {
+                self.tombstone(&kv.key, kv.lease)?;
+            }
+            return Ok(DeleteRangeResponse {
+                revision: self.read_rev() as i64,
+                deleted: doomed.len() as i64,
+                prev_kvs: doomed,
+            });
         }
-        let deleted = doomed.len() as i64;
-        let prev_kvs = if req.prev_kv { doomed } else { Vec::new() };
+        // Without prev_kv no value is read, only keys and leases.
+        let doomed = mvcc::live_keys_in(&self.history, &req.key, &req.range_end, self.read_rev())?;
+        for (key, lease) in &doomed {
+            self.tombstone(key, *lease)?;
+        }
         Ok(DeleteRangeResponse {
             revision: self.read_rev() as i64,
-            deleted,
-            prev_kvs,
+            deleted: doomed.len() as i64,
+            prev_kvs: Vec::new(),
         })
     }
 
-    fn tombstone(&mut self, kv: &KeyValue) -> Result<(), Error> {
-        if kv.lease != 0 {
-            self.lease_keys.remove((kv.lease, kv.key.as_slice()))?;
+    fn tombstone(&mut self, key: &[u8], lease: i64) -> Result<(), Error> {
+        if lease != 0 {
+            self.lease_keys.remove((lease, key))?;
         }
         let rev = self.write_rev();
         mvcc::write_row(
             &mut self.history,
             &mut self.by_rev,
-            &kv.key,
+            key,
             rev,
             &Record::Tombstone,
         )?;
@@ -177,7 +187,7 @@ impl<'t> Writer<'t> {
                 .ok_or_else(|| {
                     Error::Corrupt(format!("lease {id} lists a key it does not hold"))
                 })?;
-            self.tombstone(&kv)?;
+            self.tombstone(&kv.key, kv.lease)?;
         }
         self.leases.remove(id)?;
         Ok(())

@@ -1,0 +1,129 @@
+//! `cargo bench -p kv`: the state machine alone, on a file (batched durability, as the server
+//! runs it). A plain main (no harness) printing a table:
+//!
+//! - puts applied in batches of 256 (the apply task's unit), 256-byte values, 10,000 keys;
+//! - one DeleteRange of `SKIFF_BENCH_DELETE_KEYS` keys (default 150,000), without and with
+//!   `prev_kv` (issue 14's target: under 0.5 s without);
+//! - a retried put whose answer carries a 1 MB `prev_kv` (answered by replay).
+//!
+//! Environment: `SKIFF_BENCH_DIR` (default: the system temp dir), `SKIFF_BENCH_SECS` (seconds
+//! per throughput measurement, default 3), `SKIFF_BENCH_DELETE_KEYS`.
+
+use std::time::{Duration, Instant};
+
+use kv::{Command, DeleteRangeRequest, Durability, Options, PutRequest, Request, Session, Store};
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn store(dir: &std::path::Path, name: &str) -> Store {
+    Store::open(
+        dir.join(name),
+        Options {
+            durability: Durability::Batched {
+                commits_per_sync: 64,
+            },
+            sessions_max: 100_000,
+        },
+    )
+    .expect("open store")
+}
+
+/// Applies `n` puts in batches of 256, from index `first`; returns the next index.
+fn put_batches(s: &Store, first: u64, n: u64, keys: u64, value: &[u8], sessions: bool) -> u64 {
+    let mut index = first;
+    let mut done = 0;
+    while done < n {
+        let batch: Vec<Command> = (0..256.min(n - done))
+            .map(|i| {
+                let k = (done + i) % keys;
+                let request = Request::Put(PutRequest::new(format!("key/{k:08}"), value.to_vec()));
+                let session = sessions.then(|| Session::opened(index + i + 1, 1, index));
+                Command { session, request }
+            })
+            .collect();
+        let refs: Vec<(u64, Option<&Command>)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (index + 1 + i as u64, Some(c)))
+            .collect();
+        s.apply_batch(&refs).expect("apply");
+        index += batch.len() as u64;
+        done += batch.len() as u64;
+    }
+    index
+}
+
+fn main() {
+    let dir = std::env::var("SKIFF_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let tmp = tempfile::tempdir_in(&dir).expect("temp dir");
+    let secs = Duration::from_secs(env_u64("SKIFF_BENCH_SECS", 3));
+    let delete_keys = env_u64("SKIFF_BENCH_DELETE_KEYS", 150_000);
+    let value = vec![b'v'; 256];
+
+    println!("{:<44} {:>14}", "measurement", "result");
+    // Put throughput, with sessions (as every client write in the server).
+    let s = store(tmp.path(), "puts.redb");
+    let mut index = put_batches(&s, 0, 10_000, 10_000, &value, true);
+    let start = Instant::now();
+    let mut applied = 0;
+    while start.elapsed() < secs {
+        index = put_batches(&s, index, 25_600, 10_000, &value, true);
+        applied += 25_600;
+    }
+    let rate = applied as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "{:<44} {:>10.0} /s",
+        "puts applied (batches of 256, sessions)", rate
+    );
+    drop(s);
+
+    // One big delete, without and with prev_kv.
+    for prev_kv in [false, true] {
+        let s = store(tmp.path(), &format!("delete-{prev_kv}.redb"));
+        let index = put_batches(&s, 0, delete_keys, delete_keys, &value, false);
+        let del = Command::new(Request::DeleteRange(DeleteRangeRequest {
+            prev_kv,
+            ..DeleteRangeRequest::range("key/", "key0")
+        }));
+        let start = Instant::now();
+        let resp = s.apply(index + 1, &del).expect("delete");
+        let took = start.elapsed();
+        assert!(
+            matches!(resp, kv::Response::DeleteRange(ref d) if d.deleted == delete_keys as i64)
+        );
+        println!(
+            "{:<44} {:>11.3} s",
+            format!("DeleteRange of {delete_keys} keys, prev_kv {prev_kv}"),
+            took.as_secs_f64()
+        );
+    }
+
+    // A retry whose first answer carried a 1 MB prev_kv: replayed, not stored.
+    let s = store(tmp.path(), "retry.redb");
+    let big = vec![b'x'; 1 << 20];
+    s.apply(1, &Command::new(Request::Put(PutRequest::new("big", big))))
+        .expect("put");
+    let retry = Command {
+        session: Some(Session::opened(42, 1, 1)),
+        request: Request::Put(PutRequest {
+            prev_kv: true,
+            ..PutRequest::new("big", "small")
+        }),
+    };
+    s.apply(2, &retry).expect("first");
+    let next = put_batches(&s, 2, 10_000, 10_000, &value, false);
+    let start = Instant::now();
+    s.apply(next + 1, &retry).expect("retry");
+    println!(
+        "{:<44} {:>11.3} ms",
+        "retry answered by replay (10,000 writes later)",
+        start.elapsed().as_secs_f64() * 1000.0
+    );
+}

@@ -21,12 +21,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn store(dir: &std::path::Path, name: &str) -> Store {
+    let commits_per_sync = env_u64("SKIFF_BENCH_COMMITS_PER_SYNC", 64) as u32;
     Store::open(
         dir.join(name),
         Options {
-            durability: Durability::Batched {
-                commits_per_sync: 64,
-            },
+            durability: Durability::Batched { commits_per_sync },
             sessions_max: 100_000,
         },
     )
@@ -68,21 +67,25 @@ fn main() {
     let value = vec![b'v'; 256];
 
     println!("{:<44} {:>14}", "measurement", "result");
-    // Put throughput, with sessions (as every client write in the server).
-    let s = store(tmp.path(), "puts.redb");
-    let mut index = put_batches(&s, 0, 10_000, 10_000, &value, true);
-    let start = Instant::now();
-    let mut applied = 0;
-    while start.elapsed() < secs {
-        index = put_batches(&s, index, 25_600, 10_000, &value, true);
-        applied += 25_600;
+    // Put throughput, with sessions (as every client write in the server: a full table of
+    // 100,000, one eviction per put) and without.
+    for sessions in [true, false] {
+        let s = store(tmp.path(), &format!("puts-{sessions}.redb"));
+        let mut index = put_batches(&s, 0, 110_000, 10_000, &value, sessions);
+        let start = Instant::now();
+        let mut applied = 0;
+        while start.elapsed() < secs {
+            index = put_batches(&s, index, 25_600, 10_000, &value, sessions);
+            applied += 25_600;
+        }
+        let rate = applied as f64 / start.elapsed().as_secs_f64();
+        let what = if sessions { "sessions" } else { "no sessions" };
+        println!(
+            "{:<44} {:>10.0} /s",
+            format!("puts applied (batches of 256, {what})"),
+            rate
+        );
     }
-    let rate = applied as f64 / start.elapsed().as_secs_f64();
-    println!(
-        "{:<44} {:>10.0} /s",
-        "puts applied (batches of 256, sessions)", rate
-    );
-    drop(s);
 
     // One big delete, without and with prev_kv.
     for prev_kv in [false, true] {

@@ -48,6 +48,11 @@ pub enum KvError {
     /// (Skiff-specific; gRPC FailedPrecondition; the client must start a new client id).
     #[error("skiff: client session expired; retry with a new client id")]
     SessionExpired,
+    /// A retry of a request that was applied, whose answer can no longer be rebuilt (what it
+    /// read was compacted since). The request took effect (Skiff-specific; gRPC
+    /// FailedPrecondition).
+    #[error("skiff: the request was applied, but its answer was compacted away")]
+    AnswerLost,
 }
 
 /// Every error of this crate.
@@ -117,12 +122,13 @@ impl KvError {
             KvError::TooManyOps => 11,
             KvError::StaleSequence => 12,
             KvError::SessionExpired => 13,
+            KvError::AnswerLost => 14,
         }
     }
 
     /// Inverse of [`KvError::code`].
     pub(crate) fn from_code(code: u8) -> Option<KvError> {
-        const ALL: [KvError; 13] = [
+        const ALL: [KvError; 14] = [
             KvError::EmptyKey,
             KvError::Compacted,
             KvError::FutureRevision,
@@ -136,6 +142,7 @@ impl KvError {
             KvError::TooManyOps,
             KvError::StaleSequence,
             KvError::SessionExpired,
+            KvError::AnswerLost,
         ];
         ALL.into_iter().find(|e| e.code() == code)
     }

@@ -18,7 +18,7 @@
 //! ranges): the row holds the store revision before the request instead (`Outcome::Replay`),
 //! and a retry is answered by running the request again as of that revision in a transaction
 //! that is never committed (MVCC keeps the history until it is compacted; after that the retry
-//! gets etcd's "compacted" error). Rows written before this rule (a whole stored response) are
+//! gets [`KvError::AnswerLost`]: applied, answer gone). Rows written before this rule (a whole stored response) are
 //! still read.
 //!
 //! **Eviction.** The table holds at most `sessions_max` clients. Opening a new session when it
@@ -115,6 +115,9 @@ impl Outcome {
                 })?;
                 if it.next().is_some() {
                     return Err(Error::Corrupt("trailing bytes in a session outcome".into()));
+                }
+                if rev_before == 0 {
+                    return Err(Error::Corrupt("a session outcome at revision 0".into()));
                 }
                 Ok(Outcome::Replay { rev_before })
             }

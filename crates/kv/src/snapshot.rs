@@ -34,10 +34,14 @@ const VERSION: u8 = 1;
 /// Encoded bytes buffered before they are handed to the writer.
 const FLUSH_BYTES: usize = 1 << 20;
 /// Bytes reserved up front for one byte string; a longer one grows as its bytes arrive, so
-/// that a corrupt length costs no more memory than the input holds. There is no limit on a
-/// field's length that the writer does not also have (a reader that refused what the writer
-/// wrote would make the snapshot, and every member needing it, unrecoverable).
+/// that a corrupt length costs no more memory than the input holds, up to the limit below.
 const FIELD_PREALLOC_MAX: u64 = 1 << 20;
+/// Largest byte string (key, value, row) a snapshot may hold. The writer refuses to write a
+/// longer one and the reader to read it: a reader that refused what the writer wrote would make
+/// the snapshot, and every member needing it, unrecoverable. Values and keys come from
+/// requests of at most a few MiB; only session rows written before answers were replayed
+/// could be larger.
+pub const FIELD_BYTES_MAX: u64 = 256 << 20;
 
 fn bad(m: &str) -> Error {
     Error::Decode(format!("snapshot: {m}"))
@@ -52,6 +56,18 @@ struct Sink<'a> {
 }
 
 impl Sink<'_> {
+    /// A byte string, refused if longer than [`FIELD_BYTES_MAX`] (no reader would load it).
+    fn field(&mut self, v: &[u8]) -> Result<(), Error> {
+        if v.len() as u64 > FIELD_BYTES_MAX {
+            return Err(Error::Corrupt(format!(
+                "a row of {} bytes is longer than a snapshot may hold",
+                v.len()
+            )));
+        }
+        self.w.bytes(v);
+        Ok(())
+    }
+
     fn flush(&mut self, force: bool) -> Result<(), Error> {
         if force || self.w.0.len() >= FLUSH_BYTES {
             self.crc.update(&self.w.0);
@@ -82,9 +98,9 @@ pub(crate) fn write_to(txn: &ReadTransaction, out: &mut dyn Write) -> Result<u64
     for row in history.iter()? {
         let (k, v) = row?;
         let (key, rev) = k.value();
-        s.w.bytes(key);
+        s.field(key)?;
         s.w.u64(rev);
-        s.w.bytes(v.value());
+        s.field(v.value())?;
         s.flush(false)?;
     }
     let leases = txn.open_table(LEASES)?;
@@ -101,7 +117,7 @@ pub(crate) fn write_to(txn: &ReadTransaction, out: &mut dyn Write) -> Result<u64
         let (k, _) = row?;
         let (id, key) = k.value();
         s.w.i64(id);
-        s.w.bytes(key);
+        s.field(key)?;
         s.flush(false)?;
     }
     let sessions = txn.open_table(SESSIONS)?;
@@ -109,7 +125,7 @@ pub(crate) fn write_to(txn: &ReadTransaction, out: &mut dyn Write) -> Result<u64
     for row in sessions.iter()? {
         let (id, v) = row?;
         s.w.u64(id.value());
-        s.w.bytes(v.value());
+        s.field(v.value())?;
         s.flush(false)?;
     }
     s.flush(true)?;
@@ -153,6 +169,9 @@ impl Source<'_> {
 
     fn bytes(&mut self) -> Result<Vec<u8>, Error> {
         let len = self.u64()?;
+        if len > FIELD_BYTES_MAX {
+            return Err(bad("field longer than any snapshot holds"));
+        }
         let mut v = Vec::with_capacity(len.min(FIELD_PREALLOC_MAX) as usize);
         let got = (&mut self.input)
             .take(len)
@@ -253,9 +272,17 @@ fn decode(
 }
 
 /// Checks that `input` is a complete, intact snapshot this build can load, writing nothing
-/// (so that a staged snapshot is known good before it replaces the previous one).
-pub fn verify(input: &mut dyn Read) -> Result<(), Error> {
-    decode(input, &mut |_| Ok(()))
+/// (so that a staged snapshot is known good before it replaces the previous one). Returns the
+/// applied index it restores.
+pub fn verify(input: &mut dyn Read) -> Result<u64, Error> {
+    let mut applied = 0;
+    decode(input, &mut |item| {
+        if let Item::Meta(m) = item {
+            applied = m.applied;
+        }
+        Ok(())
+    })?;
+    Ok(applied)
 }
 
 /// Decodes a snapshot from `input` into freshly emptied tables of `txn`, checking every row

@@ -318,19 +318,32 @@ impl Store {
     /// entries without a command. If a request fails (`KvError`), it may have written part
     /// of its effect before failing, so the batch is abandoned and redone one transaction per
     /// entry, which undoes a failed request alone. Storage faults return `Err` with nothing
-    /// of the batch applied.
+    /// of the uncommitted part of the batch applied.
     pub fn apply_batch(
         &self,
         entries: &[(u64, Option<&Command>)],
     ) -> Result<Vec<Option<Result<Response, KvError>>>, Error> {
+        self.apply_batch_answering(entries, |_, _| true)
+    }
+
+    /// [`Store::apply_batch`], computing the answer of a retry that must be replayed (see
+    /// `session`) only where `wanted(index, command)` says someone waits for it; elsewhere its
+    /// result is `None`. A replay runs after the entries before it are committed, so it sees
+    /// exactly the state applying entry by entry would show it.
+    pub fn apply_batch_answering(
+        &self,
+        entries: &[(u64, Option<&Command>)],
+        wanted: impl Fn(u64, &Command) -> bool,
+    ) -> Result<Vec<Option<Result<Response, KvError>>>, Error> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
-        let txn = self.begin_write()?;
+        let mut txn = self.begin_write()?;
         let mut meta = Meta::read(&txn.open_table(META)?)?;
         let mut out = Vec::with_capacity(entries.len());
-        let mut replays = Vec::new();
-        for &(index, cmd) in entries {
+        // Entries before this position are committed.
+        let mut committed = 0;
+        for (pos, &(index, cmd)) in entries.iter().enumerate() {
             if index <= meta.applied {
                 out.push(None);
                 continue;
@@ -344,12 +357,16 @@ impl Store {
                 meta.applied = index;
                 match answer {
                     Outcome::Stored(result) => out.push(Some(result)),
-                    Outcome::Replay { rev_before } => {
-                        // Answered once the batch is committed (a replay needs its own
-                        // transaction).
-                        replays.push((out.len(), cmd, rev_before));
-                        out.push(None);
+                    Outcome::Replay { rev_before } if wanted(index, cmd) => {
+                        // A replay needs its own transaction: commit what came before.
+                        meta.write(&txn)?;
+                        txn.commit()?;
+                        committed = pos + 1;
+                        out.push(Some(self.replay(&cmd.request, rev_before)?));
+                        txn = self.begin_write()?;
+                        meta = Meta::read(&txn.open_table(META)?)?;
                     }
+                    Outcome::Replay { .. } => out.push(None),
                 }
                 continue;
             }
@@ -368,16 +385,15 @@ impl Store {
                 }
                 Err(Error::Kv(_)) => {
                     txn.abort()?;
-                    return self.apply_each(entries);
+                    out.truncate(committed);
+                    out.extend(self.apply_each(&entries[committed..])?);
+                    return Ok(out);
                 }
                 Err(other) => return Err(other),
             }
         }
         meta.write(&txn)?;
         txn.commit()?;
-        for (slot, cmd, rev_before) in replays {
-            out[slot] = Some(self.replay(&cmd.request, rev_before)?);
-        }
         Ok(out)
     }
 
@@ -397,9 +413,9 @@ impl Store {
     /// by running it again as of that revision in a write transaction that is never
     /// committed: the history after `rev_before` is removed first, so the request sees what it
     /// saw then, and lease checks are skipped (it passed them then; only its answer is
-    /// wanted). If the history at `rev_before` was compacted away since, the answer is etcd's
-    /// "compacted" error. Runs only for retries, which are rare; costs one delete per row
-    /// written since.
+    /// wanted). If what it read was compacted away since, the answer is
+    /// [`KvError::AnswerLost`] (applied; the answer is gone). Runs only for retries whose
+    /// answer someone waits for, which are rare; costs one delete per row written since.
     fn replay(
         &self,
         request: &Request,
@@ -409,7 +425,7 @@ impl Store {
         let meta = Meta::read(&txn.open_table(META)?)?;
         if rev_before < meta.compacted || rev_before > meta.revision {
             txn.abort()?;
-            return Ok(Err(KvError::Compacted));
+            return Ok(Err(KvError::AnswerLost));
         }
         {
             let mut history = txn.open_table(HISTORY)?;
@@ -437,7 +453,9 @@ impl Store {
         txn.abort()?;
         match r {
             Ok((resp, _)) => Ok(Ok(resp)),
-            Err(Error::Kv(e)) => Ok(Err(e)),
+            // It succeeded when it was applied (only successes are replayed): what it read
+            // then is gone (a range at a revision compacted since).
+            Err(Error::Kv(_)) => Ok(Err(KvError::AnswerLost)),
             Err(other) => Err(other),
         }
     }

@@ -43,7 +43,8 @@ pub struct Ready {
     pub soft_state: Option<SoftState>,
     /// Whether this batch's writes must be synced before `persisted_messages` leave and the
     /// batch is advanced. False when they change nothing but the commit index: then
-    /// `hard_state` may be written without a sync (a crash that loses it only makes the node
+    /// `hard_state` may be written without a sync, or kept until the next synced write (a
+    /// crash that loses it only makes the node
     /// learn its commit index again; it is volatile state in the paper's Figure 2, and etcd's
     /// `MustSync` is the same rule). `entries`, `snapshot_chunks` and `snapshot` are empty
     /// then.

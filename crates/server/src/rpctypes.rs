@@ -32,7 +32,7 @@ pub fn kv_error_status(e: kv::KvError) -> Status {
         }
         K::Compacted | K::FutureRevision | K::LeaseTtlTooLarge => Code::OutOfRange,
         K::LeaseNotFound | K::KeyNotFound => Code::NotFound,
-        K::LeaseExists => Code::FailedPrecondition,
+        K::LeaseExists | K::AnswerLost => Code::FailedPrecondition,
         // A retry the state machine could not match to its first attempt (the session was
         // evicted): whether the write happened is unknown, which etcd reports as a timeout.
         K::SessionExpired | K::StaleSequence => return Status::unavailable(ERR_TIMEOUT),

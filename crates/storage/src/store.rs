@@ -63,6 +63,13 @@ pub struct Store {
     /// dropped dirty pages, so nothing more is written until a reopen recovers what is really
     /// on disk.
     failed: bool,
+    /// A hard state that moved only the commit index since the last record
+    /// ([`Store::write_commit`]): kept in memory and written with the next record. A crash
+    /// loses it, which is safe (the commit index is volatile state, paper Figure 2); it is
+    /// never written on its own unsynced, so no unsynced bytes can sit before synced ones in
+    /// the log (a crash during the later sync could persist those and not these, leaving a
+    /// hole recovery must refuse). Invariant: same term and vote as the stored hard state.
+    pending_commit: Option<HardState>,
     /// `<dir>/LOCK`, locked for as long as the store is open: one process per data dir.
     _lock: std::fs::File,
 }
@@ -136,6 +143,7 @@ impl Store {
             staging,
             options,
             failed: false,
+            pending_commit: None,
             _lock: lock,
         };
         store.check_snapshot_covers_start()?;
@@ -258,7 +266,7 @@ impl Store {
 
     /// The last durable hard state.
     pub fn hard_state(&self) -> HardState {
-        self.wal.state().hard_state
+        self.pending_commit.unwrap_or(self.wal.state().hard_state)
     }
 
     /// The last durable membership.

@@ -229,10 +229,6 @@ pub(crate) struct Wal {
     buf: Vec<u8>,
     /// The next segment being prepared.
     prealloc: Option<Prealloc>,
-    /// Whether the active segment holds a record written without a sync (a commit-only hard
-    /// state). Cleared by the next sync of the active segment; a segment is synced before the
-    /// log moves on to the next one, so unsynced data is only ever at the log's tail.
-    unsynced: bool,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
@@ -273,7 +269,6 @@ impl Wal {
             state: LogState::default(),
             buf: Vec::new(),
             prealloc: None,
-            unsynced: false,
         };
         let created = seqs.is_empty();
         if created {
@@ -530,15 +525,6 @@ impl Wal {
         &mut self,
         put: impl FnOnce(&mut Vec<u8>) -> T,
     ) -> Result<(T, u64, u64), StorageError> {
-        self.write_record_with(put, true)
-    }
-
-    /// [`Wal::write_record`], syncing only if `sync`.
-    fn write_record_with<T>(
-        &mut self,
-        put: impl FnOnce(&mut Vec<u8>) -> T,
-        sync: bool,
-    ) -> Result<(T, u64, u64), StorageError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         let start = record::begin_frame(&mut buf);
@@ -547,13 +533,6 @@ impl Wal {
         if self.write_at + frame_bytes > self.segment_bytes
             && self.write_at > self.active_data_start
         {
-            if self.unsynced {
-                // Nothing unsynced may be left behind in a segment that is not the last.
-                if let Err(e) = self.sync() {
-                    self.buf = buf;
-                    return Err(e);
-                }
-            }
             let next = self.active().seq + 1;
             let prepared = self.prealloc.take();
             if let Err(e) = self.start_segment(next, prepared) {
@@ -568,10 +547,8 @@ impl Wal {
         let written = seg
             .file
             .write_all_at(&buf, at)
-            .and_then(|()| if sync { seg.file.sync_data() } else { Ok(()) })
+            .and_then(|()| seg.file.sync_data())
             .map_err(io_err("append to", &seg.path));
-        // A sync of the file makes earlier unsynced records durable too.
-        self.unsynced = !sync || (self.unsynced && written.is_err());
         self.write_at += buf.len() as u64;
         self.buf = buf;
         written?;
@@ -595,23 +572,6 @@ impl Wal {
         self.state
             .apply(&rec, seq, payload)
             .expect("the store validated the append");
-        Ok(())
-    }
-
-    /// Appends a hard state that changes only the commit index, without a sync: a crash may
-    /// lose it (the node then learns its commit index again), and the next synced record makes
-    /// it durable. The caller has checked that it fits the log.
-    pub fn append_unsynced(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
-        let (at, seq, payload) =
-            self.write_record_with(|b| record::put_append(b, Some(hard_state), &[]), false)?;
-        let rec = Record::Append {
-            hard_state: Some(*hard_state),
-            first: Index(0),
-            entries: at,
-        };
-        self.state
-            .apply(&rec, seq, payload)
-            .expect("the store validated the hard state");
         Ok(())
     }
 
@@ -658,13 +618,10 @@ impl Wal {
         Ok(())
     }
 
-    /// Syncs the active segment (a no-op for the disk unless a record was written without a
-    /// sync).
+    /// Syncs the active segment (every record is already synced when written).
     pub fn sync(&mut self) -> Result<(), StorageError> {
         let seg = self.active();
-        seg.file.sync_data().map_err(io_err("sync", &seg.path))?;
-        self.unsynced = false;
-        Ok(())
+        seg.file.sync_data().map_err(io_err("sync", &seg.path))
     }
 
     /// Deletes the oldest segments while no entry of the log is in them. Their records are

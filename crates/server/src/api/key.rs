@@ -33,8 +33,8 @@ impl Api {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
         let req = kv::Request::Put(convert::put_request(&r));
-        let via = |mut c: super::LeaderClient, s| {
-            let r = with_session(r.clone(), s);
+        let via = |mut c: super::LeaderClient, s, can_answer| {
+            let r = with_session(r.clone(), s, can_answer);
             async move { c.put(r).await }
         };
         match self.write(req, origin, session, via).await? {
@@ -54,8 +54,8 @@ impl Api {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
         let req = kv::Request::DeleteRange(convert::delete_request(&r));
-        let via = |mut c: super::LeaderClient, s| {
-            let r = with_session(r.clone(), s);
+        let via = |mut c: super::LeaderClient, s, can_answer| {
+            let r = with_session(r.clone(), s, can_answer);
             async move { c.delete_range(r).await }
         };
         match self.write(req, origin, session, via).await? {
@@ -84,8 +84,8 @@ impl Api {
             return Ok(convert::txn_response(resp, self.header()));
         }
         let req = kv::Request::Txn(txn);
-        let via = |mut c: super::LeaderClient, s| {
-            let r = with_session(r.clone(), s);
+        let via = |mut c: super::LeaderClient, s, can_answer| {
+            let r = with_session(r.clone(), s, can_answer);
             async move { c.txn(r).await }
         };
         match self.write(req, origin, session, via).await? {
@@ -104,8 +104,8 @@ impl Api {
         let req = kv::Request::Compact {
             revision: r.revision,
         };
-        let via = |mut c: super::LeaderClient, s| {
-            let r = with_session(r, s);
+        let via = |mut c: super::LeaderClient, s, can_answer| {
+            let r = with_session(r, s, can_answer);
             async move { c.compact(r).await }
         };
         match self.write(req, origin, session, via).await? {

@@ -90,14 +90,16 @@ impl Api {
         }
     }
 
-    /// A fresh session for one write, opened after everything this member has applied (so
+    /// A fresh session for one write, opened after everything this member knows committed (so
     /// that the state machine can tell it from a session it evicted).
     fn new_session(&self) -> kv::Session {
         let mut id = 0;
         while id == 0 {
             id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         }
-        kv::Session::opened(id, 1, self.inner.node.status().applied)
+        // The commit index this member knows: every entry proposed from now on comes after
+        // it, and it lags the cluster less than the applied index does.
+        kv::Session::opened(id, 1, self.inner.node.status().commit)
     }
 
     fn header(&self) -> epb::ResponseHeader {
@@ -118,11 +120,16 @@ impl Api {
         request: kv::Request,
         origin: Origin,
         session: Option<kv::Session>,
-        via_leader: impl Fn(LeaderClient, kv::Session) -> Fut,
+        via_leader: impl Fn(LeaderClient, kv::Session, bool) -> Fut,
     ) -> Result<Reached<kv::Response, T>, Status>
     where
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
+        // Only answers that carry key-values can be large.
+        let may_be_large = matches!(
+            request,
+            kv::Request::Put(_) | kv::Request::DeleteRange(_) | kv::Request::Txn(_)
+        );
         let session = session.unwrap_or_else(|| self.new_session());
         let data = kv::codec::encode_command(&kv::Command {
             session: Some(session),
@@ -135,13 +142,20 @@ impl Api {
         let via = |client| {
             // Registered before the leader can propose the entry: if its answer is too large
             // to ship, this member answers from its own apply (see
-            // `replica::session_waiters`).
-            let wait = node.await_session(session.client_id);
-            let forwarded = via_leader(client, session);
+            // `replica::session_waiters`). Without room to register, the leader is asked to
+            // ship whatever it has.
+            let wait = may_be_large
+                .then(|| node.await_session(session.client_id).ok())
+                .flatten();
+            let forwarded = via_leader(client, session, wait.is_some());
             async move {
-                let wait = wait.map_err(write_status)?;
                 let answer = forwarded.await?;
                 if answer_left_out(answer.metadata()) {
+                    let Some(wait) = wait else {
+                        return Err(Status::internal(
+                            "the leader left out an answer this member did not offer to compute",
+                        ));
+                    };
                     let applied = wait.applied().await.map_err(write_status)?;
                     return Ok(Response::new(Answer::Applied(applied)));
                 }

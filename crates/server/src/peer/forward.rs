@@ -94,13 +94,16 @@ pub fn ship<T: prost::Message + Default>(answer: T, can_answer: bool) -> Respons
     Response::new(answer)
 }
 
-/// `request` with `session` attached, to forward it to the leader.
-pub fn with_session<T>(request: T, session: kv::Session) -> Request<T> {
+/// `request` with `session` attached, to forward it to the leader; `can_answer` if this
+/// member waits for its own apply of the entry (the leader may then leave a large answer out).
+pub fn with_session<T>(request: T, session: kv::Session, can_answer: bool) -> Request<T> {
     let mut r = Request::new(request);
-    r.metadata_mut().insert(
-        CAN_ANSWER_HEADER,
-        tonic::metadata::MetadataValue::from_static("1"),
-    );
+    if can_answer {
+        r.metadata_mut().insert(
+            CAN_ANSWER_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+    }
     let text = match session.opened_after {
         Some(after) => format!("{}:{after}", session.client_id),
         None => session.client_id.to_string(),
@@ -401,7 +404,8 @@ mod tests {
                 opened_after: None,
             },
         ] {
-            let r = with_session((), s);
+            let r = with_session((), s, true);
+            assert!(can_answer(r.metadata()));
             assert_eq!(session_of(r.metadata()).expect("parses"), Some(s));
         }
         for bad in ["0", "x", "7:", "7:y", ":3", "-1"] {

@@ -123,7 +123,13 @@ async fn run(
                         Err(_) => break,
                     }
                 }
-                let (results, clients) = tokio::task::block_in_place(|| apply_all(&kv, &entries))?;
+                let waited: std::collections::BTreeSet<u64> =
+                    writers.iter().map(|w| w.index).collect();
+                let (results, clients) = tokio::task::block_in_place(|| {
+                    apply_all(&kv, &entries, |index, client| {
+                        waited.contains(&index) || client.is_some_and(|c| sessions.is_waiting(c))
+                    })
+                })?;
                 answer_sessions(&sessions, &results, &clients);
                 answer_writers(&entries, results, writers);
                 for r in reads {
@@ -225,9 +231,14 @@ type Applied = (
 );
 
 /// Applies committed entries in order, in one state machine transaction. `None` for entries
-/// that carry no command, or that the state machine already had (replayed after a restart).
-/// Also returns each entry's session client, if any.
-fn apply_all(kv: &kv::Store, entries: &[Entry]) -> Result<Applied, ServerError> {
+/// that carry no command, or that the state machine already had (replayed after a restart),
+/// and for retries whose answer must be rebuilt but that nobody here waits for
+/// (`waited(index, session client)` is false). Also returns each entry's session client.
+fn apply_all(
+    kv: &kv::Store,
+    entries: &[Entry],
+    waited: impl Fn(u64, Option<u64>) -> bool,
+) -> Result<Applied, ServerError> {
     let commands: Vec<(u64, Option<kv::Command>)> = entries
         .iter()
         .map(|e| {
@@ -254,5 +265,8 @@ fn apply_all(kv: &kv::Store, entries: &[Entry]) -> Result<Applied, ServerError> 
         .iter()
         .map(|(_, c)| c.as_ref().and_then(|c| c.session).map(|s| s.client_id))
         .collect();
-    Ok((kv.apply_batch(&refs)?, clients))
+    let results = kv.apply_batch_answering(&refs, |index, cmd| {
+        waited(index, cmd.session.map(|s| s.client_id))
+    })?;
+    Ok((results, clients))
 }

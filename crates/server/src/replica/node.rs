@@ -7,7 +7,7 @@
 //!                                           are filled from the current snapshot file)
 //!             2. stage incoming snapshot chunks; install a complete snapshot (state
 //!                machine restored, log reset); persist hard state + entries, sync
-//!                (unless only the commit index changed: `must_sync` false, no sync)
+//!                (unless only the commit index changed: `must_sync` false, no IO)
 //!             3. send persisted_messages  (votes, append acks: only after the sync)
 //!             4. hand committed entries, their writers and the released reads to the
 //!                apply task ([`super::apply`]), which applies them while this task goes on
@@ -246,7 +246,8 @@ impl NodeTask {
                 tokio::task::block_in_place(|| log.write(rd.hard_state.as_ref(), &rd.entries))?;
             }
         } else if let Some(hs) = &rd.hard_state {
-            // Only the commit index changed: written, not synced (etcd's `MustSync`).
+            // Only the commit index changed: kept until the next synced record (etcd's
+            // `MustSync`; see `storage::Store::write_commit`).
             self.log.write_commit(hs)?;
         }
         // 3. Messages that promise durable state.

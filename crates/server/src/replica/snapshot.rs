@@ -51,7 +51,17 @@ impl NodeTask {
             let verified = log
                 .staged_reader()
                 .map_err(ServerError::from)
-                .and_then(|mut r| kv::snapshot::verify(&mut r).map_err(ServerError::from));
+                .and_then(|mut r| kv::snapshot::verify(&mut r).map_err(ServerError::from))
+                .and_then(|applied| {
+                    if applied == meta.last.index.0 {
+                        Ok(())
+                    } else {
+                        Err(ServerError::Invariant(format!(
+                            "it restores applied index {applied}, not {}",
+                            meta.last.index.0
+                        )))
+                    }
+                });
             if let Err(e) = verified {
                 log.stage_discard()?;
                 return Err(ServerError::Invariant(format!(

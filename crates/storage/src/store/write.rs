@@ -40,8 +40,11 @@ impl Store {
         if hard_state.is_none() && entries.is_empty() {
             return Ok(());
         }
-        let r = self.wal.append(hard_state, entries);
+        // A pending commit index rides along (a new hard state supersedes it).
+        let hard_state = hard_state.copied().or(self.pending_commit);
+        let r = self.wal.append(hard_state.as_ref(), entries);
         self.fail_on_err(r)?;
+        self.pending_commit = None;
         if !entries.is_empty() {
             self.cache.append(entries);
         }
@@ -49,28 +52,36 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a hard state that changes only the commit index, without a sync (a batch whose
-    /// `Ready::must_sync` is false). A crash may lose it: the node then restarts with an older
-    /// commit index and learns the newer one from the leader, which is safe because the
-    /// commit index is volatile state (paper Figure 2). The next [`Store::write`] or
-    /// [`Store::sync`] makes it durable.
+    /// Takes a hard state that changes only the commit index (a batch whose
+    /// `Ready::must_sync` is false) without writing it: it goes to disk with the next record
+    /// ([`Store::write`], [`Store::sync`], a compaction). A crash before that loses it: the
+    /// node restarts with an older commit index and learns the newer one from the leader,
+    /// which is safe because the commit index is volatile state (paper Figure 2).
     pub fn write_commit(&mut self, hard_state: &HardState) -> Result<(), StorageError> {
         self.ensure_ok()?;
         let stored = self.hard_state();
         if (hard_state.term, hard_state.vote) != (stored.term, stored.vote) {
             return Err(StorageError::InvalidRequest(format!(
-                "an unsynced hard state may change only the commit index: term {} vote {:?}, \
+                "a hard state kept unsynced may change only the commit index: term {} vote {:?}, \
                  stored term {} vote {:?}",
                 hard_state.term, hard_state.vote, stored.term, stored.vote
             )));
         }
         self.validate_append(Some(hard_state), &[])?;
-        if *hard_state == stored {
-            return Ok(());
+        if *hard_state != self.wal.state().hard_state {
+            self.pending_commit = Some(*hard_state);
         }
-        let r = self.wal.append_unsynced(hard_state);
-        self.fail_on_err(r)?;
-        self.check_invariants_if_debug();
+        Ok(())
+    }
+
+    /// Writes the pending commit index, synced (before records that must not get ahead of
+    /// it, and for [`Store::sync`]).
+    fn flush_pending_commit(&mut self) -> Result<(), StorageError> {
+        if let Some(hs) = self.pending_commit {
+            let r = self.wal.append(Some(&hs), &[]);
+            self.fail_on_err(r)?;
+            self.pending_commit = None;
+        }
         Ok(())
     }
 
@@ -164,6 +175,8 @@ impl Store {
         if term != to.term {
             return bad(format!("compact to {to:?} but the entry's term is {term}"));
         }
+        // The commit index the compaction was checked against goes first.
+        self.flush_pending_commit()?;
         // One synced record; whole segments of compacted entries are then deleted.
         let r = self.wal.compact(to);
         self.fail_on_err(r)?;
@@ -204,6 +217,8 @@ impl Store {
             .wal
             .reset(to, hard_state, &snapshot.membership, keep_suffix);
         self.fail_on_err(r)?;
+        // The reset's hard state supersedes a pending commit index.
+        self.pending_commit = None;
         if keep_suffix {
             self.cache.compact_to(to.index);
         } else {
@@ -338,10 +353,11 @@ impl Store {
         }
     }
 
-    /// Syncs the log: makes a hard state written by [`Store::write_commit`] durable. Every
+    /// Syncs the log, writing a commit index kept by [`Store::write_commit`] first. Every
     /// other write is already synced when it returns.
     pub fn sync(&mut self) -> Result<(), StorageError> {
         self.ensure_ok()?;
+        self.flush_pending_commit()?;
         let r = self.wal.sync();
         self.fail_on_err(r)
     }

@@ -2,6 +2,8 @@
 //! runs it). A plain main (no harness) printing a table:
 //!
 //! - puts applied in batches of 256 (the apply task's unit), 256-byte values, 10,000 keys;
+//! - one put per commit (a single client's writes): the latency of each apply, whose tail is
+//!   the durable commit every `commits_per_sync` commits;
 //! - one DeleteRange of `SKIFF_BENCH_DELETE_KEYS` keys (default 150,000), without and with
 //!   `prev_kv` (issue 14's target: under 0.5 s without);
 //! - a retried put whose answer carries a 1 MB `prev_kv` (answered by replay).
@@ -84,6 +86,35 @@ fn main() {
             "{:<44} {:>10.0} /s",
             format!("puts applied (batches of 256, {what})"),
             rate
+        );
+    }
+
+    // One put per commit (a single client), latency of each apply.
+    {
+        let s = store(tmp.path(), "single.redb");
+        let mut lat: Vec<f64> = Vec::new();
+        for i in 1..=5000u64 {
+            let cmd = Command {
+                session: Some(Session::opened(i, 1, i - 1)),
+                request: Request::Put(PutRequest::new(
+                    format!("key/{:08}", i % 10_000),
+                    value.clone(),
+                )),
+            };
+            let t = Instant::now();
+            s.apply_batch(&[(i, Some(&cmd))]).expect("apply");
+            lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        lat.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+        let q = |p: f64| lat[((lat.len() as f64 * p) as usize).min(lat.len() - 1)];
+        println!(
+            "{:<44} p50 {:.3} p90 {:.3} p99 {:.3} p99.9 {:.3} max {:.3} ms",
+            "one put per commit",
+            q(0.5),
+            q(0.9),
+            q(0.99),
+            q(0.999),
+            lat[lat.len() - 1]
         );
     }
 

@@ -135,26 +135,6 @@ impl Record {
     pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
         bytes.first() == Some(&TAG_TOMBSTONE)
     }
-
-    /// The client-visible pair for a put at `key`, modified at `rev`.
-    pub(crate) fn to_kv(&self, key: &[u8], rev: u64) -> Option<KeyValue> {
-        match self {
-            Record::Tombstone => None,
-            Record::Put {
-                create,
-                version,
-                lease,
-                value,
-            } => Some(KeyValue {
-                key: key.to_vec(),
-                create_revision: *create as i64,
-                mod_revision: rev as i64,
-                version: *version as i64,
-                value: value.clone(),
-                lease: *lease,
-            }),
-        }
-    }
 }
 
 /// A set of keys, resolved from etcd's `(key, range_end)` conventions.
@@ -203,7 +183,7 @@ pub(crate) fn latest(
 
 /// The live pair of `key` at `rev`, if any.
 pub(crate) fn live(t: &impl HistoryTable, key: &[u8], rev: u64) -> Result<Option<KeyValue>, Error> {
-    Ok(latest(t, key, rev)?.and_then(|(r, rec)| rec.to_kv(key, r)))
+    Ok(latest(t, key, rev)?.and_then(|(r, rec)| rec.into_kv(key, r)))
 }
 
 /// Every pair of the span `key..range_end` live at `rev`, in key order.

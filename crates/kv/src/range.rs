@@ -62,7 +62,7 @@ pub(crate) fn range(
         |key, r, bytes| {
             count += 1;
             if !req.count_only && kvs.len() < fetch_max {
-                if let Some(kv) = Record::decode(bytes)?.to_kv(key, r) {
+                if let Some(kv) = Record::decode(bytes)?.into_kv(key, r) {
                     kvs.push(kv);
                 }
             }

@@ -166,17 +166,25 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     }
 }
 
+/// Whether every compare of `t` holds, stopping at the first that does not (etcd evaluates
+/// them all on the view before any op).
+fn compares_hold(
+    t: &TxnRequest,
+    mut holds: impl FnMut(&Compare) -> Result<bool, Error>,
+) -> Result<bool, Error> {
+    for c in &t.compare {
+        if !holds(c)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Runs a validated transaction: compares on the view before its ops, then the chosen branch
 /// in order, each op seeing the earlier ones' writes. Every write lands at the one revision of
 /// the enclosing write transaction.
 pub(crate) fn execute(w: &mut Writer<'_>, t: &TxnRequest) -> Result<TxnResponse, Error> {
-    let mut succeeded = true;
-    for c in &t.compare {
-        if !compare_holds(w, c)? {
-            succeeded = false;
-            break;
-        }
-    }
+    let succeeded = compares_hold(t, |c| compare_holds(w, c))?;
     let ops = if succeeded { &t.success } else { &t.failure };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
@@ -202,13 +210,12 @@ pub(crate) fn execute_read_only(
     rev: u64,
     compacted: u64,
 ) -> Result<TxnResponse, Error> {
-    let mut succeeded = true;
-    for c in &t.compare {
-        if !compare_holds_on(&live_in(history, &c.key, &c.range_end, rev)?, c) {
-            succeeded = false;
-            break;
-        }
-    }
+    let succeeded = compares_hold(t, |c| {
+        Ok(compare_holds_on(
+            &live_in(history, &c.key, &c.range_end, rev)?,
+            c,
+        ))
+    })?;
     let ops = if succeeded { &t.success } else { &t.failure };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {

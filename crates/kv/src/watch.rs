@@ -90,10 +90,10 @@ impl Store {
             })?;
             let kv = match Record::decode(stored.value())? {
                 Record::Tombstone => None,
-                rec => rec.to_kv(key, rev),
+                rec => rec.into_kv(key, rev),
             };
             let prev = if prev_kv {
-                latest(&history, key, rev - 1)?.and_then(|(r, rec)| rec.to_kv(key, r))
+                latest(&history, key, rev - 1)?.and_then(|(r, rec)| rec.into_kv(key, r))
             } else {
                 None
             };

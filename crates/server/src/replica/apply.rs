@@ -123,14 +123,14 @@ async fn run(
                         Err(_) => break,
                     }
                 }
-                let waited: std::collections::BTreeSet<u64> =
-                    writers.iter().map(|w| w.index).collect();
                 let (results, clients) = tokio::task::block_in_place(|| {
                     apply_all(&kv, &entries, |index, client| {
-                        waited.contains(&index) || client.is_some_and(|c| sessions.is_waiting(c))
+                        // Writers are ascending by index (merged jobs too).
+                        writers.binary_search_by_key(&index, |w| w.index).is_ok()
+                            || client.is_some_and(|c| sessions.is_waiting(c))
                     })
                 })?;
-                answer_sessions(&sessions, &results, &clients);
+                sessions.answer_applied(&results, &clients);
                 answer_writers(&entries, results, writers);
                 for r in reads {
                     let _ = r.send(Ok(()));
@@ -204,23 +204,6 @@ fn answer_writers(
             _ => Err(WriteError::LeaderChanged),
         };
         let _ = w.reply.send(answer);
-    }
-}
-
-/// Answers writers waiting for their session's entry here (see
-/// [`super::session_waiters`]) with this member's result for it.
-fn answer_sessions(
-    sessions: &SessionWaiters,
-    results: &[Option<Result<kv::Response, kv::KvError>>],
-    clients: &[Option<u64>],
-) {
-    for (result, client) in results.iter().zip(clients) {
-        let (Some(result), Some(client)) = (result, client) else {
-            continue;
-        };
-        if sessions.is_waiting(*client) {
-            sessions.answer(*client, result.clone().map_err(WriteError::Kv));
-        }
     }
 }
 

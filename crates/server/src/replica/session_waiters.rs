@@ -51,10 +51,25 @@ impl SessionWaiters {
         self.waiting().contains_key(&client_id)
     }
 
-    /// Answers the waiter of `client_id`, if any.
-    pub fn answer(&self, client_id: u64, result: Result<kv::Response, WriteError>) {
-        if let Some(reply) = self.waiting().remove(&client_id) {
-            let _ = reply.send(result);
+    /// Answers, from one applied batch (each entry's result and session client), every
+    /// waiter whose session's entry it holds. One lock per batch, and nothing cloned unless a
+    /// waiter is there: this runs after every apply.
+    pub fn answer_applied(
+        &self,
+        results: &[Option<Result<kv::Response, kv::KvError>>],
+        clients: &[Option<u64>],
+    ) {
+        let mut waiting = self.waiting();
+        if waiting.is_empty() {
+            return;
+        }
+        for (result, client) in results.iter().zip(clients) {
+            let (Some(result), Some(client)) = (result, client) else {
+                continue;
+            };
+            if let Some(reply) = waiting.remove(client) {
+                let _ = reply.send(result.clone().map_err(WriteError::Kv));
+            }
         }
     }
 
@@ -108,7 +123,11 @@ mod tests {
         let w = Arc::new(SessionWaiters::default());
         let wait = w.register(7).expect("room");
         assert!(w.is_waiting(7) && !w.is_waiting(8));
-        w.answer(7, Ok(kv::Response::Compact { revision: 3 }));
+        // An entry without a result (a retry nobody here asked to rebuild) answers nobody.
+        w.answer_applied(
+            &[None, Some(Ok(kv::Response::Compact { revision: 3 }))],
+            &[Some(7), Some(7)],
+        );
         assert!(!w.is_waiting(7), "answered once");
         assert_eq!(
             wait.applied().await.expect("answer"),

@@ -34,22 +34,35 @@
 //! # Ok::<(), kv::Error>(())
 //! ```
 //!
+//! Layout: every change of a key is one row of an append-only redb table keyed by revision
+//! (`mvcc`); an in-memory key index (`index`, etcd's `treeIndex`) maps each key to the
+//! revisions of its rows and is rebuilt from them when the store opens. Puts and deletes append;
+//! reads walk the index and read only the rows whose values they return; watches read the
+//! rows by revision.
+//!
 //! Modules: [`types`] (requests/responses), `command` (log entries), [`codec`] (their bytes),
-//! `mvcc` (history index), `range`, `write` (puts/deletes at one revision), `txn`
-//! (validation, compares), `lease`, `session` (exactly-once), [`snapshot`], `store`.
+//! `mvcc` (rows), `index` (key index and the overlay of a write transaction), `view` (what
+//! reads need), `range`, `write` (puts/deletes at one revision), `txn` (validation, compares),
+//! `apply` (batches, replays), `lease`, `session` (exactly-once), [`snapshot`], `open`
+//! (formats, index rebuild), `audit` (hash, invariants), `store`.
 #![deny(missing_docs)]
 
+mod apply;
+mod audit;
 pub mod codec;
 mod command;
 mod error;
+mod index;
 mod lease;
 mod mvcc;
+mod open;
 mod range;
 mod session;
 pub mod snapshot;
 mod store;
 mod txn;
 pub mod types;
+mod view;
 mod watch;
 mod write;
 

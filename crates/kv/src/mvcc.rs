@@ -1,37 +1,63 @@
-//! The multi-version key index on redb: every modification of a key is one row of
-//! [`HISTORY`], keyed by `(user key, revision)`.
+//! The multi-version rows on redb: one append-only table, [`REVS`], keyed by revision, where
+//! every modification of a key is one row (etcd's backend `key` bucket).
 //!
 //! ```text
-//!   ("a", 2) Put{create 2, version 1}      a created at 2
-//!   ("a", 4) Put{create 2, version 2}      a updated at 4
-//!   ("a", 6) Tombstone                     a deleted at 6
-//!   ("b", 3) Put{create 3, version 1}
+//!   (2, 0) "a" Put{create 2, version 1}      a created at 2
+//!   (3, 0) "b" Put{create 3, version 1}
+//!   (4, 0) "a" Put{create 2, version 2}      a updated at 4
+//!   (5, 0) "a" Tombstone                     a deleted at 5 ...
+//!   (5, 1) "b" Tombstone                     ... and b, by the same delete
 //! ```
 //!
-//! Reading key `k` at revision `r` is the last row of `k` with revision `<= r`; the key is live
-//! there if that row is a `Put`. Invariants: at most one row per `(key, revision)` (see
-//! [`write_row`] for the one case of a key changed twice in a transaction); every row's revision is
-//! `<= ` the store revision; after compaction at `c`, every key has at most one row `<= c` and it
-//! is a `Put`.
+//! A revision is [`Rev`] `(main, sub)`: `main` is the store revision of the write transaction,
+//! `sub` numbers its changes in order (etcd's sub-revisions). Puts and deletes append at the
+//! right edge of the B-tree, whatever the key. Which row holds key `k` at revision `r` is the
+//! in-memory [`crate::index::Index`]'s answer; this table only stores the rows and is what the
+//! index is rebuilt from when the store opens. Invariants: the rows are exactly the revisions
+//! the index holds; every row's `main` is `<=` the store revision.
 
-use redb::{ReadableTable, Table, TableDefinition};
+use redb::TableDefinition;
 
+use crate::codec::{read_varint, Writer};
 use crate::error::Error;
-use crate::types::KeyValue;
 
-/// History rows: `(key, revision) -> encoded Record`.
-pub(crate) const HISTORY: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("history");
+/// The rows: `(main, sub) -> varint key length ++ key ++ encoded Record`.
+pub(crate) const REVS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("revisions");
 
-/// The same rows by revision: `(revision, key) -> ()`, so that a watch reads the changes of a
-/// revision range without scanning every key. Invariant: exactly the `(key, rev)` pairs of
-/// [`HISTORY`], swapped.
-pub(crate) const BY_REV: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("history_by_rev");
+/// A revision: the store revision `main` and the change's position `sub` within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub(crate) struct Rev {
+    /// Store revision of the write transaction.
+    pub(crate) main: u64,
+    /// Position of the change within the transaction, from 0.
+    pub(crate) sub: u32,
+}
 
-/// Trait alias for a readable history table (read-only or inside a write transaction).
-pub(crate) trait HistoryTable: ReadableTable<(&'static [u8], u64), &'static [u8]> {}
-impl<T: ReadableTable<(&'static [u8], u64), &'static [u8]>> HistoryTable for T {}
+impl Rev {
+    /// The last revision of store revision `main`: every change made at or before it.
+    pub(crate) fn end_of(main: u64) -> Rev {
+        Rev {
+            main,
+            sub: u32::MAX,
+        }
+    }
 
-/// One row of history.
+    /// The revision just before this one (`None` before the first).
+    pub(crate) fn pred(self) -> Option<Rev> {
+        match (self.main, self.sub) {
+            (0, 0) => None,
+            (main, 0) => Some(Rev::end_of(main - 1)),
+            (main, sub) => Some(Rev { main, sub: sub - 1 }),
+        }
+    }
+
+    /// The redb key.
+    pub(crate) fn key(self) -> (u64, u32) {
+        (self.main, self.sub)
+    }
+}
+
+/// One row's change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Record {
     /// The key holds a value from this revision on.
@@ -49,92 +75,110 @@ pub(crate) enum Record {
     Tombstone,
 }
 
+/// The fixed part of a put row: everything but the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PutHeader {
+    /// Revision that created this generation of the key.
+    pub(crate) create: u64,
+    /// Puts since creation, >= 1.
+    pub(crate) version: u64,
+    /// Attached lease, 0 for none.
+    pub(crate) lease: i64,
+}
+
 const TAG_PUT: u8 = 0;
 const TAG_TOMBSTONE: u8 = 1;
 
 impl Record {
-    /// Row encoding: tag, then for a put `create`, `version` (u64 LE), `lease` (i64 LE), value.
-    pub(crate) fn encode(&self) -> Vec<u8> {
+    /// Record encoding: tag, then for a put `create`, `version` (u64 LE), `lease` (i64 LE),
+    /// value. The same bytes the history rows of format 2 held, so a migration copies them.
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
-            Record::Tombstone => vec![TAG_TOMBSTONE],
+            Record::Tombstone => out.push(TAG_TOMBSTONE),
             Record::Put {
                 create,
                 version,
                 lease,
                 value,
             } => {
-                let mut out = Vec::with_capacity(25 + value.len());
+                out.reserve(25 + value.len());
                 out.push(TAG_PUT);
                 out.extend_from_slice(&create.to_le_bytes());
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&lease.to_le_bytes());
                 out.extend_from_slice(value);
-                out
             }
         }
     }
 
-    /// Inverse of [`Record::encode`]; a malformed row is [`Error::Corrupt`].
+    /// Inverse of [`Record::encode_into`]; a malformed record is [`Error::Corrupt`].
     pub(crate) fn decode(bytes: &[u8]) -> Result<Record, Error> {
-        let corrupt = || Error::Corrupt(format!("history row of {} bytes", bytes.len()));
-        match bytes.split_first() {
-            Some((&TAG_TOMBSTONE, [])) => Ok(Record::Tombstone),
-            Some((&TAG_PUT, rest)) if rest.len() >= 24 => {
-                let word = |i: usize| -> Result<[u8; 8], Error> {
-                    rest[i * 8..i * 8 + 8].try_into().map_err(|_| corrupt())
-                };
-                Ok(Record::Put {
-                    create: u64::from_le_bytes(word(0)?),
-                    version: u64::from_le_bytes(word(1)?),
-                    lease: i64::from_le_bytes(word(2)?),
-                    value: rest[24..].to_vec(),
-                })
+        Ok(match header(bytes)? {
+            None => Record::Tombstone,
+            Some(h) => Record::Put {
+                create: h.create,
+                version: h.version,
+                lease: h.lease,
+                value: bytes[25..].to_vec(),
+            },
+        })
+    }
+}
+
+/// The header of an encoded record, without copying its value; `None` for a tombstone.
+pub(crate) fn header(bytes: &[u8]) -> Result<Option<PutHeader>, Error> {
+    let corrupt = || Error::Corrupt(format!("record of {} bytes", bytes.len()));
+    match bytes.split_first() {
+        Some((&TAG_TOMBSTONE, [])) => Ok(None),
+        Some((&TAG_PUT, rest)) if rest.len() >= 24 => {
+            let word = |i: usize| -> Result<[u8; 8], Error> {
+                rest[i * 8..i * 8 + 8].try_into().map_err(|_| corrupt())
+            };
+            let h = PutHeader {
+                create: u64::from_le_bytes(word(0)?),
+                version: u64::from_le_bytes(word(1)?),
+                lease: i64::from_le_bytes(word(2)?),
+            };
+            if h.create == 0 || h.version == 0 {
+                return Err(corrupt());
             }
-            _ => Err(corrupt()),
+            Ok(Some(h))
         }
+        _ => Err(corrupt()),
     }
+}
 
-    /// The lease of a stored put row, without copying its value; `None` for a tombstone.
-    pub(crate) fn lease_of(bytes: &[u8]) -> Result<Option<i64>, Error> {
-        match bytes.split_first() {
-            Some((&TAG_TOMBSTONE, [])) => Ok(None),
-            Some((&TAG_PUT, rest)) if rest.len() >= 24 => {
-                let lease: [u8; 8] = rest[16..24]
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("history row lease".into()))?;
-                Ok(Some(i64::from_le_bytes(lease)))
-            }
-            _ => Err(Error::Corrupt(format!(
-                "history row of {} bytes",
-                bytes.len()
-            ))),
-        }
-    }
+/// A stored row: the key and the record.
+pub(crate) fn encode_row(key: &[u8], record: &Record) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(key.len() + 40));
+    w.bytes(key);
+    record.encode_into(&mut w.0);
+    w.0
+}
 
-    /// The client-visible pair for a put at `key`, modified at `rev`, taking the value.
-    pub(crate) fn into_kv(self, key: &[u8], rev: u64) -> Option<KeyValue> {
-        match self {
-            Record::Tombstone => None,
-            Record::Put {
-                create,
-                version,
-                lease,
-                value,
-            } => Some(KeyValue {
-                key: key.to_vec(),
-                create_revision: create as i64,
-                mod_revision: rev as i64,
-                version: version as i64,
-                value,
-                lease,
-            }),
-        }
-    }
+/// Splits a stored row into its key and its encoded record (not decoded).
+pub(crate) fn split_row(row: &[u8]) -> Result<(&[u8], &[u8]), Error> {
+    let mut pos = 0usize;
+    let len = read_varint(|| {
+        let b = row
+            .get(pos)
+            .copied()
+            .ok_or_else(|| Error::Corrupt("truncated row".into()))?;
+        pos += 1;
+        Ok(b)
+    })?;
+    let end = usize::try_from(len)
+        .ok()
+        .and_then(|len| pos.checked_add(len))
+        .filter(|&end| end <= row.len())
+        .ok_or_else(|| Error::Corrupt("row key longer than the row".into()))?;
+    Ok((&row[pos..end], &row[end..]))
+}
 
-    /// Whether a stored row is a tombstone, without decoding the value.
-    pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
-        bytes.first() == Some(&TAG_TOMBSTONE)
-    }
+/// The value of a stored put row (`None` for a tombstone).
+pub(crate) fn row_value(row: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+    let (_, record) = split_row(row)?;
+    Ok(header(record)?.map(|_| record[25..].to_vec()))
 }
 
 /// A set of keys, resolved from etcd's `(key, range_end)` conventions.
@@ -166,163 +210,18 @@ impl<'a> KeySpan<'a> {
             KeySpan::From(start) => start <= k,
         }
     }
-}
 
-/// The last row of `key` at or below `rev`, with its revision.
-pub(crate) fn latest(
-    t: &impl HistoryTable,
-    key: &[u8],
-    rev: u64,
-) -> Result<Option<(u64, Record)>, Error> {
-    let row = t.range((key, 0u64)..=(key, rev))?.next_back().transpose()?;
-    match row {
-        None => Ok(None),
-        Some((k, v)) => Ok(Some((k.value().1, Record::decode(v.value())?))),
-    }
-}
-
-/// The live pair of `key` at `rev`, if any.
-pub(crate) fn live(t: &impl HistoryTable, key: &[u8], rev: u64) -> Result<Option<KeyValue>, Error> {
-    Ok(latest(t, key, rev)?.and_then(|(r, rec)| rec.into_kv(key, r)))
-}
-
-/// Every pair of the span `key..range_end` live at `rev`, in key order.
-pub(crate) fn live_in(
-    t: &impl HistoryTable,
-    key: &[u8],
-    range_end: &[u8],
-    rev: u64,
-) -> Result<Vec<KeyValue>, Error> {
-    let mut out = Vec::new();
-    scan_live(t, KeySpan::new(key, range_end), rev, |k, r, b| {
-        out.extend(Record::decode(b)?.into_kv(k, r));
-        Ok(true)
-    })?;
-    Ok(out)
-}
-
-/// Every key of the span `key..range_end` live at `rev`, with its lease, in key order: what a
-/// delete needs, without copying any value.
-pub(crate) fn live_keys_in(
-    t: &impl HistoryTable,
-    key: &[u8],
-    range_end: &[u8],
-    rev: u64,
-) -> Result<Vec<(Vec<u8>, i64)>, Error> {
-    let mut out = Vec::new();
-    scan_live(t, KeySpan::new(key, range_end), rev, |k, _, b| {
-        if let Some(lease) = Record::lease_of(b)? {
-            out.push((k.to_vec(), lease));
-        }
-        Ok(true)
-    })?;
-    Ok(out)
-}
-
-/// Calls `visit` for every key of `span` live at `rev`, in ascending key order, with the
-/// revision of its row and the row's bytes; stops when `visit` returns `false`.
-///
-/// Cost: two B-tree seeks per distinct key in the span (one to find the key, one for its
-/// last row at `rev`), independent of how much history each key has.
-pub(crate) fn scan_live(
-    t: &impl HistoryTable,
-    span: KeySpan<'_>,
-    rev: u64,
-    mut visit: impl FnMut(&[u8], u64, &[u8]) -> Result<bool, Error>,
-) -> Result<(), Error> {
-    if let KeySpan::Single(key) = span {
-        if let Some((k, v)) = t.range((key, 0u64)..=(key, rev))?.next_back().transpose()? {
-            if !Record::is_tombstone(v.value()) {
-                visit(key, k.value().1, v.value())?;
-            }
-        }
-        return Ok(());
-    }
-    let (KeySpan::Interval(start, _) | KeySpan::From(start)) = span else {
-        unreachable!("single handled above")
-    };
-    let mut cursor = start.to_vec();
-    loop {
-        let next = t.range((cursor.as_slice(), 0u64)..)?.next().transpose()?;
-        let Some((k, _)) = next else { return Ok(()) };
-        let key = k.value().0.to_vec();
-        drop(k);
-        if !span.contains(&key) {
-            return Ok(());
-        }
-        let row = t
-            .range((key.as_slice(), 0u64)..=(key.as_slice(), rev))?
-            .next_back()
-            .transpose()?;
-        if let Some((rk, rv)) = row {
-            if !Record::is_tombstone(rv.value()) && !visit(&key, rk.value().1, rv.value())? {
-                return Ok(());
-            }
-        }
-        cursor = key;
-        cursor.push(0);
-    }
-}
-
-/// Appends a row.
-///
-/// Transaction validation (etcd's `checkIntervals`) lets a key change at most once per
-/// revision, with one exception it shares with etcd: a put in one nested transaction followed by
-/// a delete in a later sibling (etcd gives them different sub-revisions). Here the tombstone
-/// replaces the put at the same revision, which is what a read at that revision sees in etcd
-/// too. Any other second write to `(key, rev)` is a bug and panics.
-pub(crate) fn write_row(
-    t: &mut Table<'_, (&'static [u8], u64), &'static [u8]>,
-    by_rev: &mut Table<'_, (u64, &'static [u8]), ()>,
-    key: &[u8],
-    rev: u64,
-    record: &Record,
-) -> Result<(), Error> {
-    by_rev.insert((rev, key), ())?;
-    let old = t.insert((key, rev), record.encode().as_slice())?;
-    if let Some(old) = old {
-        let put_then_delete = !Record::is_tombstone(old.value()) && *record == Record::Tombstone;
-        assert!(put_then_delete, "key changed twice in revision {rev}");
-    }
-    Ok(())
-}
-
-/// Drops history made unreachable by compacting at `rev`: for each key, every row `<= rev`
-/// except the last one, and that one too if it is a tombstone. Returns rows removed.
-pub(crate) fn compact(
-    t: &mut Table<'_, (&'static [u8], u64), &'static [u8]>,
-    by_rev: &mut Table<'_, (u64, &'static [u8]), ()>,
-    rev: u64,
-) -> Result<u64, Error> {
-    let mut doomed: Vec<(Vec<u8>, u64)> = Vec::new();
-    {
-        // Walk all rows once; `pending` is the last row <= rev of the current key.
-        let mut pending: Option<(Vec<u8>, u64, bool)> = None;
-        for row in t.iter()? {
-            let (k, v) = row?;
-            let (key, r) = k.value();
-            if r > rev {
-                continue;
-            }
-            let tomb = Record::is_tombstone(v.value());
-            if let Some((pk, pr, ptomb)) = pending.take() {
-                if pk.as_slice() == key {
-                    doomed.push((pk, pr)); // superseded by a later row <= rev
-                } else if ptomb {
-                    doomed.push((pk, pr)); // the last row of a deleted key
-                }
-            }
-            pending = Some((key.to_vec(), r, tomb));
-        }
-        if let Some((pk, pr, true)) = pending {
-            doomed.push((pk, pr));
+    /// The span as bounds on a map keyed by `Vec<u8>`.
+    pub(crate) fn bounds(&self) -> (std::ops::Bound<&'a [u8]>, std::ops::Bound<&'a [u8]>) {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        match *self {
+            KeySpan::Single(key) => (Included(key), Included(key)),
+            // An empty interval still needs bounds a BTreeMap accepts.
+            KeySpan::Interval(start, end) if end <= start => (Included(start), Excluded(start)),
+            KeySpan::Interval(start, end) => (Included(start), Excluded(end)),
+            KeySpan::From(start) => (Included(start), Unbounded),
         }
     }
-    for (key, r) in &doomed {
-        t.remove((key.as_slice(), *r))?;
-        by_rev.remove((*r, key.as_slice()))?;
-    }
-    Ok(doomed.len() as u64)
 }
 
 #[cfg(test)]
@@ -330,22 +229,34 @@ mod tests {
     use super::*;
 
     #[test]
-    fn record_round_trips_and_rejects_garbage() {
+    fn rows_round_trip_and_reject_garbage() {
         let put = Record::Put {
             create: 3,
             version: 2,
             lease: -7,
             value: b"v".to_vec(),
         };
-        assert_eq!(Record::decode(&put.encode()).ok(), Some(put));
-        assert_eq!(
-            Record::decode(&Record::Tombstone.encode()).ok(),
-            Some(Record::Tombstone)
-        );
+        for rec in [put, Record::Tombstone] {
+            let row = encode_row(b"key", &rec);
+            let (key, bytes) = split_row(&row).expect("splits");
+            assert_eq!(key, b"key");
+            assert_eq!(Record::decode(bytes).ok(), Some(rec));
+        }
         assert!(Record::decode(&[]).is_err());
         assert!(Record::decode(&[0, 1, 2]).is_err());
         assert!(Record::decode(&[1, 0]).is_err());
         assert!(Record::decode(&[9]).is_err());
+        assert!(split_row(&[5, b'a']).is_err());
+        assert!(split_row(&[]).is_err());
+    }
+
+    #[test]
+    fn revisions_order_by_main_then_sub() {
+        let r = |main, sub| Rev { main, sub };
+        assert!(r(2, 9) < r(3, 0));
+        assert_eq!(r(3, 0).pred(), Some(Rev::end_of(2)));
+        assert_eq!(r(3, 2).pred(), Some(r(3, 1)));
+        assert_eq!(r(0, 0).pred(), None);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 use std::cmp::Ordering;
 
 use crate::error::{Error, KvError};
-use crate::mvcc::{scan_live, HistoryTable, KeySpan, Record};
+use crate::mvcc::{KeySpan, Rev};
 use crate::types::{KeyValue, RangeRequest, RangeResponse, SortOrder, SortTarget};
+use crate::view::{key_value, View};
 
 /// Resolves a request revision (`<= 0` = current) and checks it as etcd's mvcc does: above
 /// `current` is a future revision, below `compacted` has been compacted (reading exactly at the
@@ -24,11 +25,14 @@ pub(crate) fn read_revision(requested: i64, current: u64, compacted: u64) -> Res
     Ok(rev)
 }
 
-/// Serves `req` from `t`, where `current` is the revision visible to the reader (inside a write
-/// transaction that already changed something, the revision being written) and `compacted` the
-/// compacted revision. The response header revision is `current`, as in etcd.
+/// Serves `req` from `view`, where `current` is the revision visible to the reader (inside a
+/// write transaction that already changed something, the revision being written) and
+/// `compacted` the compacted revision. The response header revision is `current`, as in etcd.
+///
+/// The index answers everything but values: `count`, the revision filters and sorting by
+/// anything but the value read no row, and values are read only for the pairs returned.
 pub(crate) fn range(
-    t: &impl HistoryTable,
+    view: &(impl View + ?Sized),
     req: &RangeRequest,
     current: u64,
     compacted: u64,
@@ -43,41 +47,49 @@ pub(crate) fn range(
         (_, SortOrder::None) => SortOrder::Ascend,
         (_, o) => o,
     };
-    let filtered = req.min_mod_revision != 0
-        || req.max_mod_revision != 0
-        || req.min_create_revision != 0
-        || req.max_create_revision != 0;
-    // Like etcd, fetch everything when sorting or filtering; otherwise one extra for `more`.
-    let fetch_max = if order != SortOrder::None || filtered || req.limit <= 0 {
+    // Without sorting, one past the limit tells `more`; the count still covers every key.
+    let fetch_max = if order != SortOrder::None || req.limit <= 0 {
         usize::MAX
     } else {
         (req.limit as usize).saturating_add(1)
     };
     let mut count: i64 = 0;
-    let mut kvs: Vec<KeyValue> = Vec::new();
-    scan_live(
-        t,
+    // The pairs to return, without values yet, each with the row holding its value.
+    let mut found: Vec<(KeyValue, Rev)> = Vec::new();
+    view.scan(
         KeySpan::new(&req.key, &req.range_end),
         rev,
-        |key, r, bytes| {
+        &mut |key, live| {
             count += 1;
-            if !req.count_only && kvs.len() < fetch_max {
-                if let Some(kv) = Record::decode(bytes)?.into_kv(key, r) {
-                    kvs.push(kv);
+            if !req.count_only && found.len() < fetch_max {
+                let kv = key_value(view, key, live, false)?;
+                if keep(req, &kv) {
+                    found.push((kv, live.rev));
                 }
             }
             Ok(true)
         },
     )?;
-    kvs.retain(|kv| keep(req, kv));
-    sort(&mut kvs, req.sort_target, order);
+    let by_value = req.sort_target == SortTarget::Value && order != SortOrder::None;
+    if by_value {
+        for (kv, r) in &mut found {
+            kv.value = view.value(*r)?;
+        }
+    }
+    sort(&mut found, req.sort_target, order);
     let mut more = false;
-    if req.limit > 0 && kvs.len() > req.limit as usize {
-        kvs.truncate(req.limit as usize);
+    if req.limit > 0 && found.len() > req.limit as usize {
+        found.truncate(req.limit as usize);
         more = true;
     }
-    if req.keys_only {
-        kvs.iter_mut().for_each(|kv| kv.value.clear());
+    let mut kvs = Vec::with_capacity(found.len());
+    for (mut kv, r) in found {
+        if req.keys_only {
+            kv.value.clear();
+        } else if !by_value {
+            kv.value = view.value(r)?;
+        }
+        kvs.push(kv);
     }
     Ok(RangeResponse {
         revision: current as i64,
@@ -100,8 +112,8 @@ fn keep(req: &RangeRequest, kv: &KeyValue) -> bool {
 
 /// Sorts in place; stable, so ties keep ascending key order (etcd's sort is unstable and leaves
 /// tie order unspecified).
-fn sort(kvs: &mut [KeyValue], target: SortTarget, order: SortOrder) {
-    let cmp = |a: &KeyValue, b: &KeyValue| -> Ordering {
+fn sort<T>(kvs: &mut [(KeyValue, T)], target: SortTarget, order: SortOrder) {
+    let cmp = |(a, _): &(KeyValue, T), (b, _): &(KeyValue, T)| -> Ordering {
         match target {
             SortTarget::Key => a.key.cmp(&b.key),
             SortTarget::Version => a.version.cmp(&b.version),

@@ -3,10 +3,10 @@
 //! Format (all integers varints, byte strings length-prefixed, see [`crate::codec`]):
 //!
 //! ```text
-//!   "SKIFFKV\0"  version(1)
+//!   "SKIFFKV\0"  version(2)
 //!   revision compacted applied
-//!   n_history  { key rev row }*        rows as stored in the history table (the index by
-//!                                      revision is rebuilt from them)
+//!   n_rows     { main sub row }*       rows by revision as stored (key and record); the
+//!                                      key index is rebuilt from them
 //!   n_leases   { id ttl }*
 //!   n_attached { lease key }*
 //!   n_sessions { client_id row }*      the eviction index is rebuilt from the rows
@@ -15,8 +15,12 @@
 //!
 //! Both directions stream: [`write_to`] sends the state to any `Write` a slice at a time, and
 //! [`load_from`] decodes from any `Read` straight into the tables of one write transaction,
-//! checking the CRC at the end. Neither holds the whole state in memory. A corrupt snapshot
-//! fails before the caller commits, so it never half-replaces the state.
+//! checking the CRC at the end. Neither holds the whole state in memory (the loader builds the
+//! key index, as opening a store does). A corrupt snapshot, or one whose rows contradict each
+//! other, fails before the caller commits, so it never half-replaces the state.
+//!
+//! Version 1 (format 2 stores) held `{ key rev record }*` in key order, one row per key and
+//! revision; it is still read, converted as a format 2 store is when it opens.
 
 use std::io::{Read, Write};
 
@@ -24,13 +28,17 @@ use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransacti
 
 use crate::codec::{read_varint, unzigzag, Writer};
 use crate::error::Error;
+use crate::index::Index;
 use crate::lease::{LEASES, LEASE_KEYS};
-use crate::mvcc::{Record, BY_REV, HISTORY};
+use crate::mvcc::{Rev, REVS};
+use crate::open::{add_row, HistoryConverter};
 use crate::session::{Row, SESSIONS, SESSIONS_BY_INDEX};
 use crate::store::{Meta, META};
 
 const MAGIC: &[u8; 8] = b"SKIFFKV\0";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+/// The version before rows by revision.
+const VERSION_HISTORY_BY_KEY: u8 = 1;
 /// Encoded bytes buffered before they are handed to the writer.
 const FLUSH_BYTES: usize = 1 << 20;
 /// Bytes reserved up front for one byte string; a longer one grows as its bytes arrive, so
@@ -93,13 +101,13 @@ pub(crate) fn write_to(txn: &ReadTransaction, out: &mut dyn Write) -> Result<u64
     s.w.u64(meta.revision);
     s.w.u64(meta.compacted);
     s.w.u64(meta.applied);
-    let history = txn.open_table(HISTORY)?;
-    s.w.u64(history.len()?);
-    for row in history.iter()? {
+    let revs = txn.open_table(REVS)?;
+    s.w.u64(revs.len()?);
+    for row in revs.iter()? {
         let (k, v) = row?;
-        let (key, rev) = k.value();
-        s.field(key)?;
-        s.w.u64(rev);
+        let (main, sub) = k.value();
+        s.w.u64(main);
+        s.w.u64(u64::from(sub));
         s.field(v.value())?;
         s.flush(false)?;
     }
@@ -188,24 +196,10 @@ impl Source<'_> {
 /// One decoded part of a snapshot, in stream order.
 enum Item {
     Meta(Meta),
-    History {
-        key: Vec<u8>,
-        rev: u64,
-        row: Vec<u8>,
-    },
-    Lease {
-        id: i64,
-        ttl: i64,
-    },
-    Attached {
-        id: i64,
-        key: Vec<u8>,
-    },
-    Session {
-        id: u64,
-        row: Vec<u8>,
-        index: u64,
-    },
+    Row { rev: Rev, row: Vec<u8> },
+    Lease { id: i64, ttl: i64 },
+    Attached { id: i64, key: Vec<u8> },
+    Session { id: u64, row: Vec<u8>, index: u64 },
 }
 
 /// Decodes a whole snapshot, checking every row and the CRC, handing each part to `take` in
@@ -223,7 +217,8 @@ fn decode(
     if &magic != MAGIC {
         return Err(bad("not a Skiff kv snapshot"));
     }
-    if r.u8()? != VERSION {
+    let version = r.u8()?;
+    if version != VERSION && version != VERSION_HISTORY_BY_KEY {
         return Err(bad("unknown version"));
     }
     let meta = Meta {
@@ -235,13 +230,24 @@ fn decode(
         return Err(bad("revisions out of order"));
     }
     take(Item::Meta(meta))?;
+    let mut convert = HistoryConverter::default();
     for _ in 0..r.u64()? {
-        let (key, rev, row) = (r.bytes()?, r.u64()?, r.bytes()?);
-        Record::decode(&row)?;
-        if rev > meta.revision {
-            return Err(bad("history row above the revision"));
-        }
-        take(Item::History { key, rev, row })?;
+        let (rev, row) = if version == VERSION {
+            let (main, sub, row) = (r.u64()?, r.u64()?, r.bytes()?);
+            let sub = u32::try_from(sub).map_err(|_| bad("sub-revision out of range"))?;
+            (Rev { main, sub }, row)
+        } else {
+            let (key, main, record) = (r.bytes()?, r.u64()?, r.bytes()?);
+            let converted = convert.row(&key, main, &record).map_err(|e| match e {
+                Error::Corrupt(why) => bad(&why),
+                other => other,
+            })?;
+            match converted {
+                Some(converted) => converted,
+                None => continue,
+            }
+        };
+        take(Item::Row { rev, row })?;
     }
     for _ in 0..r.u64()? {
         let (id, ttl) = (r.i64()?, r.i64()?);
@@ -271,18 +277,30 @@ fn decode(
     Ok(())
 }
 
+/// Adds a snapshot's row to the index being built: a row that contradicts the others is a
+/// bad snapshot.
+fn add_snapshot_row(index: Option<&mut Index>, rev: Rev, row: &[u8]) -> Result<(), Error> {
+    let index = index.expect("decode hands the meta first");
+    add_row(index, rev, row).map_err(|e| match e {
+        Error::Corrupt(why) => bad(&why),
+        other => other,
+    })
+}
+
 /// Checks that `input` is a complete, intact snapshot this build can load, writing nothing
 /// (so that a staged snapshot is known good before it replaces the previous one). Returns the
 /// applied index it restores.
 pub fn verify(input: &mut dyn Read) -> Result<u64, Error> {
-    let mut applied = 0;
+    let mut index: Option<Index> = None;
     decode(input, &mut |item| {
-        if let Item::Meta(m) = item {
-            applied = m.applied;
+        match item {
+            Item::Meta(m) => index = Some(Index::new(m)),
+            Item::Row { rev, row } => add_snapshot_row(index.as_mut(), rev, &row)?,
+            _ => {}
         }
         Ok(())
     })?;
-    Ok(applied)
+    Ok(index.expect("a decoded snapshot has meta").meta.applied)
 }
 
 /// Decodes a snapshot from `input` into freshly emptied tables of `txn`, checking every row
@@ -293,19 +311,22 @@ pub(crate) fn load_from(
     txn: &WriteTransaction,
     input: &mut dyn Read,
     sessions_max: usize,
-) -> Result<(), Error> {
-    let mut history = txn.open_table(HISTORY)?;
-    let mut by_rev = txn.open_table(BY_REV)?;
+) -> Result<Index, Error> {
+    let mut revs = txn.open_table(REVS)?;
     let mut leases = txn.open_table(LEASES)?;
     let mut attached = txn.open_table(LEASE_KEYS)?;
     let mut sessions = txn.open_table(SESSIONS)?;
     let mut by_index = txn.open_table(SESSIONS_BY_INDEX)?;
+    let mut index: Option<Index> = None;
     decode(input, &mut |item| {
         match item {
-            Item::Meta(meta) => meta.write(txn)?,
-            Item::History { key, rev, row } => {
-                history.insert((key.as_slice(), rev), row.as_slice())?;
-                by_rev.insert((rev, key.as_slice()), ())?;
+            Item::Meta(meta) => {
+                meta.write(txn)?;
+                index = Some(Index::new(meta));
+            }
+            Item::Row { rev, row } => {
+                add_snapshot_row(index.as_mut(), rev, &row)?;
+                revs.insert(rev.key(), row.as_slice())?;
             }
             Item::Lease { id, ttl } => {
                 leases.insert(id, ttl)?;
@@ -326,5 +347,78 @@ pub(crate) fn load_from(
         };
         sessions.remove(k.value().1)?;
     }
-    Ok(())
+    Ok(index.expect("a decoded snapshot has meta"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::Record;
+    use crate::store::{Options, Store};
+    use crate::types::RangeRequest;
+
+    /// A version 1 snapshot (rows by key, one per key and revision), as format 2 stores wrote.
+    fn version_1() -> Vec<u8> {
+        let mut w = Writer(MAGIC.to_vec());
+        w.u8(VERSION_HISTORY_BY_KEY);
+        w.u64(4); // revision
+        w.u64(0); // compacted
+        w.u64(9); // applied
+        let put = |create, version, v: &str| {
+            let mut out = Vec::new();
+            Record::Put {
+                create,
+                version,
+                lease: 0,
+                value: v.as_bytes().to_vec(),
+            }
+            .encode_into(&mut out);
+            out
+        };
+        let mut tomb = Vec::new();
+        Record::Tombstone.encode_into(&mut tomb);
+        let rows = [
+            (&b"a"[..], 2u64, put(2, 1, "1")),
+            (b"a", 3, put(2, 2, "2")),
+            (b"b", 3, put(3, 1, "3")),
+            (b"c", 4, tomb), // put and deleted in revision 4
+        ];
+        w.u64(rows.len() as u64);
+        for (key, rev, row) in &rows {
+            w.bytes(key);
+            w.u64(*rev);
+            w.bytes(row);
+        }
+        w.u64(0); // leases
+        w.u64(0); // attached
+        w.u64(0); // sessions
+        let crc = crc32fast::hash(&w.0);
+        w.0.extend_from_slice(&crc.to_le_bytes());
+        w.0
+    }
+
+    #[test]
+    fn a_version_1_snapshot_still_loads() {
+        let snap = version_1();
+        assert_eq!(verify(&mut &snap[..]).expect("verifies"), 9);
+        let store = Store::in_memory(Options::default()).expect("store");
+        store.restore(&snap).expect("restores");
+        store.check_invariants().expect("invariants");
+        let r = store
+            .range(&RangeRequest::range("\0", "\0"))
+            .expect("range");
+        let got: Vec<(&[u8], &[u8], i64)> = r
+            .kvs
+            .iter()
+            .map(|kv| (kv.key.as_slice(), kv.value.as_slice(), kv.version))
+            .collect();
+        assert_eq!(got, vec![(&b"a"[..], &b"2"[..], 2), (b"b", b"3", 1)]);
+        assert_eq!(store.revision().expect("rev"), 4);
+        // Written back, it is a version 2 snapshot of the same state.
+        let again = store.snapshot().expect("snapshot");
+        assert_eq!(again[MAGIC.len()], VERSION);
+        let copy = Store::in_memory(Options::default()).expect("store");
+        copy.restore(&again).expect("restores");
+        assert_eq!(copy.hash().expect("hash"), store.hash().expect("hash"));
+    }
 }

@@ -5,12 +5,13 @@ use std::collections::BTreeSet;
 
 use crate::command::Request;
 use crate::error::{Error, KvError};
-use crate::mvcc::{live_in, HistoryTable, KeySpan};
+use crate::mvcc::KeySpan;
 use crate::range;
 use crate::types::{
     Compare, CompareResult, CompareTarget, KeyValue, PutRequest, RequestOp, ResponseOp, TxnRequest,
     TxnResponse,
 };
+use crate::view::{key_value, View};
 use crate::write::Writer;
 use crate::TXN_OPS_MAX;
 
@@ -135,19 +136,24 @@ fn check_intervals(ops: &[RequestOp]) -> Result<Writes, KvError> {
 /// Whether a compare holds on the writer's current view: every live key of the span must
 /// satisfy it; a span with no live key compares as a zero pair (version, create, mod and lease
 /// 0), except that a value compare on it is false.
-pub(crate) fn compare_holds(w: &Writer<'_>, c: &Compare) -> Result<bool, Error> {
-    Ok(compare_holds_on(&w.live_in(&c.key, &c.range_end)?, c))
-}
-
-/// [`compare_holds`] on the live pairs `kvs` of the compare's span.
-fn compare_holds_on(kvs: &[KeyValue], c: &Compare) -> bool {
-    if kvs.is_empty() {
-        if matches!(c.target, CompareTarget::Value(_)) {
-            return false;
-        }
-        return compare_kv(c, &KeyValue::default());
+pub(crate) fn compare_holds(
+    view: &(impl View + ?Sized),
+    c: &Compare,
+    rev: u64,
+) -> Result<bool, Error> {
+    // Only a value compare reads rows; the index knows the rest.
+    let with_value = matches!(c.target, CompareTarget::Value(_));
+    let mut any = false;
+    let mut holds = true;
+    view.scan(KeySpan::new(&c.key, &c.range_end), rev, &mut |key, live| {
+        any = true;
+        holds = compare_kv(c, &key_value(view, key, live, with_value)?);
+        Ok(holds)
+    })?;
+    if !any {
+        return Ok(!with_value && compare_kv(c, &KeyValue::default()));
     }
-    kvs.iter().all(|kv| compare_kv(c, kv))
+    Ok(holds)
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
@@ -184,7 +190,7 @@ fn compares_hold(
 /// in order, each op seeing the earlier ones' writes. Every write lands at the one revision of
 /// the enclosing write transaction.
 pub(crate) fn execute(w: &mut Writer<'_>, t: &TxnRequest) -> Result<TxnResponse, Error> {
-    let succeeded = compares_hold(t, |c| compare_holds(w, c))?;
+    let succeeded = compares_hold(t, |c| compare_holds(w, c, w.read_rev()))?;
     let ops = if succeeded { &t.success } else { &t.failure };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
@@ -205,24 +211,19 @@ pub(crate) fn execute(w: &mut Writer<'_>, t: &TxnRequest) -> Result<TxnResponse,
 /// Runs a validated read-only transaction ([`TxnRequest::is_read_only`]) on the history as of
 /// revision `rev`: what [`execute`] would answer, without a write transaction.
 pub(crate) fn execute_read_only(
-    history: &impl HistoryTable,
+    view: &(impl View + ?Sized),
     t: &TxnRequest,
     rev: u64,
     compacted: u64,
 ) -> Result<TxnResponse, Error> {
-    let succeeded = compares_hold(t, |c| {
-        Ok(compare_holds_on(
-            &live_in(history, &c.key, &c.range_end, rev)?,
-            c,
-        ))
-    })?;
+    let succeeded = compares_hold(t, |c| compare_holds(view, c, rev))?;
     let ops = if succeeded { &t.success } else { &t.failure };
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         responses.push(match op {
-            RequestOp::Range(r) => ResponseOp::Range(range::range(history, r, rev, compacted)?),
+            RequestOp::Range(r) => ResponseOp::Range(range::range(view, r, rev, compacted)?),
             RequestOp::Txn(inner) => {
-                ResponseOp::Txn(execute_read_only(history, inner, rev, compacted)?)
+                ResponseOp::Txn(execute_read_only(view, inner, rev, compacted)?)
             }
             RequestOp::Put(_) | RequestOp::DeleteRange(_) => {
                 panic!("execute_read_only given a transaction that writes")

@@ -1,12 +1,13 @@
 //! Changes by revision, for etcd's Watch: the events on a key range from a revision on, read
-//! from the history and its index by revision ([`crate::mvcc::BY_REV`]). A watcher keeps its
+//! from the rows by revision ([`crate::mvcc::REVS`]). A watcher keeps its
 //! own next revision and asks again when the store revision moves, so a slow watcher only
 //! falls behind in revisions, never in memory.
 
 use crate::error::{Error, KvError};
-use crate::mvcc::{latest, KeySpan, Record, BY_REV, HISTORY};
-use crate::store::{Meta, Store, META};
+use crate::mvcc::{split_row, KeySpan, Record, Rev, REVS};
+use crate::store::Store;
 use crate::types::KeyValue;
+use crate::view::{key_value, ReadView};
 
 /// What happened to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,59 +56,69 @@ impl Store {
         events_max: usize,
         prev_kv: bool,
     ) -> Result<Changes, Error> {
-        let txn = self.begin_read()?;
-        let meta = Meta::read(&txn.open_table(META)?)?;
+        let index = self.read_index();
+        let meta = index.meta;
         let from = from.max(1);
         if from < meta.compacted {
             return Err(KvError::Compacted.into());
         }
+        let txn = self.begin_read()?;
+        let view = ReadView {
+            index: &index,
+            revs: txn.open_table(REVS)?,
+        };
         let span = KeySpan::new(key, range_end);
-        let history = txn.open_table(HISTORY)?;
-        let by_rev = txn.open_table(BY_REV)?;
         let mut events = Vec::new();
         // Never behind `from`: a watcher may start past what this member has applied.
         let mut next = (meta.revision + 1).max(from);
         let mut current = 0u64;
-        for (rows, row) in by_rev.range((from, &b""[..])..)?.enumerate() {
-            let (k, _) = row?;
-            let (rev, key) = k.value();
-            if rev > meta.revision {
+        for (rows, row) in view.revs.range((from, 0u32)..)?.enumerate() {
+            let (k, v) = row?;
+            let (main, sub) = k.value();
+            if main > meta.revision {
+                // Committed, not yet in the index: the next call sees it.
                 break;
             }
-            if rev != current {
+            if main != current {
                 // A revision boundary: the only place a batch may end.
                 if events.len() >= events_max.max(1) || rows >= ROWS_PER_CALL_MAX {
-                    next = rev;
+                    next = main;
                     break;
                 }
-                current = rev;
+                current = main;
             }
+            let (key, record) = split_row(v.value())?;
             if !span.contains(key) {
                 continue;
             }
-            let stored = history.get((key, rev))?.ok_or_else(|| {
-                Error::Corrupt(format!("index by revision lists a missing row at {rev}"))
-            })?;
-            let kv = match Record::decode(stored.value())? {
-                Record::Tombstone => None,
-                rec => rec.into_kv(key, rev),
+            let rev = Rev { main, sub };
+            let prev = match prev_kv.then(|| index.before(key, rev)).flatten() {
+                Some(live) => Some(key_value(&view, key, live, true)?),
+                None => None,
             };
-            let prev = if prev_kv {
-                latest(&history, key, rev - 1)?.and_then(|(r, rec)| rec.into_kv(key, r))
-            } else {
-                None
-            };
-            events.push(match kv {
-                Some(kv) => Event {
+            events.push(match Record::decode(record)? {
+                Record::Put {
+                    create,
+                    version,
+                    lease,
+                    value,
+                } => Event {
                     kind: EventKind::Put,
-                    kv,
+                    kv: KeyValue {
+                        key: key.to_vec(),
+                        create_revision: create as i64,
+                        mod_revision: main as i64,
+                        version: version as i64,
+                        value,
+                        lease,
+                    },
                     prev_kv: prev,
                 },
-                None => Event {
+                Record::Tombstone => Event {
                     kind: EventKind::Delete,
                     kv: KeyValue {
                         key: key.to_vec(),
-                        mod_revision: rev as i64,
+                        mod_revision: main as i64,
                         ..KeyValue::default()
                     },
                     prev_kv: prev,
@@ -123,8 +134,7 @@ impl Store {
 
     /// The store revision and the compacted revision.
     pub fn revisions(&self) -> Result<(u64, u64), Error> {
-        let txn = self.begin_read()?;
-        let meta = Meta::read(&txn.open_table(META)?)?;
+        let meta = self.meta();
         Ok((meta.revision, meta.compacted))
     }
 }

@@ -1,67 +1,92 @@
-//! [`Writer`]: the puts, deletes, lease changes and compaction of one redb write transaction,
-//! all at one new revision.
+//! [`Writer`]: the puts, deletes, lease changes and compaction of one request, all at one new
+//! revision, inside the apply's redb write transaction.
 //!
 //! ```text
-//!   base            revision before the transaction (store revision)
-//!   base + 1        revision every change of this transaction is written at
+//!   base            revision before the request (store revision)
+//!   base + 1        revision every change of the request is written at (sub 0, 1, ...)
 //!   read_rev()      base, or base + 1 once something changed (reads see own writes)
 //! ```
+//!
+//! Rows are appended to [`REVS`] in the transaction; their index entries go to the batch's
+//! [`Overlay`], which the store merges into the index once the transaction commits.
 
 use redb::{Table, WriteTransaction};
 
 use crate::error::{Error, KvError};
+use crate::index::{Index, Layered, Live, Overlay};
 use crate::lease::{self, LEASES, LEASE_KEYS};
-use crate::mvcc::{self, live, Record, BY_REV, HISTORY};
+use crate::mvcc::{encode_row, KeySpan, PutHeader, Record, Rev, REVS};
 use crate::range;
 use crate::types::{
-    DeleteRangeRequest, DeleteRangeResponse, KeyValue, PutRequest, PutResponse, RangeRequest,
-    RangeResponse,
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
 };
+use crate::view::{key_value, value_in, View, Visit};
 
-/// Open tables of a write transaction plus its revision bookkeeping.
+/// Open tables of a write transaction, the index view, and the request's revision bookkeeping.
 pub(crate) struct Writer<'t> {
-    /// MVCC rows.
-    history: Table<'t, (&'static [u8], u64), &'static [u8]>,
-    /// The same rows by revision.
-    by_rev: Table<'t, (u64, &'static [u8]), ()>,
+    /// Rows by revision.
+    revs: Table<'t, (u64, u32), &'static [u8]>,
     /// Granted leases.
     leases: Table<'t, i64, i64>,
     /// Keys attached to leases.
     lease_keys: Table<'t, (i64, &'static [u8]), ()>,
-    /// Store revision before this transaction; >= 1.
+    /// Committed index; read only at revisions `<= cap`.
+    index: &'t Index,
+    /// Changes of the transaction so far (earlier requests of the batch, then this one).
+    overlay: &'t mut Overlay,
+    /// Highest revision read from `index`: the committed revision, or for a replay the
+    /// revision it replays at.
+    cap: u64,
+    /// Store revision before this request; >= 1, >= cap.
     base: u64,
     /// Compacted revision; `<= base`.
     compacted: u64,
-    /// Whether a row was written at `base + 1`.
-    changed: bool,
+    /// Sub-revision of the next change at `base + 1`; > 0 once a row was written.
+    next_sub: u32,
     /// Replaying a request to answer a retry (in a transaction that is never committed):
     /// lease checks, which it passed when it was applied, are skipped.
     pub(crate) replay: bool,
+    /// A compaction this request asked for: the store applies it to the index and the rows.
+    pub(crate) compact_to: Option<u64>,
 }
 
 impl<'t> Writer<'t> {
-    /// Opens the tables of `txn`.
-    pub(crate) fn new(txn: &'t WriteTransaction, base: u64, compacted: u64) -> Result<Self, Error> {
+    /// Opens the tables of `txn` over the index as of `cap` and the transaction's `overlay`.
+    pub(crate) fn new(
+        txn: &'t WriteTransaction,
+        index: &'t Index,
+        overlay: &'t mut Overlay,
+        cap: u64,
+        base: u64,
+        compacted: u64,
+    ) -> Result<Self, Error> {
         assert!(base >= 1, "revisions start at 1");
+        assert!(
+            cap <= base,
+            "the index is read at or below the base revision"
+        );
         assert!(
             compacted <= base,
             "compacted {compacted} above revision {base}"
         );
         Ok(Writer {
-            history: txn.open_table(HISTORY)?,
-            by_rev: txn.open_table(BY_REV)?,
+            revs: txn.open_table(REVS)?,
             leases: txn.open_table(LEASES)?,
             lease_keys: txn.open_table(LEASE_KEYS)?,
+            index,
+            overlay,
+            cap,
             base,
             compacted,
-            changed: false,
+            next_sub: 0,
             replay: false,
+            compact_to: None,
         })
     }
 
-    /// The revision reads see, and the store revision once this transaction commits.
+    /// The revision reads see, and the store revision once this request is applied.
     pub(crate) fn read_rev(&self) -> u64 {
-        self.base + u64::from(self.changed)
+        self.base + u64::from(self.next_sub > 0)
     }
 
     /// Compacted revision (possibly raised by [`Writer::compact`]).
@@ -69,18 +94,35 @@ impl<'t> Writer<'t> {
         self.compacted
     }
 
-    fn write_rev(&self) -> u64 {
-        self.base + 1
+    fn layered(&self) -> Layered<'_> {
+        Layered {
+            index: self.index,
+            overlay: self.overlay,
+            cap: self.cap,
+        }
+    }
+
+    /// `key` as this request sees it now.
+    fn current(&self, key: &[u8]) -> Option<Live> {
+        self.layered().get(key, self.read_rev())
+    }
+
+    /// Takes the revision of the next change.
+    fn next_rev(&mut self) -> Rev {
+        let rev = Rev {
+            main: self.base + 1,
+            sub: self.next_sub,
+        };
+        self.next_sub = self
+            .next_sub
+            .checked_add(1)
+            .expect("a request changes fewer than 2^32 keys");
+        rev
     }
 
     /// A range read that sees this transaction's earlier writes.
     pub(crate) fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
-        range::range(&self.history, req, self.read_rev(), self.compacted)
-    }
-
-    /// The live pairs of a span at the read revision.
-    pub(crate) fn live_in(&self, key: &[u8], range_end: &[u8]) -> Result<Vec<KeyValue>, Error> {
-        mvcc::live_in(&self.history, key, range_end, self.read_rev())
+        range::range(self, req, self.read_rev(), self.compacted)
     }
 
     /// etcd's put: the caller has validated the request statically (`txn::check_put`).
@@ -88,72 +130,75 @@ impl<'t> Writer<'t> {
         if req.lease != 0 && !self.replay {
             lease::require(&self.leases, req.lease)?;
         }
-        let prev = live(&self.history, &req.key, self.read_rev())?;
+        let prev = self.current(&req.key);
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(KvError::KeyNotFound.into());
         }
-        let (value, lease) = match &prev {
-            Some(p) if req.ignore_value || req.ignore_lease => (
-                if req.ignore_value {
-                    p.value.clone()
-                } else {
-                    req.value.clone()
-                },
-                if req.ignore_lease { p.lease } else { req.lease },
-            ),
-            _ => (req.value.clone(), req.lease),
+        let lease = match prev {
+            Some(p) if req.ignore_lease => p.lease,
+            _ => req.lease,
         };
-        let rev = self.write_rev();
-        let (create, version) = match &prev {
-            Some(p) => (p.create_revision as u64, p.version as u64 + 1),
-            None => (rev, 1),
+        let kept_value = match prev {
+            Some(p) if req.ignore_value => Some(self.value(p.rev)?),
+            _ => None,
         };
-        let old_lease = prev.as_ref().map_or(0, |p| p.lease);
+        let prev_kv = match prev {
+            Some(p) if req.prev_kv => Some(key_value(self, &req.key, p, true)?),
+            _ => None,
+        };
+        let rev = self.next_rev();
+        let live = Live {
+            rev,
+            create: prev.map_or(rev.main, |p| p.create),
+            version: prev.map_or(1, |p| p.version + 1),
+            lease,
+        };
+        let old_lease = prev.map_or(0, |p| p.lease);
         if old_lease != 0 && old_lease != lease {
             self.lease_keys.remove((old_lease, req.key.as_slice()))?;
         }
         if lease != 0 {
             self.lease_keys.insert((lease, req.key.as_slice()), ())?;
         }
-        let record = Record::Put {
-            create,
-            version,
-            lease,
-            value,
-        };
-        mvcc::write_row(&mut self.history, &mut self.by_rev, &req.key, rev, &record)?;
-        self.changed = true;
+        let value = kept_value.as_deref().unwrap_or(&req.value);
+        let row = put_row(&req.key, live.header(), value);
+        self.revs.insert(rev.key(), row.as_slice())?;
+        self.overlay.push(&req.key, rev, Some(live));
         Ok(PutResponse {
-            revision: rev as i64,
-            prev_kv: prev.filter(|_| req.prev_kv),
+            revision: rev.main as i64,
+            prev_kv,
         })
     }
 
-    /// etcd's delete range; nothing deleted leaves the revision alone.
+    /// etcd's delete range; nothing deleted leaves the revision alone. Without `prev_kv` no
+    /// row is read: the index knows the keys and their leases.
     pub(crate) fn delete(
         &mut self,
         req: &DeleteRangeRequest,
     ) -> Result<DeleteRangeResponse, Error> {
+        let mut doomed: Vec<(Vec<u8>, Live)> = Vec::new();
+        self.layered().scan(
+            KeySpan::new(&req.key, &req.range_end),
+            self.read_rev(),
+            |k, live| {
+                doomed.push((k.to_vec(), live));
+                Ok::<_, Error>(true)
+            },
+        )?;
+        let mut prev_kvs = Vec::new();
         if req.prev_kv {
-            let doomed = self.live_in(&req.key, &req.range_end)?;
-            for kv in &doomed {
-                self.tombstone(&kv.key, kv.lease)?;
+            prev_kvs.reserve(doomed.len());
+            for (key, live) in &doomed {
+                prev_kvs.push(key_value(self, key, *live, true)?);
             }
-            return Ok(DeleteRangeResponse {
-                revision: self.read_rev() as i64,
-                deleted: doomed.len() as i64,
-                prev_kvs: doomed,
-            });
         }
-        // Without prev_kv no value is read, only keys and leases.
-        let doomed = mvcc::live_keys_in(&self.history, &req.key, &req.range_end, self.read_rev())?;
-        for (key, lease) in &doomed {
-            self.tombstone(key, *lease)?;
+        for (key, live) in &doomed {
+            self.tombstone(key, live.lease)?;
         }
         Ok(DeleteRangeResponse {
             revision: self.read_rev() as i64,
             deleted: doomed.len() as i64,
-            prev_kvs: Vec::new(),
+            prev_kvs,
         })
     }
 
@@ -161,15 +206,10 @@ impl<'t> Writer<'t> {
         if lease != 0 {
             self.lease_keys.remove((lease, key))?;
         }
-        let rev = self.write_rev();
-        mvcc::write_row(
-            &mut self.history,
-            &mut self.by_rev,
-            key,
-            rev,
-            &Record::Tombstone,
-        )?;
-        self.changed = true;
+        let rev = self.next_rev();
+        let row = encode_row(key, &Record::Tombstone);
+        self.revs.insert(rev.key(), row.as_slice())?;
+        self.overlay.push(key, rev, None);
         Ok(())
     }
 
@@ -182,19 +222,22 @@ impl<'t> Writer<'t> {
     pub(crate) fn lease_revoke(&mut self, id: i64) -> Result<(), Error> {
         lease::require(&self.leases, id)?;
         for key in lease::keys_of(&self.lease_keys, id)? {
-            let kv = live(&self.history, &key, self.read_rev())?
-                .filter(|kv| kv.lease == id)
+            let live = self
+                .current(&key)
+                .filter(|l| l.lease == id)
                 .ok_or_else(|| {
                     Error::Corrupt(format!("lease {id} lists a key it does not hold"))
                 })?;
-            self.tombstone(&kv.key, kv.lease)?;
+            self.tombstone(&key, live.lease)?;
         }
         self.leases.remove(id)?;
         Ok(())
     }
 
     /// Logical compaction at `rev` (etcd's checks: at or below the compacted revision is
-    /// "compacted", above the current one is "future").
+    /// "compacted", above the current one is "future"). The store drops the unreachable
+    /// revisions from the index and their rows before the transaction commits; it runs a
+    /// compaction in a transaction of its own, so nothing of this one is in the overlay.
     pub(crate) fn compact(&mut self, rev: i64) -> Result<(), Error> {
         if rev <= self.compacted as i64 {
             return Err(KvError::Compacted.into());
@@ -202,8 +245,55 @@ impl<'t> Writer<'t> {
         if rev > self.read_rev() as i64 {
             return Err(KvError::FutureRevision.into());
         }
-        mvcc::compact(&mut self.history, &mut self.by_rev, rev as u64)?;
+        assert!(
+            self.overlay.is_empty() && self.cap == self.base,
+            "a compaction runs alone in its write transaction"
+        );
+        self.compact_to = Some(rev as u64);
         self.compacted = rev as u64;
         Ok(())
+    }
+}
+
+impl View for Writer<'_> {
+    fn scan(&self, span: KeySpan<'_>, main: u64, visit: &mut Visit<'_>) -> Result<(), Error> {
+        self.layered().scan(span, main, visit)
+    }
+
+    fn value(&self, rev: Rev) -> Result<Vec<u8>, Error> {
+        value_in(&self.revs, rev)
+    }
+}
+
+/// A put row, written from the request's value without copying it into a `Record` first.
+fn put_row(key: &[u8], h: PutHeader, value: &[u8]) -> Vec<u8> {
+    let mut w = crate::codec::Writer(Vec::with_capacity(key.len() + 30 + value.len()));
+    w.bytes(key);
+    w.0.push(0); // the put tag of `Record::encode_into`
+    w.0.extend_from_slice(&h.create.to_le_bytes());
+    w.0.extend_from_slice(&h.version.to_le_bytes());
+    w.0.extend_from_slice(&h.lease.to_le_bytes());
+    w.0.extend_from_slice(value);
+    w.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_rows_match_the_record_encoding() {
+        let h = PutHeader {
+            create: 3,
+            version: 2,
+            lease: 9,
+        };
+        let record = Record::Put {
+            create: 3,
+            version: 2,
+            lease: 9,
+            value: b"value".to_vec(),
+        };
+        assert_eq!(put_row(b"k", h, b"value"), encode_row(b"k", &record));
     }
 }

@@ -1,0 +1,401 @@
+//! Applying committed entries: [`Store::apply`], [`Store::apply_batch`] and the replay that
+//! answers a retry.
+//!
+//! A [`Batch`] is one redb write transaction with the overlay of its index changes. Commit
+//! order (see [`crate::index`]): a compaction's revisions leave the index before its rows leave
+//! redb; every other change reaches redb first and the index after.
+
+use redb::WriteTransaction;
+
+use crate::command::{Command, Request, Response};
+use crate::error::{Error, KvError};
+use crate::index::Overlay;
+use crate::mvcc::REVS;
+use crate::session::{self, Lookup, Outcome};
+use crate::store::{Meta, Store};
+use crate::txn;
+use crate::write::Writer;
+
+/// Whether a request runs for real or is replayed to answer a retry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replay {
+    No,
+    Yes,
+}
+
+/// One open write transaction of the apply thread.
+struct Batch<'s> {
+    store: &'s Store,
+    txn: WriteTransaction,
+    /// Index changes of the transaction, merged after it commits.
+    overlay: Overlay,
+    /// The meta after the last entry of the transaction.
+    meta: Meta,
+    /// Store revision of the committed index the transaction started from.
+    cap: u64,
+    /// A compaction the transaction made (it holds nothing else).
+    compact_to: Option<u64>,
+}
+
+impl<'s> Batch<'s> {
+    fn begin(store: &'s Store) -> Result<Batch<'s>, Error> {
+        let txn = store.begin_write()?;
+        let meta = store.meta();
+        Ok(Batch {
+            store,
+            txn,
+            overlay: Overlay::default(),
+            meta,
+            cap: meta.revision,
+            compact_to: None,
+        })
+    }
+
+    /// Validates and runs one request, updating the meta (`applied` unchanged). On `Err` the
+    /// transaction and the overlay may hold part of the request: abort the batch.
+    fn execute(&mut self, req: &Request) -> Result<Response, Error> {
+        let (resp, after, compact_to) = execute_as(
+            &self.txn,
+            self.store,
+            &mut self.overlay,
+            self.cap,
+            self.meta,
+            req,
+            Replay::No,
+        )?;
+        if let Some(c) = compact_to {
+            assert!(self.compact_to.is_none(), "one compaction per batch");
+            self.compact_to = Some(c);
+        }
+        self.meta = after;
+        Ok(resp)
+    }
+
+    /// Commits: a compaction leaves the index, then redb; then the overlay joins the index.
+    fn commit(self) -> Result<(), Error> {
+        let Batch {
+            store,
+            txn,
+            overlay,
+            meta,
+            compact_to,
+            ..
+        } = self;
+        meta.write(&txn)?;
+        if let Some(c) = compact_to {
+            let doomed = {
+                let mut index = store.write_index();
+                index.meta.compacted = c;
+                index.compact(c)
+            };
+            let mut revs = txn.open_table(REVS)?;
+            for rev in doomed {
+                revs.remove(rev.key())?;
+            }
+        }
+        txn.commit()?;
+        store.write_index().merge(overlay, meta);
+        Ok(())
+    }
+
+    fn abort(self) -> Result<(), Error> {
+        self.txn.abort()?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Applies the committed Raft entry `index` carrying `cmd`, atomically with recording
+    /// `index` as the applied index.
+    ///
+    /// Returns the response, or `Err(Error::Kv(_))` for a deterministic request failure (also
+    /// applied: the index advances and a session remembers it). `Err(Error::AlreadyApplied)`
+    /// means `index <= applied_index()` and nothing happened; other errors are storage faults
+    /// after which nothing was applied and the store must be reopened.
+    pub fn apply(&self, index: u64, cmd: &Command) -> Result<Response, Error> {
+        let mut b = Batch::begin(self)?;
+        if index <= b.meta.applied {
+            let applied = b.meta.applied;
+            b.abort()?;
+            return Err(Error::AlreadyApplied { index, applied });
+        }
+        if let Some(answer) = session_answer(&b.txn, cmd, index, self.options.sessions_max)? {
+            b.meta.applied = index;
+            b.commit()?;
+            return self.answer(&cmd.request, answer)?.map_err(Error::Kv);
+        }
+        let rev_before = b.meta.revision;
+        let result = match b.execute(&cmd.request) {
+            Ok(resp) => Ok(resp),
+            Err(Error::Kv(e)) => {
+                // Undo the partial writes; the failure itself is still applied.
+                b.abort()?;
+                b = Batch::begin(self)?;
+                Err(e)
+            }
+            Err(other) => return Err(other),
+        };
+        if let Some(s) = cmd.session {
+            let outcome = Outcome::of(&cmd.request, &result, rev_before);
+            session::record(&b.txn, s, index, &outcome, self.options.sessions_max)?;
+        }
+        b.meta.applied = index;
+        b.commit()?;
+        result.map_err(Error::Kv)
+    }
+
+    /// Applies a run of committed Raft entries in one write transaction (one commit, so the
+    /// pages and the sync are shared; etcd's backend batches the same way). `None` marks an
+    /// entry without a command (no-op, configuration): only the applied index moves.
+    ///
+    /// Results match calling [`Store::apply`] / [`Store::advance_applied`] on each entry in
+    /// order, with `None` for entries at or below the applied index (already applied) and for
+    /// entries without a command. If a request fails (`KvError`), it may have written part
+    /// of its effect before failing, so the batch is abandoned and redone one transaction per
+    /// entry, which undoes a failed request alone. A compaction gets a transaction of its own.
+    /// Storage faults return `Err` with nothing of the uncommitted part of the batch applied.
+    pub fn apply_batch(
+        &self,
+        entries: &[(u64, Option<&Command>)],
+    ) -> Result<Vec<Option<Result<Response, KvError>>>, Error> {
+        self.apply_batch_answering(entries, |_, _| true)
+    }
+
+    /// [`Store::apply_batch`], computing the answer of a retry that must be replayed (see
+    /// `session`) only where `wanted(index, command)` says someone waits for it; elsewhere its
+    /// result is `None`. A replay runs after the entries before it are committed, so it sees
+    /// exactly the state applying entry by entry would show it.
+    pub fn apply_batch_answering(
+        &self,
+        entries: &[(u64, Option<&Command>)],
+        wanted: impl Fn(u64, &Command) -> bool,
+    ) -> Result<Vec<Option<Result<Response, KvError>>>, Error> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut b = Batch::begin(self)?;
+        let mut out = Vec::with_capacity(entries.len());
+        // Entries before this position are committed.
+        let mut committed = 0;
+        for (pos, &(index, cmd)) in entries.iter().enumerate() {
+            if index <= b.meta.applied {
+                out.push(None);
+                continue;
+            }
+            let Some(cmd) = cmd else {
+                b.meta.applied = index;
+                out.push(None);
+                continue;
+            };
+            if let Some(answer) = session_answer(&b.txn, cmd, index, self.options.sessions_max)? {
+                b.meta.applied = index;
+                match answer {
+                    Outcome::Stored(result) => out.push(Some(result)),
+                    Outcome::Replay { rev_before } if wanted(index, cmd) => {
+                        // A replay needs its own transaction: commit what came before.
+                        b.commit()?;
+                        committed = pos + 1;
+                        out.push(Some(self.replay(&cmd.request, rev_before)?));
+                        b = Batch::begin(self)?;
+                    }
+                    Outcome::Replay { .. } => out.push(None),
+                }
+                continue;
+            }
+            let alone = matches!(cmd.request, Request::Compact { .. });
+            if alone && pos > committed {
+                b.commit()?;
+                committed = pos;
+                b = Batch::begin(self)?;
+            }
+            let rev_before = b.meta.revision;
+            match b.execute(&cmd.request) {
+                Ok(resp) => {
+                    let result = Ok(resp);
+                    if let Some(s) = cmd.session {
+                        let outcome = Outcome::of(&cmd.request, &result, rev_before);
+                        session::record(&b.txn, s, index, &outcome, self.options.sessions_max)?;
+                    }
+                    b.meta.applied = index;
+                    out.push(Some(result));
+                }
+                Err(Error::Kv(_)) => {
+                    b.abort()?;
+                    out.truncate(committed);
+                    out.extend(self.apply_each(&entries[committed..])?);
+                    return Ok(out);
+                }
+                Err(other) => return Err(other),
+            }
+            if alone {
+                b.commit()?;
+                committed = pos + 1;
+                b = Batch::begin(self)?;
+            }
+        }
+        b.commit()?;
+        Ok(out)
+    }
+
+    /// The answer to a retry: as stored, or replayed.
+    fn answer(
+        &self,
+        request: &Request,
+        outcome: Outcome,
+    ) -> Result<Result<Response, KvError>, Error> {
+        match outcome {
+            Outcome::Stored(result) => Ok(result),
+            Outcome::Replay { rev_before } => self.replay(request, rev_before),
+        }
+    }
+
+    /// Answers a retry of `request`, first applied when the store revision was `rev_before`,
+    /// by running it again as of that revision in a write transaction that is never
+    /// committed: it reads the index as of `rev_before` (MVCC keeps that state until it is
+    /// compacted), so it sees what it saw then, and lease checks are skipped (it passed them
+    /// then; only its answer is wanted). If that state was compacted away since, the answer is
+    /// [`KvError::AnswerLost`] (applied; the answer is gone). Runs only for retries whose
+    /// answer someone waits for, which are rare.
+    fn replay(
+        &self,
+        request: &Request,
+        rev_before: u64,
+    ) -> Result<Result<Response, KvError>, Error> {
+        let meta = self.meta();
+        if rev_before < meta.compacted || rev_before > meta.revision {
+            return Ok(Err(KvError::AnswerLost));
+        }
+        let txn = self.db.begin_write()?;
+        let then = Meta {
+            revision: rev_before,
+            ..meta
+        };
+        let mut overlay = Overlay::default();
+        let r = execute_as(
+            &txn,
+            self,
+            &mut overlay,
+            rev_before,
+            then,
+            request,
+            Replay::Yes,
+        );
+        txn.abort()?;
+        match r {
+            Ok((resp, _, _)) => Ok(Ok(resp)),
+            // It succeeded when it was applied (only successes are replayed): what it read
+            // then is gone (a range at a revision compacted since).
+            Err(Error::Kv(_)) => Ok(Err(KvError::AnswerLost)),
+            Err(other) => Err(other),
+        }
+    }
+
+    /// [`Store::apply_batch`] one transaction per entry.
+    fn apply_each(
+        &self,
+        entries: &[(u64, Option<&Command>)],
+    ) -> Result<Vec<Option<Result<Response, KvError>>>, Error> {
+        let mut out = Vec::with_capacity(entries.len());
+        for &(index, cmd) in entries {
+            let r = match cmd {
+                Some(cmd) => self.apply(index, cmd).map(Some),
+                None => self.advance_applied(index).map(|()| None),
+            };
+            match r {
+                Ok(resp) => out.push(resp.map(Ok)),
+                Err(Error::AlreadyApplied { .. }) => out.push(None),
+                Err(Error::Kv(e)) => out.push(Some(Err(e))),
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Records that Raft entry `index`, which carries no command (an election no-op, a
+    /// configuration change), has been applied. Same skipping rule as [`Store::apply`].
+    pub fn advance_applied(&self, index: u64) -> Result<(), Error> {
+        let mut b = Batch::begin(self)?;
+        if index <= b.meta.applied {
+            let applied = b.meta.applied;
+            b.abort()?;
+            return Err(Error::AlreadyApplied { index, applied });
+        }
+        b.meta.applied = index;
+        b.commit()
+    }
+}
+
+/// The answer a command gets from its session without being executed: the outcome of a retry
+/// (the session is touched at `index`) or a refusal. `None`: execute it.
+fn session_answer(
+    txn: &WriteTransaction,
+    cmd: &Command,
+    index: u64,
+    sessions_max: usize,
+) -> Result<Option<Outcome>, Error> {
+    let Some(s) = cmd.session else {
+        return Ok(None);
+    };
+    Ok(match session::lookup(txn, s, sessions_max)? {
+        Lookup::Apply => None,
+        Lookup::Retry(outcome) => {
+            session::touch(txn, s.client_id, index)?;
+            Some(outcome)
+        }
+        Lookup::Refuse(e) => Some(Outcome::Stored(Err(e))),
+    })
+}
+
+/// Validates and runs one request in `txn` over the index as of `cap` and `overlay`, returning
+/// the response, the new meta (`applied` unchanged) and the compaction it asks for. On `Err`
+/// the transaction and the overlay may hold partial writes: abort them.
+fn execute_as(
+    txn: &WriteTransaction,
+    store: &Store,
+    overlay: &mut Overlay,
+    cap: u64,
+    meta: Meta,
+    req: &Request,
+    replay: Replay,
+) -> Result<(Response, Meta, Option<u64>), Error> {
+    txn::check_request(req)?;
+    let index = store.read_index();
+    let mut w = Writer::new(txn, &index, overlay, cap, meta.revision, meta.compacted)?;
+    w.replay = replay == Replay::Yes;
+    let resp = match req {
+        Request::Range(r) => Response::Range(w.range(r)?),
+        Request::Put(p) => Response::Put(w.put(p)?),
+        Request::DeleteRange(d) => Response::DeleteRange(w.delete(d)?),
+        Request::Txn(t) => Response::Txn(txn::execute(&mut w, t)?),
+        Request::Compact { revision } => {
+            assert!(replay == Replay::No, "compactions are never replayed");
+            w.compact(*revision)?;
+            Response::Compact {
+                revision: w.read_rev() as i64,
+            }
+        }
+        Request::LeaseGrant { id, ttl } => {
+            w.lease_grant(*id, *ttl)?;
+            Response::LeaseGrant {
+                revision: w.read_rev() as i64,
+                id: *id,
+                ttl: *ttl,
+            }
+        }
+        Request::LeaseRevoke { id } => {
+            w.lease_revoke(*id)?;
+            Response::LeaseRevoke {
+                revision: w.read_rev() as i64,
+            }
+        }
+    };
+    let after = Meta {
+        revision: w.read_rev(),
+        compacted: w.compacted(),
+        applied: meta.applied,
+    };
+    let compact_to = w.compact_to;
+    drop(w);
+    assert!(after.revision == meta.revision || after.revision == meta.revision + 1);
+    Ok((resp, after, compact_to))
+}

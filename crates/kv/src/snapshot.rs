@@ -13,8 +13,8 @@
 //!   crc32 (4 bytes LE) of everything before it
 //! ```
 //!
-//! Both directions stream: [`write_to`] sends the state to any `Write` a slice at a time, and
-//! [`load_from`] decodes from any `Read` straight into the tables of one write transaction,
+//! Both directions stream: `write_to` sends the state to any `Write` a slice at a time, and
+//! `load_from` decodes from any `Read` straight into the tables of one write transaction,
 //! checking the CRC at the end. Neither holds the whole state in memory (the loader builds the
 //! key index, as opening a store does). A corrupt snapshot, or one whose rows contradict each
 //! other, fails before the caller commits, so it never half-replaces the state.

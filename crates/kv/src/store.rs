@@ -125,7 +125,7 @@ impl Meta {
 /// The MVCC key-value state machine on a redb database.
 ///
 /// Every method takes `&self`. The rows, leases and sessions live in redb; the key index
-/// ([`crate::index`]) lives in memory behind a lock, with the meta of the last commit merged
+/// (`index` module) lives in memory behind a lock, with the meta of the last commit merged
 /// into it. Readers hold the index's read lock while they open a redb read transaction, so
 /// what they see is one consistent state; the apply thread commits to redb first and merges
 /// the commit into the index after (a compaction removes from the index first). After a

@@ -46,7 +46,7 @@ const ROWS_PER_CALL_MAX: usize = 10_000;
 impl Store {
     /// The changes to keys of `(key, range_end)` (etcd's range conventions) at revisions
     /// `from..=revision`, oldest first, stopping at a revision boundary once `events_max`
-    /// events (or [`ROWS_PER_CALL_MAX`] rows of any key) were read. `from` below the compacted
+    /// events (or `ROWS_PER_CALL_MAX` (10,000) rows of any key) were read. `from` below the compacted
     /// revision is `KvError::Compacted`: those changes are gone.
     pub fn changes(
         &self,

@@ -11,7 +11,7 @@ use crate::command::{Command, Request, Response};
 use crate::error::{Error, KvError};
 use crate::index::Overlay;
 use crate::mvcc::REVS;
-use crate::session::{self, Lookup, Outcome};
+use crate::session::{Lookup, Outcome, Undo, SESSIONS};
 use crate::store::{Meta, Store};
 use crate::txn;
 use crate::write::Writer;
@@ -35,6 +35,8 @@ struct Batch<'s> {
     cap: u64,
     /// A compaction the transaction made (it holds nothing else).
     compact_to: Option<u64>,
+    /// How to put the in-memory sessions back if the transaction is aborted.
+    undo: Undo,
 }
 
 impl<'s> Batch<'s> {
@@ -48,7 +50,47 @@ impl<'s> Batch<'s> {
             meta,
             cap: meta.revision,
             compact_to: None,
+            undo: Undo::default(),
         })
+    }
+
+    /// The answer a command gets from its session without being executed: the outcome of a
+    /// retry (the session is touched at `index`) or a refusal. `None`: execute it.
+    fn session_answer(&mut self, cmd: &Command, index: u64) -> Result<Option<Outcome>, Error> {
+        let Some(s) = cmd.session else {
+            return Ok(None);
+        };
+        let max = self.store.options.sessions_max;
+        let mut table = self.txn.open_table(SESSIONS)?;
+        let mut sessions = self.store.lock_sessions();
+        Ok(match sessions.lookup(&table, s, max)? {
+            Lookup::Apply => None,
+            Lookup::Retry(outcome) => {
+                sessions.touch(&mut table, s.client_id, index, &mut self.undo)?;
+                Some(outcome)
+            }
+            Lookup::Refuse(e) => Some(Outcome::Stored(Err(e))),
+        })
+    }
+
+    /// Remembers the outcome of a command of a session, applied at `index` from store
+    /// revision `rev_before`.
+    fn record(
+        &mut self,
+        cmd: &Command,
+        index: u64,
+        result: &Result<Response, KvError>,
+        rev_before: u64,
+    ) -> Result<(), Error> {
+        let Some(s) = cmd.session else {
+            return Ok(());
+        };
+        let outcome = Outcome::of(&cmd.request, result, rev_before);
+        let max = self.store.options.sessions_max;
+        let mut table = self.txn.open_table(SESSIONS)?;
+        self.store
+            .lock_sessions()
+            .record(&mut table, s, index, &outcome, max, &mut self.undo)
     }
 
     /// Validates and runs one request, updating the meta (`applied` unchanged). On `Err` the
@@ -81,6 +123,7 @@ impl<'s> Batch<'s> {
             compact_to,
             ..
         } = self;
+        // The sessions changed in memory stay changed (`undo` is dropped).
         meta.write(&txn)?;
         if let Some(c) = compact_to {
             let doomed = {
@@ -99,6 +142,7 @@ impl<'s> Batch<'s> {
     }
 
     fn abort(self) -> Result<(), Error> {
+        self.store.lock_sessions().undo(self.undo);
         self.txn.abort()?;
         Ok(())
     }
@@ -119,7 +163,7 @@ impl Store {
             b.abort()?;
             return Err(Error::AlreadyApplied { index, applied });
         }
-        if let Some(answer) = session_answer(&b.txn, cmd, index, self.options.sessions_max)? {
+        if let Some(answer) = b.session_answer(cmd, index)? {
             b.meta.applied = index;
             b.commit()?;
             return self.answer(&cmd.request, answer)?.map_err(Error::Kv);
@@ -135,10 +179,7 @@ impl Store {
             }
             Err(other) => return Err(other),
         };
-        if let Some(s) = cmd.session {
-            let outcome = Outcome::of(&cmd.request, &result, rev_before);
-            session::record(&b.txn, s, index, &outcome, self.options.sessions_max)?;
-        }
+        b.record(cmd, index, &result, rev_before)?;
         b.meta.applied = index;
         b.commit()?;
         result.map_err(Error::Kv)
@@ -187,7 +228,7 @@ impl Store {
                 out.push(None);
                 continue;
             };
-            if let Some(answer) = session_answer(&b.txn, cmd, index, self.options.sessions_max)? {
+            if let Some(answer) = b.session_answer(cmd, index)? {
                 b.meta.applied = index;
                 match answer {
                     Outcome::Stored(result) => out.push(Some(result)),
@@ -212,10 +253,7 @@ impl Store {
             match b.execute(&cmd.request) {
                 Ok(resp) => {
                     let result = Ok(resp);
-                    if let Some(s) = cmd.session {
-                        let outcome = Outcome::of(&cmd.request, &result, rev_before);
-                        session::record(&b.txn, s, index, &outcome, self.options.sessions_max)?;
-                    }
+                    b.record(cmd, index, &result, rev_before)?;
                     b.meta.applied = index;
                     out.push(Some(result));
                 }
@@ -323,27 +361,6 @@ impl Store {
         b.meta.applied = index;
         b.commit()
     }
-}
-
-/// The answer a command gets from its session without being executed: the outcome of a retry
-/// (the session is touched at `index`) or a refusal. `None`: execute it.
-fn session_answer(
-    txn: &WriteTransaction,
-    cmd: &Command,
-    index: u64,
-    sessions_max: usize,
-) -> Result<Option<Outcome>, Error> {
-    let Some(s) = cmd.session else {
-        return Ok(None);
-    };
-    Ok(match session::lookup(txn, s, sessions_max)? {
-        Lookup::Apply => None,
-        Lookup::Retry(outcome) => {
-            session::touch(txn, s.client_id, index)?;
-            Some(outcome)
-        }
-        Lookup::Refuse(e) => Some(Outcome::Stored(Err(e))),
-    })
 }
 
 /// Validates and runs one request in `txn` over the index as of `cap` and `overlay`, returning

@@ -6,7 +6,7 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use crate::error::Error;
 use crate::lease::{self, LEASES, LEASE_KEYS};
 use crate::mvcc::{KeySpan, REVS};
-use crate::session::{SESSIONS, SESSIONS_BY_INDEX};
+use crate::session::{Sessions, SESSIONS};
 use crate::store::{Meta, Store, META};
 
 impl Store {
@@ -72,9 +72,12 @@ impl Store {
             attached,
             "stale lease attachments"
         );
-        let sessions = txn.open_table(SESSIONS)?.iter()?.count();
-        assert_eq!(sessions, txn.open_table(SESSIONS_BY_INDEX)?.iter()?.count());
-        assert!(sessions <= self.options.sessions_max);
+        let sessions = Sessions::load(&txn.open_table(SESSIONS)?)?;
+        assert!(
+            sessions == *self.lock_sessions(),
+            "the sessions in memory differ from the stored ones"
+        );
+        assert!(sessions.len() <= self.options.sessions_max);
         Ok(())
     }
 }

@@ -9,13 +9,18 @@ use crate::error::Error;
 use crate::index::{Index, Live};
 use crate::lease::{LEASES, LEASE_KEYS};
 use crate::mvcc::{header, split_row, Rev, REVS};
-use crate::session::{SESSIONS, SESSIONS_BY_INDEX};
+use crate::session::{Row, SESSIONS};
 use crate::store::{Meta, FORMAT, META, META_FORMAT};
 
 /// Format 1 and 2 history rows: `(key, revision) -> Record`, one per key and revision.
 const OLD_HISTORY: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("history");
 /// Format 2's index of the history by revision.
 const OLD_BY_REV: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("history_by_rev");
+/// The sessions by client and their eviction order, before format 3 (now one table in
+/// eviction order, and the rest in memory).
+const OLD_SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
+const OLD_SESSIONS_BY_INDEX: TableDefinition<(u64, u64), ()> =
+    TableDefinition::new("sessions_by_index");
 
 /// Creates every table so that read transactions can open them.
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), Error> {
@@ -24,7 +29,6 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), Error> {
     txn.open_table(LEASES)?;
     txn.open_table(LEASE_KEYS)?;
     txn.open_table(SESSIONS)?;
-    txn.open_table(SESSIONS_BY_INDEX)?;
     Ok(())
 }
 
@@ -43,7 +47,10 @@ pub(crate) fn prepare(db: &Database) -> Result<(), Error> {
             .write(&txn)?;
         }
         Some(FORMAT) => {}
-        Some(1 | 2) => convert_history(&txn)?,
+        Some(1 | 2) => {
+            convert_history(&txn)?;
+            convert_sessions(&txn)?;
+        }
         Some(other) => {
             return Err(Error::Corrupt(format!(
                 "store format {other}, this build reads format {FORMAT}"
@@ -73,6 +80,22 @@ fn convert_history(txn: &WriteTransaction) -> Result<(), Error> {
     }
     txn.delete_table(OLD_HISTORY)?;
     txn.delete_table(OLD_BY_REV)?;
+    Ok(())
+}
+
+/// Moves the sessions by client into the table in eviction order.
+fn convert_sessions(txn: &WriteTransaction) -> Result<(), Error> {
+    {
+        let old = txn.open_table(OLD_SESSIONS)?;
+        let mut new = txn.open_table(SESSIONS)?;
+        for row in old.iter()? {
+            let (client, bytes) = row?;
+            let index = Row::decode(bytes.value())?.index;
+            new.insert((index, client.value()), bytes.value())?;
+        }
+    }
+    txn.delete_table(OLD_SESSIONS)?;
+    txn.delete_table(OLD_SESSIONS_BY_INDEX)?;
     Ok(())
 }
 
@@ -152,6 +175,7 @@ mod tests {
     use redb::backends::InMemoryBackend;
 
     use super::*;
+    use crate::command::{Command, Request, Response, Session};
     use crate::mvcc::Record;
     use crate::store::{Options, Store};
     use crate::types::RangeRequest;
@@ -204,6 +228,21 @@ mod tests {
                 .expect("meta")
                 .insert(META_FORMAT, 2)
                 .expect("format");
+            // Client 9's last request, applied at index 6, answered "compacted at 3".
+            let answer = crate::codec::encode_result(&Ok(Response::Compact { revision: 3 }));
+            let session = Row {
+                seq: 1,
+                index: 6,
+                outcome: answer,
+            };
+            let mut sessions = txn.open_table(OLD_SESSIONS).expect("sessions");
+            sessions
+                .insert(9, session.encode().as_slice())
+                .expect("session");
+            txn.open_table(OLD_SESSIONS_BY_INDEX)
+                .expect("by index")
+                .insert((6, 9), ())
+                .expect("by index");
         }
         txn.commit().expect("commit");
 
@@ -247,8 +286,23 @@ mod tests {
             (4, b"a".to_vec()),
         ];
         assert_eq!(events, want);
+        // The session came along: a retry of client 9's request gets its first answer.
+        let retry = Command {
+            session: Some(Session {
+                client_id: 9,
+                seq: 1,
+                opened_after: None,
+            }),
+            request: Request::Compact { revision: 5 },
+        };
+        assert_eq!(
+            store.apply(8, &retry).expect("retry"),
+            Response::Compact { revision: 3 }
+        );
+        store.check_invariants().expect("invariants");
         let txn = store.begin_read().expect("read");
         assert!(txn.open_table(OLD_HISTORY).is_err(), "old tables dropped");
+        assert!(txn.open_table(OLD_SESSIONS).is_err(), "old tables dropped");
     }
 
     #[test]

@@ -21,6 +21,11 @@
 //! gets [`KvError::AnswerLost`]: applied, answer gone). Rows written before this rule (a whole stored response) are
 //! still read.
 //!
+//! **Cost.** redb stores the rows keyed by `(last index, client)`, the eviction order, and the
+//! whole table is also kept in memory by client ([`Sessions`], at most `sessions_max` small
+//! rows). A write's session costs no redb read, one insert at the right edge of the B-tree and,
+//! when it evicts, one remove at the left edge: no random page is touched.
+//!
 //! **Eviction.** The table holds at most `sessions_max` clients. Opening a new session when it
 //! is full evicts the client whose last request has the smallest Raft index (least recently
 //! seen). The rule depends only on the log, so every replica evicts the same client. Evicted
@@ -33,18 +38,27 @@
 //! without `opened_after` (older proposers) at seq 1 is always applied, as before; and raising
 //! `sessions_max` across a restart voids the "not full" half of the argument.
 
-use redb::TableDefinition;
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use std::collections::{BTreeSet, HashMap};
+
+use redb::{ReadableTable, Table, TableDefinition};
 
 use crate::codec::{decode_result, encode_result, read_varint, Writer};
 use crate::command::{Request, Response, Session};
 use crate::error::{Error, KvError};
 
-/// `client_id -> seq (u64 LE) ++ last index (u64 LE) ++ outcome` (see [`Outcome::encode`]).
-pub(crate) const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
-/// `(last index, client_id) -> ()`: the eviction order.
-pub(crate) const SESSIONS_BY_INDEX: TableDefinition<(u64, u64), ()> =
-    TableDefinition::new("sessions_by_index");
+/// `(last index, client_id) -> seq (u64 LE) ++ last index (u64 LE) ++ outcome` (see
+/// [`Outcome::encode`]). Keyed in eviction order, so that a new session appends at the right
+/// edge of the B-tree and an eviction removes at the left; lookups by client use the copy in
+/// memory ([`Sessions`]).
+pub(crate) const SESSIONS: TableDefinition<(u64, u64), &[u8]> =
+    TableDefinition::new("sessions_by_seen");
+
+/// A table of sessions, read-only or in a write transaction.
+pub(crate) trait SessionTable: ReadableTable<(u64, u64), &'static [u8]> {}
+impl<T: ReadableTable<(u64, u64), &'static [u8]>> SessionTable for T {}
+
+/// A session table being written.
+pub(crate) type SessionTableMut<'t> = Table<'t, (u64, u64), &'static [u8]>;
 
 /// First byte of a replay outcome; a stored result starts with the codec version (1).
 const REPLAY_TAG: u8 = 0xfe;
@@ -137,6 +151,7 @@ pub(crate) enum Lookup {
 }
 
 /// One decoded session row.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Row {
     /// Last applied sequence number.
     pub(crate) seq: u64,
@@ -173,100 +188,231 @@ impl Row {
     }
 }
 
-/// Classifies a command of session `s` (see the module docs).
-pub(crate) fn lookup(
-    txn: &WriteTransaction,
-    s: Session,
-    sessions_max: usize,
-) -> Result<Lookup, Error> {
-    let table = txn.open_table(SESSIONS)?;
-    let row = match table.get(s.client_id)? {
-        None if s.seq == 1 => {
-            let Some(after) = s.opened_after else {
-                return Ok(Lookup::Apply);
-            };
-            let full = table.len()? >= sessions_max as u64;
-            let oldest = txn
-                .open_table(SESSIONS_BY_INDEX)?
-                .first()?
-                .map(|(k, _)| k.value().0);
-            return Ok(match oldest {
-                Some(oldest) if full && oldest > after => Lookup::Refuse(KvError::SessionExpired),
-                _ => Lookup::Apply,
-            });
-        }
-        None => return Ok(Lookup::Refuse(KvError::SessionExpired)),
-        Some(bytes) => Row::decode(bytes.value())?,
-    };
-    Ok(if s.seq == row.seq {
-        Lookup::Retry(Outcome::decode(&row.outcome)?)
-    } else if s.seq < row.seq {
-        Lookup::Refuse(KvError::StaleSequence)
-    } else {
-        Lookup::Apply
-    })
+/// What memory keeps of a row: all of it, except the outcome of a row written before answers
+/// were replayed (a whole stored response, possibly large), which stays in redb only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cached {
+    seq: u64,
+    index: u64,
+    /// `None`: read it from [`SESSIONS`].
+    outcome: Option<Vec<u8>>,
 }
 
-/// Stores `outcome` as the last outcome of `s`, seen at `index`, evicting the least recently
-/// seen client if a new session would exceed `sessions_max`.
-pub(crate) fn record(
-    txn: &WriteTransaction,
-    s: Session,
-    index: u64,
-    outcome: &Outcome,
-    sessions_max: usize,
-) -> Result<(), Error> {
-    assert!(sessions_max >= 1, "validated by Options");
-    let mut table = txn.open_table(SESSIONS)?;
-    let mut by_index = txn.open_table(SESSIONS_BY_INDEX)?;
-    let old = table
-        .get(s.client_id)?
-        .map(|b| Row::decode(b.value()))
-        .transpose()?;
-    match old {
-        Some(old) => {
-            assert!(
-                old.index < index,
-                "sessions are touched at increasing indexes"
-            );
-            by_index.remove((old.index, s.client_id))?;
+impl Cached {
+    fn of(row: Row) -> Cached {
+        Cached {
+            seq: row.seq,
+            index: row.index,
+            outcome: (row.outcome.len() <= STORED_OUTCOME_BYTES_MAX).then_some(row.outcome),
         }
-        None => {
-            while table.len()? >= sessions_max as u64 {
-                let Some((k, _)) = by_index.pop_first()? else {
-                    return Err(Error::Corrupt("session index shorter than sessions".into()));
-                };
-                let (_, client) = k.value();
-                table.remove(client)?;
+    }
+}
+
+/// The session table in memory, mirroring [`SESSIONS`] (which is all redb stores: the
+/// eviction order is rebuilt from the rows when the store opens), so that a write's session
+/// costs no redb read and one or two redb writes.
+///
+/// Only the apply thread changes it, inside a batch; [`Undo`] restores it when the batch is
+/// aborted. Invariant: `by_index` holds exactly `(row.index, client)` of every row, and the
+/// rows are those of [`SESSIONS`] once the batch commits.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Sessions {
+    rows: HashMap<u64, Cached>,
+    by_index: BTreeSet<(u64, u64)>,
+}
+
+/// The previous state of each session a batch changed, oldest change first.
+#[derive(Debug, Default)]
+pub(crate) struct Undo(Vec<(u64, Option<Cached>)>);
+
+impl Sessions {
+    /// Reads every row of [`SESSIONS`].
+    pub(crate) fn load(table: &impl SessionTable) -> Result<Sessions, Error> {
+        let mut s = Sessions::default();
+        for row in table.iter()? {
+            let (k, bytes) = row?;
+            let (index, client) = k.value();
+            let row = Row::decode(bytes.value())?;
+            if row.index != index || s.rows.contains_key(&client) {
+                return Err(Error::Corrupt(format!(
+                    "session row of client {client} at {index}"
+                )));
+            }
+            s.put(client, Cached::of(row));
+        }
+        Ok(s)
+    }
+
+    /// Sessions held.
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn put(&mut self, client: u64, row: Cached) -> Option<Cached> {
+        self.by_index.insert((row.index, client));
+        let old = self.rows.insert(client, row);
+        if let Some(old) = &old {
+            self.by_index.remove(&(old.index, client));
+        }
+        old
+    }
+
+    fn remove(&mut self, client: u64) -> Option<Cached> {
+        let old = self.rows.remove(&client)?;
+        self.by_index.remove(&(old.index, client));
+        Some(old)
+    }
+
+    /// Puts back what `undo` recorded, newest change first.
+    pub(crate) fn undo(&mut self, undo: Undo) {
+        for (client, prev) in undo.0.into_iter().rev() {
+            match prev {
+                Some(row) => {
+                    self.put(client, row);
+                }
+                None => {
+                    self.remove(client);
+                }
             }
         }
     }
-    let row = Row {
-        seq: s.seq,
-        index,
-        outcome: outcome.encode(),
-    };
-    table.insert(s.client_id, row.encode().as_slice())?;
-    by_index.insert((index, s.client_id), ())?;
-    Ok(())
+
+    /// Evicts least recently seen clients until a new one fits in `sessions_max`.
+    fn make_room(
+        &mut self,
+        table: &mut SessionTableMut<'_>,
+        sessions_max: usize,
+        undo: &mut Undo,
+    ) -> Result<(), Error> {
+        assert!(sessions_max >= 1, "validated by Options");
+        while self.rows.len() >= sessions_max {
+            let &(index, client) = self
+                .by_index
+                .first()
+                .expect("a non-empty table has an eviction order");
+            let old = self.remove(client);
+            table.remove((index, client))?;
+            undo.0.push((client, old));
+        }
+        Ok(())
+    }
+
+    /// Classifies a command of session `s` (see the module docs).
+    pub(crate) fn lookup(
+        &self,
+        table: &impl SessionTable,
+        s: Session,
+        sessions_max: usize,
+    ) -> Result<Lookup, Error> {
+        let row = match self.rows.get(&s.client_id) {
+            None if s.seq == 1 => {
+                let Some(after) = s.opened_after else {
+                    return Ok(Lookup::Apply);
+                };
+                let full = self.rows.len() >= sessions_max;
+                let oldest = self.by_index.first().map(|&(index, _)| index);
+                return Ok(match oldest {
+                    Some(oldest) if full && oldest > after => {
+                        Lookup::Refuse(KvError::SessionExpired)
+                    }
+                    _ => Lookup::Apply,
+                });
+            }
+            None => return Ok(Lookup::Refuse(KvError::SessionExpired)),
+            Some(row) => row,
+        };
+        Ok(if s.seq == row.seq {
+            let outcome = match &row.outcome {
+                Some(bytes) => Outcome::decode(bytes)?,
+                None => Outcome::decode(&stored_row(table, row.index, s.client_id)?.outcome)?,
+            };
+            Lookup::Retry(outcome)
+        } else if s.seq < row.seq {
+            Lookup::Refuse(KvError::StaleSequence)
+        } else {
+            Lookup::Apply
+        })
+    }
+
+    /// Stores `outcome` as the last outcome of `s`, seen at `index`, evicting the least
+    /// recently seen client if a new session would exceed `sessions_max`.
+    pub(crate) fn record(
+        &mut self,
+        table: &mut SessionTableMut<'_>,
+        s: Session,
+        index: u64,
+        outcome: &Outcome,
+        sessions_max: usize,
+        undo: &mut Undo,
+    ) -> Result<(), Error> {
+        match self.rows.get(&s.client_id) {
+            Some(old) => {
+                assert!(
+                    old.index < index,
+                    "sessions are touched at increasing indexes"
+                );
+                table.remove((old.index, s.client_id))?;
+            }
+            None => self.make_room(table, sessions_max, undo)?,
+        }
+        let row = Row {
+            seq: s.seq,
+            index,
+            outcome: outcome.encode(),
+        };
+        table.insert((index, s.client_id), row.encode().as_slice())?;
+        let old = self.put(s.client_id, Cached::of(row));
+        undo.0.push((s.client_id, old));
+        Ok(())
+    }
+
+    /// Marks the session as seen at `index` without changing its outcome (for retries).
+    pub(crate) fn touch(
+        &mut self,
+        table: &mut SessionTableMut<'_>,
+        client_id: u64,
+        index: u64,
+        undo: &mut Undo,
+    ) -> Result<(), Error> {
+        let Some(cached) = self.rows.get(&client_id) else {
+            return Ok(());
+        };
+        let row = Row {
+            seq: cached.seq,
+            index,
+            outcome: match &cached.outcome {
+                Some(o) => o.clone(),
+                None => stored_row(table, cached.index, client_id)?.outcome,
+            },
+        };
+        table.remove((cached.index, client_id))?;
+        table.insert((index, client_id), row.encode().as_slice())?;
+        let old = self.put(client_id, Cached::of(row));
+        undo.0.push((client_id, old));
+        Ok(())
+    }
+
+    /// Keeps at most `sessions_max` rows, evicting by the usual rule (after loading a snapshot
+    /// from a member configured with more).
+    pub(crate) fn trim(
+        &mut self,
+        table: &mut SessionTableMut<'_>,
+        sessions_max: usize,
+    ) -> Result<(), Error> {
+        let mut undo = Undo::default();
+        if self.rows.len() > sessions_max {
+            self.make_room(table, sessions_max + 1, &mut undo)?;
+        }
+        Ok(())
+    }
 }
 
-/// Marks the session as seen at `index` without changing its outcome (for retries).
-pub(crate) fn touch(txn: &WriteTransaction, client_id: u64, index: u64) -> Result<(), Error> {
-    let mut table = txn.open_table(SESSIONS)?;
-    let mut by_index = txn.open_table(SESSIONS_BY_INDEX)?;
-    let Some(mut row) = table
-        .get(client_id)?
-        .map(|b| Row::decode(b.value()))
-        .transpose()?
-    else {
-        return Ok(());
-    };
-    by_index.remove((row.index, client_id))?;
-    row.index = index;
-    table.insert(client_id, row.encode().as_slice())?;
-    by_index.insert((index, client_id), ())?;
-    Ok(())
+/// The stored row of a client the memory knows, last seen at `index`.
+fn stored_row(table: &impl SessionTable, index: u64, client: u64) -> Result<Row, Error> {
+    let bytes = table
+        .get((index, client))?
+        .ok_or_else(|| Error::Corrupt(format!("session {client} missing from its table")))?;
+    Row::decode(bytes.value())
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use crate::index::Index;
 use crate::lease::{LEASES, LEASE_KEYS};
 use crate::mvcc::{Rev, REVS};
 use crate::open::{add_row, HistoryConverter};
-use crate::session::{Row, SESSIONS, SESSIONS_BY_INDEX};
+use crate::session::{Row, Sessions, SESSIONS};
 use crate::store::{Meta, META};
 
 const MAGIC: &[u8; 8] = b"SKIFFKV\0";
@@ -131,8 +131,8 @@ pub(crate) fn write_to(txn: &ReadTransaction, out: &mut dyn Write) -> Result<u64
     let sessions = txn.open_table(SESSIONS)?;
     s.w.u64(sessions.len()?);
     for row in sessions.iter()? {
-        let (id, v) = row?;
-        s.w.u64(id.value());
+        let (k, v) = row?;
+        s.w.u64(k.value().1);
         s.field(v.value())?;
         s.flush(false)?;
     }
@@ -311,12 +311,11 @@ pub(crate) fn load_from(
     txn: &WriteTransaction,
     input: &mut dyn Read,
     sessions_max: usize,
-) -> Result<Index, Error> {
+) -> Result<(Index, Sessions), Error> {
     let mut revs = txn.open_table(REVS)?;
     let mut leases = txn.open_table(LEASES)?;
     let mut attached = txn.open_table(LEASE_KEYS)?;
     let mut sessions = txn.open_table(SESSIONS)?;
-    let mut by_index = txn.open_table(SESSIONS_BY_INDEX)?;
     let mut index: Option<Index> = None;
     decode(input, &mut |item| {
         match item {
@@ -335,19 +334,16 @@ pub(crate) fn load_from(
                 attached.insert((id, key.as_slice()), ())?;
             }
             Item::Session { id, row, index } => {
-                sessions.insert(id, row.as_slice())?;
-                by_index.insert((index, id), ())?;
+                if sessions.insert((index, id), row.as_slice())?.is_some() {
+                    return Err(bad("a session twice"));
+                }
             }
         }
         Ok(())
     })?;
-    while sessions.len()? > sessions_max as u64 {
-        let Some((k, _)) = by_index.pop_first()? else {
-            break;
-        };
-        sessions.remove(k.value().1)?;
-    }
-    Ok(index.expect("a decoded snapshot has meta"))
+    let mut memory = Sessions::load(&sessions)?;
+    memory.trim(&mut sessions, sessions_max)?;
+    Ok((index.expect("a decoded snapshot has meta"), memory))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! [`Store`]: the state machine the server applies committed Raft entries to.
 
 use std::path::Path;
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use redb::backends::InMemoryBackend;
 use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
@@ -11,7 +11,7 @@ use crate::index::Index;
 use crate::lease::{self, LEASES, LEASE_KEYS};
 use crate::mvcc::REVS;
 use crate::range;
-use crate::session::{SESSIONS, SESSIONS_BY_INDEX};
+use crate::session::{Sessions, SESSIONS};
 use crate::txn;
 use crate::types::{Lease, RangeRequest, RangeResponse, TxnRequest, TxnResponse};
 use crate::view::ReadView;
@@ -140,6 +140,8 @@ pub struct Store {
     commits_unsynced: std::sync::atomic::AtomicU32,
     /// The key index and the meta of the last commit it reflects.
     pub(crate) index: RwLock<Index>,
+    /// The session table in memory (changed only by the apply thread; see `session`).
+    sessions: Mutex<Sessions>,
 }
 
 impl std::fmt::Debug for Store {
@@ -194,13 +196,24 @@ impl Store {
 
     pub(crate) fn init(db: Database, options: Options) -> Result<Store, Error> {
         crate::open::prepare(&db)?;
-        let index = crate::open::rebuild(&db.begin_read()?)?;
+        let txn = db.begin_read()?;
+        let index = crate::open::rebuild(&txn)?;
+        let sessions = Sessions::load(&txn.open_table(SESSIONS)?)?;
+        drop(txn);
         Ok(Store {
             db,
             options,
             commits_unsynced: std::sync::atomic::AtomicU32::new(0),
             index: RwLock::new(index),
+            sessions: Mutex::new(sessions),
         })
+    }
+
+    /// The sessions in memory.
+    pub(crate) fn lock_sessions(&self) -> MutexGuard<'_, Sessions> {
+        self.sessions
+            .lock()
+            .expect("the session table lock is poisoned by an earlier panic")
     }
 
     /// The index, for reading.
@@ -342,12 +355,13 @@ impl Store {
         txn.delete_table(LEASES)?;
         txn.delete_table(LEASE_KEYS)?;
         txn.delete_table(SESSIONS)?;
-        txn.delete_table(SESSIONS_BY_INDEX)?;
         crate::open::create_tables(&txn)?;
-        let loaded = crate::snapshot::load_from(&txn, input, self.options.sessions_max)?;
+        let (loaded, sessions) =
+            crate::snapshot::load_from(&txn, input, self.options.sessions_max)?;
         let mut index = self.write_index();
         txn.commit()?;
         *index = loaded;
+        *self.lock_sessions() = sessions;
         Ok(())
     }
 }

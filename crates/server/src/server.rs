@@ -79,7 +79,13 @@ pub async fn run(
         opened.snapshot,
         config.snapshot_count,
     );
-    let forwarder = Forwarder::new(handle.clone(), peers, me.id, RetryPolicy::default());
+    let forwarder = Forwarder::new(
+        handle.clone(),
+        peers,
+        me.id,
+        RetryPolicy::default(),
+        cluster_id,
+    );
     let api = Api::new(handle, forwarder, cluster_id, me.id.get(), kv_path);
     let lessor = api.start_lessor(config.election);
     let compactor = api.start_compactor(config.auto_compaction);

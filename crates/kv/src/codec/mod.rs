@@ -70,8 +70,9 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, Error> {
     Ok(Command { session, request })
 }
 
-/// Encodes the result of applying a command (stored for retries).
-pub(crate) fn encode_result(result: &Result<Response, KvError>) -> Vec<u8> {
+/// Encodes the result of applying a command (stored for retries, shipped to a follower that
+/// forwarded the command).
+pub fn encode_result(result: &Result<Response, KvError>) -> Vec<u8> {
     let mut w = Writer(vec![CODEC_VERSION]);
     match result {
         Ok(resp) => {
@@ -87,7 +88,7 @@ pub(crate) fn encode_result(result: &Result<Response, KvError>) -> Vec<u8> {
 }
 
 /// Decodes a result written by [`encode_result`].
-pub(crate) fn decode_result(bytes: &[u8]) -> Result<Result<Response, KvError>, Error> {
+pub fn decode_result(bytes: &[u8]) -> Result<Result<Response, KvError>, Error> {
     let mut r = Reader::new(bytes)?;
     let result = match r.u8()? {
         0 => Ok(r.response(0)?),

@@ -1,6 +1,7 @@
 //! etcd's KV service (`etcdserverpb.KV`; etcd's `v3rpc/key.go`): Range, Put, DeleteRange, Txn
-//! and Compact. Writes run on the leader through `Api::write` (the one forward-and-retry
-//! loop); a range, and a transaction of ranges only, is linearizable (ReadIndex, then this
+//! and Compact. Writes run on the leader through `Api::write_kv` (puts, deletes and
+//! transactions, forwarded on the batched pipe) and `Api::write` (compactions), both in the one
+//! forward-and-retry loop; a range, and a transaction of ranges only, is linearizable (ReadIndex, then this
 //! member's state machine) unless `serializable` is set, and never enters the log.
 
 use tonic::{Request, Response, Status};
@@ -23,56 +24,32 @@ impl Api {
         Ok(convert::range_response(resp, self.header()))
     }
 
-    pub(super) async fn put_impl(
-        &self,
-        r: epb::PutRequest,
-        origin: Origin,
-        session: Option<kv::Session>,
-    ) -> Result<epb::PutResponse, Status> {
+    async fn put_impl(&self, r: epb::PutRequest) -> Result<epb::PutResponse, Status> {
         if r.key.is_empty() {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
         let req = kv::Request::Put(convert::put_request(&r));
-        let via = |mut c: super::LeaderClient, s, can_answer| {
-            let r = with_session(r.clone(), s, can_answer);
-            async move { c.put(r).await }
-        };
-        match self.write(req, origin, session, via).await? {
-            Reached::Here(kv::Response::Put(p)) => Ok(convert::put_response(p, self.header())),
-            Reached::Here(other) => Err(unexpected(&other)),
-            Reached::Leader(resp) => Ok(resp),
+        match self.write_kv(req).await? {
+            kv::Response::Put(p) => Ok(convert::put_response(p, self.header())),
+            other => Err(unexpected(&other)),
         }
     }
 
-    pub(super) async fn delete_impl(
+    async fn delete_impl(
         &self,
         r: epb::DeleteRangeRequest,
-        origin: Origin,
-        session: Option<kv::Session>,
     ) -> Result<epb::DeleteRangeResponse, Status> {
         if r.key.is_empty() {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
         let req = kv::Request::DeleteRange(convert::delete_request(&r));
-        let via = |mut c: super::LeaderClient, s, can_answer| {
-            let r = with_session(r.clone(), s, can_answer);
-            async move { c.delete_range(r).await }
-        };
-        match self.write(req, origin, session, via).await? {
-            Reached::Here(kv::Response::DeleteRange(d)) => {
-                Ok(convert::delete_response(d, self.header()))
-            }
-            Reached::Here(other) => Err(unexpected(&other)),
-            Reached::Leader(resp) => Ok(resp),
+        match self.write_kv(req).await? {
+            kv::Response::DeleteRange(d) => Ok(convert::delete_response(d, self.header())),
+            other => Err(unexpected(&other)),
         }
     }
 
-    pub(super) async fn txn_impl(
-        &self,
-        r: epb::TxnRequest,
-        origin: Origin,
-        session: Option<kv::Session>,
-    ) -> Result<epb::TxnResponse, Status> {
+    async fn txn_impl(&self, r: epb::TxnRequest) -> Result<epb::TxnResponse, Status> {
         let txn = convert::txn_request(&r).map_err(|e| Status::invalid_argument(e.0))?;
         if txn.is_read_only() {
             // Served like a range, without a log entry (etcd's `isTxnReadonly`): linearizable
@@ -83,15 +60,9 @@ impl Api {
             let resp = self.read_kv(move |kv| kv.txn_read_only(&txn)).await?;
             return Ok(convert::txn_response(resp, self.header()));
         }
-        let req = kv::Request::Txn(txn);
-        let via = |mut c: super::LeaderClient, s, can_answer| {
-            let r = with_session(r.clone(), s, can_answer);
-            async move { c.txn(r).await }
-        };
-        match self.write(req, origin, session, via).await? {
-            Reached::Here(kv::Response::Txn(t)) => Ok(convert::txn_response(t, self.header())),
-            Reached::Here(other) => Err(unexpected(&other)),
-            Reached::Leader(resp) => Ok(resp),
+        match self.write_kv(kv::Request::Txn(txn)).await? {
+            kv::Response::Txn(t) => Ok(convert::txn_response(t, self.header())),
+            other => Err(unexpected(&other)),
         }
     }
 
@@ -104,8 +75,8 @@ impl Api {
         let req = kv::Request::Compact {
             revision: r.revision,
         };
-        let via = |mut c: super::LeaderClient, s, can_answer| {
-            let r = with_session(r, s, can_answer);
+        let via = |mut c: super::LeaderClient, s| {
+            let r = with_session(r, s);
             async move { c.compact(r).await }
         };
         match self.write(req, origin, session, via).await? {
@@ -145,9 +116,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::PutRequest>,
     ) -> Result<Response<epb::PutResponse>, Status> {
-        let resp = self
-            .put_impl(request.into_inner(), Origin::Client, None)
-            .await?;
+        let resp = self.put_impl(request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -155,9 +124,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::DeleteRangeRequest>,
     ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-        let resp = self
-            .delete_impl(request.into_inner(), Origin::Client, None)
-            .await?;
+        let resp = self.delete_impl(request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -165,9 +132,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::TxnRequest>,
     ) -> Result<Response<epb::TxnResponse>, Status> {
-        let resp = self
-            .txn_impl(request.into_inner(), Origin::Client, None)
-            .await?;
+        let resp = self.txn_impl(request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 

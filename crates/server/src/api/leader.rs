@@ -1,37 +1,41 @@
 //! The answers to requests followers forward to this member as leader
-//! ([`crate::peer::LeaderApi`]): each runs as [`Origin::Peer`], here once, under the session
-//! the follower chose (a fresh one if it sent none), and is never forwarded again.
+//! ([`crate::peer::LeaderApi`]): each runs here once, under the session the follower chose (a
+//! fresh one if it sent none; a key-value write arrives encoded with its session), and is never
+//! forwarded again.
 
 use tonic::Status;
 
 use super::Api;
 use crate::pb::etcdserverpb as epb;
 use crate::peer::{LeaderApi, Origin};
+use crate::replica::WriteError;
+use crate::rpctypes::ERR_TOO_LARGE;
 
 #[tonic::async_trait]
 impl LeaderApi for Api {
-    async fn forwarded_put(
+    async fn forwarded_command(
         &self,
-        r: epb::PutRequest,
-        session: Option<kv::Session>,
-    ) -> Result<epb::PutResponse, Status> {
-        self.put_impl(r, Origin::Peer, session).await
-    }
-
-    async fn forwarded_delete_range(
-        &self,
-        r: epb::DeleteRangeRequest,
-        session: Option<kv::Session>,
-    ) -> Result<epb::DeleteRangeResponse, Status> {
-        self.delete_impl(r, Origin::Peer, session).await
-    }
-
-    async fn forwarded_txn(
-        &self,
-        r: epb::TxnRequest,
-        session: Option<kv::Session>,
-    ) -> Result<epb::TxnResponse, Status> {
-        self.txn_impl(r, Origin::Peer, session).await
+        command: Vec<u8>,
+    ) -> Result<Result<kv::Response, kv::KvError>, Status> {
+        if command.len() > super::REQUEST_BYTES_MAX {
+            return Err(Status::invalid_argument(ERR_TOO_LARGE));
+        }
+        let cmd = kv::codec::decode_command(&command)
+            .map_err(|e| Status::invalid_argument(format!("a forwarded write: {e}")))?;
+        let kv_write = matches!(
+            cmd.request,
+            kv::Request::Put(_) | kv::Request::DeleteRange(_) | kv::Request::Txn(_)
+        );
+        if cmd.session.is_none() || !kv_write {
+            return Err(Status::invalid_argument(
+                "a forwarded write must be a put, delete or txn with a session",
+            ));
+        }
+        match self.inner.node.propose(command).await {
+            Ok(answer) => Ok(Ok(answer)),
+            Err(WriteError::Kv(e)) => Ok(Err(e)),
+            Err(e) => Err(super::write_status(e)),
+        }
     }
 
     async fn forwarded_compact(

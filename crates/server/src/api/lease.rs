@@ -115,8 +115,8 @@ impl Api {
                 r.id
             };
             let fwd = epb::LeaseGrantRequest { ttl, id };
-            let via = |mut c: LeaderClient, s, can_answer| {
-                let r = with_session(fwd, s, can_answer);
+            let via = |mut c: LeaderClient, s| {
+                let r = with_session(fwd, s);
                 async move { c.lease_grant(r).await }
             };
             let grant = kv::Request::LeaseGrant { id, ttl };
@@ -150,8 +150,8 @@ impl Api {
         session: Option<kv::Session>,
     ) -> Result<epb::LeaseRevokeResponse, Status> {
         let id = r.id;
-        let via = |mut c: LeaderClient, s, can_answer| {
-            let r = with_session(r, s, can_answer);
+        let via = |mut c: LeaderClient, s| {
+            let r = with_session(r, s);
             async move { c.lease_revoke(r).await }
         };
         let revoke = kv::Request::LeaseRevoke { id };

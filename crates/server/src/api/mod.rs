@@ -25,7 +25,8 @@ use tonic::{Response, Status};
 
 use crate::pb::etcdserverpb as epb;
 use crate::pb::skiff::raft::v1::raft_client::RaftClient;
-use crate::peer::{answer_left_out, Forwarder, Origin, Reached};
+use crate::peer::pipe::Forwarded;
+use crate::peer::{Forwarder, Origin, Reached};
 use crate::replica::{NodeHandle, ReadFailure, WriteError};
 use crate::rpctypes::{
     kv_error_status, ERR_LEADER_CHANGED, ERR_NO_LEADER, ERR_STOPPED, ERR_TIMEOUT, ERR_TOO_LARGE,
@@ -111,25 +112,13 @@ impl Api {
         }
     }
 
-    /// Runs a write on the leader: proposed here if this member leads, else forwarded through
-    /// `via_leader` (given a client of the leader and the write's session). `session` is
-    /// `None` for a client's write (a fresh one is chosen) and the follower's for one
-    /// forwarded here (`origin` [`Origin::Peer`]: run here once, never forwarded again).
-    async fn write<T, Fut>(
+    /// The log entry of a write: the command under `session` (a fresh one for a client's
+    /// write), refused if larger than etcd's request limit.
+    fn command(
         &self,
         request: kv::Request,
-        origin: Origin,
         session: Option<kv::Session>,
-        via_leader: impl Fn(LeaderClient, kv::Session, bool) -> Fut,
-    ) -> Result<Reached<kv::Response, T>, Status>
-    where
-        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
-    {
-        // Only answers that carry key-values can be large.
-        let may_be_large = matches!(
-            request,
-            kv::Request::Put(_) | kv::Request::DeleteRange(_) | kv::Request::Txn(_)
-        );
+    ) -> Result<(kv::Session, Vec<u8>), Status> {
         let session = session.unwrap_or_else(|| self.new_session());
         let data = kv::codec::encode_command(&kv::Command {
             session: Some(session),
@@ -138,46 +127,79 @@ impl Api {
         if data.len() > REQUEST_BYTES_MAX {
             return Err(write_status(WriteError::TooLarge));
         }
+        Ok((session, data))
+    }
+
+    /// Proposes an encoded write on this member, which leads.
+    async fn propose_here(&self, data: &[u8]) -> Result<kv::Response, Status> {
+        self.inner
+            .node
+            .propose(data.to_vec())
+            .await
+            .map_err(write_status)
+    }
+
+    /// Runs a compaction or lease change on the leader: proposed here if this member leads,
+    /// else forwarded through `via_leader` (given a client of the leader and the write's
+    /// session), whose answer is the leader's. `session` is `None` for a client's write (a
+    /// fresh one is chosen) and the follower's for one forwarded here (`origin`
+    /// [`Origin::Peer`]: run here once, never forwarded again). Their answers are small.
+    async fn write<T, Fut>(
+        &self,
+        request: kv::Request,
+        origin: Origin,
+        session: Option<kv::Session>,
+        via_leader: impl Fn(LeaderClient, kv::Session) -> Fut,
+    ) -> Result<Reached<kv::Response, T>, Status>
+    where
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let (session, data) = self.command(request, session)?;
+        self.inner
+            .leader
+            .on_leader(
+                origin,
+                || self.propose_here(&data),
+                |client| via_leader(client, session),
+            )
+            .await
+    }
+
+    /// Runs a client's put, delete or transaction on the leader: proposed here if this member
+    /// leads, else sent on the forwarding pipe ([`crate::peer::pipe`]) and answered with the
+    /// leader's result, or, for an answer too large to ship, from this member's own apply of
+    /// the entry.
+    async fn write_kv(&self, request: kv::Request) -> Result<kv::Response, Status> {
+        let (session, data) = self.command(request, None)?;
         let node = &self.inner.node;
-        let via = |client| {
+        let leader = &self.inner.leader;
+        let via = |_client| {
             // Registered before the leader can propose the entry: if its answer is too large
             // to ship, this member answers from its own apply (see
             // `replica::session_waiters`). Without room to register, the leader is asked to
             // ship whatever it has.
-            let wait = may_be_large
-                .then(|| node.await_session(session.client_id).ok())
-                .flatten();
-            let forwarded = via_leader(client, session, wait.is_some());
+            let wait = node.await_session(session.client_id).ok();
+            let sent = leader.pipe(data.clone(), wait.is_some());
             async move {
-                let answer = forwarded.await?;
-                if answer_left_out(answer.metadata()) {
-                    let Some(wait) = wait else {
-                        return Err(Status::internal(
-                            "the leader left out an answer this member did not offer to compute",
-                        ));
-                    };
-                    let applied = wait.applied().await.map_err(write_status)?;
-                    return Ok(Response::new(Answer::Applied(applied)));
-                }
-                Ok(Response::new(Answer::Leader(answer.into_inner())))
+                let answer = match sent.await? {
+                    Forwarded::Answer(Ok(answer)) => answer,
+                    Forwarded::Answer(Err(e)) => return Err(kv_error_status(e)),
+                    Forwarded::LeftOut => {
+                        let Some(wait) = wait else {
+                            return Err(Status::internal(
+                                "the leader left out an answer this member did not offer to compute",
+                            ));
+                        };
+                        wait.applied().await.map_err(write_status)?
+                    }
+                };
+                Ok(Response::new(answer))
             }
         };
-        let reached = self
-            .inner
-            .leader
-            .on_leader(
-                origin,
-                || {
-                    let data = data.clone();
-                    async move { node.propose(data).await.map_err(write_status) }
-                },
-                via,
-            )
+        let reached = leader
+            .on_leader(Origin::Client, || self.propose_here(&data), via)
             .await?;
-        Ok(match reached {
-            Reached::Here(r) | Reached::Leader(Answer::Applied(r)) => Reached::Here(r),
-            Reached::Leader(Answer::Leader(t)) => Reached::Leader(t),
-        })
+        Ok(reached.into_answer())
     }
 
     /// Waits until a linearizable read may be served from this member's state machine
@@ -219,13 +241,6 @@ impl Api {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(crate::rpctypes::kv_status)
     }
-}
-
-/// A forwarded write's answer: the leader's, or this member's own apply of the entry when the
-/// leader left its answer out.
-enum Answer<T> {
-    Applied(kv::Response),
-    Leader(T),
 }
 
 /// A client of the leader's peer port, to forward a request.

@@ -26,6 +26,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::outbound::Peers;
+use super::pipe::{ForwardPipes, Forwarded};
 use crate::pb::skiff::raft::v1::raft_client::RaftClient;
 use crate::replica::NodeHandle;
 use crate::rpctypes::{ERR_LEADER_CHANGED, ERR_NOT_LEADER, ERR_NO_LEADER, ERR_TIMEOUT};
@@ -61,49 +62,13 @@ pub fn session_of(md: &tonic::metadata::MetadataMap) -> Result<Option<kv::Sessio
     }))
 }
 
-/// gRPC metadata key a forwarding member sets on a write: it can answer the write from its
-/// own apply of the entry, so the leader may leave out an answer too large to ship.
-pub const CAN_ANSWER_HEADER: &str = "skiff-can-answer";
-/// gRPC metadata key the leader sets on an empty answer to such a write: the real answer was
-/// too large for the peer port; the forwarding member answers from its own apply.
-pub const ANSWER_LEFT_OUT_HEADER: &str = "skiff-answer-left-out";
-/// Largest answer to a forwarded write the leader ships; a larger one is left out (above).
+/// Largest answer to a forwarded write the leader ships; a larger one is left out, and the
+/// forwarding member answers from its own apply (see [`super::pipe`]).
 pub const SHIPPED_ANSWER_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// Whether the forwarding member can answer from its own apply.
-pub fn can_answer(md: &tonic::metadata::MetadataMap) -> bool {
-    md.get(CAN_ANSWER_HEADER).is_some()
-}
-
-/// Whether the leader left the answer out (the forwarding member answers it).
-pub fn answer_left_out(md: &tonic::metadata::MetadataMap) -> bool {
-    md.get(ANSWER_LEFT_OUT_HEADER).is_some()
-}
-
-/// The leader's answer to a forwarded write: as it is, or empty and marked if it is larger
-/// than [`SHIPPED_ANSWER_BYTES_MAX`] and the forwarding member can answer it itself.
-pub fn ship<T: prost::Message + Default>(answer: T, can_answer: bool) -> Response<T> {
-    if can_answer && answer.encoded_len() > SHIPPED_ANSWER_BYTES_MAX {
-        let mut r = Response::new(T::default());
-        r.metadata_mut().insert(
-            ANSWER_LEFT_OUT_HEADER,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-        return r;
-    }
-    Response::new(answer)
-}
-
-/// `request` with `session` attached, to forward it to the leader; `can_answer` if this
-/// member waits for its own apply of the entry (the leader may then leave a large answer out).
-pub fn with_session<T>(request: T, session: kv::Session, can_answer: bool) -> Request<T> {
+/// `request` with `session` attached, to forward it to the leader.
+pub fn with_session<T>(request: T, session: kv::Session) -> Request<T> {
     let mut r = Request::new(request);
-    if can_answer {
-        r.metadata_mut().insert(
-            CAN_ANSWER_HEADER,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
-    }
     let text = match session.opened_after {
         Some(after) => format!("{}:{after}", session.client_id),
         None => session.client_id.to_string(),
@@ -222,16 +187,42 @@ pub struct Forwarder {
     peers: Arc<Peers>,
     me: NodeId,
     policy: RetryPolicy,
+    /// The batched stream that carries key-value writes to the leader.
+    pipes: Arc<ForwardPipes>,
 }
 
 impl Forwarder {
-    /// The forwarder of member `me`.
-    pub fn new(node: NodeHandle, peers: Arc<Peers>, me: NodeId, policy: RetryPolicy) -> Self {
+    /// The forwarder of member `me` of cluster `cluster_id`.
+    pub fn new(
+        node: NodeHandle,
+        peers: Arc<Peers>,
+        me: NodeId,
+        policy: RetryPolicy,
+        cluster_id: u64,
+    ) -> Self {
+        let pipes = Arc::new(ForwardPipes::new(cluster_id, peers.clone()));
         Forwarder {
             node,
             peers,
             me,
             policy,
+            pipes,
+        }
+    }
+
+    /// Sends an encoded key-value write to the leader this member knows, on the pipe to it
+    /// (for [`Forwarder::on_leader`]'s `via`: it fails as a connection failure when the
+    /// leader is unknown or changed, and the loop routes again).
+    pub fn pipe(
+        &self,
+        command: Vec<u8>,
+        can_answer: bool,
+    ) -> impl Future<Output = Result<Forwarded, Status>> + Send + 'static {
+        let leader = self.node.status().leader.filter(|&l| l != self.me);
+        let pipes = self.pipes.clone();
+        async move {
+            let leader = leader.ok_or_else(|| Status::unavailable("no leader to forward to"))?;
+            pipes.forward(leader, command, can_answer).await
         }
     }
 
@@ -404,8 +395,7 @@ mod tests {
                 opened_after: None,
             },
         ] {
-            let r = with_session((), s, true);
-            assert!(can_answer(r.metadata()));
+            let r = with_session((), s);
             assert_eq!(session_of(r.metadata()).expect("parses"), Some(s));
         }
         for bad in ["0", "x", "7:", "7:y", ":3", "-1"] {

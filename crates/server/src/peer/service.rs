@@ -11,7 +11,8 @@ use tonic::{Request, Response, Status};
 
 use super::codec;
 use super::faults::Faults;
-use super::forward::{can_answer, session_of, ship};
+use super::forward::session_of;
+use super::pipe::{self, BATCH_WRITES_MAX, IN_FLIGHT_MAX};
 use crate::pb::etcdserverpb as epb;
 use crate::pb::skiff::raft::v1 as pb;
 
@@ -22,24 +23,14 @@ use crate::pb::skiff::raft::v1 as pb;
 /// "not leader", and the follower retries.
 #[tonic::async_trait]
 pub trait LeaderApi: Send + Sync + 'static {
-    /// A forwarded put.
-    async fn forwarded_put(
+    /// A forwarded key-value write: an encoded put, delete or txn with its session, proposed
+    /// here as it is. Returns the state machine's result, or the status of a write that did
+    /// not reach it (this member does not lead, the queue is full, ...).
+    async fn forwarded_command(
         &self,
-        r: epb::PutRequest,
-        session: Option<kv::Session>,
-    ) -> Result<epb::PutResponse, Status>;
-    /// A forwarded delete.
-    async fn forwarded_delete_range(
-        &self,
-        r: epb::DeleteRangeRequest,
-        session: Option<kv::Session>,
-    ) -> Result<epb::DeleteRangeResponse, Status>;
-    /// A forwarded transaction.
-    async fn forwarded_txn(
-        &self,
-        r: epb::TxnRequest,
-        session: Option<kv::Session>,
-    ) -> Result<epb::TxnResponse, Status>;
+        command: Vec<u8>,
+    ) -> Result<Result<kv::Response, kv::KvError>, Status>;
+
     /// A forwarded compaction.
     async fn forwarded_compact(
         &self,
@@ -142,8 +133,92 @@ impl<F> RaftService<F> {
     }
 }
 
+/// The results of a `Forward` stream as they become ready, batched: each poll sends every
+/// result waiting (up to [`BATCH_WRITES_MAX`]) in one message.
+struct ForwardResults {
+    ready: mpsc::Receiver<Result<pb::ForwardResult, Status>>,
+    /// A status that ends the stream, read while batching; sent after the batch.
+    ending: Option<Status>,
+}
+
+impl tokio_stream::Stream for ForwardResults {
+    type Item = Result<pb::ForwardResults, Status>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Some(s) = self.ending.take() {
+            return Poll::Ready(Some(Err(s)));
+        }
+        let first = match std::task::ready!(self.ready.poll_recv(cx)) {
+            None => return Poll::Ready(None),
+            Some(Err(s)) => return Poll::Ready(Some(Err(s))),
+            Some(Ok(r)) => r,
+        };
+        let mut results = vec![first];
+        while results.len() < BATCH_WRITES_MAX {
+            match self.ready.try_recv() {
+                Ok(Ok(r)) => results.push(r),
+                Ok(Err(s)) => {
+                    self.ending = Some(s);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        Poll::Ready(Some(Ok(pb::ForwardResults { results })))
+    }
+}
+
 #[tonic::async_trait]
-impl<F: LeaderApi> pb::raft_server::Raft for RaftService<F> {
+impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
+    type ForwardStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<pb::ForwardResults, Status>> + Send>,
+    >;
+
+    /// Proposes each forwarded write as it arrives, at most [`IN_FLIGHT_MAX`] at once per
+    /// stream (the stream is not read while that many wait), and streams their results back.
+    async fn forward(
+        &self,
+        request: Request<tonic::Streaming<pb::ForwardBatch>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let mut batches = request.into_inner();
+        let (ready, results) = mpsc::channel(IN_FLIGHT_MAX);
+        let (leader, cluster_id) = (self.leader.clone(), self.cluster_id);
+        let limit = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX));
+        tokio::spawn(async move {
+            while let Ok(Some(batch)) = batches.message().await {
+                if batch.cluster_id != cluster_id {
+                    let refused = Status::failed_precondition(format!(
+                        "writes from cluster {:#x}, this is cluster {cluster_id:#x}",
+                        batch.cluster_id
+                    ));
+                    let _ = ready.send(Err(refused)).await;
+                    return;
+                }
+                for w in batch.writes {
+                    let Ok(permit) = limit.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (ready, leader) = (ready.clone(), leader.clone());
+                    tokio::spawn(async move {
+                        let result = leader.forwarded_command(w.command).await;
+                        let _ = ready
+                            .send(Ok(pipe::result_of(w.id, result, w.can_answer)))
+                            .await;
+                        drop(permit);
+                    });
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ForwardResults {
+            ready: results,
+            ending: None,
+        })))
+    }
+
     async fn send(
         &self,
         request: Request<pb::MessageBatch>,
@@ -161,30 +236,6 @@ impl<F: LeaderApi> pb::raft_server::Raft for RaftService<F> {
             self.deliver(batch)?;
         }
         Ok(Response::new(pb::SendAck {}))
-    }
-
-    async fn put(&self, r: Request<epb::PutRequest>) -> Result<Response<epb::PutResponse>, Status> {
-        let (session, can) = (session_of(r.metadata())?, can_answer(r.metadata()));
-        let resp = self.leader.forwarded_put(r.into_inner(), session).await?;
-        Ok(ship(resp, can))
-    }
-
-    async fn delete_range(
-        &self,
-        r: Request<epb::DeleteRangeRequest>,
-    ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-        let (session, can) = (session_of(r.metadata())?, can_answer(r.metadata()));
-        let resp = self
-            .leader
-            .forwarded_delete_range(r.into_inner(), session)
-            .await?;
-        Ok(ship(resp, can))
-    }
-
-    async fn txn(&self, r: Request<epb::TxnRequest>) -> Result<Response<epb::TxnResponse>, Status> {
-        let (session, can) = (session_of(r.metadata())?, can_answer(r.metadata()));
-        let resp = self.leader.forwarded_txn(r.into_inner(), session).await?;
-        Ok(ship(resp, can))
     }
 
     async fn compact(

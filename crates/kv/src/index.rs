@@ -175,13 +175,17 @@ impl KeyIndex {
 }
 
 /// Every key's revisions, and the store's scalar state as of the same commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Index {
     keys: BTreeMap<Vec<u8>, KeyIndex>,
     /// The store's revision, compaction and applied index, as of the last commit merged.
     pub(crate) meta: Meta,
     /// Revisions held (rows of `REVS`).
     revs: u64,
+    /// Which state this is: a restore replaces the index with one of a new epoch, so that a
+    /// reader that started before it can tell (it is not part of the state: equality ignores
+    /// it, see `same_state`).
+    pub(crate) epoch: u64,
 }
 
 impl Index {
@@ -191,17 +195,13 @@ impl Index {
             keys: BTreeMap::new(),
             meta,
             revs: 0,
+            epoch: 0,
         }
     }
 
     /// `key` at store revision `main`.
     pub(crate) fn get(&self, key: &[u8], main: u64) -> Option<Live> {
         self.keys.get(key)?.at(Rev::end_of(main))
-    }
-
-    /// `key` just before the change at `rev` (the previous state a watch event reports).
-    pub(crate) fn before(&self, key: &[u8], rev: Rev) -> Option<Live> {
-        self.keys.get(key)?.at(rev.pred()?)
     }
 
     /// Calls `visit` for every key of `span` live at store revision `main`, in key order;
@@ -277,6 +277,11 @@ impl Index {
             }
         }
         self.meta = meta;
+    }
+
+    /// Whether two indexes hold the same keys, revisions and meta (whatever their epochs).
+    pub(crate) fn same_state(&self, other: &Index) -> bool {
+        self.keys == other.keys && self.meta == other.meta && self.revs == other.revs
     }
 
     /// Revisions held, which equals the rows of `REVS`.
@@ -475,8 +480,6 @@ mod tests {
         );
         assert_eq!(ix.get(b"a", 6), None);
         assert_eq!(ix.get(b"a", 9).map(|l| (l.create, l.version)), Some((7, 1)));
-        assert_eq!(ix.before(b"a", rev(7)), None);
-        assert_eq!(ix.before(b"a", rev(5)).map(|l| l.rev.main), Some(4));
 
         // Compacting at 4 keeps the put at 4 (still the value at 4) and what follows.
         assert_eq!(ix.compact(4), vec![rev(2)]);
@@ -505,10 +508,7 @@ mod tests {
         assert_eq!(view.get(b"k", 3), None);
         ix.merge(o, meta());
         assert_eq!(ix.get(b"k", 3), None);
-        assert_eq!(
-            ix.before(b"k", Rev { main: 3, sub: 1 }).map(|l| l.version),
-            Some(1)
-        );
+        assert_eq!(ix.get(b"k", 2), None);
     }
 
     #[test]

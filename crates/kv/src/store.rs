@@ -261,13 +261,23 @@ impl Store {
 
     /// A range read outside Raft (serializable, or linearizable after a ReadIndex round).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
+        let view = self.read_view()?;
+        range::range(&view, req, view.meta.revision, view.meta.compacted)
+    }
+
+    /// A consistent view for a reader: a redb read transaction opened under the index's read
+    /// lock, so that it holds every row the index points to as of `meta`. The lock is taken
+    /// again for each scan, never while values are read (see [`ReadView`]).
+    pub(crate) fn read_view(&self) -> Result<ReadView<'_>, Error> {
         let index = self.read_index();
         let txn = self.begin_read()?;
-        let view = ReadView {
-            index: &index,
-            revs: txn.open_table(REVS)?,
-        };
-        range::range(&view, req, index.meta.revision, index.meta.compacted)
+        let revs = txn.open_table(REVS)?;
+        Ok(ReadView {
+            index: &self.index,
+            meta: index.meta,
+            epoch: index.epoch,
+            revs,
+        })
     }
 
     /// A read-only transaction ([`TxnRequest::is_read_only`]) served outside Raft, like a
@@ -279,13 +289,8 @@ impl Store {
             "txn_read_only given a transaction that writes"
         );
         txn::check_txn_request(t)?;
-        let index = self.read_index();
-        let rtxn = self.begin_read()?;
-        let view = ReadView {
-            index: &index,
-            revs: rtxn.open_table(REVS)?,
-        };
-        txn::execute_read_only(&view, t, index.meta.revision, index.meta.compacted)
+        let view = self.read_view()?;
+        txn::execute_read_only(&view, t, view.meta.revision, view.meta.compacted)
     }
 
     pub(crate) fn meta(&self) -> Meta {
@@ -360,7 +365,9 @@ impl Store {
             crate::snapshot::load_from(&txn, input, self.options.sessions_max)?;
         let mut index = self.write_index();
         txn.commit()?;
+        let epoch = index.epoch + 1;
         *index = loaded;
+        index.epoch = epoch;
         *self.lock_sessions() = sessions;
         Ok(())
     }

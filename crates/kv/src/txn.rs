@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use crate::command::Request;
 use crate::error::{Error, KvError};
+use crate::index::Live;
 use crate::mvcc::KeySpan;
 use crate::range;
 use crate::types::{
@@ -141,17 +142,27 @@ pub(crate) fn compare_holds(
     c: &Compare,
     rev: u64,
 ) -> Result<bool, Error> {
-    // Only a value compare reads rows; the index knows the rest.
+    // Only a value compare reads rows, after the scan; the index knows the rest.
     let with_value = matches!(c.target, CompareTarget::Value(_));
     let mut any = false;
     let mut holds = true;
+    let mut values: Vec<(Vec<u8>, Live)> = Vec::new();
     view.scan(KeySpan::new(&c.key, &c.range_end), rev, &mut |key, live| {
         any = true;
-        holds = compare_kv(c, &key_value(view, key, live, with_value)?);
+        if with_value {
+            values.push((key.to_vec(), live));
+            return Ok(true);
+        }
+        holds = compare_kv(c, &key_value(view, key, live, false)?);
         Ok(holds)
     })?;
     if !any {
         return Ok(!with_value && compare_kv(c, &KeyValue::default()));
+    }
+    for (key, live) in values {
+        if !compare_kv(c, &key_value(view, &key, live, true)?) {
+            return Ok(false);
+        }
     }
     Ok(holds)
 }

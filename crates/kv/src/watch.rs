@@ -4,10 +4,10 @@
 //! falls behind in revisions, never in memory.
 
 use crate::error::{Error, KvError};
-use crate::mvcc::{split_row, KeySpan, Record, Rev, REVS};
+use crate::mvcc::{split_row, KeySpan, Record};
 use crate::store::Store;
 use crate::types::KeyValue;
-use crate::view::{key_value, ReadView};
+use crate::view::key_value;
 
 /// What happened to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,17 +56,12 @@ impl Store {
         events_max: usize,
         prev_kv: bool,
     ) -> Result<Changes, Error> {
-        let index = self.read_index();
-        let meta = index.meta;
+        let view = self.read_view()?;
+        let meta = view.meta;
         let from = from.max(1);
         if from < meta.compacted {
             return Err(KvError::Compacted.into());
         }
-        let txn = self.begin_read()?;
-        let view = ReadView {
-            index: &index,
-            revs: txn.open_table(REVS)?,
-        };
         let span = KeySpan::new(key, range_end);
         let mut events = Vec::new();
         // Never behind `from`: a watcher may start past what this member has applied.
@@ -74,7 +69,7 @@ impl Store {
         let mut current = 0u64;
         for (rows, row) in view.revs.range((from, 0u32)..)?.enumerate() {
             let (k, v) = row?;
-            let (main, sub) = k.value();
+            let (main, _) = k.value();
             if main > meta.revision {
                 // Committed, not yet in the index: the next call sees it.
                 break;
@@ -91,11 +86,6 @@ impl Store {
             if !span.contains(key) {
                 continue;
             }
-            let rev = Rev { main, sub };
-            let prev = match prev_kv.then(|| index.before(key, rev)).flatten() {
-                Some(live) => Some(key_value(&view, key, live, true)?),
-                None => None,
-            };
             events.push(match Record::decode(record)? {
                 Record::Put {
                     create,
@@ -112,7 +102,7 @@ impl Store {
                         value,
                         lease,
                     },
-                    prev_kv: prev,
+                    prev_kv: None,
                 },
                 Record::Tombstone => Event {
                     kind: EventKind::Delete,
@@ -121,9 +111,25 @@ impl Store {
                         mod_revision: main as i64,
                         ..KeyValue::default()
                     },
-                    prev_kv: prev,
+                    prev_kv: None,
                 },
             });
+        }
+        if prev_kv && !events.is_empty() {
+            // As etcd: the key as of the revision before the event's (so a put and a delete
+            // of one key in one revision both report the state before it). Looked up under
+            // one short lock; the values are read after it.
+            let lives = view.with_index(meta.compacted, |index| {
+                events
+                    .iter()
+                    .map(|e| index.get(&e.kv.key, e.kv.mod_revision as u64 - 1))
+                    .collect::<Vec<_>>()
+            })?;
+            for (e, live) in events.iter_mut().zip(lives) {
+                if let Some(live) = live {
+                    e.prev_kv = Some(key_value(&view, &e.kv.key, live, true)?);
+                }
+            }
         }
         Ok(Changes {
             events,

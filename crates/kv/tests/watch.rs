@@ -115,3 +115,42 @@ fn compacted_changes_are_refused_and_the_index_follows_compaction_and_restore() 
     copy.check_invariants().unwrap();
     assert_eq!(copy.changes(b"k", b"", 5, 10, false).unwrap(), kept);
 }
+
+/// A put and a delete of one key in one revision (sibling nested transactions, which etcd
+/// allows too) are two events of that revision, in order, and each reports as its previous
+/// pair the key as of the revision before, as etcd's watch does (`ModRevision - 1`).
+#[test]
+fn a_put_then_delete_in_one_revision_are_two_events_with_the_previous_revisions_pair() {
+    let s = store();
+    apply(&s, 1, put("k", "old")); // rev 2
+    let nested = |op| {
+        RequestOp::Txn(TxnRequest {
+            compare: vec![],
+            success: vec![op],
+            failure: vec![],
+        })
+    };
+    let txn = TxnRequest {
+        compare: vec![],
+        success: vec![
+            nested(RequestOp::Put(PutRequest::new("k", "new"))),
+            nested(RequestOp::DeleteRange(DeleteRangeRequest::key("k"))),
+        ],
+        failure: vec![],
+    };
+    apply(&s, 2, Request::Txn(txn)); // rev 3
+    let c = s.changes(b"k", b"", 3, 100, true).unwrap();
+    assert_eq!(
+        kinds(&c),
+        vec![
+            (EventKind::Put, "k".to_string(), 3),
+            (EventKind::Delete, "k".to_string(), 3)
+        ]
+    );
+    assert_eq!(c.events[0].kv.value, b"new");
+    for e in &c.events {
+        let prev = e.prev_kv.as_ref().expect("k existed at revision 2");
+        assert_eq!((prev.value.as_slice(), prev.mod_revision), (&b"old"[..], 2));
+    }
+    assert!(s.range(&RangeRequest::key("k")).unwrap().kvs.is_empty());
+}

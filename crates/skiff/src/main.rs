@@ -155,6 +155,11 @@ impl ServeArgs {
     }
 }
 
+/// mimalloc instead of glibc's malloc: allocation was 13% of the leader's samples under
+/// put-c256 (see BENCHMARKS.md for the A/B run that keeps it).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

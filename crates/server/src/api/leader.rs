@@ -7,6 +7,7 @@ use tonic::Status;
 
 use super::Api;
 use crate::pb::etcdserverpb as epb;
+use crate::peer::REQUEST_TIMEOUT;
 use crate::peer::{LeaderApi, Origin};
 use crate::replica::WriteError;
 use crate::rpctypes::ERR_TOO_LARGE;
@@ -31,10 +32,15 @@ impl LeaderApi for Api {
                 "a forwarded write must be a put, delete or txn with a session",
             ));
         }
-        match self.inner.node.propose(command).await {
-            Ok(answer) => Ok(Ok(answer)),
-            Err(WriteError::Kv(e)) => Ok(Err(e)),
-            Err(e) => Err(super::write_status(e)),
+        // Bounded as the forwarding member bounds it: past its deadline nobody waits for the
+        // answer (the entry may still commit; a retry under the same session is answered
+        // once).
+        let proposed = self.inner.node.propose_queued(command);
+        match tokio::time::timeout(REQUEST_TIMEOUT, proposed).await {
+            Ok(Ok(answer)) => Ok(Ok(answer)),
+            Ok(Err(WriteError::Kv(e))) => Ok(Err(e)),
+            Ok(Err(e)) => Err(super::write_status(e)),
+            Err(_) => Err(super::write_status(WriteError::Timeout)),
         }
     }
 

@@ -135,7 +135,13 @@ async fn run(
     let mut results = match opened {
         Ok(r) => r.into_inner(),
         Err(s) => {
-            fail_queued(&mut queue, &s);
+            // Whatever the leader said (even `Unimplemented` from another version), the
+            // writes did not reach it: a connection failure, which the forwarder retries.
+            let failed = Status::unavailable(format!(
+                "forward stream to the leader not opened: {}",
+                s.message()
+            ));
+            fail_queued(&mut queue, &failed);
             return;
         }
     };
@@ -236,26 +242,39 @@ fn outcome(o: Option<pb::forward_result::Outcome>) -> Result<Forwarded, Status> 
     }
 }
 
-/// The leader's side: the result message for write `id`.
+/// The leader's side: the result message for write `id`. An answer larger than
+/// `SHIPPED_ANSWER_BYTES_MAX` is left out when the follower can answer it from its own apply;
+/// otherwise (the follower had no room to wait for its apply) it is reported as an error that
+/// says the write was applied, rather than sent in a message that could break the stream.
 pub fn result_of(
     id: u64,
     result: Result<Result<kv::Response, kv::KvError>, Status>,
     can_answer: bool,
 ) -> pb::ForwardResult {
     use pb::forward_result::Outcome;
+    let error = |s: Status| {
+        Outcome::Error(pb::ForwardError {
+            code: s.code() as i32,
+            message: s.message().to_string(),
+        })
+    };
     let outcome = match result {
         Ok(answer) => {
             let bytes = kv::codec::encode_result(&answer);
-            if can_answer && bytes.len() > super::forward::SHIPPED_ANSWER_BYTES_MAX {
-                Outcome::LeftOut(true)
-            } else {
-                Outcome::Answer(bytes)
+            match (
+                bytes.len() > super::forward::SHIPPED_ANSWER_BYTES_MAX,
+                can_answer,
+            ) {
+                (false, _) => Outcome::Answer(bytes),
+                (true, true) => Outcome::LeftOut(true),
+                (true, false) => error(Status::resource_exhausted(format!(
+                    "the write was applied, but its answer of {} bytes is too large to forward; \
+                     read the result instead",
+                    bytes.len()
+                ))),
             }
         }
-        Err(s) => Outcome::Error(pb::ForwardError {
-            code: s.code() as i32,
-            message: s.message().to_string(),
-        }),
+        Err(s) => error(s),
     };
     pb::ForwardResult {
         id,
@@ -301,10 +320,13 @@ mod tests {
             outcome(left_out.outcome).expect("decodes"),
             Forwarded::LeftOut
         );
-        let shipped = result_of(5, Ok(Ok(big.clone())), false);
-        assert_eq!(
-            outcome(shipped.outcome).expect("decodes"),
-            Forwarded::Answer(Ok(big))
+        // Without a member to answer it, a too-large answer is an error that says it applied.
+        let refused = outcome(result_of(5, Ok(Ok(big)), false).outcome).expect_err("an error");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused.message().contains("was applied"),
+            "{}",
+            refused.message()
         );
     }
 }

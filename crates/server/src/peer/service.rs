@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use super::codec;
 use super::faults::Faults;
 use super::forward::session_of;
-use super::pipe::{self, BATCH_WRITES_MAX, IN_FLIGHT_MAX};
+use super::pipe::{self, BATCH_BYTES_MAX, BATCH_WRITES_MAX, IN_FLIGHT_MAX};
 use crate::pb::etcdserverpb as epb;
 use crate::pb::skiff::raft::v1 as pb;
 
@@ -133,12 +133,15 @@ impl<F> RaftService<F> {
     }
 }
 
-/// The results of a `Forward` stream as they become ready, batched: each poll sends every
-/// result waiting (up to [`BATCH_WRITES_MAX`]) in one message.
+/// The results of a `Forward` stream as they become ready, batched: each poll sends the
+/// results waiting, up to [`BATCH_WRITES_MAX`] of them and [`BATCH_BYTES_MAX`] bytes (a single
+/// larger answer goes alone; answers are at most `SHIPPED_ANSWER_BYTES_MAX`), so that no
+/// message comes near the peer port's message limit.
 struct ForwardResults {
     ready: mpsc::Receiver<Result<pb::ForwardResult, Status>>,
-    /// A status that ends the stream, read while batching; sent after the batch.
-    ending: Option<Status>,
+    /// Read while batching and left for the next message: a result that did not fit, or the
+    /// status that ends the stream.
+    next: Option<Result<pb::ForwardResult, Status>>,
 }
 
 impl tokio_stream::Stream for ForwardResults {
@@ -148,21 +151,33 @@ impl tokio_stream::Stream for ForwardResults {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
+        use prost::Message;
         use std::task::Poll;
-        if let Some(s) = self.ending.take() {
-            return Poll::Ready(Some(Err(s)));
-        }
-        let first = match std::task::ready!(self.ready.poll_recv(cx)) {
-            None => return Poll::Ready(None),
-            Some(Err(s)) => return Poll::Ready(Some(Err(s))),
-            Some(Ok(r)) => r,
+        let first = match self.next.take() {
+            Some(r) => r,
+            None => match std::task::ready!(self.ready.poll_recv(cx)) {
+                None => return Poll::Ready(None),
+                Some(r) => r,
+            },
         };
+        let first = match first {
+            Ok(r) => r,
+            Err(s) => return Poll::Ready(Some(Err(s))),
+        };
+        let mut bytes = first.encoded_len();
         let mut results = vec![first];
-        while results.len() < BATCH_WRITES_MAX {
+        while results.len() < BATCH_WRITES_MAX && bytes < BATCH_BYTES_MAX {
             match self.ready.try_recv() {
-                Ok(Ok(r)) => results.push(r),
+                Ok(Ok(r)) if bytes + r.encoded_len() > BATCH_BYTES_MAX => {
+                    self.next = Some(Ok(r));
+                    break;
+                }
+                Ok(Ok(r)) => {
+                    bytes += r.encoded_len();
+                    results.push(r);
+                }
                 Ok(Err(s)) => {
-                    self.ending = Some(s);
+                    self.next = Some(Err(s));
                     break;
                 }
                 Err(_) => break,
@@ -215,7 +230,7 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
         });
         Ok(Response::new(Box::pin(ForwardResults {
             ready: results,
-            ending: None,
+            next: None,
         })))
     }
 

@@ -59,6 +59,18 @@ impl NodeHandle {
         rx.await.unwrap_or(Err(WriteError::Stopped))
     }
 
+    /// [`NodeHandle::propose`] that waits for room in the queue instead of failing when it is
+    /// full: for writes a follower forwarded in a batch, which the forwarding stream already
+    /// bounds (so a burst of them is queued, not refused as "too many requests").
+    pub async fn propose_queued(&self, data: Vec<u8>) -> Result<kv::Response, WriteError> {
+        let (reply, rx) = oneshot::channel();
+        self.proposals
+            .send(Proposal { data, reply })
+            .await
+            .map_err(|_| WriteError::Stopped)?;
+        rx.await.unwrap_or(Err(WriteError::Stopped))
+    }
+
     /// Waits until a linearizable read may be served from the local state machine.
     pub async fn read_index(&self) -> Result<(), ReadFailure> {
         let (reply, rx) = oneshot::channel();

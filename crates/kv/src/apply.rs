@@ -61,12 +61,12 @@ impl<'s> Batch<'s> {
             return Ok(None);
         };
         let max = self.store.options.sessions_max;
-        let mut table = self.txn.open_table(SESSIONS)?;
+        let table = self.txn.open_table(SESSIONS)?;
         let mut sessions = self.store.lock_sessions();
         Ok(match sessions.lookup(&table, s, max)? {
             Lookup::Apply => None,
             Lookup::Retry(outcome) => {
-                sessions.touch(&mut table, s.client_id, index, &mut self.undo)?;
+                sessions.touch(&table, s.client_id, index, &mut self.undo)?;
                 Some(outcome)
             }
             Lookup::Refuse(e) => Some(Outcome::Stored(Err(e))),
@@ -87,10 +87,10 @@ impl<'s> Batch<'s> {
         };
         let outcome = Outcome::of(&cmd.request, result, rev_before);
         let max = self.store.options.sessions_max;
-        let mut table = self.txn.open_table(SESSIONS)?;
         self.store
             .lock_sessions()
-            .record(&mut table, s, index, &outcome, max, &mut self.undo)
+            .record(s, index, &outcome, max, &mut self.undo);
+        Ok(())
     }
 
     /// Validates and runs one request, updating the meta (`applied` unchanged). On `Err` the
@@ -121,9 +121,13 @@ impl<'s> Batch<'s> {
             overlay,
             meta,
             compact_to,
+            undo,
             ..
         } = self;
-        // The sessions changed in memory stay changed (`undo` is dropped).
+        // The sessions changed in memory stay changed and are stored, as one row.
+        store
+            .lock_sessions()
+            .flush(&mut txn.open_table(SESSIONS)?, undo)?;
         meta.write(&txn)?;
         if let Some(c) = compact_to {
             let doomed = {

@@ -72,10 +72,11 @@ impl Store {
             attached,
             "stale lease attachments"
         );
-        let sessions = Sessions::load(&txn.open_table(SESSIONS)?)?;
+        let sessions = Sessions::load(&txn.open_table(SESSIONS)?, self.options.sessions_max)?;
         assert!(
-            sessions == *self.lock_sessions(),
-            "the sessions in memory differ from the stored ones"
+            sessions.same_as(&self.lock_sessions()),
+            "the sessions in memory differ from the stored ones: {:?} vs {sessions:?}",
+            *self.lock_sessions()
         );
         assert!(sessions.len() <= self.options.sessions_max);
         Ok(())

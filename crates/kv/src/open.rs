@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::index::{Index, Live};
 use crate::lease::{LEASES, LEASE_KEYS};
 use crate::mvcc::{header, split_row, Rev, REVS};
-use crate::session::{Row, SESSIONS};
+use crate::session::{store_rows, Row, SESSIONS};
 use crate::store::{Meta, FORMAT, META, META_FORMAT};
 
 /// Format 1 and 2 history rows: `(key, revision) -> Record`, one per key and revision.
@@ -21,6 +21,7 @@ const OLD_BY_REV: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("hist
 const OLD_SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const OLD_SESSIONS_BY_INDEX: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("sessions_by_index");
+const EARLY_SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sessions_by_seen");
 
 /// Creates every table so that read transactions can open them.
 pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), Error> {
@@ -57,6 +58,8 @@ pub(crate) fn prepare(db: &Database) -> Result<(), Error> {
             )))
         }
     }
+    // Written only by builds of this format's first days: sessions in eviction order.
+    txn.delete_table(EARLY_SESSIONS)?;
     txn.open_table(META)?.insert(META_FORMAT, FORMAT)?;
     txn.commit()?;
     Ok(())
@@ -83,16 +86,16 @@ fn convert_history(txn: &WriteTransaction) -> Result<(), Error> {
     Ok(())
 }
 
-/// Moves the sessions by client into the table in eviction order.
+/// Moves the sessions by client into rows of many sessions each.
 fn convert_sessions(txn: &WriteTransaction) -> Result<(), Error> {
     {
         let old = txn.open_table(OLD_SESSIONS)?;
-        let mut new = txn.open_table(SESSIONS)?;
+        let mut rows = Vec::new();
         for row in old.iter()? {
             let (client, bytes) = row?;
-            let index = Row::decode(bytes.value())?.index;
-            new.insert((index, client.value()), bytes.value())?;
+            rows.push((client.value(), Row::decode(bytes.value())?));
         }
+        store_rows(&mut txn.open_table(SESSIONS)?, rows)?;
     }
     txn.delete_table(OLD_SESSIONS)?;
     txn.delete_table(OLD_SESSIONS_BY_INDEX)?;

@@ -21,10 +21,10 @@
 //! gets [`KvError::AnswerLost`]: applied, answer gone). Rows written before this rule (a whole stored response) are
 //! still read.
 //!
-//! **Cost.** redb stores the rows keyed by `(last index, client)`, the eviction order, and the
-//! whole table is also kept in memory by client ([`Sessions`], at most `sessions_max` small
-//! rows). A write's session costs no redb read, one insert at the right edge of the B-tree and,
-//! when it evicts, one remove at the left edge: no random page is touched.
+//! **Cost.** The whole table is kept in memory by client ([`Sessions`], at most `sessions_max`
+//! small rows); redb stores the records of each write transaction as one row ([`SESSIONS`]).
+//! A write's session costs no redb read and no redb write of its own: one insert per write
+//! transaction, and one remove when a row's last live entry is replaced or evicted.
 //!
 //! **Eviction.** The table holds at most `sessions_max` clients. Opening a new session when it
 //! is full evicts the client whose last request has the smallest Raft index (least recently
@@ -38,7 +38,7 @@
 //! without `opened_after` (older proposers) at seq 1 is always applied, as before; and raising
 //! `sessions_max` across a restart voids the "not full" half of the argument.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use redb::{ReadableTable, Table, TableDefinition};
 
@@ -46,19 +46,25 @@ use crate::codec::{decode_result, encode_result, read_varint, Writer};
 use crate::command::{Request, Response, Session};
 use crate::error::{Error, KvError};
 
-/// `(last index, client_id) -> seq (u64 LE) ++ last index (u64 LE) ++ outcome` (see
-/// [`Outcome::encode`]). Keyed in eviction order, so that a new session appends at the right
-/// edge of the B-tree and an eviction removes at the left; lookups by client use the copy in
-/// memory ([`Sessions`]).
-pub(crate) const SESSIONS: TableDefinition<(u64, u64), &[u8]> =
-    TableDefinition::new("sessions_by_seen");
+/// `first index -> entries`: the sessions one write transaction recorded (or one chunk of a
+/// loaded snapshot), as `{ client (varint) ++ Row::encode (length-prefixed) }*`, keyed by the
+/// smallest index among them. An entry is live while its client's latest record is it and the
+/// client was not evicted; a row is deleted once none of its entries is live. One insert per
+/// write transaction, however many writes it applied.
+pub(crate) const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("session_batches");
 
 /// A table of sessions, read-only or in a write transaction.
-pub(crate) trait SessionTable: ReadableTable<(u64, u64), &'static [u8]> {}
-impl<T: ReadableTable<(u64, u64), &'static [u8]>> SessionTable for T {}
+pub(crate) trait SessionTable: ReadableTable<u64, &'static [u8]> {}
+impl<T: ReadableTable<u64, &'static [u8]>> SessionTable for T {}
 
 /// A session table being written.
-pub(crate) type SessionTableMut<'t> = Table<'t, (u64, u64), &'static [u8]>;
+pub(crate) type SessionTableMut<'t> = Table<'t, u64, &'static [u8]>;
+
+/// Most entries in one stored row written from a snapshot or a conversion.
+const ENTRIES_PER_LOADED_ROW: usize = 1024;
+
+/// [`Cached::row`] of a record made by the open write transaction, not stored yet.
+const PENDING: u64 = u64::MAX;
 
 /// First byte of a replay outcome; a stored result starts with the codec version (1).
 const REPLAY_TAG: u8 = 0xfe;
@@ -194,31 +200,122 @@ impl Row {
 struct Cached {
     seq: u64,
     index: u64,
-    /// `None`: read it from [`SESSIONS`].
+    /// `None`: read it from the stored row.
     outcome: Option<Vec<u8>>,
+    /// Key of the stored row holding this record, or [`PENDING`].
+    row: u64,
 }
 
 impl Cached {
-    fn of(row: Row) -> Cached {
+    fn of(row: Row, key: u64) -> Cached {
         Cached {
             seq: row.seq,
             index: row.index,
             outcome: (row.outcome.len() <= STORED_OUTCOME_BYTES_MAX).then_some(row.outcome),
+            row: key,
         }
     }
 }
 
-/// The session table in memory, mirroring [`SESSIONS`] (which is all redb stores: the
-/// eviction order is rebuilt from the rows when the store opens), so that a write's session
-/// costs no redb read and one or two redb writes.
+/// Encodes entries for one stored row.
+fn encode_entries<'a>(entries: impl IntoIterator<Item = (u64, &'a Row)>) -> Vec<u8> {
+    let mut w = Writer(Vec::new());
+    for (client, row) in entries {
+        w.u64(client);
+        w.bytes(&row.encode());
+    }
+    w.0
+}
+
+/// Decodes a stored row's entries.
+fn decode_entries(bytes: &[u8]) -> Result<Vec<(u64, Row)>, Error> {
+    let corrupt = || Error::Corrupt("truncated session batch".into());
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    let varint = |pos: &mut usize| {
+        read_varint(|| {
+            let b = bytes.get(*pos).copied().ok_or_else(corrupt)?;
+            *pos += 1;
+            Ok(b)
+        })
+    };
+    while pos < bytes.len() {
+        let client = varint(&mut pos)?;
+        let len = usize::try_from(varint(&mut pos)?).map_err(|_| corrupt())?;
+        let end = pos
+            .checked_add(len)
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(corrupt)?;
+        out.push((client, Row::decode(&bytes[pos..end])?));
+        pos = end;
+    }
+    Ok(out)
+}
+
+/// The live sessions of a table: each client's latest record, the newest `sessions_max` of
+/// them (what the table holds after evicting least recently seen clients, since every record
+/// and touch takes a new, larger index), each with the key of its row.
+pub(crate) fn live_rows(
+    table: &impl SessionTable,
+    sessions_max: usize,
+) -> Result<Vec<(u64, Row, u64)>, Error> {
+    let mut latest: HashMap<u64, (Row, u64)> = HashMap::new();
+    for stored in table.iter()? {
+        let (key, bytes) = stored?;
+        for (client, row) in decode_entries(bytes.value())? {
+            if row.index < key.value() {
+                return Err(Error::Corrupt(format!(
+                    "session of client {client} at {} in the row of {}",
+                    row.index,
+                    key.value()
+                )));
+            }
+            match latest.get(&client) {
+                Some((old, _)) if old.index >= row.index => {}
+                _ => {
+                    latest.insert(client, (row, key.value()));
+                }
+            }
+        }
+    }
+    let mut live: Vec<(u64, Row, u64)> = latest
+        .into_iter()
+        .map(|(client, (row, key))| (client, row, key))
+        .collect();
+    live.sort_unstable_by_key(|(_, row, _)| std::cmp::Reverse(row.index));
+    live.truncate(sessions_max);
+    Ok(live)
+}
+
+/// Writes `rows` (client, row) as stored rows of at most [`ENTRIES_PER_LOADED_ROW`] entries,
+/// in index order.
+pub(crate) fn store_rows(
+    table: &mut SessionTableMut<'_>,
+    mut rows: Vec<(u64, Row)>,
+) -> Result<(), Error> {
+    rows.sort_unstable_by_key(|(_, row)| row.index);
+    for chunk in rows.chunks(ENTRIES_PER_LOADED_ROW) {
+        let key = chunk[0].1.index;
+        let bytes = encode_entries(chunk.iter().map(|(c, r)| (*c, r)));
+        table.insert(key, bytes.as_slice())?;
+    }
+    Ok(())
+}
+
+/// The session table in memory, mirroring [`SESSIONS`], so that a write's session costs no
+/// redb read, and the sessions of a whole write transaction one redb insert
+/// ([`Sessions::flush`]).
 ///
 /// Only the apply thread changes it, inside a batch; [`Undo`] restores it when the batch is
-/// aborted. Invariant: `by_index` holds exactly `(row.index, client)` of every row, and the
-/// rows are those of [`SESSIONS`] once the batch commits.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// aborted. Invariants: `by_index` holds exactly `(row.index, client)` of every row; once a
+/// batch is flushed, every row is a live entry of [`SESSIONS`] and `stored` counts the live
+/// entries of each stored row (rows whose count is 0 are deleted at the next flush).
+#[derive(Debug, Default, Clone)]
 pub(crate) struct Sessions {
     rows: HashMap<u64, Cached>,
     by_index: BTreeSet<(u64, u64)>,
+    /// Stored row key -> live entries in it.
+    stored: BTreeMap<u64, u32>,
 }
 
 /// The previous state of each session a batch changed, oldest change first.
@@ -226,21 +323,29 @@ pub(crate) struct Sessions {
 pub(crate) struct Undo(Vec<(u64, Option<Cached>)>);
 
 impl Sessions {
-    /// Reads every row of [`SESSIONS`].
-    pub(crate) fn load(table: &impl SessionTable) -> Result<Sessions, Error> {
+    /// The live sessions of [`SESSIONS`] (see [`live_rows`]).
+    pub(crate) fn load(table: &impl SessionTable, sessions_max: usize) -> Result<Sessions, Error> {
         let mut s = Sessions::default();
-        for row in table.iter()? {
-            let (k, bytes) = row?;
-            let (index, client) = k.value();
-            let row = Row::decode(bytes.value())?;
-            if row.index != index || s.rows.contains_key(&client) {
-                return Err(Error::Corrupt(format!(
-                    "session row of client {client} at {index}"
-                )));
-            }
-            s.put(client, Cached::of(row));
+        for stored in table.iter()? {
+            s.stored.insert(stored?.0.value(), 0);
+        }
+        for (client, row, key) in live_rows(table, sessions_max)? {
+            *s.stored.entry(key).or_default() += 1;
+            s.put(client, Cached::of(row, key));
         }
         Ok(s)
+    }
+
+    /// Whether two tables hold the same sessions in the same stored rows.
+    pub(crate) fn same_as(&self, other: &Sessions) -> bool {
+        let live = |s: &Sessions| -> BTreeMap<u64, u32> {
+            s.stored
+                .iter()
+                .filter(|(_, &n)| n > 0)
+                .map(|(&k, &n)| (k, n))
+                .collect()
+        };
+        self.rows == other.rows && self.by_index == other.by_index && live(self) == live(other)
     }
 
     /// Sessions held.
@@ -249,11 +354,12 @@ impl Sessions {
     }
 
     fn put(&mut self, client: u64, row: Cached) -> Option<Cached> {
-        self.by_index.insert((row.index, client));
+        let index = row.index;
         let old = self.rows.insert(client, row);
         if let Some(old) = &old {
             self.by_index.remove(&(old.index, client));
         }
+        self.by_index.insert((index, client));
         old
     }
 
@@ -277,24 +383,75 @@ impl Sessions {
         }
     }
 
-    /// Evicts least recently seen clients until a new one fits in `sessions_max`.
-    fn make_room(
+    /// Stores what a batch changed, before it commits: one row with the records it made that
+    /// are still live, fewer live entries in the rows of the records it replaced or evicted,
+    /// and the deletion of rows left with none.
+    pub(crate) fn flush(
         &mut self,
         table: &mut SessionTableMut<'_>,
-        sessions_max: usize,
-        undo: &mut Undo,
+        undo: Undo,
     ) -> Result<(), Error> {
+        let mut seen = std::collections::HashSet::new();
+        let mut fresh: Vec<(u64, Row)> = Vec::new();
+        for (client, prev) in undo.0 {
+            if !seen.insert(client) {
+                continue;
+            }
+            if let Some(prev) = prev.filter(|p| p.row != PENDING) {
+                let n = self.stored.get_mut(&prev.row).ok_or_else(|| {
+                    Error::Corrupt(format!("session row {} not counted", prev.row))
+                })?;
+                *n = n.checked_sub(1).ok_or_else(|| {
+                    Error::Corrupt(format!("session row {} counted below zero", prev.row))
+                })?;
+            }
+            if let Some(now) = self.rows.get(&client).filter(|c| c.row == PENDING) {
+                let outcome = now
+                    .outcome
+                    .clone()
+                    .expect("a record made in this batch keeps its outcome until stored");
+                fresh.push((
+                    client,
+                    Row {
+                        seq: now.seq,
+                        index: now.index,
+                        outcome,
+                    },
+                ));
+            }
+        }
+        if let Some(key) = fresh.iter().map(|(_, r)| r.index).min() {
+            let bytes = encode_entries(fresh.iter().map(|(c, r)| (*c, r)));
+            table.insert(key, bytes.as_slice())?;
+            self.stored.insert(key, fresh.len() as u32);
+            for (client, row) in fresh {
+                self.put(client, Cached::of(row, key));
+            }
+        }
+        let dead: Vec<u64> = self
+            .stored
+            .iter()
+            .filter(|(_, &n)| n == 0)
+            .map(|(&k, _)| k)
+            .collect();
+        for key in dead {
+            table.remove(key)?;
+            self.stored.remove(&key);
+        }
+        Ok(())
+    }
+
+    /// Evicts least recently seen clients until a new one fits in `sessions_max`.
+    fn make_room(&mut self, sessions_max: usize, undo: &mut Undo) {
         assert!(sessions_max >= 1, "validated by Options");
         while self.rows.len() >= sessions_max {
-            let &(index, client) = self
+            let &(_, client) = self
                 .by_index
                 .first()
                 .expect("a non-empty table has an eviction order");
             let old = self.remove(client);
-            table.remove((index, client))?;
             undo.0.push((client, old));
         }
-        Ok(())
     }
 
     /// Classifies a command of session `s` (see the module docs).
@@ -324,7 +481,7 @@ impl Sessions {
         Ok(if s.seq == row.seq {
             let outcome = match &row.outcome {
                 Some(bytes) => Outcome::decode(bytes)?,
-                None => Outcome::decode(&stored_row(table, row.index, s.client_id)?.outcome)?,
+                None => Outcome::decode(&stored_outcome(table, row, s.client_id)?)?,
             };
             Lookup::Retry(outcome)
         } else if s.seq < row.seq {
@@ -334,42 +491,38 @@ impl Sessions {
         })
     }
 
-    /// Stores `outcome` as the last outcome of `s`, seen at `index`, evicting the least
-    /// recently seen client if a new session would exceed `sessions_max`.
+    /// Records `outcome` as the last outcome of `s`, seen at `index`, evicting the least
+    /// recently seen client if a new session would exceed `sessions_max`. Stored at
+    /// [`Sessions::flush`].
     pub(crate) fn record(
         &mut self,
-        table: &mut SessionTableMut<'_>,
         s: Session,
         index: u64,
         outcome: &Outcome,
         sessions_max: usize,
         undo: &mut Undo,
-    ) -> Result<(), Error> {
+    ) {
         match self.rows.get(&s.client_id) {
-            Some(old) => {
-                assert!(
-                    old.index < index,
-                    "sessions are touched at increasing indexes"
-                );
-                table.remove((old.index, s.client_id))?;
-            }
-            None => self.make_room(table, sessions_max, undo)?,
+            Some(old) => assert!(
+                old.index < index,
+                "sessions are touched at increasing indexes"
+            ),
+            None => self.make_room(sessions_max, undo),
         }
-        let row = Row {
+        let cached = Cached {
             seq: s.seq,
             index,
-            outcome: outcome.encode(),
+            outcome: Some(outcome.encode()),
+            row: PENDING,
         };
-        table.insert((index, s.client_id), row.encode().as_slice())?;
-        let old = self.put(s.client_id, Cached::of(row));
+        let old = self.put(s.client_id, cached);
         undo.0.push((s.client_id, old));
-        Ok(())
     }
 
     /// Marks the session as seen at `index` without changing its outcome (for retries).
     pub(crate) fn touch(
         &mut self,
-        table: &mut SessionTableMut<'_>,
+        table: &impl SessionTable,
         client_id: u64,
         index: u64,
         undo: &mut Undo,
@@ -377,42 +530,37 @@ impl Sessions {
         let Some(cached) = self.rows.get(&client_id) else {
             return Ok(());
         };
-        let row = Row {
+        let outcome = match &cached.outcome {
+            Some(o) => o.clone(),
+            // A large outcome of an old format: kept in memory until this batch stores it.
+            None => stored_outcome(table, cached, client_id)?,
+        };
+        let touched = Cached {
             seq: cached.seq,
             index,
-            outcome: match &cached.outcome {
-                Some(o) => o.clone(),
-                None => stored_row(table, cached.index, client_id)?.outcome,
-            },
+            outcome: Some(outcome),
+            row: PENDING,
         };
-        table.remove((cached.index, client_id))?;
-        table.insert((index, client_id), row.encode().as_slice())?;
-        let old = self.put(client_id, Cached::of(row));
+        let old = self.put(client_id, touched);
         undo.0.push((client_id, old));
-        Ok(())
-    }
-
-    /// Keeps at most `sessions_max` rows, evicting by the usual rule (after loading a snapshot
-    /// from a member configured with more).
-    pub(crate) fn trim(
-        &mut self,
-        table: &mut SessionTableMut<'_>,
-        sessions_max: usize,
-    ) -> Result<(), Error> {
-        let mut undo = Undo::default();
-        if self.rows.len() > sessions_max {
-            self.make_room(table, sessions_max + 1, &mut undo)?;
-        }
         Ok(())
     }
 }
 
-/// The stored row of a client the memory knows, last seen at `index`.
-fn stored_row(table: &impl SessionTable, index: u64, client: u64) -> Result<Row, Error> {
+/// The outcome of a client's record, read from its stored row.
+fn stored_outcome(
+    table: &impl SessionTable,
+    cached: &Cached,
+    client: u64,
+) -> Result<Vec<u8>, Error> {
     let bytes = table
-        .get((index, client))?
-        .ok_or_else(|| Error::Corrupt(format!("session {client} missing from its table")))?;
-    Row::decode(bytes.value())
+        .get(cached.row)?
+        .ok_or_else(|| Error::Corrupt(format!("session row {} missing", cached.row)))?;
+    decode_entries(bytes.value())?
+        .into_iter()
+        .find(|(c, row)| *c == client && row.index == cached.index)
+        .map(|(_, row)| row.outcome)
+        .ok_or_else(|| Error::Corrupt(format!("session {client} missing from its row")))
 }
 
 #[cfg(test)]

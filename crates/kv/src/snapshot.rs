@@ -32,7 +32,7 @@ use crate::index::Index;
 use crate::lease::{LEASES, LEASE_KEYS};
 use crate::mvcc::{Rev, REVS};
 use crate::open::{add_row, HistoryConverter};
-use crate::session::{Row, Sessions, SESSIONS};
+use crate::session::{live_rows, store_rows, Row, Sessions, SESSIONS};
 use crate::store::{Meta, META};
 
 const MAGIC: &[u8; 8] = b"SKIFFKV\0";
@@ -88,7 +88,11 @@ impl Sink<'_> {
 }
 
 /// Serialises the state seen by `txn` into `out`; returns the bytes written.
-pub(crate) fn write_to(txn: &ReadTransaction, out: &mut dyn Write) -> Result<u64, Error> {
+pub(crate) fn write_to(
+    txn: &ReadTransaction,
+    sessions_max: usize,
+    out: &mut dyn Write,
+) -> Result<u64, Error> {
     let mut s = Sink {
         w: Writer(Vec::with_capacity(FLUSH_BYTES + 4096)),
         out,
@@ -128,12 +132,12 @@ pub(crate) fn write_to(txn: &ReadTransaction, out: &mut dyn Write) -> Result<u64
         s.field(key)?;
         s.flush(false)?;
     }
-    let sessions = txn.open_table(SESSIONS)?;
-    s.w.u64(sessions.len()?);
-    for row in sessions.iter()? {
-        let (k, v) = row?;
-        s.w.u64(k.value().1);
-        s.field(v.value())?;
+    // The live sessions only (a stored row may still hold replaced or evicted records).
+    let sessions = live_rows(&txn.open_table(SESSIONS)?, sessions_max)?;
+    s.w.u64(sessions.len() as u64);
+    for (client, row, _) in sessions {
+        s.w.u64(client);
+        s.field(&row.encode())?;
         s.flush(false)?;
     }
     s.flush(true)?;
@@ -199,7 +203,7 @@ enum Item {
     Row { rev: Rev, row: Vec<u8> },
     Lease { id: i64, ttl: i64 },
     Attached { id: i64, key: Vec<u8> },
-    Session { id: u64, row: Vec<u8>, index: u64 },
+    Session { id: u64, row: Vec<u8> },
 }
 
 /// Decodes a whole snapshot, checking every row and the CRC, handing each part to `take` in
@@ -259,8 +263,8 @@ fn decode(
     }
     for _ in 0..r.u64()? {
         let (id, row) = (r.u64()?, r.bytes()?);
-        let index = Row::decode(&row)?.index;
-        take(Item::Session { id, row, index })?;
+        Row::decode(&row)?;
+        take(Item::Session { id, row })?;
     }
     let computed = r.crc.clone().finalize();
     let mut stored = [0u8; 4];
@@ -315,7 +319,8 @@ pub(crate) fn load_from(
     let mut revs = txn.open_table(REVS)?;
     let mut leases = txn.open_table(LEASES)?;
     let mut attached = txn.open_table(LEASE_KEYS)?;
-    let mut sessions = txn.open_table(SESSIONS)?;
+    let mut sessions = Vec::new();
+    let mut clients = std::collections::HashSet::new();
     let mut index: Option<Index> = None;
     decode(input, &mut |item| {
         match item {
@@ -333,16 +338,18 @@ pub(crate) fn load_from(
             Item::Attached { id, key } => {
                 attached.insert((id, key.as_slice()), ())?;
             }
-            Item::Session { id, row, index } => {
-                if sessions.insert((index, id), row.as_slice())?.is_some() {
+            Item::Session { id, row } => {
+                if !clients.insert(id) {
                     return Err(bad("a session twice"));
                 }
+                sessions.push((id, Row::decode(&row)?));
             }
         }
         Ok(())
     })?;
-    let mut memory = Sessions::load(&sessions)?;
-    memory.trim(&mut sessions, sessions_max)?;
+    let mut table = txn.open_table(SESSIONS)?;
+    store_rows(&mut table, sessions)?;
+    let memory = Sessions::load(&table, sessions_max)?;
     Ok((index.expect("a decoded snapshot has meta"), memory))
 }
 

@@ -155,6 +155,8 @@ impl std::fmt::Debug for Store {
 /// See [`Store::snapshot_view`].
 pub struct SnapshotView {
     txn: ReadTransaction,
+    /// The store's session limit: the view writes the live sessions under it.
+    sessions_max: usize,
 }
 
 impl SnapshotView {
@@ -173,7 +175,7 @@ impl SnapshotView {
     /// Streams the serialized state into `out` a slice at a time (never whole in memory);
     /// returns the bytes written.
     pub fn write_to(&self, out: &mut dyn std::io::Write) -> Result<u64, Error> {
-        crate::snapshot::write_to(&self.txn, out)
+        crate::snapshot::write_to(&self.txn, self.sessions_max, out)
     }
 }
 
@@ -198,7 +200,7 @@ impl Store {
         crate::open::prepare(&db)?;
         let txn = db.begin_read()?;
         let index = crate::open::rebuild(&txn)?;
-        let sessions = Sessions::load(&txn.open_table(SESSIONS)?)?;
+        let sessions = Sessions::load(&txn.open_table(SESSIONS)?, options.sessions_max)?;
         drop(txn);
         Ok(Store {
             db,
@@ -331,7 +333,7 @@ impl Store {
     /// The whole state as bytes, from one consistent read transaction (see [`crate::snapshot`]).
     pub fn snapshot(&self) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();
-        crate::snapshot::write_to(&self.begin_read()?, &mut out)?;
+        crate::snapshot::write_to(&self.begin_read()?, self.options.sessions_max, &mut out)?;
         Ok(out)
     }
 
@@ -341,6 +343,7 @@ impl Store {
     pub fn snapshot_view(&self) -> Result<SnapshotView, Error> {
         Ok(SnapshotView {
             txn: self.begin_read()?,
+            sessions_max: self.options.sessions_max,
         })
     }
 

@@ -659,3 +659,75 @@ fn a_snapshot_loads_whatever_its_writer_wrote_and_verify_checks_it_whole() {
     lying.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
     assert!(kv::snapshot::verify(&mut lying.as_slice()).is_err());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Sessions recorded in batches of any size (one stored row per batch), with evictions
+    /// (a table of 4) and retries, answer exactly as applying one entry at a time does, and
+    /// still do after the store is reopened (the table rebuilt from the stored rows).
+    #[test]
+    fn sessions_stored_per_batch_answer_like_one_by_one_and_after_reopening(
+        ops in prop::collection::vec((1u64..9, any::<bool>()), 1..80),
+        cuts in prop::collection::vec(1usize..7, 1..40),
+    ) {
+        let options = Options { sessions_max: 4, ..Options::default() };
+        let one = Store::in_memory(options).expect("store");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("kv.redb");
+        let batched = Store::open(&path, options).expect("store");
+        let mut seqs = std::collections::HashMap::new();
+        let cmds: Vec<Command> = ops
+            .iter()
+            .enumerate()
+            .map(|(i, &(client, retry))| {
+                let seq = seqs.entry(client).or_insert(0u64);
+                if !(retry && *seq > 0) {
+                    *seq += 1;
+                }
+                let request = Request::Put(PutRequest {
+                    prev_kv: i % 3 == 0,
+                    ..PutRequest::new(format!("k{client}"), i.to_string())
+                });
+                Command::with_session(client, *seq, request)
+            })
+            .collect();
+        let one_by_one = |s: &Store, first: u64, cmds: &[Command]| -> Vec<Option<Result<Response, KvError>>> {
+            cmds.iter().enumerate().map(|(i, c)| match s.apply(first + i as u64, c) {
+                Ok(r) => Some(Ok(r)),
+                Err(Error::Kv(e)) => Some(Err(e)),
+                Err(e) => panic!("{e}"),
+            }).collect()
+        };
+        let want = one_by_one(&one, 1, &cmds);
+        let mut got = Vec::new();
+        let mut start = 0;
+        for cut in cuts.iter().cycle() {
+            if start >= cmds.len() {
+                break;
+            }
+            let end = (start + cut).min(cmds.len());
+            let entries: Vec<(u64, Option<&Command>)> =
+                (start..end).map(|i| (i as u64 + 1, Some(&cmds[i]))).collect();
+            got.extend(batched.apply_batch(&entries).expect("batch"));
+            batched.check_invariants().expect("invariants");
+            start = end;
+        }
+        prop_assert_eq!(&got, &want);
+        drop(batched);
+        let reopened = Store::open(&path, options).expect("reopen");
+        reopened.check_invariants().expect("invariants after reopening");
+        // A retry of every client's last request, after reopening: answered alike.
+        let retries: Vec<Command> = seqs
+            .iter()
+            .map(|(&client, &seq)| Command::with_session(client, seq, put(&format!("k{client}"), "retry")))
+            .collect();
+        let next = cmds.len() as u64 + 1;
+        let want = one_by_one(&one, next, &retries);
+        let entries: Vec<(u64, Option<&Command>)> =
+            retries.iter().enumerate().map(|(i, c)| (next + i as u64, Some(c))).collect();
+        prop_assert_eq!(reopened.apply_batch(&entries).expect("batch"), want);
+        prop_assert_eq!(reopened.hash().expect("hash"), one.hash().expect("hash"));
+        reopened.check_invariants().expect("invariants");
+    }
+}

@@ -12,7 +12,7 @@ use crate::error::{Error, KvError};
 use crate::index::Overlay;
 use crate::mvcc::REVS;
 use crate::session::{Lookup, Outcome, Undo, SESSIONS};
-use crate::store::{Meta, Store};
+use crate::store::{Meta, Store, META, META_SESSIONS_EVICTED};
 use crate::txn;
 use crate::write::Writer;
 
@@ -125,9 +125,13 @@ impl<'s> Batch<'s> {
             ..
         } = self;
         // The sessions changed in memory stay changed and are stored, as one row.
-        store
+        let evicted = store
             .lock_sessions()
             .flush(&mut txn.open_table(SESSIONS)?, undo)?;
+        if let Some(evicted) = evicted {
+            txn.open_table(META)?
+                .insert(META_SESSIONS_EVICTED, evicted)?;
+        }
         meta.write(&txn)?;
         if let Some(c) = compact_to {
             let doomed = {

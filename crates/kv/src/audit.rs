@@ -72,7 +72,12 @@ impl Store {
             attached,
             "stale lease attachments"
         );
-        let sessions = Sessions::load(&txn.open_table(SESSIONS)?, self.options.sessions_max)?;
+        let evicted = crate::store::sessions_evicted(&txn.open_table(META)?)?;
+        let sessions = Sessions::load(
+            &txn.open_table(SESSIONS)?,
+            self.options.sessions_max,
+            evicted,
+        )?;
         assert!(
             sessions.same_as(&self.lock_sessions()),
             "the sessions in memory differ from the stored ones: {:?} vs {sessions:?}",

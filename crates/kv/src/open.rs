@@ -16,11 +16,12 @@ use crate::store::{Meta, FORMAT, META, META_FORMAT};
 const OLD_HISTORY: TableDefinition<(&[u8], u64), &[u8]> = TableDefinition::new("history");
 /// Format 2's index of the history by revision.
 const OLD_BY_REV: TableDefinition<(u64, &[u8]), ()> = TableDefinition::new("history_by_rev");
-/// The sessions by client and their eviction order, before format 3 (now one table in
-/// eviction order, and the rest in memory).
+/// The sessions by client and their eviction order, formats 1 to 3 (now rows of many sessions
+/// each, and the order in memory).
 const OLD_SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
 const OLD_SESSIONS_BY_INDEX: TableDefinition<(u64, u64), ()> =
     TableDefinition::new("sessions_by_index");
+/// Format 3's sessions in eviction order, `(last index, client) -> row`.
 const EARLY_SESSIONS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("sessions_by_seen");
 
 /// Creates every table so that read transactions can open them.
@@ -52,14 +53,13 @@ pub(crate) fn prepare(db: &Database) -> Result<(), Error> {
             convert_history(&txn)?;
             convert_sessions(&txn)?;
         }
+        Some(3) => convert_sessions(&txn)?,
         Some(other) => {
             return Err(Error::Corrupt(format!(
                 "store format {other}, this build reads format {FORMAT}"
             )))
         }
     }
-    // Written only by builds of this format's first days: sessions in eviction order.
-    txn.delete_table(EARLY_SESSIONS)?;
     txn.open_table(META)?.insert(META_FORMAT, FORMAT)?;
     txn.commit()?;
     Ok(())
@@ -86,19 +86,27 @@ fn convert_history(txn: &WriteTransaction) -> Result<(), Error> {
     Ok(())
 }
 
-/// Moves the sessions by client into rows of many sessions each.
+/// Moves the sessions of formats 1 to 3 into rows of many sessions each: the table by client
+/// (formats 1 and 2, and 3 as first written) and the table in eviction order (format 3 later).
+/// Both held live sessions only.
 fn convert_sessions(txn: &WriteTransaction) -> Result<(), Error> {
+    let mut rows = Vec::new();
     {
         let old = txn.open_table(OLD_SESSIONS)?;
-        let mut rows = Vec::new();
         for row in old.iter()? {
             let (client, bytes) = row?;
             rows.push((client.value(), Row::decode(bytes.value())?));
+        }
+        let early = txn.open_table(EARLY_SESSIONS)?;
+        for row in early.iter()? {
+            let (key, bytes) = row?;
+            rows.push((key.value().1, Row::decode(bytes.value())?));
         }
         store_rows(&mut txn.open_table(SESSIONS)?, rows)?;
     }
     txn.delete_table(OLD_SESSIONS)?;
     txn.delete_table(OLD_SESSIONS_BY_INDEX)?;
+    txn.delete_table(EARLY_SESSIONS)?;
     Ok(())
 }
 
@@ -306,6 +314,55 @@ mod tests {
         let txn = store.begin_read().expect("read");
         assert!(txn.open_table(OLD_HISTORY).is_err(), "old tables dropped");
         assert!(txn.open_table(OLD_SESSIONS).is_err(), "old tables dropped");
+    }
+
+    #[test]
+    fn format_3_sessions_in_eviction_order_are_converted() {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .expect("db");
+        let txn = db.begin_write().expect("txn");
+        {
+            Meta {
+                revision: 1,
+                compacted: 0,
+                applied: 6,
+            }
+            .write(&txn)
+            .expect("meta");
+            txn.open_table(META)
+                .expect("meta")
+                .insert(META_FORMAT, 3)
+                .expect("format");
+            txn.open_table(REVS).expect("rows");
+            let answer = crate::codec::encode_result(&Ok(Response::Compact { revision: 1 }));
+            let session = Row {
+                seq: 1,
+                index: 6,
+                outcome: answer,
+            };
+            txn.open_table(EARLY_SESSIONS)
+                .expect("sessions")
+                .insert((6, 9), session.encode().as_slice())
+                .expect("session");
+        }
+        txn.commit().expect("commit");
+        let store = Store::init(db, Options::default()).expect("converted");
+        store.check_invariants().expect("invariants");
+        let retry = Command {
+            session: Some(Session {
+                client_id: 9,
+                seq: 1,
+                opened_after: None,
+            }),
+            request: Request::Compact { revision: 1 },
+        };
+        assert_eq!(
+            store.apply(7, &retry).expect("a retry"),
+            Response::Compact { revision: 1 }
+        );
+        let txn = store.begin_read().expect("read");
+        assert!(txn.open_table(EARLY_SESSIONS).is_err(), "old table dropped");
     }
 
     #[test]

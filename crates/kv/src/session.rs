@@ -62,6 +62,8 @@ pub(crate) type SessionTableMut<'t> = Table<'t, u64, &'static [u8]>;
 
 /// Most entries in one stored row written from a snapshot or a conversion.
 const ENTRIES_PER_LOADED_ROW: usize = 1024;
+/// About the most bytes of one such row.
+const LOADED_ROW_BYTES_MAX: usize = 1 << 20;
 
 /// [`Cached::row`] of a record made by the open write transaction, not stored yet.
 const PENDING: u64 = u64::MAX;
@@ -252,13 +254,22 @@ fn decode_entries(bytes: &[u8]) -> Result<Vec<(u64, Row)>, Error> {
     Ok(out)
 }
 
-/// The live sessions of a table: each client's latest record, the newest `sessions_max` of
-/// them (what the table holds after evicting least recently seen clients, since every record
-/// and touch takes a new, larger index), each with the key of its row.
+/// A live session: client, its latest record, the key of the stored row holding it.
+pub(crate) type LiveSession = (u64, Row, u64);
+
+/// The live sessions of a table: each client's latest record above `evicted` (the largest
+/// index ever evicted: a full table's smallest index never goes down, so every evicted
+/// record is at or below it and every live one above), then the newest `sessions_max` of
+/// those (a smaller limit than the table was kept under evicts more), each with the key of
+/// its row. Replicas agree on it whatever their batch boundaries, which decide which dead
+/// records a stored row still holds.
+///
+/// Also returns the largest index the limit left out (0 if none), the new watermark.
 pub(crate) fn live_rows(
     table: &impl SessionTable,
     sessions_max: usize,
-) -> Result<Vec<(u64, Row, u64)>, Error> {
+    evicted: u64,
+) -> Result<(Vec<LiveSession>, u64), Error> {
     let mut latest: HashMap<u64, (Row, u64)> = HashMap::new();
     for stored in table.iter()? {
         let (key, bytes) = stored?;
@@ -278,13 +289,15 @@ pub(crate) fn live_rows(
             }
         }
     }
-    let mut live: Vec<(u64, Row, u64)> = latest
+    let mut live: Vec<LiveSession> = latest
         .into_iter()
+        .filter(|(_, (row, _))| row.index > evicted)
         .map(|(client, (row, key))| (client, row, key))
         .collect();
     live.sort_unstable_by_key(|(_, row, _)| std::cmp::Reverse(row.index));
+    let dropped = live.get(sessions_max).map_or(0, |(_, row, _)| row.index);
     live.truncate(sessions_max);
-    Ok(live)
+    Ok((live, dropped))
 }
 
 /// Writes `rows` (client, row) as stored rows of at most [`ENTRIES_PER_LOADED_ROW`] entries,
@@ -294,10 +307,24 @@ pub(crate) fn store_rows(
     mut rows: Vec<(u64, Row)>,
 ) -> Result<(), Error> {
     rows.sort_unstable_by_key(|(_, row)| row.index);
-    for chunk in rows.chunks(ENTRIES_PER_LOADED_ROW) {
+    let mut rest = rows.as_slice();
+    while !rest.is_empty() {
+        // Up to ENTRIES_PER_LOADED_ROW entries and about LOADED_ROW_BYTES_MAX bytes (old
+        // formats could hold large outcomes), at least one entry.
+        let mut n = 0;
+        let mut bytes = 0;
+        while n < rest.len()
+            && n < ENTRIES_PER_LOADED_ROW
+            && (n == 0 || bytes < LOADED_ROW_BYTES_MAX)
+        {
+            bytes += rest[n].1.outcome.len() + 32;
+            n += 1;
+        }
+        let (chunk, tail) = rest.split_at(n);
         let key = chunk[0].1.index;
-        let bytes = encode_entries(chunk.iter().map(|(c, r)| (*c, r)));
-        table.insert(key, bytes.as_slice())?;
+        let encoded = encode_entries(chunk.iter().map(|(c, r)| (*c, r)));
+        table.insert(key, encoded.as_slice())?;
+        rest = tail;
     }
     Ok(())
 }
@@ -316,23 +343,45 @@ pub(crate) struct Sessions {
     by_index: BTreeSet<(u64, u64)>,
     /// Stored row key -> live entries in it.
     stored: BTreeMap<u64, u32>,
+    /// Stored rows with no live entry, deleted at the next flush.
+    dead: Vec<u64>,
+    /// The largest index evicted so far (stored as `META_SESSIONS_EVICTED`): see
+    /// [`live_rows`].
+    pub(crate) evicted: u64,
 }
 
-/// The previous state of each session a batch changed, oldest change first.
+/// The previous state of each session a batch changed, oldest change first, and the
+/// eviction watermark before the batch.
 #[derive(Debug, Default)]
-pub(crate) struct Undo(Vec<(u64, Option<Cached>)>);
+pub(crate) struct Undo(Vec<(u64, Option<Cached>)>, Option<u64>);
 
 impl Sessions {
     /// The live sessions of [`SESSIONS`] (see [`live_rows`]).
-    pub(crate) fn load(table: &impl SessionTable, sessions_max: usize) -> Result<Sessions, Error> {
-        let mut s = Sessions::default();
+    pub(crate) fn load(
+        table: &impl SessionTable,
+        sessions_max: usize,
+        evicted: u64,
+    ) -> Result<Sessions, Error> {
+        let mut s = Sessions {
+            evicted,
+            ..Sessions::default()
+        };
         for stored in table.iter()? {
             s.stored.insert(stored?.0.value(), 0);
         }
-        for (client, row, key) in live_rows(table, sessions_max)? {
+        let (live, dropped) = live_rows(table, sessions_max, evicted)?;
+        // A smaller limit than the table was kept under evicts the oldest now.
+        s.evicted = evicted.max(dropped);
+        for (client, row, key) in live {
             *s.stored.entry(key).or_default() += 1;
             s.put(client, Cached::of(row, key));
         }
+        s.dead = s
+            .stored
+            .iter()
+            .filter(|(_, &n)| n == 0)
+            .map(|(&k, _)| k)
+            .collect();
         Ok(s)
     }
 
@@ -345,7 +394,10 @@ impl Sessions {
                 .map(|(&k, &n)| (k, n))
                 .collect()
         };
-        self.rows == other.rows && self.by_index == other.by_index && live(self) == live(other)
+        self.rows == other.rows
+            && self.by_index == other.by_index
+            && live(self) == live(other)
+            && self.evicted == other.evicted
     }
 
     /// Sessions held.
@@ -371,6 +423,9 @@ impl Sessions {
 
     /// Puts back what `undo` recorded, newest change first.
     pub(crate) fn undo(&mut self, undo: Undo) {
+        if let Some(evicted) = undo.1 {
+            self.evicted = evicted;
+        }
         for (client, prev) in undo.0.into_iter().rev() {
             match prev {
                 Some(row) => {
@@ -385,13 +440,14 @@ impl Sessions {
 
     /// Stores what a batch changed, before it commits: one row with the records it made that
     /// are still live, fewer live entries in the rows of the records it replaced or evicted,
-    /// and the deletion of rows left with none.
+    /// and the deletion of rows left with none. Returns the eviction watermark if the batch
+    /// raised it (the caller stores it with the meta).
     pub(crate) fn flush(
         &mut self,
         table: &mut SessionTableMut<'_>,
         undo: Undo,
-    ) -> Result<(), Error> {
-        let mut seen = std::collections::HashSet::new();
+    ) -> Result<Option<u64>, Error> {
+        let mut seen = std::collections::HashSet::with_capacity(undo.0.len());
         let mut fresh: Vec<(u64, Row)> = Vec::new();
         for (client, prev) in undo.0 {
             if !seen.insert(client) {
@@ -404,6 +460,9 @@ impl Sessions {
                 *n = n.checked_sub(1).ok_or_else(|| {
                     Error::Corrupt(format!("session row {} counted below zero", prev.row))
                 })?;
+                if *n == 0 {
+                    self.dead.push(prev.row);
+                }
             }
             if let Some(now) = self.rows.get(&client).filter(|c| c.row == PENDING) {
                 let outcome = now
@@ -424,21 +483,19 @@ impl Sessions {
             let bytes = encode_entries(fresh.iter().map(|(c, r)| (*c, r)));
             table.insert(key, bytes.as_slice())?;
             self.stored.insert(key, fresh.len() as u32);
-            for (client, row) in fresh {
-                self.put(client, Cached::of(row, key));
+            for (client, row) in &fresh {
+                let cached = self.rows.get_mut(client).expect("a fresh record is held");
+                cached.row = key;
+                if row.outcome.len() > STORED_OUTCOME_BYTES_MAX {
+                    cached.outcome = None; // an old format's large outcome: in the row now
+                }
             }
         }
-        let dead: Vec<u64> = self
-            .stored
-            .iter()
-            .filter(|(_, &n)| n == 0)
-            .map(|(&k, _)| k)
-            .collect();
-        for key in dead {
+        for key in self.dead.drain(..) {
             table.remove(key)?;
             self.stored.remove(&key);
         }
-        Ok(())
+        Ok(undo.1.map(|_| self.evicted))
     }
 
     /// Evicts least recently seen clients until a new one fits in `sessions_max`.
@@ -450,6 +507,10 @@ impl Sessions {
                 .first()
                 .expect("a non-empty table has an eviction order");
             let old = self.remove(client);
+            if let Some(old) = &old {
+                undo.1.get_or_insert(self.evicted);
+                self.evicted = self.evicted.max(old.index);
+            }
             undo.0.push((client, old));
         }
     }

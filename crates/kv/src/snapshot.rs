@@ -133,7 +133,8 @@ pub(crate) fn write_to(
         s.flush(false)?;
     }
     // The live sessions only (a stored row may still hold replaced or evicted records).
-    let sessions = live_rows(&txn.open_table(SESSIONS)?, sessions_max)?;
+    let evicted = crate::store::sessions_evicted(&txn.open_table(META)?)?;
+    let (sessions, _) = live_rows(&txn.open_table(SESSIONS)?, sessions_max, evicted)?;
     s.w.u64(sessions.len() as u64);
     for (client, row, _) in sessions {
         s.w.u64(client);
@@ -349,7 +350,11 @@ pub(crate) fn load_from(
     })?;
     let mut table = txn.open_table(SESSIONS)?;
     store_rows(&mut table, sessions)?;
-    let memory = Sessions::load(&table, sessions_max)?;
+    // The rows hold live sessions only: nothing below them needs a watermark, unless this
+    // member keeps fewer.
+    let memory = Sessions::load(&table, sessions_max, 0)?;
+    txn.open_table(META)?
+        .insert(crate::store::META_SESSIONS_EVICTED, memory.evicted)?;
     Ok((index.expect("a decoded snapshot has meta"), memory))
 }
 

@@ -21,11 +21,14 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(crate) const META_REVISION: &str = "revision";
 pub(crate) const META_COMPACTED: &str = "compact_revision";
 pub(crate) const META_APPLIED: &str = "applied_index";
+/// The largest index of an evicted session (see `session::live_rows`); absent means 0.
+pub(crate) const META_SESSIONS_EVICTED: &str = "sessions_evicted";
 /// Layout version of the tables; bump on any incompatible change.
 pub(crate) const META_FORMAT: &str = "format";
-/// 3: one table of rows by revision and an in-memory key index (formats 1 and 2, history by
-/// key, are converted when they open; see `open`).
-pub(crate) const FORMAT: u64 = 3;
+/// 4: one table of rows by revision, an in-memory key index, and the sessions of each write
+/// transaction stored as one row. Formats 1 and 2 (history by key) and 3 (rows by revision,
+/// sessions one row each) are converted when they open; see `open`.
+pub(crate) const FORMAT: u64 = 4;
 
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -122,6 +125,11 @@ impl Meta {
     }
 }
 
+/// The stored eviction watermark of the sessions.
+pub(crate) fn sessions_evicted(meta: &impl ReadableTable<&'static str, u64>) -> Result<u64, Error> {
+    Ok(meta.get(META_SESSIONS_EVICTED)?.map_or(0, |v| v.value()))
+}
+
 /// The MVCC key-value state machine on a redb database.
 ///
 /// Every method takes `&self`. The rows, leases and sessions live in redb; the key index
@@ -172,8 +180,9 @@ impl SnapshotView {
         Ok(out)
     }
 
-    /// Streams the serialized state into `out` a slice at a time (never whole in memory);
-    /// returns the bytes written.
+    /// Streams the serialized state into `out` a slice at a time (the rows are never whole in
+    /// memory; the live sessions, at most `sessions_max` small records, are); returns the
+    /// bytes written.
     pub fn write_to(&self, out: &mut dyn std::io::Write) -> Result<u64, Error> {
         crate::snapshot::write_to(&self.txn, self.sessions_max, out)
     }
@@ -200,7 +209,11 @@ impl Store {
         crate::open::prepare(&db)?;
         let txn = db.begin_read()?;
         let index = crate::open::rebuild(&txn)?;
-        let sessions = Sessions::load(&txn.open_table(SESSIONS)?, options.sessions_max)?;
+        let sessions = Sessions::load(
+            &txn.open_table(SESSIONS)?,
+            options.sessions_max,
+            sessions_evicted(&txn.open_table(META)?)?,
+        )?;
         drop(txn);
         Ok(Store {
             db,

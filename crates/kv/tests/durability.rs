@@ -731,3 +731,52 @@ proptest! {
         reopened.check_invariants().expect("invariants");
     }
 }
+
+/// Replicas that applied the same log in different batches hold different dead records in
+/// their stored session rows; raising `sessions_max` across a restart must not bring those
+/// back (the eviction watermark), or one replica would answer a request as a retry that
+/// another applies.
+#[test]
+fn raising_the_session_limit_does_not_revive_evicted_sessions_on_some_replicas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = Options {
+        sessions_max: 2,
+        ..Options::default()
+    };
+    let cmds: Vec<Command> = (1..=3)
+        .map(|client| Command::with_session(client, 1, put(&format!("k{client}"), "v")))
+        .collect();
+    let (a, b) = (dir.path().join("a.redb"), dir.path().join("b.redb"));
+    {
+        // A applies entries 1 and 2 together: its row of both stays while 2 is live.
+        let s = Store::open(&a, small).expect("a");
+        s.apply_batch(&[(1, Some(&cmds[0])), (2, Some(&cmds[1]))])
+            .expect("batch");
+        s.apply_batch(&[(3, Some(&cmds[2]))]).expect("batch");
+        // B applies them one by one: client 1's row goes when it is evicted.
+        let s = Store::open(&b, small).expect("b");
+        for (i, c) in cmds.iter().enumerate() {
+            s.apply(i as u64 + 1, c).expect("apply");
+        }
+    }
+    let large = Options {
+        sessions_max: 3,
+        ..Options::default()
+    };
+    let (a, b) = (
+        Store::open(&a, large).expect("a"),
+        Store::open(&b, large).expect("b"),
+    );
+    a.check_invariants().expect("a");
+    b.check_invariants().expect("b");
+    // Client 1 was evicted on both: its request again is new on both, not a retry on one.
+    let again = Command::with_session(1, 1, put("k1", "again"));
+    let (ra, rb) = (a.apply(4, &again), b.apply(4, &again));
+    assert_eq!(format!("{ra:?}"), format!("{rb:?}"));
+    assert_eq!(a.hash().expect("hash"), b.hash().expect("hash"));
+    assert_eq!(
+        a.revision().expect("rev"),
+        5,
+        "applied, not answered as a retry"
+    );
+}

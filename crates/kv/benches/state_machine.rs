@@ -1,5 +1,5 @@
-//! `cargo bench -p kv`: the state machine alone, on a file (batched durability, as the server
-//! runs it). A plain main (no harness) printing a table:
+//! `cargo bench -p kv`: the state machine alone, on a file (batched durability and mimalloc, as
+//! the server runs it). A plain main (no harness) printing a table:
 //!
 //! - puts applied in batches of 256 (the apply task's unit), 256-byte values, 10,000 keys;
 //! - one put per commit (a single client's writes): the latency of each apply, whose tail is
@@ -18,6 +18,10 @@
 use std::time::{Duration, Instant};
 
 use kv::{Command, DeleteRangeRequest, Durability, Options, PutRequest, Request, Session, Store};
+
+/// The server's allocator (the `skiff` binary's), so that the figures are the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)

@@ -85,11 +85,11 @@ impl<'s> Batch<'s> {
         let Some(s) = cmd.session else {
             return Ok(());
         };
-        let outcome = Outcome::of(&cmd.request, result, rev_before);
+        let outcome = Outcome::encoded(&cmd.request, result, rev_before);
         let max = self.store.options.sessions_max;
         self.store
             .lock_sessions()
-            .record(s, index, &outcome, max, &mut self.undo);
+            .record(s, index, outcome, max, &mut self.undo);
         Ok(())
     }
 

@@ -186,7 +186,7 @@ mod tests {
     use redb::backends::InMemoryBackend;
 
     use super::*;
-    use crate::command::{Command, Request, Response, Session};
+    use crate::command::{Command, Request, Response};
     use crate::mvcc::Record;
     use crate::store::{Options, Store};
     use crate::types::RangeRequest;
@@ -298,14 +298,7 @@ mod tests {
         ];
         assert_eq!(events, want);
         // The session came along: a retry of client 9's request gets its first answer.
-        let retry = Command {
-            session: Some(Session {
-                client_id: 9,
-                seq: 1,
-                opened_after: None,
-            }),
-            request: Request::Compact { revision: 5 },
-        };
+        let retry = Command::with_session(9, 1, Request::Compact { revision: 5 });
         assert_eq!(
             store.apply(8, &retry).expect("retry"),
             Response::Compact { revision: 3 }
@@ -349,14 +342,7 @@ mod tests {
         txn.commit().expect("commit");
         let store = Store::init(db, Options::default()).expect("converted");
         store.check_invariants().expect("invariants");
-        let retry = Command {
-            session: Some(Session {
-                client_id: 9,
-                seq: 1,
-                opened_after: None,
-            }),
-            request: Request::Compact { revision: 1 },
-        };
+        let retry = Command::with_session(9, 1, Request::Compact { revision: 1 });
         assert_eq!(
             store.apply(7, &retry).expect("a retry"),
             Response::Compact { revision: 1 }

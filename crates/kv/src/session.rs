@@ -88,14 +88,17 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
-    /// What to keep for `request`, applied at store revision `rev_before` with `result`.
-    pub(crate) fn of(
+    /// The encoded outcome to keep for `request`, applied at store revision `rev_before` with
+    /// `result`: the result itself if small, else a replay. Encodes the result once (this
+    /// runs for every write).
+    pub(crate) fn encoded(
         request: &Request,
         result: &Result<Response, KvError>,
         rev_before: u64,
-    ) -> Self {
-        if encode_result(result).len() <= STORED_OUTCOME_BYTES_MAX {
-            return Outcome::Stored(result.clone());
+    ) -> Vec<u8> {
+        let bytes = encode_result(result);
+        if bytes.len() <= STORED_OUTCOME_BYTES_MAX {
+            return bytes;
         }
         assert!(
             matches!(
@@ -104,7 +107,7 @@ impl Outcome {
             ),
             "only answers carrying key-values are large: {request:?}"
         );
-        Outcome::Replay { rev_before }
+        Outcome::Replay { rev_before }.encode()
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -559,7 +562,7 @@ impl Sessions {
         &mut self,
         s: Session,
         index: u64,
-        outcome: &Outcome,
+        outcome: Vec<u8>,
         sessions_max: usize,
         undo: &mut Undo,
     ) {
@@ -573,7 +576,7 @@ impl Sessions {
         let cached = Cached {
             seq: s.seq,
             index,
-            outcome: Some(outcome.encode()),
+            outcome: Some(outcome),
             row: PENDING,
         };
         let old = self.put(s.client_id, cached);
@@ -640,10 +643,13 @@ mod tests {
                 ..Default::default()
             }),
         }));
-        let replay = Outcome::of(&put, &big, 8);
+        let replay = Outcome::encoded(&put, &big, 8);
+        assert!(replay.len() <= 10);
+        let replay = Outcome::decode(&replay).expect("decodes");
         assert_eq!(replay, Outcome::Replay { rev_before: 8 });
-        assert!(replay.encode().len() <= 10);
-        let refused = Outcome::of(&put, &Err(KvError::LeaseNotFound), 8);
+        let refused = Outcome::encoded(&put, &Err(KvError::LeaseNotFound), 8);
+        let refused = Outcome::decode(&refused).expect("decodes");
+        assert_eq!(refused, Outcome::Stored(Err(KvError::LeaseNotFound)));
         for o in [
             replay,
             refused,

@@ -692,27 +692,8 @@ proptest! {
                 Command::with_session(client, *seq, request)
             })
             .collect();
-        let one_by_one = |s: &Store, first: u64, cmds: &[Command]| -> Vec<Option<Result<Response, KvError>>> {
-            cmds.iter().enumerate().map(|(i, c)| match s.apply(first + i as u64, c) {
-                Ok(r) => Some(Ok(r)),
-                Err(Error::Kv(e)) => Some(Err(e)),
-                Err(e) => panic!("{e}"),
-            }).collect()
-        };
-        let want = one_by_one(&one, 1, &cmds);
-        let mut got = Vec::new();
-        let mut start = 0;
-        for cut in cuts.iter().cycle() {
-            if start >= cmds.len() {
-                break;
-            }
-            let end = (start + cut).min(cmds.len());
-            let entries: Vec<(u64, Option<&Command>)> =
-                (start..end).map(|i| (i as u64 + 1, Some(&cmds[i]))).collect();
-            got.extend(batched.apply_batch(&entries).expect("batch"));
-            batched.check_invariants().expect("invariants");
-            start = end;
-        }
+        let want = common::apply_one_by_one(&one, 1, &cmds);
+        let got = common::apply_in_batches(&batched, &cmds, &cuts);
         prop_assert_eq!(&got, &want);
         drop(batched);
         let reopened = Store::open(&path, options).expect("reopen");
@@ -723,7 +704,7 @@ proptest! {
             .map(|(&client, &seq)| Command::with_session(client, seq, put(&format!("k{client}"), "retry")))
             .collect();
         let next = cmds.len() as u64 + 1;
-        let want = one_by_one(&one, next, &retries);
+        let want = common::apply_one_by_one(&one, next, &retries);
         let entries: Vec<(u64, Option<&Command>)> =
             retries.iter().enumerate().map(|(i, c)| (next + i as u64, Some(c))).collect();
         prop_assert_eq!(reopened.apply_batch(&entries).expect("batch"), want);

@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+mod common;
+
 use kv::*;
 use proptest::prelude::*;
 
@@ -539,27 +541,8 @@ proptest! {
         let path = dir.path().join("kv.redb");
         let batched = Store::open(&path, Options::default()).expect("store");
         let cmds: Vec<Command> = requests.iter().cloned().map(Command::new).collect();
-        let mut want = Vec::new();
-        for (i, cmd) in cmds.iter().enumerate() {
-            want.push(match one.apply(i as u64 + 1, cmd) {
-                Ok(r) => Some(Ok(r)),
-                Err(Error::Kv(e)) => Some(Err(e)),
-                Err(other) => panic!("storage fault: {other}"),
-            });
-        }
-        let mut got = Vec::new();
-        let mut start = 0;
-        for cut in cuts.iter().cycle() {
-            if start >= cmds.len() {
-                break;
-            }
-            let end = (start + cut).min(cmds.len());
-            let entries: Vec<(u64, Option<&Command>)> =
-                (start..end).map(|i| (i as u64 + 1, Some(&cmds[i]))).collect();
-            got.extend(batched.apply_batch(&entries).expect("apply batch"));
-            batched.check_invariants().expect("invariants");
-            start = end;
-        }
+        let want = common::apply_one_by_one(&one, 1, &cmds);
+        let got = common::apply_in_batches(&batched, &cmds, &cuts);
         prop_assert_eq!(&got, &want);
         prop_assert_eq!(batched.hash().expect("hash"), one.hash().expect("hash"));
         prop_assert_eq!(all_events(&batched), all_events(&one));

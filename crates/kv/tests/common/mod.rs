@@ -80,3 +80,39 @@ impl Kv {
         self.store.revision().expect("revision")
     }
 }
+
+/// What `Store::apply_batch` answers for each entry.
+pub type Answers = Vec<Option<Result<Response, KvError>>>;
+
+/// Applies `cmds` one entry per transaction, at indexes `first..`, answered as
+/// `apply_batch` would answer them.
+pub fn apply_one_by_one(s: &Store, first: u64, cmds: &[Command]) -> Answers {
+    cmds.iter()
+        .enumerate()
+        .map(|(i, c)| match s.apply(first + i as u64, c) {
+            Ok(r) => Some(Ok(r)),
+            Err(Error::Kv(e)) => Some(Err(e)),
+            Err(other) => panic!("storage fault: {other}"),
+        })
+        .collect()
+}
+
+/// Applies `cmds` at indexes `1..` in batches whose sizes cycle through `cuts`, checking the
+/// store's invariants after each batch.
+pub fn apply_in_batches(s: &Store, cmds: &[Command], cuts: &[usize]) -> Answers {
+    let mut got = Vec::new();
+    let mut start = 0;
+    for cut in cuts.iter().cycle() {
+        if start >= cmds.len() {
+            break;
+        }
+        let end = (start + cut).min(cmds.len());
+        let entries: Vec<(u64, Option<&Command>)> = (start..end)
+            .map(|i| (i as u64 + 1, Some(&cmds[i])))
+            .collect();
+        got.extend(s.apply_batch(&entries).expect("apply batch"));
+        s.check_invariants().expect("invariants");
+        start = end;
+    }
+    got
+}

@@ -2,8 +2,9 @@
 //! the server runs it). A plain main (no harness) printing a table:
 //!
 //! - puts applied in batches of 256 (the apply task's unit), 256-byte values, 10,000 keys;
-//! - one put per commit (a single client's writes): the latency of each apply, whose tail is
-//!   the durable commit every `commits_per_sync` commits;
+//! - one put per apply (a single client's writes): the latency of each apply, whose tail is
+//!   the grouped commit every `SKIFF_BENCH_COMMIT_DELAY_MS` (100) and the durable one every
+//!   second or `SKIFF_BENCH_COMMITS_PER_SYNC` (1024) commits;
 //! - one DeleteRange of `SKIFF_BENCH_DELETE_KEYS` keys (default 150,000), without and with
 //!   `prev_kv` (issue 14's target: under 0.5 s without);
 //! - a retried put whose answer carries a 1 MB `prev_kv` (answered by replay);
@@ -31,12 +32,19 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn store(dir: &std::path::Path, name: &str) -> Store {
-    let commits_per_sync = env_u64("SKIFF_BENCH_COMMITS_PER_SYNC", 64) as u32;
+    let commits_per_sync = env_u64("SKIFF_BENCH_COMMITS_PER_SYNC", 1024) as u32;
     Store::open(
         dir.join(name),
         Options {
-            durability: Durability::Batched { commits_per_sync },
+            durability: Durability::Batched {
+                commits_per_sync,
+                interval: std::time::Duration::from_secs(1),
+            },
             sessions_max: 100_000,
+            commit_delay: std::time::Duration::from_millis(env_u64(
+                "SKIFF_BENCH_COMMIT_DELAY_MS",
+                100,
+            )),
         },
     )
     .expect("open store")

@@ -5,14 +5,18 @@
 //! order (see [`crate::index`]): a compaction's revisions leave the index before its rows leave
 //! redb; every other change reaches redb first and the index after.
 
+use std::sync::MutexGuard;
+use std::time::Instant;
+
 use redb::WriteTransaction;
 
 use crate::command::{Command, Request, Response};
 use crate::error::{Error, KvError};
-use crate::index::Overlay;
+use crate::index::{LeaseChange, Overlay};
+use crate::lease::{LEASES, LEASE_KEYS};
 use crate::mvcc::REVS;
 use crate::session::{Lookup, Outcome, Undo, SESSIONS};
-use crate::store::{Meta, Store, META, META_SESSIONS_EVICTED};
+use crate::store::{Meta, Store, GROUP_BYTES_MAX, GROUP_ROWS_MAX, META, META_SESSIONS_EVICTED};
 use crate::txn;
 use crate::write::Writer;
 
@@ -23,10 +27,15 @@ enum Replay {
     Yes,
 }
 
-/// One open write transaction of the apply thread.
+/// The changes of one apply batch in the apply thread's write transaction: a transaction of
+/// its own, or the open grouped one (see `Options::commit_delay`).
 struct Batch<'s> {
     store: &'s Store,
-    txn: WriteTransaction,
+    /// The store's transaction slot, held for the whole batch; `Some` until it ends.
+    slot: MutexGuard<'s, Option<(WriteTransaction, Instant)>>,
+    /// Whether the transaction holds earlier batches (applied, not committed): undoing this
+    /// batch then removes its writes instead of aborting the transaction.
+    shared: bool,
     /// Index changes of the transaction, merged after it commits.
     overlay: Overlay,
     /// The meta after the last entry of the transaction.
@@ -41,11 +50,16 @@ struct Batch<'s> {
 
 impl<'s> Batch<'s> {
     fn begin(store: &'s Store) -> Result<Batch<'s>, Error> {
-        let txn = store.begin_write()?;
+        let mut slot = store.lock_open();
+        let shared = slot.is_some();
+        if !shared {
+            *slot = Some((store.begin_write()?, Instant::now()));
+        }
         let meta = store.meta();
         Ok(Batch {
             store,
-            txn,
+            slot,
+            shared,
             overlay: Overlay::default(),
             meta,
             cap: meta.revision,
@@ -61,12 +75,15 @@ impl<'s> Batch<'s> {
             return Ok(None);
         };
         let max = self.store.options.sessions_max;
-        let table = self.txn.open_table(SESSIONS)?;
+        // Opened only if a stored row must be read (opening a table per command was 1% of
+        // a loaded cluster's CPU).
+        let txn = &self.slot.as_ref().expect("open while the batch runs").0;
+        let table = || Ok(txn.open_table(SESSIONS)?);
         let mut sessions = self.store.lock_sessions();
-        Ok(match sessions.lookup(&table, s, max)? {
+        Ok(match sessions.lookup(table, s, max)? {
             Lookup::Apply => None,
             Lookup::Retry(outcome) => {
-                sessions.touch(&table, s.client_id, index, &mut self.undo)?;
+                sessions.touch(table, s.client_id, index, &mut self.undo)?;
                 Some(outcome)
             }
             Lookup::Refuse(e) => Some(Outcome::Stored(Err(e))),
@@ -97,7 +114,7 @@ impl<'s> Batch<'s> {
     /// transaction and the overlay may hold part of the request: abort the batch.
     fn execute(&mut self, req: &Request) -> Result<Response, Error> {
         let (resp, after, compact_to) = execute_as(
-            &self.txn,
+            &self.slot.as_ref().expect("open while the batch runs").0,
             self.store,
             &mut self.overlay,
             self.cap,
@@ -113,17 +130,22 @@ impl<'s> Batch<'s> {
         Ok(resp)
     }
 
-    /// Commits: a compaction leaves the index, then redb; then the overlay joins the index.
-    fn commit(self) -> Result<(), Error> {
+    /// Ends the batch: its sessions and the meta go into the transaction, a compaction
+    /// leaves the index and then redb, and the overlay joins the index. The transaction is
+    /// committed if `force`, if commits are not grouped, or if the group is due (see
+    /// `Options::commit_delay`); otherwise it stays open for the next batch, and the rows
+    /// become the index's pending rows.
+    fn commit(self, force: bool) -> Result<(), Error> {
         let Batch {
             store,
-            txn,
-            overlay,
+            mut slot,
+            mut overlay,
             meta,
             compact_to,
             undo,
             ..
         } = self;
+        let (txn, began) = slot.take().expect("open while the batch runs");
         // The sessions changed in memory stay changed and are stored, as one row.
         let evicted = store
             .lock_sessions()
@@ -144,16 +166,86 @@ impl<'s> Batch<'s> {
                 revs.remove(rev.key())?;
             }
         }
-        txn.commit()?;
-        store.write_index().merge(overlay, meta);
+        let rows = std::mem::take(&mut overlay.rows);
+        let delay = store.options.commit_delay;
+        // Readers of the lease tables read committed state only.
+        let now = force
+            || delay.is_zero()
+            || compact_to.is_some()
+            || !overlay.lease_changes.is_empty()
+            || began.elapsed() >= delay
+            || {
+                let index = store.read_index();
+                let bytes: usize = rows.iter().map(|(_, r)| r.len()).sum();
+                index.pending.rows() + rows.len() >= GROUP_ROWS_MAX
+                    || index.pending.bytes() + bytes >= GROUP_BYTES_MAX
+            };
+        if now {
+            store.commit_txn(txn)?;
+            let mut index = store.write_index();
+            index.merge(overlay, meta);
+            index.pending.clear();
+        } else {
+            let mut index = store.write_index();
+            index.merge(overlay, meta);
+            index.pending.push(rows);
+            *slot = Some((txn, began));
+        }
         Ok(())
     }
 
+    /// Ends the batch with nothing of it applied.
     fn abort(self) -> Result<(), Error> {
-        self.store.lock_sessions().undo(self.undo);
-        self.txn.abort()?;
+        let Batch {
+            store,
+            mut slot,
+            shared,
+            overlay,
+            undo,
+            ..
+        } = self;
+        store.lock_sessions().undo(undo);
+        let (txn, began) = slot.take().expect("open while the batch runs");
+        if shared {
+            // Earlier batches share the transaction: remove this one's writes from it.
+            undo_writes(&txn, &overlay)?;
+            *slot = Some((txn, began));
+        } else {
+            txn.abort()?;
+        }
         Ok(())
     }
+}
+
+/// Removes the rows and reverts the lease changes of `overlay` from `txn` (the meta and the
+/// sessions are written only when a batch ends, so it holds nothing else of the batch).
+fn undo_writes(txn: &WriteTransaction, overlay: &Overlay) -> Result<(), Error> {
+    let mut revs = txn.open_table(REVS)?;
+    for (rev, _) in overlay.rows.iter().rev() {
+        revs.remove(rev.key())?;
+    }
+    if overlay.lease_changes.is_empty() {
+        return Ok(());
+    }
+    let mut leases = txn.open_table(LEASES)?;
+    let mut keys = txn.open_table(LEASE_KEYS)?;
+    for change in overlay.lease_changes.iter().rev() {
+        match change {
+            LeaseChange::Granted(id) => {
+                leases.remove(*id)?;
+            }
+            LeaseChange::Revoked { id, ttl } => {
+                leases.insert(*id, *ttl)?;
+            }
+            LeaseChange::Attached(lease, key) => {
+                keys.remove((*lease, key.as_slice()))?;
+            }
+            LeaseChange::Detached(lease, key) => {
+                keys.insert((*lease, key.as_slice()), ())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -173,7 +265,7 @@ impl Store {
         }
         if let Some(answer) = b.session_answer(cmd, index)? {
             b.meta.applied = index;
-            b.commit()?;
+            b.commit(false)?;
             return self.answer(&cmd.request, answer)?.map_err(Error::Kv);
         }
         let rev_before = b.meta.revision;
@@ -189,7 +281,7 @@ impl Store {
         };
         b.record(cmd, index, &result, rev_before)?;
         b.meta.applied = index;
-        b.commit()?;
+        b.commit(false)?;
         result.map_err(Error::Kv)
     }
 
@@ -242,7 +334,7 @@ impl Store {
                     Outcome::Stored(result) => out.push(Some(result)),
                     Outcome::Replay { rev_before } if wanted(index, cmd) => {
                         // A replay needs its own transaction: commit what came before.
-                        b.commit()?;
+                        b.commit(true)?;
                         committed = pos + 1;
                         out.push(Some(self.replay(&cmd.request, rev_before)?));
                         b = Batch::begin(self)?;
@@ -253,7 +345,7 @@ impl Store {
             }
             let alone = matches!(cmd.request, Request::Compact { .. });
             if alone && pos > committed {
-                b.commit()?;
+                b.commit(true)?;
                 committed = pos;
                 b = Batch::begin(self)?;
             }
@@ -274,12 +366,12 @@ impl Store {
                 Err(other) => return Err(other),
             }
             if alone {
-                b.commit()?;
+                b.commit(false)?;
                 committed = pos + 1;
                 b = Batch::begin(self)?;
             }
         }
-        b.commit()?;
+        b.commit(false)?;
         Ok(out)
     }
 
@@ -311,6 +403,8 @@ impl Store {
         if rev_before < meta.compacted || rev_before > meta.revision {
             return Ok(Err(KvError::AnswerLost));
         }
+        // redb has one writer: what the open grouped transaction holds is committed first.
+        self.settle()?;
         let txn = self.db.begin_write()?;
         let then = Meta {
             revision: rev_before,
@@ -367,7 +461,7 @@ impl Store {
             return Err(Error::AlreadyApplied { index, applied });
         }
         b.meta.applied = index;
-        b.commit()
+        b.commit(false)
     }
 }
 

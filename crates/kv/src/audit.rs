@@ -15,6 +15,7 @@ impl Store {
     /// and the applied index are left out (they are bookkeeping, not keyspace). Returns
     /// `(revision, hash)`.
     pub fn hash(&self) -> Result<(i64, u32), Error> {
+        self.settle()?;
         let txn = self.begin_read()?;
         let meta = Meta::read(&txn.open_table(META)?)?;
         let mut h = crc32fast::Hasher::new();
@@ -39,6 +40,7 @@ impl Store {
     /// rows rebuild; a violation is a bug and panics. Linear in the size of the store, and
     /// expects no concurrent apply: for tests and the simulator.
     pub fn check_invariants(&self) -> Result<(), Error> {
+        self.settle()?;
         let index = self.read_index();
         let txn = self.begin_read()?;
         let meta = Meta::read(&txn.open_table(META)?)?;

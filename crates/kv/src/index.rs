@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use crate::mvcc::{KeySpan, PutHeader, Rev};
+use crate::pending::{Chunk, Pending};
 use crate::store::Meta;
 
 /// What the index knows of a key at a revision where it is live: everything of its
@@ -186,6 +187,9 @@ pub(crate) struct Index {
     /// reader that started before it can tell (it is not part of the state: equality ignores
     /// it, see `same_state`).
     pub(crate) epoch: u64,
+    /// Rows the index points to whose write transaction is still open (see
+    /// [`crate::pending`]); not part of the state either.
+    pub(crate) pending: Pending,
 }
 
 impl Index {
@@ -196,6 +200,7 @@ impl Index {
             meta,
             revs: 0,
             epoch: 0,
+            pending: Pending::default(),
         }
     }
 
@@ -324,6 +329,24 @@ pub(crate) struct Overlay {
     keys: BTreeMap<Vec<u8>, Vec<(Rev, Option<Live>)>>,
     /// Changes held.
     len: usize,
+    /// The rows the transaction wrote, ascending: they become [`Pending`] rows if the
+    /// transaction stays open, and are removed again if the batch is undone.
+    pub(crate) rows: Chunk,
+    /// The lease table changes the transaction made, in order (to undo them).
+    pub(crate) lease_changes: Vec<LeaseChange>,
+}
+
+/// One change of the lease tables, as made (see [`Overlay::lease_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LeaseChange {
+    /// A lease was granted.
+    Granted(i64),
+    /// A lease with this TTL was revoked.
+    Revoked { id: i64, ttl: i64 },
+    /// A key was attached to a lease.
+    Attached(i64, Vec<u8>),
+    /// A key was detached from a lease.
+    Detached(i64, Vec<u8>),
 }
 
 impl Overlay {

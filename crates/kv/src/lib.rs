@@ -3,7 +3,8 @@
 //! The server applies committed Raft entries with [`Store::apply`], which runs one
 //! [`Command`] and records the Raft index in the same redb transaction, so after a crash
 //! [`Store::applied_index`] says exactly where to resume. Reads that skip the log use
-//! [`Store::range`].
+//! [`Store::range`]. With [`Options::commit_delay`] applies share one redb transaction,
+//! committed about that often (etcd's backend batch interval); readers see its rows at once.
 //!
 //! Semantics follow etcd v3 (`etcdserver/apply.go`, `mvcc/`):
 //!
@@ -56,6 +57,7 @@ mod index;
 mod lease;
 mod mvcc;
 mod open;
+mod pending;
 mod range;
 mod session;
 pub mod snapshot;

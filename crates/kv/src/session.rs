@@ -519,9 +519,12 @@ impl Sessions {
     }
 
     /// Classifies a command of session `s` (see the module docs).
-    pub(crate) fn lookup(
+    ///
+    /// `table` opens the stored rows; it is called only for a retry whose outcome is not in
+    /// memory (a large outcome of an old format), so most commands open no table.
+    pub(crate) fn lookup<T: SessionTable>(
         &self,
-        table: &impl SessionTable,
+        table: impl FnOnce() -> Result<T, Error>,
         s: Session,
         sessions_max: usize,
     ) -> Result<Lookup, Error> {
@@ -545,7 +548,7 @@ impl Sessions {
         Ok(if s.seq == row.seq {
             let outcome = match &row.outcome {
                 Some(bytes) => Outcome::decode(bytes)?,
-                None => Outcome::decode(&stored_outcome(table, row, s.client_id)?)?,
+                None => Outcome::decode(&stored_outcome(&table()?, row, s.client_id)?)?,
             };
             Lookup::Retry(outcome)
         } else if s.seq < row.seq {
@@ -584,9 +587,10 @@ impl Sessions {
     }
 
     /// Marks the session as seen at `index` without changing its outcome (for retries).
-    pub(crate) fn touch(
+    /// `table` opens the stored rows, as for [`Sessions::lookup`].
+    pub(crate) fn touch<T: SessionTable>(
         &mut self,
-        table: &impl SessionTable,
+        table: impl FnOnce() -> Result<T, Error>,
         client_id: u64,
         index: u64,
         undo: &mut Undo,
@@ -597,7 +601,7 @@ impl Sessions {
         let outcome = match &cached.outcome {
             Some(o) => o.clone(),
             // A large outcome of an old format: kept in memory until this batch stores it.
-            None => stored_outcome(table, cached, client_id)?,
+            None => stored_outcome(&table()?, cached, client_id)?,
         };
         let touched = Cached {
             seq: cached.seq,

@@ -9,6 +9,7 @@ use redb::{ReadOnlyTable, ReadableTable};
 use crate::error::{Error, KvError};
 use crate::index::{Index, Live};
 use crate::mvcc::{row_value, KeySpan, Rev};
+use crate::pending::Pending;
 use crate::store::Meta;
 use crate::types::KeyValue;
 
@@ -73,6 +74,8 @@ pub(crate) struct ReadView<'a> {
     /// The index's epoch then.
     pub(crate) epoch: u64,
     pub(crate) revs: ReadOnlyTable<(u64, u32), &'static [u8]>,
+    /// The rows of the open grouped transaction then, which `revs` does not hold.
+    pub(crate) pending: Pending,
 }
 
 impl ReadView<'_> {
@@ -97,7 +100,14 @@ impl View for ReadView<'_> {
     }
 
     fn value(&self, rev: Rev) -> Result<Vec<u8>, Error> {
-        value_in(&self.revs, rev)
+        if self.pending.is_empty() {
+            return value_in(&self.revs, rev);
+        }
+        match self.pending.get(rev) {
+            Some(row) => row_value(row)?
+                .ok_or_else(|| Error::Corrupt(format!("the index points to a tombstone {rev:?}"))),
+            None => value_in(&self.revs, rev),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! falls behind in revisions, never in memory.
 
 use crate::error::{Error, KvError};
-use crate::mvcc::{split_row, KeySpan, Record};
+use crate::mvcc::{split_row, KeySpan, Record, Rev};
 use crate::store::Store;
 use crate::types::KeyValue;
 use crate::view::key_value;
@@ -67,24 +67,25 @@ impl Store {
         // Never behind `from`: a watcher may start past what this member has applied.
         let mut next = (meta.revision + 1).max(from);
         let mut current = 0u64;
-        for (rows, row) in view.revs.range((from, 0u32)..)?.enumerate() {
-            let (k, v) = row?;
-            let (main, _) = k.value();
+        let mut rows = 0usize;
+        // One row, in revision order; `false`: stop reading.
+        let mut handle = |main: u64, row: &[u8]| -> Result<bool, Error> {
             if main > meta.revision {
                 // Committed, not yet in the index: the next call sees it.
-                break;
+                return Ok(false);
             }
             if main != current {
                 // A revision boundary: the only place a batch may end.
                 if events.len() >= events_max.max(1) || rows >= ROWS_PER_CALL_MAX {
                     next = main;
-                    break;
+                    return Ok(false);
                 }
                 current = main;
             }
-            let (key, record) = split_row(v.value())?;
+            rows += 1;
+            let (key, record) = split_row(row)?;
             if !span.contains(key) {
-                continue;
+                return Ok(true);
             }
             events.push(match Record::decode(record)? {
                 Record::Put {
@@ -114,6 +115,29 @@ impl Store {
                     prev_kv: None,
                 },
             });
+            Ok(true)
+        };
+        // Committed rows first, up to the open transaction's (see `pending`: a row may be in
+        // both for a moment), then those.
+        let boundary = view.pending.first_rev();
+        let mut more = true;
+        for row in view.revs.range((from, 0u32)..)? {
+            let (k, v) = row?;
+            let (main, sub) = k.value();
+            if boundary.is_some_and(|b| Rev { main, sub } >= b) {
+                break;
+            }
+            if !handle(main, v.value())? {
+                more = false;
+                break;
+            }
+        }
+        if more {
+            for (rev, row) in view.pending.from(Rev { main: from, sub: 0 }) {
+                if !handle(rev.main, row)? {
+                    break;
+                }
+            }
         }
         if prev_kv && !events.is_empty() {
             // As etcd: the key as of the revision before the event's (so a put and a delete

@@ -19,12 +19,19 @@ fn options(batched: bool) -> Options {
     let durability = if batched {
         Durability::Batched {
             commits_per_sync: 1000,
+            interval: std::time::Duration::from_secs(3600),
         }
     } else {
         Durability::Immediate
     };
     Options {
         durability,
+        // Batched as the server runs it: applies also share grouped transactions.
+        commit_delay: if batched {
+            std::time::Duration::from_millis(20)
+        } else {
+            std::time::Duration::ZERO
+        },
         ..Options::default()
     }
 }

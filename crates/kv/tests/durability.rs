@@ -117,6 +117,7 @@ fn reopening_finds_the_same_state_and_applied_index() {
         Durability::Immediate,
         Durability::Batched {
             commits_per_sync: 3,
+            interval: std::time::Duration::from_secs(3600),
         },
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -318,6 +319,7 @@ fn invalid_options_are_refused_with_a_reason() {
         Options {
             durability: Durability::Batched {
                 commits_per_sync: 0,
+                interval: std::time::Duration::from_secs(1),
             },
             ..Options::default()
         },
@@ -675,7 +677,9 @@ proptest! {
         let one = Store::in_memory(options).expect("store");
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("kv.redb");
-        let batched = Store::open(&path, options).expect("store");
+        // Batches also share grouped transactions; dropping the store commits the last.
+        let grouped = Options { commit_delay: std::time::Duration::from_secs(10), ..options };
+        let batched = Store::open(&path, grouped).expect("store");
         let mut seqs = std::collections::HashMap::new();
         let cmds: Vec<Command> = ops
             .iter()

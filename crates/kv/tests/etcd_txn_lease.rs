@@ -319,6 +319,31 @@ fn txn_errors_apply_nothing() {
         3,
         "failed entries are still applied"
     );
+    // After a success the transaction is shared by later applies (grouped commits): a
+    // failure then undoes its own rows and lease attachments inside it.
+    s.apply(Request::LeaseGrant { id: 7, ttl: 5 }).unwrap();
+    s.put("c", "1");
+    let attach_then_fail = TxnRequest {
+        success: vec![
+            RequestOp::Put(PutRequest {
+                lease: 7,
+                ..PutRequest::new("a", "1")
+            }),
+            RequestOp::Put(PutRequest {
+                lease: 3,
+                ..PutRequest::new("b", "1")
+            }),
+        ],
+        ..Default::default()
+    };
+    assert_eq!(
+        s.kv_err(Request::Txn(attach_then_fail)),
+        KvError::LeaseNotFound
+    );
+    assert_eq!((s.rev(), s.get("a")), (2, None));
+    assert!(s.store.lease_keys(7).unwrap().is_empty());
+    // The rows match the index, and the lease tables the keys.
+    s.store.check_invariants().unwrap();
 }
 
 #[test]

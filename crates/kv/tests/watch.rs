@@ -3,7 +3,12 @@
 use kv::*;
 
 fn store() -> Store {
-    Store::in_memory(Options::default()).expect("store")
+    // Grouped commits, as the server runs: changes are read from the open transaction too.
+    Store::in_memory(Options {
+        commit_delay: std::time::Duration::from_secs(10),
+        ..Options::default()
+    })
+    .expect("store")
 }
 
 fn apply(s: &Store, index: u64, req: Request) {

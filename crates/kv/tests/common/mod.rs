@@ -12,7 +12,12 @@ pub struct Kv {
 impl Kv {
     pub fn new() -> Kv {
         Kv {
-            store: Store::in_memory(Options::default()).expect("in-memory store"),
+            // Grouped commits, as the server runs: reads see the open transaction's rows.
+            store: Store::in_memory(Options {
+                commit_delay: std::time::Duration::from_secs(10),
+                ..Options::default()
+            })
+            .expect("in-memory store"),
             index: 0,
         }
     }

@@ -146,6 +146,12 @@ impl<'s> Batch<'s> {
             ..
         } = self;
         let (txn, began) = slot.take().expect("open while the batch runs");
+        {
+            let mut revs = txn.open_table(REVS)?;
+            for (rev, row) in &overlay.rows {
+                revs.insert(rev.key(), row.as_slice())?;
+            }
+        }
         // The sessions changed in memory stay changed and are stored, as one row.
         let evicted = store
             .lock_sessions()
@@ -217,13 +223,9 @@ impl<'s> Batch<'s> {
     }
 }
 
-/// Removes the rows and reverts the lease changes of `overlay` from `txn` (the meta and the
-/// sessions are written only when a batch ends, so it holds nothing else of the batch).
+/// Reverts the lease changes of `overlay` in `txn` (rows, the meta and the sessions are
+/// written only when a batch ends, so it holds nothing else of the batch).
 fn undo_writes(txn: &WriteTransaction, overlay: &Overlay) -> Result<(), Error> {
-    let mut revs = txn.open_table(REVS)?;
-    for (rev, _) in overlay.rows.iter().rev() {
-        revs.remove(rev.key())?;
-    }
     if overlay.lease_changes.is_empty() {
         return Ok(());
     }

@@ -329,8 +329,8 @@ pub(crate) struct Overlay {
     keys: BTreeMap<Vec<u8>, Vec<(Rev, Option<Live>)>>,
     /// Changes held.
     len: usize,
-    /// The rows the transaction wrote, ascending: they become [`Pending`] rows if the
-    /// transaction stays open, and are removed again if the batch is undone.
+    /// The rows the transaction wrote, ascending, not in redb yet: the batch appends them
+    /// when it ends, and they become [`Pending`] rows if the transaction stays open.
     pub(crate) rows: Chunk,
     /// The lease table changes the transaction made, in order (to undo them).
     pub(crate) lease_changes: Vec<LeaseChange>,
@@ -375,6 +375,12 @@ impl Overlay {
         }
         changes.push((rev, change));
         self.len += 1;
+    }
+
+    /// The row written at `rev` by this transaction, if any.
+    pub(crate) fn row(&self, rev: Rev) -> Option<&[u8]> {
+        let i = self.rows.binary_search_by_key(&rev, |r| r.0).ok()?;
+        Some(&self.rows[i].1)
     }
 
     /// The overlay's answer for `key` at revision `max`: `None` if it has no change of `key` at

@@ -2,7 +2,7 @@
 //! and compacting the logs behind it, and staging and installing one streamed from the leader.
 //! Recovering from a snapshot at start is in [`super::open`].
 
-use raft::{EntryId, Index, SnapshotMeta};
+use raft::{EntryId, SnapshotMeta};
 use tokio::sync::oneshot;
 
 use super::apply::ApplyJob;
@@ -103,47 +103,59 @@ impl NodeTask {
     }
 
     /// Starts a snapshot once `snapshot_count` entries were applied past the log start
-    /// (paper §7): the apply task opens a durable, consistent view of the state machine, and a
-    /// blocking thread serializes it and writes the snapshot file, so neither the node task nor
-    /// applying waits for a large state to be written. [`NodeTask::finish_snapshot`] then
-    /// compacts the logs.
+    /// (paper §7): the apply task opens a durable, consistent view of the state machine once
+    /// it has applied every entry handed to it so far, and a blocking thread serializes it and
+    /// writes the snapshot file. The node task waits for neither (it used to wait for the
+    /// view, which stalled replication for the apply queue's length and a durable commit);
+    /// [`NodeTask::finish_snapshot`] compacts the logs when the file is written.
     pub(super) async fn maybe_snapshot(&mut self) -> Result<(), ServerError> {
         // Cheap test first (no IO): this runs after every batch.
         let start = self.log.log_start().index.0;
-        if self.snapshotting.is_some()
-            || self.raw.status().applied.0 < start.saturating_add(self.snapshot_count)
-        {
+        // Every entry up to here was handed to the apply task: the view will be at it.
+        let applied = self.raw.status().applied;
+        if self.snapshotting.is_some() || applied.0 < start.saturating_add(self.snapshot_count) {
             return Ok(());
         }
-        let (done, rx) = oneshot::channel();
-        self.submit(ApplyJob::Snapshot { done }).await?;
-        let view = self.wait(rx).await?;
-        let applied = view.applied_index()?;
-        if applied < start.saturating_add(self.snapshot_count) {
-            return Ok(());
-        }
-        let index = Index(applied);
-        let Some(term) = self.raw.log().term(index) else {
+        let Some(term) = self.raw.log().term(applied) else {
             return Ok(());
         };
-        let last = EntryId { term, index };
-        let membership = self.raw.log().membership_at(index).clone();
+        let last = EntryId {
+            term,
+            index: applied,
+        };
+        let membership = self.raw.log().membership_at(applied).clone();
         let dir = self.log.snapshot_dir().to_path_buf();
-        self.snapshotting = Some(tokio::task::spawn_blocking(move || {
-            // Streamed from the read view to the file: the state is never whole in memory.
-            let smeta = storage::SnapshotMeta {
-                last,
-                membership: membership.clone(),
-            };
-            let mut file = storage::SnapshotWriter::create(&dir, &smeta)?;
-            let size_bytes = view.write_to(&mut file)?;
-            drop(view);
-            file.finish()?;
-            Ok(SnapshotMeta {
-                last,
-                membership,
-                size_bytes,
+        let (done, rx) = oneshot::channel();
+        self.submit(ApplyJob::Snapshot { done }).await?;
+        self.snapshotting = Some(tokio::spawn(async move {
+            let view = rx.await.map_err(|_| {
+                ServerError::Invariant("the apply task stopped before the snapshot view".into())
+            })??;
+            let at = view.applied_index()?;
+            if at != last.index.0 {
+                return Err(ServerError::Invariant(format!(
+                    "a snapshot view after entry {} is at applied index {at}",
+                    last.index
+                )));
+            }
+            tokio::task::spawn_blocking(move || {
+                // Streamed from the read view to the file: the state is never whole in memory.
+                let smeta = storage::SnapshotMeta {
+                    last,
+                    membership: membership.clone(),
+                };
+                let mut file = storage::SnapshotWriter::create(&dir, &smeta)?;
+                let size_bytes = view.write_to(&mut file)?;
+                drop(view);
+                file.finish()?;
+                Ok(SnapshotMeta {
+                    last,
+                    membership,
+                    size_bytes,
+                })
             })
+            .await
+            .map_err(|e| ServerError::Invariant(format!("snapshot writer failed: {e}")))?
         }));
         Ok(())
     }

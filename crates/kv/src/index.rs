@@ -76,6 +76,18 @@ impl KeyIndex {
     /// The key's state after every change at or before `max`: `None` if it did not exist or
     /// was deleted.
     fn at(&self, max: Rev) -> Option<Live> {
+        // Most reads are of the latest state (every write's own lookup): answer those from
+        // the end of the last generation without searching its revisions.
+        let g = self.gens.last()?;
+        let &(rev, lease) = g.revs.last()?;
+        if rev <= max {
+            return (!g.deleted).then(|| Live {
+                rev,
+                create: g.created,
+                version: g.first_version + g.revs.len() as u64 - 1,
+                lease,
+            });
+        }
         for g in self.gens.iter().rev() {
             if g.revs[0].0 > max {
                 continue;

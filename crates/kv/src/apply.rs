@@ -31,10 +31,14 @@ enum Replay {
 /// its own, or the open grouped one (see `Options::commit_delay`).
 struct Batch<'s> {
     store: &'s Store,
-    /// The store's transaction slot, held for the whole batch; `Some` until it ends.
+    /// The store's transaction slot, held for the whole batch (empty meanwhile: the
+    /// transaction is in `txn`), so that nothing else commits or begins a write under it.
     slot: MutexGuard<'s, Option<(WriteTransaction, Instant)>>,
+    /// The transaction and when its group began; taken when the batch ends. A batch that is
+    /// dropped without ending (an error return) aborts it and fails the store (see Drop).
+    txn: Option<(WriteTransaction, Instant)>,
     /// Whether the transaction holds earlier batches (applied, not committed): undoing this
-    /// batch then removes its writes instead of aborting the transaction.
+    /// batch then reverts its writes instead of aborting the transaction.
     shared: bool,
     /// Index changes of the transaction, merged after it commits.
     overlay: Overlay,
@@ -48,17 +52,31 @@ struct Batch<'s> {
     undo: Undo,
 }
 
+impl Drop for Batch<'_> {
+    /// A batch that did not end (a storage fault or corruption part-way) may have written
+    /// part of a request, and earlier batches of its group are applied in memory but not in
+    /// redb: dropping the transaction aborts it, and the store refuses all further work, so
+    /// that no later commit can store a state with those changes half there.
+    fn drop(&mut self) {
+        if self.txn.take().is_some() {
+            self.store.fail();
+        }
+    }
+}
+
 impl<'s> Batch<'s> {
     fn begin(store: &'s Store) -> Result<Batch<'s>, Error> {
         let mut slot = store.lock_open();
-        let shared = slot.is_some();
-        if !shared {
-            *slot = Some((store.begin_write()?, Instant::now()));
-        }
+        store.check_failed()?;
+        let (txn, shared) = match slot.take() {
+            Some(open) => (open, true),
+            None => ((store.begin_write()?, Instant::now()), false),
+        };
         let meta = store.meta();
         Ok(Batch {
             store,
             slot,
+            txn: Some(txn),
             shared,
             overlay: Overlay::default(),
             meta,
@@ -77,7 +95,7 @@ impl<'s> Batch<'s> {
         let max = self.store.options.sessions_max;
         // Opened only if a stored row must be read (opening a table per command was 1% of
         // a loaded cluster's CPU).
-        let txn = &self.slot.as_ref().expect("open while the batch runs").0;
+        let txn = &self.txn.as_ref().expect("open until the batch ends").0;
         let table = || Ok(txn.open_table(SESSIONS)?);
         let mut sessions = self.store.lock_sessions();
         Ok(match sessions.lookup(table, s, max)? {
@@ -114,7 +132,7 @@ impl<'s> Batch<'s> {
     /// transaction and the overlay may hold part of the request: abort the batch.
     fn execute(&mut self, req: &Request) -> Result<Response, Error> {
         let (resp, after, compact_to) = execute_as(
-            &self.slot.as_ref().expect("open while the batch runs").0,
+            &self.txn.as_ref().expect("open until the batch ends").0,
             self.store,
             &mut self.overlay,
             self.cap,
@@ -130,22 +148,23 @@ impl<'s> Batch<'s> {
         Ok(resp)
     }
 
-    /// Ends the batch: its sessions and the meta go into the transaction, a compaction
+    /// Ends the batch: its rows, sessions and the meta go into the transaction, a compaction
     /// leaves the index and then redb, and the overlay joins the index. The transaction is
     /// committed if `force`, if commits are not grouped, or if the group is due (see
     /// `Options::commit_delay`); otherwise it stays open for the next batch, and the rows
-    /// become the index's pending rows.
-    fn commit(self, force: bool) -> Result<(), Error> {
-        let Batch {
-            store,
-            mut slot,
-            mut overlay,
-            meta,
-            compact_to,
-            undo,
-            ..
-        } = self;
-        let (txn, began) = slot.take().expect("open while the batch runs");
+    /// become the index's pending rows. An error fails the store.
+    fn commit(mut self, force: bool) -> Result<(), Error> {
+        let ended = self.end(force);
+        if ended.is_err() {
+            self.store.fail();
+        }
+        ended
+    }
+
+    fn end(&mut self, force: bool) -> Result<(), Error> {
+        let store = self.store;
+        let (txn, began) = self.txn.take().expect("open until the batch ends");
+        let mut overlay = std::mem::take(&mut self.overlay);
         {
             let mut revs = txn.open_table(REVS)?;
             for (rev, row) in &overlay.rows {
@@ -153,15 +172,16 @@ impl<'s> Batch<'s> {
             }
         }
         // The sessions changed in memory stay changed and are stored, as one row.
-        let evicted = store
-            .lock_sessions()
-            .flush(&mut txn.open_table(SESSIONS)?, undo)?;
+        let evicted = store.lock_sessions().flush(
+            &mut txn.open_table(SESSIONS)?,
+            std::mem::take(&mut self.undo),
+        )?;
         if let Some(evicted) = evicted {
             txn.open_table(META)?
                 .insert(META_SESSIONS_EVICTED, evicted)?;
         }
-        meta.write(&txn)?;
-        if let Some(c) = compact_to {
+        self.meta.write(&txn)?;
+        if let Some(c) = self.compact_to {
             let doomed = {
                 let mut index = store.write_index();
                 index.meta.compacted = c;
@@ -177,7 +197,7 @@ impl<'s> Batch<'s> {
         // Readers of the lease tables read committed state only.
         let now = force
             || delay.is_zero()
-            || compact_to.is_some()
+            || self.compact_to.is_some()
             || !overlay.lease_changes.is_empty()
             || began.elapsed() >= delay
             || {
@@ -189,33 +209,30 @@ impl<'s> Batch<'s> {
         if now {
             store.commit_txn(txn)?;
             let mut index = store.write_index();
-            index.merge(overlay, meta);
+            index.merge(overlay, self.meta);
             index.pending.clear();
         } else {
             let mut index = store.write_index();
-            index.merge(overlay, meta);
+            index.merge(overlay, self.meta);
             index.pending.push(rows);
-            *slot = Some((txn, began));
+            *self.slot = Some((txn, began));
         }
         Ok(())
     }
 
-    /// Ends the batch with nothing of it applied.
-    fn abort(self) -> Result<(), Error> {
-        let Batch {
-            store,
-            mut slot,
-            shared,
-            overlay,
-            undo,
-            ..
-        } = self;
-        store.lock_sessions().undo(undo);
-        let (txn, began) = slot.take().expect("open while the batch runs");
-        if shared {
-            // Earlier batches share the transaction: remove this one's writes from it.
-            undo_writes(&txn, &overlay)?;
-            *slot = Some((txn, began));
+    /// Ends the batch with nothing of it applied. An error fails the store.
+    fn abort(mut self) -> Result<(), Error> {
+        self.store
+            .lock_sessions()
+            .undo(std::mem::take(&mut self.undo));
+        let (txn, began) = self.txn.take().expect("open until the batch ends");
+        if self.shared {
+            // Earlier batches share the transaction: revert this one's writes in it.
+            if let Err(e) = undo_writes(&txn, &self.overlay) {
+                self.store.fail();
+                return Err(e);
+            }
+            *self.slot = Some((txn, began));
         } else {
             txn.abort()?;
         }
@@ -405,8 +422,10 @@ impl Store {
         if rev_before < meta.compacted || rev_before > meta.revision {
             return Ok(Err(KvError::AnswerLost));
         }
-        // redb has one writer: what the open grouped transaction holds is committed first.
-        self.settle()?;
+        // redb has one writer: what the open grouped transaction holds is committed first,
+        // and the slot is held so that no group opens meanwhile.
+        let mut slot = self.lock_open();
+        self.settle_locked(&mut slot)?;
         let txn = self.db.begin_write()?;
         let then = Meta {
             revision: rev_before,

@@ -81,6 +81,11 @@ pub enum Error {
     /// Reading or writing a snapshot stream failed.
     #[error("snapshot io: {0}")]
     Io(std::io::Error),
+    /// An earlier apply failed part-way (a storage fault, or corruption found) while applies
+    /// shared an open transaction; the store refuses to apply, commit or snapshot any more,
+    /// and must be opened again (which replays from what reached the disk).
+    #[error("the state machine failed earlier and must be reopened")]
+    Failed,
     /// redb failed (IO, full disk, ...). The caller should stop applying. Boxed to keep
     /// `Result<_, Error>` small.
     #[error("storage: {0}")]

@@ -126,8 +126,12 @@ mod tests {
         assert_eq!(p.get(rev(5, 0)), None);
         assert_eq!((p.rows(), p.bytes()), (3, 3));
         assert_eq!(p.first_rev(), Some(rev(2, 0)));
-        let revs: Vec<Rev> = p.from(rev(2, 1)).map(|r| r.0).collect();
-        assert_eq!(revs, vec![rev(2, 1), rev(4, 0)]);
+        let from = |r: Rev| p.from(r).map(|r| r.0).collect::<Vec<Rev>>();
+        assert_eq!(from(rev(2, 1)), vec![rev(2, 1), rev(4, 0)]);
+        assert_eq!(from(rev(1, 0)), vec![rev(2, 0), rev(2, 1), rev(4, 0)]);
+        assert_eq!(from(rev(2, 2)), vec![rev(4, 0)]);
+        assert_eq!(from(rev(4, 0)), vec![rev(4, 0)]);
+        assert_eq!(from(rev(4, 1)), Vec::<Rev>::new());
         let reader = p.clone();
         p.clear();
         assert!(p.is_empty() && p.get(rev(2, 0)).is_none());

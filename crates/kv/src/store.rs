@@ -185,14 +185,25 @@ pub struct Store {
     /// it began. An apply holds the lock for its whole batch; [`Store::settle`] commits it.
     /// Lock order: this, then the index, then the sessions.
     pub(crate) open: Mutex<Option<(WriteTransaction, std::time::Instant)>>,
+    /// Set when an apply failed part-way (see [`Error::Failed`]); never cleared.
+    failed: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Store {
     /// Commits the open grouped transaction: a store closed in order keeps what it applied
-    /// (a crash loses it, and the caller's log replays it).
+    /// (a crash loses it, and the caller's log replays it). Not after a failure or during a
+    /// panic: the transaction is then dropped, which aborts it.
     fn drop(&mut self) {
-        if let Err(e) = self.settle() {
-            tracing::warn!(error = %e, "closing the state machine: the last commit failed");
+        if std::thread::panicking() || self.check_failed().is_err() {
+            return;
+        }
+        let Ok(open) = self.open.get_mut() else {
+            return;
+        };
+        if let Some((txn, _)) = open.take() {
+            if let Err(e) = txn.commit() {
+                tracing::warn!(error = %e, "closing the state machine: the last commit failed");
+            }
         }
     }
 }
@@ -282,6 +293,7 @@ impl Store {
             options,
             unsynced: Mutex::new(Unsynced::now()),
             open: Mutex::new(None),
+            failed: std::sync::atomic::AtomicBool::new(false),
             index: RwLock::new(index),
             sessions: Mutex::new(sessions),
         })
@@ -343,12 +355,51 @@ impl Store {
             .expect("the open transaction lock is poisoned by an earlier panic")
     }
 
+    /// Marks the store failed (see [`Error::Failed`]).
+    pub(crate) fn fail(&self) {
+        self.failed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// `Err(Error::Failed)` once the store has failed.
+    pub(crate) fn check_failed(&self) -> Result<(), Error> {
+        if self.failed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::Failed);
+        }
+        Ok(())
+    }
+
     /// Commits the open grouped transaction, if any (see [`Options::commit_delay`]), so that
     /// redb holds everything applied.
     pub fn settle(&self) -> Result<(), Error> {
         let mut open = self.lock_open();
+        self.settle_locked(&mut open)
+    }
+
+    /// [`Store::settle`] if the open grouped transaction is at least `commit_delay` old:
+    /// for a caller that has nothing to apply for a while (the group would otherwise stay
+    /// open until the next apply).
+    pub fn settle_if_due(&self) -> Result<(), Error> {
+        let mut open = self.lock_open();
+        match &*open {
+            Some((_, began)) if began.elapsed() >= self.options.commit_delay => {
+                self.settle_locked(&mut open)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Store::settle`] with the slot held by the caller.
+    pub(crate) fn settle_locked(
+        &self,
+        open: &mut Option<(WriteTransaction, std::time::Instant)>,
+    ) -> Result<(), Error> {
+        self.check_failed()?;
         if let Some((txn, _)) = open.take() {
-            self.commit_txn(txn)?;
+            if let Err(e) = self.commit_txn(txn) {
+                self.fail();
+                return Err(e);
+            }
             self.write_index().pending.clear();
         }
         Ok(())
@@ -360,13 +411,22 @@ impl Store {
             .expect("the sync counter lock is poisoned by an earlier panic")
     }
 
-    /// Makes everything applied durable: commits the open grouped transaction, then one
-    /// empty durable commit. Only needed with [`Durability::Batched`] or a
+    /// Makes everything applied durable: commits the open grouped transaction, or an empty
+    /// transaction if none is open, durably. Only needed with [`Durability::Batched`] or a
     /// [`Options::commit_delay`]; cheap otherwise.
     pub fn sync(&self) -> Result<(), Error> {
-        self.settle()?;
-        let txn = self.db.begin_write()?;
-        txn.commit()?;
+        let mut open = self.lock_open();
+        self.check_failed()?;
+        let txn = match open.take() {
+            Some((txn, _)) => txn,
+            None => self.db.begin_write()?,
+        };
+        // A transaction's durability is redb's default, Immediate, unless set otherwise.
+        if let Err(e) = txn.commit() {
+            self.fail();
+            return Err(e.into());
+        }
+        self.write_index().pending.clear();
         *self.lock_unsynced() = Unsynced::now();
         Ok(())
     }
@@ -475,8 +535,10 @@ impl Store {
     /// into a new key index, which replace the old ones only once the whole snapshot (and its
     /// checksum) has been read. Readers wait only for the commit.
     pub fn restore_from(&self, input: &mut dyn std::io::Read) -> Result<(), Error> {
-        // Lock order, everywhere: the redb write transaction, then the index.
-        self.settle()?;
+        // Lock order, everywhere: the slot of the open transaction, the redb write
+        // transaction, then the index. The slot is held throughout so that no group opens.
+        let mut open = self.lock_open();
+        self.settle_locked(&mut open)?;
         let txn = self.begin_write()?;
         txn.delete_table(REVS)?;
         txn.delete_table(LEASES)?;

@@ -765,3 +765,40 @@ fn raising_the_session_limit_does_not_revive_evicted_sessions_on_some_replicas()
         "applied, not answered as a retry"
     );
 }
+
+/// Grouped commits: applies stay in the open transaction (a crash loses them, and the
+/// caller replays them from its log) until the group is due and committed by the next apply
+/// or by `settle_if_due` when nothing is applied. The file is copied as a crash would leave
+/// it (redb keeps the original locked while the store is open).
+#[test]
+fn a_grouped_transaction_is_committed_when_due_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let crashed = |name: &str| {
+        let copy = dir.path().join(name);
+        std::fs::copy(&path, &copy).unwrap();
+        Store::open(&copy, Options::default()).unwrap()
+    };
+    let options = Options {
+        commit_delay: std::time::Duration::from_millis(200),
+        ..Options::default()
+    };
+    let s = Store::open(&path, options).unwrap();
+    s.apply(1, &Command::new(put("a", "1"))).unwrap();
+    // Not due: nothing is committed yet, though readers see the put.
+    s.settle_if_due().unwrap();
+    assert_eq!(s.range(&RangeRequest::key("a")).unwrap().kvs.len(), 1);
+    assert_eq!(crashed("early.redb").applied_index().unwrap(), 0);
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    s.settle_if_due().unwrap();
+    let after = crashed("due.redb");
+    assert_eq!(
+        after.applied_index().unwrap(),
+        1,
+        "the due group was committed"
+    );
+    assert_eq!(
+        after.range(&RangeRequest::key("a")).unwrap().kvs[0].value,
+        b"1"
+    );
+}

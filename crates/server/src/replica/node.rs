@@ -158,9 +158,20 @@ impl NodeTask {
                     if self.snapshotting.is_some() =>
                 {
                     self.snapshotting = None;
-                    let taken = done.map_err(|e| {
-                        ServerError::Invariant(format!("snapshot writer failed: {e}"))
-                    })??;
+                    let taken = match done {
+                        Ok(Ok(taken)) => taken,
+                        // If the apply task stopped, its error is the one to report.
+                        Ok(Err(e)) if self.applier.as_ref().is_some_and(|a| a.is_finished()) => {
+                            tracing::warn!(error = %e, "snapshot abandoned");
+                            return Err(self.apply_failure().await);
+                        }
+                        Ok(Err(e)) => return Err(e),
+                        Err(e) => {
+                            return Err(ServerError::Invariant(format!(
+                                "snapshot writer failed: {e}"
+                            )))
+                        }
+                    };
                     self.finish_snapshot(taken)?;
                 }
             }

@@ -65,6 +65,22 @@ struct Generation {
     deleted: bool,
 }
 
+impl Generation {
+    /// The key's state as of `revs[i]`: `None` if that is the tombstone.
+    fn live(&self, i: usize) -> Option<Live> {
+        if self.deleted && i == self.revs.len() - 1 {
+            return None;
+        }
+        let (rev, lease) = self.revs[i];
+        Some(Live {
+            rev,
+            create: self.created,
+            version: self.first_version + i as u64,
+            lease,
+        })
+    }
+}
+
 /// The revisions of one key. Invariants: generations are in revision order, every one but the
 /// last is `deleted`, and none is empty (a key without any is removed from the index).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -78,31 +94,15 @@ impl KeyIndex {
     fn at(&self, max: Rev) -> Option<Live> {
         // Most reads are of the latest state (every write's own lookup): answer those from
         // the end of the last generation without searching its revisions.
-        let g = self.gens.last()?;
-        let &(rev, lease) = g.revs.last()?;
-        if rev <= max {
-            return (!g.deleted).then(|| Live {
-                rev,
-                create: g.created,
-                version: g.first_version + g.revs.len() as u64 - 1,
-                lease,
-            });
+        let last = self.gens.last()?;
+        if last.revs.last()?.0 <= max {
+            return last.live(last.revs.len() - 1);
         }
         for g in self.gens.iter().rev() {
             if g.revs[0].0 > max {
                 continue;
             }
-            let i = g.revs.partition_point(|(r, _)| *r <= max) - 1;
-            if g.deleted && i == g.revs.len() - 1 {
-                return None;
-            }
-            let (rev, lease) = g.revs[i];
-            return Some(Live {
-                rev,
-                create: g.created,
-                version: g.first_version + i as u64,
-                lease,
-            });
+            return g.live(g.revs.partition_point(|(r, _)| *r <= max) - 1);
         }
         None
     }

@@ -57,7 +57,13 @@ pub(crate) fn value_in(
     let row = revs
         .get(rev.key())?
         .ok_or_else(|| Error::Corrupt(format!("the index points to a missing row {rev:?}")))?;
-    row_value(row.value())?
+    put_value(row.value(), rev)
+}
+
+/// The value of `row`, found at `rev` where the index says a put is; a tombstone there is
+/// corruption.
+pub(crate) fn put_value(row: &[u8], rev: Rev) -> Result<Vec<u8>, Error> {
+    row_value(row)?
         .ok_or_else(|| Error::Corrupt(format!("the index points to a tombstone {rev:?}")))
 }
 
@@ -104,8 +110,7 @@ impl View for ReadView<'_> {
             return value_in(&self.revs, rev);
         }
         match self.pending.get(rev) {
-            Some(row) => row_value(row)?
-                .ok_or_else(|| Error::Corrupt(format!("the index points to a tombstone {rev:?}"))),
+            Some(row) => put_value(row, rev),
             None => value_in(&self.revs, rev),
         }
     }

@@ -15,12 +15,12 @@ use redb::{Table, WriteTransaction};
 use crate::error::{Error, KvError};
 use crate::index::{Index, Layered, LeaseChange, Live, Overlay};
 use crate::lease::{self, LEASES, LEASE_KEYS};
-use crate::mvcc::{encode_row, row_value, KeySpan, PutHeader, Record, Rev, REVS};
+use crate::mvcc::{encode_row, KeySpan, PutHeader, Record, Rev, REVS};
 use crate::range;
 use crate::types::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
 };
-use crate::view::{key_value, value_in, View, Visit};
+use crate::view::{key_value, put_value, value_in, View, Visit};
 
 /// Open tables of a write transaction, the index view, and the request's revision bookkeeping.
 pub(crate) struct Writer<'t> {
@@ -189,7 +189,7 @@ impl<'t> Writer<'t> {
         }
         let value = kept_value.as_deref().unwrap_or(&req.value);
         let row = put_row(&req.key, live.header(), value);
-        self.append(rev, row)?;
+        self.append(rev, row);
         self.overlay.push(&req.key, rev, Some(live));
         Ok(PutResponse {
             revision: rev.main as i64,
@@ -235,16 +235,15 @@ impl<'t> Writer<'t> {
         }
         let rev = self.next_rev();
         let row = encode_row(key, &Record::Tombstone);
-        self.append(rev, row)?;
+        self.append(rev, row);
         self.overlay.push(key, rev, None);
         Ok(())
     }
 
     /// Adds the row at `rev` to the overlay, which the batch writes to redb when it ends
     /// (one table open and one run of appends per batch, instead of per request).
-    fn append(&mut self, rev: Rev, row: Vec<u8>) -> Result<(), Error> {
+    fn append(&mut self, rev: Rev, row: Vec<u8>) {
         self.overlay.rows.push((rev, row));
-        Ok(())
     }
 
     /// Detaches `key` from `lease`.
@@ -312,9 +311,7 @@ impl View for Writer<'_> {
 
     fn value(&self, rev: Rev) -> Result<Vec<u8>, Error> {
         if let Some(row) = self.overlay.row(rev) {
-            return row_value(row)?.ok_or_else(|| {
-                Error::Corrupt(format!("the overlay points to a tombstone {rev:?}"))
-            });
+            return put_value(row, rev);
         }
         if self.revs.get().is_none() {
             let table = self.txn.open_table(REVS)?;

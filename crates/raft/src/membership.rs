@@ -201,6 +201,9 @@ impl RawNode {
         };
         let id = entry.id();
         self.append_as_leader(vec![entry]);
+        // To the members of the old configuration first (a member it removes learns of its
+        // removal), then to those the new one adds.
+        self.bcast_append();
         self.sync_progress();
         self.bcast_append();
         id

@@ -92,6 +92,12 @@ pub struct RawNode {
     /// Outgoing messages since the last batch. Bounded by flow control: one heartbeat per peer
     /// per interval, appends within each follower's window, one answer per message received.
     pub(crate) msgs: Vec<Message>,
+    /// Leader: entries were proposed since the last broadcast. [`RawNode::ready`] sends them
+    /// to every follower in one append each, however many proposals came in between: one
+    /// broadcast per proposal cost each follower a message, a log append and an
+    /// acknowledgement per entry. Invariant: `false` unless this node leads (cleared on every
+    /// role change, see `reset`).
+    pub(crate) bcast_pending: bool,
     /// Number of the last batch handed out.
     pub(crate) ready_number: u64,
     /// The batch handed out and not yet advanced.
@@ -148,6 +154,7 @@ impl RawNode {
             pending_chunks: Vec::new(),
             pending_install: None,
             msgs: Vec::new(),
+            bcast_pending: false,
             ready_number: 0,
             in_flight: None,
             prev_hard_state: state.hard_state,
@@ -279,6 +286,7 @@ impl RawNode {
         }
         let id = entry.id();
         self.append_as_leader(vec![entry]);
+        self.bcast_pending = true;
         self.check_invariants_if_debug();
         Ok(id)
     }
@@ -318,6 +326,13 @@ impl RawNode {
             "ready() called before advance() of the previous batch"
         );
         self.ready_number += 1;
+        if std::mem::take(&mut self.bcast_pending) {
+            assert!(
+                self.is_leader(),
+                "a broadcast is pending only on the leader"
+            );
+            self.bcast_append();
+        }
         self.reads.close_open_round();
         let hard_state = self.hard_state();
         let soft_state = self.soft_state();

@@ -68,8 +68,8 @@ impl RawNode {
         }
         self.log.append(entries);
         // This node's own acknowledgement comes when the batch is durable (advance); a
-        // one-node cluster commits then.
-        self.bcast_append();
+        // one-node cluster commits then. The followers get the entries from the caller's
+        // broadcast: at once, or at the next `ready` for proposals (`bcast_pending`).
     }
 
     /// Sends appends to every follower that can take one.

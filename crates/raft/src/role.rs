@@ -120,6 +120,7 @@ impl RawNode {
         self.reset_randomized_election_timeout();
         // Whatever the old role held goes with it; the caller sets the new role.
         self.role = RoleState::Follower;
+        self.bcast_pending = false;
         for req in self.reads.take_unconfirmed() {
             self.fail_read(req);
         }
@@ -182,6 +183,7 @@ impl RawNode {
             data: Vec::new(),
         };
         self.append_as_leader(vec![noop]);
+        self.bcast_append();
         // Postcondition (§5.4.2, §8): the log ends with this term's no-op, nothing of the term
         // is committed yet, and every other member is tracked.
         assert_eq!(

@@ -53,6 +53,7 @@ mod audit;
 pub mod codec;
 mod command;
 mod error;
+mod hash;
 mod index;
 mod lease;
 mod mvcc;

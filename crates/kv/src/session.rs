@@ -45,6 +45,7 @@ use redb::{ReadableTable, Table, TableDefinition};
 use crate::codec::{decode_result, encode_result, read_varint, Writer};
 use crate::command::{Request, Response, Session};
 use crate::error::{Error, KvError};
+use crate::hash::IdMap;
 
 /// `first index -> entries`: the sessions one write transaction recorded (or one chunk of a
 /// loaded snapshot), as `{ client (varint) ++ Row::encode (length-prefixed) }*`, keyed by the
@@ -67,6 +68,8 @@ const LOADED_ROW_BYTES_MAX: usize = 1 << 20;
 
 /// [`Cached::row`] of a record made by the open write transaction, not stored yet.
 const PENDING: u64 = u64::MAX;
+/// `Cached::row` of a record [`Sessions::flush`] is storing (never seen outside it).
+const TAKEN: u64 = u64::MAX - 1;
 
 /// First byte of a replay outcome; a stored result starts with the codec version (1).
 const REPLAY_TAG: u8 = 0xfe;
@@ -342,7 +345,7 @@ pub(crate) fn store_rows(
 /// entries of each stored row (rows whose count is 0 are deleted at the next flush).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Sessions {
-    rows: HashMap<u64, Cached>,
+    rows: IdMap<Cached>,
     by_index: BTreeSet<(u64, u64)>,
     /// Stored row key -> live entries in it.
     stored: BTreeMap<u64, u32>,
@@ -450,12 +453,11 @@ impl Sessions {
         table: &mut SessionTableMut<'_>,
         undo: Undo,
     ) -> Result<Option<u64>, Error> {
-        let mut seen = std::collections::HashSet::with_capacity(undo.0.len());
-        let mut fresh: Vec<(u64, Row)> = Vec::new();
+        // Only a client's first change in the batch can replace a stored record: after it,
+        // the client holds a record of this batch or none.
+        let mut fresh: Vec<u64> = Vec::with_capacity(undo.0.len());
+        let mut key = u64::MAX;
         for (client, prev) in undo.0 {
-            if !seen.insert(client) {
-                continue;
-            }
             if let Some(prev) = prev.filter(|p| p.row != PENDING) {
                 let n = self.stored.get_mut(&prev.row).ok_or_else(|| {
                     Error::Corrupt(format!("session row {} not counted", prev.row))
@@ -467,32 +469,34 @@ impl Sessions {
                     self.dead.push(prev.row);
                 }
             }
-            if let Some(now) = self.rows.get(&client).filter(|c| c.row == PENDING) {
-                let outcome = now
-                    .outcome
-                    .clone()
-                    .expect("a record made in this batch keeps its outcome until stored");
-                fresh.push((
-                    client,
-                    Row {
-                        seq: now.seq,
-                        index: now.index,
-                        outcome,
-                    },
-                ));
+            // A client changed twice in the batch is taken once: marked as taken here.
+            if let Some(now) = self.rows.get_mut(&client).filter(|c| c.row == PENDING) {
+                now.row = TAKEN;
+                key = key.min(now.index);
+                fresh.push(client);
             }
         }
-        if let Some(key) = fresh.iter().map(|(_, r)| r.index).min() {
-            let bytes = encode_entries(fresh.iter().map(|(c, r)| (*c, r)));
-            table.insert(key, bytes.as_slice())?;
-            self.stored.insert(key, fresh.len() as u32);
-            for (client, row) in &fresh {
+        if !fresh.is_empty() {
+            // The same bytes as `encode_entries`, written from the records in place.
+            let mut w = Writer(Vec::with_capacity(fresh.len() * 48));
+            for client in &fresh {
                 let cached = self.rows.get_mut(client).expect("a fresh record is held");
+                let outcome = cached
+                    .outcome
+                    .as_deref()
+                    .expect("a record made in this batch keeps its outcome until stored");
+                w.u64(*client);
+                w.u64(16 + outcome.len() as u64);
+                w.0.extend_from_slice(&cached.seq.to_le_bytes());
+                w.0.extend_from_slice(&cached.index.to_le_bytes());
+                w.0.extend_from_slice(outcome);
                 cached.row = key;
-                if row.outcome.len() > STORED_OUTCOME_BYTES_MAX {
+                if outcome.len() > STORED_OUTCOME_BYTES_MAX {
                     cached.outcome = None; // an old format's large outcome: in the row now
                 }
             }
+            table.insert(key, w.0.as_slice())?;
+            self.stored.insert(key, fresh.len() as u32);
         }
         for key in self.dead.drain(..) {
             table.remove(key)?;

@@ -49,7 +49,11 @@ mod tests {
                 h.write_u64(0x1234_5678_9abc_def0u64.wrapping_add(i.wrapping_mul(stride)));
                 buckets.insert(h.finish() & 1023);
             }
-            assert!(buckets.len() > 600, "stride {stride}: {} buckets", buckets.len());
+            assert!(
+                buckets.len() > 600,
+                "stride {stride}: {} buckets",
+                buckets.len()
+            );
         }
     }
 }

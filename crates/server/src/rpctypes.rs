@@ -20,6 +20,12 @@ pub const ERR_LEADER_CHANGED: &str = "etcdserver: leader changed";
 pub const ERR_TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 /// The member is stopping.
 pub const ERR_STOPPED: &str = "etcdserver: server stopped";
+/// MoveLeader's target is not a voting member (or is unknown).
+pub const ERR_BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
+/// MoveLeader's target did not take over before the deadline (etcd sends it as `Unknown`: it
+/// is missing from etcd's map of gRPC errors, and clients match on the message).
+pub const ERR_TIMEOUT_LEADER_TRANSFER: &str =
+    "etcdserver: request timed out, leader transfer took too long";
 /// A lease TTL over the maximum.
 pub const ERR_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 

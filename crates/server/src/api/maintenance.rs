@@ -1,10 +1,26 @@
-//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status and Alarm so far.
+//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm and MoveLeader so
+//! far.
 
-use tonic::{Request, Response, Status};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::{Code, Request, Response, Status};
 
 use super::{Api, API_VERSION};
 use crate::pb::etcdserverpb as epb;
-use crate::rpctypes::ERR_NO_LEADER;
+use crate::replica::AdminError;
+use crate::rpctypes::{
+    ERR_BAD_LEADER_TRANSFEREE, ERR_NOT_LEADER, ERR_NO_LEADER, ERR_STOPPED,
+    ERR_TIMEOUT_LEADER_TRANSFER, ERR_TOO_MANY_REQUESTS,
+};
+
+/// How long MoveLeader waits for the target to take over when the client set no deadline
+/// (etcd waits for the client's deadline; the core gives up a transfer after one election
+/// timeout, so a wait this long only ends in failure if the cluster is in trouble).
+const MOVE_LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
+/// Answer this much before the client's deadline, so that it gets etcd's error rather than
+/// its own "deadline exceeded".
+const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
 #[tonic::async_trait]
 impl epb::maintenance_server::Maintenance for Api {
@@ -17,6 +33,59 @@ impl epb::maintenance_server::Maintenance for Api {
             header: Some(self.header()),
             alarms: Vec::new(),
         }))
+    }
+
+    /// etcd's MoveLeader: on the leader only; the target must be a voter. Returns once the
+    /// target leads, as etcd does (`etcdctl move-leader` prints the change), or fails with
+    /// etcd's timeout error if it did not take over in time. Writes meanwhile are refused by
+    /// the core and retried by the server, so clients see no failure.
+    async fn move_leader(
+        &self,
+        request: Request<epb::MoveLeaderRequest>,
+    ) -> Result<Response<epb::MoveLeaderResponse>, Status> {
+        let deadline = Instant::now()
+            + grpc_timeout(&request)
+                .map_or(MOVE_LEADER_WAIT_MAX, |t| t.saturating_sub(DEADLINE_MARGIN))
+                .min(MOVE_LEADER_WAIT_MAX);
+        let target = request.into_inner().target_id;
+        let node = &self.inner.node;
+        let me = self.inner.member_id;
+        let mut changes = node.status_changes();
+        if node.status().leader.map(|l| l.get()) != Some(me) {
+            return Err(Status::failed_precondition(ERR_NOT_LEADER));
+        }
+        let answer = || {
+            Ok(Response::new(epb::MoveLeaderResponse {
+                header: Some(self.header()),
+            }))
+        };
+        // Already there (etcd answers at once too; the core refuses a transfer to itself).
+        if target == me {
+            return answer();
+        }
+        let to = raft::NodeId::new(target)
+            .ok_or_else(|| Status::failed_precondition(ERR_BAD_LEADER_TRANSFEREE))?;
+        match node.transfer_leader(to).await {
+            Ok(Ok(())) => {}
+            Ok(Err(raft::TransferError::NotLeader { .. })) => {
+                return Err(Status::failed_precondition(ERR_NOT_LEADER))
+            }
+            Ok(Err(raft::TransferError::InvalidTarget(_))) => {
+                return Err(Status::failed_precondition(ERR_BAD_LEADER_TRANSFEREE))
+            }
+            Err(AdminError::Busy) => return Err(Status::resource_exhausted(ERR_TOO_MANY_REQUESTS)),
+            Err(AdminError::Stopped) => return Err(Status::unavailable(ERR_STOPPED)),
+        }
+        loop {
+            if changes.borrow_and_update().leader == Some(to) {
+                return answer();
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Status::unavailable(ERR_STOPPED)),
+                Err(_) => return Err(Status::new(Code::Unknown, ERR_TIMEOUT_LEADER_TRANSFER)),
+            }
+        }
     }
 
     async fn status(
@@ -47,5 +116,51 @@ impl epb::maintenance_server::Maintenance for Api {
             db_size_in_use: db_size,
             is_learner: false,
         }))
+    }
+}
+
+/// The client's deadline from the `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits
+/// and a unit), if it sent a valid one.
+fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_timeout(v: &str) -> Option<Duration> {
+        let mut r = Request::new(());
+        r.metadata_mut()
+            .insert("grpc-timeout", v.parse().expect("ascii"));
+        grpc_timeout(&r)
+    }
+
+    #[test]
+    fn grpc_timeouts_are_read_as_the_protocol_defines_them() {
+        assert_eq!(with_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(with_timeout("4999m"), Some(Duration::from_millis(4999)));
+        assert_eq!(with_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(with_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(with_timeout("250u"), Some(Duration::from_micros(250)));
+        assert_eq!(with_timeout("7n"), Some(Duration::from_nanos(7)));
+        for bad in ["", "S", "5", "5s", "123456789S", "-1S", "1.5S"] {
+            assert_eq!(with_timeout(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&Request::new(())), None);
     }
 }

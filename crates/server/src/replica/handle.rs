@@ -16,6 +16,24 @@ pub(super) struct Proposal {
     pub(super) reply: WriteReply,
 }
 
+/// An operator's request to the node task (few, never on a hot path).
+pub(super) enum AdminOp {
+    /// Start handing leadership to a voter (`raft::RawNode::transfer_leader`).
+    TransferLeader {
+        to: NodeId,
+        reply: oneshot::Sender<Result<(), raft::TransferError>>,
+    },
+}
+
+/// Why an operator's request did not reach the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminError {
+    /// The node task's queue of such requests is full.
+    Busy,
+    /// The node task has stopped.
+    Stopped,
+}
+
 /// What the API can see of the node, updated after every batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NodeStatus {
@@ -36,6 +54,7 @@ pub struct NodeStatus {
 pub struct NodeHandle {
     pub(super) proposals: mpsc::Sender<Proposal>,
     pub(super) reads: mpsc::Sender<ReadReply>,
+    pub(super) admin: mpsc::Sender<AdminOp>,
     pub(super) status: watch::Receiver<NodeStatus>,
     /// The state machine, for reads (writes go through the log).
     pub kv: Arc<kv::Store>,
@@ -95,5 +114,27 @@ impl NodeHandle {
     /// The latest status.
     pub fn status(&self) -> NodeStatus {
         *self.status.borrow()
+    }
+
+    /// A receiver that wakes whenever the status changes (a new leader, term or role, more
+    /// committed or applied).
+    pub fn status_changes(&self) -> watch::Receiver<NodeStatus> {
+        self.status.clone()
+    }
+
+    /// Asks the core to hand leadership to `to` (thesis §3.10); returns once the transfer
+    /// has started (or was refused), not when `to` leads: watch [`NodeHandle::status`].
+    pub async fn transfer_leader(
+        &self,
+        to: NodeId,
+    ) -> Result<Result<(), raft::TransferError>, AdminError> {
+        let (reply, rx) = oneshot::channel();
+        self.admin
+            .try_send(AdminOp::TransferLeader { to, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => AdminError::Busy,
+                mpsc::error::TrySendError::Closed(_) => AdminError::Stopped,
+            })?;
+        rx.await.map_err(|_| AdminError::Stopped)
     }
 }

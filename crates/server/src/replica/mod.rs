@@ -22,7 +22,7 @@ mod snapshot;
 use raft::Message;
 
 pub use apply::APPLY_QUEUE_MAX;
-pub use handle::{NodeHandle, NodeStatus};
+pub use handle::{AdminError, NodeHandle, NodeStatus};
 pub use node::{NodeTask, INBOUND_QUEUE_MAX, PROPOSALS_QUEUE_MAX, READS_QUEUE_MAX};
 pub use open::{open, OpenOptions, Opened, SESSIONS_MAX};
 pub use reply::{ReadFailure, WriteError};

@@ -30,7 +30,7 @@ use raft::{Message, RawNode, ReadCtx, Ready};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::apply::ApplyJob;
-use super::handle::{NodeHandle, NodeStatus, Proposal};
+use super::handle::{AdminOp, NodeHandle, NodeStatus, Proposal};
 use super::reply::{ReadFailure, ReadReply, Waiter, WriteError, WriteReply};
 use super::{CurrentSnapshot, Outbox};
 use crate::error::ServerError;
@@ -39,6 +39,8 @@ use crate::error::ServerError;
 pub const PROPOSALS_QUEUE_MAX: usize = 1024;
 /// Read requests queued for the node task, at most.
 pub const READS_QUEUE_MAX: usize = 1024;
+/// Operator requests (leader transfers) queued for the node task, at most.
+pub const ADMIN_QUEUE_MAX: usize = 16;
 /// Inbound peer messages queued for the node task, at most.
 pub const INBOUND_QUEUE_MAX: usize = 4096;
 /// Inputs taken per wake-up before the batch is handled (group commit: one sync per batch).
@@ -58,6 +60,7 @@ pub struct NodeTask {
     tick: Duration,
     proposals: mpsc::Receiver<Proposal>,
     reads: mpsc::Receiver<ReadReply>,
+    admin: mpsc::Receiver<AdminOp>,
     inbound: mpsc::Receiver<Message>,
     status: watch::Sender<NodeStatus>,
     /// Writers waiting for their entry: index -> (term proposed in, reply).
@@ -94,6 +97,7 @@ impl NodeTask {
         assert!(snapshot_count > 0, "snapshot_count must be positive");
         let (ptx, prx) = mpsc::channel(PROPOSALS_QUEUE_MAX);
         let (rtx, rrx) = mpsc::channel(READS_QUEUE_MAX);
+        let (atx, arx) = mpsc::channel(ADMIN_QUEUE_MAX);
         let applied = Arc::new(AtomicU64::new(raw.status().applied.0));
         let (stx, srx) = watch::channel(status_of(&raw, &applied));
         let (changed_tx, changed_rx) = watch::channel(raw.status().applied.0);
@@ -107,6 +111,7 @@ impl NodeTask {
         let handle = NodeHandle {
             proposals: ptx,
             reads: rtx,
+            admin: atx,
             status: srx,
             kv: kv.clone(),
             applied_changes: changed_rx,
@@ -122,6 +127,7 @@ impl NodeTask {
             tick,
             proposals: prx,
             reads: rrx,
+            admin: arx,
             inbound,
             status: stx,
             waiting_writes: BTreeMap::new(),
@@ -154,6 +160,7 @@ impl NodeTask {
                     Some(r) => self.read(r),
                     None => return Ok(()),
                 },
+                Some(op) = self.admin.recv() => self.admin(op),
                 done = async { self.snapshotting.as_mut().expect("guarded").await },
                     if self.snapshotting.is_some() =>
                 {
@@ -217,6 +224,14 @@ impl NodeTask {
             }
             Err(raft::ProposeError::TooLarge { .. }) => {
                 let _ = p.reply.send(Err(WriteError::TooLarge));
+            }
+        }
+    }
+
+    fn admin(&mut self, op: AdminOp) {
+        match op {
+            AdminOp::TransferLeader { to, reply } => {
+                let _ = reply.send(self.raw.transfer_leader(to));
             }
         }
     }

@@ -50,6 +50,9 @@ struct Batch<'s> {
     compact_to: Option<u64>,
     /// How to put the in-memory sessions back if the transaction is aborted.
     undo: Undo,
+    /// The batch wrote the member table, which readers see only once committed: it commits
+    /// when it ends.
+    members_changed: bool,
 }
 
 impl Drop for Batch<'_> {
@@ -82,6 +85,7 @@ impl<'s> Batch<'s> {
             meta,
             cap: meta.revision,
             compact_to: None,
+            members_changed: false,
             undo: Undo::default(),
         })
     }
@@ -144,6 +148,7 @@ impl<'s> Batch<'s> {
             assert!(self.compact_to.is_none(), "one compaction per batch");
             self.compact_to = Some(c);
         }
+        self.members_changed |= matches!(req, Request::MemberPublish(_));
         self.meta = after;
         Ok(resp)
     }
@@ -199,6 +204,8 @@ impl<'s> Batch<'s> {
             || delay.is_zero()
             || self.compact_to.is_some()
             || !overlay.lease_changes.is_empty()
+            // ... and of the member table too (publishing is rare).
+            || self.members_changed
             || began.elapsed() >= delay
             || {
                 let index = store.read_index();
@@ -525,6 +532,12 @@ fn execute_as(
         Request::LeaseRevoke { id } => {
             w.lease_revoke(*id)?;
             Response::LeaseRevoke {
+                revision: w.read_rev() as i64,
+            }
+        }
+        Request::MemberPublish(m) => {
+            crate::members::publish(&mut txn.open_table(crate::members::MEMBERS)?, m)?;
+            Response::MemberPublish {
                 revision: w.read_rev() as i64,
             }
         }

@@ -93,6 +93,9 @@ pub enum Request {
         /// Lease id.
         id: i64,
     },
+    /// A member's own name and client URLs, published when it starts (see
+    /// [`crate::members`]); changes no key and no revision.
+    MemberPublish(crate::members::Member),
 }
 
 /// The result of applying a [`Request`].
@@ -125,6 +128,11 @@ pub enum Response {
         /// Store revision after deleting the lease's keys.
         revision: i64,
     },
+    /// Result of [`Request::MemberPublish`].
+    MemberPublish {
+        /// Store revision (unchanged by publishing).
+        revision: i64,
+    },
 }
 
 impl Response {
@@ -137,7 +145,8 @@ impl Response {
             Response::Txn(r) => r.revision,
             Response::Compact { revision }
             | Response::LeaseGrant { revision, .. }
-            | Response::LeaseRevoke { revision } => *revision,
+            | Response::LeaseRevoke { revision }
+            | Response::MemberPublish { revision } => *revision,
         }
     }
 }

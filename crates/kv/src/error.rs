@@ -53,6 +53,10 @@ pub enum KvError {
     /// FailedPrecondition).
     #[error("skiff: the request was applied, but its answer was compacted away")]
     AnswerLost,
+    /// A member description over the limits of [`crate::members`] (Skiff-specific; only
+    /// members publish descriptions: a bug or a hostile peer).
+    #[error("skiff: member description over the limits")]
+    BadMember,
 }
 
 /// Every error of this crate.
@@ -128,12 +132,13 @@ impl KvError {
             KvError::StaleSequence => 12,
             KvError::SessionExpired => 13,
             KvError::AnswerLost => 14,
+            KvError::BadMember => 15,
         }
     }
 
     /// Inverse of [`KvError::code`].
     pub(crate) fn from_code(code: u8) -> Option<KvError> {
-        const ALL: [KvError; 14] = [
+        const ALL: [KvError; 15] = [
             KvError::EmptyKey,
             KvError::Compacted,
             KvError::FutureRevision,
@@ -148,6 +153,7 @@ impl KvError {
             KvError::StaleSequence,
             KvError::SessionExpired,
             KvError::AnswerLost,
+            KvError::BadMember,
         ];
         ALL.into_iter().find(|e| e.code() == code)
     }

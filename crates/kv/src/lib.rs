@@ -56,6 +56,7 @@ mod error;
 mod hash;
 mod index;
 mod lease;
+pub mod members;
 mod mvcc;
 mod open;
 mod pending;

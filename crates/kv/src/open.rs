@@ -31,6 +31,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), Error> {
     txn.open_table(LEASES)?;
     txn.open_table(LEASE_KEYS)?;
     txn.open_table(SESSIONS)?;
+    txn.open_table(crate::members::MEMBERS)?;
     Ok(())
 }
 

@@ -3,13 +3,15 @@
 //! Format (all integers varints, byte strings length-prefixed, see [`crate::codec`]):
 //!
 //! ```text
-//!   "SKIFFKV\0"  version(2)
+//!   "SKIFFKV\0"  version(3)
 //!   revision compacted applied
 //!   n_rows     { main sub row }*       rows by revision as stored (key and record); the
 //!                                      key index is rebuilt from them
 //!   n_leases   { id ttl }*
 //!   n_attached { lease key }*
 //!   n_sessions { client_id row }*      the eviction index is rebuilt from the rows
+//!   n_members  { member }*             the member table (`crate::members`), by id, each
+//!                                      length-prefixed
 //!   crc32 (4 bytes LE) of everything before it
 //! ```
 //!
@@ -19,24 +21,28 @@
 //! key index, as opening a store does). A corrupt snapshot, or one whose rows contradict each
 //! other, fails before the caller commits, so it never half-replaces the state.
 //!
-//! Version 1 (format 2 stores) held `{ key rev record }*` in key order, one row per key and
+//! Version 2 had no member table (it restores an empty one). Version 1 (format 2 stores) held `{ key rev record }*` in key order, one row per key and
 //! revision; it is still read, converted as a format 2 store is when it opens.
 
 use std::io::{Read, Write};
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+use crate::codec::Reader;
 use crate::codec::{read_varint, unzigzag, Writer};
 use crate::error::Error;
 use crate::index::Index;
 use crate::lease::{LEASES, LEASE_KEYS};
+use crate::members::{Member, MEMBERS};
 use crate::mvcc::{Rev, REVS};
 use crate::open::{add_row, HistoryConverter};
 use crate::session::{live_rows, store_rows, Row, Sessions, SESSIONS};
 use crate::store::{Meta, META};
 
 const MAGIC: &[u8; 8] = b"SKIFFKV\0";
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
+/// The version before the member table.
+const VERSION_NO_MEMBERS: u8 = 2;
 /// The version before rows by revision.
 const VERSION_HISTORY_BY_KEY: u8 = 1;
 /// Encoded bytes buffered before they are handed to the writer.
@@ -141,6 +147,14 @@ pub(crate) fn write_to(
         s.field(&row.encode())?;
         s.flush(false)?;
     }
+    let members = crate::members::all(&txn.open_table(MEMBERS)?)?;
+    s.w.u64(members.len() as u64);
+    for m in &members {
+        let mut one = Writer(Vec::new());
+        m.encode_into(&mut one);
+        s.field(&one.0)?;
+        s.flush(false)?;
+    }
     s.flush(true)?;
     let crc = s.crc.clone().finalize();
     s.out.write_all(&crc.to_le_bytes()).map_err(Error::Io)?;
@@ -205,6 +219,7 @@ enum Item {
     Lease { id: i64, ttl: i64 },
     Attached { id: i64, key: Vec<u8> },
     Session { id: u64, row: Vec<u8> },
+    Member(Member),
 }
 
 /// Decodes a whole snapshot, checking every row and the CRC, handing each part to `take` in
@@ -223,7 +238,7 @@ fn decode(
         return Err(bad("not a Skiff kv snapshot"));
     }
     let version = r.u8()?;
-    if version != VERSION && version != VERSION_HISTORY_BY_KEY {
+    if ![VERSION, VERSION_NO_MEMBERS, VERSION_HISTORY_BY_KEY].contains(&version) {
         return Err(bad("unknown version"));
     }
     let meta = Meta {
@@ -237,7 +252,7 @@ fn decode(
     take(Item::Meta(meta))?;
     let mut convert = HistoryConverter::default();
     for _ in 0..r.u64()? {
-        let (rev, row) = if version == VERSION {
+        let (rev, row) = if version != VERSION_HISTORY_BY_KEY {
             let (main, sub, row) = (r.u64()?, r.u64()?, r.bytes()?);
             let sub = u32::try_from(sub).map_err(|_| bad("sub-revision out of range"))?;
             (Rev { main, sub }, row)
@@ -266,6 +281,18 @@ fn decode(
         let (id, row) = (r.u64()?, r.bytes()?);
         Row::decode(&row)?;
         take(Item::Session { id, row })?;
+    }
+    if version == VERSION {
+        let mut last = 0;
+        for _ in 0..r.u64()? {
+            let m = Member::decode_from(&mut Reader::raw(&r.bytes()?))?;
+            if m.id <= last {
+                return Err(bad("members out of order"));
+            }
+            m.check().map_err(|_| bad("a member over the limits"))?;
+            last = m.id;
+            take(Item::Member(m))?;
+        }
     }
     let computed = r.crc.clone().finalize();
     let mut stored = [0u8; 4];
@@ -321,6 +348,7 @@ pub(crate) fn load_from(
     let mut leases = txn.open_table(LEASES)?;
     let mut attached = txn.open_table(LEASE_KEYS)?;
     let mut sessions = Vec::new();
+    let mut members = Vec::new();
     let mut clients = std::collections::HashSet::new();
     let mut index: Option<Index> = None;
     decode(input, &mut |item| {
@@ -345,9 +373,11 @@ pub(crate) fn load_from(
                 }
                 sessions.push((id, Row::decode(&row)?));
             }
+            Item::Member(m) => members.push(m),
         }
         Ok(())
     })?;
+    crate::members::replace(&mut txn.open_table(MEMBERS)?, &members)?;
     let mut table = txn.open_table(SESSIONS)?;
     store_rows(&mut table, sessions)?;
     // The rows hold live sessions only: nothing below them needs a watermark, unless this

@@ -501,6 +501,12 @@ impl Store {
         lease::all(&self.begin_read()?.open_table(LEASES)?)
     }
 
+    /// The member table (see [`crate::members`]), by id.
+    pub fn members(&self) -> Result<Vec<crate::members::Member>, Error> {
+        // No settle: an apply that changes the member table commits at once.
+        crate::members::all(&self.begin_read()?.open_table(crate::members::MEMBERS)?)
+    }
+
     /// Keys attached to lease `id` (empty for an unknown lease), ascending.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, Error> {
         lease::keys_of(&self.begin_read()?.open_table(LEASE_KEYS)?, id)
@@ -544,6 +550,7 @@ impl Store {
         txn.delete_table(LEASES)?;
         txn.delete_table(LEASE_KEYS)?;
         txn.delete_table(SESSIONS)?;
+        txn.delete_table(crate::members::MEMBERS)?;
         crate::open::create_tables(&txn)?;
         let (loaded, sessions) =
             crate::snapshot::load_from(&txn, input, self.options.sessions_max)?;

@@ -23,6 +23,7 @@ pub(crate) fn check_request(req: &Request) -> Result<(), KvError> {
         Request::Put(p) => check_put(p),
         Request::DeleteRange(d) => check_key(&d.key),
         Request::Txn(t) => check_txn_request(t),
+        Request::MemberPublish(m) => m.check(),
         Request::Compact { .. } | Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } => {
             Ok(())
         }

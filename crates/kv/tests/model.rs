@@ -277,6 +277,8 @@ impl Model {
                     revision: self.read_rev(),
                 }
             }
+            // Not generated: the member table is outside the key-value model.
+            Request::MemberPublish(_) => unreachable!("not generated"),
         })
     }
 }

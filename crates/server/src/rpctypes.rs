@@ -33,9 +33,12 @@ pub const ERR_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 pub fn kv_error_status(e: kv::KvError) -> Status {
     use kv::KvError as K;
     let code = match e {
-        K::EmptyKey | K::ValueProvided | K::LeaseProvided | K::DuplicateKey | K::TooManyOps => {
-            Code::InvalidArgument
-        }
+        K::EmptyKey
+        | K::ValueProvided
+        | K::LeaseProvided
+        | K::DuplicateKey
+        | K::TooManyOps
+        | K::BadMember => Code::InvalidArgument,
         K::Compacted | K::FutureRevision | K::LeaseTtlTooLarge => Code::OutOfRange,
         K::LeaseNotFound | K::KeyNotFound => Code::NotFound,
         K::LeaseExists | K::AnswerLost => Code::FailedPrecondition,

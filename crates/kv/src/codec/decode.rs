@@ -50,6 +50,11 @@ impl<'a> Reader<'a> {
         Ok(r)
     }
 
+    /// A reader of bytes without a version byte (a part of a larger encoding).
+    pub(crate) fn raw(bytes: &'a [u8]) -> Self {
+        Reader { buf: bytes }
+    }
+
     pub(crate) fn finish(&self) -> Result<(), Error> {
         if self.buf.is_empty() {
             Ok(())
@@ -113,6 +118,7 @@ impl<'a> Reader<'a> {
                 ttl: self.i64()?,
             },
             6 => Request::LeaseRevoke { id: self.i64()? },
+            7 => Request::MemberPublish(crate::members::Member::decode_from(self)?),
             t => return Err(bad(format!("request tag {t}"))),
         })
     }
@@ -254,6 +260,9 @@ impl<'a> Reader<'a> {
                 ttl: self.i64()?,
             },
             6 => Response::LeaseRevoke {
+                revision: self.i64()?,
+            },
+            7 => Response::MemberPublish {
                 revision: self.i64()?,
             },
             t => return Err(bad(format!("response tag {t}"))),

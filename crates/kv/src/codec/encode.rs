@@ -66,6 +66,10 @@ impl Writer {
                 self.u8(6);
                 self.i64(*id);
             }
+            Request::MemberPublish(m) => {
+                self.u8(7);
+                m.encode_into(self);
+            }
         }
     }
 
@@ -199,6 +203,10 @@ impl Writer {
             }
             Response::LeaseRevoke { revision } => {
                 self.u8(6);
+                self.i64(*revision);
+            }
+            Response::MemberPublish { revision } => {
+                self.u8(7);
                 self.i64(*revision);
             }
         }

@@ -151,6 +151,15 @@ mod tests {
             }),
             Command::new(Request::LeaseRevoke { id: -1 }),
             Command {
+                session: Some(Session::opened(4, 1, 9)),
+                request: Request::MemberPublish(crate::members::Member {
+                    id: u64::MAX,
+                    name: "n\u{e9}".into(),
+                    peer_urls: vec!["http://a:2380".into(), String::new()],
+                    client_urls: vec![],
+                }),
+            },
+            Command {
                 session: Some(Session::opened(3, 1, u64::MAX - 1)),
                 request: Request::Put(PutRequest::new("k", "v")),
             },
@@ -200,7 +209,12 @@ mod tests {
             })],
         }));
         assert_eq!(decode_result(&encode_result(&ok)).ok(), Some(ok));
-        let err: Result<Response, KvError> = Err(KvError::SessionExpired);
-        assert_eq!(decode_result(&encode_result(&err)).ok(), Some(err));
+        for other in [
+            Ok(Response::MemberPublish { revision: 7 }),
+            Err(KvError::SessionExpired),
+            Err(KvError::BadMember),
+        ] {
+            assert_eq!(decode_result(&encode_result(&other)).ok(), Some(other));
+        }
     }
 }

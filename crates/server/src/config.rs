@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub listen_client: SocketAddr,
     /// Address of the peer port.
     pub listen_peer: SocketAddr,
+    /// Where clients reach this member (`--advertise-client-urls`), as MemberList shows it.
+    pub advertise_client_urls: Vec<String>,
     /// The cluster definition.
     pub cluster: ClusterSpec,
     /// `--initial-cluster-state new` (true) or `existing` (false).
@@ -111,6 +113,7 @@ mod tests {
             data_dir: "unused".into(),
             listen_client: "127.0.0.1:2379".parse().expect("addr"),
             listen_peer: "127.0.0.1:2380".parse().expect("addr"),
+            advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
             cluster,
             new_cluster: true,
             heartbeat: std::time::Duration::from_millis(100),

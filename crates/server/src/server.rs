@@ -86,8 +86,18 @@ pub async fn run(
         RetryPolicy::default(),
         cluster_id,
     );
-    let api = Api::new(handle, forwarder, cluster_id, me.id.get(), kv_path);
+    let members = crate::api::cluster::MemberInfo {
+        initial: spec.clone(),
+        me: kv::members::Member {
+            id: me.id.get(),
+            name: me.name.clone(),
+            peer_urls: vec![me.peer_url.clone()],
+            client_urls: config.advertise_client_urls.clone(),
+        },
+    };
+    let api = Api::new(handle, forwarder, cluster_id, me.id.get(), kv_path, members);
     let lessor = api.start_lessor(config.election);
+    let publisher = api.start_publisher();
     let compactor = api.start_compactor(config.auto_compaction);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -119,6 +129,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     node.abort();
     lessor.abort();
+    publisher.abort();
     if let Some(c) = compactor {
         c.abort();
     }

@@ -45,7 +45,7 @@ struct ServeArgs {
     /// URL to serve the etcd API on (one http://IP:PORT).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     listen_client_urls: String,
-    /// Client URL to advertise (informational for now).
+    /// Client URL to advertise: where clients reach this member, as `member list` shows it.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     advertise_client_urls: String,
     /// URL to serve the peer protocol on (one http://IP:PORT).
@@ -137,6 +137,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| PathBuf::from(format!("{}.skiff", self.name))),
             listen_client,
             listen_peer,
+            advertise_client_urls: vec![self.advertise_client_urls.clone()],
             cluster,
             new_cluster: self.initial_cluster_state == "new",
             heartbeat: Duration::from_millis(self.heartbeat_interval),

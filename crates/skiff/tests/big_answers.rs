@@ -39,6 +39,8 @@ async fn a_forwarded_write_with_a_20_mib_answer_succeeds_and_snapshots_stay_smal
     }
 
     // A read-only transaction returning all of it: served outside the log.
+    // Every member's one publishing entry is in the log before counting.
+    c.wait_published(&[0, 1, 2]).await;
     let commit_before = c.status(leader).await.expect("status").raft_index;
     let txn = epb::TxnRequest {
         compare: vec![],

@@ -47,6 +47,8 @@ async fn a_read_only_txn_is_linearizable_and_never_enters_the_log() {
     let leader = c.wait_leader(&[0, 1, 2]).await;
     let follower = (leader + 1) % 3;
     put_retrying(&c, leader, "rk", "rv").await;
+    // Every member's one publishing entry is in the log before counting.
+    c.wait_published(&[0, 1, 2]).await;
     let commit_before = c.status(leader).await.expect("status").raft_index;
     let range = |serializable| epb::RequestOp {
         request: Some(epb::request_op::Request::RequestRange(epb::RangeRequest {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use super::{Api, REQUEST_BYTES_MAX};
 use crate::pb::etcdserverpb::{
-    kv_server::KvServer, lease_server::LeaseServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 
 /// gRPC framing allowance on top of the request limit (etcd's `grpcOverheadBytes`), so that an
@@ -22,6 +22,7 @@ pub fn client_routes(api: &Api) -> tonic::service::Routes {
             .max_decoding_message_size(REQUEST_BYTES_MAX + GRPC_OVERHEAD_BYTES),
     );
     grpc.add_service(MaintenanceServer::new(api.clone()));
+    grpc.add_service(ClusterServer::new(api.clone()));
     grpc.add_service(LeaseServer::new(api.clone()));
     grpc.add_service(WatchServer::new(api.clone()));
     let (health_api, metrics_api) = (api.clone(), api.clone());

@@ -25,11 +25,14 @@ impl LeaderApi for Api {
             .map_err(|e| Status::invalid_argument(format!("a forwarded write: {e}")))?;
         let kv_write = matches!(
             cmd.request,
-            kv::Request::Put(_) | kv::Request::DeleteRange(_) | kv::Request::Txn(_)
+            kv::Request::Put(_)
+                | kv::Request::DeleteRange(_)
+                | kv::Request::Txn(_)
+                | kv::Request::MemberPublish(_)
         );
         if cmd.session.is_none() || !kv_write {
             return Err(Status::invalid_argument(
-                "a forwarded write must be a put, delete or txn with a session",
+                "a forwarded write must be a put, delete, txn or member description with a session",
             ));
         }
         // Bounded as the forwarding member bounds it: past its deadline nobody waits for the

@@ -114,7 +114,13 @@ impl epb::maintenance_server::Maintenance for Api {
             raft_applied_index: st.applied,
             errors,
             db_size_in_use: db_size,
-            is_learner: false,
+            is_learner: self
+                .inner
+                .node
+                .membership()
+                .learners
+                .iter()
+                .any(|l| l.get() == self.inner.member_id),
         }))
     }
 }

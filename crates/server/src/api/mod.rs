@@ -33,6 +33,7 @@ use crate::rpctypes::{
     ERR_TOO_MANY_REQUESTS,
 };
 
+pub mod cluster;
 pub mod compactor;
 pub mod convert;
 pub mod expiry;
@@ -67,6 +68,8 @@ struct Inner {
     next_session: AtomicU64,
     /// Lease expiry state (see [`lease`]).
     leases: lease::Leases,
+    /// The initial cluster and this member's description (see [`cluster`]).
+    members: cluster::MemberInfo,
 }
 
 impl Api {
@@ -77,6 +80,7 @@ impl Api {
         cluster_id: u64,
         member_id: u64,
         kv_path: PathBuf,
+        members: cluster::MemberInfo,
     ) -> Api {
         Api {
             inner: Arc::new(Inner {
@@ -87,6 +91,7 @@ impl Api {
                 kv_path,
                 next_session: AtomicU64::new(random_u64(member_id)),
                 leases: lease::Leases::default(),
+                members,
             }),
         }
     }

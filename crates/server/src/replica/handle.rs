@@ -56,6 +56,8 @@ pub struct NodeHandle {
     pub(super) reads: mpsc::Sender<ReadReply>,
     pub(super) admin: mpsc::Sender<AdminOp>,
     pub(super) status: watch::Receiver<NodeStatus>,
+    /// The configuration in force (paper §6: from the moment it is appended).
+    pub(super) membership: watch::Receiver<Arc<raft::Membership>>,
     /// The state machine, for reads (writes go through the log).
     pub kv: Arc<kv::Store>,
     /// The applied index, updated after every apply: watch streams wait on it.
@@ -114,6 +116,11 @@ impl NodeHandle {
     /// The latest status.
     pub fn status(&self) -> NodeStatus {
         *self.status.borrow()
+    }
+
+    /// The configuration in force: which members vote, which learn.
+    pub fn membership(&self) -> Arc<raft::Membership> {
+        self.membership.borrow().clone()
     }
 
     /// A receiver that wakes whenever the status changes (a new leader, term or role, more

@@ -63,6 +63,8 @@ pub struct NodeTask {
     admin: mpsc::Receiver<AdminOp>,
     inbound: mpsc::Receiver<Message>,
     status: watch::Sender<NodeStatus>,
+    /// The configuration in force, as last published to the handles.
+    membership: watch::Sender<Arc<raft::Membership>>,
     /// Writers waiting for their entry: index -> (term proposed in, reply).
     waiting_writes: BTreeMap<u64, (u64, WriteReply)>,
     /// Readers waiting for confirmation, by read tag.
@@ -100,6 +102,7 @@ impl NodeTask {
         let (atx, arx) = mpsc::channel(ADMIN_QUEUE_MAX);
         let applied = Arc::new(AtomicU64::new(raw.status().applied.0));
         let (stx, srx) = watch::channel(status_of(&raw, &applied));
+        let (mtx, mrx) = watch::channel(Arc::new(raw.log().membership().clone()));
         let (changed_tx, changed_rx) = watch::channel(raw.status().applied.0);
         let session_waiters = Arc::new(super::session_waiters::SessionWaiters::default());
         let (apply, applier) = super::apply::spawn(
@@ -113,6 +116,7 @@ impl NodeTask {
             reads: rtx,
             admin: atx,
             status: srx,
+            membership: mrx,
             kv: kv.clone(),
             applied_changes: changed_rx,
             session_waiters,
@@ -130,6 +134,7 @@ impl NodeTask {
             admin: arx,
             inbound,
             status: stx,
+            membership: mtx,
             waiting_writes: BTreeMap::new(),
             waiting_reads: BTreeMap::new(),
             next_read_ctx: 1,
@@ -315,6 +320,10 @@ impl NodeTask {
         self.raw.advance(rd.number);
         self.status
             .send_replace(status_of(&self.raw, &self.applied));
+        if **self.membership.borrow() != *self.raw.log().membership() {
+            self.membership
+                .send_replace(Arc::new(self.raw.log().membership().clone()));
+        }
         Ok(())
     }
 

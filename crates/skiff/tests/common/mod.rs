@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use server::pb::etcdserverpb as epb;
+use server::pb::etcdserverpb::cluster_client::ClusterClient;
 use server::pb::etcdserverpb::kv_client::KvClient;
 use server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use tonic::transport::Channel;
@@ -207,6 +208,40 @@ impl Cluster {
             assert!(
                 Instant::now() < deadline,
                 "no agreed leader among {live:?} within {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The member list member `i` serves, once it answers.
+    pub async fn member_list(&self, i: usize) -> Option<epb::MemberListResponse> {
+        let ch = channel(&format!("http://{}", self.endpoint(i))).await?;
+        let mut c = ClusterClient::new(ch);
+        let mut req = tonic::Request::new(epb::MemberListRequest::default());
+        req.set_timeout(Duration::from_secs(5));
+        c.member_list(req).await.ok().map(|r| r.into_inner())
+    }
+
+    /// Waits until every member of `live` lists every member with its client URLs: each has
+    /// published its description (an entry of the log each member adds once after it starts;
+    /// tests that count log entries wait for it first).
+    pub async fn wait_published(&self, live: &[usize]) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let mut done = true;
+            for &i in live {
+                let list = self.member_list(i).await;
+                done &= list.is_some_and(|l| {
+                    l.members.len() == self.members.len()
+                        && l.members.iter().all(|m| !m.client_ur_ls.is_empty())
+                });
+            }
+            if done {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members did not publish within {PATIENCE:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

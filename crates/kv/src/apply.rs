@@ -148,7 +148,8 @@ impl<'s> Batch<'s> {
             assert!(self.compact_to.is_none(), "one compaction per batch");
             self.compact_to = Some(c);
         }
-        self.members_changed |= matches!(req, Request::MemberPublish(_));
+        self.members_changed |=
+            matches!(req, Request::MemberPublish(_) | Request::MembersRemoved(_));
         self.meta = after;
         Ok(resp)
     }
@@ -536,8 +537,22 @@ fn execute_as(
             }
         }
         Request::MemberPublish(m) => {
-            crate::members::publish(&mut txn.open_table(crate::members::MEMBERS)?, m)?;
-            Response::MemberPublish {
+            crate::members::publish(
+                &mut txn.open_table(crate::members::MEMBERS)?,
+                &txn.open_table(crate::members::MEMBERS_REMOVED)?,
+                m,
+            )?;
+            Response::Members {
+                revision: w.read_rev() as i64,
+            }
+        }
+        Request::MembersRemoved(ids) => {
+            crate::members::remove(
+                &mut txn.open_table(crate::members::MEMBERS)?,
+                &mut txn.open_table(crate::members::MEMBERS_REMOVED)?,
+                ids,
+            )?;
+            Response::Members {
                 revision: w.read_rev() as i64,
             }
         }

@@ -96,6 +96,10 @@ pub enum Request {
     /// A member's own name and client URLs, published when it starts (see
     /// [`crate::members`]); changes no key and no revision.
     MemberPublish(crate::members::Member),
+    /// The members a configuration entry left out, once it committed (derived by the server
+    /// from the entry and the configuration before it, never proposed): removed for good (see
+    /// [`crate::members`]).
+    MembersRemoved(Vec<u64>),
 }
 
 /// The result of applying a [`Request`].
@@ -128,9 +132,9 @@ pub enum Response {
         /// Store revision after deleting the lease's keys.
         revision: i64,
     },
-    /// Result of [`Request::MemberPublish`].
-    MemberPublish {
-        /// Store revision (unchanged by publishing).
+    /// Result of [`Request::MemberPublish`] and [`Request::MembersRemoved`].
+    Members {
+        /// Store revision (unchanged by member changes).
         revision: i64,
     },
 }
@@ -146,7 +150,7 @@ impl Response {
             Response::Compact { revision }
             | Response::LeaseGrant { revision, .. }
             | Response::LeaseRevoke { revision }
-            | Response::MemberPublish { revision } => *revision,
+            | Response::Members { revision } => *revision,
         }
     }
 }

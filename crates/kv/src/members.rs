@@ -7,6 +7,12 @@
 //! URLs when it starts ([`crate::Request::MemberPublish`]), as etcd's members publish their
 //! attributes; peer URLs are set when a member is first recorded and kept after that (etcd
 //! changes them only through MemberUpdate). Publishing changes no key and no revision.
+//!
+//! When a configuration entry that leaves members out commits, the server applies their
+//! removal ([`crate::Request::MembersRemoved`], derived from the entry and the configuration
+//! before it, so every replica applies the same): their rows are deleted and their ids
+//! recorded as removed ([`MEMBERS_REMOVED`], etcd's `members_removed` bucket), for good: a
+//! removed member's traffic is refused, and a description it publishes is ignored.
 
 use redb::{ReadableTable, TableDefinition};
 
@@ -15,6 +21,10 @@ use crate::error::{Error, KvError};
 
 /// `member id -> encoded Member`.
 pub(crate) const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+
+/// Ids of removed members: `id -> ()`.
+pub(crate) const MEMBERS_REMOVED: TableDefinition<u64, ()> =
+    TableDefinition::new("members_removed");
 
 /// Longest member name, in bytes.
 pub const MEMBER_NAME_BYTES_MAX: usize = 256;
@@ -99,11 +109,16 @@ impl Member {
     }
 }
 
-/// Records `m`'s name and client URLs; a member not recorded yet is recorded whole.
+/// Records `m`'s name and client URLs; a member not recorded yet is recorded whole. A removed
+/// member's description is ignored.
 pub(crate) fn publish(
     table: &mut redb::Table<'_, u64, &'static [u8]>,
+    removed: &impl ReadableTable<u64, ()>,
     m: &Member,
 ) -> Result<(), Error> {
+    if removed.get(m.id)?.is_some() {
+        return Ok(());
+    }
     let stored = match table.get(m.id)? {
         Some(bytes) => Some(Member::decode(bytes.value())?),
         None => None,
@@ -118,6 +133,28 @@ pub(crate) fn publish(
     };
     table.insert(m.id, row.encode().as_slice())?;
     Ok(())
+}
+
+/// Removes the members `ids` for good.
+pub(crate) fn remove(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    removed: &mut redb::Table<'_, u64, ()>,
+    ids: &[u64],
+) -> Result<(), Error> {
+    for &id in ids {
+        table.remove(id)?;
+        removed.insert(id, ())?;
+    }
+    Ok(())
+}
+
+/// Every removed member's id, ascending.
+pub(crate) fn removed(table: &impl ReadableTable<u64, ()>) -> Result<Vec<u64>, Error> {
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        out.push(row?.0.value());
+    }
+    Ok(out)
 }
 
 /// Every recorded member, by id.
@@ -138,14 +175,20 @@ pub(crate) fn all(table: &impl ReadableTable<u64, &'static [u8]>) -> Result<Vec<
     Ok(out)
 }
 
-/// Replaces the table's rows with `members` (a snapshot's).
+/// Replaces the tables' rows with `members` and `removed` (a snapshot's).
 pub(crate) fn replace(
     table: &mut redb::Table<'_, u64, &'static [u8]>,
+    removed_table: &mut redb::Table<'_, u64, ()>,
     members: &[Member],
+    removed: &[u64],
 ) -> Result<(), Error> {
     table.retain(|_, _| false)?;
     for m in members {
         table.insert(m.id, m.encode().as_slice())?;
+    }
+    removed_table.retain(|_, _| false)?;
+    for &id in removed {
+        removed_table.insert(id, ())?;
     }
     Ok(())
 }
@@ -174,14 +217,15 @@ mod tests {
         let txn = db.begin_write().expect("txn");
         {
             let mut t = txn.open_table(MEMBERS).expect("table");
-            publish(&mut t, &m).expect("publish");
+            let mut gone = txn.open_table(MEMBERS_REMOVED).expect("table");
+            publish(&mut t, &gone, &m).expect("publish");
             let again = Member {
                 name: "renamed".into(),
                 peer_urls: vec!["http://elsewhere:2380".into()],
                 client_urls: vec![],
                 ..m.clone()
             };
-            publish(&mut t, &again).expect("publish");
+            publish(&mut t, &gone, &again).expect("publish");
             let stored = all(&t).expect("all");
             assert_eq!(
                 stored,
@@ -191,8 +235,15 @@ mod tests {
                     ..m.clone()
                 }]
             );
-            replace(&mut t, &[member(2), member(9)]).expect("replace");
+            replace(&mut t, &mut gone, &[member(2), member(9)], &[]).expect("replace");
             assert_eq!(all(&t).expect("all"), vec![member(2), member(9)]);
+            // Member 9 (and 5, never described) leave: removed for good, their descriptions
+            // ignored.
+            remove(&mut t, &mut gone, &[9, 5]).expect("remove");
+            assert_eq!(all(&t).expect("all"), vec![member(2)]);
+            assert_eq!(removed(&gone).expect("removed"), vec![5, 9]);
+            publish(&mut t, &gone, &member(9)).expect("publish");
+            assert_eq!(all(&t).expect("all"), vec![member(2)]);
         }
     }
 

@@ -32,6 +32,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), Error> {
     txn.open_table(LEASE_KEYS)?;
     txn.open_table(SESSIONS)?;
     txn.open_table(crate::members::MEMBERS)?;
+    txn.open_table(crate::members::MEMBERS_REMOVED)?;
     Ok(())
 }
 

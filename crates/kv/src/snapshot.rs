@@ -12,6 +12,7 @@
 //!   n_sessions { client_id row }*      the eviction index is rebuilt from the rows
 //!   n_members  { member }*             the member table (`crate::members`), by id, each
 //!                                      length-prefixed
+//!   n_removed  { id }*                 removed members, ascending
 //!   crc32 (4 bytes LE) of everything before it
 //! ```
 //!
@@ -33,7 +34,7 @@ use crate::codec::{read_varint, unzigzag, Writer};
 use crate::error::Error;
 use crate::index::Index;
 use crate::lease::{LEASES, LEASE_KEYS};
-use crate::members::{Member, MEMBERS};
+use crate::members::{Member, MEMBERS, MEMBERS_REMOVED};
 use crate::mvcc::{Rev, REVS};
 use crate::open::{add_row, HistoryConverter};
 use crate::session::{live_rows, store_rows, Row, Sessions, SESSIONS};
@@ -155,6 +156,12 @@ pub(crate) fn write_to(
         s.field(&one.0)?;
         s.flush(false)?;
     }
+    let removed = crate::members::removed(&txn.open_table(MEMBERS_REMOVED)?)?;
+    s.w.u64(removed.len() as u64);
+    for id in removed {
+        s.w.u64(id);
+        s.flush(false)?;
+    }
     s.flush(true)?;
     let crc = s.crc.clone().finalize();
     s.out.write_all(&crc.to_le_bytes()).map_err(Error::Io)?;
@@ -220,6 +227,7 @@ enum Item {
     Attached { id: i64, key: Vec<u8> },
     Session { id: u64, row: Vec<u8> },
     Member(Member),
+    Removed(u64),
 }
 
 /// Decodes a whole snapshot, checking every row and the CRC, handing each part to `take` in
@@ -293,6 +301,15 @@ fn decode(
             last = m.id;
             take(Item::Member(m))?;
         }
+        let mut last = 0;
+        for _ in 0..r.u64()? {
+            let id = r.u64()?;
+            if id <= last {
+                return Err(bad("removed members out of order"));
+            }
+            last = id;
+            take(Item::Removed(id))?;
+        }
     }
     let computed = r.crc.clone().finalize();
     let mut stored = [0u8; 4];
@@ -349,6 +366,7 @@ pub(crate) fn load_from(
     let mut attached = txn.open_table(LEASE_KEYS)?;
     let mut sessions = Vec::new();
     let mut members = Vec::new();
+    let mut removed = Vec::new();
     let mut clients = std::collections::HashSet::new();
     let mut index: Option<Index> = None;
     decode(input, &mut |item| {
@@ -374,10 +392,16 @@ pub(crate) fn load_from(
                 sessions.push((id, Row::decode(&row)?));
             }
             Item::Member(m) => members.push(m),
+            Item::Removed(id) => removed.push(id),
         }
         Ok(())
     })?;
-    crate::members::replace(&mut txn.open_table(MEMBERS)?, &members)?;
+    crate::members::replace(
+        &mut txn.open_table(MEMBERS)?,
+        &mut txn.open_table(MEMBERS_REMOVED)?,
+        &members,
+        &removed,
+    )?;
     let mut table = txn.open_table(SESSIONS)?;
     store_rows(&mut table, sessions)?;
     // The rows hold live sessions only: nothing below them needs a watermark, unless this

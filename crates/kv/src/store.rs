@@ -507,6 +507,15 @@ impl Store {
         crate::members::all(&self.begin_read()?.open_table(crate::members::MEMBERS)?)
     }
 
+    /// Ids of the members removed from the cluster, ascending (see [`crate::members`]).
+    pub fn removed_members(&self) -> Result<Vec<u64>, Error> {
+        crate::members::removed(
+            &self
+                .begin_read()?
+                .open_table(crate::members::MEMBERS_REMOVED)?,
+        )
+    }
+
     /// Keys attached to lease `id` (empty for an unknown lease), ascending.
     pub fn lease_keys(&self, id: i64) -> Result<Vec<Vec<u8>>, Error> {
         lease::keys_of(&self.begin_read()?.open_table(LEASE_KEYS)?, id)
@@ -551,6 +560,7 @@ impl Store {
         txn.delete_table(LEASE_KEYS)?;
         txn.delete_table(SESSIONS)?;
         txn.delete_table(crate::members::MEMBERS)?;
+        txn.delete_table(crate::members::MEMBERS_REMOVED)?;
         crate::open::create_tables(&txn)?;
         let (loaded, sessions) =
             crate::snapshot::load_from(&txn, input, self.options.sessions_max)?;

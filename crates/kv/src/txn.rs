@@ -24,6 +24,8 @@ pub(crate) fn check_request(req: &Request) -> Result<(), KvError> {
         Request::DeleteRange(d) => check_key(&d.key),
         Request::Txn(t) => check_txn_request(t),
         Request::MemberPublish(m) => m.check(),
+        // From a configuration entry: at most the configuration, which the core bounds.
+        Request::MembersRemoved(_) => Ok(()),
         Request::Compact { .. } | Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } => {
             Ok(())
         }

@@ -22,7 +22,7 @@ fn published_members_are_listed_at_once_and_keep_their_peer_urls() {
     k.put("a", "1");
     let rev = k.store.revision().unwrap();
     let r = k.apply(Request::MemberPublish(member(9, "m9"))).unwrap();
-    assert_eq!(r, Response::MemberPublish { revision: rev });
+    assert_eq!(r, Response::Members { revision: rev });
     assert_eq!(
         k.store.revision().unwrap(),
         rev,
@@ -78,19 +78,44 @@ fn snapshots_carry_the_member_table_and_older_snapshots_restore_an_empty_one() {
     assert_eq!(b.store.members().unwrap(), a.store.members().unwrap());
     assert_eq!(b.store.hash().unwrap(), a.store.hash().unwrap());
 
-    // The same state as version 2 wrote it: no member section (one count byte less), its
+    // The same state as version 2 wrote it: no member sections (two count bytes less), its
     // own version byte and checksum. It restores, with no members.
     let mut empty = Kv::new();
     empty.put("k", "v");
     let v3 = empty.store.snapshot().unwrap();
     let body = &v3[..v3.len() - 4];
     assert_eq!(body[8], 3, "version byte");
-    assert_eq!(*body.last().unwrap(), 0, "no members");
-    let mut v2 = body[..body.len() - 1].to_vec();
+    assert_eq!(body[body.len() - 2..], [0, 0], "no members, none removed");
+    let mut v2 = body[..body.len() - 2].to_vec();
     v2[8] = 2;
     let crc = crc32fast::hash(&v2);
     v2.extend_from_slice(&crc.to_le_bytes());
     b.store.restore(&v2).unwrap();
     assert!(b.store.members().unwrap().is_empty());
     assert_eq!(b.store.hash().unwrap(), empty.store.hash().unwrap());
+}
+
+#[test]
+fn removed_members_are_removed_for_good_and_snapshots_say_so() {
+    let mut k = Kv::new();
+    for id in [1, 2, 3] {
+        k.apply(Request::MemberPublish(member(id, &format!("m{id}"))))
+            .unwrap();
+    }
+    let rev = k.store.revision().unwrap();
+    let r = k.apply(Request::MembersRemoved(vec![2])).unwrap();
+    assert_eq!(r, Response::Members { revision: rev });
+    assert_eq!(
+        k.store.members().unwrap(),
+        vec![member(1, "m1"), member(3, "m3")]
+    );
+    assert_eq!(k.store.removed_members().unwrap(), vec![2]);
+    // A removed member cannot come back by publishing.
+    k.apply(Request::MemberPublish(member(2, "m2"))).unwrap();
+    assert_eq!(k.store.members().unwrap().len(), 2);
+
+    let other = Kv::new();
+    other.store.restore(&k.store.snapshot().unwrap()).unwrap();
+    assert_eq!(other.store.removed_members().unwrap(), vec![2]);
+    assert_eq!(other.store.members().unwrap(), k.store.members().unwrap());
 }

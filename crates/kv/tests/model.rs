@@ -278,7 +278,7 @@ impl Model {
                 }
             }
             // Not generated: the member table is outside the key-value model.
-            Request::MemberPublish(_) => unreachable!("not generated"),
+            Request::MemberPublish(_) | Request::MembersRemoved(_) => unreachable!("not generated"),
         })
     }
 }

@@ -119,6 +119,13 @@ impl<'a> Reader<'a> {
             },
             6 => Request::LeaseRevoke { id: self.i64()? },
             7 => Request::MemberPublish(crate::members::Member::decode_from(self)?),
+            8 => {
+                let mut ids = Vec::new();
+                for _ in 0..self.len()? {
+                    ids.push(self.u64()?);
+                }
+                Request::MembersRemoved(ids)
+            }
             t => return Err(bad(format!("request tag {t}"))),
         })
     }
@@ -262,7 +269,7 @@ impl<'a> Reader<'a> {
             6 => Response::LeaseRevoke {
                 revision: self.i64()?,
             },
-            7 => Response::MemberPublish {
+            7 => Response::Members {
                 revision: self.i64()?,
             },
             t => return Err(bad(format!("response tag {t}"))),

@@ -70,6 +70,13 @@ impl Writer {
                 self.u8(7);
                 m.encode_into(self);
             }
+            Request::MembersRemoved(ids) => {
+                self.u8(8);
+                self.u64(ids.len() as u64);
+                for &id in ids {
+                    self.u64(id);
+                }
+            }
         }
     }
 
@@ -205,7 +212,7 @@ impl Writer {
                 self.u8(6);
                 self.i64(*revision);
             }
-            Response::MemberPublish { revision } => {
+            Response::Members { revision } => {
                 self.u8(7);
                 self.i64(*revision);
             }

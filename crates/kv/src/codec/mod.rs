@@ -150,6 +150,8 @@ mod tests {
                 ttl: 10,
             }),
             Command::new(Request::LeaseRevoke { id: -1 }),
+            Command::new(Request::MembersRemoved(vec![1, u64::MAX])),
+            Command::new(Request::MembersRemoved(vec![])),
             Command {
                 session: Some(Session::opened(4, 1, 9)),
                 request: Request::MemberPublish(crate::members::Member {
@@ -210,7 +212,7 @@ mod tests {
         }));
         assert_eq!(decode_result(&encode_result(&ok)).ok(), Some(ok));
         for other in [
-            Ok(Response::MemberPublish { revision: 7 }),
+            Ok(Response::Members { revision: 7 }),
             Err(KvError::SessionExpired),
             Err(KvError::BadMember),
         ] {

@@ -370,7 +370,14 @@ impl Store {
                 }
                 continue;
             }
-            let alone = matches!(cmd.request, Request::Compact { .. });
+            // A compaction, and a change of the member table (written straight into the
+            // transaction, which undoing a failed request in a shared one would not revert),
+            // get a transaction of their own.
+            let members = matches!(
+                cmd.request,
+                Request::MemberPublish(_) | Request::MembersRemoved(_)
+            );
+            let alone = members || matches!(cmd.request, Request::Compact { .. });
             if alone && pos > committed {
                 b.commit(true)?;
                 committed = pos;
@@ -393,7 +400,7 @@ impl Store {
                 Err(other) => return Err(other),
             }
             if alone {
-                b.commit(false)?;
+                b.commit(members)?;
                 committed = pos + 1;
                 b = Batch::begin(self)?;
             }

@@ -287,8 +287,13 @@ impl RawNode {
             return Err(TransferError::InvalidTarget(to));
         }
         let ls = self.leading_mut();
-        ls.lead_transferee = Some(to);
-        ls.transfer_elapsed = 0;
+        // A repeat for the same target does not restart the transfer's clock (as etcd-raft):
+        // an operator retrying a transfer to a lagging or dead target must not hold off
+        // proposals past the abort.
+        if ls.lead_transferee != Some(to) {
+            ls.lead_transferee = Some(to);
+            ls.transfer_elapsed = 0;
+        }
         self.maybe_send_timeout_now(to);
         self.check_invariants_if_debug();
         Ok(())

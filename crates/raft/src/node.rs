@@ -331,7 +331,12 @@ impl RawNode {
                 self.is_leader(),
                 "a broadcast is pending only on the leader"
             );
-            self.bcast_append();
+            // As many appends as each follower's window takes (a burst may exceed one
+            // message's byte limit).
+            let peers: Vec<NodeId> = self.leading().progress.keys().copied().collect();
+            for peer in peers {
+                while self.send_append(peer) {}
+            }
         }
         self.reads.close_open_round();
         let hard_state = self.hard_state();
@@ -552,6 +557,10 @@ impl RawNode {
             self.leader == Some(self.id()),
             self.is_leader(),
             "leader field disagrees with role"
+        );
+        assert!(
+            !self.bcast_pending || self.is_leader(),
+            "a broadcast is pending on a node that does not lead"
         );
         match &self.role {
             RoleState::Leader(ls) => {

@@ -205,3 +205,31 @@ fn removed_server_unaware_of_its_removal_does_not_disrupt() {
     );
     commit_on_all(&mut c, &[1, 2], "after");
 }
+
+/// An operator retrying a transfer to a target that cannot take over (cut off here) must not
+/// keep the leader refusing proposals: a repeat for the same target does not restart the
+/// transfer's clock, so it aborts one election timeout after the first request (etcd-raft
+/// ignores the repeat the same way).
+#[test]
+fn repeating_a_transfer_to_the_same_target_does_not_extend_it() {
+    let mut c = Cluster::new(3, |_| {});
+    assert!(c.elect(1));
+    c.isolate(3);
+    let election = c.node(1).config().election_ticks;
+    c.node(1).transfer_leader(nid(3)).expect("transfer starts");
+    assert!(
+        c.node(1).propose(b"x".to_vec()).is_err(),
+        "refused during the transfer"
+    );
+    for _ in 1..election {
+        c.tick(1, 1);
+        // Retried on every tick, as a script polling `etcdctl move-leader` might.
+        c.node(1).transfer_leader(nid(3)).expect("still the leader");
+    }
+    c.tick(1, 1);
+    assert_eq!(c.nodes[&1].status().role, Role::Leader);
+    assert!(
+        c.node(1).propose(b"y".to_vec()).is_ok(),
+        "the transfer aborted one election timeout after it began"
+    );
+}

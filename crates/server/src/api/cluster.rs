@@ -73,8 +73,10 @@ impl epb::cluster_server::Cluster for Api {
 }
 
 impl Api {
-    /// Publishes this member's name and client URLs through the log once the table does not
-    /// already hold them, retrying until it does (etcd's `publish`). Runs until done.
+    /// Publishes this member's name and client URLs through the log unless the table already
+    /// holds them, retrying until the leader applied it once (etcd's `publish`). Runs until
+    /// done. (A follower's own apply of it may come later: it does not look again, which
+    /// would publish twice.)
     pub fn start_publisher(&self) -> tokio::task::JoinHandle<()> {
         let api = self.clone();
         tokio::spawn(async move { api.publish_loop().await })
@@ -97,7 +99,10 @@ impl Api {
             if self.inner.node.status().leader.is_some() {
                 attempts += 1;
                 match self.write_kv(kv::Request::MemberPublish(me.clone())).await {
-                    Ok(_) => continue, // read the table again: it holds the description now
+                    Ok(_) => {
+                        tracing::debug!(attempts, "member description published");
+                        return;
+                    }
                     Err(e) if attempts % 20 == 1 => {
                         tracing::warn!(error = %e.message(), "publishing this member failed; retrying")
                     }

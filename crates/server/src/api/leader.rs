@@ -35,6 +35,16 @@ impl LeaderApi for Api {
                 "a forwarded write must be a put, delete, txn or member description with a session",
             ));
         }
+        // Only members describe themselves: rows stay bounded by the configuration.
+        if let kv::Request::MemberPublish(m) = &cmd.request {
+            let membership = self.inner.node.membership();
+            if !membership.members().iter().any(|id| id.get() == m.id) {
+                return Err(Status::failed_precondition(format!(
+                    "member {:x} is not in the configuration",
+                    m.id
+                )));
+            }
+        }
         // Bounded as the forwarding member bounds it: past its deadline nobody waits for the
         // answer (the entry may still commit; a retry under the same session is answered
         // once).

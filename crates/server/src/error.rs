@@ -31,6 +31,10 @@ pub enum ServerError {
     /// carrying on with state that may be wrong.
     #[error("internal invariant broken: {0}")]
     Invariant(String),
+    /// This member was removed from the cluster (etcd: "the member has been permanently
+    /// removed from the cluster"); its data dir can never rejoin.
+    #[error("this member was removed from the cluster; its data dir cannot rejoin it")]
+    Removed,
     /// Something the server does not support yet was required.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -20,6 +20,14 @@ pub const ERR_LEADER_CHANGED: &str = "etcdserver: leader changed";
 pub const ERR_TOO_MANY_REQUESTS: &str = "etcdserver: too many requests";
 /// The member is stopping.
 pub const ERR_STOPPED: &str = "etcdserver: server stopped";
+/// A message from a member that was removed from the cluster (etcd's rafthttp answer to
+/// one); the member stops when it gets it.
+pub const ERR_MEMBER_REMOVED: &str = "the member has been permanently removed from the cluster";
+/// A member id that is not in the cluster (or was removed from it).
+pub const ERR_MEMBER_NOT_FOUND: &str = "etcdserver: member not found";
+/// A configuration change that would leave too few connected voters (etcd's strict
+/// reconfiguration check).
+pub const ERR_UNHEALTHY: &str = "etcdserver: unhealthy cluster";
 /// MoveLeader's target is not a voting member (or is unknown).
 pub const ERR_BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 /// MoveLeader's target did not take over before the deadline (etcd sends it as `Unknown`: it

@@ -16,6 +16,10 @@ use crate::pb::skiff::raft::v1::raft_server::RaftServer;
 use crate::peer::{faults, Faults, Forwarder, Peers, RaftService, RetryPolicy, PEER_MSG_BYTES_MAX};
 use crate::replica::{NodeTask, OpenOptions, INBOUND_QUEUE_MAX};
 
+/// How long a member that learns it was removed keeps serving before it stops: long enough
+/// for an answer in flight to leave.
+const REMOVED_GRACE: Duration = Duration::from_millis(500);
+
 /// Runs a member until `shutdown` completes (Ok) or something fails (Err).
 pub async fn run(
     config: ServerConfig,
@@ -49,6 +53,14 @@ pub async fn run(
         "starting member"
     );
 
+    let removal = Arc::new(crate::replica::Removal::new(
+        me.id.get(),
+        opened.kv.removed_members().map_err(ServerError::Kv)?,
+    ));
+    if removal.self_removed() {
+        return Err(ServerError::Removed);
+    }
+
     let client_listener = bind(config.listen_client, "client").await?;
     let peer_listener = bind(config.listen_peer, "peer").await?;
 
@@ -64,6 +76,7 @@ pub async fn run(
                 .filter(|m| m.id != me.id)
                 .map(|m| (m.id, m.peer_url.clone())),
             faults.clone(),
+            removal.clone(),
         )
         .map_err(ServerError::Config)?,
     );
@@ -78,6 +91,7 @@ pub async fn run(
         inbound_rx,
         opened.snapshot,
         config.snapshot_count,
+        removal.clone(),
     );
     let forwarder = Forwarder::new(
         handle.clone(),
@@ -94,8 +108,17 @@ pub async fn run(
             peer_urls: vec![me.peer_url.clone()],
             client_urls: config.advertise_client_urls.clone(),
         },
+        election: config.election,
     };
-    let api = Api::new(handle, forwarder, cluster_id, me.id.get(), kv_path, members);
+    let api = Api::new(
+        handle,
+        forwarder,
+        cluster_id,
+        me.id.get(),
+        kv_path,
+        members,
+        removal.clone(),
+    );
     let lessor = api.start_lessor(config.election);
     let publisher = api.start_publisher();
     let compactor = api.start_compactor(config.auto_compaction);
@@ -111,9 +134,16 @@ pub async fn run(
         .serve_with_incoming_shutdown(nodelay(client_listener), stopped(stop_rx.clone()));
     let peer_server = tonic::transport::Server::builder()
         .add_service(
-            RaftServer::new(RaftService::new(cluster_id, me.id, inbound_tx, api, faults))
-                .max_decoding_message_size(PEER_MSG_BYTES_MAX)
-                .max_encoding_message_size(PEER_MSG_BYTES_MAX),
+            RaftServer::new(RaftService::new(
+                cluster_id,
+                me.id,
+                inbound_tx,
+                api,
+                faults,
+                removal.clone(),
+            ))
+            .max_decoding_message_size(PEER_MSG_BYTES_MAX)
+            .max_encoding_message_size(PEER_MSG_BYTES_MAX),
         )
         .serve_with_incoming_shutdown(nodelay(peer_listener), stopped(stop_rx));
     let mut node = tokio::spawn(task.run());
@@ -122,6 +152,12 @@ pub async fn run(
 
     let result = tokio::select! {
         _ = shutdown => Ok(()),
+        _ = removal.wait_self_removed() => {
+            tracing::error!("this member was removed from the cluster; stopping");
+            // Let the answer to a MemberRemove of this very member (the leader's own) leave.
+            tokio::time::sleep(REMOVED_GRACE).await;
+            Err(ServerError::Removed)
+        }
         r = &mut node => flatten(r),
         r = &mut client_server => flatten(r.map(|r| r.map_err(ServerError::from))),
         r = &mut peer_server => flatten(r.map(|r| r.map_err(ServerError::from))),

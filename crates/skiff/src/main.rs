@@ -219,7 +219,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("start the async runtime")?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let shutdown = async {
             tokio::select! {
                 _ = shutdown_signal() => tracing::info!("signal received; shutting down"),
@@ -229,7 +229,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         server::run(config, shutdown)
             .await
             .map_err(anyhow::Error::from)
-    })
+    });
+    // Dropping the runtime would wait for its blocking threads, among them the one reading
+    // stdin, which never returns while the parent holds the pipe: a member that stops on its
+    // own (a fault, or removed from the cluster) must exit all the same.
+    rt.shutdown_timeout(Duration::from_secs(2));
+    result
 }
 
 /// Completes when stdin is closed (or fails).

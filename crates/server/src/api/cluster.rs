@@ -1,5 +1,12 @@
-//! etcd's Cluster service (`etcdserverpb.Cluster`): MemberList so far; and the publishing of
-//! this member's own description when it starts, as etcd's members publish theirs.
+//! etcd's Cluster service (`etcdserverpb.Cluster`): MemberList and MemberRemove so far; and
+//! the publishing of this member's own description when it starts, as etcd's members publish
+//! theirs.
+//!
+//! MemberRemove runs on the leader (forwarded there from a follower): its core proposes the
+//! configuration change (paper §6, one server at a time), and the call returns once the entry
+//! is applied here. It is refused, as etcd's strict reconfiguration check refuses it, when the
+//! voters left would not have a connected majority. The removed member stops when it applies
+//! the entry or when a peer refuses its traffic (see [`crate::replica::Removal`]).
 //!
 //! Which members exist, and which are learners, is the consensus core's configuration in
 //! force; what they are called and where they listen is the replicated member table
@@ -11,9 +18,15 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
-use super::Api;
+use super::{write_status, Api};
 use crate::cluster::ClusterSpec;
 use crate::pb::etcdserverpb as epb;
+use crate::peer::{Origin, REQUEST_TIMEOUT, RETRY_PAUSE};
+use crate::replica::AdminError;
+use crate::rpctypes::{
+    ERR_MEMBER_NOT_FOUND, ERR_NOT_LEADER, ERR_STOPPED, ERR_TIMEOUT, ERR_TOO_MANY_REQUESTS,
+    ERR_UNHEALTHY,
+};
 
 /// Pause between attempts to publish while the cluster has no leader or refuses.
 const PUBLISH_RETRY: Duration = Duration::from_millis(500);
@@ -25,6 +38,8 @@ pub struct MemberInfo {
     pub initial: ClusterSpec,
     /// This member's description, as it publishes it.
     pub me: kv::members::Member,
+    /// The election timeout: a peer not heard from for this long counts as disconnected.
+    pub election: Duration,
 }
 
 #[tonic::async_trait]
@@ -38,6 +53,150 @@ impl epb::cluster_server::Cluster for Api {
         if request.into_inner().linearizable {
             self.linearizable_read().await?;
         }
+        let (members, revision) = self.members_now().await?;
+        Ok(Response::new(epb::MemberListResponse {
+            header: Some(epb::ResponseHeader {
+                revision,
+                ..self.header()
+            }),
+            members,
+        }))
+    }
+
+    /// etcd's MemberRemove: answers once the configuration without the member is applied
+    /// here, with the members left.
+    async fn member_remove(
+        &self,
+        request: Request<epb::MemberRemoveRequest>,
+    ) -> Result<Response<epb::MemberRemoveResponse>, Status> {
+        let id = request.into_inner().id;
+        self.member_remove_impl(id, Origin::Client)
+            .await
+            .map(Response::new)
+    }
+}
+
+impl Api {
+    /// Runs MemberRemove on the leader: here if this member leads, forwarded otherwise.
+    pub(super) async fn member_remove_impl(
+        &self,
+        id: u64,
+        origin: Origin,
+    ) -> Result<epb::MemberRemoveResponse, Status> {
+        let reached =
+            self.inner
+                .leader
+                .on_leader(
+                    origin,
+                    || self.member_remove_here(id),
+                    |mut client| async move {
+                        client.member_remove(epb::MemberRemoveRequest { id }).await
+                    },
+                )
+                .await?;
+        Ok(reached.into_answer())
+    }
+
+    /// MemberRemove on this member, which leads.
+    async fn member_remove_here(&self, id: u64) -> Result<epb::MemberRemoveResponse, Status> {
+        let node = &self.inner.node;
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        loop {
+            let membership = node.membership();
+            let Some(target) = raft::NodeId::new(id).filter(|t| membership.members().contains(t))
+            else {
+                return Err(Status::not_found(ERR_MEMBER_NOT_FOUND));
+            };
+            if membership.is_voter(target) {
+                self.check_connected_majority_without(&membership, target)?;
+            }
+            let refused = match node
+                .change_membership(raft::MembershipChange::Remove(target))
+                .await
+            {
+                Ok(Ok(applied)) => {
+                    match applied.await {
+                        Ok(Ok(_)) => break,
+                        Ok(Err(e)) => return Err(write_status(e)),
+                        Err(_) => return Err(Status::unavailable(ERR_STOPPED)),
+                    };
+                }
+                Ok(Err(e)) => e,
+                Err(AdminError::Busy) => {
+                    return Err(Status::resource_exhausted(ERR_TOO_MANY_REQUESTS))
+                }
+                Err(AdminError::Stopped) => return Err(Status::unavailable(ERR_STOPPED)),
+            };
+            match refused {
+                // Forwarded here, or leadership moved: the forwarder retries on the leader.
+                raft::MembershipError::NotLeader { .. } => {
+                    return Err(Status::unavailable(ERR_NOT_LEADER))
+                }
+                // A new leader's first commit, another change or a leader transfer in
+                // progress: etcd serializes configuration changes the same way.
+                raft::MembershipError::NotReady
+                | raft::MembershipError::ChangeInProgress
+                | raft::MembershipError::LeadershipTransfer { .. }
+                    if tokio::time::Instant::now() + RETRY_PAUSE < deadline =>
+                {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                raft::MembershipError::Invalid(why) => {
+                    return Err(Status::failed_precondition(format!("etcdserver: {why}")))
+                }
+                _ => return Err(Status::unavailable(ERR_TIMEOUT)),
+            }
+        }
+        let (members, revision) = self.members_now().await?;
+        Ok(epb::MemberRemoveResponse {
+            header: Some(epb::ResponseHeader {
+                revision,
+                ..self.header()
+            }),
+            members,
+        })
+    }
+
+    /// etcd's strict reconfiguration check for removing voter `target`: if it is connected,
+    /// the voters left must have a connected majority among them (this leader and the peers
+    /// it heard from within an election timeout); a disconnected voter may always go.
+    fn check_connected_majority_without(
+        &self,
+        membership: &raft::Membership,
+        target: raft::NodeId,
+    ) -> Result<(), Status> {
+        let me = self.inner.member_id;
+        let window = self.inner.members.election;
+        let connected = |id: raft::NodeId| {
+            id.get() == me
+                || self
+                    .inner
+                    .removal
+                    .last_heard(id.get())
+                    .is_some_and(|t| t.elapsed() <= window)
+        };
+        if !connected(target) {
+            return Ok(());
+        }
+        let left: Vec<raft::NodeId> = membership
+            .voters
+            .iter()
+            .chain(&membership.voters_outgoing)
+            .copied()
+            .filter(|&v| v != target)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let up = left.iter().filter(|&&v| connected(v)).count();
+        if up < left.len() / 2 + 1 {
+            return Err(Status::unavailable(ERR_UNHEALTHY));
+        }
+        Ok(())
+    }
+
+    /// Every member of the configuration in force, by id, described (see the module docs),
+    /// with the store revision.
+    async fn members_now(&self) -> Result<(Vec<epb::Member>, i64), Status> {
         let membership = self.inner.node.membership();
         let (table, revision) = self
             .read_kv(|kv| Ok((kv.members()?, kv.revision()?)))
@@ -62,17 +221,8 @@ impl epb::cluster_server::Cluster for Api {
                 }
             })
             .collect();
-        Ok(Response::new(epb::MemberListResponse {
-            header: Some(epb::ResponseHeader {
-                revision,
-                ..self.header()
-            }),
-            members,
-        }))
+        Ok((members, revision))
     }
-}
-
-impl Api {
     /// Publishes this member's name and client URLs through the log unless the table already
     /// holds them, retrying until the leader applied it once (etcd's `publish`). Runs until
     /// done. (A follower's own apply of it may come later: it does not look again, which

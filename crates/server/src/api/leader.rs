@@ -94,4 +94,11 @@ impl LeaderApi for Api {
     ) -> Result<epb::LeaseTimeToLiveResponse, Status> {
         self.time_to_live(r, Origin::Peer).await
     }
+
+    async fn forwarded_member_remove(
+        &self,
+        r: epb::MemberRemoveRequest,
+    ) -> Result<epb::MemberRemoveResponse, Status> {
+        self.member_remove_impl(r.id, Origin::Peer).await
+    }
 }

@@ -70,6 +70,8 @@ struct Inner {
     leases: lease::Leases,
     /// The initial cluster and this member's description (see [`cluster`]).
     members: cluster::MemberInfo,
+    /// Removed members, and when each peer was last heard from.
+    removal: Arc<crate::replica::Removal>,
 }
 
 impl Api {
@@ -81,6 +83,7 @@ impl Api {
         member_id: u64,
         kv_path: PathBuf,
         members: cluster::MemberInfo,
+        removal: Arc<crate::replica::Removal>,
     ) -> Api {
         Api {
             inner: Arc::new(Inner {
@@ -92,6 +95,7 @@ impl Api {
                 next_session: AtomicU64::new(random_u64(member_id)),
                 leases: lease::Leases::default(),
                 members,
+                removal,
             }),
         }
     }

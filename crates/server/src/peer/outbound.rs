@@ -19,7 +19,7 @@ use super::codec;
 use super::faults::Faults;
 use crate::pb::skiff::raft::v1 as pb;
 use crate::pb::skiff::raft::v1::raft_client::RaftClient;
-use crate::replica::Outbox;
+use crate::replica::{Outbox, Removal};
 
 /// Messages queued for one peer, at most.
 pub const PEER_QUEUE_MAX: usize = 4096;
@@ -43,6 +43,12 @@ pub struct Peers {
     faults: Arc<Faults>,
 }
 
+/// Whether a peer refused a stream because this member was removed from the cluster.
+fn refused_as_removed(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::FailedPrecondition
+        && status.message() == crate::rpctypes::ERR_MEMBER_REMOVED
+}
+
 impl Peers {
     /// Creates queues, lazily-connecting channels and sender tasks (on the current runtime) for
     /// `peers` (id -> peer URL), stamping batches with `cluster_id`.
@@ -50,6 +56,7 @@ impl Peers {
         cluster_id: u64,
         peers: impl IntoIterator<Item = (NodeId, String)>,
         faults: Arc<Faults>,
+        removal: Arc<Removal>,
     ) -> Result<Peers, String> {
         let mut queues = BTreeMap::new();
         let mut channels = BTreeMap::new();
@@ -60,7 +67,13 @@ impl Peers {
                 .tcp_nodelay(true);
             let channel = endpoint.connect_lazy();
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            tokio::spawn(send_loop(cluster_id, id, channel.clone(), rx));
+            tokio::spawn(send_loop(
+                cluster_id,
+                id,
+                channel.clone(),
+                rx,
+                removal.clone(),
+            ));
             queues.insert(id, tx);
             channels.insert(id, channel);
         }
@@ -133,7 +146,13 @@ fn next_batch(
 /// Sends everything queued for `to` over one client stream (`Raft.Stream`), reopening it
 /// with exponential backoff when it breaks. Messages in flight when a stream breaks are
 /// lost, which Raft tolerates (it resends).
-async fn send_loop(cluster_id: u64, to: NodeId, channel: Channel, mut rx: mpsc::Receiver<Message>) {
+async fn send_loop(
+    cluster_id: u64,
+    to: NodeId,
+    channel: Channel,
+    mut rx: mpsc::Receiver<Message>,
+    removal: Arc<Removal>,
+) {
     let client = RaftClient::new(channel)
         .max_decoding_message_size(PEER_MSG_BYTES_MAX)
         .max_encoding_message_size(PEER_MSG_BYTES_MAX);
@@ -175,6 +194,14 @@ async fn send_loop(cluster_id: u64, to: NodeId, channel: Channel, mut rx: mpsc::
             }
         };
         let why = match (&mut call).await {
+            Ok(Err(status)) if refused_as_removed(&status) => {
+                tracing::error!(
+                    peer = to.get(),
+                    "a peer says this member was removed from the cluster"
+                );
+                removal.refused_by_peer();
+                status.message().to_string()
+            }
             Ok(Err(status)) => status.message().to_string(),
             _ => why,
         };

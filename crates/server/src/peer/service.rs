@@ -15,6 +15,8 @@ use super::forward::session_of;
 use super::pipe::{self, BATCH_BYTES_MAX, BATCH_WRITES_MAX, IN_FLIGHT_MAX};
 use crate::pb::etcdserverpb as epb;
 use crate::pb::skiff::raft::v1 as pb;
+use crate::replica::Removal;
+use crate::rpctypes::ERR_MEMBER_REMOVED;
 
 /// Requests a follower forwards to the leader, answered here as leader. Implemented by the
 /// API. A write carries the session the follower chose for it (`None` if it sent none), so
@@ -54,6 +56,11 @@ pub trait LeaderApi: Send + Sync + 'static {
         &self,
         r: epb::LeaseKeepAliveRequest,
     ) -> Result<epb::LeaseKeepAliveResponse, Status>;
+    /// A forwarded member removal (the leader's core changes the configuration).
+    async fn forwarded_member_remove(
+        &self,
+        r: epb::MemberRemoveRequest,
+    ) -> Result<epb::MemberRemoveResponse, Status>;
     /// A forwarded time-to-live query (the leader keeps the deadlines).
     async fn forwarded_lease_time_to_live(
         &self,
@@ -68,6 +75,7 @@ pub struct RaftService<F> {
     inbound: mpsc::Sender<Message>,
     leader: F,
     faults: Arc<Faults>,
+    removal: Arc<Removal>,
 }
 
 impl<F> RaftService<F> {
@@ -79,6 +87,7 @@ impl<F> RaftService<F> {
         inbound: mpsc::Sender<Message>,
         leader: F,
         faults: Arc<Faults>,
+        removal: Arc<Removal>,
     ) -> Self {
         RaftService {
             cluster_id,
@@ -86,6 +95,7 @@ impl<F> RaftService<F> {
             inbound,
             leader,
             faults,
+            removal,
         }
     }
 }
@@ -111,12 +121,22 @@ impl<F> RaftService<F> {
                     m.to, self.me
                 )));
             }
+            // A removed member is told so (it stops), and never heard (etcd refuses its
+            // traffic the same way).
+            if self.removal.is_removed(m.from.get()) {
+                return Err(Status::failed_precondition(ERR_MEMBER_REMOVED));
+            }
             decoded.push(m);
         }
+        let mut heard = None;
         for m in decoded {
             if self.faults.is_blocked(m.from) {
                 // Cut off by the fault hook: lost, as on a broken network.
                 continue;
+            }
+            if heard != Some(m.from) {
+                heard = Some(m.from);
+                self.removal.heard_from(m.from.get());
             }
             match self.inbound.try_send(m) {
                 Ok(()) => {}
@@ -308,6 +328,14 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
             .leader
             .forwarded_lease_time_to_live(r.into_inner())
             .await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn member_remove(
+        &self,
+        r: Request<epb::MemberRemoveRequest>,
+    ) -> Result<Response<epb::MemberRemoveResponse>, Status> {
+        let resp = self.leader.forwarded_member_remove(r.into_inner()).await?;
         Ok(Response::new(resp))
     }
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use raft::{Entry, EntryKind};
 use tokio::sync::{mpsc, oneshot};
 
+use super::removal::Removal;
 use super::reply::{ReadReply, Waiter, WriteError};
 use super::session_waiters::SessionWaiters;
 use crate::error::ServerError;
@@ -42,6 +43,9 @@ pub enum ApplyJob {
         writers: Vec<Waiter>,
         /// Reads the core released in the same batch.
         reads: Vec<ReadReply>,
+        /// Configuration entries among them that leave members out: (index, their ids),
+        /// ascending by index (see [`Removal`]).
+        removals: Vec<(u64, Vec<u64>)>,
     },
     /// Replace the state machine with a snapshot from the leader.
     Install {
@@ -67,12 +71,13 @@ pub fn spawn(
     applied: Arc<AtomicU64>,
     changed: tokio::sync::watch::Sender<u64>,
     sessions: Arc<SessionWaiters>,
+    removal: Arc<Removal>,
 ) -> (
     mpsc::Sender<ApplyJob>,
     tokio::task::JoinHandle<Result<(), ServerError>>,
 ) {
     let (tx, rx) = mpsc::channel(APPLY_QUEUE_MAX);
-    let task = tokio::spawn(run(kv, applied, changed, sessions, rx));
+    let task = tokio::spawn(run(kv, applied, changed, sessions, removal, rx));
     (tx, task)
 }
 
@@ -83,6 +88,7 @@ async fn run(
     applied: Arc<AtomicU64>,
     changed: tokio::sync::watch::Sender<u64>,
     sessions: Arc<SessionWaiters>,
+    removal: Arc<Removal>,
     mut jobs: mpsc::Receiver<ApplyJob>,
 ) -> Result<(), ServerError> {
     // A job taken while coalescing that must wait for the next round.
@@ -102,6 +108,7 @@ async fn run(
                 mut entries,
                 mut writers,
                 mut reads,
+                mut removals,
             } => {
                 // Entries jobs already queued behind this one are applied with it, in one state
                 // machine commit (its cost is per commit, not per entry). Committed entries of
@@ -113,10 +120,12 @@ async fn run(
                             entries: more,
                             writers: w,
                             reads: r,
+                            removals: gone,
                         }) => {
                             entries.extend(more);
                             writers.extend(w);
                             reads.extend(r);
+                            removals.extend(gone);
                         }
                         Ok(other) => {
                             held = Some(other);
@@ -126,12 +135,15 @@ async fn run(
                     }
                 }
                 let (results, clients) = tokio::task::block_in_place(|| {
-                    apply_all(&kv, &entries, |index, client| {
+                    apply_all(&kv, &entries, &removals, |index, client| {
                         // Writers are ascending by index (merged jobs too).
                         writers.binary_search_by_key(&index, |w| w.index).is_ok()
                             || client.is_some_and(|c| sessions.is_waiting(c))
                     })
                 })?;
+                for (_, ids) in &removals {
+                    removal.record(ids);
+                }
                 sessions.answer_applied(&results, &clients);
                 answer_writers(&entries, results, writers);
                 for r in reads {
@@ -147,6 +159,10 @@ async fn run(
                 // for them retry under their session.
                 sessions.fail_all(WriteError::LeaderChanged);
                 let r = tokio::task::block_in_place(|| restore(&kv, &mut data, index));
+                if r.is_ok() {
+                    // The snapshot's removed members are this member's now.
+                    removal.record(&kv.removed_members()?);
+                }
                 let failed = r.as_ref().err().map(|e| e.to_string());
                 let _ = done.send(r);
                 if let Some(e) = failed {
@@ -240,12 +256,19 @@ type Applied = (
 fn apply_all(
     kv: &kv::Store,
     entries: &[Entry],
+    removals: &[(u64, Vec<u64>)],
     waited: impl Fn(u64, Option<u64>) -> bool,
 ) -> Result<Applied, ServerError> {
     let commands: Vec<(u64, Option<kv::Command>)> = entries
         .iter()
         .map(|e| {
             let cmd = match e.kind {
+                // A configuration entry that leaves members out removes them from the member
+                // table (derived here, on every replica alike; see `Removal`).
+                EntryKind::Membership(_) => removals
+                    .binary_search_by_key(&e.index.0, |(i, _)| *i)
+                    .ok()
+                    .map(|i| kv::Command::new(kv::Request::MembersRemoved(removals[i].1.clone()))),
                 EntryKind::Normal if !e.data.is_empty() => {
                     match kv::codec::decode_command(&e.data) {
                         Ok(cmd) => Some(cmd),

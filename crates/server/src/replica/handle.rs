@@ -23,6 +23,13 @@ pub(super) enum AdminOp {
         to: NodeId,
         reply: oneshot::Sender<Result<(), raft::TransferError>>,
     },
+    /// Propose a configuration change (`raft::RawNode::change_membership`): `reply` says
+    /// whether the core took it, `applied` answers once its entry is applied (as a write's).
+    ChangeMembership {
+        change: raft::MembershipChange,
+        reply: oneshot::Sender<Result<(), raft::MembershipError>>,
+        applied: super::reply::WriteReply,
+    },
 }
 
 /// Why an operator's request did not reach the core.
@@ -121,6 +128,33 @@ impl NodeHandle {
     /// The configuration in force: which members vote, which learn.
     pub fn membership(&self) -> Arc<raft::Membership> {
         self.membership.borrow().clone()
+    }
+
+    /// Proposes a configuration change; once the core took it, the receiver answers when its
+    /// entry is applied (or lost to another leader, as a write's).
+    pub async fn change_membership(
+        &self,
+        change: raft::MembershipChange,
+    ) -> Result<
+        Result<oneshot::Receiver<Result<kv::Response, WriteError>>, raft::MembershipError>,
+        AdminError,
+    > {
+        let (reply, rx) = oneshot::channel();
+        let (applied, applied_rx) = oneshot::channel();
+        self.admin
+            .try_send(AdminOp::ChangeMembership {
+                change,
+                reply,
+                applied,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => AdminError::Busy,
+                mpsc::error::TrySendError::Closed(_) => AdminError::Stopped,
+            })?;
+        Ok(rx
+            .await
+            .map_err(|_| AdminError::Stopped)?
+            .map(|()| applied_rx))
     }
 
     /// A receiver that wakes whenever the status changes (a new leader, term or role, more

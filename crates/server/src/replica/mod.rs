@@ -15,6 +15,7 @@ mod apply;
 mod handle;
 mod node;
 pub mod open;
+mod removal;
 mod reply;
 pub mod session_waiters;
 mod snapshot;
@@ -25,6 +26,7 @@ pub use apply::APPLY_QUEUE_MAX;
 pub use handle::{AdminError, NodeHandle, NodeStatus};
 pub use node::{NodeTask, INBOUND_QUEUE_MAX, PROPOSALS_QUEUE_MAX, READS_QUEUE_MAX};
 pub use open::{open, OpenOptions, Opened, SESSIONS_MAX};
+pub use removal::Removal;
 pub use reply::{ReadFailure, WriteError};
 pub use session_waiters::{SessionWait, SESSION_WAITERS_MAX};
 

@@ -95,6 +95,7 @@ impl NodeTask {
         inbound: mpsc::Receiver<Message>,
         snapshot: Option<CurrentSnapshot>,
         snapshot_count: u64,
+        removal: Arc<super::Removal>,
     ) -> (NodeTask, NodeHandle) {
         assert!(snapshot_count > 0, "snapshot_count must be positive");
         let (ptx, prx) = mpsc::channel(PROPOSALS_QUEUE_MAX);
@@ -110,6 +111,7 @@ impl NodeTask {
             applied.clone(),
             changed_tx,
             session_waiters.clone(),
+            removal,
         );
         let handle = NodeHandle {
             proposals: ptx,
@@ -238,6 +240,21 @@ impl NodeTask {
             AdminOp::TransferLeader { to, reply } => {
                 let _ = reply.send(self.raw.transfer_leader(to));
             }
+            AdminOp::ChangeMembership {
+                change,
+                reply,
+                applied,
+            } => match self.raw.change_membership(change) {
+                Ok(id) => {
+                    // Answered like a write: by the apply of the entry at `id`, if it is
+                    // still the one proposed (same term).
+                    self.waiting_writes.insert(id.index.0, (id.term.0, applied));
+                    let _ = reply.send(Ok(()));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            },
         }
     }
 
@@ -304,11 +321,30 @@ impl NodeTask {
             .iter()
             .filter_map(|rs| self.waiting_reads.remove(&rs.ctx.0))
             .collect();
+        // Members a committed configuration entry leaves out: the configuration before it is
+        // still in the core's log (the log starts at or before the applied index).
+        let removals = rd
+            .committed_entries
+            .iter()
+            .filter_map(|e| {
+                let raft::EntryKind::Membership(next) = &e.kind else {
+                    return None;
+                };
+                let before = self.raw.log().membership_at(raft::Index(e.index.0 - 1));
+                let gone: Vec<u64> = before
+                    .members()
+                    .difference(&next.members())
+                    .map(|id| id.get())
+                    .collect();
+                (!gone.is_empty()).then_some((e.index.0, gone))
+            })
+            .collect();
         if !rd.committed_entries.is_empty() || !reads.is_empty() {
             self.submit(ApplyJob::Entries {
                 entries: rd.committed_entries,
                 writers,
                 reads,
+                removals,
             })
             .await?;
         }

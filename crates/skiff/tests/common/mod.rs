@@ -159,6 +159,21 @@ impl Cluster {
         }
     }
 
+    /// Waits until member `i`'s process exits on its own; its exit status, or `None` if it
+    /// still runs after [`PATIENCE`].
+    pub fn wait_exit(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + PATIENCE;
+        while Instant::now() < deadline {
+            let child = self.members[i].child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.members[i].child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     /// `127.0.0.1:port,...` of every member (no scheme; see `skiff dev`).
     pub fn endpoints(&self) -> String {
         self.members

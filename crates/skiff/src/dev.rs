@@ -102,15 +102,32 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
 
-    let exited = {
-        let waits = children.iter_mut().map(|(name, c)| {
-            let name = name.clone();
-            Box::pin(async move { (name, c.wait().await) })
-        });
+    // A member removed from the cluster (`etcdctl member remove`) exits on its own; the others
+    // keep running. Any other exit stops the dev cluster.
+    let mut removed: Vec<String> = Vec::new();
+    let exited = loop {
+        let waits = children
+            .iter_mut()
+            .filter(|(name, _)| !removed.contains(name))
+            .map(|(name, c)| {
+                let name = name.clone();
+                Box::pin(async move { (name, c.wait().await) })
+            });
         let any_exit = futures_select_all(waits.collect());
-        tokio::select! {
-            r = crate::shutdown_signal() => { r?; None }
-            (name, status) = any_exit => Some((name, status)),
+        let (name, status) = tokio::select! {
+            r = crate::shutdown_signal() => { r?; break None }
+            exit = any_exit => exit,
+        };
+        let was_removed = status
+            .as_ref()
+            .is_ok_and(|s| s.code() == Some(i32::from(crate::EXIT_REMOVED)));
+        if !was_removed {
+            break Some((name, status));
+        }
+        println!("skiff dev: member {name} was removed from the cluster; the others keep running");
+        removed.push(name);
+        if removed.len() == children.len() {
+            break None;
         }
     };
     // Closing a member's stdin asks it to stop cleanly; kill it if it has not within 5 s.

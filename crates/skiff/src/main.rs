@@ -207,10 +207,21 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if matches!(
+                e.downcast_ref::<server::ServerError>(),
+                Some(server::ServerError::Removed)
+            ) {
+                ExitCode::from(EXIT_REMOVED)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
+
+/// `skiff serve`'s exit code when the member was removed from the cluster (1 for every other
+/// failure): `skiff dev` keeps the other members running then.
+pub(crate) const EXIT_REMOVED: u8 = 3;
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config()?;
@@ -232,8 +243,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     // Dropping the runtime would wait for its blocking threads, among them the one reading
     // stdin, which never returns while the parent holds the pipe: a member that stops on its
-    // own (a fault, or removed from the cluster) must exit all the same.
-    rt.shutdown_timeout(Duration::from_secs(2));
+    // own (a fault, or removed from the cluster) must exit all the same. Its tasks are gone by
+    // then (the state machine is dropped, committing what it applied); whatever blocking work
+    // is cut short is replayed from the log at the next start, as after a crash.
+    rt.shutdown_timeout(Duration::from_millis(500));
     result
 }
 

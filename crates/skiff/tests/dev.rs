@@ -48,6 +48,22 @@ fn dev_cluster_serves_etcdctl_and_stops_on_ctrl_c() {
         }
     }
     let stdout = dev.stdout.take().expect("stdout");
+    // What skiff dev prints, as it prints it.
+    let printed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let printed = printed.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut p = printed.lock().expect("lock");
+                p.push_str(&line);
+                p.push('\n');
+            }
+        })
+    };
     let pid = dev.id();
     let mut guard = Guard(Some(dev));
 
@@ -62,6 +78,48 @@ fn dev_cluster_serves_etcdctl_and_stops_on_ctrl_c() {
     assert_eq!(
         etcdctl_ok(&eps, &["get", "greeting"], "").stdout,
         "greeting\nhello\n"
+    );
+
+    // A member removed with etcdctl stops; the dev cluster keeps the other two running.
+    let list = etcdctl_ok(&eps, &["member", "list"], "").stdout;
+    let n3 = list
+        .lines()
+        .find(|l| l.contains(", n3, "))
+        .and_then(|l| l.split(',').next())
+        .expect("n3 listed")
+        .to_string();
+    etcdctl_ok(&eps, &["member", "remove", &n3], "");
+    let n3_port = base + 4;
+    let deadline = Instant::now() + PATIENCE;
+    while std::net::TcpStream::connect(("127.0.0.1", n3_port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the removed member still listens"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its process exits soon after its ports close, and skiff dev says so.
+    let deadline = Instant::now() + PATIENCE;
+    while !printed
+        .lock()
+        .expect("lock")
+        .contains("member n3 was removed from the cluster; the others keep running")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "skiff dev did not report the removal"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dev_child = guard.0.as_mut().expect("dev");
+    assert!(
+        dev_child.try_wait().expect("wait").is_none(),
+        "skiff dev stopped when a member was removed"
+    );
+    let two = format!("127.0.0.1:{},127.0.0.1:{}", base, base + 2);
+    assert_eq!(
+        etcdctl_ok(&two, &["put", "after", "removal"], "").stdout,
+        "OK\n"
     );
 
     let sent = Command::new("kill")
@@ -82,9 +140,11 @@ fn dev_cluster_serves_etcdctl_and_stops_on_ctrl_c() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
-    let printed = std::io::read_to_string(stdout).expect("read stdout");
+    reader.join().expect("stdout reader");
+    let printed = printed.lock().expect("lock").clone();
     assert!(printed.contains("etcdctl --endpoints="), "{printed}");
     assert!(printed.contains("stopped"), "{printed}");
+
     // The members are gone: their client ports refuse connections.
     for i in 0..3 {
         let deadline = Instant::now() + PATIENCE;

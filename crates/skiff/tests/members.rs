@@ -192,7 +192,11 @@ async fn members_are_removed_as_etcd_removes_them_and_removed_members_stop() {
     // member left leads alone and takes writes.
     remove(&c, b, ids[leader]).await.expect("remove the leader");
     let exit = c.wait_exit(leader).expect("the removed leader stops");
-    assert!(!exit.success(), "a removed member exits with an error");
+    assert_eq!(
+        exit.code(),
+        Some(3),
+        "a removed member exits with its own code"
+    );
     let log = std::fs::read_to_string(c.log_path(leader)).expect("log");
     assert!(log.contains("removed from the cluster"), "{log}");
     assert_eq!(c.wait_leader(&[b]).await, b);
@@ -202,9 +206,17 @@ async fn members_are_removed_as_etcd_removes_them_and_removed_members_stop() {
     // Both removed members, restarted with their data dirs, stop again: their own state or
     // the survivor's refusal says they were removed. The survivor is undisturbed.
     for i in [down, leader] {
+        // This run's log only: the earlier run's says it was removed too.
+        std::fs::remove_file(c.log_path(i)).expect("remove the old log");
         c.spawn(i);
         let exit = c.wait_exit(i).expect("a removed member stops");
-        assert!(!exit.success());
+        assert_eq!(
+            exit.code(),
+            Some(3),
+            "skiff serve's exit code for a removed member"
+        );
+        let log = std::fs::read_to_string(c.log_path(i)).expect("log");
+        assert!(log.contains("removed from the cluster"), "{log}");
     }
     put_retrying(&c, b, "after-3", "v").await;
     assert_eq!(c.member_list(b).await.expect("list").members.len(), 1);

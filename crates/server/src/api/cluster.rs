@@ -14,6 +14,7 @@
 //! from `--initial-cluster`, which every member shares (it names the cluster): listed with its
 //! name and peer URL and no client URLs, as etcd lists it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tonic::{Request, Response, Status};
@@ -83,18 +84,51 @@ impl Api {
         id: u64,
         origin: Origin,
     ) -> Result<epb::MemberRemoveResponse, Status> {
-        let reached =
-            self.inner
-                .leader
-                .on_leader(
-                    origin,
-                    || self.member_remove_here(id),
-                    |mut client| async move {
-                        client.member_remove(epb::MemberRemoveRequest { id }).await
-                    },
-                )
-                .await?;
-        Ok(reached.into_answer())
+        // An attempt that failed without an answer (the leader crashed or changed after
+        // proposing) may have removed the member: a retry then finds no such member.
+        let ambiguous = AtomicBool::new(false);
+        let note = |failed: Option<&Status>| {
+            if failed.is_some_and(crate::peer::RetryPolicy::retryable) {
+                ambiguous.store(true, Ordering::Relaxed);
+            }
+        };
+        let reached = self
+            .inner
+            .leader
+            .on_leader(
+                origin,
+                || async {
+                    let r = self.member_remove_here(id).await;
+                    note(r.as_ref().err());
+                    r
+                },
+                |mut client| async move {
+                    let r = client.member_remove(epb::MemberRemoveRequest { id }).await;
+                    note(r.as_ref().err());
+                    r
+                },
+            )
+            .await;
+        match reached {
+            Ok(reached) => Ok(reached.into_answer()),
+            // Removed by the earlier attempt, as this member's own state says once it has
+            // applied everything committed: the removal succeeded.
+            Err(s) if s.code() == tonic::Code::NotFound && ambiguous.load(Ordering::Relaxed) => {
+                self.linearizable_read().await?;
+                if !self.inner.removal.is_removed(id) {
+                    return Err(s);
+                }
+                let (members, revision) = self.members_now().await?;
+                Ok(epb::MemberRemoveResponse {
+                    header: Some(epb::ResponseHeader {
+                        revision,
+                        ..self.header()
+                    }),
+                    members,
+                })
+            }
+            Err(s) => Err(s),
+        }
     }
 
     /// MemberRemove on this member, which leads.
@@ -157,9 +191,12 @@ impl Api {
         })
     }
 
-    /// etcd's strict reconfiguration check for removing voter `target`: if it is connected,
-    /// the voters left must have a connected majority among them (this leader and the peers
-    /// it heard from within an election timeout); a disconnected voter may always go.
+    /// etcd's strict reconfiguration check for removing voter `target`: the voters left must
+    /// have a connected majority among them (this leader and the peers it heard from within
+    /// an election timeout). A voter that is down can be removed whenever the others are
+    /// healthy; one that merely looks down (late answers) is never a reason to skip the check,
+    /// unlike etcd's exemption of targets without a stream, which could leave the cluster
+    /// without a quorum.
     fn check_connected_majority_without(
         &self,
         membership: &raft::Membership,
@@ -175,9 +212,6 @@ impl Api {
                     .last_heard(id.get())
                     .is_some_and(|t| t.elapsed() <= window)
         };
-        if !connected(target) {
-            return Ok(());
-        }
         let left: Vec<raft::NodeId> = membership
             .voters
             .iter()

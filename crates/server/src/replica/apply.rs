@@ -141,11 +141,12 @@ async fn run(
                             || client.is_some_and(|c| sessions.is_waiting(c))
                     })
                 })?;
+                sessions.answer_applied(&results, &clients);
+                answer_writers(&entries, results, writers);
+                // After the answers: a member removing itself answers before it stops.
                 for (_, ids) in &removals {
                     removal.record(ids);
                 }
-                sessions.answer_applied(&results, &clients);
-                answer_writers(&entries, results, writers);
                 for r in reads {
                     let _ = r.send(Ok(()));
                 }

@@ -384,3 +384,70 @@ async fn a_lease_outlives_its_leader_and_then_expires() {
     // Not kept alive, it still expires under the new leader.
     wait_key_gone(&c, &live, "survivor").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_and_maintenance_answers_carry_the_store_revision_as_etcd_does() {
+    let c = Cluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2]).await;
+    let follower = (leader + 1) % 3;
+    let lease = grant(&c, leader, 60).await;
+    let put = common::put_request_retrying(
+        &c,
+        leader,
+        epb::PutRequest {
+            key: b"leased".to_vec(),
+            value: b"v".to_vec(),
+            lease: lease.id,
+            ..Default::default()
+        },
+    )
+    .await;
+    let rev = put.header.expect("header").revision;
+    assert!(rev >= 2);
+    // Through a follower too (forwarded to the leader, answered from its state).
+    for i in [leader, follower] {
+        let mut l = lease_client(&c, i).await;
+        let ttl = l
+            .lease_time_to_live(epb::LeaseTimeToLiveRequest {
+                id: lease.id,
+                keys: true,
+            })
+            .await
+            .expect("time to live")
+            .into_inner();
+        assert_eq!(ttl.header.expect("header").revision, rev, "member {i}");
+        let leases = l
+            .lease_leases(epb::LeaseLeasesRequest {})
+            .await
+            .expect("leases")
+            .into_inner();
+        assert_eq!(leases.header.expect("header").revision, rev, "member {i}");
+    }
+    let ch = common::channel(&format!("http://{}", c.endpoint(leader)))
+        .await
+        .expect("connect");
+    let alarms = server::pb::etcdserverpb::maintenance_client::MaintenanceClient::new(ch)
+        .alarm(epb::AlarmRequest::default())
+        .await
+        .expect("alarm list")
+        .into_inner();
+    assert_eq!(alarms.header.expect("header").revision, rev);
+    if etcdctl_available() {
+        let out = etcdctl_ok(
+            &c.endpoint(leader),
+            &[
+                "lease",
+                "timetolive",
+                &format!("{:x}", lease.id),
+                "-w",
+                "json",
+            ],
+            "",
+        );
+        assert!(
+            out.stdout.contains(&format!("\"revision\":{rev}")),
+            "{}",
+            out.stdout
+        );
+    }
+}

@@ -205,7 +205,7 @@ impl Api {
             },
         };
         Ok(epb::LeaseKeepAliveResponse {
-            header: Some(self.header()),
+            header: Some(self.header_now()),
             id,
             ttl,
         })
@@ -231,7 +231,7 @@ impl Api {
         self.linearizable_read().await?;
         let Some(granted) = self.stored_ttl(r.id).await? else {
             return Ok(epb::LeaseTimeToLiveResponse {
-                header: Some(self.header()),
+                header: Some(self.header_now()),
                 id: r.id,
                 ttl: -1,
                 granted_ttl: 0,
@@ -247,7 +247,7 @@ impl Api {
             Vec::new()
         };
         Ok(epb::LeaseTimeToLiveResponse {
-            header: Some(self.header()),
+            header: Some(self.header_now()),
             id: r.id,
             ttl,
             granted_ttl: granted,
@@ -259,7 +259,7 @@ impl Api {
         self.linearizable_read().await?;
         let leases = self.stored_leases().await?;
         Ok(epb::LeaseLeasesResponse {
-            header: Some(self.header()),
+            header: Some(self.header_now()),
             leases: leases
                 .into_iter()
                 .map(|l| epb::LeaseStatus { id: l.id })

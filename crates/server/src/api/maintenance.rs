@@ -30,7 +30,7 @@ impl epb::maintenance_server::Maintenance for Api {
     ) -> Result<Response<epb::AlarmResponse>, Status> {
         // No alarms are raised yet (no space quota, no corruption checker).
         Ok(Response::new(epb::AlarmResponse {
-            header: Some(self.header()),
+            header: Some(self.header_now()),
             alarms: Vec::new(),
         }))
     }
@@ -56,7 +56,7 @@ impl epb::maintenance_server::Maintenance for Api {
         }
         let answer = || {
             Ok(Response::new(epb::MoveLeaderResponse {
-                header: Some(self.header()),
+                header: Some(self.header_now()),
             }))
         };
         // Already there (etcd answers at once too; the core refuses a transfer to itself).

@@ -112,12 +112,23 @@ impl Api {
         kv::Session::opened(id, 1, self.inner.node.status().commit)
     }
 
+    /// The response header, without a revision: for responses that set their own (the
+    /// key-value ones carry the revision they read or wrote).
     fn header(&self) -> epb::ResponseHeader {
         epb::ResponseHeader {
             cluster_id: self.inner.cluster_id,
             member_id: self.inner.member_id,
             revision: 0,
             raft_term: self.inner.node.status().term,
+        }
+    }
+
+    /// The response header with this member's store revision, as etcd fills every header
+    /// (lease, alarm and maintenance answers too).
+    fn header_now(&self) -> epb::ResponseHeader {
+        epb::ResponseHeader {
+            revision: self.inner.node.kv.revision().unwrap_or(0),
+            ..self.header()
         }
     }
 

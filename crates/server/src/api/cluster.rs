@@ -118,14 +118,7 @@ impl Api {
                 if !self.inner.removal.is_removed(id) {
                     return Err(s);
                 }
-                let (members, revision) = self.members_now().await?;
-                Ok(epb::MemberRemoveResponse {
-                    header: Some(epb::ResponseHeader {
-                        revision,
-                        ..self.header()
-                    }),
-                    members,
-                })
+                self.members_left().await
             }
             Err(s) => Err(s),
         }
@@ -181,6 +174,11 @@ impl Api {
                 _ => return Err(Status::unavailable(ERR_TIMEOUT)),
             }
         }
+        self.members_left().await
+    }
+
+    /// MemberRemove's answer: the members left, as this member lists them.
+    async fn members_left(&self) -> Result<epb::MemberRemoveResponse, Status> {
         let (members, revision) = self.members_now().await?;
         Ok(epb::MemberRemoveResponse {
             header: Some(epb::ResponseHeader {

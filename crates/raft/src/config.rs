@@ -30,7 +30,10 @@ pub struct Config {
     pub election_ticks: u64,
     /// Leader heartbeat interval in ticks. Must be smaller than `election_ticks`.
     pub heartbeat_ticks: u64,
-    /// Run a PreVote phase before raising the term (thesis §9.6).
+    /// Run a PreVote phase before raising the term (thesis §9.6). Off, a node still pre-votes
+    /// when it is outside the configuration in force, and after losing an election until it
+    /// hears from a leader (see `campaign_now`): campaigns that may not be winnable never
+    /// raise the term.
     pub pre_vote: bool,
     /// A leader that has not heard from a quorum within an election timeout steps down, and
     /// followers that heard from a leader within the minimum election timeout ignore vote

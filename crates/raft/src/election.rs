@@ -39,18 +39,40 @@ impl RawNode {
     /// on, then refuse it without raising their term (thesis §4.2.3: removed servers must not
     /// disrupt the cluster). (A transfer's campaign skips the pre-vote even then: see
     /// `campaign_for_transfer`; the sender's lease is already revoked.)
+    ///
+    /// So does a server whose last real campaign lost, until it hears from a leader
+    /// (`lost_campaign`): a majority refused it, so it may be unable to win (§5.4.1: its log
+    /// is behind theirs), and each further term it starts only takes its own vote in that term
+    /// and moves its voters on to it (§5.1). Found by the simulator (Swarm seed 8760087, PreVote
+    /// off): node 4, down while {4,8,9} and then {4,8} were appended, campaigned every timeout
+    /// in the configuration its log ends with, and the removed 3 and 5, unaware of their
+    /// removal, pushed its term further. Node 8, the one server that could win, needed node
+    /// 4's vote but is outside node 4's configuration, so it learned node 4's term only from
+    /// node 4's refusals, an election timeout late: every request found node 4 already voted
+    /// for itself in that term or past it, for 13 s. A pre-vote asks about the next term
+    /// without moving anyone to it, and a server that could win still wins one round later.
     pub(crate) fn campaign_now(&mut self) {
         assert!(
             self.is_promotable(),
             "a campaign by a server that cannot vote"
         );
+        let term = self.term;
         let outside = !self.log.voters().contains(self.id());
-        if self.config.pre_vote || outside {
+        let pre = self.config.pre_vote || outside || self.lost_campaign;
+        if pre {
             self.become_pre_candidate();
             self.request_votes(true, false);
         } else {
             self.become_candidate();
             self.request_votes(false, false);
+        }
+        // Postconditions (§5.2, thesis §9.6): a pre-vote still under way left the term alone
+        // (a sole voter's wins at once and moves on to a real campaign); a real campaign
+        // started the next term.
+        if self.role() == Role::PreCandidate {
+            assert_eq!(self.term, term, "a pre-vote moved the term");
+        } else {
+            assert_eq!(self.term, term.next(), "a campaign skipped a term");
         }
     }
 
@@ -376,6 +398,11 @@ impl RawNode {
             // Our vote's batch is not advanced yet: `advance` finishes the election.
             VoteResult::Won => {}
             VoteResult::Lost => {
+                // A real campaign a majority refused: campaign by pre-vote from now on, until
+                // a leader is heard from (see `campaign_now`).
+                if !pre {
+                    self.lost_campaign = true;
+                }
                 let term = self.term;
                 self.become_follower(term, None);
             }

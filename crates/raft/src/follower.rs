@@ -48,10 +48,12 @@ impl RawNode {
     }
 
     /// A message from the leader of our term: remember it and restart the election timer
-    /// (paper §5.2: followers remain followers while they hear from a valid leader).
+    /// (paper §5.2: followers remain followers while they hear from a valid leader). An
+    /// election succeeded, so our next campaign need not doubt it can win (`lost_campaign`).
     fn hear_from_leader(&mut self, leader: NodeId) {
         self.election_elapsed = 0;
         self.leader = Some(leader);
+        self.lost_campaign = false;
         let until = self.ticks + self.config.election_ticks;
         self.lease_granted_until = self.lease_granted_until.max(until);
     }

@@ -74,6 +74,10 @@ pub struct RawNode {
     /// a higher term by a message that is not a vote must still honour the lease it granted.
     /// Never decreases.
     pub(crate) lease_granted_until: u64,
+    /// A real campaign of this node lost (a majority refused it) and it has not heard from a
+    /// leader since: its campaigns start with a pre-vote, PreVote off or not (see
+    /// `campaign_now`). Invariant: `false` on a leader.
+    pub(crate) lost_campaign: bool,
     /// Election jitter source.
     pub(crate) rng: Rng,
     /// Pending reads.
@@ -146,6 +150,7 @@ impl RawNode {
             } else {
                 0
             },
+            lost_campaign: false,
             rng: Rng::new(seed),
             reads: ReadQueue::new(forward_ids),
             failed_reads: Vec::new(),
@@ -561,6 +566,10 @@ impl RawNode {
         assert!(
             !self.bcast_pending || self.is_leader(),
             "a broadcast is pending on a node that does not lead"
+        );
+        assert!(
+            !(self.lost_campaign && self.is_leader()),
+            "a leader remembers a lost campaign"
         );
         match &self.role {
             RoleState::Leader(ls) => {

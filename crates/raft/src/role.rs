@@ -174,6 +174,7 @@ impl RawNode {
         self.reset(term);
         self.role = RoleState::Leader(Box::new(LeaderState::new()));
         self.leader = Some(self.id());
+        self.lost_campaign = false;
         self.sync_progress();
         let last = self.log.last_index();
         let noop = Entry {

@@ -453,6 +453,51 @@ fn candidates_lose_on_a_majority_of_refusals() {
 }
 
 #[test]
+fn candidates_that_lost_pre_vote_until_they_hear_from_a_leader() {
+    // Thesis §9.6, PreVote off: a candidate a majority refused may be unable to win (§5.4.1),
+    // so its next campaigns ask about the next term without moving to it; a leader's message
+    // shows elections succeed, and real campaigns resume (Swarm seed 8760087).
+    let mut n = node_with(1, &[], 0, 0);
+    n.campaign();
+    let _ = drain(&mut n);
+    for from in [2, 3] {
+        n.step(msg(from, 1, 1, MessageBody::VoteResp { reject: true }))
+            .unwrap();
+    }
+    assert_eq!(
+        (n.status().role, n.status().term),
+        (Role::Follower, Term(1))
+    );
+    n.campaign();
+    assert_eq!(
+        (n.status().role, n.status().term),
+        (Role::PreCandidate, Term(1)),
+        "a lost candidate raised its term again"
+    );
+    let asked = all_messages(&drain(&mut n));
+    assert_eq!(asked.len(), 2);
+    assert!(asked
+        .iter()
+        .all(|m| m.term == Term(2) && matches!(m.body, MessageBody::PreVote { .. })));
+    // Refused again: still by pre-vote.
+    for from in [2, 3] {
+        n.step(msg(from, 1, 1, MessageBody::PreVoteResp { reject: true }))
+            .unwrap();
+    }
+    n.campaign();
+    assert_eq!(n.status().role, Role::PreCandidate);
+    let _ = drain(&mut n);
+    // Node 2 wins term 2; hearing from it ends the doubt.
+    n.step(append(2, 1, 2, (0, 0), &[(1, 2)], 0)).unwrap();
+    let _ = drain(&mut n);
+    n.campaign();
+    assert_eq!(
+        (n.status().role, n.status().term),
+        (Role::Candidate, Term(3))
+    );
+}
+
+#[test]
 fn candidates_follow_a_leader_of_their_term() {
     // §5.2: "If AppendEntries RPC received from new leader: convert to follower".
     let mut n = node_with(1, &[], 0, 0);

@@ -150,6 +150,18 @@ fn swarm_seed_2159289_stale_vote_request_answered() {
     replay("Swarm", 2159289);
 }
 
+/// Node 8 of {4,8} (uncommitted; node 4 was down while {4,8,9} and {4,8} were appended, its
+/// log ends at entry 21) needed node 4's vote; node 4, believing in {1,2,3,4,6,7}, where it cannot win, started
+/// a term every election timeout (PreVote off), voting for itself, and the removed 3 and 5
+/// pushed its term further. Node 8, outside node 4's configuration, learned node 4's term only
+/// from its refusals, an election timeout late: for 13 s each request found node 4 voted for
+/// itself in that term or past it. Fixed in `campaign_now`: a candidate that lost its election
+/// pre-votes until it hears from a leader (thesis §9.6).
+#[test]
+fn swarm_seed_8760087_lost_candidates_pre_vote() {
+    replay("Swarm", 8760087);
+}
+
 /// Node 1, sole voter with other members, won term 3 at once and sent term-3 appends before
 /// term 3 was durable; it crashed, came back in term 2, won term 3 again with another log, and
 /// a member held two different entries 24@3 (Log Matching). Fixed in `ready`: no message of a

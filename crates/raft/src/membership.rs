@@ -170,6 +170,18 @@ impl RawNode {
         &mut self,
         change: MembershipChange,
     ) -> Result<EntryId, MembershipError> {
+        self.change_membership_with_context(change, Vec::new())
+    }
+
+    /// [`RawNode::change_membership`] with `context`: opaque bytes the application stores in
+    /// the configuration entry's `data` and reads back when the entry commits (etcd's
+    /// `ConfChange.Context`), e.g. a new member's address, so that the description and the
+    /// configuration are replicated in one entry.
+    pub fn change_membership_with_context(
+        &mut self,
+        change: MembershipChange,
+        context: Vec<u8>,
+    ) -> Result<EntryId, MembershipError> {
         let Some(ls) = self.leader_state() else {
             return Err(MembershipError::NotLeader {
                 leader: self.leader,
@@ -184,20 +196,27 @@ impl RawNode {
         if self.log.membership_index() > self.log.committed() {
             return Err(MembershipError::ChangeInProgress);
         }
+        if context.len() as u64 > self.config.msg_bytes_max {
+            return Err(MembershipError::Invalid(format!(
+                "a context of {} bytes is over the {}-byte entry limit",
+                context.len(),
+                self.config.msg_bytes_max
+            )));
+        }
         let next = apply_change(self.log.membership(), &change)?;
-        let id = self.append_membership(next);
+        let id = self.append_membership(next, context);
         self.check_invariants_if_debug();
         Ok(id)
     }
 
-    /// Appends a configuration entry as leader and puts it in force.
-    fn append_membership(&mut self, next: Membership) -> EntryId {
+    /// Appends a configuration entry as leader, carrying `context`, and puts it in force.
+    fn append_membership(&mut self, next: Membership, context: Vec<u8>) -> EntryId {
         debug_assert!(self.is_leader());
         let entry = Entry {
             term: self.term,
             index: self.log.last_index().next(),
             kind: EntryKind::Membership(next),
-            data: Vec::new(),
+            data: context,
         };
         let id = entry.id();
         self.append_as_leader(vec![entry]);
@@ -265,7 +284,7 @@ impl RawNode {
                 voters_outgoing: BTreeSet::new(),
                 ..current
             };
-            self.append_membership(leave);
+            self.append_membership(leave, Vec::new());
             return;
         }
         if !current.voters.contains(&self.id()) {

@@ -227,6 +227,17 @@ impl RawNode {
         }
     }
 
+    /// Leader only: the highest index known to be in `id`'s log (this node's own: its durable
+    /// index), as etcd's `Progress.Match`; `None` off the leader or for a non-member. For
+    /// deciding whether a learner has caught up before promoting it.
+    pub fn match_index(&self, id: NodeId) -> Option<Index> {
+        let ls = self.leader_state()?;
+        if id == self.id() {
+            return Some(self.log.persisted());
+        }
+        ls.progress.get(&id).map(|pr| pr.matched)
+    }
+
     /// Read-only view of the log, for checkers and tests.
     pub fn log(&self) -> &RaftLog {
         &self.log

@@ -104,7 +104,9 @@ pub struct Entry {
     pub index: Index,
     /// What the entry is.
     pub kind: EntryKind,
-    /// The command for [`EntryKind::Normal`]; empty for a no-op.
+    /// The command for [`EntryKind::Normal`]; the application's context for
+    /// [`EntryKind::Membership`] (see [`crate::RawNode::change_membership_with_context`]; empty
+    /// for the changes the core makes itself); empty for a no-op.
     pub data: Vec<u8>,
 }
 

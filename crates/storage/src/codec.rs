@@ -117,8 +117,11 @@ pub fn encode_entry_into(buf: &mut Vec<u8>, e: &Entry) {
         EntryKind::Normal => (TAG_NORMAL, &e.data),
         EntryKind::Noop => (TAG_NOOP, &e.data),
         EntryKind::Membership(m) => {
-            let mut b = Vec::new();
+            // The configuration, then the application's context (older versions wrote none:
+            // an empty tail decodes as an empty context).
+            let mut b = Vec::with_capacity(e.data.len() + 64);
             put_membership(&mut b, m);
+            b.extend_from_slice(&e.data);
             membership = b;
             (TAG_MEMBERSHIP, &membership)
         }
@@ -161,8 +164,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
         TAG_MEMBERSHIP => {
             let mut mr = Reader::new(&data);
             let m = get_membership(&mut mr)?;
-            mr.finish()?;
-            data = Vec::new();
+            data = mr.buf.to_vec();
             EntryKind::Membership(m)
         }
         t => return Err(format!("unknown entry kind tag {t}")),
@@ -303,7 +305,10 @@ mod tests {
             voters_outgoing: [id(1), id(2), id(3)].into(),
             learners: [id(9)].into(),
         };
-        let e = entry(EntryKind::Membership(m), b"");
+        let e = entry(EntryKind::Membership(m.clone()), b"");
+        assert_eq!(decode_entry(&encode_entry(&e)), Ok(e));
+        // With the application's context (a new member's address, say).
+        let e = entry(EntryKind::Membership(m), b"\x01context");
         assert_eq!(decode_entry(&encode_entry(&e)), Ok(e));
     }
 

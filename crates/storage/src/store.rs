@@ -103,6 +103,28 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// Whether `dir` holds no log and no snapshot (missing counts as empty): a member
+    /// starting there has no state yet.
+    pub fn is_empty(dir: &Path) -> Result<bool, StorageError> {
+        let listed = |sub: &str| -> Result<Vec<String>, StorageError> {
+            let d = dir.join(sub);
+            match std::fs::read_dir(&d) {
+                Ok(entries) => entries
+                    .map(|e| {
+                        e.map(|e| e.file_name().to_string_lossy().into_owned())
+                            .map_err(|e| StorageError::io("list", &d, e))
+                    })
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(StorageError::io("list", &d, e)),
+            }
+        };
+        let segments = listed("wal")?
+            .iter()
+            .any(|n| crate::wal::segment::parse_name(n).is_some());
+        Ok(!segments && listed("snap")?.is_empty())
+    }
+
     /// Opens the data dir `dir`, creating it if empty, and recovers its state. Refuses a dir of
     /// another cluster or node, a dir another process has open, and any corruption other than
     /// a torn write at the end of the log (which is truncated with a warning).

@@ -148,8 +148,7 @@ impl<'s> Batch<'s> {
             assert!(self.compact_to.is_none(), "one compaction per batch");
             self.compact_to = Some(c);
         }
-        self.members_changed |=
-            matches!(req, Request::MemberPublish(_) | Request::MembersRemoved(_));
+        self.members_changed |= req.is_member_change();
         self.meta = after;
         Ok(resp)
     }
@@ -373,10 +372,7 @@ impl Store {
             // A compaction, and a change of the member table (written straight into the
             // transaction, which undoing a failed request in a shared one would not revert),
             // get a transaction of their own.
-            let members = matches!(
-                cmd.request,
-                Request::MemberPublish(_) | Request::MembersRemoved(_)
-            );
+            let members = cmd.request.is_member_change();
             let alone = members || matches!(cmd.request, Request::Compact { .. });
             if alone && pos > committed {
                 b.commit(true)?;
@@ -559,6 +555,29 @@ fn execute_as(
                 &mut txn.open_table(crate::members::MEMBERS_REMOVED)?,
                 ids,
             )?;
+            Response::Members {
+                revision: w.read_rev() as i64,
+            }
+        }
+        Request::MemberAdd(m) => {
+            crate::members::add(
+                &mut txn.open_table(crate::members::MEMBERS)?,
+                &txn.open_table(crate::members::MEMBERS_REMOVED)?,
+                m,
+            )?;
+            Response::Members {
+                revision: w.read_rev() as i64,
+            }
+        }
+        Request::MemberUpdate { id, peer_urls } => {
+            if let Err(refused) = crate::members::update_peer_urls(
+                &mut txn.open_table(crate::members::MEMBERS)?,
+                &txn.open_table(crate::members::MEMBERS_REMOVED)?,
+                *id,
+                peer_urls,
+            )? {
+                return Err(refused.into());
+            }
             Response::Members {
                 revision: w.read_rev() as i64,
             }

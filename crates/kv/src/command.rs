@@ -100,6 +100,30 @@ pub enum Request {
     /// from the entry and the configuration before it, never proposed): removed for good (see
     /// [`crate::members`]).
     MembersRemoved(Vec<u64>),
+    /// A member added to the configuration (etcd's MemberAdd): its id and peer URLs, recorded
+    /// whole, with no name or client URLs until it starts and publishes them. Carried in the
+    /// configuration entry that adds it, so the two are one (never proposed on its own).
+    MemberAdd(crate::members::Member),
+    /// A member's new peer URLs (etcd's MemberUpdate); its name and client URLs are kept.
+    MemberUpdate {
+        /// The member.
+        id: u64,
+        /// Where its peers reach it from now on.
+        peer_urls: Vec<String>,
+    },
+}
+
+impl Request {
+    /// Whether this changes the member table (not the key space).
+    pub fn is_member_change(&self) -> bool {
+        matches!(
+            self,
+            Request::MemberPublish(_)
+                | Request::MembersRemoved(_)
+                | Request::MemberAdd(_)
+                | Request::MemberUpdate { .. }
+        )
+    }
 }
 
 /// The result of applying a [`Request`].
@@ -132,7 +156,8 @@ pub enum Response {
         /// Store revision after deleting the lease's keys.
         revision: i64,
     },
-    /// Result of [`Request::MemberPublish`] and [`Request::MembersRemoved`].
+    /// Result of [`Request::MemberPublish`], [`Request::MembersRemoved`],
+    /// [`Request::MemberAdd`] and [`Request::MemberUpdate`].
     Members {
         /// Store revision (unchanged by member changes).
         revision: i64,

@@ -57,6 +57,10 @@ pub enum KvError {
     /// members publish descriptions: a bug or a hostile peer).
     #[error("skiff: member description over the limits")]
     BadMember,
+    /// A MemberUpdate to peer URLs another member has (etcd's check, repeated where the
+    /// update is applied so that concurrent updates cannot both take one URL).
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
 }
 
 /// Every error of this crate.
@@ -133,12 +137,13 @@ impl KvError {
             KvError::SessionExpired => 13,
             KvError::AnswerLost => 14,
             KvError::BadMember => 15,
+            KvError::PeerUrlExists => 16,
         }
     }
 
     /// Inverse of [`KvError::code`].
     pub(crate) fn from_code(code: u8) -> Option<KvError> {
-        const ALL: [KvError; 15] = [
+        const ALL: [KvError; 16] = [
             KvError::EmptyKey,
             KvError::Compacted,
             KvError::FutureRevision,
@@ -154,6 +159,7 @@ impl KvError {
             KvError::SessionExpired,
             KvError::AnswerLost,
             KvError::BadMember,
+            KvError::PeerUrlExists,
         ];
         ALL.into_iter().find(|e| e.code() == code)
     }

@@ -135,6 +135,54 @@ pub(crate) fn publish(
     Ok(())
 }
 
+/// Records a member just added to the configuration, whole (see
+/// [`crate::Request::MemberAdd`]). A removed id is never recorded again.
+pub(crate) fn add(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    removed: &impl ReadableTable<u64, ()>,
+    m: &Member,
+) -> Result<(), Error> {
+    if removed.get(m.id)?.is_some() {
+        return Ok(());
+    }
+    table.insert(m.id, m.encode().as_slice())?;
+    Ok(())
+}
+
+/// Sets member `id`'s peer URLs, keeping its name and client URLs; a member not described yet
+/// (an initial member that has not published) is recorded with only these. A removed id is
+/// left alone. Refused if another member has one of the URLs (checked here, where every
+/// replica applies updates in the same order, so two concurrent updates never both get one).
+pub(crate) fn update_peer_urls(
+    table: &mut redb::Table<'_, u64, &'static [u8]>,
+    removed: &impl ReadableTable<u64, ()>,
+    id: u64,
+    peer_urls: &[String],
+) -> Result<Result<(), KvError>, Error> {
+    if removed.get(id)?.is_some() {
+        return Ok(Ok(()));
+    }
+    let taken = all(table)?
+        .iter()
+        .any(|m| m.id != id && m.peer_urls.iter().any(|u| peer_urls.contains(u)));
+    if taken {
+        return Ok(Err(KvError::PeerUrlExists));
+    }
+    let stored = match table.get(id)? {
+        Some(bytes) => Member::decode(bytes.value())?,
+        None => Member {
+            id,
+            ..Member::default()
+        },
+    };
+    let row = Member {
+        peer_urls: peer_urls.to_vec(),
+        ..stored
+    };
+    table.insert(id, row.encode().as_slice())?;
+    Ok(Ok(()))
+}
+
 /// Removes the members `ids` for good.
 pub(crate) fn remove(
     table: &mut redb::Table<'_, u64, &'static [u8]>,
@@ -244,6 +292,56 @@ mod tests {
             assert_eq!(removed(&gone).expect("removed"), vec![5, 9]);
             publish(&mut t, &gone, &member(9)).expect("publish");
             assert_eq!(all(&t).expect("all"), vec![member(2)]);
+        }
+    }
+
+    #[test]
+    fn an_added_member_is_recorded_whole_and_an_update_moves_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = redb::Database::create(dir.path().join("m.redb")).expect("db");
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut t = txn.open_table(MEMBERS).expect("table");
+            let mut gone = txn.open_table(MEMBERS_REMOVED).expect("table");
+            let added = Member {
+                id: 4,
+                name: String::new(),
+                peer_urls: vec!["http://10.0.0.4:2380".into()],
+                client_urls: vec![],
+            };
+            add(&mut t, &gone, &added).expect("add");
+            assert_eq!(all(&t).expect("all"), vec![added.clone()]);
+            // It starts and publishes: its name and client URLs join the peer URLs.
+            publish(&mut t, &gone, &member(4)).expect("publish");
+            let moved = vec!["http://10.0.0.44:2380".to_string()];
+            update_peer_urls(&mut t, &gone, 4, &moved)
+                .expect("update")
+                .expect("a free URL");
+            assert_eq!(
+                all(&t).expect("all"),
+                vec![Member {
+                    peer_urls: moved.clone(),
+                    ..member(4)
+                }]
+            );
+            // Another member's URL is refused; an initial member that never published is
+            // recorded by an update alone.
+            assert_eq!(
+                update_peer_urls(&mut t, &gone, 2, &moved).expect("update"),
+                Err(KvError::PeerUrlExists)
+            );
+            let free = vec!["http://10.0.0.2:2380".to_string()];
+            update_peer_urls(&mut t, &gone, 2, &free)
+                .expect("update")
+                .expect("a free URL");
+            assert_eq!(all(&t).expect("all")[0].name, "");
+            // Removed ids stay removed.
+            remove(&mut t, &mut gone, &[4]).expect("remove");
+            add(&mut t, &gone, &added).expect("add");
+            update_peer_urls(&mut t, &gone, 4, &free)
+                .expect("update")
+                .expect("ignored");
+            assert!(all(&t).expect("all").iter().all(|m| m.id != 4));
         }
     }
 

@@ -26,6 +26,13 @@ pub(crate) fn check_request(req: &Request) -> Result<(), KvError> {
         Request::MemberPublish(m) => m.check(),
         // From a configuration entry: at most the configuration, which the core bounds.
         Request::MembersRemoved(_) => Ok(()),
+        Request::MemberAdd(m) => m.check(),
+        Request::MemberUpdate { id, peer_urls } => crate::members::Member {
+            id: *id,
+            peer_urls: peer_urls.clone(),
+            ..Default::default()
+        }
+        .check(),
         Request::Compact { .. } | Request::LeaseGrant { .. } | Request::LeaseRevoke { .. } => {
             Ok(())
         }

@@ -278,7 +278,10 @@ impl Model {
                 }
             }
             // Not generated: the member table is outside the key-value model.
-            Request::MemberPublish(_) | Request::MembersRemoved(_) => unreachable!("not generated"),
+            Request::MemberPublish(_)
+            | Request::MembersRemoved(_)
+            | Request::MemberAdd(_)
+            | Request::MemberUpdate { .. } => unreachable!("not generated"),
         })
     }
 }

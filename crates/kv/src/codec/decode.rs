@@ -126,6 +126,17 @@ impl<'a> Reader<'a> {
                 }
                 Request::MembersRemoved(ids)
             }
+            9 => Request::MemberAdd(crate::members::Member::decode_from(self)?),
+            10 => {
+                let id = self.u64()?;
+                let mut peer_urls = Vec::new();
+                for _ in 0..self.len()? {
+                    let url = String::from_utf8(self.bytes()?)
+                        .map_err(|_| bad("member update: URL is not UTF-8".to_string()))?;
+                    peer_urls.push(url);
+                }
+                Request::MemberUpdate { id, peer_urls }
+            }
             t => return Err(bad(format!("request tag {t}"))),
         })
     }

@@ -77,6 +77,18 @@ impl Writer {
                     self.u64(id);
                 }
             }
+            Request::MemberAdd(m) => {
+                self.u8(9);
+                m.encode_into(self);
+            }
+            Request::MemberUpdate { id, peer_urls } => {
+                self.u8(10);
+                self.u64(*id);
+                self.u64(peer_urls.len() as u64);
+                for u in peer_urls {
+                    self.bytes(u.as_bytes());
+                }
+            }
         }
     }
 

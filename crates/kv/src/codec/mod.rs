@@ -152,6 +152,16 @@ mod tests {
             Command::new(Request::LeaseRevoke { id: -1 }),
             Command::new(Request::MembersRemoved(vec![1, u64::MAX])),
             Command::new(Request::MembersRemoved(vec![])),
+            Command::new(Request::MemberAdd(crate::members::Member {
+                id: 7,
+                name: String::new(),
+                peer_urls: vec!["http://10.0.0.7:2380".into()],
+                client_urls: vec![],
+            })),
+            Command::new(Request::MemberUpdate {
+                id: 3,
+                peer_urls: vec!["http://b:2380".into(), "http://c:2380".into()],
+            }),
             Command {
                 session: Some(Session::opened(4, 1, 9)),
                 request: Request::MemberPublish(crate::members::Member {

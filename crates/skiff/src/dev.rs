@@ -1,4 +1,5 @@
-//! `skiff dev`: a local 3-member cluster as child processes of this one, on 127.0.0.1. Each
+//! `skiff dev`: a local cluster (3 members, or `--members` 1 or 5) as child processes of this
+//! one, on 127.0.0.1. Each
 //! child is `skiff serve` with its own data dir under `--data-dir` and its log in
 //! `<data-dir>/<name>.log`. Ctrl-C (or SIGTERM) stops the children (and they stop by
 //! themselves if this process dies, when their stdin pipe closes); if a child exits on its
@@ -8,9 +9,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 
-/// Members of the dev cluster.
-const MEMBERS: usize = 3;
-
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevArgs {
     /// Root of the members' data dirs.
@@ -19,6 +17,9 @@ pub struct DevArgs {
     /// First port: member i serves clients on base+2i and peers on base+2i+1.
     #[arg(long, default_value_t = 2379, value_parser = clap::value_parser!(u16).range(1024..=65000))]
     base_port: u16,
+    /// Members: 1, 3 or 5 (an even count tolerates no more failures than one fewer).
+    #[arg(long, default_value = "3", value_parser = ["1", "3", "5"])]
+    members: String,
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -31,11 +32,15 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
 }
 
 async fn run_async(args: DevArgs) -> anyhow::Result<()> {
+    let members: usize = args
+        .members
+        .parse()
+        .context("--members must be 1, 3 or 5")?;
     let exe = std::env::current_exe().context("find the skiff executable")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
     let port = |i: usize, peer: bool| u32::from(args.base_port) + 2 * i as u32 + u32::from(peer);
-    let cluster = (0..MEMBERS)
+    let cluster = (0..members)
         .map(|i| format!("n{}=http://127.0.0.1:{}", i + 1, port(i, true)))
         .collect::<Vec<_>>()
         .join(",");
@@ -43,7 +48,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
     // Held apart from the children because `Child::wait` closes a child's stdin.
     let mut stdins = Vec::new();
     let mut endpoints = Vec::new();
-    for i in 0..MEMBERS {
+    for i in 0..members {
         let name = format!("n{}", i + 1);
         let client = format!("http://127.0.0.1:{}", port(i, false));
         let peer = format!("http://127.0.0.1:{}", port(i, true));
@@ -83,7 +88,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
         .map(|e| e.trim_start_matches("http://"))
         .collect::<Vec<_>>()
         .join(",");
-    println!("skiff dev: {MEMBERS} members running");
+    println!("skiff dev: {members} members running");
     for ((name, _), ep) in children.iter().zip(&endpoints) {
         println!(
             "  {name}: {ep}   (log: {}/{name}.log)",
@@ -102,8 +107,9 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
         args.data_dir.display()
     );
 
-    // A member removed from the cluster (`etcdctl member remove`) exits on its own; the others
-    // keep running. Any other exit stops the dev cluster.
+    // A member removed from the cluster (`etcdctl member remove`) exits on its own, and one
+    // killed by a signal (`kill -9`, to try a crash) is gone: the others keep running, as a
+    // real cluster's would. Any other exit (a member failing) stops the dev cluster.
     let mut removed: Vec<String> = Vec::new();
     let exited = loop {
         let waits = children
@@ -121,10 +127,21 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
         let was_removed = status
             .as_ref()
             .is_ok_and(|s| s.code() == Some(i32::from(crate::EXIT_REMOVED)));
-        if !was_removed {
+        let killed = status.as_ref().ok().and_then(|s| {
+            use std::os::unix::process::ExitStatusExt;
+            s.signal()
+        });
+        if was_removed {
+            println!(
+                "skiff dev: member {name} was removed from the cluster; the others keep running"
+            );
+        } else if let Some(signal) = killed {
+            println!(
+                "skiff dev: member {name} was killed (signal {signal}); the others keep running"
+            );
+        } else {
             break Some((name, status));
         }
-        println!("skiff dev: member {name} was removed from the cluster; the others keep running");
         removed.push(name);
         if removed.len() == children.len() {
             break None;

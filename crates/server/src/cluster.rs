@@ -32,6 +32,17 @@ pub const MEMBERS_MAX: usize = 64;
 impl ClusterSpec {
     /// Parses `name=url,name=url,...`. Errors say what is wrong in one line.
     pub fn parse(initial_cluster: &str, token: &str) -> Result<ClusterSpec, String> {
+        Self::parse_with(initial_cluster, token, false)
+    }
+
+    /// [`ClusterSpec::parse`], also accepting members without a name (`=url`) when
+    /// `unnamed_ok`: what `etcdctl member add` prints for members added but not started yet,
+    /// for a member joining a running cluster.
+    pub fn parse_with(
+        initial_cluster: &str,
+        token: &str,
+        unnamed_ok: bool,
+    ) -> Result<ClusterSpec, String> {
         let mut members = BTreeMap::new();
         let mut names = std::collections::BTreeSet::new();
         for part in initial_cluster.split(',').filter(|p| !p.trim().is_empty()) {
@@ -39,11 +50,11 @@ impl ClusterSpec {
                 return Err(format!("member {part:?} is not of the form name=url"));
             };
             let (name, url) = (name.trim(), url.trim());
-            if name.is_empty() {
+            if name.is_empty() && !unnamed_ok {
                 return Err(format!("member {part:?} has an empty name"));
             }
             parse_url(url).map_err(|e| format!("member {name}: {e}"))?;
-            if !names.insert(name.to_string()) {
+            if !name.is_empty() && !names.insert(name.to_string()) {
                 return Err(format!("member name {name:?} appears twice"));
             }
             let id = member_id(name, url);

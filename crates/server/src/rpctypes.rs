@@ -34,6 +34,23 @@ pub const ERR_BAD_LEADER_TRANSFEREE: &str = "etcdserver: bad leader transferee";
 /// is missing from etcd's map of gRPC errors, and clients match on the message).
 pub const ERR_TIMEOUT_LEADER_TRANSFER: &str =
     "etcdserver: request timed out, leader transfer took too long";
+/// MemberAdd's peer URLs do not parse.
+pub const ERR_MEMBER_BAD_URLS: &str = "etcdserver: given member URLs are invalid";
+/// MemberAdd of an id the cluster has (or had).
+pub const ERR_MEMBER_EXIST: &str = "etcdserver: member ID already exist";
+/// MemberAdd or MemberUpdate with a peer URL another member has.
+pub const ERR_PEER_URL_EXIST: &str = "etcdserver: Peer URLs already exists";
+/// Adding or promoting a voter while too few voters have started (published) for a quorum
+/// of the configuration it would make (etcd's strict reconfiguration check).
+pub const ERR_MEMBER_NOT_ENOUGH_STARTED: &str =
+    "etcdserver: re-configuration failed due to not enough started members";
+/// MemberPromote of a voter.
+pub const ERR_MEMBER_NOT_LEARNER: &str = "etcdserver: can only promote a learner member";
+/// MemberPromote of a learner whose log is not within 10% of the leader's.
+pub const ERR_LEARNER_NOT_READY: &str =
+    "etcdserver: can only promote a learner member which is in sync with leader";
+/// MemberAdd of a learner when the cluster has as many as it may.
+pub const ERR_TOO_MANY_LEARNERS: &str = "etcdserver: too many learner members in cluster";
 /// A lease TTL over the maximum.
 pub const ERR_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 
@@ -49,7 +66,7 @@ pub fn kv_error_status(e: kv::KvError) -> Status {
         | K::BadMember => Code::InvalidArgument,
         K::Compacted | K::FutureRevision | K::LeaseTtlTooLarge => Code::OutOfRange,
         K::LeaseNotFound | K::KeyNotFound => Code::NotFound,
-        K::LeaseExists | K::AnswerLost => Code::FailedPrecondition,
+        K::LeaseExists | K::AnswerLost | K::PeerUrlExists => Code::FailedPrecondition,
         // A retry the state machine could not match to its first attempt (the session was
         // evicted): whether the write happened is unknown, which etcd reports as a timeout.
         K::SessionExpired | K::StaleSequence => return Status::unavailable(ERR_TIMEOUT),

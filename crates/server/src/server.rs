@@ -13,12 +13,18 @@ use crate::api::{http::client_routes, Api};
 use crate::config::{raft_config, seed, ServerConfig};
 use crate::error::ServerError;
 use crate::pb::skiff::raft::v1::raft_server::RaftServer;
-use crate::peer::{faults, Faults, Forwarder, Peers, RaftService, RetryPolicy, PEER_MSG_BYTES_MAX};
+use crate::pb::skiff::raft::v1::JoinMember;
+use crate::peer::{
+    faults, Faults, Forwarder, PeerTimeouts, Peers, RaftService, RetryPolicy, PEER_MSG_BYTES_MAX,
+};
+use crate::replica::member_file::{self, MemberFile};
 use crate::replica::{NodeTask, OpenOptions, INBOUND_QUEUE_MAX};
 
 /// How long a member that learns it was removed keeps serving before it stops: long enough
 /// for an answer in flight to leave.
 const REMOVED_GRACE: Duration = Duration::from_millis(500);
+/// How long a member joining with an empty data dir keeps asking the cluster who it is.
+const JOIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs a member until `shutdown` completes (Ok) or something fails (Err).
 pub async fn run(
@@ -27,28 +33,38 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     config.validate().map_err(ServerError::Config)?;
     let spec = &config.cluster;
-    let me = spec
+    let mut me = spec
         .member_by_name(&config.name)
         .ok_or_else(|| ServerError::Config("member vanished".into()))?
         .clone();
-    let cluster_id = spec.cluster_id;
     std::fs::create_dir_all(&config.data_dir).map_err(|error| ServerError::Io {
         what: format!("create data dir {}", config.data_dir.display()),
         error,
     })?;
 
+    let (member, joined) = who_am_i(&config, &me).await?;
+    let cluster_id = member.identity.cluster_id;
+    me.id = member.identity.node_id;
     let opened = crate::replica::open(OpenOptions {
         data_dir: &config.data_dir,
-        identity: storage::Identity {
-            cluster_id,
-            node_id: me.id,
-        },
-        initial_voters: spec.members.keys().copied().collect(),
-        new_cluster: config.new_cluster,
+        identity: member.identity,
+        initial_voters: member.bootstrap.clone(),
+        may_create: config.new_cluster || member_file::read(&config.data_dir)?.is_some(),
         raft: raft_config(&config, me.id, seed()),
     })?;
+    let mut member = member;
+    if member_file::read(&config.data_dir)?.is_none() {
+        // A data dir from before member files (or just created): the voters its log starts
+        // from are what the log recorded, when it still starts at the beginning; the flags
+        // only for a log compacted since (a joining member then gets a snapshot, never the
+        // first entries, from a member whose log is compacted too).
+        if opened.log.log_start().index.0 == 0 && !opened.log.membership().voters.is_empty() {
+            member.bootstrap = opened.log.membership().voters.iter().copied().collect();
+        }
+        member_file::write(&config.data_dir, &member)?;
+    }
     tracing::info!(
-        name = %me.name, id = me.id.get(), cluster = format!("{cluster_id:#x}"),
+        name = %me.name, id = format!("{:x}", me.id.get()), cluster = format!("{cluster_id:#x}"),
         applied = opened.raw.status().applied.0, last = opened.log.last_index().0,
         "starting member"
     );
@@ -68,13 +84,30 @@ pub async fn run(
     if let Some(path) = config.fault_file.clone() {
         tokio::spawn(faults::watch_fault_file(path, spec.clone(), faults.clone()));
     }
+    // Where the others are: the initial cluster, what a join was told, and the replicated
+    // member table (newest last, so it wins); kept current by the address book task.
+    let described = opened.kv.members().map_err(ServerError::Kv)?;
+    let mut addresses: std::collections::BTreeMap<raft::NodeId, String> = spec
+        .members
+        .values()
+        .map(|m| (m.id, m.peer_url.clone()))
+        .collect();
+    let known = joined
+        .iter()
+        .map(|m| (m.id, m.peer_urls.first()))
+        .chain(described.iter().map(|m| (m.id, m.peer_urls.first())));
+    for (id, url) in known {
+        if let (Some(id), Some(url)) = (raft::NodeId::new(id), url) {
+            addresses.insert(id, url.clone());
+        }
+    }
     let peers = Arc::new(
         Peers::start(
             cluster_id,
-            spec.members
-                .values()
-                .filter(|m| m.id != me.id)
-                .map(|m| (m.id, m.peer_url.clone())),
+            addresses
+                .into_iter()
+                .filter(|(id, url)| *id != me.id && *url != me.peer_url),
+            PeerTimeouts::for_election(config.election),
             faults.clone(),
             removal.clone(),
         )
@@ -95,7 +128,7 @@ pub async fn run(
     );
     let forwarder = Forwarder::new(
         handle.clone(),
-        peers,
+        peers.clone(),
         me.id,
         RetryPolicy::default(),
         cluster_id,
@@ -109,6 +142,8 @@ pub async fn run(
             client_urls: config.advertise_client_urls.clone(),
         },
         election: config.election,
+        bootstrap: member.bootstrap.iter().map(|v| v.get()).collect(),
+        peers,
     };
     let api = Api::new(
         handle,
@@ -121,6 +156,7 @@ pub async fn run(
     );
     let lessor = api.start_lessor(config.election);
     let publisher = api.start_publisher();
+    let address_book = api.start_address_book();
     let compactor = api.start_compactor(config.auto_compaction);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -132,7 +168,11 @@ pub async fn run(
         .accept_http1(true)
         .add_routes(client_routes(&api))
         .serve_with_incoming_shutdown(nodelay(client_listener), stopped(stop_rx.clone()));
+    let timeouts = PeerTimeouts::for_election(config.election);
     let peer_server = tonic::transport::Server::builder()
+        // A peer that vanished (a partition) is noticed from this side too.
+        .http2_keepalive_interval(Some(timeouts.keepalive_interval))
+        .http2_keepalive_timeout(Some(timeouts.keepalive_timeout))
         .add_service(
             RaftServer::new(RaftService::new(
                 cluster_id,
@@ -166,6 +206,7 @@ pub async fn run(
     node.abort();
     lessor.abort();
     publisher.abort();
+    address_book.abort();
     if let Some(c) = compactor {
         c.abort();
     }
@@ -175,6 +216,84 @@ pub async fn run(
     })
     .await;
     result
+}
+
+/// Who this member is: its data dir's member file; else, for a data dir from before member
+/// files or a new cluster's member, the ids `--initial-cluster` gives; else (an empty data dir
+/// and `--initial-cluster-state existing`) what the running cluster says, after `member add`,
+/// written to the member file before anything else. Also returns the members a join was told
+/// of.
+async fn who_am_i(
+    config: &ServerConfig,
+    me: &crate::cluster::Member,
+) -> Result<(MemberFile, Vec<JoinMember>), ServerError> {
+    let spec = &config.cluster;
+    let from_flags = storage::Identity {
+        cluster_id: spec.cluster_id,
+        node_id: me.id,
+    };
+    if let Some(file) = member_file::read(&config.data_dir)? {
+        // `new` names the cluster this member bootstraps: a data dir of another cluster or
+        // member is the wrong one (a typo in --data-dir). A member that joined later, or one
+        // whose --initial-cluster changed since, restarts with `existing`, which trusts the
+        // data dir, as etcd does.
+        if config.new_cluster && file.identity != from_flags {
+            return Err(ServerError::Config(format!(
+                "data dir belongs to {}, but this server is {from_flags} (restart it with \
+                 --initial-cluster-state existing if it joined later or the flags changed)",
+                file.identity
+            )));
+        }
+        return Ok((file, Vec::new()));
+    }
+    let empty = storage::Store::is_empty(&config.data_dir.join("raft"))?;
+    if config.new_cluster || !empty {
+        let file = MemberFile {
+            identity: from_flags,
+            bootstrap: spec.members.keys().copied().collect(),
+        };
+        return Ok((file, Vec::new()));
+    }
+    let others: Vec<String> = spec
+        .members
+        .values()
+        .filter(|m| m.peer_url != me.peer_url)
+        .map(|m| m.peer_url.clone())
+        .collect();
+    tracing::info!(peers = ?others, "empty data dir and --initial-cluster-state existing: asking the cluster who this member is");
+    let answer = crate::peer::join::ask(&others, &me.peer_url, JOIN_DEADLINE).await?;
+    // etcd's check: --initial-cluster must list the running cluster's members.
+    for url in spec.members.values().map(|m| &m.peer_url) {
+        if !answer.members.iter().any(|m| m.peer_urls.contains(url)) {
+            return Err(ServerError::Config(format!(
+                "--initial-cluster has {url}, which is no member's peer URL in the running \
+                 cluster {:#x}",
+                answer.cluster_id
+            )));
+        }
+    }
+    let bootstrap = answer
+        .bootstrap_voters
+        .iter()
+        .map(|&v| raft::NodeId::new(v))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| ServerError::Config("the cluster's join answer lists voter 0".into()))?;
+    let node_id = raft::NodeId::new(answer.member_id)
+        .ok_or_else(|| ServerError::Config("the cluster's join answer gives id 0".into()))?;
+    let file = MemberFile {
+        identity: storage::Identity {
+            cluster_id: answer.cluster_id,
+            node_id,
+        },
+        bootstrap,
+    };
+    member_file::write(&config.data_dir, &file)?;
+    tracing::info!(
+        id = format!("{:x}", answer.member_id),
+        cluster = format!("{:#x}", answer.cluster_id),
+        "joining the running cluster"
+    );
+    Ok((file, answer.members))
 }
 
 /// Accepted connections with `TCP_NODELAY`: small gRPC responses must not wait for Nagle's

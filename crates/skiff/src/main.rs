@@ -57,7 +57,9 @@ struct ServeArgs {
     /// All members: name=peer-url,... (default: this member alone).
     #[arg(long)]
     initial_cluster: Option<String>,
-    /// new: bootstrap a new cluster; existing: restart a member whose data dir is populated.
+    /// new: bootstrap a new cluster; existing: join a running cluster after `member add` (an
+    /// empty data dir asks the members in --initial-cluster who this member is). Ignored once
+    /// the data dir has a member.
     #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
     initial_cluster_state: String,
     /// Token mixed into the cluster id, so two clusters with the same members differ.
@@ -113,8 +115,10 @@ impl ServeArgs {
             .initial_cluster
             .clone()
             .unwrap_or_else(|| format!("{}={}", self.name, self.initial_advertise_peer_urls));
-        let cluster = server::ClusterSpec::parse(&initial_cluster, &self.initial_cluster_token)
-            .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
+        let joining = self.initial_cluster_state == "existing";
+        let cluster =
+            server::ClusterSpec::parse_with(&initial_cluster, &self.initial_cluster_token, joining)
+                .map_err(|e| anyhow::anyhow!("--initial-cluster: {e}"))?;
         let Some(me) = cluster.member_by_name(&self.name) else {
             bail!(
                 "--name {:?} is not a member of --initial-cluster",

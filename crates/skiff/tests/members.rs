@@ -61,6 +61,14 @@ async fn every_member_lists_every_member_and_keeps_them_across_restarts() {
     );
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     put_retrying(&c, follower, "k2", "v").await;
+    // The follower may answer from its own apply before the leader's status shows the entry.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while c.status(leader).await.expect("status").raft_index <= before.raft_index
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let after = c.status(leader).await.expect("status");
     if after.raft_term == before.raft_term {
         assert_eq!(

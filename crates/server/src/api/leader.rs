@@ -7,6 +7,7 @@ use tonic::Status;
 
 use super::Api;
 use crate::pb::etcdserverpb as epb;
+use crate::pb::skiff::raft::v1 as pb;
 use crate::peer::REQUEST_TIMEOUT;
 use crate::peer::{LeaderApi, Origin};
 use crate::replica::WriteError;
@@ -29,19 +30,24 @@ impl LeaderApi for Api {
                 | kv::Request::DeleteRange(_)
                 | kv::Request::Txn(_)
                 | kv::Request::MemberPublish(_)
+                | kv::Request::MemberUpdate { .. }
         );
         if cmd.session.is_none() || !kv_write {
             return Err(Status::invalid_argument(
-                "a forwarded write must be a put, delete, txn or member description with a session",
+                "a forwarded write must be a put, delete, txn or member change with a session",
             ));
         }
-        // Only members describe themselves: rows stay bounded by the configuration.
-        if let kv::Request::MemberPublish(m) = &cmd.request {
+        // Only members are described: rows stay bounded by the configuration.
+        let described = match &cmd.request {
+            kv::Request::MemberPublish(m) => Some(m.id),
+            kv::Request::MemberUpdate { id, .. } => Some(*id),
+            _ => None,
+        };
+        if let Some(described) = described {
             let membership = self.inner.node.membership();
-            if !membership.members().iter().any(|id| id.get() == m.id) {
+            if !membership.members().iter().any(|id| id.get() == described) {
                 return Err(Status::failed_precondition(format!(
-                    "member {:x} is not in the configuration",
-                    m.id
+                    "member {described:x} is not in the configuration"
                 )));
             }
         }
@@ -93,6 +99,25 @@ impl LeaderApi for Api {
         r: epb::LeaseTimeToLiveRequest,
     ) -> Result<epb::LeaseTimeToLiveResponse, Status> {
         self.time_to_live(r, Origin::Peer).await
+    }
+
+    async fn forwarded_member_add(
+        &self,
+        r: epb::MemberAddRequest,
+        id: u64,
+    ) -> Result<epb::MemberAddResponse, Status> {
+        self.member_add_impl(r, Origin::Peer, Some(id)).await
+    }
+
+    async fn forwarded_member_promote(
+        &self,
+        r: epb::MemberPromoteRequest,
+    ) -> Result<epb::MemberPromoteResponse, Status> {
+        self.member_promote_impl(r.id, Origin::Peer).await
+    }
+
+    async fn join(&self, r: pb::JoinRequest) -> Result<pb::JoinResponse, Status> {
+        self.join_answer(&r.peer_url).await
     }
 
     async fn forwarded_member_remove(

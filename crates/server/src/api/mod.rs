@@ -43,6 +43,7 @@ pub mod leader;
 pub mod lease;
 pub mod lessor;
 pub mod maintenance;
+pub mod reconfigure;
 pub mod watch;
 
 /// etcd's default `--max-request-bytes`: larger requests are refused.

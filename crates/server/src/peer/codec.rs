@@ -213,10 +213,15 @@ fn encode_entry(e: &Entry) -> pb::Entry {
         EntryKind::Noop => Kind::Noop(pb::Noop {}),
         EntryKind::Membership(m) => Kind::Membership(encode_membership(m)),
     };
+    let context = match &e.kind {
+        EntryKind::Membership(_) => e.data.clone(),
+        _ => Vec::new(),
+    };
     pb::Entry {
         term: e.term.0,
         index: e.index.0,
         kind: Some(kind),
+        context,
     }
 }
 
@@ -228,7 +233,7 @@ fn decode_entry(e: pb::Entry) -> Result<Entry, CodecError> {
     let (kind, data) = match e.kind {
         Some(Kind::Normal(data)) => (EntryKind::Normal, data),
         Some(Kind::Noop(_)) => (EntryKind::Noop, Vec::new()),
-        Some(Kind::Membership(m)) => (EntryKind::Membership(decode_membership(m)?), Vec::new()),
+        Some(Kind::Membership(m)) => (EntryKind::Membership(decode_membership(m)?), e.context),
         None => return bad(format!("entry {} has no kind", e.index)),
     };
     Ok(Entry {
@@ -336,7 +341,7 @@ mod tests {
                 term: Term(7),
                 index: Index(7),
                 kind: EntryKind::Membership(Membership::new([id(1), id(4)])),
-                data: Vec::new(),
+                data: b"a new member's description".to_vec(),
             },
         ];
         let bodies = vec![
@@ -428,6 +433,7 @@ mod tests {
                     term: 1,
                     index: 3,
                     kind: Some(pb::entry::Kind::Noop(pb::Noop {})),
+                    context: Vec::new(),
                 }],
                 commit: 0,
             })),

@@ -9,6 +9,7 @@
 pub mod codec;
 pub mod faults;
 pub mod forward;
+pub mod join;
 pub mod outbound;
 pub mod pipe;
 pub mod service;
@@ -18,5 +19,5 @@ pub use forward::{
     session_of, with_session, Forwarder, Origin, Reached, RetryPolicy, REQUEST_TIMEOUT,
     RETRY_PAUSE, SESSION_HEADER,
 };
-pub use outbound::{Peers, PEER_MSG_BYTES_MAX};
+pub use outbound::{PeerTimeouts, Peers, PEER_MSG_BYTES_MAX};
 pub use service::{LeaderApi, RaftService};

@@ -8,7 +8,7 @@
 //! tolerates loss, and an unbounded queue to a dead peer would eat the memory.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use raft::{Message, NodeId};
@@ -30,17 +30,58 @@ pub const BATCH_MSGS_MAX: usize = 256;
 pub const BATCH_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Largest gRPC message accepted or sent on the peer port.
 pub const PEER_MSG_BYTES_MAX: usize = 16 * 1024 * 1024;
-/// Backoff after a failed send: first and largest wait.
+/// Backoff after a failed send: the first wait (the largest is [`PeerTimeouts::backoff_max`]).
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// How long one `Send` call may take.
-const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Outgoing queues to every other member, and gRPC channels for forwarding requests.
+/// How the peer streams notice a dead or black-holed connection and come back, all sized to
+/// the election timeout: a healed partition must not leave a stream stuck for longer than one
+/// (a TCP connection whose packets were dropped otherwise waits out its retransmission
+/// backoff, seconds, before it carries anything again).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PeerTimeouts {
+    /// A connection attempt gives up after this.
+    pub connect: Duration,
+    /// A stream that cannot take a batch for this long is dropped and reopened.
+    pub send: Duration,
+    /// The longest pause between reconnection attempts.
+    pub backoff_max: Duration,
+    /// HTTP/2 PING interval on every peer connection (also while idle) ...
+    pub keepalive_interval: Duration,
+    /// ... and how long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+}
+
+impl PeerTimeouts {
+    /// The timeouts for an election timeout of `election`.
+    pub fn for_election(election: Duration) -> PeerTimeouts {
+        let floor = |d: Duration, min_ms: u64| d.max(Duration::from_millis(min_ms));
+        PeerTimeouts {
+            connect: floor(election / 2, 100),
+            send: floor(election, 200),
+            backoff_max: floor(election / 4, 50),
+            keepalive_interval: floor(election / 2, 100),
+            keepalive_timeout: floor(election / 2, 100),
+        }
+    }
+}
+
+/// Outgoing queues to every other member, and gRPC channels for forwarding requests. The set
+/// of peers and their addresses change at run time, as members are added, moved
+/// (MemberUpdate) and removed.
 pub struct Peers {
-    queues: BTreeMap<NodeId, mpsc::Sender<Message>>,
-    channels: BTreeMap<NodeId, Channel>,
+    cluster_id: u64,
+    timeouts: PeerTimeouts,
+    links: RwLock<BTreeMap<NodeId, Link>>,
     faults: Arc<Faults>,
+    removal: Arc<Removal>,
+}
+
+/// The way to one peer: its queue (its sender task ends when the queue is dropped) and a
+/// channel for forwarding.
+struct Link {
+    url: String,
+    queue: mpsc::Sender<Message>,
+    channel: Channel,
 }
 
 /// Whether a peer refused a stream because this member was removed from the cluster.
@@ -55,33 +96,85 @@ impl Peers {
     pub fn start(
         cluster_id: u64,
         peers: impl IntoIterator<Item = (NodeId, String)>,
+        timeouts: PeerTimeouts,
         faults: Arc<Faults>,
         removal: Arc<Removal>,
     ) -> Result<Peers, String> {
-        let mut queues = BTreeMap::new();
-        let mut channels = BTreeMap::new();
-        for (id, url) in peers {
-            let endpoint = Endpoint::from_shared(url.clone())
-                .map_err(|e| format!("peer url {url:?}: {e}"))?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true);
-            let channel = endpoint.connect_lazy();
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MAX);
-            tokio::spawn(send_loop(
-                cluster_id,
-                id,
-                channel.clone(),
-                rx,
-                removal.clone(),
-            ));
-            queues.insert(id, tx);
-            channels.insert(id, channel);
-        }
-        Ok(Peers {
-            queues,
-            channels,
+        let p = Peers {
+            cluster_id,
+            timeouts,
+            links: RwLock::new(BTreeMap::new()),
             faults,
-        })
+            removal,
+        };
+        for (id, url) in peers {
+            p.set(id, &url)?;
+        }
+        Ok(p)
+    }
+
+    /// Sends to `id` at `url` from now on (a new peer, or one that moved); nothing changes if
+    /// that is where it is already. Messages queued for its old address are dropped.
+    pub fn set(&self, id: NodeId, url: &str) -> Result<(), String> {
+        let mut links = self.links.write().unwrap_or_else(|e| e.into_inner());
+        if links.get(&id).is_some_and(|l| l.url == url) {
+            return Ok(());
+        }
+        let t = self.timeouts;
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| format!("peer url {url:?}: {e}"))?
+            .connect_timeout(t.connect)
+            .http2_keep_alive_interval(t.keepalive_interval)
+            .keep_alive_timeout(t.keepalive_timeout)
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(t.keepalive_interval))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        let (queue, rx) = mpsc::channel(PEER_QUEUE_MAX);
+        tokio::spawn(send_loop(
+            self.cluster_id,
+            id,
+            channel.clone(),
+            rx,
+            self.removal.clone(),
+            t,
+        ));
+        links.insert(
+            id,
+            Link {
+                url: url.to_string(),
+                queue,
+                channel,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops sending to `id` (a removed member, or one whose addition failed).
+    pub fn remove(&self, id: NodeId) {
+        self.links
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Where `id` is reached, if it is a known peer.
+    pub fn url(&self, id: NodeId) -> Option<String> {
+        self.links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map(|l| l.url.clone())
+    }
+
+    /// Every known peer.
+    pub fn ids(&self) -> Vec<NodeId> {
+        self.links
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// A client for forwarding requests to `id`; `None` if `id` is unknown or cut off by the
@@ -90,8 +183,9 @@ impl Peers {
         if self.faults.is_blocked(id) {
             return None;
         }
-        self.channels.get(&id).map(|c| {
-            RaftClient::new(c.clone())
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        links.get(&id).map(|l| {
+            RaftClient::new(l.channel.clone())
                 .max_decoding_message_size(PEER_MSG_BYTES_MAX)
                 .max_encoding_message_size(PEER_MSG_BYTES_MAX)
         })
@@ -104,18 +198,22 @@ impl Outbox for Peers {
         if self.faults.is_blocked(m.to) {
             return;
         }
-        let Some(q) = self.queues.get(&m.to) else {
-            tracing::warn!(to = m.to.get(), "message to an unknown peer dropped");
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        let Some(link) = links.get(&m.to) else {
+            tracing::debug!(
+                to = m.to.get(),
+                "message to a peer of unknown address dropped"
+            );
             return;
         };
-        if q.try_send(m).is_err() {
+        if link.queue.try_send(m).is_err() {
             tracing::debug!("peer queue full; message dropped");
         }
     }
 }
 
 /// Batches queued on one peer stream, at most; a stream that cannot take a batch for
-/// [`SEND_TIMEOUT`] (a hung peer) is dropped and reopened.
+/// [`PeerTimeouts::send`] (a hung peer) is dropped and reopened.
 const STREAM_BATCHES_MAX: usize = 16;
 /// A stream that stayed up this long counts as a recovery: backoff starts over.
 const STREAM_HEALTHY_AFTER: Duration = Duration::from_secs(1);
@@ -152,6 +250,7 @@ async fn send_loop(
     channel: Channel,
     mut rx: mpsc::Receiver<Message>,
     removal: Arc<Removal>,
+    timeouts: PeerTimeouts,
 ) {
     let client = RaftClient::new(channel)
         .max_decoding_message_size(PEER_MSG_BYTES_MAX)
@@ -184,7 +283,7 @@ async fn send_loop(
                 },
             };
             let batch = next_batch(cluster_id, m, &mut rx);
-            match tokio::time::timeout(SEND_TIMEOUT, btx.send(batch)).await {
+            match tokio::time::timeout(timeouts.send, btx.send(batch)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break "stream closed".to_string(),
                 Err(_) => {
@@ -214,7 +313,7 @@ async fn send_loop(
         }
         failing = true;
         tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        backoff = (backoff * 2).min(timeouts.backoff_max);
         // Messages queued during the outage are stale (heartbeats, old appends); drop them
         // and let Raft send fresh ones.
         while rx.try_recv().is_ok() {}

@@ -61,6 +61,19 @@ pub trait LeaderApi: Send + Sync + 'static {
         &self,
         r: epb::MemberRemoveRequest,
     ) -> Result<epb::MemberRemoveResponse, Status>;
+    /// A forwarded member addition, with the id the forwarding member chose.
+    async fn forwarded_member_add(
+        &self,
+        r: epb::MemberAddRequest,
+        id: u64,
+    ) -> Result<epb::MemberAddResponse, Status>;
+    /// A forwarded learner promotion (only the leader knows how far the learner is).
+    async fn forwarded_member_promote(
+        &self,
+        r: epb::MemberPromoteRequest,
+    ) -> Result<epb::MemberPromoteResponse, Status>;
+    /// A member joining with an empty data dir asks who it is (any member answers).
+    async fn join(&self, r: pb::JoinRequest) -> Result<pb::JoinResponse, Status>;
     /// A forwarded time-to-live query (the leader keeps the deadlines).
     async fn forwarded_lease_time_to_live(
         &self,
@@ -336,6 +349,31 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
         r: Request<epb::MemberRemoveRequest>,
     ) -> Result<Response<epb::MemberRemoveResponse>, Status> {
         let resp = self.leader.forwarded_member_remove(r.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn member_add(
+        &self,
+        r: Request<epb::MemberAddRequest>,
+    ) -> Result<Response<epb::MemberAddResponse>, Status> {
+        let id = crate::api::reconfigure::member_id_of(r.metadata())?;
+        let resp = self.leader.forwarded_member_add(r.into_inner(), id).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn member_promote(
+        &self,
+        r: Request<epb::MemberPromoteRequest>,
+    ) -> Result<Response<epb::MemberPromoteResponse>, Status> {
+        let resp = self.leader.forwarded_member_promote(r.into_inner()).await?;
+        Ok(Response::new(resp))
+    }
+
+    async fn join(
+        &self,
+        r: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let resp = self.leader.join(r.into_inner()).await?;
         Ok(Response::new(resp))
     }
 }

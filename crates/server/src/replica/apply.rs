@@ -236,11 +236,28 @@ fn answer_writers(
             Some((e, result)) if e.term.0 == w.term => match result.take().flatten() {
                 Some(Ok(resp)) => Ok(resp),
                 Some(Err(err)) => Err(WriteError::Kv(err)),
+                // A configuration change that changes no member's description (a
+                // promotion): applied, with nothing to say (its waiter reads the members).
+                None if matches!(e.kind, EntryKind::Membership(_)) => {
+                    Ok(kv::Response::Members { revision: 0 })
+                }
                 None => Err(WriteError::LeaderChanged),
             },
             _ => Err(WriteError::LeaderChanged),
         };
         let _ = w.reply.send(answer);
+    }
+}
+
+/// An entry's command. A committed entry that does not decode is on every replica: it is
+/// skipped deterministically rather than wedging the cluster.
+fn decode(e: &Entry) -> Option<kv::Command> {
+    match kv::codec::decode_command(&e.data) {
+        Ok(cmd) => Some(cmd),
+        Err(err) => {
+            tracing::error!(index = e.index.0, error = %err, "undecodable command");
+            None
+        }
     }
 }
 
@@ -264,23 +281,16 @@ fn apply_all(
         .iter()
         .map(|e| {
             let cmd = match e.kind {
-                // A configuration entry that leaves members out removes them from the member
-                // table (derived here, on every replica alike; see `Removal`).
+                // A configuration entry that adds a member carries its description (the
+                // context MemberAdd gave it) ...
+                EntryKind::Membership(_) if !e.data.is_empty() => decode(e),
+                // ... and one that leaves members out removes them from the member table
+                // (derived here, on every replica alike; see `Removal`).
                 EntryKind::Membership(_) => removals
                     .binary_search_by_key(&e.index.0, |(i, _)| *i)
                     .ok()
                     .map(|i| kv::Command::new(kv::Request::MembersRemoved(removals[i].1.clone()))),
-                EntryKind::Normal if !e.data.is_empty() => {
-                    match kv::codec::decode_command(&e.data) {
-                        Ok(cmd) => Some(cmd),
-                        Err(err) => {
-                            // A committed entry that does not decode is on every replica: skip
-                            // it deterministically rather than wedge the cluster.
-                            tracing::error!(index = e.index.0, error = %err, "undecodable command");
-                            None
-                        }
-                    }
-                }
+                EntryKind::Normal if !e.data.is_empty() => decode(e),
                 _ => None,
             };
             (e.index.0, cmd)

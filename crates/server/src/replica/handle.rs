@@ -27,9 +27,31 @@ pub(super) enum AdminOp {
     /// whether the core took it, `applied` answers once its entry is applied (as a write's).
     ChangeMembership {
         change: raft::MembershipChange,
-        reply: oneshot::Sender<Result<(), raft::MembershipError>>,
+        /// Stored in the configuration entry (`raft::RawNode::change_membership_with_context`).
+        context: Vec<u8>,
+        reply: oneshot::Sender<Result<raft::EntryId, raft::MembershipError>>,
         applied: super::reply::WriteReply,
     },
+    /// The leader's view of how far `id`'s log is (`raft::RawNode::match_index`), with its
+    /// own: `None` off the leader.
+    MatchIndex {
+        id: NodeId,
+        reply: oneshot::Sender<Option<(u64, Option<u64>)>>,
+    },
+}
+
+/// Answers when a configuration entry is applied, as a write's answer.
+pub type AppliedReceiver = oneshot::Receiver<Result<kv::Response, WriteError>>;
+
+/// A member added by a configuration entry in the log that is not applied yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingMember {
+    /// Its id.
+    pub id: NodeId,
+    /// Its peer URLs, from the entry's context.
+    pub peer_urls: Vec<String>,
+    /// The voters of the configuration before the entry.
+    pub voters_before: std::collections::BTreeSet<NodeId>,
 }
 
 /// Why an operator's request did not reach the core.
@@ -65,6 +87,8 @@ pub struct NodeHandle {
     pub(super) status: watch::Receiver<NodeStatus>,
     /// The configuration in force (paper §6: from the moment it is appended).
     pub(super) membership: watch::Receiver<Arc<raft::Membership>>,
+    /// Members added by entries not applied yet.
+    pub(super) pending_members: watch::Receiver<Arc<Vec<PendingMember>>>,
     /// The state machine, for reads (writes go through the log).
     pub kv: Arc<kv::Store>,
     /// The applied index, updated after every apply: watch streams wait on it.
@@ -130,31 +154,48 @@ impl NodeHandle {
         self.membership.borrow().clone()
     }
 
-    /// Proposes a configuration change; once the core took it, the receiver answers when its
-    /// entry is applied (or lost to another leader, as a write's).
+    /// Members added by configuration entries not applied yet, with their addresses.
+    pub fn pending_members(&self) -> Arc<Vec<PendingMember>> {
+        self.pending_members.borrow().clone()
+    }
+
+    /// A receiver that wakes when the configuration in force changes.
+    pub fn membership_changes(&self) -> watch::Receiver<Arc<raft::Membership>> {
+        self.membership.clone()
+    }
+
+    /// Proposes a configuration change; once the core took it, returns where its entry is and
+    /// a receiver that answers when the entry is applied (or lost to another leader, as a
+    /// write's).
     pub async fn change_membership(
         &self,
         change: raft::MembershipChange,
-    ) -> Result<
-        Result<oneshot::Receiver<Result<kv::Response, WriteError>>, raft::MembershipError>,
-        AdminError,
-    > {
+        context: Vec<u8>,
+    ) -> Result<Result<(raft::EntryId, AppliedReceiver), raft::MembershipError>, AdminError> {
         let (reply, rx) = oneshot::channel();
         let (applied, applied_rx) = oneshot::channel();
         self.admin
             .try_send(AdminOp::ChangeMembership {
                 change,
+                context,
                 reply,
                 applied,
             })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => AdminError::Busy,
-                mpsc::error::TrySendError::Closed(_) => AdminError::Stopped,
-            })?;
+            .map_err(admin_error)?;
         Ok(rx
             .await
             .map_err(|_| AdminError::Stopped)?
-            .map(|()| applied_rx))
+            .map(|id| (id, applied_rx)))
+    }
+
+    /// On the leader: (its own durable index, how far `id`'s log is known to match), as etcd's
+    /// `Progress.Match`; `None` when this member does not lead.
+    pub async fn match_index(&self, id: NodeId) -> Result<Option<(u64, Option<u64>)>, AdminError> {
+        let (reply, rx) = oneshot::channel();
+        self.admin
+            .try_send(AdminOp::MatchIndex { id, reply })
+            .map_err(admin_error)?;
+        rx.await.map_err(|_| AdminError::Stopped)
     }
 
     /// A receiver that wakes whenever the status changes (a new leader, term or role, more
@@ -172,10 +213,15 @@ impl NodeHandle {
         let (reply, rx) = oneshot::channel();
         self.admin
             .try_send(AdminOp::TransferLeader { to, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => AdminError::Busy,
-                mpsc::error::TrySendError::Closed(_) => AdminError::Stopped,
-            })?;
+            .map_err(admin_error)?;
         rx.await.map_err(|_| AdminError::Stopped)
+    }
+}
+
+/// Why an operator's request could not be queued for the node task.
+fn admin_error(e: mpsc::error::TrySendError<AdminOp>) -> AdminError {
+    match e {
+        mpsc::error::TrySendError::Full(_) => AdminError::Busy,
+        mpsc::error::TrySendError::Closed(_) => AdminError::Stopped,
     }
 }

@@ -13,6 +13,7 @@
 
 mod apply;
 mod handle;
+pub mod member_file;
 mod node;
 pub mod open;
 mod removal;
@@ -23,7 +24,7 @@ mod snapshot;
 use raft::Message;
 
 pub use apply::APPLY_QUEUE_MAX;
-pub use handle::{AdminError, NodeHandle, NodeStatus};
+pub use handle::{AdminError, AppliedReceiver, NodeHandle, NodeStatus, PendingMember};
 pub use node::{NodeTask, INBOUND_QUEUE_MAX, PROPOSALS_QUEUE_MAX, READS_QUEUE_MAX};
 pub use open::{open, OpenOptions, Opened, SESSIONS_MAX};
 pub use removal::Removal;

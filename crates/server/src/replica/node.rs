@@ -26,11 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::{Message, RawNode, ReadCtx, Ready};
+use raft::{Message, NodeId, RawNode, ReadCtx, Ready};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::apply::ApplyJob;
-use super::handle::{AdminOp, NodeHandle, NodeStatus, Proposal};
+use super::handle::{AdminOp, NodeHandle, NodeStatus, PendingMember, Proposal};
 use super::reply::{ReadFailure, ReadReply, Waiter, WriteError, WriteReply};
 use super::{CurrentSnapshot, Outbox};
 use crate::error::ServerError;
@@ -65,6 +65,8 @@ pub struct NodeTask {
     status: watch::Sender<NodeStatus>,
     /// The configuration in force, as last published to the handles.
     membership: watch::Sender<Arc<raft::Membership>>,
+    /// Members added by configuration entries not applied yet (see [`PendingMember`]).
+    pending_members: watch::Sender<Arc<Vec<PendingMember>>>,
     /// Writers waiting for their entry: index -> (term proposed in, reply).
     waiting_writes: BTreeMap<u64, (u64, WriteReply)>,
     /// Readers waiting for confirmation, by read tag.
@@ -104,6 +106,7 @@ impl NodeTask {
         let applied = Arc::new(AtomicU64::new(raw.status().applied.0));
         let (stx, srx) = watch::channel(status_of(&raw, &applied));
         let (mtx, mrx) = watch::channel(Arc::new(raw.log().membership().clone()));
+        let (pending_tx, pending_rx) = watch::channel(Arc::new(pending_members(&raw)));
         let (changed_tx, changed_rx) = watch::channel(raw.status().applied.0);
         let session_waiters = Arc::new(super::session_waiters::SessionWaiters::default());
         let (apply, applier) = super::apply::spawn(
@@ -119,6 +122,7 @@ impl NodeTask {
             admin: atx,
             status: srx,
             membership: mrx,
+            pending_members: pending_rx,
             kv: kv.clone(),
             applied_changes: changed_rx,
             session_waiters,
@@ -137,6 +141,7 @@ impl NodeTask {
             inbound,
             status: stx,
             membership: mtx,
+            pending_members: pending_tx,
             waiting_writes: BTreeMap::new(),
             waiting_reads: BTreeMap::new(),
             next_read_ctx: 1,
@@ -240,16 +245,25 @@ impl NodeTask {
             AdminOp::TransferLeader { to, reply } => {
                 let _ = reply.send(self.raw.transfer_leader(to));
             }
+            AdminOp::MatchIndex { id, reply } => {
+                let me = self.raw.id();
+                let answer = self
+                    .raw
+                    .match_index(me)
+                    .map(|own| (own.0, self.raw.match_index(id).map(|m| m.0)));
+                let _ = reply.send(answer);
+            }
             AdminOp::ChangeMembership {
                 change,
+                context,
                 reply,
                 applied,
-            } => match self.raw.change_membership(change) {
+            } => match self.raw.change_membership_with_context(change, context) {
                 Ok(id) => {
                     // Answered like a write: by the apply of the entry at `id`, if it is
                     // still the one proposed (same term).
                     self.waiting_writes.insert(id.index.0, (id.term.0, applied));
-                    let _ = reply.send(Ok(()));
+                    let _ = reply.send(Ok(id));
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -357,8 +371,20 @@ impl NodeTask {
         self.status
             .send_replace(status_of(&self.raw, &self.applied));
         if **self.membership.borrow() != *self.raw.log().membership() {
-            self.membership
-                .send_replace(Arc::new(self.raw.log().membership().clone()));
+            let m = self.raw.log().membership();
+            let hex = |s: &std::collections::BTreeSet<raft::NodeId>| {
+                s.iter()
+                    .map(|id| format!("{:x}", id.get()))
+                    .collect::<Vec<_>>()
+            };
+            tracing::info!(
+                voters = ?hex(&m.voters), outgoing = ?hex(&m.voters_outgoing),
+                learners = ?hex(&m.learners), at = self.raw.log().membership_index().0,
+                "configuration in force"
+            );
+            self.membership.send_replace(Arc::new(m.clone()));
+            self.pending_members
+                .send_replace(Arc::new(pending_members(&self.raw)));
         }
         Ok(())
     }
@@ -435,6 +461,32 @@ impl NodeTask {
             let _ = reply.send(Err(WriteError::LeaderChanged));
         }
     }
+}
+
+/// Members added by configuration entries past the applied index, with the addresses their
+/// entries carry (a MemberAdd's context): the member table describes them only once the entry
+/// is applied, and a leader must reach a new voter before that (it may need its vote or its
+/// acknowledgement to commit anything), also after a restart.
+fn pending_members(raw: &RawNode) -> Vec<PendingMember> {
+    let log = raw.log();
+    let from = log.applied().max(log.offset().index).next();
+    if from > log.last_index() {
+        return Vec::new();
+    }
+    log.iter_range(from, log.last_index())
+        .filter(|e| matches!(e.kind, raft::EntryKind::Membership(_)) && !e.data.is_empty())
+        .filter_map(|e| {
+            let cmd = kv::codec::decode_command(&e.data).ok()?;
+            let kv::Request::MemberAdd(m) = cmd.request else {
+                return None;
+            };
+            Some(PendingMember {
+                id: NodeId::new(m.id)?,
+                peer_urls: m.peer_urls,
+                voters_before: log.membership_at(e.index.prev()).voters.clone(),
+            })
+        })
+        .collect()
 }
 
 fn status_of(raw: &RawNode, applied: &AtomicU64) -> NodeStatus {

@@ -31,8 +31,9 @@ pub struct OpenOptions<'a> {
     pub identity: storage::Identity,
     /// The voters of a new cluster, used when the log holds no membership yet.
     pub initial_voters: Vec<NodeId>,
-    /// `--initial-cluster-state new` (true) or `existing` (false).
-    pub new_cluster: bool,
+    /// Whether an empty data dir may be started: a new cluster's member, or one whose member
+    /// file says who it is (it joined a running cluster). Otherwise an empty dir is refused.
+    pub may_create: bool,
     /// The core's configuration.
     pub raft: raft::Config,
 }
@@ -57,10 +58,9 @@ pub fn open(o: OpenOptions<'_>) -> Result<Opened, ServerError> {
     let (mut log, recovered) =
         storage::Store::open(&o.data_dir.join("raft"), storage::Options::new(o.identity))?;
     if log.membership().voters.is_empty() {
-        if !o.new_cluster && recovered.created {
-            return Err(ServerError::Unsupported(
-                "--initial-cluster-state existing with an empty data dir (joining a running cluster)"
-                    .into(),
+        if !o.may_create && recovered.created {
+            return Err(ServerError::Config(
+                "--initial-cluster-state existing with an empty data dir and no member file".into(),
             ));
         }
         log.set_membership(&Membership::new(o.initial_voters.iter().copied()))?;

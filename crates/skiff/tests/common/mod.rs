@@ -23,6 +23,9 @@ pub struct Member {
     pub client_port: u16,
     pub peer_port: u16,
     pub child: Option<Child>,
+    /// For a member added to the running cluster (`member add`): the `--initial-cluster` it
+    /// starts with, under `--initial-cluster-state existing`.
+    pub joins_with: Option<String>,
 }
 
 pub struct Cluster {
@@ -59,6 +62,7 @@ impl Cluster {
                 client_port: ports[2 * i],
                 peer_port: ports[2 * i + 1],
                 child: None,
+                joins_with: None,
             })
             .collect();
         let initial_cluster = members
@@ -76,6 +80,32 @@ impl Cluster {
             c.spawn(i);
         }
         c
+    }
+
+    /// A new member `name` with fresh ports, not started: its index. Add it to the cluster
+    /// (MemberAdd with [`Cluster::peer_url`]) and start it with [`Cluster::spawn_joining`].
+    pub fn new_member(&mut self, name: &str) -> usize {
+        let ports = free_ports(2);
+        self.members.push(Member {
+            name: name.to_string(),
+            client_port: ports[0],
+            peer_port: ports[1],
+            child: None,
+            joins_with: None,
+        });
+        self.members.len() - 1
+    }
+
+    /// Member `i`'s peer URL.
+    pub fn peer_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].peer_port)
+    }
+
+    /// Starts member `i` with `--initial-cluster-state existing` and `initial_cluster` (what
+    /// `member add` printed), to join the running cluster.
+    pub fn spawn_joining(&mut self, i: usize, initial_cluster: &str) {
+        self.members[i].joins_with = Some(initial_cluster.to_string());
+        self.spawn(i);
     }
 
     /// The fault file of member `i` (see `skiff serve --fault-file`).
@@ -127,6 +157,10 @@ impl Cluster {
         let m = &self.members[i];
         let client = format!("http://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let (initial_cluster, state) = match &m.joins_with {
+            Some(joining) => (joining.as_str(), "existing"),
+            None => (self.initial_cluster.as_str(), "new"),
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .arg("serve")
             .args(["--name", &m.name])
@@ -136,7 +170,8 @@ impl Cluster {
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &self.initial_cluster])
+            .args(["--initial-cluster", initial_cluster])
+            .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(&self.extra_args)
             .arg("--stop-on-stdin-eof")
@@ -247,7 +282,7 @@ impl Cluster {
             for &i in live {
                 let list = self.member_list(i).await;
                 done &= list.is_some_and(|l| {
-                    l.members.len() == self.members.len()
+                    l.members.len() == live.len()
                         && l.members.iter().all(|m| !m.client_ur_ls.is_empty())
                 });
             }

@@ -104,6 +104,7 @@ pub async fn run(
     let peers = Arc::new(
         Peers::start(
             cluster_id,
+            me.peer_url.clone(),
             addresses
                 .into_iter()
                 .filter(|(id, url)| *id != me.id && *url != me.peer_url),
@@ -126,6 +127,7 @@ pub async fn run(
         config.snapshot_count,
         removal.clone(),
     );
+    let peers_for_service = peers.clone();
     let forwarder = Forwarder::new(
         handle.clone(),
         peers.clone(),
@@ -174,14 +176,10 @@ pub async fn run(
         .http2_keepalive_interval(Some(timeouts.keepalive_interval))
         .http2_keepalive_timeout(Some(timeouts.keepalive_timeout))
         .add_service(
-            RaftServer::new(RaftService::new(
-                cluster_id,
-                me.id,
-                inbound_tx,
-                api,
-                faults,
-                removal.clone(),
-            ))
+            RaftServer::new(
+                RaftService::new(cluster_id, me.id, inbound_tx, api, faults, removal.clone())
+                    .with_peers(peers_for_service),
+            )
             .max_decoding_message_size(PEER_MSG_BYTES_MAX)
             .max_encoding_message_size(PEER_MSG_BYTES_MAX),
         )

@@ -108,8 +108,9 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
     );
 
     // A member removed from the cluster (`etcdctl member remove`) exits on its own, and one
-    // killed by a signal (`kill -9`, to try a crash) is gone: the others keep running, as a
-    // real cluster's would. Any other exit (a member failing) stops the dev cluster.
+    // killed from outside (`kill -9` or `kill`, to try a crash) is gone: the others keep
+    // running, as a real cluster's would. Any other exit (a member failing, a crash) stops the
+    // dev cluster.
     let mut removed: Vec<String> = Vec::new();
     let exited = loop {
         let waits = children
@@ -127,9 +128,10 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
         let was_removed = status
             .as_ref()
             .is_ok_and(|s| s.code() == Some(i32::from(crate::EXIT_REMOVED)));
+        // SIGKILL or SIGTERM from outside; a crash (SIGSEGV, SIGABRT) is a failure.
         let killed = status.as_ref().ok().and_then(|s| {
             use std::os::unix::process::ExitStatusExt;
-            s.signal()
+            s.signal().filter(|&sig| sig == 9 || sig == 15)
         });
         if was_removed {
             println!(

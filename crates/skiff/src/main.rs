@@ -57,9 +57,9 @@ struct ServeArgs {
     /// All members: name=peer-url,... (default: this member alone).
     #[arg(long)]
     initial_cluster: Option<String>,
-    /// new: bootstrap a new cluster; existing: join a running cluster after `member add` (an
-    /// empty data dir asks the members in --initial-cluster who this member is). Ignored once
-    /// the data dir has a member.
+    /// new: bootstrap a new cluster (a data dir of another cluster or member is refused);
+    /// existing: join a running cluster after `member add` (an empty data dir asks the members
+    /// in --initial-cluster who this member is), or restart a member that did.
     #[arg(long, default_value = "new", value_parser = ["new", "existing"])]
     initial_cluster_state: String,
     /// Token mixed into the cluster id, so two clusters with the same members differ.

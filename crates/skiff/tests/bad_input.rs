@@ -83,6 +83,7 @@ async fn bad_requests_get_etcd_errors_and_the_cluster_survives() {
         .send(rpb::MessageBatch {
             cluster_id: cluster_id ^ 1,
             messages: Vec::new(),
+            sender_url: String::new(),
         })
         .await
         .expect_err("foreign cluster");
@@ -96,6 +97,7 @@ async fn bad_requests_get_etcd_errors_and_the_cluster_survives() {
                 term: 1,
                 body: None,
             }],
+            sender_url: "not a url".into(),
         })
         .await
         .expect_err("malformed message");

@@ -164,10 +164,12 @@ async fn a_learner_joins_catches_up_is_promoted_and_votes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // It votes: with four voters a write needs three, and one original member is down.
-    let down = (leader + 2) % 3;
-    c.kill(down);
-    put_retrying(&c, leader, "after", "promotion").await;
+    // It votes: with four voters, an election needs three votes; the leader is killed, so
+    // the new leader needs m4's.
+    c.kill(leader);
+    let rest: Vec<usize> = [0, 1, 2, n4].into_iter().filter(|&i| i != leader).collect();
+    let new_leader = c.wait_leader(&rest).await;
+    put_retrying(&c, new_leader, "after", "promotion").await;
     wait_local(&c, n4, "after", "promotion").await;
 }
 

@@ -432,3 +432,28 @@ async fn a_dead_follower_is_replaced_under_load() {
 async fn a_dead_leader_is_replaced_under_load() {
     replace_a_dead_member(true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_joins_through_a_leader_that_joined_itself() {
+    // The new member starts from the initial cluster's configuration and must answer a
+    // leader that is not in it: m4 joins and is made leader, then m5 joins through it.
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2]).await;
+    c.wait_published(&[0, 1, 2]).await;
+    let m4 = grow(&mut c, leader, "m4").await;
+    c.wait_published(&[0, 1, 2, m4]).await;
+    let m4_id = id_of(&c, m4).await;
+    let ch = common::channel(&format!("http://{}", c.endpoint(leader)))
+        .await
+        .expect("connect");
+    let mut maintenance = server::pb::etcdserverpb::maintenance_client::MaintenanceClient::new(ch);
+    maintenance
+        .move_leader(epb::MoveLeaderRequest { target_id: m4_id })
+        .await
+        .expect("move-leader to m4");
+    assert_eq!(c.wait_leader(&[0, 1, 2, m4]).await, m4);
+    let m5 = grow(&mut c, m4, "m5").await;
+    assert_eq!(c.wait_leader(&[0, 1, 2, m4, m5]).await, m4);
+    put_retrying(&c, m4, "last", "yes").await;
+    wait_applied(&c, m5, "last").await;
+}

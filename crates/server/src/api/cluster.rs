@@ -6,8 +6,9 @@
 //! Which members exist, and which are learners, is the consensus core's configuration in
 //! force; what they are called and where they listen is the replicated member table
 //! ([`kv::members`]). A member of the initial cluster that has not published yet is described
-//! from `--initial-cluster`, which every member shares (it names the cluster): listed with its
-//! name and peer URL and no client URLs, as etcd lists it. A member added later is in the
+//! from `--initial-cluster` (the initial members share it; one that joined later has what
+//! `member add` printed, which names the initial members the same way): listed with its name
+//! and peer URL and no client URLs, as etcd lists it. A member added later is in the
 //! table from the entry that added it, with its peer URLs and no name until it starts.
 
 use std::sync::Arc;
@@ -340,10 +341,21 @@ impl Api {
             }
         }
         // Links to anyone else (a removed member, an addition that was truncated, an id the
-        // initial cluster names but the cluster never had) are dropped.
+        // initial cluster names but the cluster never had) are dropped; but not while this
+        // member's own configuration is behind: a member that just joined, or restarted after
+        // changes it has not replayed yet, must keep answering a leader it does not know of
+        // yet (heard from within an election timeout).
         let members = state.membership.members();
+        let me = NodeId::new(self.inner.member_id);
+        let current = me.is_some_and(|me| members.contains(&me));
         for id in info.peers.ids() {
-            if !members.contains(&id) {
+            let heard = self
+                .inner
+                .removal
+                .last_heard(id.get())
+                .is_some_and(|t| t.elapsed() <= info.election);
+            let removed = self.inner.removal.is_removed(id.get());
+            if !members.contains(&id) && (removed || (current && !heard)) {
                 info.peers.remove(id);
             }
         }

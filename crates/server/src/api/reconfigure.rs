@@ -86,6 +86,9 @@ impl Api {
     ) -> Result<epb::MemberAddResponse, Status> {
         let target = NodeId::new(id).ok_or_else(|| Status::invalid_argument("member id 0"))?;
         let urls = r.peer_ur_ls.clone();
+        // Decide on everything committed (a MemberUpdate that took the URL, say), as etcd
+        // checks a change against the applied member store.
+        self.linearizable_read().await?;
         let context = kv::codec::encode_command(&kv::Command::new(kv::Request::MemberAdd(
             kv::members::Member {
                 id,
@@ -126,9 +129,13 @@ impl Api {
                     }
                     MembershipChange::AddLearner(target)
                 } else {
-                    self.check_ready_to_add_voter(state)?;
+                    self.check_enough_started(state)?;
                     MembershipChange::AddVoter(target)
                 };
+                // etcd's `isConnectedFullySince`, for learners too.
+                if voters.iter().any(|&v| !self.connected(v)) {
+                    return Err(Status::unavailable(ERR_UNHEALTHY));
+                }
                 Ok(Some(Plan {
                     durable_is_enough: sole_voter_grows,
                     ..Plan::new(change, context.clone())
@@ -168,9 +175,9 @@ impl Api {
         }
     }
 
-    /// etcd's `IsReadyToAddVotingMember` and `isConnectedFullySince`: with the new voter, a
-    /// quorum of the voters must have started, and this leader must hear from every voter.
-    fn check_ready_to_add_voter(&self, state: &MemberState) -> Result<(), Status> {
+    /// etcd's `IsReadyToAddVotingMember`: with the new voter, a quorum of the voters must have
+    /// started.
+    fn check_enough_started(&self, state: &MemberState) -> Result<(), Status> {
         let voters = voters_of(&state.membership);
         let started = self.started(state, &voters);
         let members = voters.len() + 1;
@@ -178,9 +185,6 @@ impl Api {
         let restoring = started == 1 && members == 2;
         if !restoring && started < quorum(members) {
             return Err(Status::failed_precondition(ERR_MEMBER_NOT_ENOUGH_STARTED));
-        }
-        if voters.iter().any(|&v| !self.connected(v)) {
-            return Err(Status::unavailable(ERR_UNHEALTHY));
         }
         Ok(())
     }

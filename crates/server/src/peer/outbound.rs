@@ -70,6 +70,8 @@ impl PeerTimeouts {
 /// (MemberUpdate) and removed.
 pub struct Peers {
     cluster_id: u64,
+    /// This member's own peer URL, stamped on every batch.
+    own_url: String,
     timeouts: PeerTimeouts,
     links: RwLock<BTreeMap<NodeId, Link>>,
     faults: Arc<Faults>,
@@ -95,6 +97,7 @@ impl Peers {
     /// `peers` (id -> peer URL), stamping batches with `cluster_id`.
     pub fn start(
         cluster_id: u64,
+        own_url: String,
         peers: impl IntoIterator<Item = (NodeId, String)>,
         timeouts: PeerTimeouts,
         faults: Arc<Faults>,
@@ -102,6 +105,7 @@ impl Peers {
     ) -> Result<Peers, String> {
         let p = Peers {
             cluster_id,
+            own_url,
             timeouts,
             links: RwLock::new(BTreeMap::new()),
             faults,
@@ -132,7 +136,7 @@ impl Peers {
         let channel = endpoint.connect_lazy();
         let (queue, rx) = mpsc::channel(PEER_QUEUE_MAX);
         tokio::spawn(send_loop(
-            self.cluster_id,
+            (self.cluster_id, self.own_url.clone()),
             id,
             channel.clone(),
             rx,
@@ -220,7 +224,7 @@ const STREAM_HEALTHY_AFTER: Duration = Duration::from_secs(1);
 
 /// Takes `first` and whatever else is queued, up to the batch limits.
 fn next_batch(
-    cluster_id: u64,
+    (cluster_id, own_url): &(u64, String),
     first: Message,
     rx: &mut mpsc::Receiver<Message>,
 ) -> pb::MessageBatch {
@@ -236,8 +240,9 @@ fn next_batch(
         }
     }
     pb::MessageBatch {
-        cluster_id,
+        cluster_id: *cluster_id,
         messages,
+        sender_url: own_url.clone(),
     }
 }
 
@@ -245,7 +250,7 @@ fn next_batch(
 /// with exponential backoff when it breaks. Messages in flight when a stream breaks are
 /// lost, which Raft tolerates (it resends).
 async fn send_loop(
-    cluster_id: u64,
+    sender: (u64, String),
     to: NodeId,
     channel: Channel,
     mut rx: mpsc::Receiver<Message>,
@@ -282,7 +287,7 @@ async fn send_loop(
                     }
                 },
             };
-            let batch = next_batch(cluster_id, m, &mut rx);
+            let batch = next_batch(&sender, m, &mut rx);
             match tokio::time::timeout(timeouts.send, btx.send(batch)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break "stream closed".to_string(),

@@ -89,6 +89,8 @@ pub struct RaftService<F> {
     leader: F,
     faults: Arc<Faults>,
     removal: Arc<Removal>,
+    /// Learns the address of a sender it has none for (see [`RaftService::with_peers`]).
+    peers: Option<Arc<super::Peers>>,
 }
 
 impl<F> RaftService<F> {
@@ -109,11 +111,43 @@ impl<F> RaftService<F> {
             leader,
             faults,
             removal,
+            peers: None,
         }
+    }
+
+    /// Answers senders this member has no address for at the peer URL their batches carry:
+    /// a member added while this one was down, which may lead by now (etcd adds such a
+    /// remote from a message's `X-PeerURLs`). Known senders keep their address: only the
+    /// member table moves them.
+    pub fn with_peers(mut self, peers: Arc<super::Peers>) -> Self {
+        self.peers = Some(peers);
+        self
     }
 }
 
 impl<F> RaftService<F> {
+    /// Records where `from` is reached if this member has no address for it yet.
+    fn learn_address(&self, from: NodeId, url: &str) {
+        let Some(peers) = &self.peers else {
+            return;
+        };
+        if url.is_empty()
+            || url.len() > kv::members::MEMBER_URL_BYTES_MAX
+            || peers.url(from).is_some()
+            || crate::cluster::parse_url(url).is_err()
+        {
+            return;
+        }
+        tracing::info!(
+            peer = format!("{:x}", from.get()),
+            url,
+            "learned a peer's address from its messages"
+        );
+        if let Err(e) = peers.set(from, url) {
+            tracing::warn!(error = %e, "unusable peer address");
+        }
+    }
+
     /// Hands a batch's messages to the node task, in order. A malformed or misaddressed
     /// batch is refused whole; when the node's inbound queue is full the rest of the batch
     /// is dropped (lost messages are resent by Raft; the queue stays bounded).
@@ -124,6 +158,7 @@ impl<F> RaftService<F> {
                 batch.cluster_id, self.cluster_id
             )));
         }
+        let batch_url = batch.sender_url;
         let mut decoded = Vec::with_capacity(batch.messages.len());
         for m in batch.messages {
             let m =
@@ -150,6 +185,7 @@ impl<F> RaftService<F> {
             if heard != Some(m.from) {
                 heard = Some(m.from);
                 self.removal.heard_from(m.from.get());
+                self.learn_address(m.from, &batch_url);
             }
             match self.inbound.try_send(m) {
                 Ok(()) => {}

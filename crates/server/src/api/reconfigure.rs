@@ -12,6 +12,9 @@
 //! - MemberPromote: the learner's log is within 10% of the leader's, and enough members have
 //!   started.
 //!
+//! A change that a retry finds already made (its first answer was lost) is answered once the
+//! configuration holding it is applied, never while a new leader could still truncate it.
+//!
 //! A MemberAdd carries the new member's id and peer URLs in its configuration entry (the
 //! core's context), so that the configuration and the description are replicated together;
 //! the id is chosen where the request arrives and travels with it when forwarded, so that a
@@ -230,6 +233,8 @@ impl Api {
             // applied everything committed: the promotion succeeded.
             Err(s) if ambiguous && s.message() == ERR_MEMBER_NOT_LEARNER => {
                 self.linearizable_read().await?;
+                let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+                self.wait_configuration_applied(deadline).await?;
                 let promoted = NodeId::new(id).is_some_and(|t| {
                     let m = self.inner.node.membership();
                     m.is_voter(t)
@@ -491,7 +496,14 @@ impl Api {
         loop {
             let state = self.member_state().await?;
             let Some(plan) = decide(&state)? else {
-                return Ok(());
+                // Nothing to do: the change is in the configuration in force, perhaps made by
+                // an earlier attempt whose answer was lost. Done once that configuration is
+                // applied here (so committed), not while a new leader could still truncate it.
+                self.wait_configuration_applied(deadline).await?;
+                if decide(&self.member_state().await?)?.is_none() {
+                    return Ok(());
+                }
+                continue;
             };
             tracing::info!(change = ?plan.change, "proposing a configuration change");
             let refused = match node.change_membership(plan.change, plan.context).await {
@@ -523,6 +535,25 @@ impl Api {
                 }
                 _ => return Err(Status::unavailable(ERR_TIMEOUT)),
             }
+        }
+    }
+
+    /// Waits until the configuration in force is applied here (its entry committed), by
+    /// `deadline`; "request timed out" (outcome unknown, as etcd means it) after.
+    async fn wait_configuration_applied(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Status> {
+        let node = &self.inner.node;
+        loop {
+            let st = node.status();
+            if *node.applied_changes().borrow() >= st.membership_index {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() + DURABLE_POLL >= deadline {
+                return Err(Status::unavailable(ERR_TIMEOUT));
+            }
+            tokio::time::sleep(DURABLE_POLL).await;
         }
     }
 

@@ -497,5 +497,6 @@ fn status_of(raw: &RawNode, applied: &AtomicU64) -> NodeStatus {
         role: s.role,
         commit: s.commit.0,
         applied: applied.load(Ordering::Acquire),
+        membership_index: raw.log().membership_index().0,
     }
 }

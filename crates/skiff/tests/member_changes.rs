@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{channel, local_get, put_retrying, Cluster, PATIENCE};
+use common::{channel, initial_cluster, local_get, put_retrying, Cluster, PATIENCE};
 use server::pb::etcdserverpb as epb;
 use server::pb::etcdserverpb::cluster_client::ClusterClient;
 
@@ -15,20 +15,6 @@ async fn cluster_client(c: &Cluster, i: usize) -> ClusterClient<tonic::transport
         .await
         .expect("connect");
     ClusterClient::new(ch)
-}
-
-/// What `etcdctl member add` prints as `ETCD_INITIAL_CLUSTER`, from MemberAdd's answer: every
-/// member's name (the new one's given here) and peer URL.
-fn initial_cluster(resp: &epb::MemberAddResponse, new_name: &str) -> String {
-    let new_id = resp.member.as_ref().expect("member").id;
-    let mut parts = Vec::new();
-    for m in &resp.members {
-        for u in &m.peer_ur_ls {
-            let name = if m.id == new_id { new_name } else { &m.name };
-            parts.push(format!("{name}={u}"));
-        }
-    }
-    parts.join(",")
 }
 
 async fn add(

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{etcdctl_available, etcdctl_ok, local_range, put_retrying, Cluster, PATIENCE};
+use common::{
+    etcdctl_available, etcdctl_ok, initial_cluster, local_range, put_retrying, Cluster, PATIENCE,
+};
 use server::pb::etcdserverpb as epb;
 use server::pb::etcdserverpb::cluster_client::ClusterClient;
 use sim::history::History;
@@ -171,20 +173,7 @@ async fn remove_and_add(c: &Cluster, via: usize, dead_id: u64, new: usize) -> St
         .await
         .expect("member add")
         .into_inner();
-    let new_id = added.member.expect("member").id;
-    added
-        .members
-        .iter()
-        .flat_map(|m| {
-            let name = if m.id == new_id {
-                c.members[new].name.clone()
-            } else {
-                m.name.clone()
-            };
-            m.peer_ur_ls.iter().map(move |u| format!("{name}={u}"))
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    initial_cluster(&added, &c.members[new].name)
 }
 
 /// Every key under `w/` that member `i` has applied.
@@ -354,20 +343,7 @@ async fn grow(c: &mut Cluster, via: usize, name: &str) -> usize {
             Err(s) => panic!("member add {name}: {s:?}"),
         }
     };
-    let new_id = added.member.as_ref().expect("member").id;
-    let spec = added
-        .members
-        .iter()
-        .map(|m| {
-            let n = if m.id == new_id {
-                name
-            } else {
-                m.name.as_str()
-            };
-            format!("{n}={}", m.peer_ur_ls[0])
-        })
-        .collect::<Vec<_>>()
-        .join(",");
+    let spec = initial_cluster(&added, name);
     c.spawn_joining(new, &spec);
     let key = format!("joined-{name}");
     put_retrying(c, via, &key, "yes").await;

@@ -129,14 +129,8 @@ impl epb::cluster_server::Cluster for Api {
         if request.into_inner().linearizable {
             self.linearizable_read().await?;
         }
-        let (members, revision) = self.members_now().await?;
-        Ok(Response::new(epb::MemberListResponse {
-            header: Some(epb::ResponseHeader {
-                revision,
-                ..self.header()
-            }),
-            members,
-        }))
+        let (header, members) = self.members_answer().await?;
+        Ok(Response::new(epb::MemberListResponse { header, members }))
     }
 
     /// etcd's MemberAdd: a voter, or a learner with `is_learner`; answers once the
@@ -202,10 +196,16 @@ impl Api {
     }
 
     /// Every member of the configuration in force, by id, described (see the module docs),
-    /// with the store revision.
-    pub(super) async fn members_now(&self) -> Result<(Vec<epb::Member>, i64), Status> {
+    /// with the header of an answer that lists them (the store revision they were read at).
+    pub(super) async fn members_answer(
+        &self,
+    ) -> Result<(Option<epb::ResponseHeader>, Vec<epb::Member>), Status> {
         let state = self.member_state().await?;
-        Ok((state.listed(&self.inner.members.initial), state.revision))
+        let header = epb::ResponseHeader {
+            revision: state.revision,
+            ..self.header()
+        };
+        Ok((Some(header), state.listed(&self.inner.members.initial)))
     }
 
     /// Answers a member starting with an empty data dir (`--initial-cluster-state existing`)

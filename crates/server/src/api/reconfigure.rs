@@ -146,12 +146,9 @@ impl Api {
             })
             .await;
         result?;
-        let (members, revision) = self.members_now().await?;
+        let (header, members) = self.members_answer().await?;
         Ok(epb::MemberAddResponse {
-            header: Some(epb::ResponseHeader {
-                revision,
-                ..self.header()
-            }),
+            header,
             member: Some(epb::Member {
                 id,
                 name: String::new(),
@@ -242,14 +239,8 @@ impl Api {
                 if !promoted {
                     return Err(s);
                 }
-                let (members, revision) = self.members_now().await?;
-                Ok(epb::MemberPromoteResponse {
-                    header: Some(epb::ResponseHeader {
-                        revision,
-                        ..self.header()
-                    }),
-                    members,
-                })
+                let (header, members) = self.members_answer().await?;
+                Ok(epb::MemberPromoteResponse { header, members })
             }
             r => r,
         }
@@ -348,14 +339,8 @@ impl Api {
             )))
         })
         .await?;
-        let (members, revision) = self.members_now().await?;
-        Ok(epb::MemberPromoteResponse {
-            header: Some(epb::ResponseHeader {
-                revision,
-                ..self.header()
-            }),
-            members,
-        })
+        let (header, members) = self.members_answer().await?;
+        Ok(epb::MemberPromoteResponse { header, members })
     }
 
     /// MemberUpdate: checked against this member's state after a ReadIndex, then written
@@ -389,14 +374,8 @@ impl Api {
         })
         .await?;
         self.linearizable_read().await?;
-        let (members, revision) = self.members_now().await?;
-        Ok(epb::MemberUpdateResponse {
-            header: Some(epb::ResponseHeader {
-                revision,
-                ..self.header()
-            }),
-            members,
-        })
+        let (header, members) = self.members_answer().await?;
+        Ok(epb::MemberUpdateResponse { header, members })
     }
 
     /// Runs MemberRemove on the leader: here if this member leads, forwarded otherwise.
@@ -449,14 +428,8 @@ impl Api {
 
     /// MemberRemove's answer: the members left, as this member lists them.
     async fn members_left(&self) -> Result<epb::MemberRemoveResponse, Status> {
-        let (members, revision) = self.members_now().await?;
-        Ok(epb::MemberRemoveResponse {
-            header: Some(epb::ResponseHeader {
-                revision,
-                ..self.header()
-            }),
-            members,
-        })
+        let (header, members) = self.members_answer().await?;
+        Ok(epb::MemberRemoveResponse { header, members })
     }
 
     /// etcd's strict reconfiguration check for removing voter `target`: the voters left must

@@ -480,3 +480,17 @@ pub fn etcdctl_ok(endpoints: &str, args: &[&str], stdin: &str) -> CtlOutput {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// What `etcdctl member add` prints as `ETCD_INITIAL_CLUSTER`, from MemberAdd's answer: every
+/// member's name (the new one's given here) and peer URL.
+pub fn initial_cluster(resp: &epb::MemberAddResponse, new_name: &str) -> String {
+    let new_id = resp.member.as_ref().expect("member").id;
+    let mut parts = Vec::new();
+    for m in &resp.members {
+        for u in &m.peer_ur_ls {
+            let name = if m.id == new_id { new_name } else { &m.name };
+            parts.push(format!("{name}={u}"));
+        }
+    }
+    parts.join(",")
+}

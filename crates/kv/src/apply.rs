@@ -437,7 +437,7 @@ impl Store {
         // and the slot is held so that no group opens meanwhile.
         let mut slot = self.lock_open();
         self.settle_locked(&mut slot)?;
-        let txn = self.db.begin_write()?;
+        let txn = self.begin_write()?;
         let then = Meta {
             revision: rev_before,
             ..meta

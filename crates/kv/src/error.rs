@@ -94,6 +94,10 @@ pub enum Error {
     /// and must be opened again (which replays from what reached the disk).
     #[error("the state machine failed earlier and must be reopened")]
     Failed,
+    /// A maintenance operation could not run now and changed nothing (the message says why);
+    /// it may succeed if tried again.
+    #[error("{0}")]
+    Busy(String),
     /// redb failed (IO, full disk, ...). The caller should stop applying. Boxed to keep
     /// `Result<_, Error>` small.
     #[error("storage: {0}")]

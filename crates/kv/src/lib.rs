@@ -52,6 +52,7 @@ mod apply;
 mod audit;
 pub mod codec;
 mod command;
+mod defrag;
 mod error;
 mod hash;
 mod index;
@@ -71,6 +72,7 @@ mod watch;
 mod write;
 
 pub use command::{Command, Request, Response, Session};
+pub use defrag::Defragmented;
 pub use error::{Error, KvError};
 pub use lease::LEASE_TTL_MAX;
 pub use store::{Durability, Options, SnapshotView, Store};

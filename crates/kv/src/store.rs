@@ -170,8 +170,12 @@ pub(crate) fn sessions_evicted(meta: &impl ReadableTable<&'static str, u64>) -> 
 /// storage fault ([`Error`] other than `Kv` and `AlreadyApplied`) the store must be dropped
 /// and opened again, which rebuilds the index from what reached the disk.
 pub struct Store {
-    /// Rows, leases, sessions, meta.
-    pub(crate) db: Database,
+    /// Rows, leases, sessions, meta. Behind a lock only so that [`Store::defragment`] can
+    /// have redb alone (its compaction needs `&mut`); every other use takes the read side just
+    /// to begin a transaction, which outlives the guard.
+    pub(crate) db: RwLock<Database>,
+    /// The file the store lives in; `None` in memory.
+    pub(crate) path: Option<std::path::PathBuf>,
     /// Validated options.
     pub(crate) options: Options,
     /// Write transactions begun since the last durable one, and when that one began (for
@@ -266,7 +270,9 @@ impl Store {
     /// its rows.
     pub fn open(path: impl AsRef<Path>, options: Options) -> Result<Store, Error> {
         options.validate().map_err(Error::Config)?;
-        Store::init(Database::create(path)?, options)
+        let mut store = Store::init(Database::create(path.as_ref())?, options)?;
+        store.path = Some(path.as_ref().to_path_buf());
+        Ok(store)
     }
 
     /// A store held in memory (tests, simulation).
@@ -289,7 +295,8 @@ impl Store {
         )?;
         drop(txn);
         Ok(Store {
-            db,
+            db: RwLock::new(db),
+            path: None,
             options,
             unsynced: Mutex::new(Unsynced::now()),
             open: Mutex::new(None),
@@ -323,7 +330,14 @@ impl Store {
     /// A new redb write transaction. Callers other than an apply batch [`Store::settle`]
     /// first (redb has one writer at a time).
     pub(crate) fn begin_write(&self) -> Result<WriteTransaction, Error> {
-        Ok(self.db.begin_write()?)
+        Ok(self.lock_db().begin_write()?)
+    }
+
+    /// The database, to begin a transaction (see [`Store::db`]).
+    fn lock_db(&self) -> RwLockReadGuard<'_, Database> {
+        self.db
+            .read()
+            .expect("the database lock is poisoned by an earlier panic")
     }
 
     /// Commits `txn`, durably or not as [`Durability`] says.
@@ -416,10 +430,18 @@ impl Store {
     /// [`Options::commit_delay`]; cheap otherwise.
     pub fn sync(&self) -> Result<(), Error> {
         let mut open = self.lock_open();
+        self.sync_locked(&mut open)
+    }
+
+    /// [`Store::sync`] with the slot held by the caller.
+    pub(crate) fn sync_locked(
+        &self,
+        open: &mut Option<(WriteTransaction, std::time::Instant)>,
+    ) -> Result<(), Error> {
         self.check_failed()?;
         let txn = match open.take() {
             Some((txn, _)) => txn,
-            None => self.db.begin_write()?,
+            None => self.begin_write()?,
         };
         // A transaction's durability is redb's default, Immediate, unless set otherwise.
         if let Err(e) = txn.commit() {
@@ -432,7 +454,7 @@ impl Store {
     }
 
     pub(crate) fn begin_read(&self) -> Result<ReadTransaction, Error> {
-        Ok(self.db.begin_read()?)
+        Ok(self.lock_db().begin_read()?)
     }
 
     /// A range read outside Raft (serializable, or linearizable after a ReadIndex round).

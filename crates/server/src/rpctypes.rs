@@ -78,6 +78,7 @@ pub fn kv_error_status(e: kv::KvError) -> Status {
 pub fn kv_status(e: kv::Error) -> Status {
     match e {
         kv::Error::Kv(e) => kv_error_status(e),
+        kv::Error::Busy(why) => Status::unavailable(why),
         other => Status::internal(other.to_string()),
     }
 }

@@ -115,7 +115,6 @@ pub async fn run(
         .map_err(ServerError::Config)?,
     );
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
-    let kv_path = opened.kv_path.clone();
     let (task, handle) = NodeTask::new(
         opened.raw,
         opened.log,
@@ -152,7 +151,6 @@ pub async fn run(
         forwarder,
         cluster_id,
         me.id.get(),
-        kv_path,
         members,
         removal.clone(),
     );

@@ -1,5 +1,5 @@
-//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm and MoveLeader so
-//! far.
+//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm, Defragment and
+//! MoveLeader so far.
 
 use std::time::Duration;
 
@@ -21,6 +21,10 @@ const MOVE_LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Answer this much before the client's deadline, so that it gets etcd's error rather than
 /// its own "deadline exceeded".
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
+/// How long a defragmentation waits for reads already under way (a snapshot streaming to a
+/// follower or a backup) before it gives up and asks to be tried again; applies and new
+/// reads of the member wait meanwhile.
+const DEFRAG_READS_WAIT_MAX: Duration = Duration::from_secs(10);
 
 #[tonic::async_trait]
 impl epb::maintenance_server::Maintenance for Api {
@@ -88,15 +92,40 @@ impl epb::maintenance_server::Maintenance for Api {
         }
     }
 
+    /// etcd's Defragment: gives the space that compaction freed back to the file system.
+    /// This member's applies and reads wait while it runs (as etcd's do); the others go on.
+    async fn defragment(
+        &self,
+        _request: Request<epb::DefragmentRequest>,
+    ) -> Result<Response<epb::DefragmentResponse>, Status> {
+        let started = Instant::now();
+        let done = self
+            .read_kv(|kv| kv.defragment(DEFRAG_READS_WAIT_MAX))
+            .await
+            .inspect_err(|e| tracing::warn!(error = %e.message(), "defragment failed"))?;
+        tracing::info!(
+            size_before = done.before,
+            size_after = done.after,
+            took = ?started.elapsed(),
+            "defragmented the state machine"
+        );
+        Ok(Response::new(epb::DefragmentResponse {
+            header: Some(self.header_now()),
+        }))
+    }
+
     async fn status(
         &self,
         _request: Request<epb::StatusRequest>,
     ) -> Result<Response<epb::StatusResponse>, Status> {
         let st = self.inner.node.status();
-        let revision = self.read_kv(|kv| kv.revision()).await?;
-        let db_size = std::fs::metadata(&self.inner.kv_path)
-            .map(|m| i64::try_from(m.len()).unwrap_or(i64::MAX))
-            .unwrap_or(0);
+        // The applied index as of now: the status above is the node task's, refreshed once per
+        // round, so a quiet follower's would lag behind its last apply.
+        let applied = *self.inner.node.applied_changes().borrow();
+        let (revision, db_size, db_size_in_use) = self
+            .read_kv(|kv| Ok((kv.revision()?, kv.file_size()?, kv.size_in_use()?)))
+            .await?;
+        let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         let mut errors = Vec::new();
         if st.leader.is_none() {
             errors.push(ERR_NO_LEADER.to_string());
@@ -107,13 +136,13 @@ impl epb::maintenance_server::Maintenance for Api {
                 ..self.header()
             }),
             version: API_VERSION.to_string(),
-            db_size,
+            db_size: bytes(db_size),
             leader: st.leader.map_or(0, |l| l.get()),
             raft_index: st.commit,
             raft_term: st.term,
-            raft_applied_index: st.applied,
+            raft_applied_index: applied,
             errors,
-            db_size_in_use: db_size,
+            db_size_in_use: bytes(db_size_in_use),
             is_learner: self
                 .inner
                 .node

@@ -16,7 +16,6 @@
 //! `serializable` is set. Errors carry etcd's gRPC codes and messages ([`crate::rpctypes`]),
 //! so etcd clients react to them as they would to etcd.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -63,7 +62,6 @@ struct Inner {
     leader: Forwarder,
     cluster_id: u64,
     member_id: u64,
-    kv_path: PathBuf,
     /// Next session id for a write arriving here. Starts at a random point, so that ids of
     /// different members (and of restarts) do not meet in practice.
     next_session: AtomicU64,
@@ -82,7 +80,6 @@ impl Api {
         leader: Forwarder,
         cluster_id: u64,
         member_id: u64,
-        kv_path: PathBuf,
         members: cluster::MemberInfo,
         removal: Arc<crate::replica::Removal>,
     ) -> Api {
@@ -92,7 +89,6 @@ impl Api {
                 leader,
                 cluster_id,
                 member_id,
-                kv_path,
                 next_session: AtomicU64::new(random_u64(member_id)),
                 leases: lease::Leases::default(),
                 members,

@@ -196,16 +196,16 @@ impl Api {
     }
 
     /// Every member of the configuration in force, by id, described (see the module docs),
-    /// with the header of an answer that lists them (the store revision they were read at).
+    /// with the header of an answer that lists them: cluster, member and term, and no store
+    /// revision, as etcd's Cluster service answers (`etcdctl member list -w json` shows none).
     pub(super) async fn members_answer(
         &self,
     ) -> Result<(Option<epb::ResponseHeader>, Vec<epb::Member>), Status> {
         let state = self.member_state().await?;
-        let header = epb::ResponseHeader {
-            revision: state.revision,
-            ..self.header()
-        };
-        Ok((Some(header), state.listed(&self.inner.members.initial)))
+        Ok((
+            Some(self.header()),
+            state.listed(&self.inner.members.initial),
+        ))
     }
 
     /// Answers a member starting with an empty data dir (`--initial-cluster-state existing`)

@@ -1,0 +1,333 @@
+//! The same etcdctl commands against a real etcd 3.4 and against Skiff: what they print must
+//! have the same shape (lines with ids, hashes, sizes and addresses normalised; JSON with the
+//! same fields of the same types), so that scripts and runbooks written for etcd work. Needs
+//! Debian's `etcd-server` (CI installs it); panics with instructions if it is missing, unless
+//! `SKIFF_SKIP_ETCD=1`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{etcdctl, etcdctl_available, Cluster, PATIENCE};
+use serde_json::Value;
+
+/// A one-member etcd on loopback ports, killed when dropped.
+struct Etcd {
+    child: Child,
+    client: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn etcd_available() -> bool {
+    let found = Command::new("etcd")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if found {
+        return true;
+    }
+    if std::env::var("SKIFF_SKIP_ETCD").as_deref() == Ok("1") {
+        eprintln!("etcd not found; skipping because SKIFF_SKIP_ETCD=1");
+        return false;
+    }
+    panic!(
+        "etcd is not on PATH: install it (Debian: apt-get install -y etcd-server) or set \
+         SKIFF_SKIP_ETCD=1 to skip the comparisons with etcd"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (c, p) = (free_port(), free_port());
+        let client = format!("127.0.0.1:{c}");
+        let peer = format!("http://127.0.0.1:{p}");
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log");
+        let child = Command::new("etcd")
+            .args(["--name", "e1"])
+            .arg("--data-dir")
+            .arg(dir.path().join("e1"))
+            .args(["--listen-client-urls", &format!("http://{client}")])
+            .args(["--advertise-client-urls", &format!("http://{client}")])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("e1={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd");
+        let e = Etcd {
+            child,
+            client,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while !etcdctl(&e.client, &["put", "ready", "1"], "").ok {
+            assert!(Instant::now() < deadline, "etcd never became ready");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        e
+    }
+}
+
+/// `text` with every word holding a digit (ids, hashes, sizes, revisions, ports) as `N`, so
+/// that two systems' lines compare by their wording.
+fn normalise(text: &str) -> String {
+    let mut out = String::new();
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.chars().any(|c| c.is_ascii_digit()) {
+            out.push('N');
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for ch in text.chars() {
+        if ch.is_ascii_alphanumeric() {
+            word.push(ch);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut word, &mut out);
+    // Addresses ("N.N.N.N:N"), decimals and versions ("N.N.N") read as one number; runs of
+    // spaces as one (etcdctl pads hex ids to 16 places: "cluster  dc67d030da13e6f").
+    loop {
+        let joined = out
+            .replace("N.N", "N")
+            .replace("N:N", "N")
+            .replace("  ", " ");
+        if joined == out {
+            return out;
+        }
+        out = joined;
+    }
+}
+
+/// The lines of `text`, sorted: for lists whose order is the data's (members by their
+/// random ids).
+fn sorted_lines(text: &str) -> Vec<&str> {
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    lines
+}
+
+/// The shape of a JSON value: field names and value kinds, the distinct shapes of arrays'
+/// elements.
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), shape(v)))
+                .collect::<serde_json::Map<_, _>>(),
+        ),
+        // The distinct shapes of the elements, in a fixed order (the elements' order is
+        // the data's: members sorted by their random ids).
+        Value::Array(a) => {
+            let distinct: std::collections::BTreeMap<String, Value> =
+                a.iter().map(shape).map(|s| (s.to_string(), s)).collect();
+            Value::Array(distinct.into_values().collect())
+        }
+        Value::Number(_) => Value::String("number".into()),
+        Value::String(_) => Value::String("string".into()),
+        Value::Bool(_) => Value::String("bool".into()),
+        Value::Null => Value::Null,
+    }
+}
+
+/// Runs `args` on both; returns (etcd's output, Skiff's), each `ok` as asserted.
+fn both(etcd: &Etcd, skiff: &str, args: &[&str]) -> (String, String) {
+    let e = etcdctl(&etcd.client, args, "");
+    let s = etcdctl(skiff, args, "");
+    assert!(e.ok, "etcd: etcdctl {args:?}: {}{}", e.stdout, e.stderr);
+    assert!(s.ok, "skiff: etcdctl {args:?}: {}{}", s.stdout, s.stderr);
+    (e.stdout, s.stdout)
+}
+
+fn same_lines(etcd: &Etcd, skiff: &str, args: &[&str]) {
+    let (e, s) = both(etcd, skiff, args);
+    assert_eq!(
+        normalise(&e),
+        normalise(&s),
+        "etcdctl {args:?}\netcd:\n{e}\nskiff:\n{s}"
+    );
+}
+
+fn same_json(etcd: &Etcd, skiff: &str, args: &[&str]) {
+    let (e, s) = both(etcd, skiff, args);
+    let parse = |who: &str, out: &str| -> Value {
+        serde_json::from_str(out).unwrap_or_else(|err| panic!("{who}: {err}: {out}"))
+    };
+    let (ej, sj) = (parse("etcd", &e), parse("skiff", &s));
+    assert_eq!(
+        shape(&ej),
+        shape(&sj),
+        "etcdctl {args:?}\netcd:\n{e}\nskiff:\n{s}"
+    );
+}
+
+#[test]
+fn etcdctl_prints_the_same_for_etcd_and_skiff() {
+    if !etcdctl_available() || !etcd_available() {
+        return;
+    }
+    let etcd = Etcd::start();
+    let skiff = Cluster::start(1);
+    let ep = skiff.endpoint(0);
+    let deadline = Instant::now() + PATIENCE;
+    while !etcdctl(&ep, &["put", "ready", "1"], "").ok {
+        assert!(Instant::now() < deadline, "skiff never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The same history on both, so that optional fields are set alike.
+    for (k, v) in [("a", "1"), ("b", "2"), ("a", "3")] {
+        both(&etcd, &ep, &["put", k, v]);
+    }
+
+    same_lines(&etcd, &ep, &["defrag"]);
+    same_lines(&etcd, &ep, &["alarm", "list"]);
+    same_json(&etcd, &ep, &["endpoint", "status", "-w", "json"]);
+    same_json(&etcd, &ep, &["member", "list", "-w", "json"]);
+    same_lines(&etcd, &ep, &["member", "list"]);
+    same_json(&etcd, &ep, &["get", "a", "-w", "json"]);
+    same_json(&etcd, &ep, &["lease", "grant", "60", "-w", "json"]);
+
+    // Adding a learner prints the member, the whole list and the new member's flags.
+    let learner = |port: u16| format!("--peer-urls=http://127.0.0.1:{port}");
+    let e = etcdctl(
+        &etcd.client,
+        &["member", "add", "n2", "--learner", &learner(free_port())],
+        "",
+    );
+    let s = etcdctl(
+        &ep,
+        &["member", "add", "n2", "--learner", &learner(free_port())],
+        "",
+    );
+    assert!(
+        e.ok && s.ok,
+        "{}{}\n{}{}",
+        e.stdout,
+        e.stderr,
+        s.stdout,
+        s.stderr
+    );
+    assert_eq!(
+        normalise(&e.stdout),
+        normalise(&s.stdout),
+        "member add\netcd:\n{}\nskiff:\n{}",
+        e.stdout,
+        s.stdout
+    );
+    let (e_add, s_add) = (e.stdout, s.stdout);
+    same_json(&etcd, &ep, &["member", "list", "-w", "json"]);
+    let (e, s) = both(&etcd, &ep, &["member", "list"]);
+    assert_eq!(
+        sorted_lines(&normalise(&e)),
+        sorted_lines(&normalise(&s)),
+        "member list with a learner\netcd:\n{e}\nskiff:\n{s}"
+    );
+
+    // Removed again (etcd takes one learner at a time), then added with JSON output.
+    let added_id = |out: &str| -> String {
+        out.split_whitespace()
+            .nth(1)
+            .unwrap_or_else(|| panic!("no id in {out:?}"))
+            .to_string()
+    };
+    let (e_id, s_id) = (added_id(&e_add), added_id(&s_add));
+    let e = etcdctl(&etcd.client, &["member", "remove", &e_id], "");
+    let s = etcdctl(&ep, &["member", "remove", &s_id], "");
+    assert!(
+        e.ok && s.ok,
+        "{}{}\n{}{}",
+        e.stdout,
+        e.stderr,
+        s.stdout,
+        s.stderr
+    );
+    assert_eq!(normalise(&e.stdout), normalise(&s.stdout));
+    let e = etcdctl(
+        &etcd.client,
+        &[
+            "member",
+            "add",
+            "n3",
+            "--learner",
+            &learner(free_port()),
+            "-w",
+            "json",
+        ],
+        "",
+    );
+    let s = etcdctl(
+        &ep,
+        &[
+            "member",
+            "add",
+            "n3",
+            "--learner",
+            &learner(free_port()),
+            "-w",
+            "json",
+        ],
+        "",
+    );
+    assert!(
+        e.ok && s.ok,
+        "{}{}\n{}{}",
+        e.stdout,
+        e.stderr,
+        s.stdout,
+        s.stderr
+    );
+    let parse = |out: &str| -> Value {
+        serde_json::from_str(out).unwrap_or_else(|err| panic!("{err}: {out}"))
+    };
+    assert_eq!(
+        shape(&parse(&e.stdout)),
+        shape(&parse(&s.stdout)),
+        "member add -w json\netcd:\n{}\nskiff:\n{}",
+        e.stdout,
+        s.stdout
+    );
+    let (e, s) = both(&etcd, &ep, &["member", "list"]);
+    assert_eq!(
+        sorted_lines(&normalise(&e)),
+        sorted_lines(&normalise(&s)),
+        "member list with a learner\netcd:\n{e}\nskiff:\n{s}"
+    );
+}
+
+#[test]
+fn normalising_keeps_words_and_hides_numbers() {
+    assert_eq!(
+        normalise("Finished defragmenting etcd member[127.0.0.1:2379]"),
+        "Finished defragmenting etcd member[N]"
+    );
+    assert_eq!(
+        normalise("8e9e05c52164694d, started, e1, http://10.0.0.1:2380, , false"),
+        "N, started, N, http://N, , false"
+    );
+    assert_eq!(normalise("3.4.23"), "N");
+}

@@ -157,6 +157,13 @@ pub async fn run(
     let lessor = api.start_lessor(config.election);
     let publisher = api.start_publisher();
     let address_book = api.start_address_book();
+    let prober = crate::peer::probe::start(
+        peers_for_service.clone(),
+        removal.clone(),
+        me.id,
+        cluster_id,
+        config.election,
+    );
     let compactor = api.start_compactor(config.auto_compaction);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -203,6 +210,7 @@ pub async fn run(
     lessor.abort();
     publisher.abort();
     address_book.abort();
+    prober.abort();
     if let Some(c) = compactor {
         c.abort();
     }

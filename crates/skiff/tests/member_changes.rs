@@ -378,3 +378,36 @@ async fn a_member_that_ran_cannot_come_back_with_an_empty_data_dir() {
     assert!(log.contains("has started before"), "{log}");
     put_retrying(&c, leader, "still", "serving").await;
 }
+
+/// A learner removed while it was down sends nothing when it comes back (learners never
+/// campaign, and no leader sends to it any more): it asks its peers once it has heard from
+/// none for a while, and stops as a removed member does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_removed_while_down_stops_when_it_comes_back() {
+    let mut c = Cluster::start(3);
+    let leader = c.wait_leader(&[0, 1, 2]).await;
+    c.wait_published(&[0, 1, 2]).await;
+    let n4 = c.new_member("m4");
+    let added = add(&c, leader, c.peer_url(n4), true)
+        .await
+        .expect("member add --learner");
+    let id = added.member.clone().expect("the new member").id;
+    c.spawn_joining(n4, &initial_cluster(&added, "m4"));
+    put_retrying(&c, leader, "k", "v").await;
+    wait_local(&c, n4, "k", "v").await;
+
+    c.kill(n4);
+    cluster_client(&c, leader)
+        .await
+        .member_remove(epb::MemberRemoveRequest { id })
+        .await
+        .expect("member remove of the stopped learner");
+    // This run's log only.
+    std::fs::remove_file(c.log_path(n4)).expect("remove the old log");
+    c.spawn(n4);
+    let exit = c.wait_exit(n4).expect("the removed learner stops");
+    assert_eq!(exit.code(), Some(3), "a removed member's exit code");
+    let log = std::fs::read_to_string(c.log_path(n4)).expect("log");
+    assert!(log.contains("removed from the cluster"), "{log}");
+    put_retrying(&c, leader, "after", "v").await;
+}

@@ -12,6 +12,7 @@ pub mod forward;
 pub mod join;
 pub mod outbound;
 pub mod pipe;
+pub mod probe;
 pub mod service;
 
 pub use faults::Faults;

@@ -87,7 +87,7 @@ struct Link {
 }
 
 /// Whether a peer refused a stream because this member was removed from the cluster.
-fn refused_as_removed(status: &tonic::Status) -> bool {
+pub(super) fn refused_as_removed(status: &tonic::Status) -> bool {
     status.code() == tonic::Code::FailedPrecondition
         && status.message() == crate::rpctypes::ERR_MEMBER_REMOVED
 }

@@ -412,4 +412,19 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
         let resp = self.leader.join(r.into_inner()).await?;
         Ok(Response::new(resp))
     }
+
+    /// Tells a member that asks whether it was removed (see `super::probe`).
+    async fn probe(&self, r: Request<pb::ProbeRequest>) -> Result<Response<pb::SendAck>, Status> {
+        let r = r.into_inner();
+        if r.cluster_id != self.cluster_id {
+            return Err(Status::failed_precondition(format!(
+                "probe from cluster {:#x}, this is cluster {:#x}",
+                r.cluster_id, self.cluster_id
+            )));
+        }
+        if self.removal.is_removed(r.from) {
+            return Err(Status::failed_precondition(ERR_MEMBER_REMOVED));
+        }
+        Ok(Response::new(pb::SendAck {}))
+    }
 }

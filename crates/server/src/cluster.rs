@@ -53,7 +53,7 @@ impl ClusterSpec {
             if name.is_empty() && !unnamed_ok {
                 return Err(format!("member {part:?} has an empty name"));
             }
-            parse_url(url).map_err(|e| format!("member {name}: {e}"))?;
+            check_url(url).map_err(|e| format!("member {name}: {e}"))?;
             if !name.is_empty() && !names.insert(name.to_string()) {
                 return Err(format!("member name {name:?} appears twice"));
             }
@@ -103,14 +103,45 @@ pub fn member_id(name: &str, peer_url: &str) -> NodeId {
     NodeId::new(h.finish().max(1)).unwrap_or_else(|| unreachable!("max(1) is non-zero"))
 }
 
-/// Parses `http://host:port` into a socket address. Only `http` is supported (no TLS yet).
+/// Parses a URL to listen on, `http://IP:PORT`, into a socket address: an address to bind,
+/// so an IP, not a host name (as etcd: "expected IP in URL for binding"). Only `http` is
+/// supported (no TLS yet).
 pub fn parse_url(url: &str) -> Result<std::net::SocketAddr, String> {
+    let rest = host_port(url)?;
+    rest.parse()
+        .map_err(|_| format!("url {url:?}: expected IP in URL for binding (http://IP:PORT)"))
+}
+
+/// Checks a URL others reach a member at (advertised, in `--initial-cluster`, given to
+/// `member add`): `http://HOST:PORT`, where HOST is an IP address or a DNS name (as etcd
+/// takes them; a name is resolved each time a connection is made).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let rest = host_port(url)?;
+    if rest.parse::<std::net::SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let bad = || format!("url {url:?} must be http://HOST:PORT (an IP address or a DNS name)");
+    let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
+    port.parse::<u16>().map_err(|_| bad())?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// `HOST:PORT` of `http://HOST:PORT[/]`.
+fn host_port(url: &str) -> Result<&str, String> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(format!("url {url:?} must start with http://"));
     };
-    let rest = rest.trim_end_matches('/');
-    rest.parse()
-        .map_err(|_| format!("url {url:?} must be http://IP:PORT"))
+    Ok(rest.strip_suffix('/').unwrap_or(rest))
 }
 
 /// 64-bit FNV-1a: small, stable across versions and platforms (unlike `DefaultHasher`).
@@ -152,12 +183,25 @@ mod tests {
     }
 
     #[test]
+    fn members_are_reached_at_ips_or_host_names_and_listen_on_ips() {
+        let s = "a=http://etcd-0.etcd.svc:2380,b=http://10.0.0.2:2380,c=http://[::1]:2380/";
+        let spec = ClusterSpec::parse(s, "t").expect("valid");
+        assert_eq!(spec.members.len(), 3);
+        assert!(parse_url("http://[::1]:2380").is_ok());
+        let err = parse_url("http://etcd-0:2380").expect_err("a name cannot be bound");
+        assert!(err.contains("expected IP in URL for binding"), "{err}");
+    }
+
+    #[test]
     fn bad_definitions_say_why() {
         for (s, needle) in [
             ("", "no members"),
             ("a", "name=url"),
             ("a=127.0.0.1:1", "http://"),
-            ("a=http://localhost", "IP:PORT"),
+            ("a=http://localhost", "HOST:PORT"),
+            ("a=http://bad_name:1", "HOST:PORT"),
+            ("a=http://-x.example:1", "HOST:PORT"),
+            ("a=http://x.example:99999", "HOST:PORT"),
             ("a=http://127.0.0.1:1,a=http://127.0.0.1:2", "twice"),
         ] {
             let err = ClusterSpec::parse(s, "t").expect_err(s);

@@ -104,10 +104,16 @@ impl ServeArgs {
             }
             server::cluster::parse_url(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
         };
+        let advertised = |flag: &str, v: &str| -> anyhow::Result<()> {
+            if v.contains(',') {
+                bail!("--{flag}: only one URL is supported, got {v:?}");
+            }
+            server::cluster::check_url(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+        };
         let listen_client = single("listen-client-urls", &self.listen_client_urls)?;
         let listen_peer = single("listen-peer-urls", &self.listen_peer_urls)?;
-        single("advertise-client-urls", &self.advertise_client_urls)?;
-        single(
+        advertised("advertise-client-urls", &self.advertise_client_urls)?;
+        advertised(
             "initial-advertise-peer-urls",
             &self.initial_advertise_peer_urls,
         )?;

@@ -170,9 +170,9 @@ async fn etcd_checks_refuse_bad_changes_and_a_moved_learner_joins_at_its_new_url
         tonic::Code::FailedPrecondition,
         "etcdserver: Peer URLs already exists",
     );
-    // Not URLs (etcd's check); host names and several peer URLs, which etcd accepts, are
-    // refused the same way here (a member listens on one `http://IP:PORT`).
-    for bad in ["", "127.0.0.1:1", "http://localhost:1", "ftp://127.0.0.1:1"] {
+    // Not URLs (etcd's check); several peer URLs, which etcd accepts, are refused the same
+    // way here (a member listens on one URL).
+    for bad in ["", "127.0.0.1:1", "http://bad_host:1", "ftp://127.0.0.1:1"] {
         refused(
             add(&c, 0, bad.to_string(), false).await,
             tonic::Code::InvalidArgument,
@@ -410,4 +410,35 @@ async fn a_learner_removed_while_down_stops_when_it_comes_back() {
     let log = std::fs::read_to_string(c.log_path(n4)).expect("log");
     assert!(log.contains("removed from the cluster"), "{log}");
     put_retrying(&c, leader, "after", "v").await;
+}
+
+/// A member reached by a DNS name (as in Kubernetes: `http://etcd-0.etcd:2380`): added with
+/// it, it joins with it as its advertised peer URL, and the others dial it by that name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_advertised_by_host_name_joins_and_votes() {
+    let mut c = Cluster::start(1);
+    c.wait_leader(&[0]).await;
+    c.wait_published(&[0]).await;
+    let n2 = c.new_member("m2");
+    c.members[n2].peer_host = "localhost".into();
+    assert!(c.peer_url(n2).starts_with("http://localhost:"));
+    let added = add(&c, 0, c.peer_url(n2), true)
+        .await
+        .expect("member add --learner by host name");
+    let id = added.member.clone().expect("the new member").id;
+    assert_eq!(
+        added.member.as_ref().expect("member").peer_ur_ls,
+        vec![c.peer_url(n2)]
+    );
+    c.spawn_joining(n2, &initial_cluster(&added, "m2"));
+    put_retrying(&c, 0, "k", "v").await;
+    wait_local(&c, n2, "k", "v").await;
+    // In sync, it becomes a voter: the leader's appends reach it by name.
+    let deadline = Instant::now() + PATIENCE;
+    while promote(&c, 0, id).await.is_err() {
+        assert!(Instant::now() < deadline, "never promoted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    put_retrying(&c, 0, "k2", "v2").await;
+    wait_local(&c, n2, "k2", "v2").await;
 }

@@ -609,7 +609,7 @@ fn voters_of(m: &Membership) -> Vec<NodeId> {
 }
 
 /// etcd's `types.NewURLs` check, for the URLs this server can reach: one URL (a member
-/// listens on one peer URL here), `http://IP:PORT` (no host names yet), within the member
+/// listens on one peer URL here), `http://HOST:PORT` (an IP or a DNS name), within the member
 /// table's limits.
 fn check_urls(urls: &[String]) -> Result<(), Status> {
     let bad = || Status::invalid_argument(ERR_MEMBER_BAD_URLS);
@@ -617,7 +617,7 @@ fn check_urls(urls: &[String]) -> Result<(), Status> {
         return Err(bad());
     }
     for u in urls {
-        if u.len() > kv::members::MEMBER_URL_BYTES_MAX || crate::cluster::parse_url(u).is_err() {
+        if u.len() > kv::members::MEMBER_URL_BYTES_MAX || crate::cluster::check_url(u).is_err() {
             return Err(bad());
         }
     }

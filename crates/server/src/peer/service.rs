@@ -134,7 +134,7 @@ impl<F> RaftService<F> {
         if url.is_empty()
             || url.len() > kv::members::MEMBER_URL_BYTES_MAX
             || peers.url(from).is_some()
-            || crate::cluster::parse_url(url).is_err()
+            || crate::cluster::check_url(url).is_err()
         {
             return;
         }

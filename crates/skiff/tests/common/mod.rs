@@ -26,6 +26,9 @@ pub struct Member {
     /// For a member added to the running cluster (`member add`): the `--initial-cluster` it
     /// starts with, under `--initial-cluster-state existing`.
     pub joins_with: Option<String>,
+    /// The host in the peer URL the member advertises (it listens on 127.0.0.1 whatever this
+    /// says): `127.0.0.1` unless a test gives a name.
+    pub peer_host: String,
 }
 
 pub struct Cluster {
@@ -63,6 +66,7 @@ impl Cluster {
                 peer_port: ports[2 * i + 1],
                 child: None,
                 joins_with: None,
+                peer_host: "127.0.0.1".into(),
             })
             .collect();
         let initial_cluster = members
@@ -92,13 +96,15 @@ impl Cluster {
             peer_port: ports[1],
             child: None,
             joins_with: None,
+            peer_host: "127.0.0.1".into(),
         });
         self.members.len() - 1
     }
 
     /// Member `i`'s peer URL.
     pub fn peer_url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].peer_port)
+        let m = &self.members[i];
+        format!("http://{}:{}", m.peer_host, m.peer_port)
     }
 
     /// Starts member `i` with `--initial-cluster-state existing` and `initial_cluster` (what
@@ -157,6 +163,7 @@ impl Cluster {
         let m = &self.members[i];
         let client = format!("http://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let advertised_peer = self.peer_url(i);
         let (initial_cluster, state) = match &m.joins_with {
             Some(joining) => (joining.as_str(), "existing"),
             None => (self.initial_cluster.as_str(), "new"),
@@ -169,7 +176,7 @@ impl Cluster {
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &advertised_peer])
             .args(["--initial-cluster", initial_cluster])
             .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])

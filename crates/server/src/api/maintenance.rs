@@ -1,5 +1,5 @@
-//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm and MoveLeader so
-//! far.
+//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm, MoveLeader and
+//! Snapshot (streamed by [`super::backup`]) so far.
 
 use std::time::Duration;
 
@@ -24,6 +24,16 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
 #[tonic::async_trait]
 impl epb::maintenance_server::Maintenance for Api {
+    type SnapshotStream = super::backup::SnapshotStream;
+
+    /// etcd's Snapshot: a backup of this member's state machine (see [`super::backup`]).
+    async fn snapshot(
+        &self,
+        _request: Request<epb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.snapshot_stream().await
+    }
+
     async fn alarm(
         &self,
         _request: Request<epb::AlarmRequest>,

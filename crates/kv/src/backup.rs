@@ -47,8 +47,9 @@ fn plausible_length(bytes: u64) -> bool {
     bytes >= BODY_ALIGN_BYTES + DIGEST_BYTES && bytes % BODY_ALIGN_BYTES == DIGEST_BYTES
 }
 
+/// A backup that is not one: the message says what is wrong, for a reader who named the file.
 fn bad(m: String) -> Error {
-    Error::Decode(format!("backup: {m}"))
+    Error::Decode(m)
 }
 
 /// Counts what passes through to `out` and hashes it.
@@ -130,6 +131,14 @@ pub struct BackupSummary {
     pub crc: u32,
     /// What the snapshot holds.
     pub state: Summary,
+}
+
+impl BackupSummary {
+    /// The file's length less the digest: what etcd reports as a backup's size (its
+    /// database's).
+    pub fn body_bytes(&self) -> u64 {
+        self.file_bytes - DIGEST_BYTES
+    }
 }
 
 /// Checks a backup whole: its length, its sha256, its layout, then every row of its snapshot

@@ -435,3 +435,97 @@ async fn truncated_and_altered_backups_are_refused_and_leave_no_data_dir() {
     assert!(!out.ok && out.stderr.contains("--"), "{}", out.stderr);
     assert!(!work.path().join("nobody.skiff").exists());
 }
+
+/// Opens a Snapshot stream on member `i`, retrying while the member refuses it as busy.
+async fn open_stream(c: &Cluster, i: usize) -> tonic::Streaming<epb::SnapshotResponse> {
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        if let Some(ch) = common::channel(&format!("http://{}", c.endpoint(i))).await {
+            let mut m = epb::maintenance_client::MaintenanceClient::new(ch);
+            match m.snapshot(epb::SnapshotRequest {}).await {
+                Ok(s) => return s.into_inner(),
+                Err(s) => eprintln!("snapshot stream refused: {s:?}"),
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot stream within {:?}: abandoned ones were never released",
+            common::PATIENCE
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_counts_down_its_bytes_and_abandoned_streams_are_released() {
+    let c = Cluster::start(1);
+    c.wait_leader(&[0]).await;
+    // More than the stream's buffers hold (a 1 MiB encoding slice, 16 messages of 32 KiB, the
+    // transport's windows), so that a backup whose client stops reading waits on it.
+    let mut revision = 0;
+    for i in 0..40 {
+        let put = epb::PutRequest {
+            key: format!("big{i:02}").into_bytes(),
+            value: vec![b'a' + (i % 26) as u8; 128 * 1024],
+            ..Default::default()
+        };
+        revision = common::put_request_retrying(&c, 0, put)
+            .await
+            .header
+            .expect("header")
+            .revision;
+    }
+
+    // One stream read whole: the first header is the backup's point in time, and
+    // `remaining_bytes` counts down to 0 before the 32-byte digest, as etcd's does.
+    let mut stream = open_stream(&c, 0).await;
+    let first = stream
+        .message()
+        .await
+        .expect("recv")
+        .expect("a first message");
+    assert_eq!(first.header.as_ref().map(|h| h.revision), Some(revision));
+    let total = first.remaining_bytes + first.blob.len() as u64;
+    assert!(total > 5 * 1024 * 1024, "{total}");
+    let mut body = first.blob.clone();
+    let mut last_remaining = first.remaining_bytes;
+    let mut digest = None;
+    while let Some(m) = stream.message().await.expect("recv") {
+        assert!(m.header.is_none(), "only the first message has a header");
+        if m.remaining_bytes == 0 && body.len() as u64 == total {
+            assert_eq!(m.blob.len(), 32, "the digest comes last, on its own");
+            digest = Some(m.blob);
+            continue;
+        }
+        assert!(digest.is_none(), "nothing after the digest");
+        body.extend_from_slice(&m.blob);
+        assert_eq!(m.remaining_bytes, total - body.len() as u64);
+        assert!(m.remaining_bytes < last_remaining);
+        last_remaining = m.remaining_bytes;
+    }
+    assert_eq!(body.len() as u64, total);
+    let mut file = body;
+    file.extend_from_slice(&digest.expect("a digest at the end"));
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("streamed.db");
+    std::fs::write(&path, &file).expect("write");
+    let status = skiff(&["snapshot", "status", &path.to_string_lossy(), "-w", "json"]);
+    assert!(status.ok, "{}", status.stderr);
+    assert_eq!(json(&status.stdout)["revision"].as_i64(), Some(revision));
+
+    // Clients that read one message and go away, more of them than backups may run at once:
+    // each must release its backup (its thread, view and permit), or the next is refused
+    // for good.
+    for _ in 0..5 {
+        let mut s = open_stream(&c, 0).await;
+        assert!(s.message().await.expect("recv").is_some());
+        drop(s);
+    }
+    // And writes went on meanwhile.
+    common::put_retrying(&c, 0, "after", "abandoned").await;
+    if etcdctl_available() {
+        let path = dir.path().join("after.db");
+        let saved = save(&c, 0, &path);
+        assert!(saved.ok, "{}{}", saved.stdout, saved.stderr);
+    }
+}

@@ -98,7 +98,7 @@ async fn writer(
             let put = epb::PutRequest {
                 key: format!("w{writer}/{n:06}").into_bytes(),
                 value: format!("value {n} of writer {writer}").into_bytes(),
-                lease: if n % 3 == 0 { lease } else { 0 },
+                lease: if n.is_multiple_of(3) { lease } else { 0 },
                 ..Default::default()
             };
             if kv.put(put).await.is_err() {
@@ -303,6 +303,45 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_every_key_revision
         json(&put.stdout)["header"]["revision"].as_u64(),
         Some(backup_rev + 1)
     );
+
+    // A member added later gets the restored state: the new log starts after it, so the
+    // leader sends it as a snapshot.
+    let joiner = new.new_member("m4");
+    let ch = common::channel(&format!("http://{}", new.endpoint(0)))
+        .await
+        .expect("connect");
+    let added = epb::cluster_client::ClusterClient::new(ch)
+        .member_add(epb::MemberAddRequest {
+            peer_ur_ls: vec![new.peer_url(joiner)],
+            is_learner: true,
+        })
+        .await
+        .expect("member add")
+        .into_inner();
+    new.spawn_joining(joiner, &common::initial_cluster(&added, "m4"));
+    let everything = epb::RangeRequest {
+        key: vec![0],
+        range_end: vec![0],
+        count_only: true,
+        ..Default::default()
+    };
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        let got = common::local_range(&new, joiner, everything.clone()).await;
+        if got
+            .as_ref()
+            .is_some_and(|r| r.count as usize == expected.len() + 1)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the joiner did not catch up: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(new.log_path(joiner)).expect("joiner's log");
+    assert!(log.contains("installed a snapshot from the leader"));
 }
 
 /// Member ids of `c`'s member list.

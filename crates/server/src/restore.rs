@@ -137,6 +137,7 @@ fn staging_dir(data_dir: &Path) -> Result<PathBuf, ServerError> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
     let tmp = parent.join(format!(".{name}.restoring.{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io("remove the leftover", &tmp))?;

@@ -121,7 +121,6 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<()> {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.skiff", a.name)));
-    tracing::info!(backup = %a.file.display(), data_dir = %data_dir.display(), "restoring a backup");
     let restored = server::restore::restore(&server::restore::RestoreOptions {
         backup: a.file.clone(),
         data_dir: data_dir.clone(),
@@ -129,16 +128,6 @@ fn restore(a: &RestoreArgs) -> anyhow::Result<()> {
         cluster,
     })?;
     let s = restored.summary.state;
-    tracing::info!(
-        data_dir = %data_dir.display(),
-        member = format!("{:x}", restored.identity.node_id.get()),
-        cluster = format!("{:x}", restored.identity.cluster_id),
-        revision = s.revision,
-        compacted = s.compacted,
-        keys = s.keys,
-        leases = s.leases,
-        "restored a backup"
-    );
     println!(
         "Restored {} into {}: member {:x} of cluster {:x}, revision {}, {} keys, {} leases",
         a.file.display(),

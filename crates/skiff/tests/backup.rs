@@ -420,6 +420,12 @@ async fn truncated_and_altered_backups_are_refused_and_leave_no_data_dir() {
             "http://127.0.0.1:2380",
         ]);
         assert!(!out.ok, "{what}: restore accepted it");
+        assert_eq!(
+            out.stderr.trim().lines().count(),
+            1,
+            "{what}: {}",
+            out.stderr
+        );
         assert!(
             out.stderr.contains("truncated") || out.stderr.contains("corrupt"),
             "{what}: {}",

@@ -193,3 +193,132 @@ fn sync_parent(data_dir: &Path) -> Result<(), ServerError> {
         .and_then(|d| d.sync_all())
         .map_err(io("sync", parent))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backup of a store with history, a compaction, a lease and a session, as
+    /// `etcdctl snapshot save` stores it; and the store.
+    fn backup(path: &Path) -> kv::Store {
+        let store = kv::Store::in_memory(kv::Options::default()).expect("store");
+        let apply = |index: u64, request: kv::Request| {
+            let cmd = kv::Command::with_session(9, index, request);
+            store.apply(index, &cmd).expect("apply");
+        };
+        apply(1, kv::Request::Put(kv::PutRequest::new("a", "1")));
+        apply(2, kv::Request::Put(kv::PutRequest::new("a", "2")));
+        apply(3, kv::Request::LeaseGrant { id: 5, ttl: 60 });
+        apply(
+            4,
+            kv::Request::Put(kv::PutRequest {
+                lease: 5,
+                ..kv::PutRequest::new("leased", "x")
+            }),
+        );
+        apply(5, kv::Request::Compact { revision: 3 });
+        let view = store.snapshot_view().expect("view");
+        let mut file = Vec::new();
+        let (_, digest) = view.write_backup_body(&mut file).expect("body");
+        file.extend_from_slice(&digest);
+        std::fs::write(path, file).expect("write backup");
+        store
+    }
+
+    #[test]
+    fn a_restored_dir_opens_as_a_new_member_at_the_backups_state() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let file = tmp.path().join("backup.db");
+        let source = backup(&file);
+        let cluster =
+            ClusterSpec::parse("a=http://127.0.0.1:1,b=http://127.0.0.1:2", "t").expect("spec");
+        let options = RestoreOptions {
+            backup: file.clone(),
+            data_dir: tmp.path().join("a.skiff"),
+            name: "a".into(),
+            cluster: cluster.clone(),
+        };
+        let restored = restore(&options).expect("restore");
+        let me = cluster.member_by_name("a").expect("a").id;
+        assert_eq!(restored.identity.node_id, me);
+        assert_eq!(restored.identity.cluster_id, cluster.cluster_id);
+        let voters: Vec<NodeId> = cluster.members.keys().copied().collect();
+        let file_says = member_file::read(&options.data_dir)
+            .expect("read")
+            .expect("a member file");
+        assert_eq!(file_says.identity, restored.identity);
+        assert_eq!(file_says.bootstrap, voters);
+        // Nothing else beside the data dir.
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("ls")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+
+        // It opens as `skiff serve` opens it: the log starts after the restored snapshot.
+        let opened = crate::replica::open(crate::replica::OpenOptions {
+            data_dir: &options.data_dir,
+            identity: restored.identity,
+            initial_voters: Vec::new(),
+            may_create: false,
+            raft: raft::Config::new(me),
+        })
+        .expect("open");
+        assert_eq!(opened.log.log_start(), RESTORED_AT);
+        assert_eq!(opened.log.last_index(), RESTORED_AT.index);
+        assert_eq!(opened.log.hard_state().commit, RESTORED_AT.index);
+        let in_log: Vec<NodeId> = opened.log.membership().voters.iter().copied().collect();
+        assert_eq!(in_log, voters);
+        assert_eq!(opened.snapshot.as_ref().map(|s| s.last), Some(RESTORED_AT));
+        assert_eq!(opened.raw.status().applied, RESTORED_AT.index);
+        let kv = &opened.kv;
+        assert_eq!(kv.applied_index().expect("applied"), 1);
+        assert_eq!(kv.revision().expect("rev"), source.revision().expect("rev"));
+        assert_eq!(kv.compact_revision().expect("compacted"), 3);
+        assert_eq!(
+            kv.leases().expect("leases"),
+            source.leases().expect("leases")
+        );
+        assert_eq!(kv.lease_keys(5).expect("keys"), vec![b"leased".to_vec()]);
+        assert!(kv.members().expect("members").is_empty());
+        let all = kv::RangeRequest::range("\0", "\0");
+        assert_eq!(
+            kv.range(&all).expect("range").kvs,
+            source.range(&all).expect("range").kvs
+        );
+        drop(opened);
+
+        // A second restore into it is refused, and changes nothing.
+        let again = restore(&options).expect_err("a used data dir");
+        assert!(again.to_string().contains("not empty"), "{again}");
+        assert!(member_file::read(&options.data_dir)
+            .expect("read")
+            .is_some());
+    }
+
+    #[test]
+    fn a_damaged_backup_or_a_stranger_is_refused_before_anything_is_written() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let file = tmp.path().join("backup.db");
+        backup(&file);
+        let mut bytes = std::fs::read(&file).expect("read");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let damaged = tmp.path().join("damaged.db");
+        std::fs::write(&damaged, &bytes).expect("write");
+        let cluster = ClusterSpec::parse("a=http://127.0.0.1:1", "t").expect("spec");
+        let options = |backup: &Path, name: &str| RestoreOptions {
+            backup: backup.to_path_buf(),
+            data_dir: tmp.path().join("new").join("a.skiff"),
+            name: name.into(),
+            cluster: cluster.clone(),
+        };
+        let e = restore(&options(&damaged, "a")).expect_err("damaged");
+        assert!(e.to_string().contains("corrupt"), "{e}");
+        let e = restore(&options(&file, "z")).expect_err("not a member");
+        assert!(e.to_string().contains("--name"), "{e}");
+        let e = restore(&options(&tmp.path().join("missing.db"), "a")).expect_err("missing");
+        assert!(e.to_string().contains("missing.db"), "{e}");
+        assert!(!tmp.path().join("new").exists(), "nothing was written");
+    }
+}

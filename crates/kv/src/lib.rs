@@ -44,12 +44,14 @@
 //! Modules: [`types`] (requests/responses), `command` (log entries), [`codec`] (their bytes),
 //! `mvcc` (rows), `index` (key index and the overlay of a write transaction), `view` (what
 //! reads need), `range`, `write` (puts/deletes at one revision), `txn` (validation, compares),
-//! `apply` (batches, replays), `lease`, `session` (exactly-once), [`snapshot`], `open`
+//! `apply` (batches, replays), `lease`, `session` (exactly-once), [`snapshot`], [`backup`]
+//! (backup files: a snapshot in etcd's envelope), `open`
 //! (formats, index rebuild), `audit` (hash, invariants), `store`.
 #![deny(missing_docs)]
 
 mod apply;
 mod audit;
+pub mod backup;
 pub mod codec;
 mod command;
 mod defrag;

@@ -340,16 +340,48 @@ fn add_snapshot_row(index: Option<&mut Index>, rev: Rev, row: &[u8]) -> Result<(
 /// (so that a staged snapshot is known good before it replaces the previous one). Returns the
 /// applied index it restores.
 pub fn verify(input: &mut dyn Read) -> Result<u64, Error> {
+    Ok(verify_summary(input)?.applied)
+}
+
+/// What a verified snapshot holds (see [`verify_summary`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// The store revision it restores.
+    pub revision: u64,
+    /// Its compacted revision.
+    pub compacted: u64,
+    /// The applied index it restores.
+    pub applied: u64,
+    /// Rows (key revisions, puts and tombstones) it holds.
+    pub rows: u64,
+    /// Keys with at least one revision kept.
+    pub keys: usize,
+    /// Granted leases.
+    pub leases: u64,
+}
+
+/// [`verify`], also counting what the snapshot holds.
+pub fn verify_summary(input: &mut dyn Read) -> Result<Summary, Error> {
     let mut index: Option<Index> = None;
+    let mut leases = 0;
     decode(input, &mut |item| {
         match item {
             Item::Meta(m) => index = Some(Index::new(m)),
             Item::Row { rev, row } => add_snapshot_row(index.as_mut(), rev, &row)?,
+            Item::Lease { .. } => leases += 1,
             _ => {}
         }
         Ok(())
     })?;
-    Ok(index.expect("a decoded snapshot has meta").meta.applied)
+    let index = index.expect("a decoded snapshot has meta");
+    Ok(Summary {
+        revision: index.meta.revision,
+        compacted: index.meta.compacted,
+        applied: index.meta.applied,
+        rows: index.len(),
+        keys: index.keys(),
+        leases,
+    })
 }
 
 /// Decodes a snapshot from `input` into freshly emptied tables of `txn`, checking every row

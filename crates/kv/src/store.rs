@@ -250,6 +250,11 @@ impl SnapshotView {
         Ok(Meta::read(&self.txn.open_table(META)?)?.applied)
     }
 
+    /// The store revision the view is at.
+    pub fn revision(&self) -> Result<u64, Error> {
+        Ok(Meta::read(&self.txn.open_table(META)?)?.revision)
+    }
+
     /// The view as snapshot bytes (the format of [`Store::snapshot`]).
     pub fn bytes(&self) -> Result<Vec<u8>, Error> {
         let mut out = Vec::new();

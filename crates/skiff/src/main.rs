@@ -1,5 +1,6 @@
-//! `skiff`: run one member (`skiff serve`) or a local 3-member cluster (`skiff dev`), or
-//! load-test an etcd v3 API cluster (`skiff bench`).
+//! `skiff`: run one member (`skiff serve`) or a local 3-member cluster (`skiff dev`),
+//! load-test an etcd v3 API cluster (`skiff bench`), or check and restore backups (`skiff
+//! snapshot status|restore`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod dev;
+mod snapshot;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -32,6 +34,8 @@ enum Command {
     Dev(dev::DevArgs),
     /// Load-test an etcd v3 API cluster (Skiff or etcd) and report throughput and latency.
     Bench(bench::BenchArgs),
+    /// Check a backup (`etcdctl snapshot save`) or restore one into a new cluster's data dir.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -212,6 +216,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Dev(args) => dev::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Snapshot(args) => snapshot::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

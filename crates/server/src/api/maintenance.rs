@@ -1,5 +1,5 @@
-//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm, Defragment and
-//! MoveLeader so far.
+//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm, Defragment,
+//! MoveLeader and Snapshot (streamed by [`super::backup`]) so far.
 
 use std::time::Duration;
 
@@ -28,6 +28,16 @@ const DEFRAG_READS_WAIT_MAX: Duration = Duration::from_secs(10);
 
 #[tonic::async_trait]
 impl epb::maintenance_server::Maintenance for Api {
+    type SnapshotStream = super::backup::SnapshotStream;
+
+    /// etcd's Snapshot: a backup of this member's state machine (see [`super::backup`]).
+    async fn snapshot(
+        &self,
+        _request: Request<epb::SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.snapshot_stream().await
+    }
+
     async fn alarm(
         &self,
         _request: Request<epb::AlarmRequest>,

@@ -1,6 +1,7 @@
 //! The etcd v3 API, one file per service: [`key`] (KV, as etcd's `v3rpc/key.go`), [`lease`] (Lease, with the leader's
 //! expiry task in [`expiry`] and the deadlines in [`lessor`]), [`watch`] (Watch),
-//! [`maintenance`] (Maintenance); the automatic [`compactor`]; [`http`] (health, metrics and
+//! [`maintenance`] (Maintenance, with backups streamed by [`backup`]); the automatic
+//! [`compactor`]; [`http`] (health, metrics and
 //! the client port's routes); and [`leader`], the answers to requests followers forward here
 //! (it implements [`crate::peer::LeaderApi`]).
 //!
@@ -32,6 +33,7 @@ use crate::rpctypes::{
     ERR_TOO_MANY_REQUESTS,
 };
 
+pub mod backup;
 pub mod cluster;
 pub mod compactor;
 pub mod convert;

@@ -57,6 +57,16 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with `extra_args` added to every member's command line.
     pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        let mut c = Cluster::prepare_with(n, extra_args);
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c
+    }
+
+    /// Like [`Cluster::start_with`], but starts no member: prepare their data dirs, then
+    /// [`Cluster::spawn`] each.
+    pub fn prepare_with(n: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
@@ -74,16 +84,17 @@ impl Cluster {
             .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = Cluster {
+        Cluster {
             dir,
             members,
             initial_cluster,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
-        };
-        for i in 0..n {
-            c.spawn(i);
         }
-        c
+    }
+
+    /// The `--initial-cluster` the members start with.
+    pub fn initial_cluster_flag(&self) -> &str {
+        &self.initial_cluster
     }
 
     /// A new member `name` with fresh ports, not started: its index. Add it to the cluster

@@ -48,6 +48,7 @@
 //! (formats, index rebuild), `audit` (hash, invariants), `store`.
 #![deny(missing_docs)]
 
+pub mod alarms;
 mod apply;
 mod audit;
 pub mod codec;
@@ -70,6 +71,7 @@ mod view;
 mod watch;
 mod write;
 
+pub use alarms::{AlarmAction, AlarmMember, AlarmType};
 pub use command::{Command, Request, Response, Session};
 pub use error::{Error, KvError};
 pub use lease::LEASE_TTL_MAX;

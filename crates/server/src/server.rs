@@ -155,7 +155,8 @@ pub async fn run(
         kv_path,
         members,
         removal.clone(),
-    );
+    )
+    .with_data_checks(config.data_checks);
     let lessor = api.start_lessor(config.election);
     let publisher = api.start_publisher();
     let address_book = api.start_address_book();

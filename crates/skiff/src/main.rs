@@ -87,6 +87,11 @@ struct ServeArgs {
     /// Number of applied entries after which a snapshot is taken and the log compacted.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_count: u64,
+    /// Space quota of the state machine file, in bytes (etcd's flag): past it, puts,
+    /// transactions with puts and lease grants are refused and a NOSPACE alarm is raised.
+    /// 0 means etcd's 2 GiB default; a negative value turns the quota off.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    quota_backend_bytes: i64,
     /// Stop when stdin reaches end of file: `skiff dev` and the tests hold a pipe to each
     /// member, so members never outlive their parent, even if it is SIGKILLed.
     #[arg(long, hide = true)]
@@ -154,6 +159,9 @@ impl ServeArgs {
             )
             .map_err(anyhow::Error::msg)?,
             fault_file: self.fault_file.clone(),
+            data_checks: server::config::DataChecks {
+                quota_backend_bytes: self.quota_backend_bytes,
+            },
         };
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)

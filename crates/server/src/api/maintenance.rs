@@ -1,5 +1,5 @@
-//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm and MoveLeader so
-//! far.
+//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm (in [`super::alarm`])
+//! and MoveLeader so far.
 
 use std::time::Duration;
 
@@ -24,15 +24,12 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
 #[tonic::async_trait]
 impl epb::maintenance_server::Maintenance for Api {
+    /// etcd's Alarm (see [`super::alarm`]).
     async fn alarm(
         &self,
-        _request: Request<epb::AlarmRequest>,
+        request: Request<epb::AlarmRequest>,
     ) -> Result<Response<epb::AlarmResponse>, Status> {
-        // No alarms are raised yet (no space quota, no corruption checker).
-        Ok(Response::new(epb::AlarmResponse {
-            header: Some(self.header_now()),
-            alarms: Vec::new(),
-        }))
+        Ok(Response::new(self.alarm_impl(request.into_inner()).await?))
     }
 
     /// etcd's MoveLeader: on the leader only; the target must be a voter. Returns once the
@@ -101,6 +98,7 @@ impl epb::maintenance_server::Maintenance for Api {
         if st.leader.is_none() {
             errors.push(ERR_NO_LEADER.to_string());
         }
+        errors.extend(self.alarm_errors());
         Ok(Response::new(epb::StatusResponse {
             header: Some(epb::ResponseHeader {
                 revision,

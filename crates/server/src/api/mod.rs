@@ -33,6 +33,7 @@ use crate::rpctypes::{
     ERR_TOO_MANY_REQUESTS,
 };
 
+pub mod alarm;
 pub mod cluster;
 pub mod compactor;
 pub mod convert;
@@ -43,6 +44,7 @@ pub mod leader;
 pub mod lease;
 pub mod lessor;
 pub mod maintenance;
+pub mod quota;
 pub mod reconfigure;
 pub mod watch;
 
@@ -73,6 +75,8 @@ struct Inner {
     members: cluster::MemberInfo,
     /// Removed members, and when each peer was last heard from.
     removal: Arc<crate::replica::Removal>,
+    /// The space quota of this member's state machine file (see [`quota`]).
+    quota: quota::Quota,
 }
 
 impl Api {
@@ -97,8 +101,17 @@ impl Api {
                 leases: lease::Leases::default(),
                 members,
                 removal,
+                quota: quota::Quota::DEFAULT,
             }),
         }
+    }
+
+    /// The API with etcd's space quota and data checks set as `checks` says (etcd's default
+    /// quota otherwise). Called once, before the API is shared.
+    pub fn with_data_checks(mut self, checks: crate::config::DataChecks) -> Api {
+        let inner = Arc::get_mut(&mut self.inner).expect("configured before it is shared");
+        inner.quota = quota::Quota::from_flag(checks.quota_backend_bytes);
+        self
     }
 
     /// A fresh session for one write, opened after everything this member knows committed (so

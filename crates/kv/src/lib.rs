@@ -72,6 +72,7 @@ mod watch;
 mod write;
 
 pub use alarms::{AlarmAction, AlarmMember, AlarmType};
+pub use audit::KvHash;
 pub use command::{Command, Request, Response, Session};
 pub use error::{Error, KvError};
 pub use lease::LEASE_TTL_MAX;

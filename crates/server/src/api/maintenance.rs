@@ -1,5 +1,5 @@
-//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm (in [`super::alarm`])
-//! and MoveLeader so far.
+//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm (in [`super::alarm`]),
+//! Hash and HashKV (in [`super::hash`]) and MoveLeader so far.
 
 use std::time::Duration;
 
@@ -24,6 +24,24 @@ const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
 
 #[tonic::async_trait]
 impl epb::maintenance_server::Maintenance for Api {
+    /// etcd's HashKV (see [`super::hash`]).
+    async fn hash_kv(
+        &self,
+        request: Request<epb::HashKvRequest>,
+    ) -> Result<Response<epb::HashKvResponse>, Status> {
+        Ok(Response::new(
+            self.hash_kv_impl(request.into_inner()).await?,
+        ))
+    }
+
+    /// etcd's Hash (see [`super::hash`]).
+    async fn hash(
+        &self,
+        _request: Request<epb::HashRequest>,
+    ) -> Result<Response<epb::HashResponse>, Status> {
+        Ok(Response::new(self.hash_impl().await?))
+    }
+
     /// etcd's Alarm (see [`super::alarm`]).
     async fn alarm(
         &self,

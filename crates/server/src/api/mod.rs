@@ -38,6 +38,7 @@ pub mod cluster;
 pub mod compactor;
 pub mod convert;
 pub mod expiry;
+pub mod hash;
 pub mod http;
 pub mod key;
 pub mod leader;

@@ -54,6 +54,12 @@ pub struct DataChecks {
     /// `--quota-backend-bytes`: 0 means etcd's 2 GiB default, negative turns the quota off
     /// (see [`crate::api::quota`]).
     pub quota_backend_bytes: i64,
+    /// `--experimental-corrupt-check-time`: how often the leader compares its hash with its
+    /// followers' (zero: never; see [`crate::api::corrupt`]).
+    pub corrupt_check_every: Duration,
+    /// `--experimental-initial-corrupt-check`: compare with the peers before starting, and
+    /// refuse to start on a mismatch.
+    pub initial_corrupt_check: bool,
 }
 
 impl ServerConfig {

@@ -114,6 +114,11 @@ pub async fn run(
         )
         .map_err(ServerError::Config)?,
     );
+    if config.data_checks.initial_corrupt_check {
+        crate::api::corrupt::initial_check(&opened.kv, me.id.get(), &peers)
+            .await
+            .map_err(ServerError::Corrupt)?;
+    }
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
     let kv_path = opened.kv_path.clone();
     let (task, handle) = NodeTask::new(
@@ -161,6 +166,7 @@ pub async fn run(
     let publisher = api.start_publisher();
     let address_book = api.start_address_book();
     let compactor = api.start_compactor(config.auto_compaction);
+    let corruption_check = api.start_corruption_check(config.data_checks.corrupt_check_every);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -207,6 +213,9 @@ pub async fn run(
     publisher.abort();
     address_book.abort();
     if let Some(c) = compactor {
+        c.abort();
+    }
+    if let Some(c) = corruption_check {
         c.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

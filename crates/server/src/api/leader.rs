@@ -122,6 +122,10 @@ impl LeaderApi for Api {
         self.member_promote_impl(r.id, Origin::Peer).await
     }
 
+    async fn peer_hash_kv(&self, r: epb::HashKvRequest) -> Result<epb::HashKvResponse, Status> {
+        self.hash_kv_impl(r).await
+    }
+
     async fn join(&self, r: pb::JoinRequest) -> Result<pb::JoinResponse, Status> {
         self.join_answer(&r.peer_url).await
     }

@@ -37,6 +37,7 @@ pub mod alarm;
 pub mod cluster;
 pub mod compactor;
 pub mod convert;
+pub mod corrupt;
 pub mod expiry;
 pub mod hash;
 pub mod http;

@@ -45,7 +45,8 @@
 //! `mvcc` (rows), `index` (key index and the overlay of a write transaction), `view` (what
 //! reads need), `range`, `write` (puts/deletes at one revision), `txn` (validation, compares),
 //! `apply` (batches, replays), `lease`, `session` (exactly-once), [`snapshot`], `open`
-//! (formats, index rebuild), `audit` (hash, invariants), `store`.
+//! (formats, index rebuild), `audit` (hashes, invariants), [`alarms`] (what the applier
+//! refuses while an alarm is raised), `store`.
 #![deny(missing_docs)]
 
 pub mod alarms;

@@ -532,13 +532,21 @@ impl Store {
         crate::alarms::refusal(&alarms, req)
     }
 
-    /// Replaces the alarms in memory with those just committed.
+    /// Replaces the alarms in memory with those just committed, logging each one raised or
+    /// cleared (on every member, as etcd's appliers log them).
     pub(crate) fn set_alarms(&self, alarms: Vec<crate::alarms::AlarmMember>) {
         assert!(alarms.len() <= crate::alarms::ALARMS_MAX);
-        *self
+        let mut current = self
             .alarms
             .write()
-            .expect("the alarms lock is poisoned by an earlier panic") = alarms;
+            .expect("the alarms lock is poisoned by an earlier panic");
+        for m in alarms.iter().filter(|m| !current.contains(m)) {
+            tracing::warn!(alarm = m.alarm.name(), from = %format_args!("{:x}", m.member_id), "alarm raised");
+        }
+        for m in current.iter().filter(|m| !alarms.contains(m)) {
+            tracing::warn!(alarm = m.alarm.name(), from = %format_args!("{:x}", m.member_id), "alarm disarmed");
+        }
+        *current = alarms;
     }
 
     /// Ids of the members removed from the cluster, ascending (see [`crate::members`]).

@@ -8,6 +8,8 @@
 mod common;
 
 use common::{etcdctl, etcdctl_available, etcdctl_ok, Cluster};
+use server::pb::etcdserverpb as epb;
+use server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 
 const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 
@@ -181,4 +183,104 @@ fn a_quota_that_is_not_a_number_is_refused_naming_the_flag() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--quota-backend-bytes"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// An Alarm request over gRPC, with a deadline.
+async fn alarm(
+    c: &Cluster,
+    i: usize,
+    action: epb::alarm_request::AlarmAction,
+    member_id: u64,
+    alarm: epb::AlarmType,
+) -> Result<Vec<(u64, i32)>, tonic::Status> {
+    let ch = common::channel(&format!("http://{}", c.endpoint(i)))
+        .await
+        .expect("connect");
+    let mut req = tonic::Request::new(epb::AlarmRequest {
+        action: action as i32,
+        member_id,
+        alarm: alarm as i32,
+    });
+    req.set_timeout(std::time::Duration::from_secs(10));
+    let resp = MaintenanceClient::new(ch).alarm(req).await?.into_inner();
+    Ok(resp
+        .alarms
+        .into_iter()
+        .map(|a| (a.member_id, a.alarm))
+        .collect())
+}
+
+#[test]
+fn alarms_raised_by_a_client_follow_etcd() {
+    if !etcdctl_available() {
+        return;
+    }
+    use epb::alarm_request::AlarmAction::{Activate, Deactivate, Get};
+    use epb::AlarmType::{Corrupt, None as NoAlarm, Nospace};
+    let rt = runtime();
+    let c = Cluster::start(3);
+    let leader = rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let follower = (leader + 1) % 3;
+    let ids = member_ids(&rt, &c);
+    let eps = c.endpoints();
+    let nospace = (ids[follower], Nospace as i32);
+    rt.block_on(async {
+        // Raised through a follower; raised again it answers nothing, as etcd.
+        let r = alarm(&c, follower, Activate, ids[follower], Nospace).await;
+        assert_eq!(r.expect("activate"), vec![nospace]);
+        let r = alarm(&c, leader, Activate, ids[follower], Nospace).await;
+        assert_eq!(r.expect("activate"), vec![]);
+        // Only members hold alarms (the table stays bounded); NONE raises nothing.
+        let unknown = alarm(&c, leader, Activate, 12345, Nospace).await;
+        let s = unknown.expect_err("an unknown member");
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::NotFound, "etcdserver: member not found")
+        );
+        let r = alarm(&c, leader, Activate, ids[leader], NoAlarm).await;
+        assert_eq!(r.expect("activate"), vec![]);
+        // GET of one type, or of all.
+        let r = alarm(&c, leader, Get, 0, Corrupt).await;
+        assert_eq!(r.expect("get"), vec![]);
+        for i in 0..3 {
+            let r = alarm(&c, i, Get, 0, NoAlarm).await;
+            assert_eq!(r.expect("get"), vec![nospace], "member {i}");
+        }
+    });
+    let put = etcdctl(&eps, &["put", "k", "v"], "");
+    assert!(!put.ok && put.stderr.contains(NO_SPACE), "{}", put.stderr);
+
+    // CORRUPT for the cluster (member 0, as etcd's checker raises it): writes and
+    // compaction refused with etcd's message, reads answered.
+    rt.block_on(async {
+        let r = alarm(&c, leader, Activate, 0, Corrupt).await;
+        assert_eq!(r.expect("activate"), vec![(0, Corrupt as i32)]);
+    });
+    for args in [&["put", "k", "v"][..], &["del", "k"], &["compaction", "1"]] {
+        let out = etcdctl(&eps, args, "");
+        assert!(
+            !out.ok && out.stderr.contains("etcdserver: corrupt cluster"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(etcdctl_ok(&eps, &["get", "k"], "").stdout, "");
+    assert_eq!(
+        etcdctl_ok(&eps, &["alarm", "list"], "").stdout,
+        format!("alarm:CORRUPT \n{}\n", nospace_line(ids[follower]))
+    );
+    // Cleared one by one: NOSPACE still refuses puts, then nothing does.
+    rt.block_on(async {
+        let r = alarm(&c, follower, Deactivate, 0, Corrupt).await;
+        assert_eq!(r.expect("deactivate"), vec![(0, Corrupt as i32)]);
+        let r = alarm(&c, follower, Deactivate, 0, Corrupt).await;
+        assert_eq!(r.expect("deactivate"), vec![]);
+    });
+    let put = etcdctl(&eps, &["put", "k", "v"], "");
+    assert!(!put.ok && put.stderr.contains(NO_SPACE), "{}", put.stderr);
+    rt.block_on(async {
+        let r = alarm(&c, leader, Deactivate, ids[follower], Nospace).await;
+        assert_eq!(r.expect("deactivate"), vec![nospace]);
+    });
+    assert_eq!(etcdctl_ok(&eps, &["put", "k", "v"], "").stdout, "OK\n");
 }

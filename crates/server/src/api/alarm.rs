@@ -89,25 +89,14 @@ impl Api {
         alarm: kv::AlarmMember,
     ) -> Result<epb::AlarmResponse, Status> {
         match self.write_kv(kv::Request::Alarm { action, alarm }).await? {
-            kv::Response::Alarm { revision, changed } => {
-                if let Some(m) = changed {
-                    match action {
-                        kv::AlarmAction::Activate => {
-                            tracing::warn!(alarm = m.alarm.name(), from = %format_args!("{:x}", m.member_id), "alarm raised")
-                        }
-                        kv::AlarmAction::Deactivate => {
-                            tracing::warn!(alarm = m.alarm.name(), from = %format_args!("{:x}", m.member_id), "alarm disarmed")
-                        }
-                    }
-                }
-                Ok(epb::AlarmResponse {
-                    header: Some(epb::ResponseHeader {
-                        revision,
-                        ..self.header()
-                    }),
-                    alarms: changed.into_iter().map(alarm_member).collect(),
-                })
-            }
+            // Every member logs the change when it applies it (see `kv::alarms`).
+            kv::Response::Alarm { revision, changed } => Ok(epb::AlarmResponse {
+                header: Some(epb::ResponseHeader {
+                    revision,
+                    ..self.header()
+                }),
+                alarms: changed.into_iter().map(alarm_member).collect(),
+            }),
             other => Err(super::unexpected(&other)),
         }
     }

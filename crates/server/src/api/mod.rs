@@ -1,6 +1,8 @@
 //! The etcd v3 API, one file per service: [`key`] (KV, as etcd's `v3rpc/key.go`), [`lease`] (Lease, with the leader's
 //! expiry task in [`expiry`] and the deadlines in [`lessor`]), [`watch`] (Watch),
-//! [`maintenance`] (Maintenance); the automatic [`compactor`]; [`http`] (health, metrics and
+//! [`maintenance`] (Maintenance, with [`alarm`] and [`hash`]); the space [`quota`] checked
+//! before writes; the periodic and initial [`corrupt`]ion checks; the automatic
+//! [`compactor`]; [`http`] (health, metrics and
 //! the client port's routes); and [`leader`], the answers to requests followers forward here
 //! (it implements [`crate::peer::LeaderApi`]).
 //!

@@ -53,6 +53,9 @@ struct Batch<'s> {
     /// The batch wrote the member table, which readers see only once committed: it commits
     /// when it ends.
     members_changed: bool,
+    /// The alarms after the batch's alarm request, if it ran one: the store's copy in memory
+    /// takes them once the batch commits (which it does when it ends).
+    alarms_after: Option<Vec<crate::alarms::AlarmMember>>,
 }
 
 impl Drop for Batch<'_> {
@@ -86,6 +89,7 @@ impl<'s> Batch<'s> {
             cap: meta.revision,
             compact_to: None,
             members_changed: false,
+            alarms_after: None,
             undo: Undo::default(),
         })
     }
@@ -149,6 +153,11 @@ impl<'s> Batch<'s> {
             self.compact_to = Some(c);
         }
         self.members_changed |= req.is_member_change();
+        if matches!(req, Request::Alarm { .. }) {
+            let txn = &self.txn.as_ref().expect("open until the batch ends").0;
+            let alarms = crate::alarms::all(&txn.open_table(crate::alarms::ALARMS)?)?;
+            self.alarms_after = Some(alarms);
+        }
         self.meta = after;
         Ok(resp)
     }
@@ -204,8 +213,10 @@ impl<'s> Batch<'s> {
             || delay.is_zero()
             || self.compact_to.is_some()
             || !overlay.lease_changes.is_empty()
-            // ... and of the member table too (publishing is rare).
+            // ... and of the member table too (publishing is rare), and the apply gate of
+            // the alarms, which must see the alarms it holds in memory (alarms are rarer).
             || self.members_changed
+            || self.alarms_after.is_some()
             || began.elapsed() >= delay
             || {
                 let index = store.read_index();
@@ -215,6 +226,9 @@ impl<'s> Batch<'s> {
             };
         if now {
             store.commit_txn(txn)?;
+            if let Some(alarms) = self.alarms_after.take() {
+                store.set_alarms(alarms);
+            }
             let mut index = store.write_index();
             index.merge(overlay, self.meta);
             index.pending.clear();
@@ -369,11 +383,13 @@ impl Store {
                 }
                 continue;
             }
-            // A compaction, and a change of the member table (written straight into the
-            // transaction, which undoing a failed request in a shared one would not revert),
-            // get a transaction of their own.
+            // A compaction, a change of the member table and an alarm (written straight into
+            // the transaction, which undoing a failed request in a shared one would not
+            // revert; the alarm also changes how the entries after it apply) get a
+            // transaction of their own.
             let members = cmd.request.is_member_change();
-            let alone = members || matches!(cmd.request, Request::Compact { .. });
+            let alone =
+                members || matches!(cmd.request, Request::Compact { .. } | Request::Alarm { .. });
             if alone && pos > committed {
                 b.commit(true)?;
                 committed = pos;
@@ -510,6 +526,12 @@ fn execute_as(
     replay: Replay,
 ) -> Result<(Response, Meta, Option<u64>), Error> {
     txn::check_request(req)?;
+    // A retry's replay passed the gate when it was first applied; only its answer is wanted.
+    if replay == Replay::No {
+        if let Some(refused) = store.alarm_refusal(req) {
+            return Err(refused.into());
+        }
+    }
     let index = store.read_index();
     let mut w = Writer::new(txn, &index, overlay, cap, meta.revision, meta.compacted)?;
     w.replay = replay == Replay::Yes;
@@ -580,6 +602,17 @@ fn execute_as(
             }
             Response::Members {
                 revision: w.read_rev() as i64,
+            }
+        }
+        Request::Alarm { action, alarm } => {
+            let changed = crate::alarms::apply(
+                &mut txn.open_table(crate::alarms::ALARMS)?,
+                *action,
+                *alarm,
+            )??;
+            Response::Alarm {
+                revision: w.read_rev() as i64,
+                changed,
             }
         }
     };

@@ -111,6 +111,14 @@ pub enum Request {
         /// Where its peers reach it from now on.
         peer_urls: Vec<String>,
     },
+    /// Raise or clear an alarm (etcd's Alarm ACTIVATE/DEACTIVATE; see [`crate::alarms`]);
+    /// changes no key and no revision, and is never refused by an alarm.
+    Alarm {
+        /// Raise or clear.
+        action: crate::alarms::AlarmAction,
+        /// Which alarm.
+        alarm: crate::alarms::AlarmMember,
+    },
 }
 
 impl Request {
@@ -162,6 +170,13 @@ pub enum Response {
         /// Store revision (unchanged by member changes).
         revision: i64,
     },
+    /// Result of [`Request::Alarm`].
+    Alarm {
+        /// Store revision (unchanged by alarms).
+        revision: i64,
+        /// The alarm raised or cleared; `None` if it already was (etcd answers with no alarm).
+        changed: Option<crate::alarms::AlarmMember>,
+    },
 }
 
 impl Response {
@@ -175,7 +190,8 @@ impl Response {
             Response::Compact { revision }
             | Response::LeaseGrant { revision, .. }
             | Response::LeaseRevoke { revision }
-            | Response::Members { revision } => *revision,
+            | Response::Members { revision }
+            | Response::Alarm { revision, .. } => *revision,
         }
     }
 }

@@ -61,6 +61,17 @@ pub enum KvError {
     /// update is applied so that concurrent updates cannot both take one URL).
     #[error("etcdserver: Peer URLs already exists")]
     PeerUrlExists,
+    /// A put, transaction with puts or lease grant while a NOSPACE alarm is active (gRPC
+    /// ResourceExhausted; see [`crate::alarms`]).
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
+    /// A write (or a read through the log) while a CORRUPT alarm is active (gRPC DataLoss).
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    /// An alarm raised when the table holds [`crate::alarms::ALARMS_MAX`] (Skiff-specific;
+    /// gRPC ResourceExhausted).
+    #[error("skiff: too many alarms")]
+    TooManyAlarms,
 }
 
 /// Every error of this crate.
@@ -142,12 +153,15 @@ impl KvError {
             KvError::AnswerLost => 14,
             KvError::BadMember => 15,
             KvError::PeerUrlExists => 16,
+            KvError::NoSpace => 17,
+            KvError::Corrupt => 18,
+            KvError::TooManyAlarms => 19,
         }
     }
 
     /// Inverse of [`KvError::code`].
     pub(crate) fn from_code(code: u8) -> Option<KvError> {
-        const ALL: [KvError; 16] = [
+        const ALL: [KvError; 19] = [
             KvError::EmptyKey,
             KvError::Compacted,
             KvError::FutureRevision,
@@ -164,6 +178,9 @@ impl KvError {
             KvError::AnswerLost,
             KvError::BadMember,
             KvError::PeerUrlExists,
+            KvError::NoSpace,
+            KvError::Corrupt,
+            KvError::TooManyAlarms,
         ];
         ALL.into_iter().find(|e| e.code() == code)
     }

@@ -45,10 +45,12 @@
 //! `mvcc` (rows), `index` (key index and the overlay of a write transaction), `view` (what
 //! reads need), `range`, `write` (puts/deletes at one revision), `txn` (validation, compares),
 //! `apply` (batches, replays), `lease`, `session` (exactly-once), [`snapshot`], [`backup`]
-//! (backup files: a snapshot in etcd's envelope), `open`
-//! (formats, index rebuild), `audit` (hash, invariants), `store`.
+//! (backup files: a snapshot in etcd's envelope), `open` (formats, index rebuild), `audit`
+//! (hashes, invariants), [`alarms`] (what the applier refuses while an alarm is raised),
+//! `defrag` (space), `store`.
 #![deny(missing_docs)]
 
+pub mod alarms;
 mod apply;
 mod audit;
 pub mod backup;
@@ -73,6 +75,8 @@ mod view;
 mod watch;
 mod write;
 
+pub use alarms::{AlarmAction, AlarmMember, AlarmType};
+pub use audit::KvHash;
 pub use command::{Command, Request, Response, Session};
 pub use defrag::Defragmented;
 pub use error::{Error, KvError};

@@ -33,6 +33,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), Error> {
     txn.open_table(SESSIONS)?;
     txn.open_table(crate::members::MEMBERS)?;
     txn.open_table(crate::members::MEMBERS_REMOVED)?;
+    txn.open_table(crate::alarms::ALARMS)?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! Format (all integers varints, byte strings length-prefixed, see [`crate::codec`]):
 //!
 //! ```text
-//!   "SKIFFKV\0"  version(3)
+//!   "SKIFFKV\0"  version(4)
 //!   revision compacted applied
 //!   n_rows     { main sub row }*       rows by revision as stored (key and record); the
 //!                                      key index is rebuilt from them
@@ -13,6 +13,7 @@
 //!   n_members  { member }*             the member table (`crate::members`), by id, each
 //!                                      length-prefixed
 //!   n_removed  { id }*                 removed members, ascending
+//!   n_alarms   { member type }*        active alarms (`crate::alarms`), ascending
 //!   crc32 (4 bytes LE) of everything before it
 //! ```
 //!
@@ -22,13 +23,14 @@
 //! key index, as opening a store does). A corrupt snapshot, or one whose rows contradict each
 //! other, fails before the caller commits, so it never half-replaces the state.
 //!
-//! Version 2 had no member table (it restores an empty one). Version 1 (format 2 stores) held `{ key rev record }*` in key order, one row per key and
+//! Version 3 had no alarms (it restores none). Version 2 had no member table (it restores an empty one). Version 1 (format 2 stores) held `{ key rev record }*` in key order, one row per key and
 //! revision; it is still read, converted as a format 2 store is when it opens.
 
 use std::io::{Read, Write};
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+use crate::alarms::{AlarmMember, AlarmType, ALARMS, ALARMS_MAX};
 use crate::codec::Reader;
 use crate::codec::{read_varint, unzigzag, Writer};
 use crate::error::Error;
@@ -41,7 +43,9 @@ use crate::session::{live_rows, store_rows, Row, Sessions, SESSIONS};
 use crate::store::{Meta, META};
 
 const MAGIC: &[u8; 8] = b"SKIFFKV\0";
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
+/// The version before the alarms.
+const VERSION_NO_ALARMS: u8 = 3;
 /// The version before the member table.
 const VERSION_NO_MEMBERS: u8 = 2;
 /// The version before rows by revision.
@@ -162,6 +166,12 @@ pub(crate) fn write_to(
         s.w.u64(id);
         s.flush(false)?;
     }
+    let alarms = crate::alarms::all(&txn.open_table(ALARMS)?)?;
+    s.w.u64(alarms.len() as u64);
+    for m in alarms {
+        s.w.u64(m.member_id);
+        s.w.u8(m.alarm.code());
+    }
     s.flush(true)?;
     let crc = s.crc.clone().finalize();
     s.out.write_all(&crc.to_le_bytes()).map_err(Error::Io)?;
@@ -228,6 +238,7 @@ enum Item {
     Session { id: u64, row: Vec<u8> },
     Member(Member),
     Removed(u64),
+    Alarm(AlarmMember),
 }
 
 /// Decodes a whole snapshot, checking every row and the CRC, handing each part to `take` in
@@ -246,7 +257,13 @@ fn decode(
         return Err(bad("not a Skiff kv snapshot"));
     }
     let version = r.u8()?;
-    if ![VERSION, VERSION_NO_MEMBERS, VERSION_HISTORY_BY_KEY].contains(&version) {
+    let known = [
+        VERSION,
+        VERSION_NO_ALARMS,
+        VERSION_NO_MEMBERS,
+        VERSION_HISTORY_BY_KEY,
+    ];
+    if !known.contains(&version) {
         return Err(bad("unknown version"));
     }
     let meta = Meta {
@@ -290,7 +307,7 @@ fn decode(
         Row::decode(&row)?;
         take(Item::Session { id, row })?;
     }
-    if version == VERSION {
+    if version >= VERSION_NO_ALARMS {
         let mut last = 0;
         for _ in 0..r.u64()? {
             let m = Member::decode_from(&mut Reader::raw(&r.bytes()?))?;
@@ -309,6 +326,24 @@ fn decode(
             }
             last = id;
             take(Item::Removed(id))?;
+        }
+    }
+    if version >= VERSION {
+        let n = r.u64()?;
+        if n > ALARMS_MAX as u64 {
+            return Err(bad("more alarms than a store holds"));
+        }
+        let mut last = None;
+        for _ in 0..n {
+            let member_id = r.u64()?;
+            let code = r.u8()?;
+            let alarm = AlarmType::from_code(code).ok_or_else(|| bad("unknown alarm type"))?;
+            let m = AlarmMember { member_id, alarm };
+            if last.is_some_and(|l| l >= m) {
+                return Err(bad("alarms out of order"));
+            }
+            last = Some(m);
+            take(Item::Alarm(m))?;
         }
     }
     let computed = r.crc.clone().finalize();
@@ -399,6 +434,7 @@ pub(crate) fn load_from(
     let mut sessions = Vec::new();
     let mut members = Vec::new();
     let mut removed = Vec::new();
+    let mut alarms = Vec::new();
     let mut clients = std::collections::HashSet::new();
     let mut index: Option<Index> = None;
     decode(input, &mut |item| {
@@ -425,9 +461,11 @@ pub(crate) fn load_from(
             }
             Item::Member(m) => members.push(m),
             Item::Removed(id) => removed.push(id),
+            Item::Alarm(m) => alarms.push(m),
         }
         Ok(())
     })?;
+    crate::alarms::replace(&mut txn.open_table(ALARMS)?, &alarms)?;
     crate::members::replace(
         &mut txn.open_table(MEMBERS)?,
         &mut txn.open_table(MEMBERS_REMOVED)?,
@@ -514,5 +552,51 @@ mod tests {
         let copy = Store::in_memory(Options::default()).expect("store");
         copy.restore(&again).expect("restores");
         assert_eq!(copy.hash().expect("hash"), store.hash().expect("hash"));
+    }
+
+    /// A version 3 snapshot (before alarms) still loads, with no alarm; a version 4 one
+    /// restores its alarms.
+    #[test]
+    fn a_version_3_snapshot_still_loads_and_alarms_round_trip() {
+        use crate::alarms::{AlarmAction, AlarmMember, AlarmType};
+        use crate::{Command, PutRequest, Request};
+        let store = Store::in_memory(Options::default()).expect("store");
+        store
+            .apply(1, &Command::new(Request::Put(PutRequest::new("k", "v"))))
+            .expect("put");
+        // Without alarms, version 4 ends with a zero count: a version 3 snapshot is that
+        // without the count, under version 3 and its own CRC.
+        let v4 = store.snapshot().expect("snapshot");
+        let body = &v4[..v4.len() - 4];
+        assert_eq!(body[body.len() - 1], 0, "no alarms");
+        let mut v3 = body[..body.len() - 1].to_vec();
+        v3[MAGIC.len()] = VERSION_NO_ALARMS;
+        let crc = crc32fast::hash(&v3);
+        v3.extend_from_slice(&crc.to_le_bytes());
+        let copy = Store::in_memory(Options::default()).expect("store");
+        let raised = AlarmMember {
+            member_id: 4,
+            alarm: AlarmType::NoSpace,
+        };
+        let raise = Command::new(Request::Alarm {
+            action: AlarmAction::Activate,
+            alarm: raised,
+        });
+        copy.apply(1, &raise).expect("raise");
+        copy.restore(&v3).expect("version 3 restores");
+        assert!(copy.alarms().is_empty());
+        assert_eq!(copy.hash().expect("hash"), store.hash().expect("hash"));
+
+        store.apply(2, &raise).expect("raise");
+        let with = store.snapshot().expect("snapshot");
+        copy.restore(&with).expect("restores");
+        assert_eq!(copy.alarms(), vec![raised]);
+        // Alarms out of order or over the bound are a bad snapshot.
+        let mut bad = with[..with.len() - 4].to_vec();
+        let n = bad.len() - 3; // count, member 4, type 1
+        bad[n] = 200;
+        let crc = crc32fast::hash(&bad);
+        bad.extend_from_slice(&crc.to_le_bytes());
+        assert!(verify(&mut &bad[..]).is_err());
     }
 }

@@ -191,6 +191,12 @@ pub struct Store {
     pub(crate) open: Mutex<Option<(WriteTransaction, std::time::Instant)>>,
     /// Set when an apply failed part-way (see [`Error::Failed`]); never cleared.
     failed: std::sync::atomic::AtomicBool,
+    /// The active alarms as last committed (the `alarms` table's rows, at most
+    /// [`crate::alarms::ALARMS_MAX`]): the apply gate reads them for every request, so they
+    /// are kept here rather than read from redb. Changed only by the apply thread, right
+    /// after the commit of the alarm request that changed them (such a request commits
+    /// alone), and by a restore.
+    alarms: RwLock<Vec<crate::alarms::AlarmMember>>,
 }
 
 impl Drop for Store {
@@ -298,8 +304,10 @@ impl Store {
             options.sessions_max,
             sessions_evicted(&txn.open_table(META)?)?,
         )?;
+        let alarms = crate::alarms::all(&txn.open_table(crate::alarms::ALARMS)?)?;
         drop(txn);
         Ok(Store {
+            alarms: RwLock::new(alarms),
             db: RwLock::new(db),
             path: None,
             options,
@@ -534,6 +542,40 @@ impl Store {
         crate::members::all(&self.begin_read()?.open_table(crate::members::MEMBERS)?)
     }
 
+    /// The active alarms, by member then type (see [`crate::alarms`]).
+    pub fn alarms(&self) -> Vec<crate::alarms::AlarmMember> {
+        self.alarms
+            .read()
+            .expect("the alarms lock is poisoned by an earlier panic")
+            .clone()
+    }
+
+    /// The refusal the active alarms give `req`, if any (see [`crate::alarms::refusal`]).
+    pub(crate) fn alarm_refusal(&self, req: &crate::Request) -> Option<crate::KvError> {
+        let alarms = self
+            .alarms
+            .read()
+            .expect("the alarms lock is poisoned by an earlier panic");
+        crate::alarms::refusal(&alarms, req)
+    }
+
+    /// Replaces the alarms in memory with those just committed, logging each one raised or
+    /// cleared (on every member, as etcd's appliers log them).
+    pub(crate) fn set_alarms(&self, alarms: Vec<crate::alarms::AlarmMember>) {
+        assert!(alarms.len() <= crate::alarms::ALARMS_MAX);
+        let mut current = self
+            .alarms
+            .write()
+            .expect("the alarms lock is poisoned by an earlier panic");
+        for m in alarms.iter().filter(|m| !current.contains(m)) {
+            tracing::warn!(alarm = m.alarm.name(), from = %format_args!("{:x}", m.member_id), "alarm raised");
+        }
+        for m in current.iter().filter(|m| !alarms.contains(m)) {
+            tracing::warn!(alarm = m.alarm.name(), from = %format_args!("{:x}", m.member_id), "alarm disarmed");
+        }
+        *current = alarms;
+    }
+
     /// Ids of the members removed from the cluster, ascending (see [`crate::members`]).
     pub fn removed_members(&self) -> Result<Vec<u64>, Error> {
         crate::members::removed(
@@ -588,11 +630,14 @@ impl Store {
         txn.delete_table(SESSIONS)?;
         txn.delete_table(crate::members::MEMBERS)?;
         txn.delete_table(crate::members::MEMBERS_REMOVED)?;
+        txn.delete_table(crate::alarms::ALARMS)?;
         crate::open::create_tables(&txn)?;
         let (loaded, sessions) =
             crate::snapshot::load_from(&txn, input, self.options.sessions_max)?;
+        let alarms = crate::alarms::all(&txn.open_table(crate::alarms::ALARMS)?)?;
         let mut index = self.write_index();
         txn.commit()?;
+        self.set_alarms(alarms);
         let epoch = index.epoch + 1;
         *index = loaded;
         index.epoch = epoch;

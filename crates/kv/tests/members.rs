@@ -78,15 +78,19 @@ fn snapshots_carry_the_member_table_and_older_snapshots_restore_an_empty_one() {
     assert_eq!(b.store.members().unwrap(), a.store.members().unwrap());
     assert_eq!(b.store.hash().unwrap(), a.store.hash().unwrap());
 
-    // The same state as version 2 wrote it: no member sections (two count bytes less), its
-    // own version byte and checksum. It restores, with no members.
+    // The same state as version 2 wrote it: no member or alarm sections (three count bytes
+    // less), its own version byte and checksum. It restores, with no members.
     let mut empty = Kv::new();
     empty.put("k", "v");
-    let v3 = empty.store.snapshot().unwrap();
-    let body = &v3[..v3.len() - 4];
-    assert_eq!(body[8], 3, "version byte");
-    assert_eq!(body[body.len() - 2..], [0, 0], "no members, none removed");
-    let mut v2 = body[..body.len() - 2].to_vec();
+    let v4 = empty.store.snapshot().unwrap();
+    let body = &v4[..v4.len() - 4];
+    assert_eq!(body[8], 4, "version byte");
+    assert_eq!(
+        body[body.len() - 3..],
+        [0, 0, 0],
+        "no members, none removed, no alarms"
+    );
+    let mut v2 = body[..body.len() - 3].to_vec();
     v2[8] = 2;
     let crc = crc32fast::hash(&v2);
     v2.extend_from_slice(&crc.to_le_bytes());

@@ -281,7 +281,8 @@ impl Model {
             Request::MemberPublish(_)
             | Request::MembersRemoved(_)
             | Request::MemberAdd(_)
-            | Request::MemberUpdate { .. } => unreachable!("not generated"),
+            | Request::MemberUpdate { .. }
+            | Request::Alarm { .. } => unreachable!("not generated"),
         })
     }
 }

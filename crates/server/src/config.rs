@@ -44,6 +44,22 @@ pub struct ServerConfig {
     /// Testing only: a file naming members (whitespace-separated) whose traffic with this one is
     /// dropped, re-read every [`crate::peer::faults::FAULT_FILE_POLL`]; missing means none.
     pub fault_file: Option<PathBuf>,
+    /// Space quota and consistency checks of the state machine (see [`DataChecks`]).
+    pub data_checks: DataChecks,
+}
+
+/// etcd's flags that guard the state machine's data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataChecks {
+    /// `--quota-backend-bytes`: 0 means etcd's 2 GiB default, negative turns the quota off
+    /// (see [`crate::api::quota`]).
+    pub quota_backend_bytes: i64,
+    /// `--experimental-corrupt-check-time`: how often the leader compares its hash with its
+    /// followers' (zero: never; see [`crate::api::corrupt`]).
+    pub corrupt_check_every: Duration,
+    /// `--experimental-initial-corrupt-check`: compare with the peers before starting, and
+    /// refuse to start on a mismatch.
+    pub initial_corrupt_check: bool,
 }
 
 impl ServerConfig {
@@ -122,6 +138,7 @@ mod tests {
             auto_compaction: AutoCompaction::Off,
             snapshot_count: 100,
             fault_file: None,
+            data_checks: DataChecks::default(),
         };
         let id = NodeId::new(1).expect("non-zero");
         let rc = raft_config(&config, id, 7);

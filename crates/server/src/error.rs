@@ -35,6 +35,10 @@ pub enum ServerError {
     /// removed from the cluster"); its data dir can never rejoin.
     #[error("this member was removed from the cluster; its data dir cannot rejoin it")]
     Removed,
+    /// The initial corruption check found this member's state machine differs from its
+    /// peers' (`--experimental-initial-corrupt-check`).
+    #[error("{0}")]
+    Corrupt(String),
     /// Something the server does not support yet was required.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -51,6 +51,9 @@ pub const ERR_LEARNER_NOT_READY: &str =
     "etcdserver: can only promote a learner member which is in sync with leader";
 /// MemberAdd of a learner when the cluster has as many as it may.
 pub const ERR_TOO_MANY_LEARNERS: &str = "etcdserver: too many learner members in cluster";
+/// A put, transaction with puts or lease grant over the space quota, or while a NOSPACE
+/// alarm is active (etcd's ErrGRPCNoSpace, gRPC ResourceExhausted).
+pub const ERR_NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 /// A lease TTL over the maximum.
 pub const ERR_TTL_TOO_LARGE: &str = "etcdserver: too large lease TTL";
 
@@ -67,6 +70,9 @@ pub fn kv_error_status(e: kv::KvError) -> Status {
         K::Compacted | K::FutureRevision | K::LeaseTtlTooLarge => Code::OutOfRange,
         K::LeaseNotFound | K::KeyNotFound => Code::NotFound,
         K::LeaseExists | K::AnswerLost | K::PeerUrlExists => Code::FailedPrecondition,
+        // etcd's ErrGRPCNoSpace and ErrGRPCCorrupt.
+        K::NoSpace | K::TooManyAlarms => Code::ResourceExhausted,
+        K::Corrupt => Code::DataLoss,
         // A retry the state machine could not match to its first attempt (the session was
         // evicted): whether the write happened is unknown, which etcd reports as a timeout.
         K::SessionExpired | K::StaleSequence => return Status::unavailable(ERR_TIMEOUT),

@@ -114,6 +114,11 @@ pub async fn run(
         )
         .map_err(ServerError::Config)?,
     );
+    if config.data_checks.initial_corrupt_check {
+        crate::api::corrupt::initial_check(&opened.kv, me.id.get(), &peers)
+            .await
+            .map_err(ServerError::Corrupt)?;
+    }
     let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE_MAX);
     let (task, handle) = NodeTask::new(
         opened.raw,
@@ -153,7 +158,8 @@ pub async fn run(
         me.id.get(),
         members,
         removal.clone(),
-    );
+    )
+    .with_data_checks(config.data_checks);
     let lessor = api.start_lessor(config.election);
     let publisher = api.start_publisher();
     let address_book = api.start_address_book();
@@ -165,6 +171,7 @@ pub async fn run(
         config.election,
     );
     let compactor = api.start_compactor(config.auto_compaction);
+    let corruption_check = api.start_corruption_check(config.data_checks.corrupt_check_every);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -212,6 +219,9 @@ pub async fn run(
     address_book.abort();
     prober.abort();
     if let Some(c) = compactor {
+        c.abort();
+    }
+    if let Some(c) = corruption_check {
         c.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {

@@ -91,6 +91,19 @@ struct ServeArgs {
     /// Number of applied entries after which a snapshot is taken and the log compacted.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     snapshot_count: u64,
+    /// Space quota of the state machine file, in bytes (etcd's flag): past it, puts,
+    /// transactions with puts and lease grants are refused and a NOSPACE alarm is raised.
+    /// 0 means etcd's 2 GiB default; a negative value turns the quota off.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    quota_backend_bytes: i64,
+    /// How often the leader compares its key-value hash with its followers' and raises a
+    /// CORRUPT alarm on a mismatch (a duration such as "30s" or "5m"; "0" turns it off).
+    #[arg(long, default_value = "0", value_parser = parse_corrupt_check_time)]
+    experimental_corrupt_check_time: Duration,
+    /// Compare this member's key-value hash with its peers' before serving, and refuse to
+    /// start on a mismatch.
+    #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
+    experimental_initial_corrupt_check: bool,
     /// Stop when stdin reaches end of file: `skiff dev` and the tests hold a pipe to each
     /// member, so members never outlive their parent, even if it is SIGKILLed.
     #[arg(long, hide = true)]
@@ -98,6 +111,11 @@ struct ServeArgs {
     /// Testing only: a file naming members this one cannot talk to (see `ServerConfig`).
     #[arg(long, hide = true)]
     fault_file: Option<PathBuf>,
+}
+
+/// `--experimental-corrupt-check-time`, a Go duration as etcd takes it.
+fn parse_corrupt_check_time(text: &str) -> Result<Duration, String> {
+    server::api::corrupt::parse_go_duration(text)
 }
 
 impl ServeArgs {
@@ -164,6 +182,11 @@ impl ServeArgs {
             )
             .map_err(anyhow::Error::msg)?,
             fault_file: self.fault_file.clone(),
+            data_checks: server::config::DataChecks {
+                quota_backend_bytes: self.quota_backend_bytes,
+                corrupt_check_every: self.experimental_corrupt_check_time,
+                initial_corrupt_check: self.experimental_initial_corrupt_check,
+            },
         };
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)

@@ -137,6 +137,17 @@ impl<'a> Reader<'a> {
                 }
                 Request::MemberUpdate { id, peer_urls }
             }
+            11 => {
+                let action = match self.u8()? {
+                    0 => crate::alarms::AlarmAction::Activate,
+                    1 => crate::alarms::AlarmAction::Deactivate,
+                    t => return Err(bad(format!("alarm action {t}"))),
+                };
+                Request::Alarm {
+                    action,
+                    alarm: self.alarm()?,
+                }
+            }
             t => return Err(bad(format!("request tag {t}"))),
         })
     }
@@ -283,8 +294,24 @@ impl<'a> Reader<'a> {
             7 => Response::Members {
                 revision: self.i64()?,
             },
+            8 => Response::Alarm {
+                revision: self.i64()?,
+                changed: match self.u8()? {
+                    0 => None,
+                    1 => Some(self.alarm()?),
+                    t => return Err(bad(format!("alarm answer tag {t}"))),
+                },
+            },
             t => return Err(bad(format!("response tag {t}"))),
         })
+    }
+
+    pub(crate) fn alarm(&mut self) -> Result<crate::alarms::AlarmMember, Error> {
+        let member_id = self.u64()?;
+        let code = self.u8()?;
+        let alarm = crate::alarms::AlarmType::from_code(code)
+            .ok_or_else(|| bad(format!("alarm type {code}")))?;
+        Ok(crate::alarms::AlarmMember { member_id, alarm })
     }
 
     fn range_resp(&mut self) -> Result<RangeResponse, Error> {

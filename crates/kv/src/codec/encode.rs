@@ -89,7 +89,20 @@ impl Writer {
                     self.bytes(u.as_bytes());
                 }
             }
+            Request::Alarm { action, alarm } => {
+                self.u8(11);
+                self.u8(match action {
+                    crate::alarms::AlarmAction::Activate => 0,
+                    crate::alarms::AlarmAction::Deactivate => 1,
+                });
+                self.alarm(alarm);
+            }
         }
+    }
+
+    fn alarm(&mut self, m: &crate::alarms::AlarmMember) {
+        self.u64(m.member_id);
+        self.u8(m.alarm.code());
     }
 
     fn range_req(&mut self, r: &RangeRequest) {
@@ -227,6 +240,17 @@ impl Writer {
             Response::Members { revision } => {
                 self.u8(7);
                 self.i64(*revision);
+            }
+            Response::Alarm { revision, changed } => {
+                self.u8(8);
+                self.i64(*revision);
+                match changed {
+                    None => self.u8(0),
+                    Some(m) => {
+                        self.u8(1);
+                        self.alarm(m);
+                    }
+                }
             }
         }
     }

@@ -152,6 +152,23 @@ mod tests {
             Command::new(Request::LeaseRevoke { id: -1 }),
             Command::new(Request::MembersRemoved(vec![1, u64::MAX])),
             Command::new(Request::MembersRemoved(vec![])),
+            Command::new(Request::Alarm {
+                action: crate::alarms::AlarmAction::Activate,
+                alarm: crate::alarms::AlarmMember {
+                    member_id: u64::MAX,
+                    alarm: crate::alarms::AlarmType::NoSpace,
+                },
+            }),
+            Command {
+                session: Some(Session::opened(5, 1, 2)),
+                request: Request::Alarm {
+                    action: crate::alarms::AlarmAction::Deactivate,
+                    alarm: crate::alarms::AlarmMember {
+                        member_id: 0,
+                        alarm: crate::alarms::AlarmType::Corrupt,
+                    },
+                },
+            },
             Command::new(Request::MemberAdd(crate::members::Member {
                 id: 7,
                 name: String::new(),
@@ -223,6 +240,20 @@ mod tests {
         assert_eq!(decode_result(&encode_result(&ok)).ok(), Some(ok));
         for other in [
             Ok(Response::Members { revision: 7 }),
+            Ok(Response::Alarm {
+                revision: 3,
+                changed: None,
+            }),
+            Ok(Response::Alarm {
+                revision: 3,
+                changed: Some(crate::alarms::AlarmMember {
+                    member_id: 9,
+                    alarm: crate::alarms::AlarmType::Corrupt,
+                }),
+            }),
+            Err(KvError::NoSpace),
+            Err(KvError::Corrupt),
+            Err(KvError::TooManyAlarms),
             Err(KvError::SessionExpired),
             Err(KvError::BadMember),
         ] {

@@ -91,6 +91,12 @@ impl Api {
 
     /// Proposes revokes for up to [`REVOKES_PER_ROUND_MAX`] expired leases.
     async fn revoke_expired(&self) {
+        // A CORRUPT alarm refuses every revoke at apply (etcd's corrupt applier): proposing
+        // them would only fill the log. They are revoked once the alarm is disarmed.
+        let alarms = self.inner.node.kv.alarms();
+        if alarms.iter().any(|a| a.alarm == kv::AlarmType::Corrupt) {
+            return;
+        }
         let expired = self
             .inner
             .leases

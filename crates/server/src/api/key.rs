@@ -28,6 +28,7 @@ impl Api {
         if r.key.is_empty() {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
+        self.check_quota(super::quota::put_cost(&r)).await?;
         let req = kv::Request::Put(convert::put_request(&r));
         match self.write_kv(req).await? {
             kv::Response::Put(p) => Ok(convert::put_response(p, self.header())),
@@ -60,6 +61,7 @@ impl Api {
             let resp = self.read_kv(move |kv| kv.txn_read_only(&txn)).await?;
             return Ok(convert::txn_response(resp, self.header()));
         }
+        self.check_quota(super::quota::txn_cost(&r)).await?;
         match self.write_kv(kv::Request::Txn(txn)).await? {
             kv::Response::Txn(t) => Ok(convert::txn_response(t, self.header())),
             other => Err(unexpected(&other)),

@@ -31,16 +31,22 @@ impl LeaderApi for Api {
                 | kv::Request::Txn(_)
                 | kv::Request::MemberPublish(_)
                 | kv::Request::MemberUpdate { .. }
+                | kv::Request::Alarm { .. }
         );
         if cmd.session.is_none() || !kv_write {
             return Err(Status::invalid_argument(
-                "a forwarded write must be a put, delete, txn or member change with a session",
+                "a forwarded write must be a put, delete, txn, member change or alarm with a session",
             ));
         }
         // Only members are described: rows stay bounded by the configuration.
         let described = match &cmd.request {
             kv::Request::MemberPublish(m) => Some(m.id),
             kv::Request::MemberUpdate { id, .. } => Some(*id),
+            // Alarms are raised for members (or 0, the cluster); cleared for anyone.
+            kv::Request::Alarm {
+                action: kv::AlarmAction::Activate,
+                alarm,
+            } if alarm.member_id != 0 => Some(alarm.member_id),
             _ => None,
         };
         if let Some(described) = described {
@@ -114,6 +120,10 @@ impl LeaderApi for Api {
         r: epb::MemberPromoteRequest,
     ) -> Result<epb::MemberPromoteResponse, Status> {
         self.member_promote_impl(r.id, Origin::Peer).await
+    }
+
+    async fn peer_hash_kv(&self, r: epb::HashKvRequest) -> Result<epb::HashKvResponse, Status> {
+        self.hash_kv_impl(r).await
     }
 
     async fn join(&self, r: pb::JoinRequest) -> Result<pb::JoinResponse, Status> {

@@ -99,6 +99,11 @@ impl Api {
         if r.ttl > kv::LEASE_TTL_MAX {
             return Err(Status::out_of_range(ERR_TTL_TOO_LARGE));
         }
+        // Checked where the client's request arrives (etcd's quota wraps its gRPC server), not
+        // again where a follower forwards it.
+        if origin == Origin::Client {
+            self.check_quota(super::quota::LEASE_COST_BYTES).await?;
+        }
         // etcd raises short TTLs so that a lease outlives a leader change.
         let ttl = r.ttl.max(self.inner.leases.min_ttl());
         // A random id is retried on collision with a new session; a given one is not.

@@ -1,5 +1,6 @@
-//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm, Defragment,
-//! MoveLeader and Snapshot (streamed by [`super::backup`]) so far.
+//! etcd's Maintenance service (`etcdserverpb.Maintenance`): Status, Alarm (in [`super::alarm`]),
+//! Defragment, Hash and HashKV (in [`super::hash`]), MoveLeader and Snapshot (streamed by
+//! [`super::backup`]).
 
 use std::time::Duration;
 
@@ -38,15 +39,30 @@ impl epb::maintenance_server::Maintenance for Api {
         self.snapshot_stream().await
     }
 
+    /// etcd's HashKV (see [`super::hash`]).
+    async fn hash_kv(
+        &self,
+        request: Request<epb::HashKvRequest>,
+    ) -> Result<Response<epb::HashKvResponse>, Status> {
+        Ok(Response::new(
+            self.hash_kv_impl(request.into_inner()).await?,
+        ))
+    }
+
+    /// etcd's Hash (see [`super::hash`]).
+    async fn hash(
+        &self,
+        _request: Request<epb::HashRequest>,
+    ) -> Result<Response<epb::HashResponse>, Status> {
+        Ok(Response::new(self.hash_impl().await?))
+    }
+
+    /// etcd's Alarm (see [`super::alarm`]).
     async fn alarm(
         &self,
-        _request: Request<epb::AlarmRequest>,
+        request: Request<epb::AlarmRequest>,
     ) -> Result<Response<epb::AlarmResponse>, Status> {
-        // No alarms are raised yet (no space quota, no corruption checker).
-        Ok(Response::new(epb::AlarmResponse {
-            header: Some(self.header_now()),
-            alarms: Vec::new(),
-        }))
+        Ok(Response::new(self.alarm_impl(request.into_inner()).await?))
     }
 
     /// etcd's MoveLeader: on the leader only; the target must be a voter. Returns once the
@@ -140,6 +156,7 @@ impl epb::maintenance_server::Maintenance for Api {
         if st.leader.is_none() {
             errors.push(ERR_NO_LEADER.to_string());
         }
+        errors.extend(self.alarm_errors());
         Ok(Response::new(epb::StatusResponse {
             header: Some(epb::ResponseHeader {
                 revision,

@@ -1,6 +1,8 @@
 //! The etcd v3 API, one file per service: [`key`] (KV, as etcd's `v3rpc/key.go`), [`lease`] (Lease, with the leader's
 //! expiry task in [`expiry`] and the deadlines in [`lessor`]), [`watch`] (Watch),
-//! [`maintenance`] (Maintenance, with backups streamed by [`backup`]); the automatic
+//! [`maintenance`] (Maintenance, with [`alarm`], [`hash`] and backups streamed by [`backup`]);
+//! the space [`quota`] checked before writes; the periodic and initial [`corrupt`]ion checks;
+//! the automatic
 //! [`compactor`]; [`http`] (health, metrics and
 //! the client port's routes); and [`leader`], the answers to requests followers forward here
 //! (it implements [`crate::peer::LeaderApi`]).
@@ -33,17 +35,21 @@ use crate::rpctypes::{
     ERR_TOO_MANY_REQUESTS,
 };
 
+pub mod alarm;
 pub mod backup;
 pub mod cluster;
 pub mod compactor;
 pub mod convert;
+pub mod corrupt;
 pub mod expiry;
+pub mod hash;
 pub mod http;
 pub mod key;
 pub mod leader;
 pub mod lease;
 pub mod lessor;
 pub mod maintenance;
+pub mod quota;
 pub mod reconfigure;
 pub mod watch;
 
@@ -73,6 +79,8 @@ struct Inner {
     members: cluster::MemberInfo,
     /// Removed members, and when each peer was last heard from.
     removal: Arc<crate::replica::Removal>,
+    /// The space quota of this member's state machine file (see [`quota`]).
+    quota: quota::Quota,
 }
 
 impl Api {
@@ -95,8 +103,17 @@ impl Api {
                 leases: lease::Leases::default(),
                 members,
                 removal,
+                quota: quota::Quota::DEFAULT,
             }),
         }
+    }
+
+    /// The API with etcd's space quota and data checks set as `checks` says (etcd's default
+    /// quota otherwise). Called once, before the API is shared.
+    pub fn with_data_checks(mut self, checks: crate::config::DataChecks) -> Api {
+        let inner = Arc::get_mut(&mut self.inner).expect("configured before it is shared");
+        inner.quota = quota::Quota::from_flag(checks.quota_backend_bytes);
+        self
     }
 
     /// A fresh session for one write, opened after everything this member knows committed (so

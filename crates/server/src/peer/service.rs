@@ -79,6 +79,9 @@ pub trait LeaderApi: Send + Sync + 'static {
         &self,
         r: epb::LeaseTimeToLiveRequest,
     ) -> Result<epb::LeaseTimeToLiveResponse, Status>;
+    /// This member's hash of its key-value history at a revision (any member answers, from
+    /// its own applied state), for a peer's corruption check.
+    async fn peer_hash_kv(&self, r: epb::HashKvRequest) -> Result<epb::HashKvResponse, Status>;
 }
 
 /// The peer-port service.
@@ -426,5 +429,13 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
             return Err(Status::failed_precondition(ERR_MEMBER_REMOVED));
         }
         Ok(Response::new(pb::SendAck {}))
+    }
+
+    async fn hash_kv(
+        &self,
+        r: Request<epb::HashKvRequest>,
+    ) -> Result<Response<epb::HashKvResponse>, Status> {
+        let resp = self.leader.peer_hash_kv(r.into_inner()).await?;
+        Ok(Response::new(resp))
     }
 }

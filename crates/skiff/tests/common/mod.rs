@@ -97,6 +97,11 @@ impl Cluster {
         &self.initial_cluster
     }
 
+    /// Replaces the flags added to every member's command line from the next start on.
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+    }
+
     /// A new member `name` with fresh ports, not started: its index. Add it to the cluster
     /// (MemberAdd with [`Cluster::peer_url`]) and start it with [`Cluster::spawn_joining`].
     pub fn new_member(&mut self, name: &str) -> usize {

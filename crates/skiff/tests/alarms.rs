@@ -1,0 +1,286 @@
+//! Alarms and the space quota against a real 3-process cluster, driven by the real etcdctl:
+//! past `--quota-backend-bytes` writes are refused with etcd's message and a NOSPACE alarm
+//! is raised through the log; deletes, compaction and reads go on; `alarm disarm` clears it
+//! (and the next put raises it again while the file is still over the quota); the alarm
+//! survives restarts and is enforced at apply even by members whose quota now allows the
+//! write.
+
+mod common;
+
+use common::{etcdctl, etcdctl_available, etcdctl_ok, Cluster};
+use server::pb::etcdserverpb as epb;
+use server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
+
+const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
+
+/// Small enough that a few dozen 60 kB values pass it (an empty state machine file is
+/// about 1.5 MB).
+const QUOTA_BYTES: &str = "3000000";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Every member's id, by index.
+fn member_ids(rt: &tokio::runtime::Runtime, c: &Cluster) -> Vec<u64> {
+    (0..c.members.len())
+        .map(|i| {
+            let s = rt.block_on(c.status(i)).expect("status");
+            s.header.expect("header").member_id
+        })
+        .collect()
+}
+
+/// etcd's text format of a NOSPACE alarm of `id`, as etcdctl prints it.
+fn nospace_line(id: u64) -> String {
+    format!("memberID:{id} alarm:NOSPACE ")
+}
+
+#[test]
+fn the_space_quota_raises_nospace_and_disarm_clears_it() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    let mut c = Cluster::start_with(3, &["--quota-backend-bytes", QUOTA_BYTES]);
+    let leader = rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let follower = (leader + 1) % 3;
+    let ids = member_ids(&rt, &c);
+    let eps = c.endpoints();
+    assert!(etcdctl_ok(&eps, &["alarm", "list"], "").stdout.is_empty());
+
+    // Fill through the leader until it refuses.
+    let value = "x".repeat(60_000);
+    let mut refusal = None;
+    for i in 0..200 {
+        let out = etcdctl(
+            &c.endpoint(leader),
+            &["put", &format!("k{i:03}"), &value],
+            "",
+        );
+        if !out.ok {
+            refusal = Some((i, out.stderr));
+            break;
+        }
+    }
+    let (written, stderr) = refusal.expect("the quota refused a put within 12 MB");
+    assert!(written > 5, "refused after {written} puts: {stderr}");
+    assert!(stderr.contains(NO_SPACE), "{stderr}");
+
+    // The leader raised NOSPACE for itself, through the log: every member lists it.
+    for i in 0..3 {
+        let list = etcdctl_ok(&c.endpoint(i), &["alarm", "list"], "").stdout;
+        assert!(
+            list.lines().any(|l| l == nospace_line(ids[leader])),
+            "member {i}: {list:?}"
+        );
+        let status = rt.block_on(c.status(i)).expect("status");
+        assert!(
+            status.errors.contains(&nospace_line(ids[leader])),
+            "member {i}: {:?}",
+            status.errors
+        );
+    }
+
+    // A follower refuses too (its own quota check, or the alarm at apply), and so do a
+    // transaction with a put and a lease grant.
+    let out = etcdctl(&c.endpoint(follower), &["put", "f", "v"], "");
+    assert!(!out.ok && out.stderr.contains(NO_SPACE), "{}", out.stderr);
+    let txn = etcdctl(&eps, &["txn"], "\nput t v\n\n\n");
+    assert!(!txn.ok && txn.stderr.contains(NO_SPACE), "{}", txn.stderr);
+    let grant = etcdctl(&eps, &["lease", "grant", "60"], "");
+    assert!(
+        !grant.ok && grant.stderr.contains(NO_SPACE),
+        "{}",
+        grant.stderr
+    );
+
+    // Reads, deletes, transactions without puts and compaction still work.
+    assert_eq!(
+        etcdctl_ok(&c.endpoint(follower), &["get", "k000", "--keys-only"], "").stdout,
+        "k000\n\n"
+    );
+    assert_eq!(etcdctl_ok(&eps, &["del", "k000"], "").stdout, "1\n");
+    assert_eq!(
+        etcdctl_ok(&eps, &["txn"], "\ndel k001\n\n\n").stdout,
+        "SUCCESS\n\n1\n"
+    );
+    let rev = rt
+        .block_on(c.status(leader))
+        .expect("status")
+        .header
+        .expect("header")
+        .revision;
+    assert_eq!(
+        etcdctl_ok(&eps, &["compaction", &rev.to_string()], "").stdout,
+        format!("compacted revision {rev}\n")
+    );
+
+    // Disarm prints what it cleared; the list is empty on every member.
+    let listed = etcdctl_ok(&eps, &["alarm", "list"], "").stdout;
+    let disarmed = etcdctl_ok(&eps, &["alarm", "disarm"], "").stdout;
+    assert_eq!(disarmed, listed, "disarm prints each alarm it cleared");
+    for i in 0..3 {
+        assert_eq!(
+            etcdctl_ok(&c.endpoint(i), &["alarm", "list"], "").stdout,
+            "",
+            "member {i}"
+        );
+    }
+    // The file is still over the quota (nothing shrinks it without a defragmentation): the
+    // next put is refused and raises the alarm again, as etcd does.
+    let again = etcdctl(&c.endpoint(leader), &["put", "again", "v"], "");
+    assert!(
+        !again.ok && again.stderr.contains(NO_SPACE),
+        "{}",
+        again.stderr
+    );
+    let list = etcdctl_ok(&eps, &["alarm", "list"], "").stdout;
+    assert!(
+        list.lines().any(|l| l == nospace_line(ids[leader])),
+        "{list:?}"
+    );
+
+    // Restarted with the default quota (2 GiB), the members still hold the alarm: it is
+    // replicated state, and it refuses puts at apply although no member's quota would.
+    for i in 0..3 {
+        c.kill(i);
+    }
+    c.set_extra_args(&["--quota-backend-bytes", "0"]);
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let leader = rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let follower = (leader + 1) % 3;
+    let list = etcdctl_ok(&eps, &["alarm", "list"], "").stdout;
+    assert!(
+        list.lines().any(|l| l.ends_with("alarm:NOSPACE ")),
+        "{list:?}"
+    );
+    let out = etcdctl(&c.endpoint(follower), &["put", "after", "v"], "");
+    assert!(!out.ok && out.stderr.contains(NO_SPACE), "{}", out.stderr);
+    etcdctl_ok(&eps, &["alarm", "disarm"], "");
+    for i in [leader, follower] {
+        let key = format!("after{i}");
+        assert_eq!(
+            etcdctl_ok(&c.endpoint(i), &["put", &key, "v"], "").stdout,
+            "OK\n"
+        );
+    }
+    assert!(etcdctl_ok(&eps, &["alarm", "list"], "").stdout.is_empty());
+}
+
+#[test]
+fn a_quota_that_is_not_a_number_is_refused_naming_the_flag() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["serve", "--quota-backend-bytes", "2GB"])
+        .output()
+        .expect("run skiff");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--quota-backend-bytes"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+/// An Alarm request over gRPC, with a deadline.
+async fn alarm(
+    c: &Cluster,
+    i: usize,
+    action: epb::alarm_request::AlarmAction,
+    member_id: u64,
+    alarm: epb::AlarmType,
+) -> Result<Vec<(u64, i32)>, tonic::Status> {
+    let ch = common::channel(&format!("http://{}", c.endpoint(i)))
+        .await
+        .expect("connect");
+    let mut req = tonic::Request::new(epb::AlarmRequest {
+        action: action as i32,
+        member_id,
+        alarm: alarm as i32,
+    });
+    req.set_timeout(std::time::Duration::from_secs(10));
+    let resp = MaintenanceClient::new(ch).alarm(req).await?.into_inner();
+    Ok(resp
+        .alarms
+        .into_iter()
+        .map(|a| (a.member_id, a.alarm))
+        .collect())
+}
+
+#[test]
+fn alarms_raised_by_a_client_follow_etcd() {
+    if !etcdctl_available() {
+        return;
+    }
+    use epb::alarm_request::AlarmAction::{Activate, Deactivate, Get};
+    use epb::AlarmType::{Corrupt, None as NoAlarm, Nospace};
+    let rt = runtime();
+    let c = Cluster::start(3);
+    let leader = rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let follower = (leader + 1) % 3;
+    let ids = member_ids(&rt, &c);
+    let eps = c.endpoints();
+    let nospace = (ids[follower], Nospace as i32);
+    rt.block_on(async {
+        // Raised through a follower; raised again it answers nothing, as etcd.
+        let r = alarm(&c, follower, Activate, ids[follower], Nospace).await;
+        assert_eq!(r.expect("activate"), vec![nospace]);
+        let r = alarm(&c, leader, Activate, ids[follower], Nospace).await;
+        assert_eq!(r.expect("activate"), vec![]);
+        // Only members hold alarms (the table stays bounded); NONE raises nothing.
+        let unknown = alarm(&c, leader, Activate, 12345, Nospace).await;
+        let s = unknown.expect_err("an unknown member");
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::NotFound, "etcdserver: member not found")
+        );
+        let r = alarm(&c, leader, Activate, ids[leader], NoAlarm).await;
+        assert_eq!(r.expect("activate"), vec![]);
+        // GET of one type, or of all.
+        let r = alarm(&c, leader, Get, 0, Corrupt).await;
+        assert_eq!(r.expect("get"), vec![]);
+        for i in 0..3 {
+            let r = alarm(&c, i, Get, 0, NoAlarm).await;
+            assert_eq!(r.expect("get"), vec![nospace], "member {i}");
+        }
+    });
+    let put = etcdctl(&eps, &["put", "k", "v"], "");
+    assert!(!put.ok && put.stderr.contains(NO_SPACE), "{}", put.stderr);
+
+    // CORRUPT for the cluster (member 0, as etcd's checker raises it): writes and
+    // compaction refused with etcd's message, reads answered.
+    rt.block_on(async {
+        let r = alarm(&c, leader, Activate, 0, Corrupt).await;
+        assert_eq!(r.expect("activate"), vec![(0, Corrupt as i32)]);
+    });
+    for args in [&["put", "k", "v"][..], &["del", "k"], &["compaction", "1"]] {
+        let out = etcdctl(&eps, args, "");
+        assert!(
+            !out.ok && out.stderr.contains("etcdserver: corrupt cluster"),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    assert_eq!(etcdctl_ok(&eps, &["get", "k"], "").stdout, "");
+    assert_eq!(
+        etcdctl_ok(&eps, &["alarm", "list"], "").stdout,
+        format!("alarm:CORRUPT \n{}\n", nospace_line(ids[follower]))
+    );
+    // Cleared one by one: NOSPACE still refuses puts, then nothing does.
+    rt.block_on(async {
+        let r = alarm(&c, follower, Deactivate, 0, Corrupt).await;
+        assert_eq!(r.expect("deactivate"), vec![(0, Corrupt as i32)]);
+        let r = alarm(&c, follower, Deactivate, 0, Corrupt).await;
+        assert_eq!(r.expect("deactivate"), vec![]);
+    });
+    let put = etcdctl(&eps, &["put", "k", "v"], "");
+    assert!(!put.ok && put.stderr.contains(NO_SPACE), "{}", put.stderr);
+    rt.block_on(async {
+        let r = alarm(&c, leader, Deactivate, ids[follower], Nospace).await;
+        assert_eq!(r.expect("deactivate"), vec![nospace]);
+    });
+    assert_eq!(etcdctl_ok(&eps, &["put", "k", "v"], "").stdout, "OK\n");
+}

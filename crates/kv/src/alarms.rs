@@ -97,8 +97,9 @@ pub enum AlarmAction {
     Deactivate,
 }
 
-/// Applies an alarm request; returns the alarm it changed, or `None` if it was a no-op
-/// (etcd answers with an empty list then).
+/// Applies an alarm request; returns what etcd answers with: the alarm raised or cleared,
+/// the alarm itself when raising one already active (a no-op), `None` when clearing one
+/// that is not.
 pub(crate) fn apply(
     table: &mut redb::Table<'_, (u64, u8), ()>,
     action: AlarmAction,
@@ -107,7 +108,7 @@ pub(crate) fn apply(
     let key = (m.member_id, m.alarm.code());
     let present = table.get(key)?.is_some();
     match action {
-        AlarmAction::Activate if present => Ok(Ok(None)),
+        AlarmAction::Activate if present => Ok(Ok(Some(m))),
         AlarmAction::Activate => {
             if table.len()? as usize >= ALARMS_MAX {
                 return Ok(Err(KvError::TooManyAlarms));
@@ -211,10 +212,12 @@ mod tests {
                 apply(&mut t, AlarmAction::Activate, a).expect("io"),
                 Ok(Some(a))
             );
+            // Again: the table is unchanged, and the answer names it (as etcd's).
             assert_eq!(
                 apply(&mut t, AlarmAction::Activate, a).expect("io"),
-                Ok(None)
+                Ok(Some(a))
             );
+            assert_eq!(all(&t).expect("all"), vec![a]);
             let c = alarm(7, AlarmType::Corrupt);
             apply(&mut t, AlarmAction::Activate, c)
                 .expect("io")

@@ -174,7 +174,8 @@ pub enum Response {
     Alarm {
         /// Store revision (unchanged by alarms).
         revision: i64,
-        /// The alarm raised or cleared; `None` if it already was (etcd answers with no alarm).
+        /// The alarm raised (or already raised) or cleared; `None` if clearing one that was not
+        /// raised (etcd answers with no alarm then).
         changed: Option<crate::alarms::AlarmMember>,
     },
 }

@@ -7,6 +7,8 @@
 //! (no transaction open), so a defragmentation pauses this member's applies and reads while
 //! it runs, as etcd's does.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{CompactionError, ReadableTableMetadata};
@@ -25,6 +27,24 @@ pub struct Defragmented {
 
 /// How long [`Store::defragment`] polls for the last open read transaction to end.
 const POLL: Duration = Duration::from_millis(5);
+/// How old a [`Store::size_in_use`] may be before it is measured again.
+const IN_USE_MAX_AGE: Duration = Duration::from_secs(5);
+
+/// One long read alive (a [`crate::SnapshotView`]): counted while it lives.
+pub(crate) struct LongRead(Arc<AtomicUsize>);
+
+impl LongRead {
+    pub(crate) fn new(count: &Arc<AtomicUsize>) -> LongRead {
+        count.fetch_add(1, Ordering::AcqRel);
+        LongRead(count.clone())
+    }
+}
+
+impl Drop for LongRead {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Store {
     /// The size of the store's file, bytes (etcd's `dbSize`); 0 for a store in memory.
@@ -37,9 +57,21 @@ impl Store {
 
     /// The bytes of the file that hold tables (etcd's `dbSizeInUse`): the pages of every
     /// table as redb counts them, stored, metadata and the unused ends of pages, as of the
-    /// last commit. Walks every page, so linear in the size of the store: for status
-    /// requests and metrics, not for every write.
+    /// last commit. Measuring walks every page (about 0.3 s for a GiB), so a measure up to
+    /// [`IN_USE_MAX_AGE`] old is answered instead (a defragmentation takes a new one).
     pub fn size_in_use(&self) -> Result<u64, Error> {
+        let mut cached = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, bytes)) = *cached {
+            if at.elapsed() < IN_USE_MAX_AGE {
+                return Ok(bytes);
+            }
+        }
+        let bytes = self.measure_in_use()?;
+        *cached = Some((Instant::now(), bytes));
+        Ok(bytes)
+    }
+
+    pub(crate) fn measure_in_use(&self) -> Result<u64, Error> {
         let txn = self.begin_read()?;
         let mut bytes = 0u64;
         for handle in txn.list_tables()? {
@@ -52,10 +84,21 @@ impl Store {
 
     /// Rewrites the file without its free pages and truncates it; returns its size before and
     /// after. Everything applied is committed durably first. While it runs, applies and new
-    /// reads of this store wait; read transactions already open (a range being read, a
-    /// snapshot being streamed) are waited for up to `wait`, after which nothing has changed
-    /// and [`Error::Busy`] says why. The data is unchanged: same rows, same index.
+    /// reads of this store wait. It does not start while a snapshot or backup is being
+    /// written (a read that may last minutes, which would hold every apply meanwhile); other
+    /// reads already open are waited for up to `wait`. Either way [`Error::Busy`] then says
+    /// why, and nothing has changed. The data is unchanged: same rows, same index.
     pub fn defragment(&self, wait: Duration) -> Result<Defragmented, Error> {
+        let busy = || {
+            Error::Busy(
+                "defragment: a snapshot or backup of the state machine is being written; \
+                 nothing was changed, try again once it is done"
+                    .into(),
+            )
+        };
+        if self.long_reads.load(Ordering::Acquire) > 0 {
+            return Err(busy());
+        }
         // The slot first (the lock order is slot, then database): no apply batch can open a
         // write transaction while the database is being moved.
         // Durably: redb keeps the pages of non-durable commits pinned (as an open read) until
@@ -71,15 +114,26 @@ impl Store {
         loop {
             match db.compact() {
                 Ok(_) => break,
-                Err(CompactionError::TransactionInProgress) if Instant::now() < deadline => {
+                Err(CompactionError::TransactionInProgress)
+                    if Instant::now() < deadline
+                        && self.long_reads.load(Ordering::Acquire) == 0 =>
+                {
                     std::thread::sleep(POLL);
                 }
                 Err(CompactionError::TransactionInProgress) => {
+                    if self.long_reads.load(Ordering::Acquire) > 0 {
+                        return Err(busy());
+                    }
                     return Err(Error::Busy(format!(
-                        "defragment: a read of the state machine (a snapshot being sent or \
-                         saved?) was still open after {wait:?}; nothing was changed, try again"
+                        "defragment: reads of the state machine were still open after \
+                         {wait:?}; nothing was changed, try again"
                     )));
                 }
+                // Refused before anything moved (this store makes no savepoints).
+                Err(
+                    e @ (CompactionError::PersistentSavepointExists
+                    | CompactionError::EphemeralSavepointExists),
+                ) => return Err(Error::Busy(format!("defragment: {e}"))),
                 Err(e) => {
                     // A failed compaction may have committed part of its moves; redb keeps
                     // the file consistent, but this store's view is no longer trusted.
@@ -90,6 +144,7 @@ impl Store {
         }
         drop(db);
         drop(slot);
+        *self.in_use.lock().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(Defragmented {
             before,
             after: self.file_size()?,
@@ -138,7 +193,7 @@ mod tests {
             }
         }
         let (revision, hash_before) = store.hash().expect("hash");
-        let full = store.size_in_use().expect("in use");
+        let full = store.measure_in_use().expect("in use");
         index += 1;
         let compact = Command {
             session: None,
@@ -149,7 +204,7 @@ mod tests {
         store.apply(index, &compact).expect("compact");
         let (_, hash_compacted) = store.hash().expect("hash");
         assert_ne!(hash_before, hash_compacted, "compaction removed rows");
-        let in_use_before = store.size_in_use().expect("in use");
+        let in_use_before = store.measure_in_use().expect("in use");
         assert!(in_use_before * 4 < full, "compaction freed most pages");
         let done = store
             .defragment(std::time::Duration::from_secs(5))
@@ -187,14 +242,34 @@ mod tests {
         for i in 1..=100 {
             put(&store, i, format!("k{i}"));
         }
+        // A snapshot being written: refused at once, whatever the wait.
         let reading = store.snapshot_view().expect("view");
+        let t = std::time::Instant::now();
+        let err = store
+            .defragment(std::time::Duration::from_secs(30))
+            .expect_err("a snapshot is being written");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+        assert!(matches!(err, crate::Error::Busy(_)), "{err}");
+        // A short read: waited for.
+        let short = store.begin_read().expect("read");
+        let ends = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            drop(short);
+        });
+        drop(reading);
+        store
+            .defragment(std::time::Duration::from_secs(30))
+            .expect("defragment after the short read");
+        ends.join().expect("reader");
+        // One that outlasts the wait: refused, nothing changed.
+        let long = store.begin_read().expect("read");
         let err = store
             .defragment(std::time::Duration::from_millis(50))
             .expect_err("a read is open");
         assert!(matches!(err, crate::Error::Busy(_)), "{err}");
+        drop(long);
         // Nothing failed: the store goes on, and defragments once the read is over.
         put(&store, 101, "k101".into());
-        drop(reading);
         store
             .defragment(std::time::Duration::from_millis(50))
             .expect("defragment");

@@ -176,6 +176,11 @@ pub struct Store {
     pub(crate) db: RwLock<Database>,
     /// The file the store lives in; `None` in memory.
     pub(crate) path: Option<std::path::PathBuf>,
+    /// Snapshot views alive (snapshots and backups being written): reads that may last
+    /// minutes, which a defragmentation does not wait for.
+    pub(crate) long_reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// The last [`Store::size_in_use`] and when it was measured (it reads every page).
+    pub(crate) in_use: Mutex<Option<(std::time::Instant, u64)>>,
     /// Validated options.
     pub(crate) options: Options,
     /// Write transactions begun since the last durable one, and when that one began (for
@@ -248,6 +253,9 @@ pub struct SnapshotView {
     txn: ReadTransaction,
     /// The store's session limit: the view writes the live sessions under it.
     sessions_max: usize,
+    /// Counts the view among the store's long reads while it lives (see
+    /// [`Store::defragment`]).
+    _long_read: crate::defrag::LongRead,
 }
 
 impl SnapshotView {
@@ -310,6 +318,8 @@ impl Store {
             alarms: RwLock::new(alarms),
             db: RwLock::new(db),
             path: None,
+            long_reads: Default::default(),
+            in_use: Mutex::new(None),
             options,
             unsynced: Mutex::new(Unsynced::now()),
             open: Mutex::new(None),
@@ -604,6 +614,7 @@ impl Store {
     pub fn snapshot_view(&self) -> Result<SnapshotView, Error> {
         self.settle()?;
         Ok(SnapshotView {
+            _long_read: crate::defrag::LongRead::new(&self.long_reads),
             txn: self.begin_read()?,
             sessions_max: self.options.sessions_max,
         })

@@ -59,14 +59,15 @@ fn nospace_refuses_puts_and_grants_but_not_deletes_compactions_or_revokes() {
         }
     );
     assert_eq!(s.alarms(), vec![nospace]);
-    // Raised again: nothing changes, and etcd answers with no alarm.
+    // Raised again: nothing changes, and the answer names the alarm held (as etcd's).
     assert_eq!(
         s.apply(5, &raise(nospace)).expect("raise"),
         Response::Alarm {
             revision: 3,
-            changed: None
+            changed: Some(nospace)
         }
     );
+    assert_eq!(s.alarms(), vec![nospace]);
     assert_eq!(refused(s.apply(6, &put("c"))), Some(KvError::NoSpace));
     assert_eq!(refused(s.apply(7, &put_txn("c"))), Some(KvError::NoSpace));
     assert_eq!(

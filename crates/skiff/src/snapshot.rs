@@ -98,7 +98,7 @@ fn status(a: &StatusArgs) -> anyhow::Result<()> {
 }
 
 fn restore(a: &RestoreArgs) -> anyhow::Result<()> {
-    server::cluster::parse_url(&a.initial_advertise_peer_urls)
+    server::cluster::check_url(&a.initial_advertise_peer_urls)
         .map_err(|e| anyhow::anyhow!("--initial-advertise-peer-urls: {e}"))?;
     let initial_cluster = a
         .initial_cluster

@@ -56,6 +56,10 @@ fn free_port() -> u16 {
 
 impl Etcd {
     fn start() -> Etcd {
+        Etcd::start_with(&[])
+    }
+
+    fn start_with(extra_args: &[&str]) -> Etcd {
         let dir = tempfile::tempdir().expect("temp dir");
         let (c, p) = (free_port(), free_port());
         let client = format!("127.0.0.1:{c}");
@@ -70,6 +74,7 @@ impl Etcd {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("e1={peer}")])
+            .args(extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -205,6 +210,33 @@ fn etcdctl_prints_the_same_for_etcd_and_skiff() {
     }
 
     same_lines(&etcd, &ep, &["defrag"]);
+    same_json(&etcd, &ep, &["endpoint", "hashkv", "-w", "json"]);
+    same_lines(&etcd, &ep, &["endpoint", "hashkv"]);
+
+    // A backup: the same lines, and a file etcdctl accepted (it checks the trailing sha256).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (e_file, s_file) = (dir.path().join("etcd.db"), dir.path().join("skiff.db"));
+    let e = etcdctl(
+        &etcd.client,
+        &["snapshot", "save", &e_file.to_string_lossy()],
+        "",
+    );
+    let s = etcdctl(&ep, &["snapshot", "save", &s_file.to_string_lossy()], "");
+    assert!(
+        e.ok && s.ok,
+        "{}{}\n{}{}",
+        e.stdout,
+        e.stderr,
+        s.stdout,
+        s.stderr
+    );
+    assert_eq!(
+        normalise(&e.stdout.replace("etcd.db", "FILE")),
+        normalise(&s.stdout.replace("skiff.db", "FILE")),
+        "snapshot save\netcd:\n{}\nskiff:\n{}",
+        e.stdout,
+        s.stdout
+    );
     same_lines(&etcd, &ep, &["alarm", "list"]);
     same_json(&etcd, &ep, &["endpoint", "status", "-w", "json"]);
     same_json(&etcd, &ep, &["member", "list", "-w", "json"]);
@@ -317,6 +349,42 @@ fn etcdctl_prints_the_same_for_etcd_and_skiff() {
         sorted_lines(&normalise(&s)),
         "member list with a learner\netcd:\n{e}\nskiff:\n{s}"
     );
+}
+
+/// Past a small space quota both refuse a put with the same message and list the same alarm.
+#[test]
+fn a_full_quota_reads_the_same_for_etcd_and_skiff() {
+    if !etcdctl_available() || !etcd_available() {
+        return;
+    }
+    let quota = ["--quota-backend-bytes", "3000000"];
+    let etcd = Etcd::start_with(&quota);
+    let skiff = Cluster::start_with(1, &quota);
+    let ep = skiff.endpoint(0);
+    let deadline = Instant::now() + PATIENCE;
+    while !etcdctl(&ep, &["put", "ready", "1"], "").ok {
+        assert!(Instant::now() < deadline, "skiff never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let value = "x".repeat(60_000);
+    let fill = |endpoint: &str| -> String {
+        for i in 0..400 {
+            let out = etcdctl(endpoint, &["put", &format!("k{i}"), &value], "");
+            if !out.ok {
+                return out.stderr;
+            }
+        }
+        panic!("{endpoint}: 24 MB went in under a 3 MB quota");
+    };
+    let (e, s) = (fill(&etcd.client), fill(&ep));
+    assert!(
+        e.contains("etcdserver: mvcc: database space exceeded") && normalise(&e) == normalise(&s),
+        "etcd:\n{e}\nskiff:\n{s}"
+    );
+    same_lines(&etcd, &ep, &["alarm", "list"]);
+    same_json(&etcd, &ep, &["alarm", "list", "-w", "json"]);
+    same_json(&etcd, &ep, &["endpoint", "status", "-w", "json"]);
+    same_lines(&etcd, &ep, &["alarm", "disarm"]);
 }
 
 #[test]

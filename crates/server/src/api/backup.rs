@@ -31,6 +31,9 @@ const BACKUP_MESSAGES_QUEUED_MAX: usize = 16;
 /// keeps the pages it sees until it ends) and a blocking thread. One more is refused with
 /// etcd's "too many requests".
 const BACKUPS_MAX: usize = 2;
+/// A client that takes no message for this long is dropped: a stalled reader must not keep
+/// the read view (and the pages it pins) and a backup permit forever.
+const CLIENT_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
 /// Permits for [`BACKUPS_MAX`]. Process-wide: one member runs per process.
 static BACKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BACKUPS_MAX);
 
@@ -52,8 +55,10 @@ impl Api {
             ..self.header()
         };
         let (tx, rx) = mpsc::channel(BACKUP_MESSAGES_QUEUED_MAX);
+        let runtime = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let tx = Outlet { tx, runtime };
             send_backup(&view, header, &tx);
         });
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -62,11 +67,7 @@ impl Api {
 
 /// Streams `view` as a backup into `tx`, ending with the digest; a failure becomes the
 /// stream's last message, unless the client is gone.
-fn send_backup(
-    view: &kv::SnapshotView,
-    header: epb::ResponseHeader,
-    tx: &mpsc::Sender<Result<epb::SnapshotResponse, Status>>,
-) {
+fn send_backup(view: &kv::SnapshotView, header: epb::ResponseHeader, tx: &Outlet) {
     let started = std::time::Instant::now();
     let result = (|| -> Result<u64, kv::Error> {
         let total = view.backup_body_bytes()?;
@@ -105,15 +106,46 @@ fn send_backup(
         }
         Err(e) => {
             tracing::warn!(error = %e, "sending a backup failed");
-            let _ = tx.blocking_send(Err(kv_status(e)));
+            let _ = tx.send(Err(kv_status(e)));
         }
+    }
+}
+
+/// The stream's sender, seen from the blocking thread that writes the backup.
+struct Outlet {
+    tx: mpsc::Sender<Result<epb::SnapshotResponse, Status>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Outlet {
+    /// Queues `item`, waiting for room at most [`CLIENT_STALL_MAX`]; fails once the client is
+    /// gone or has stopped reading.
+    fn send(&self, item: Result<epb::SnapshotResponse, Status>) -> std::io::Result<()> {
+        let queued = self
+            .runtime
+            .block_on(tokio::time::timeout(CLIENT_STALL_MAX, self.tx.send(item)));
+        match queued {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "the client went away",
+            )),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client read nothing for {CLIENT_STALL_MAX:?}"),
+            )),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        self.tx.is_closed()
     }
 }
 
 /// Cuts what is written into messages of [`BACKUP_CHUNK_BYTES`], each saying how many body
 /// bytes follow it (etcd's `remaining_bytes`; the digest is not counted).
 struct Chunks<'a> {
-    tx: &'a mpsc::Sender<Result<epb::SnapshotResponse, Status>>,
+    tx: &'a Outlet,
     /// Bytes not sent yet; shorter than [`BACKUP_CHUNK_BYTES`] between writes.
     buf: Vec<u8>,
     /// The body's length, announced before it is written.
@@ -127,9 +159,7 @@ struct Chunks<'a> {
 impl Chunks<'_> {
     /// Sends one message, waiting for room; fails once the client is gone.
     fn send(&self, message: epb::SnapshotResponse) -> std::io::Result<()> {
-        self.tx.blocking_send(Ok(message)).map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away")
-        })
+        self.tx.send(Ok(message))
     }
 
     /// Sends what is buffered as one message.

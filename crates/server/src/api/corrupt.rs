@@ -117,15 +117,16 @@ pub async fn initial_check(kv: &kv::Store, me: u64, peers: &Peers) -> Result<(),
 }
 
 /// The members a periodic check finds corrupt, from the leader's hash before (`first`) and
-/// after (`second`) confirming it leads, and the peers' answers at `first.revision`. `voters`
-/// is the size of the configuration's voter set: a hash shared by more than half of it is
-/// the cluster's. `Some(0)` in the answer: a mismatch whose culprit is unknown.
+/// after (`second`) confirming it leads, and the peers' answers at `first.revision`.
+/// `voters` are the configuration's voters: a hash that more than half of them share is the
+/// cluster's (learners' hashes count for no majority: two groups could otherwise both
+/// qualify). `Some(0)` in the answer: a mismatch whose culprit is unknown.
 fn find_corrupt(
     leader: u64,
     first: kv::KvHash,
     second: kv::KvHash,
     peers: &[(u64, kv::KvHash)],
-    voters: usize,
+    voters: &std::collections::BTreeSet<u64>,
 ) -> Vec<u64> {
     let mut corrupt = Vec::new();
     if second.hash != first.hash
@@ -166,7 +167,9 @@ fn find_corrupt(
         }
     }
     if by_hash.len() > 1 {
-        let majority = by_hash.iter().find(|(_, ids)| ids.len() * 2 > voters);
+        let majority = by_hash.iter().find(|(_, ids)| {
+            ids.iter().filter(|id| voters.contains(id)).count() * 2 > voters.len()
+        });
         for (&hash, ids) in &by_hash {
             if majority.is_some_and(|(&m, _)| m == hash) {
                 continue;
@@ -229,8 +232,15 @@ impl Api {
             .into_iter()
             .filter_map(|p| p.answer.ok().map(|h| (p.id, h)))
             .collect();
-        let voters = self.inner.node.membership().voters.len();
-        let corrupt = find_corrupt(self.inner.member_id, first, second, &peers, voters);
+        let voters = self
+            .inner
+            .node
+            .membership()
+            .voters
+            .iter()
+            .map(|v| v.get())
+            .collect();
+        let corrupt = find_corrupt(self.inner.member_id, first, second, &peers, &voters);
         tracing::info!(
             number_of_peers_checked = peers.len(),
             "finished peer corruption check"
@@ -300,24 +310,34 @@ mod tests {
 
     #[test]
     fn the_members_outside_the_majority_hash_are_corrupt() {
+        let three: std::collections::BTreeSet<u64> = [1, 2, 3].into();
+        let one: std::collections::BTreeSet<u64> = [1].into();
         let me = h(7, 10, 2);
         // One follower differs: it is named.
         let peers = [(2, h(7, 10, 2)), (3, h(9, 10, 2))];
-        assert_eq!(find_corrupt(1, me, me, &peers, 3), vec![3]);
+        assert_eq!(find_corrupt(1, me, me, &peers, &three), vec![3]);
         // The leader differs from both followers: the leader is named.
         let peers = [(2, h(9, 10, 2)), (3, h(9, 12, 2))];
-        assert_eq!(find_corrupt(1, me, h(7, 12, 2), &peers, 3), vec![1]);
+        assert_eq!(find_corrupt(1, me, h(7, 12, 2), &peers, &three), vec![1]);
         // No majority (one follower answered): the cluster (0).
         let peers = [(3, h(9, 10, 2))];
-        assert_eq!(find_corrupt(1, me, me, &peers, 3), vec![0]);
+        assert_eq!(find_corrupt(1, me, me, &peers, &three), vec![0]);
         // Another compacted revision is skipped; all agree otherwise.
         let peers = [(2, h(7, 10, 2)), (3, h(5, 10, 1))];
-        assert_eq!(find_corrupt(1, me, me, &peers, 3), Vec::<u64>::new());
+        assert_eq!(find_corrupt(1, me, me, &peers, &three), Vec::<u64>::new());
         // Ahead of the leader in revision or compaction: named.
         let peers = [(2, h(7, 11, 2)), (3, h(7, 10, 3))];
-        assert_eq!(find_corrupt(1, me, me, &peers, 3), vec![2, 3]);
+        assert_eq!(find_corrupt(1, me, me, &peers, &three), vec![2, 3]);
         // The leader's own hash changed at the same revision.
-        assert_eq!(find_corrupt(1, me, h(8, 10, 2), &[], 1), vec![1]);
+        assert_eq!(find_corrupt(1, me, h(8, 10, 2), &[], &one), vec![1]);
+        // A learner (4) sharing the leader's hash makes no majority of voters: the two
+        // voters that agree with each other are the cluster's hash, the others are named.
+        let peers = [(2, h(9, 10, 2)), (3, h(9, 10, 2)), (4, h(7, 10, 2))];
+        assert_eq!(find_corrupt(1, me, me, &peers, &three), vec![1, 4]);
+        // Voters split with no majority among them: the cluster (0), whatever learners say.
+        let peers = [(2, h(9, 10, 2)), (4, h(7, 10, 2))];
+        let two: std::collections::BTreeSet<u64> = [1, 2].into();
+        assert_eq!(find_corrupt(1, me, me, &peers, &two), vec![0]);
     }
 
     #[test]

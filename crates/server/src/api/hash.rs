@@ -22,7 +22,12 @@ impl Api {
                 ..self.header()
             }),
             hash: h.hash,
-            compact_revision: h.compact_revision,
+            // etcd's store starts with compacted revision -1 ("never"), and says so.
+            compact_revision: if h.compact_revision == 0 {
+                -1
+            } else {
+                h.compact_revision
+            },
         })
     }
 

@@ -22,10 +22,10 @@ const MOVE_LEADER_WAIT_MAX: Duration = Duration::from_secs(30);
 /// Answer this much before the client's deadline, so that it gets etcd's error rather than
 /// its own "deadline exceeded".
 const DEADLINE_MARGIN: Duration = Duration::from_millis(100);
-/// How long a defragmentation waits for reads already under way (a snapshot streaming to a
-/// follower or a backup) before it gives up and asks to be tried again; applies and new
-/// reads of the member wait meanwhile.
-const DEFRAG_READS_WAIT_MAX: Duration = Duration::from_secs(10);
+/// How long a defragmentation waits for reads already under way before it gives up and asks
+/// to be tried again; applies and new reads of the member wait meanwhile. (It does not start
+/// at all while a snapshot or backup is being written.)
+const DEFRAG_READS_WAIT_MAX: Duration = Duration::from_secs(2);
 
 #[tonic::async_trait]
 impl epb::maintenance_server::Maintenance for Api {
@@ -122,11 +122,17 @@ impl epb::maintenance_server::Maintenance for Api {
     /// This member's applies and reads wait while it runs (as etcd's do); the others go on.
     async fn defragment(
         &self,
-        _request: Request<epb::DefragmentRequest>,
+        request: Request<epb::DefragmentRequest>,
     ) -> Result<Response<epb::DefragmentResponse>, Status> {
         let started = Instant::now();
+        // Within the client's deadline, so that it gets our answer rather than its own.
+        let wait = grpc_timeout(&request)
+            .map_or(DEFRAG_READS_WAIT_MAX, |t| {
+                t.saturating_sub(DEADLINE_MARGIN) / 2
+            })
+            .min(DEFRAG_READS_WAIT_MAX);
         let done = self
-            .read_kv(|kv| kv.defragment(DEFRAG_READS_WAIT_MAX))
+            .read_kv(move |kv| kv.defragment(wait))
             .await
             .inspect_err(|e| tracing::warn!(error = %e.message(), "defragment failed"))?;
         tracing::info!(

@@ -22,12 +22,7 @@ impl Api {
                 ..self.header()
             }),
             hash: h.hash,
-            // etcd's store starts with compacted revision -1 ("never"), and says so.
-            compact_revision: if h.compact_revision == 0 {
-                -1
-            } else {
-                h.compact_revision
-            },
+            compact_revision: h.compact_revision,
         })
     }
 

@@ -44,9 +44,13 @@ impl epb::maintenance_server::Maintenance for Api {
         &self,
         request: Request<epb::HashKvRequest>,
     ) -> Result<Response<epb::HashKvResponse>, Status> {
-        Ok(Response::new(
-            self.hash_kv_impl(request.into_inner()).await?,
-        ))
+        let mut answer = self.hash_kv_impl(request.into_inner()).await?;
+        // etcd's store starts with compacted revision -1 ("never") and tells clients so
+        // (members compare the store's own 0 among themselves).
+        if answer.compact_revision == 0 {
+            answer.compact_revision = -1;
+        }
+        Ok(Response::new(answer))
     }
 
     /// etcd's Hash (see [`super::hash`]).

@@ -20,6 +20,35 @@ pub struct DevArgs {
     /// Members: 1, 3 or 5 (an even count tolerates no more failures than one fewer).
     #[arg(long, default_value = "3", value_parser = ["1", "3", "5"])]
     members: String,
+    /// Flags for every member's `skiff serve`, after `--` (for example `skiff dev --
+    /// --quota-backend-bytes 16777216 --experimental-corrupt-check-time 10s`); not the ones
+    /// `skiff dev` sets itself (names, data dirs, URLs, the initial cluster).
+    #[arg(last = true, value_name = "SERVE FLAGS")]
+    serve_flags: Vec<String>,
+}
+
+/// The `skiff serve` flags `skiff dev` sets for each member itself.
+const FLAGS_SET_BY_DEV: [&str; 9] = [
+    "--name",
+    "--data-dir",
+    "--listen-client-urls",
+    "--advertise-client-urls",
+    "--listen-peer-urls",
+    "--initial-advertise-peer-urls",
+    "--initial-cluster",
+    "--initial-cluster-state",
+    "--stop-on-stdin-eof",
+];
+
+/// Refuses passed-through flags that would fight the ones `skiff dev` sets.
+fn check_serve_flags(flags: &[String]) -> anyhow::Result<()> {
+    for f in flags {
+        let name = f.split('=').next().unwrap_or(f);
+        if FLAGS_SET_BY_DEV.contains(&name) {
+            anyhow::bail!("skiff dev sets {name} for each member itself; give it no {name}");
+        }
+    }
+    Ok(())
 }
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -36,6 +65,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
         .members
         .parse()
         .context("--members must be 1, 3 or 5")?;
+    check_serve_flags(&args.serve_flags)?;
     let exe = std::env::current_exe().context("find the skiff executable")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
@@ -71,6 +101,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
             .args(["--initial-cluster", &cluster])
             .args(["--initial-cluster-state", "new"])
             .arg("--stop-on-stdin-eof")
+            .args(&args.serve_flags)
             .stdin(std::process::Stdio::piped())
             .stdout(log)
             .stderr(log_err)
@@ -186,4 +217,20 @@ async fn futures_select_all<F: std::future::Future + Unpin>(futs: Vec<F>) -> F::
         std::task::Poll::Pending
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_that_dev_sets_cannot_be_passed_through() {
+        let ok = ["--quota-backend-bytes".to_string(), "3000000".to_string()];
+        assert!(check_serve_flags(&ok).is_ok());
+        for bad in ["--name", "--data-dir=x", "--initial-cluster"] {
+            let err = check_serve_flags(&[bad.to_string()]).expect_err(bad);
+            let name = bad.split('=').next().unwrap_or(bad);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+    }
 }

@@ -32,6 +32,8 @@ fn dev_cluster_serves_etcdctl_and_stops_on_ctrl_c() {
     let mut dev = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path().join("skiff-data"))
+        // Flags after `--` reach every member's `skiff serve`.
+        .args(["--", "--quota-backend-bytes", "100000000"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -79,6 +81,14 @@ fn dev_cluster_serves_etcdctl_and_stops_on_ctrl_c() {
         etcdctl_ok(&eps, &["get", "greeting"], "").stdout,
         "greeting\nhello\n"
     );
+    for n in ["n1", "n2", "n3"] {
+        let log = std::fs::read_to_string(dir.path().join("skiff-data").join(format!("{n}.log")))
+            .expect("member log");
+        assert!(
+            log.contains("enabled backend quota quota_size_bytes=100000000"),
+            "{n}: {log}"
+        );
+    }
 
     // A member removed with etcdctl stops; the dev cluster keeps the other two running.
     let list = etcdctl_ok(&eps, &["member", "list"], "").stdout;

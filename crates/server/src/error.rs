@@ -11,7 +11,7 @@ pub enum ServerError {
     #[error("raft storage: {0}")]
     Storage(storage::StorageError),
     /// The key-value state machine failed.
-    #[error("state machine: {0}")]
+    #[error("state machine (kv.redb in the data dir): {0}")]
     Kv(kv::Error),
     /// The Raft core refused to start.
     #[error("raft: {0}")]

@@ -41,8 +41,9 @@ pub struct ServerConfig {
     /// Take a snapshot and compact the log after this many applied entries (etcd's
     /// `--snapshot-count`).
     pub snapshot_count: u64,
-    /// Testing only: a file naming members (whitespace-separated) whose traffic with this one is
-    /// dropped, re-read every [`crate::peer::faults::FAULT_FILE_POLL`]; missing means none.
+    /// Testing only: a file naming members (whitespace-separated; by `--initial-cluster` name
+    /// or by hex id) whose traffic with this one is dropped, re-read every
+    /// [`crate::peer::faults::FAULT_FILE_POLL`]; missing means none.
     pub fault_file: Option<PathBuf>,
     /// Space quota and consistency checks of the state machine (see [`DataChecks`]).
     pub data_checks: DataChecks,

@@ -39,20 +39,48 @@ impl Faults {
     }
 }
 
+/// The peers a fault file names: members of `--initial-cluster` by name, and any member by its
+/// id in hex (as `etcdctl member list` prints it: members that joined later have no name in
+/// `--initial-cluster`). Other words are ignored.
+fn cut_off(text: &str, spec: &ClusterSpec) -> BTreeSet<NodeId> {
+    text.split_whitespace()
+        .filter_map(|word| {
+            spec.member_by_name(word)
+                .map(|m| m.id)
+                .or_else(|| u64::from_str_radix(word, 16).ok().and_then(NodeId::new))
+        })
+        .collect()
+}
+
 /// Applies the fault file to `faults` until the server stops.
 pub async fn watch_fault_file(path: PathBuf, spec: ClusterSpec, faults: Arc<Faults>) {
     let mut last = None;
     loop {
         let text = tokio::fs::read_to_string(&path).await.unwrap_or_default();
         if last.as_ref() != Some(&text) {
-            let blocked = text
-                .split_whitespace()
-                .filter_map(|name| spec.member_by_name(name).map(|m| m.id))
-                .collect();
+            let blocked = cut_off(&text, &spec);
             tracing::warn!(file = %path.display(), cut_off = %text.trim(), "fault hook: peers cut off");
             faults.set_blocked(blocked);
             last = Some(text);
         }
         tokio::time::sleep(FAULT_FILE_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_file_names_members_by_name_or_by_hex_id() {
+        let spec =
+            ClusterSpec::parse("a=http://127.0.0.1:1,b=http://127.0.0.1:2", "t").expect("valid");
+        let a = spec.member_by_name("a").expect("a").id;
+        let joined = NodeId::new(0x4d6a_1b2c).expect("non-zero");
+        assert_eq!(
+            cut_off("a 4d6a1b2c nobody 0", &spec),
+            [a, joined].into_iter().collect()
+        );
+        assert!(cut_off("", &spec).is_empty());
     }
 }

@@ -138,11 +138,41 @@ fn staging_dir(data_dir: &Path) -> Result<PathBuf, ServerError> {
         _ => PathBuf::from("."),
     };
     std::fs::create_dir_all(&parent).map_err(io("create", &parent))?;
+    remove_abandoned(&parent, &name);
     let tmp = parent.join(format!(".{name}.restoring.{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(io("remove the leftover", &tmp))?;
     }
     Ok(tmp)
+}
+
+/// Removes what earlier restores into the same data dir left when they were killed: staging
+/// dirs whose process is gone (`/proc/<pid>` absent; on a system without `/proc` nothing is
+/// removed). Best effort: a leftover that cannot be removed is only logged.
+fn remove_abandoned(parent: &Path, name: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let prefix = format!(".{name}.restoring.");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+            tracing::warn!(path = %entry.path().display(), error = %e, "could not remove an abandoned restore");
+        }
+    }
 }
 
 /// Writes the state machine, the log and the member file into `dir`.
@@ -192,6 +222,28 @@ fn sync_parent(data_dir: &Path) -> Result<(), ServerError> {
     std::fs::File::open(parent)
         .and_then(|d| d.sync_all())
         .map_err(io("sync", parent))
+}
+
+#[cfg(test)]
+mod abandoned_tests {
+    use super::*;
+
+    #[test]
+    fn abandoned_staging_dirs_of_dead_restores_are_removed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // pid_max is far below this: no such process.
+        let dead = dir.path().join(".n1.restoring.4294967295");
+        let alive = dir
+            .path()
+            .join(format!(".n1.restoring.{}", std::process::id()));
+        let other = dir.path().join(".n2.restoring.4294967295");
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir_all(d.join("raft")).expect("mkdir");
+        }
+        remove_abandoned(dir.path(), "n1");
+        assert!(!dead.exists(), "a dead restore's leftover goes");
+        assert!(alive.exists() && other.exists(), "others stay");
+    }
 }
 
 #[cfg(test)]

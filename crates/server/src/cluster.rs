@@ -108,6 +108,12 @@ pub fn member_id(name: &str, peer_url: &str) -> NodeId {
 /// supported (no TLS yet).
 pub fn parse_url(url: &str) -> Result<std::net::SocketAddr, String> {
     let rest = host_port(url)?;
+    // etcd binds `localhost` too (its default listen URLs name it), as the loopback address.
+    if let Some(port) = rest.strip_prefix("localhost:") {
+        if let Ok(port) = port.parse::<u16>() {
+            return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+    }
     rest.parse()
         .map_err(|_| format!("url {url:?}: expected IP in URL for binding (http://IP:PORT)"))
 }
@@ -120,17 +126,19 @@ pub fn check_url(url: &str) -> Result<(), String> {
     if rest.parse::<std::net::SocketAddr>().is_ok() {
         return Ok(());
     }
-    let bad = || format!("url {url:?} must be http://HOST:PORT (an IP address or a DNS name)");
+    let bad = || format!("url {url:?} must be http://HOST:PORT (an IP address or a host name)");
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    // As loose as etcd's check (a URL with a non-empty host and a port), which takes names
+    // that are not DNS names, such as Docker Compose's `proj_etcd_1`, and a trailing dot; but
+    // nothing that would make it another URL or an address with credentials.
+    let host_ok = |h: &str| {
+        !h.is_empty()
+            && h.len() <= 253
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
     };
-    if host.is_empty() || host.len() > 253 || !host.split('.').all(label_ok) {
+    if !host_ok(host) {
         return Err(bad());
     }
     Ok(())
@@ -184,10 +192,16 @@ mod tests {
 
     #[test]
     fn members_are_reached_at_ips_or_host_names_and_listen_on_ips() {
-        let s = "a=http://etcd-0.etcd.svc:2380,b=http://10.0.0.2:2380,c=http://[::1]:2380/";
+        let s = "a=http://etcd-0.etcd.svc:2380,b=http://10.0.0.2:2380,c=http://[::1]:2380/,\
+                 d=http://proj_etcd_1:2380,e=http://etcd-4.etcd.ns.svc.cluster.local.:2380";
         let spec = ClusterSpec::parse(s, "t").expect("valid");
-        assert_eq!(spec.members.len(), 3);
+        assert_eq!(spec.members.len(), 5);
         assert!(parse_url("http://[::1]:2380").is_ok());
+        assert_eq!(
+            parse_url("http://localhost:2379"),
+            Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 2379))),
+            "etcd's default listen URL"
+        );
         let err = parse_url("http://etcd-0:2380").expect_err("a name cannot be bound");
         assert!(err.contains("expected IP in URL for binding"), "{err}");
     }
@@ -199,8 +213,8 @@ mod tests {
             ("a", "name=url"),
             ("a=127.0.0.1:1", "http://"),
             ("a=http://localhost", "HOST:PORT"),
-            ("a=http://bad_name:1", "HOST:PORT"),
-            ("a=http://-x.example:1", "HOST:PORT"),
+            ("a=http://user@host:1", "HOST:PORT"),
+            ("a=http://host/x:1", "HOST:PORT"),
             ("a=http://x.example:99999", "HOST:PORT"),
             ("a=http://127.0.0.1:1,a=http://127.0.0.1:2", "twice"),
         ] {

@@ -172,7 +172,12 @@ async fn etcd_checks_refuse_bad_changes_and_a_moved_learner_joins_at_its_new_url
     );
     // Not URLs (etcd's check); several peer URLs, which etcd accepts, are refused the same
     // way here (a member listens on one URL).
-    for bad in ["", "127.0.0.1:1", "http://bad_host:1", "ftp://127.0.0.1:1"] {
+    for bad in [
+        "",
+        "127.0.0.1:1",
+        "http://127.0.0.1:1/path",
+        "ftp://127.0.0.1:1",
+    ] {
         refused(
             add(&c, 0, bad.to_string(), false).await,
             tonic::Code::InvalidArgument,

@@ -106,7 +106,8 @@ fn send_backup(view: &kv::SnapshotView, header: epb::ResponseHeader, tx: &Outlet
         }
         Err(e) => {
             tracing::warn!(error = %e, "sending a backup failed");
-            let _ = tx.send(Err(kv_status(e)));
+            // Only if there is room: a client that stopped reading gets no more waits.
+            let _ = tx.tx.try_send(Err(kv_status(e)));
         }
     }
 }

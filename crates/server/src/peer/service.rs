@@ -425,6 +425,10 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
                 r.cluster_id, self.cluster_id
             )));
         }
+        if NodeId::new(r.from).is_some_and(|from| self.faults.is_blocked(from)) {
+            // Cut off by the fault hook: as unreachable as its messages.
+            return Err(Status::unavailable("cut off by the fault hook"));
+        }
         if self.removal.is_removed(r.from) {
             return Err(Status::failed_precondition(ERR_MEMBER_REMOVED));
         }

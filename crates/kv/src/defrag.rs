@@ -29,6 +29,38 @@ pub struct Defragmented {
 const POLL: Duration = Duration::from_millis(5);
 /// How old a [`Store::size_in_use`] may be before it is measured again.
 const IN_USE_MAX_AGE: Duration = Duration::from_secs(5);
+/// How old a [`Store::file_size_recent`] may be: a `stat` per write is measurable at tens of
+/// thousands of writes a second, and the file grows only when a group of applies commits
+/// (about every 100 ms), as etcd's backend size changes with its batch commits.
+const FILE_SIZE_MAX_AGE: Duration = Duration::from_millis(50);
+
+/// A measure of the store's space and when it was taken, reused while young enough.
+#[derive(Debug, Default)]
+pub(crate) struct Recent(std::sync::Mutex<Option<(Instant, u64)>>);
+
+impl Recent {
+    /// The last measure if younger than `max_age`, else a new one from `measure`.
+    fn get(
+        &self,
+        max_age: Duration,
+        measure: impl FnOnce() -> Result<u64, Error>,
+    ) -> Result<u64, Error> {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, value)) = *last {
+            if at.elapsed() < max_age {
+                return Ok(value);
+            }
+        }
+        let value = measure()?;
+        *last = Some((Instant::now(), value));
+        Ok(value)
+    }
+
+    /// Forgets the last measure (the space just changed).
+    fn forget(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
 
 /// One long read alive (a [`crate::SnapshotView`]): counted while it lives.
 pub(crate) struct LongRead(Arc<AtomicUsize>);
@@ -55,20 +87,20 @@ impl Store {
         }
     }
 
+    /// [`Store::file_size`] as measured at most [`FILE_SIZE_MAX_AGE`] ago: for checks on
+    /// every write (the space quota).
+    pub fn file_size_recent(&self) -> Result<u64, Error> {
+        self.file_size_measured
+            .get(FILE_SIZE_MAX_AGE, || self.file_size())
+    }
+
     /// The bytes of the file that hold tables (etcd's `dbSizeInUse`): the pages of every
     /// table as redb counts them, stored, metadata and the unused ends of pages, as of the
     /// last commit. Measuring walks every page (about 0.3 s for a GiB), so a measure up to
     /// [`IN_USE_MAX_AGE`] old is answered instead (a defragmentation takes a new one).
     pub fn size_in_use(&self) -> Result<u64, Error> {
-        let mut cached = self.in_use.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, bytes)) = *cached {
-            if at.elapsed() < IN_USE_MAX_AGE {
-                return Ok(bytes);
-            }
-        }
-        let bytes = self.measure_in_use()?;
-        *cached = Some((Instant::now(), bytes));
-        Ok(bytes)
+        self.in_use_measured
+            .get(IN_USE_MAX_AGE, || self.measure_in_use())
     }
 
     pub(crate) fn measure_in_use(&self) -> Result<u64, Error> {
@@ -144,7 +176,8 @@ impl Store {
         }
         drop(db);
         drop(slot);
-        *self.in_use.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.in_use_measured.forget();
+        self.file_size_measured.forget();
         Ok(Defragmented {
             before,
             after: self.file_size()?,

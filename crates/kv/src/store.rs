@@ -180,7 +180,9 @@ pub struct Store {
     /// minutes, which a defragmentation does not wait for.
     pub(crate) long_reads: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// The last [`Store::size_in_use`] and when it was measured (it reads every page).
-    pub(crate) in_use: Mutex<Option<(std::time::Instant, u64)>>,
+    pub(crate) in_use_measured: crate::defrag::Recent,
+    /// The last [`Store::file_size_recent`] and when it was measured.
+    pub(crate) file_size_measured: crate::defrag::Recent,
     /// Validated options.
     pub(crate) options: Options,
     /// Write transactions begun since the last durable one, and when that one began (for
@@ -319,7 +321,8 @@ impl Store {
             db: RwLock::new(db),
             path: None,
             long_reads: Default::default(),
-            in_use: Mutex::new(None),
+            in_use_measured: Default::default(),
+            file_size_measured: Default::default(),
             options,
             unsynced: Mutex::new(Unsynced::now()),
             open: Mutex::new(None),

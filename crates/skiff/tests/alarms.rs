@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{etcdctl, etcdctl_available, etcdctl_ok, Cluster};
+use common::{etcdctl, etcdctl_available, etcdctl_ok, runtime, Cluster};
 use server::pb::etcdserverpb as epb;
 use server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 
@@ -16,13 +16,6 @@ const NO_SPACE: &str = "etcdserver: mvcc: database space exceeded";
 /// Small enough that a few dozen 60 kB values pass it (an empty state machine file is
 /// about 1.5 MB).
 const QUOTA_BYTES: &str = "3000000";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// Every member's id, by index.
 fn member_ids(rt: &tokio::runtime::Runtime, c: &Cluster) -> Vec<u64> {

@@ -44,10 +44,7 @@ fn an_altered_member_is_found_and_named() {
     if !etcdctl_available() {
         return;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     // Frequent snapshots make the state machine durable often (a member SIGKILLed keeps
     // only what its redb file had made durable, and replays the rest from its log): the
     // altered row is then one the member does not rewrite when it restarts.

@@ -27,24 +27,7 @@ impl Drop for Etcd {
 }
 
 fn etcd_available() -> bool {
-    let found = Command::new("etcd")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    if found {
-        return true;
-    }
-    if std::env::var("SKIFF_SKIP_ETCD").as_deref() == Ok("1") {
-        eprintln!("etcd not found; skipping because SKIFF_SKIP_ETCD=1");
-        return false;
-    }
-    panic!(
-        "etcd is not on PATH: install it (Debian: apt-get install -y etcd-server) or set \
-         SKIFF_SKIP_ETCD=1 to skip the comparisons with etcd"
-    );
+    common::tool_available("etcd", "--version", "etcd-server", "SKIFF_SKIP_ETCD")
 }
 
 fn free_port() -> u16 {
@@ -84,12 +67,17 @@ impl Etcd {
             client,
             _dir: dir,
         };
-        let deadline = Instant::now() + PATIENCE;
-        while !etcdctl(&e.client, &["put", "ready", "1"], "").ok {
-            assert!(Instant::now() < deadline, "etcd never became ready");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_ready(&e.client, "etcd");
         e
+    }
+}
+
+/// Waits until `endpoint` takes a write.
+fn wait_ready(endpoint: &str, who: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !etcdctl(endpoint, &["put", "ready", "1"], "").ok {
+        assert!(Instant::now() < deadline, "{who} never became ready");
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -162,11 +150,37 @@ fn shape(v: &Value) -> Value {
 
 /// Runs `args` on both; returns (etcd's output, Skiff's), each `ok` as asserted.
 fn both(etcd: &Etcd, skiff: &str, args: &[&str]) -> (String, String) {
-    let e = etcdctl(&etcd.client, args, "");
-    let s = etcdctl(skiff, args, "");
-    assert!(e.ok, "etcd: etcdctl {args:?}: {}{}", e.stdout, e.stderr);
-    assert!(s.ok, "skiff: etcdctl {args:?}: {}{}", s.stdout, s.stderr);
+    each(etcd, args, skiff, args)
+}
+
+/// Runs `etcd_args` on etcd and `skiff_args` on Skiff (where names, ids or files differ);
+/// returns their outputs, each `ok` as asserted.
+fn each(etcd: &Etcd, etcd_args: &[&str], skiff: &str, skiff_args: &[&str]) -> (String, String) {
+    let e = etcdctl(&etcd.client, etcd_args, "");
+    let s = etcdctl(skiff, skiff_args, "");
+    assert!(
+        e.ok,
+        "etcd: etcdctl {etcd_args:?}: {}{}",
+        e.stdout, e.stderr
+    );
+    assert!(
+        s.ok,
+        "skiff: etcdctl {skiff_args:?}: {}{}",
+        s.stdout, s.stderr
+    );
     (e.stdout, s.stdout)
+}
+
+/// Asserts that two JSON outputs of `what` have the same shape.
+fn same_shape(what: &str, e: &str, s: &str) {
+    let parse = |who: &str, out: &str| -> Value {
+        serde_json::from_str(out).unwrap_or_else(|err| panic!("{who}: {err}: {out}"))
+    };
+    assert_eq!(
+        shape(&parse("etcd", e)),
+        shape(&parse("skiff", s)),
+        "{what}\netcd:\n{e}\nskiff:\n{s}"
+    );
 }
 
 fn same_lines(etcd: &Etcd, skiff: &str, args: &[&str]) {
@@ -180,15 +194,7 @@ fn same_lines(etcd: &Etcd, skiff: &str, args: &[&str]) {
 
 fn same_json(etcd: &Etcd, skiff: &str, args: &[&str]) {
     let (e, s) = both(etcd, skiff, args);
-    let parse = |who: &str, out: &str| -> Value {
-        serde_json::from_str(out).unwrap_or_else(|err| panic!("{who}: {err}: {out}"))
-    };
-    let (ej, sj) = (parse("etcd", &e), parse("skiff", &s));
-    assert_eq!(
-        shape(&ej),
-        shape(&sj),
-        "etcdctl {args:?}\netcd:\n{e}\nskiff:\n{s}"
-    );
+    same_shape(&format!("etcdctl {args:?}"), &e, &s);
 }
 
 #[test]
@@ -199,11 +205,7 @@ fn etcdctl_prints_the_same_for_etcd_and_skiff() {
     let etcd = Etcd::start();
     let skiff = Cluster::start(1);
     let ep = skiff.endpoint(0);
-    let deadline = Instant::now() + PATIENCE;
-    while !etcdctl(&ep, &["put", "ready", "1"], "").ok {
-        assert!(Instant::now() < deadline, "skiff never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&ep, "skiff");
     // The same history on both, so that optional fields are set alike.
     for (k, v) in [("a", "1"), ("b", "2"), ("a", "3")] {
         both(&etcd, &ep, &["put", k, v]);
@@ -216,26 +218,16 @@ fn etcdctl_prints_the_same_for_etcd_and_skiff() {
     // A backup: the same lines, and a file etcdctl accepted (it checks the trailing sha256).
     let dir = tempfile::tempdir().expect("temp dir");
     let (e_file, s_file) = (dir.path().join("etcd.db"), dir.path().join("skiff.db"));
-    let e = etcdctl(
-        &etcd.client,
+    let (e, s) = each(
+        &etcd,
         &["snapshot", "save", &e_file.to_string_lossy()],
-        "",
-    );
-    let s = etcdctl(&ep, &["snapshot", "save", &s_file.to_string_lossy()], "");
-    assert!(
-        e.ok && s.ok,
-        "{}{}\n{}{}",
-        e.stdout,
-        e.stderr,
-        s.stdout,
-        s.stderr
+        &ep,
+        &["snapshot", "save", &s_file.to_string_lossy()],
     );
     assert_eq!(
-        normalise(&e.stdout.replace("etcd.db", "FILE")),
-        normalise(&s.stdout.replace("skiff.db", "FILE")),
-        "snapshot save\netcd:\n{}\nskiff:\n{}",
-        e.stdout,
-        s.stdout
+        normalise(&e.replace("etcd.db", "FILE")),
+        normalise(&s.replace("skiff.db", "FILE")),
+        "snapshot save\netcd:\n{e}\nskiff:\n{s}"
     );
     same_lines(&etcd, &ep, &["alarm", "list"]);
     same_json(&etcd, &ep, &["endpoint", "status", "-w", "json"]);
@@ -246,32 +238,17 @@ fn etcdctl_prints_the_same_for_etcd_and_skiff() {
 
     // Adding a learner prints the member, the whole list and the new member's flags.
     let learner = |port: u16| format!("--peer-urls=http://127.0.0.1:{port}");
-    let e = etcdctl(
-        &etcd.client,
+    let (e_add, s_add) = each(
+        &etcd,
         &["member", "add", "n2", "--learner", &learner(free_port())],
-        "",
-    );
-    let s = etcdctl(
         &ep,
         &["member", "add", "n2", "--learner", &learner(free_port())],
-        "",
-    );
-    assert!(
-        e.ok && s.ok,
-        "{}{}\n{}{}",
-        e.stdout,
-        e.stderr,
-        s.stdout,
-        s.stderr
     );
     assert_eq!(
-        normalise(&e.stdout),
-        normalise(&s.stdout),
-        "member add\netcd:\n{}\nskiff:\n{}",
-        e.stdout,
-        s.stdout
+        normalise(&e_add),
+        normalise(&s_add),
+        "member add\netcd:\n{e_add}\nskiff:\n{s_add}"
     );
-    let (e_add, s_add) = (e.stdout, s.stdout);
     same_json(&etcd, &ep, &["member", "list", "-w", "json"]);
     let (e, s) = both(&etcd, &ep, &["member", "list"]);
     assert_eq!(
@@ -288,61 +265,21 @@ fn etcdctl_prints_the_same_for_etcd_and_skiff() {
             .to_string()
     };
     let (e_id, s_id) = (added_id(&e_add), added_id(&s_add));
-    let e = etcdctl(&etcd.client, &["member", "remove", &e_id], "");
-    let s = etcdctl(&ep, &["member", "remove", &s_id], "");
-    assert!(
-        e.ok && s.ok,
-        "{}{}\n{}{}",
-        e.stdout,
-        e.stderr,
-        s.stdout,
-        s.stderr
-    );
-    assert_eq!(normalise(&e.stdout), normalise(&s.stdout));
-    let e = etcdctl(
-        &etcd.client,
-        &[
-            "member",
-            "add",
-            "n3",
-            "--learner",
-            &learner(free_port()),
-            "-w",
-            "json",
-        ],
-        "",
-    );
-    let s = etcdctl(
+    let (e, s) = each(
+        &etcd,
+        &["member", "remove", &e_id],
         &ep,
-        &[
-            "member",
-            "add",
-            "n3",
-            "--learner",
-            &learner(free_port()),
-            "-w",
-            "json",
-        ],
-        "",
+        &["member", "remove", &s_id],
     );
-    assert!(
-        e.ok && s.ok,
-        "{}{}\n{}{}",
-        e.stdout,
-        e.stderr,
-        s.stdout,
-        s.stderr
+    assert_eq!(normalise(&e), normalise(&s));
+    let (e_peer, s_peer) = (learner(free_port()), learner(free_port()));
+    let (e, s) = each(
+        &etcd,
+        &["member", "add", "n3", "--learner", &e_peer, "-w", "json"],
+        &ep,
+        &["member", "add", "n3", "--learner", &s_peer, "-w", "json"],
     );
-    let parse = |out: &str| -> Value {
-        serde_json::from_str(out).unwrap_or_else(|err| panic!("{err}: {out}"))
-    };
-    assert_eq!(
-        shape(&parse(&e.stdout)),
-        shape(&parse(&s.stdout)),
-        "member add -w json\netcd:\n{}\nskiff:\n{}",
-        e.stdout,
-        s.stdout
-    );
+    same_shape("member add -w json", &e, &s);
     let (e, s) = both(&etcd, &ep, &["member", "list"]);
     assert_eq!(
         sorted_lines(&normalise(&e)),
@@ -361,11 +298,7 @@ fn a_full_quota_reads_the_same_for_etcd_and_skiff() {
     let etcd = Etcd::start_with(&quota);
     let skiff = Cluster::start_with(1, &quota);
     let ep = skiff.endpoint(0);
-    let deadline = Instant::now() + PATIENCE;
-    while !etcdctl(&ep, &["put", "ready", "1"], "").ok {
-        assert!(Instant::now() < deadline, "skiff never became ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&ep, "skiff");
     let value = "x".repeat(60_000);
     let fill = |endpoint: &str| -> String {
         for i in 0..400 {

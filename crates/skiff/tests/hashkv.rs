@@ -25,10 +25,7 @@ fn endpoint_hashkv_agrees_across_members() {
     if !etcdctl_available() {
         return;
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = common::runtime();
     let c = Cluster::start(3);
     let eps = c.endpoints();
     rt.block_on(c.wait_published(&[0, 1, 2]));

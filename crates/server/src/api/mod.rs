@@ -81,8 +81,6 @@ struct Inner {
     removal: Arc<crate::replica::Removal>,
     /// The space quota of this member's state machine file (see [`quota`]).
     quota: quota::Quota,
-    /// The state machine file's size for the quota checks (see [`quota::SizeCache`]).
-    db_size: quota::SizeCache,
 }
 
 impl Api {
@@ -106,7 +104,6 @@ impl Api {
                 members,
                 removal,
                 quota: quota::Quota::DEFAULT,
-                db_size: quota::SizeCache::default(),
             }),
         }
     }

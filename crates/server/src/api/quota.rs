@@ -112,12 +112,9 @@ impl Api {
         if cost == 0 || self.inner.quota.bytes_max.is_none() {
             return Ok(());
         }
-        // The state machine file's size (Status's `dbSize`), at most SIZE_MAX_AGE old; 0 if
+        // The state machine file's size (Status's `dbSize`), measured at most 50 ms ago; 0 if
         // it cannot be read (it then never trips the quota, as a missing file holds nothing).
-        let size = self
-            .inner
-            .db_size
-            .get(|| self.inner.node.kv.file_size().unwrap_or(0));
+        let size = self.inner.node.kv.file_size_recent().unwrap_or(0);
         if self.inner.quota.available(size, cost) {
             return Ok(());
         }
@@ -194,46 +191,5 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(txn_cost(&reads), 0);
-    }
-}
-
-/// How old the file size a quota check uses may be: a `stat` per write is measurable at tens
-/// of thousands of writes a second, and the file grows only when a group of applies commits
-/// (about every 100 ms), as etcd's backend size changes with its batch commits.
-const SIZE_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// The state machine file's size as last measured, and when.
-#[derive(Debug)]
-pub struct SizeCache {
-    /// Bytes.
-    bytes: std::sync::atomic::AtomicU64,
-    /// When `bytes` was measured, nanoseconds after `epoch`; `u64::MAX` before the first.
-    at_nanos: std::sync::atomic::AtomicU64,
-    epoch: std::time::Instant,
-}
-
-impl Default for SizeCache {
-    fn default() -> Self {
-        SizeCache {
-            bytes: Default::default(),
-            at_nanos: std::sync::atomic::AtomicU64::new(u64::MAX),
-            epoch: std::time::Instant::now(),
-        }
-    }
-}
-
-impl SizeCache {
-    /// The size, measured by `measure` if the last measure is older than [`SIZE_MAX_AGE`].
-    pub fn get(&self, measure: impl FnOnce() -> u64) -> u64 {
-        use std::sync::atomic::Ordering::{Acquire, Release};
-        let now = self.epoch.elapsed().as_nanos() as u64;
-        let at = self.at_nanos.load(Acquire);
-        if at != u64::MAX && now.saturating_sub(at) < SIZE_MAX_AGE.as_nanos() as u64 {
-            return self.bytes.load(Acquire);
-        }
-        let bytes = measure();
-        self.bytes.store(bytes, Release);
-        self.at_nanos.store(now, Release);
-        bytes
     }
 }

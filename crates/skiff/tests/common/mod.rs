@@ -430,8 +430,14 @@ pub struct CtlOutput {
 /// Whether etcdctl is usable; panics with instructions if it is missing, unless
 /// `SKIFF_SKIP_ETCDCTL=1`, in which case the caller skips.
 pub fn etcdctl_available() -> bool {
-    let found = Command::new("etcdctl")
-        .arg("version")
+    tool_available("etcdctl", "version", "etcd-client", "SKIFF_SKIP_ETCDCTL")
+}
+
+/// Whether `program` runs (`program arg` succeeds); panics saying which Debian `package` to
+/// install, unless `skip_var=1`, in which case the caller skips.
+pub fn tool_available(program: &str, arg: &str, package: &str, skip_var: &str) -> bool {
+    let found = Command::new(program)
+        .arg(arg)
         .env("ETCDCTL_API", "3")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -441,14 +447,23 @@ pub fn etcdctl_available() -> bool {
     if found {
         return true;
     }
-    if std::env::var("SKIFF_SKIP_ETCDCTL").as_deref() == Ok("1") {
-        eprintln!("etcdctl not found; skipping because SKIFF_SKIP_ETCDCTL=1");
+    if std::env::var(skip_var).as_deref() == Ok("1") {
+        eprintln!("{program} not found; skipping because {skip_var}=1");
         return false;
     }
     panic!(
-        "etcdctl is not on PATH: install it (Debian: apt-get install -y etcd-client) \
-         or set SKIFF_SKIP_ETCDCTL=1 to skip the etcdctl tests"
+        "{program} is not on PATH: install it (Debian: apt-get install -y {package}) \
+         or set {skip_var}=1 to skip the tests that need it"
     );
+}
+
+/// A single-threaded runtime for a synchronous test that drives etcdctl and makes a few gRPC
+/// calls of its own.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// Runs etcdctl against `endpoints` with `args`, feeding `stdin`; killed after 60 s.

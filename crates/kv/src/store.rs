@@ -160,6 +160,9 @@ pub(crate) fn sessions_evicted(meta: &impl ReadableTable<&'static str, u64>) -> 
     Ok(meta.get(META_SESSIONS_EVICTED)?.map_or(0, |v| v.value()))
 }
 
+/// Told the duration of a state machine commit (see [`Store::observe_commits`]).
+pub type CommitObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
+
 /// The MVCC key-value state machine on a redb database.
 ///
 /// Every method takes `&self`. The rows, leases and sessions live in redb; the key index
@@ -204,6 +207,9 @@ pub struct Store {
     /// after the commit of the alarm request that changed them (such a request commits
     /// alone), and by a restore.
     alarms: RwLock<Vec<crate::alarms::AlarmMember>>,
+    /// Told how long each commit of a write transaction took (etcd's backend commit
+    /// duration), once set; see [`Store::observe_commits`].
+    commit_observer: std::sync::OnceLock<CommitObserver>,
 }
 
 impl Drop for Store {
@@ -321,6 +327,7 @@ impl Store {
             db: RwLock::new(db),
             path: None,
             long_reads: Default::default(),
+            commit_observer: std::sync::OnceLock::new(),
             in_use_measured: Default::default(),
             file_size_measured: Default::default(),
             options,
@@ -382,8 +389,25 @@ impl Store {
                 txn.set_durability(redb::Durability::None);
             }
         }
-        txn.commit()?;
+        self.timed_commit(txn)?;
         Ok(())
+    }
+
+    /// Commits `txn`, telling the commit observer how long it took.
+    fn timed_commit(&self, txn: WriteTransaction) -> Result<(), redb::CommitError> {
+        let began = std::time::Instant::now();
+        let committed = txn.commit();
+        if let Some(observe) = self.commit_observer.get() {
+            observe(began.elapsed());
+        }
+        committed
+    }
+
+    /// Has `observe` told the duration of every commit of the state machine's write
+    /// transactions from now on (for metrics: etcd's
+    /// `etcd_disk_backend_commit_duration_seconds`). Only the first observer set is kept.
+    pub fn observe_commits(&self, observe: CommitObserver) {
+        let _ = self.commit_observer.set(observe);
     }
 
     /// The open grouped transaction's slot.
@@ -470,7 +494,7 @@ impl Store {
             None => self.begin_write()?,
         };
         // A transaction's durability is redb's default, Immediate, unless set otherwise.
-        if let Err(e) = txn.commit() {
+        if let Err(e) = self.timed_commit(txn) {
             self.fail();
             return Err(e.into());
         }
@@ -541,6 +565,12 @@ impl Store {
     pub fn index_size(&self) -> (usize, u64) {
         let index = self.read_index();
         (index.keys(), index.len())
+    }
+
+    /// Client sessions held for exactly-once application (bounded by
+    /// [`Options::sessions_max`]).
+    pub fn sessions_len(&self) -> usize {
+        self.lock_sessions().len()
     }
 
     /// Granted leases in id order.

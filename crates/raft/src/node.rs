@@ -238,6 +238,33 @@ impl RawNode {
         ls.progress.get(&id).map(|pr| pr.matched)
     }
 
+    /// Leader only (empty otherwise): what it knows of each follower, by id. For operators'
+    /// views (metrics, dashboards); the protocol never reads it back.
+    pub fn followers(&self) -> Vec<crate::progress::FollowerView> {
+        let Some(ls) = self.leader_state() else {
+            return Vec::new();
+        };
+        let learners = &self.log.membership().learners;
+        ls.progress
+            .iter()
+            .filter(|(id, _)| **id != self.id())
+            .map(|(id, pr)| crate::progress::FollowerView {
+                id: *id,
+                learner: learners.contains(id),
+                matched: pr.matched,
+                next: pr.next,
+                state: pr.state,
+                inflight_msgs: pr.inflights.count(),
+                inflight_bytes: pr.inflights.bytes(),
+                recent_active: pr.recent_active,
+                snapshot: pr
+                    .snapshot
+                    .as_ref()
+                    .map(|t| (t.meta().size_bytes, t.acked())),
+            })
+            .collect()
+    }
+
     /// Read-only view of the log, for checkers and tests.
     pub fn log(&self) -> &RaftLog {
         &self.log

@@ -95,6 +95,11 @@ impl Inflights {
         self.queue.len()
     }
 
+    /// Bytes of entries in flight.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     fn check_invariants(&self) {
         assert!(self.queue.len() <= self.msgs_max);
         assert_eq!(self.bytes, self.queue.iter().map(|&(_, b)| b).sum::<u64>());
@@ -104,6 +109,30 @@ impl Inflights {
             .zip(self.queue.iter().skip(1))
             .all(|(a, b)| a.0 < b.0));
     }
+}
+
+/// What the leader knows of one follower, for operators (metrics, dashboards): a copy, taken
+/// by [`crate::RawNode::followers`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowerView {
+    /// The follower (a voter or a learner).
+    pub id: crate::NodeId,
+    /// Whether it is a learner.
+    pub learner: bool,
+    /// Highest index known replicated on it (`matchIndex`).
+    pub matched: Index,
+    /// Next index the leader will send it (`nextIndex`).
+    pub next: Index,
+    /// Flow-control state.
+    pub state: ProgressState,
+    /// Appends sent and not acknowledged.
+    pub inflight_msgs: usize,
+    /// Entry bytes of those appends.
+    pub inflight_bytes: u64,
+    /// Heard from since the last CheckQuorum round.
+    pub recent_active: bool,
+    /// In `Snapshot`: the snapshot's size and the bytes the follower acknowledged.
+    pub snapshot: Option<(u64, u64)>,
 }
 
 /// The leader's view of one follower (paper Figure 2 `nextIndex[]`, `matchIndex[]`).

@@ -47,6 +47,11 @@ impl Transfer {
         &self.meta
     }
 
+    /// Bytes the follower reported durably staged.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
     /// The next chunk to send, `(offset, len)`, if the window allows; marks it sent.
     pub fn next_chunk(&mut self, chunk_bytes: u64, window_bytes: u64) -> Option<(u64, u64)> {
         assert!(chunk_bytes > 0);

@@ -1012,3 +1012,47 @@ fn only_term_vote_entries_and_snapshots_must_be_synced() {
     assert_eq!(vote_granted(&rd, 3), Some(true));
     assert!(rd.messages.is_empty(), "the vote goes after the sync");
 }
+
+/// The leader's view of its followers (`RawNode::followers`, for operators) tells what
+/// Figure 2's `matchIndex[]`/`nextIndex[]` hold: a cut-off follower falls behind by exactly the
+/// entries it missed and is caught up once the network heals; off the leader it is empty.
+#[test]
+fn followers_view_reports_match_next_and_lag() {
+    let mut c = Cluster::new(3, |_| {});
+    assert!(c.elect(1));
+    c.node(1).propose(b"a".to_vec()).expect("leader takes it");
+    c.stabilize();
+    let last = c.node(1).status().last.index;
+    let views = c.node(1).followers();
+    assert_eq!(
+        views.iter().map(|v| v.id.get()).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    for v in &views {
+        assert_eq!(v.matched, last, "{v:?}");
+        assert_eq!(v.next, Index(last.0 + 1), "{v:?}");
+        assert!(!v.learner);
+        assert_eq!(v.inflight_msgs, 0, "{v:?}");
+    }
+    assert!(c.node(2).followers().is_empty(), "a follower has no view");
+
+    c.isolate(3);
+    for d in ["b", "c", "d"] {
+        c.node(1)
+            .propose(d.as_bytes().to_vec())
+            .expect("leader takes it");
+    }
+    c.stabilize();
+    let views = c.node(1).followers();
+    let last = c.node(1).status().last.index;
+    assert_eq!(views[0].matched, last);
+    assert_eq!(views[1].matched.0, last.0 - 3, "{:?}", views[1]);
+
+    c.heal();
+    for _ in 0..10 {
+        c.tick_all();
+        c.stabilize();
+    }
+    let views = c.node(1).followers();
+    assert!(views.iter().all(|v| v.matched == last), "{views:?}");
+}

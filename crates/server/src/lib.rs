@@ -25,6 +25,7 @@ pub mod api;
 pub mod cluster;
 pub mod config;
 mod error;
+pub mod metrics;
 pub mod pb;
 pub mod peer;
 pub mod replica;

@@ -45,7 +45,8 @@ pub async fn run(
     let (member, joined) = who_am_i(&config, &me).await?;
     let cluster_id = member.identity.cluster_id;
     me.id = member.identity.node_id;
-    let opened = crate::replica::open(OpenOptions {
+    let metrics = Arc::new(crate::metrics::Metrics::new(me.id.get()));
+    let mut opened = crate::replica::open(OpenOptions {
         data_dir: &config.data_dir,
         identity: member.identity,
         initial_voters: member.bootstrap.clone(),
@@ -75,6 +76,16 @@ pub async fn run(
     ));
     if removal.self_removed() {
         return Err(ServerError::Removed);
+    }
+
+    {
+        let (fsync, commit) = (metrics.wal_fsync.clone(), metrics.backend_commit.clone());
+        opened
+            .log
+            .observe_syncs(Box::new(move |d| fsync.observe(crate::metrics::seconds(d))));
+        opened.kv.observe_commits(Box::new(move |d| {
+            commit.observe(crate::metrics::seconds(d))
+        }));
     }
 
     let client_listener = bind(config.listen_client, "client").await?;
@@ -111,6 +122,7 @@ pub async fn run(
             PeerTimeouts::for_election(config.election),
             faults.clone(),
             removal.clone(),
+            metrics.clone(),
         )
         .map_err(ServerError::Config)?,
     );
@@ -130,6 +142,7 @@ pub async fn run(
         opened.snapshot,
         config.snapshot_count,
         removal.clone(),
+        metrics.clone(),
     );
     let peers_for_service = peers.clone();
     let forwarder = Forwarder::new(
@@ -170,6 +183,13 @@ pub async fn run(
         cluster_id,
         config.election,
     );
+    let rtt_prober = crate::peer::probe::start_rtt(
+        peers_for_service.clone(),
+        metrics.clone(),
+        me.id,
+        cluster_id,
+        config.election,
+    );
     let compactor = api.start_compactor(config.auto_compaction);
     let corruption_check = api.start_corruption_check(config.data_checks.corrupt_check_every);
 
@@ -190,7 +210,8 @@ pub async fn run(
         .add_service(
             RaftServer::new(
                 RaftService::new(cluster_id, me.id, inbound_tx, api, faults, removal.clone())
-                    .with_peers(peers_for_service),
+                    .with_peers(peers_for_service)
+                    .with_metrics(metrics),
             )
             .max_decoding_message_size(PEER_MSG_BYTES_MAX)
             .max_encoding_message_size(PEER_MSG_BYTES_MAX),
@@ -218,6 +239,7 @@ pub async fn run(
     publisher.abort();
     address_book.abort();
     prober.abort();
+    rtt_prober.abort();
     if let Some(c) = compactor {
         c.abort();
     }

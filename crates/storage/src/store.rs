@@ -103,6 +103,12 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// Has `observe` told the duration of every log append's `fdatasync` from now on (for
+    /// metrics).
+    pub fn observe_syncs(&mut self, observe: crate::wal::SyncObserver) {
+        self.wal.observe_syncs(observe);
+    }
+
     /// Whether `dir` holds no log and no snapshot (missing counts as empty): a member
     /// starting there has no state yet.
     pub fn is_empty(dir: &Path) -> Result<bool, StorageError> {

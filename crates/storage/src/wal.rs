@@ -229,7 +229,13 @@ pub(crate) struct Wal {
     buf: Vec<u8>,
     /// The next segment being prepared.
     prealloc: Option<Prealloc>,
+    /// Told how long each append's `fdatasync` took, if set (see [`Wal::observe_syncs`]).
+    sync_observer: Option<SyncObserver>,
 }
+
+/// Told the duration of one `fdatasync` of an append (for metrics: etcd's
+/// `etcd_disk_wal_fsync_duration_seconds`).
+pub type SyncObserver = Box<dyn Fn(std::time::Duration) + Send + Sync>;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StorageError + 'a {
     move |e| StorageError::io(op, path, e)
@@ -269,6 +275,7 @@ impl Wal {
             state: LogState::default(),
             buf: Vec::new(),
             prealloc: None,
+            sync_observer: None,
         };
         let created = seqs.is_empty();
         if created {
@@ -547,7 +554,14 @@ impl Wal {
         let written = seg
             .file
             .write_all_at(&buf, at)
-            .and_then(|()| seg.file.sync_data())
+            .and_then(|()| {
+                let began = std::time::Instant::now();
+                let synced = seg.file.sync_data();
+                if let Some(observe) = &self.sync_observer {
+                    observe(began.elapsed());
+                }
+                synced
+            })
             .map_err(io_err("append to", &seg.path));
         self.write_at += buf.len() as u64;
         self.buf = buf;
@@ -616,6 +630,11 @@ impl Wal {
             .expect("the store validated the reset");
         self.remove_dead_segments();
         Ok(())
+    }
+
+    /// Has `observe` told the duration of every append's sync from now on.
+    pub fn observe_syncs(&mut self, observe: SyncObserver) {
+        self.sync_observer = Some(observe);
     }
 
     /// Syncs the active segment (every record is already synced when written).

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use tonic::Status;
+
 use super::{Api, REQUEST_BYTES_MAX};
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -16,6 +18,7 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// The client port: the etcd gRPC services plus `GET /health` and `GET /metrics`.
 pub fn client_routes(api: &Api) -> tonic::service::Routes {
     use axum::http::StatusCode;
+    use axum::response::IntoResponse;
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
         KvServer::new(api.clone())
@@ -26,6 +29,7 @@ pub fn client_routes(api: &Api) -> tonic::service::Routes {
     grpc.add_service(LeaseServer::new(api.clone()));
     grpc.add_service(WatchServer::new(api.clone()));
     let (health_api, metrics_api) = (api.clone(), api.clone());
+    let counted = api.inner.node.metrics().clone();
     let router = grpc
         .routes()
         .into_axum_router()
@@ -48,9 +52,26 @@ pub fn client_routes(api: &Api) -> tonic::service::Routes {
             "/metrics",
             axum::routing::get(move || {
                 let api = metrics_api.clone();
-                async move { api.http_metrics() }
+                async move {
+                    match api.http_metrics().await {
+                        Ok(text) => (
+                            StatusCode::OK,
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                crate::metrics::CONTENT_TYPE,
+                            )],
+                            text,
+                        )
+                            .into_response(),
+                        Err(s) => (StatusCode::SERVICE_UNAVAILABLE, s.message().to_string())
+                            .into_response(),
+                    }
+                }
             }),
-        );
+        )
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::metrics::grpc::count_calls(counted.clone(), req, next)
+        }));
     tonic::service::Routes::from(router)
 }
 
@@ -72,41 +93,35 @@ impl Api {
         }
     }
 
-    /// `GET /metrics`: Prometheus text format. Names follow etcd's where one exists, so
-    /// dashboards built for etcd find them.
-    pub fn http_metrics(&self) -> String {
-        let st = self.inner.node.status();
+    /// `GET /metrics`: every metric of [`crate::metrics`], in Prometheus' (OpenMetrics) text
+    /// format, after the readings of state are taken. The sizes come from the state machine
+    /// off the async runtime (measuring the space in use reads page counts; it is cached for a
+    /// few seconds by the store).
+    pub async fn http_metrics(&self) -> Result<String, Status> {
+        let node = &self.inner.node;
+        let m = node.metrics().clone();
+        let st = node.status();
         let is_leader = st.leader.map(|l| l.get()) == Some(self.inner.member_id);
-        let gauges: [(&str, &str, u64); 6] = [
-            (
-                "etcd_server_has_leader",
-                "Whether a leader is known (1) or not (0).",
-                u64::from(st.leader.is_some()),
-            ),
-            (
-                "etcd_server_is_leader",
-                "Whether this member is the leader (1) or not (0).",
-                u64::from(is_leader),
-            ),
-            ("skiff_raft_term", "Current Raft term.", st.term),
-            ("skiff_raft_commit_index", "Raft commit index.", st.commit),
-            (
-                "skiff_raft_applied_index",
-                "Raft applied index.",
-                st.applied,
-            ),
-            (
-                "skiff_member_id",
-                "This member's id (constant; for joining series).",
-                self.inner.member_id,
-            ),
-        ];
-        let mut out = String::new();
-        for (name, help, value) in gauges {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-            ));
-        }
-        out
+        let gauge = |x: u64| i64::try_from(x).unwrap_or(i64::MAX);
+        m.has_leader.set(i64::from(st.leader.is_some()));
+        m.is_leader.set(i64::from(is_leader));
+        m.term.set(gauge(st.term));
+        m.proposals_committed.set(gauge(st.commit));
+        m.proposals_applied.set(gauge(st.applied));
+        let (file, in_use, keys, sessions) = self
+            .read_kv(|kv| {
+                Ok((
+                    kv.file_size_recent()?,
+                    kv.size_in_use()?,
+                    kv.index_size().0,
+                    kv.sessions_len(),
+                ))
+            })
+            .await?;
+        m.db_size.set(gauge(file));
+        m.db_size_in_use.set(gauge(in_use));
+        m.keys.set(gauge(keys as u64));
+        m.sessions.set(gauge(sessions as u64));
+        Ok(m.encode())
     }
 }

@@ -11,12 +11,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use raft::{Message, NodeId};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use super::codec;
 use super::faults::Faults;
+use crate::metrics::{peer_label, Metrics};
 use crate::pb::skiff::raft::v1 as pb;
 use crate::pb::skiff::raft::v1::raft_client::RaftClient;
 use crate::replica::{Outbox, Removal};
@@ -76,6 +78,8 @@ pub struct Peers {
     links: RwLock<BTreeMap<NodeId, Link>>,
     faults: Arc<Faults>,
     removal: Arc<Removal>,
+    /// Counts the bytes sent to each peer.
+    metrics: Arc<Metrics>,
 }
 
 /// The way to one peer: its queue (its sender task ends when the queue is dropped) and a
@@ -102,6 +106,7 @@ impl Peers {
         timeouts: PeerTimeouts,
         faults: Arc<Faults>,
         removal: Arc<Removal>,
+        metrics: Arc<Metrics>,
     ) -> Result<Peers, String> {
         let p = Peers {
             cluster_id,
@@ -110,6 +115,7 @@ impl Peers {
             links: RwLock::new(BTreeMap::new()),
             faults,
             removal,
+            metrics,
         };
         for (id, url) in peers {
             p.set(id, &url)?;
@@ -147,6 +153,9 @@ impl Peers {
             rx,
             self.removal.clone(),
             t,
+            self.metrics
+                .peer_sent_bytes
+                .get_or_create_owned(&peer_label("To", id.get())),
         ));
         links.insert(
             id,
@@ -261,6 +270,7 @@ async fn send_loop(
     mut rx: mpsc::Receiver<Message>,
     removal: Arc<Removal>,
     timeouts: PeerTimeouts,
+    sent_bytes: Counter,
 ) {
     let client = RaftClient::new(channel)
         .max_decoding_message_size(PEER_MSG_BYTES_MAX)
@@ -293,6 +303,7 @@ async fn send_loop(
                 },
             };
             let batch = next_batch(&sender, m, &mut rx);
+            sent_bytes.inc_by(prost::Message::encoded_len(&batch) as u64);
             match tokio::time::timeout(timeouts.send, btx.send(batch)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break "stream closed".to_string(),

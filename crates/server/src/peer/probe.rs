@@ -76,3 +76,41 @@ pub fn start(
         }
     })
 }
+
+/// How often each peer's round-trip time is measured (etcd's prober: every few seconds).
+pub const RTT_EVERY: Duration = Duration::from_secs(5);
+
+/// Measures the round trip to each peer every [`RTT_EVERY`] with the same cheap `Probe` call,
+/// into `etcd_network_peer_round_trip_time_seconds{To}`. A peer that does not answer within
+/// an election timeout gets no observation (etcd's prober counts only answers too).
+pub fn start_rtt(
+    peers: Arc<Peers>,
+    metrics: Arc<crate::metrics::Metrics>,
+    me: NodeId,
+    cluster_id: u64,
+    election: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(RTT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            for id in peers.ids() {
+                let Some(mut client) = peers.client(id) else {
+                    continue;
+                };
+                let began = Instant::now();
+                let ask = client.probe(pb::ProbeRequest {
+                    cluster_id,
+                    from: me.get(),
+                });
+                if let Ok(Ok(_)) = tokio::time::timeout(election, ask).await {
+                    metrics
+                        .peer_rtt
+                        .get_or_create(&crate::metrics::peer_label("To", id.get()))
+                        .observe(crate::metrics::seconds(began.elapsed()));
+                }
+            }
+        }
+    })
+}

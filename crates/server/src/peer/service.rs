@@ -94,6 +94,8 @@ pub struct RaftService<F> {
     removal: Arc<Removal>,
     /// Learns the address of a sender it has none for (see [`RaftService::with_peers`]).
     peers: Option<Arc<super::Peers>>,
+    /// Counts the bytes received from each peer, if set (see [`RaftService::with_metrics`]).
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl<F> RaftService<F> {
@@ -115,6 +117,7 @@ impl<F> RaftService<F> {
             faults,
             removal,
             peers: None,
+            metrics: None,
         }
     }
 
@@ -124,6 +127,13 @@ impl<F> RaftService<F> {
     /// member table moves them.
     pub fn with_peers(mut self, peers: Arc<super::Peers>) -> Self {
         self.peers = Some(peers);
+        self
+    }
+
+    /// Counts received bytes by sender in `metrics` (etcd's
+    /// `etcd_network_peer_received_bytes_total`).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
         self
     }
 }
@@ -161,6 +171,10 @@ impl<F> RaftService<F> {
                 batch.cluster_id, self.cluster_id
             )));
         }
+        let batch_bytes = self
+            .metrics
+            .as_ref()
+            .map(|_| prost::Message::encoded_len(&batch) as u64);
         let batch_url = batch.sender_url;
         let mut decoded = Vec::with_capacity(batch.messages.len());
         for m in batch.messages {
@@ -178,6 +192,14 @@ impl<F> RaftService<F> {
                 return Err(Status::failed_precondition(ERR_MEMBER_REMOVED));
             }
             decoded.push(m);
+        }
+        if let (Some(metrics), Some(bytes), Some(first)) =
+            (&self.metrics, batch_bytes, decoded.first())
+        {
+            metrics
+                .peer_received_bytes
+                .get_or_create(&crate::metrics::peer_label("From", first.from.get()))
+                .inc_by(bytes);
         }
         let mut heard = None;
         for m in decoded {

@@ -72,12 +72,13 @@ pub fn spawn(
     changed: tokio::sync::watch::Sender<u64>,
     sessions: Arc<SessionWaiters>,
     removal: Arc<Removal>,
+    metrics: Arc<crate::metrics::Metrics>,
 ) -> (
     mpsc::Sender<ApplyJob>,
     tokio::task::JoinHandle<Result<(), ServerError>>,
 ) {
     let (tx, rx) = mpsc::channel(APPLY_QUEUE_MAX);
-    let task = tokio::spawn(run(kv, applied, changed, sessions, removal, rx));
+    let task = tokio::spawn(run(kv, applied, changed, sessions, removal, metrics, rx));
     (tx, task)
 }
 
@@ -89,6 +90,7 @@ async fn run(
     changed: tokio::sync::watch::Sender<u64>,
     sessions: Arc<SessionWaiters>,
     removal: Arc<Removal>,
+    metrics: Arc<crate::metrics::Metrics>,
     mut jobs: mpsc::Receiver<ApplyJob>,
 ) -> Result<(), ServerError> {
     // A job taken while coalescing that must wait for the next round.
@@ -134,6 +136,7 @@ async fn run(
                         Err(_) => break,
                     }
                 }
+                let began = std::time::Instant::now();
                 let (results, clients) = tokio::task::block_in_place(|| {
                     apply_all(&kv, &entries, &removals, |index, client| {
                         // Writers are ascending by index (merged jobs too).
@@ -141,6 +144,9 @@ async fn run(
                             || client.is_some_and(|c| sessions.is_waiting(c))
                     })
                 })?;
+                if began.elapsed() > crate::metrics::SLOW_APPLY {
+                    metrics.slow_apply.inc();
+                }
                 sessions.answer_applied(&results, &clients);
                 answer_writers(&entries, results, writers);
                 // After the answers: a member removing itself answers before it stops.

@@ -97,6 +97,8 @@ pub struct NodeHandle {
     pub(super) applied_changes: watch::Receiver<u64>,
     /// Writers waiting for their session's entry to be applied here.
     pub(super) session_waiters: Arc<SessionWaiters>,
+    /// The member's metrics (shared with the node and apply tasks).
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl NodeHandle {
@@ -144,6 +146,11 @@ impl NodeHandle {
     /// A receiver that wakes whenever the state machine has applied more entries.
     pub fn applied_changes(&self) -> watch::Receiver<u64> {
         self.applied_changes.clone()
+    }
+
+    /// The member's metrics.
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// The latest status.

@@ -34,6 +34,7 @@ use super::handle::{AdminOp, NodeHandle, NodeStatus, PendingMember, Proposal};
 use super::reply::{ReadFailure, ReadReply, Waiter, WriteError, WriteReply};
 use super::{CurrentSnapshot, Outbox};
 use crate::error::ServerError;
+use crate::metrics::{Metrics, ReplicationView};
 
 /// Proposals queued for the node task, at most.
 pub const PROPOSALS_QUEUE_MAX: usize = 1024;
@@ -43,6 +44,8 @@ pub const READS_QUEUE_MAX: usize = 1024;
 pub const ADMIN_QUEUE_MAX: usize = 16;
 /// Inbound peer messages queued for the node task, at most.
 pub const INBOUND_QUEUE_MAX: usize = 4096;
+/// How often the leader's view of its followers is published for metrics and the dashboard.
+const REPLICATION_VIEW_EVERY: Duration = Duration::from_millis(200);
 /// Inputs taken per wake-up before the batch is handled (group commit: one sync per batch).
 const INPUTS_PER_BATCH_MAX: usize = 256;
 
@@ -81,6 +84,14 @@ pub struct NodeTask {
     pub(super) snapshot_count: u64,
     /// A snapshot being serialized and written on a blocking thread, if any (at most one).
     pub(super) snapshotting: Option<tokio::task::JoinHandle<Result<CurrentSnapshot, ServerError>>>,
+    /// This member's metrics (counted here: leader changes, failed proposals, snapshots,
+    /// reads; published here: the leader's view of its followers).
+    pub(super) metrics: Arc<Metrics>,
+    /// The last leader this member knew, to count changes of leader.
+    last_leader: Option<NodeId>,
+    /// When the followers' view was last published for metrics (at most every
+    /// [`REPLICATION_VIEW_EVERY`]); `None` while there is nothing published.
+    replication_published: Option<std::time::Instant>,
 }
 
 impl NodeTask {
@@ -98,6 +109,7 @@ impl NodeTask {
         snapshot: Option<CurrentSnapshot>,
         snapshot_count: u64,
         removal: Arc<super::Removal>,
+        metrics: Arc<Metrics>,
     ) -> (NodeTask, NodeHandle) {
         assert!(snapshot_count > 0, "snapshot_count must be positive");
         let (ptx, prx) = mpsc::channel(PROPOSALS_QUEUE_MAX);
@@ -115,6 +127,7 @@ impl NodeTask {
             changed_tx,
             session_waiters.clone(),
             removal,
+            metrics.clone(),
         );
         let handle = NodeHandle {
             proposals: ptx,
@@ -126,6 +139,7 @@ impl NodeTask {
             kv: kv.clone(),
             applied_changes: changed_rx,
             session_waiters,
+            metrics: metrics.clone(),
         };
         let task = NodeTask {
             raw,
@@ -148,6 +162,9 @@ impl NodeTask {
             snapshot,
             snapshot_count,
             snapshotting: None,
+            metrics,
+            last_leader: None,
+            replication_published: None,
         };
         (task, handle)
     }
@@ -210,6 +227,9 @@ impl NodeTask {
                 let rd = self.raw.ready();
                 self.handle_ready(rd).await?;
             }
+            // Every wake-up, not only with a batch: acknowledgements move the followers'
+            // progress without producing one.
+            self.publish_metrics();
             self.maybe_snapshot().await?;
         }
     }
@@ -226,15 +246,19 @@ impl NodeTask {
                 self.waiting_writes.insert(id.index.0, (id.term.0, p.reply));
             }
             Err(raft::ProposeError::NotLeader { leader }) => {
+                self.metrics.proposals_failed.inc();
                 let _ = p.reply.send(Err(WriteError::NotLeader(leader)));
             }
             Err(raft::ProposeError::LeadershipTransfer { to }) => {
+                self.metrics.proposals_failed.inc();
                 let _ = p.reply.send(Err(WriteError::NotLeader(Some(to))));
             }
             Err(raft::ProposeError::Busy) => {
+                self.metrics.proposals_failed.inc();
                 let _ = p.reply.send(Err(WriteError::Busy));
             }
             Err(raft::ProposeError::TooLarge { .. }) => {
+                self.metrics.proposals_failed.inc();
                 let _ = p.reply.send(Err(WriteError::TooLarge));
             }
         }
@@ -273,6 +297,7 @@ impl NodeTask {
     }
 
     fn read(&mut self, reply: ReadReply) {
+        self.metrics.read_index_requests.inc();
         let ctx = self.next_read_ctx;
         self.next_read_ctx += 1;
         match self.raw.read_index(ReadCtx(ctx)) {
@@ -293,6 +318,24 @@ impl NodeTask {
     async fn handle_ready(&mut self, rd: Ready) -> Result<(), ServerError> {
         if let Some(ss) = rd.soft_state {
             tracing::info!(term = ss.term.0, role = ?ss.role, leader = ?ss.leader.map(|l| l.get()), "raft state");
+            // etcd counts every new leader seen, the first one too.
+            if ss.leader.is_some() && ss.leader != self.last_leader {
+                self.metrics.leader_seen();
+            }
+            if ss.leader.is_some() {
+                self.last_leader = ss.leader;
+            }
+        }
+        if let Some(meta) = &rd.snapshot {
+            self.metrics.snapshots_installed.inc();
+            self.metrics
+                .snapshot_installed_bytes
+                .inc_by(meta.size_bytes);
+        }
+        if !rd.read_states.is_empty() {
+            self.metrics
+                .read_index_batch
+                .observe(rd.read_states.len() as f64);
         }
         // 1. Messages that do not depend on this batch's disk write.
         self.send_all(rd.messages);
@@ -438,7 +481,10 @@ impl NodeTask {
                 }
                 let log = &self.log;
                 match tokio::task::block_in_place(|| log.snapshot_chunk(meta.last, *offset, *len)) {
-                    Ok(chunk) => *data = chunk,
+                    Ok(chunk) => {
+                        self.metrics.snapshot_sent_bytes.inc_by(chunk.len() as u64);
+                        *data = chunk;
+                    }
                     Err(e) => {
                         // The core resends after a timeout; a file that cannot be read is
                         // reported, and the follower waits for the next snapshot.
@@ -452,12 +498,42 @@ impl NodeTask {
     }
 
     /// Answers writers waiting on entries up to `index` that will not be applied here.
+    /// Sets the gauges this task owns, and publishes the leader's view of its followers (at
+    /// most every [`REPLICATION_VIEW_EVERY`], or once emptied when leadership is lost).
+    fn publish_metrics(&mut self) {
+        let m = &self.metrics;
+        m.proposals_pending
+            .set(i64::try_from(self.waiting_writes.len()).unwrap_or(i64::MAX));
+        m.apply_queue.set(
+            i64::try_from(self.apply.max_capacity() - self.apply.capacity()).unwrap_or(i64::MAX),
+        );
+        let leading = self.raw.status().role == raft::Role::Leader;
+        let due = match self.replication_published {
+            None => leading,
+            Some(at) => !leading || at.elapsed() >= REPLICATION_VIEW_EVERY,
+        };
+        if !due {
+            return;
+        }
+        if leading {
+            m.publish_replication(ReplicationView {
+                last_index: self.raw.log().last_index().0,
+                followers: self.raw.followers(),
+            });
+            self.replication_published = Some(std::time::Instant::now());
+        } else {
+            m.publish_replication(ReplicationView::default());
+            self.replication_published = None;
+        }
+    }
+
     pub(super) fn fail_writes_through(&mut self, index: u64) {
         while let Some(entry) = self.waiting_writes.first_entry() {
             if *entry.key() > index {
                 break;
             }
             let (_, reply) = entry.remove();
+            self.metrics.proposals_failed.inc();
             let _ = reply.send(Err(WriteError::LeaderChanged));
         }
     }

@@ -172,6 +172,7 @@ impl NodeTask {
             );
             return Ok(());
         }
+        self.metrics.snapshots_taken.inc();
         let log = &mut self.log;
         tokio::task::block_in_place(|| -> Result<_, ServerError> {
             log.adopt_snapshot(&storage_meta(&meta))?;

@@ -22,6 +22,9 @@ pub struct ServerConfig {
     pub listen_client: SocketAddr,
     /// Address of the peer port.
     pub listen_peer: SocketAddr,
+    /// Extra plain-HTTP listeners that serve only `GET /metrics` and `GET /health`
+    /// (`--listen-metrics-urls`), for scrapers kept off the client port.
+    pub listen_metrics: Vec<SocketAddr>,
     /// Where clients reach this member (`--advertise-client-urls`), as MemberList shows it.
     pub advertise_client_urls: Vec<String>,
     /// The cluster definition.
@@ -130,6 +133,7 @@ mod tests {
             data_dir: "unused".into(),
             listen_client: "127.0.0.1:2379".parse().expect("addr"),
             listen_peer: "127.0.0.1:2380".parse().expect("addr"),
+            listen_metrics: Vec::new(),
             advertise_client_urls: vec!["http://127.0.0.1:2379".into()],
             cluster,
             new_cluster: true,

@@ -90,6 +90,10 @@ pub async fn run(
 
     let client_listener = bind(config.listen_client, "client").await?;
     let peer_listener = bind(config.listen_peer, "peer").await?;
+    let mut metrics_listeners = Vec::new();
+    for addr in &config.listen_metrics {
+        metrics_listeners.push(bind(*addr, "metrics").await?);
+    }
 
     let faults = Arc::new(Faults::default());
     if let Some(path) = config.fault_file.clone() {
@@ -202,6 +206,23 @@ pub async fn run(
         .accept_http1(true)
         .add_routes(client_routes(&api))
         .serve_with_incoming_shutdown(nodelay(client_listener), stopped(stop_rx.clone()));
+    // `--listen-metrics-urls`: /metrics and /health alone, over plain HTTP/1.1 or h2c.
+    let metrics_servers: Vec<_> = metrics_listeners
+        .into_iter()
+        .map(|l| {
+            let serve = tonic::transport::Server::builder()
+                .accept_http1(true)
+                .add_routes(tonic::service::Routes::from(crate::api::http::http_routes(
+                    &api,
+                )))
+                .serve_with_incoming_shutdown(nodelay(l), stopped(stop_rx.clone()));
+            tokio::spawn(async move {
+                if let Err(e) = serve.await {
+                    tracing::warn!(error = %e, "a metrics listener stopped");
+                }
+            })
+        })
+        .collect();
     let timeouts = PeerTimeouts::for_election(config.election);
     let peer_server = tonic::transport::Server::builder()
         // A peer that vanished (a partition) is noticed from this side too.
@@ -240,6 +261,9 @@ pub async fn run(
     address_book.abort();
     prober.abort();
     rtt_prober.abort();
+    for s in metrics_servers {
+        s.abort();
+    }
     if let Some(c) = compactor {
         c.abort();
     }

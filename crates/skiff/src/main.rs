@@ -55,6 +55,10 @@ struct ServeArgs {
     /// URL to serve the peer protocol on (one http://IP:PORT).
     #[arg(long, default_value = "http://127.0.0.1:2380")]
     listen_peer_urls: String,
+    /// Extra URLs (comma-separated http://IP:PORT) that serve only /metrics and /health, as
+    /// etcd's flag of this name.
+    #[arg(long, default_value = "")]
+    listen_metrics_urls: String,
     /// This member's peer URL as the others reach it; must match its --initial-cluster entry.
     #[arg(long, default_value = "http://127.0.0.1:2380")]
     initial_advertise_peer_urls: String,
@@ -134,6 +138,15 @@ impl ServeArgs {
         };
         let listen_client = single("listen-client-urls", &self.listen_client_urls)?;
         let listen_peer = single("listen-peer-urls", &self.listen_peer_urls)?;
+        let listen_metrics = self
+            .listen_metrics_urls
+            .split(',')
+            .filter(|u| !u.is_empty())
+            .map(|u| {
+                server::cluster::parse_url(u)
+                    .map_err(|e| anyhow::anyhow!("--listen-metrics-urls: {e}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
         advertised("advertise-client-urls", &self.advertise_client_urls)?;
         advertised(
             "initial-advertise-peer-urls",
@@ -169,6 +182,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| PathBuf::from(format!("{}.skiff", self.name))),
             listen_client,
             listen_peer,
+            listen_metrics,
             advertise_client_urls: vec![self.advertise_client_urls.clone()],
             cluster,
             new_cluster: self.initial_cluster_state == "new",

@@ -46,3 +46,23 @@ async fn health_and_metrics_over_http() {
         );
     }
 }
+
+/// `--listen-metrics-urls`: a plain-HTTP listener with `/metrics` and `/health` only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_their_own_listener() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let c = Cluster::start_with(1, &["--listen-metrics-urls", &url]);
+    c.wait_leader(&[0]).await;
+    let metrics = http_get(port, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    assert!(metrics.contains("etcd_server_is_leader 1"), "{metrics}");
+    let health = http_get(port, "/health");
+    assert!(health.contains(r#""health":"true""#), "{health}");
+    // Not the etcd API: a gRPC path is unknown there.
+    let grpc = http_get(port, "/etcdserverpb.KV/Range");
+    assert!(!grpc.starts_with("HTTP/1.1 200"), "{grpc}");
+}

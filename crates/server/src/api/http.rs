@@ -17,8 +17,6 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 
 /// The client port: the etcd gRPC services plus `GET /health` and `GET /metrics`.
 pub fn client_routes(api: &Api) -> tonic::service::Routes {
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
         KvServer::new(api.clone())
@@ -28,11 +26,24 @@ pub fn client_routes(api: &Api) -> tonic::service::Routes {
     grpc.add_service(ClusterServer::new(api.clone()));
     grpc.add_service(LeaseServer::new(api.clone()));
     grpc.add_service(WatchServer::new(api.clone()));
-    let (health_api, metrics_api) = (api.clone(), api.clone());
     let counted = api.inner.node.metrics().clone();
     let router = grpc
         .routes()
         .into_axum_router()
+        .merge(http_routes(api))
+        .layer(axum::middleware::from_fn(move |req, next| {
+            crate::metrics::grpc::count_calls(counted.clone(), req, next)
+        }));
+    tonic::service::Routes::from(router)
+}
+
+/// `GET /health` and `GET /metrics` alone: for `--listen-metrics-urls`, and merged into the
+/// client port's routes.
+pub fn http_routes(api: &Api) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let (health_api, metrics_api) = (api.clone(), api.clone());
+    axum::Router::new()
         .route(
             "/health",
             axum::routing::get(move || {
@@ -69,10 +80,6 @@ pub fn client_routes(api: &Api) -> tonic::service::Routes {
                 }
             }),
         )
-        .layer(axum::middleware::from_fn(move |req, next| {
-            crate::metrics::grpc::count_calls(counted.clone(), req, next)
-        }));
-    tonic::service::Routes::from(router)
 }
 
 impl Api {

@@ -108,6 +108,13 @@ struct ServeArgs {
     /// start on a mismatch.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     experimental_initial_corrupt_check: bool,
+    /// Least severe log level written: debug, info, warn or error (etcd's panic and fatal mean
+    /// error here). RUST_LOG, when set, overrides it with a full filter.
+    #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
+    log_level: String,
+    /// Log lines as text (default) or as one JSON object per line.
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     /// Stop when stdin reaches end of file: `skiff dev` and the tests hold a pipe to each
     /// member, so members never outlive their parent, even if it is SIGKILLed.
     #[arg(long, hide = true)]
@@ -241,14 +248,27 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let (level, json) = match &cli.command {
+        Command::Serve(a) => (
+            match a.log_level.as_str() {
+                "panic" | "fatal" => "error",
+                l => l,
+            },
+            a.log_format == "json",
+        ),
+        _ => ("info", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let result = match cli.command {
         Command::Serve(args) => serve(args),
         Command::Dev(args) => dev::run(args),

@@ -317,7 +317,16 @@ impl NodeTask {
 
     async fn handle_ready(&mut self, rd: Ready) -> Result<(), ServerError> {
         if let Some(ss) = rd.soft_state {
-            tracing::info!(term = ss.term.0, role = ?ss.role, leader = ?ss.leader.map(|l| l.get()), "raft state");
+            let st = self.raw.status();
+            tracing::info!(
+                member = %format_args!("{:x}", st.id.get()),
+                term = ss.term.0,
+                role = ?ss.role,
+                leader = %ss.leader.map_or("none".to_string(), |l| format!("{:x}", l.get())),
+                commit = st.commit.0,
+                last = st.last.index.0,
+                "raft state"
+            );
             // etcd counts every new leader seen, the first one too.
             if ss.leader.is_some() && ss.leader != self.last_leader {
                 self.metrics.leader_seen();
@@ -421,8 +430,10 @@ impl NodeTask {
                     .collect::<Vec<_>>()
             };
             tracing::info!(
+                member = %format_args!("{:x}", self.raw.id().get()),
+                term = self.raw.status().term.0,
                 voters = ?hex(&m.voters), outgoing = ?hex(&m.voters_outgoing),
-                learners = ?hex(&m.learners), at = self.raw.log().membership_index().0,
+                learners = ?hex(&m.learners), index = self.raw.log().membership_index().0,
                 "configuration in force"
             );
             self.membership.send_replace(Arc::new(m.clone()));

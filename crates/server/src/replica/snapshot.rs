@@ -91,6 +91,7 @@ impl NodeTask {
         hs.commit = hs.commit.max(meta.last.index);
         tokio::task::block_in_place(|| self.log.reset_to_snapshot(meta.last, &hs))?;
         tracing::info!(
+            member = %format_args!("{:x}", self.raw.id().get()),
             index = meta.last.index.0,
             term = meta.last.term.0,
             bytes = meta.size_bytes,
@@ -185,6 +186,7 @@ impl NodeTask {
             .map_err(|e| ServerError::Invariant(format!("core refused compaction: {e:?}")))?;
         tokio::task::block_in_place(|| self.log.compact(meta.last))?;
         tracing::info!(
+            member = %format_args!("{:x}", self.raw.id().get()),
             index = meta.last.index.0,
             term = meta.last.term.0,
             bytes = meta.size_bytes,

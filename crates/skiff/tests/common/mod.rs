@@ -200,7 +200,8 @@ impl Cluster {
             .arg("--stop-on-stdin-eof")
             .arg("--fault-file")
             .arg(self.fault_file(i))
-            .env("RUST_LOG", "info")
+            // The member's default level (info), or what a test's --log-level says.
+            .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log_err)

@@ -1,0 +1,54 @@
+//! `--log-format json` and `--log-level`: one JSON object per line, and Raft events carry the
+//! member id, term and index as fields (etcd's structured logs).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, PATIENCE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_member_term_and_index() {
+    let c = Cluster::start_with(1, &["--log-format", "json", "--log-level", "debug"]);
+    c.wait_leader(&[0]).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = std::fs::read_to_string(c.log_path(0)).expect("the member's log");
+        // The harness may add lines of its own before the member's; the member's are JSON.
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        let leader = events
+            .iter()
+            .find(|e| e["fields"]["message"] == "raft state" && e["fields"]["role"] == "Leader");
+        if let Some(e) = leader {
+            let f = &e["fields"];
+            assert_eq!(e["level"], "INFO");
+            assert!(f["member"].as_str().is_some_and(|m| !m.is_empty()), "{e}");
+            assert_eq!(f["leader"], f["member"], "{e}");
+            assert!(f["term"].as_u64().is_some_and(|t| t >= 1), "{e}");
+            assert!(f["last"].as_u64().is_some(), "{e}");
+            assert!(
+                events.iter().any(|e| e["level"] == "DEBUG"),
+                "debug level on"
+            );
+            return;
+        }
+        assert!(Instant::now() < deadline, "no leader event in:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[test]
+fn an_unknown_log_level_is_refused_naming_the_flag() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["serve", "--log-level", "loud"])
+        .output()
+        .expect("run skiff");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--log-level"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

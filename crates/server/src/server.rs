@@ -79,10 +79,10 @@ pub async fn run(
     }
 
     {
-        let (fsync, commit) = (metrics.wal_fsync.clone(), metrics.backend_commit.clone());
+        let (fsync, commit) = (metrics.clone(), metrics.backend_commit.clone());
         opened
             .log
-            .observe_syncs(Box::new(move |d| fsync.observe(crate::metrics::seconds(d))));
+            .observe_syncs(Box::new(move |d| fsync.observe_fsync(d)));
         opened.kv.observe_commits(Box::new(move |d| {
             commit.observe(crate::metrics::seconds(d))
         }));
@@ -180,6 +180,7 @@ pub async fn run(
     let lessor = api.start_lessor(config.election);
     let publisher = api.start_publisher();
     let address_book = api.start_address_book();
+    let dashboard = api.start_dashboard();
     let prober = crate::peer::probe::start(
         peers_for_service.clone(),
         removal.clone(),
@@ -261,6 +262,7 @@ pub async fn run(
     address_book.abort();
     prober.abort();
     rtt_prober.abort();
+    dashboard.abort();
     for s in metrics_servers {
         s.abort();
     }

@@ -132,6 +132,9 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
     println!("  etcdctl --endpoints=$ENDPOINTS put greeting hello");
     println!("  etcdctl --endpoints=$ENDPOINTS get greeting");
     println!("  etcdctl --endpoints=$ENDPOINTS endpoint status -w table");
+    if let Some(first) = endpoints.first() {
+        println!("  dashboard: {first}/dashboard   metrics: {first}/metrics");
+    }
     println!();
     println!(
         "Ctrl-C stops the cluster; data stays in {}",

@@ -153,6 +153,7 @@ fn dev_cluster_serves_etcdctl_and_stops_on_ctrl_c() {
     reader.join().expect("stdout reader");
     let printed = printed.lock().expect("lock").clone();
     assert!(printed.contains("etcdctl --endpoints="), "{printed}");
+    assert!(printed.contains("/dashboard"), "{printed}");
     assert!(printed.contains("stopped"), "{printed}");
 
     // The members are gone: their client ports refuse connections.

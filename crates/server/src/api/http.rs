@@ -42,8 +42,19 @@ pub fn client_routes(api: &Api) -> tonic::service::Routes {
 pub fn http_routes(api: &Api) -> axum::Router {
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    let (health_api, metrics_api) = (api.clone(), api.clone());
+    let (health_api, metrics_api, events_api) = (api.clone(), api.clone(), api.clone());
     axum::Router::new()
+        .route(
+            "/dashboard",
+            axum::routing::get(|| async { super::dashboard::page() }),
+        )
+        .route(
+            "/dashboard/events",
+            axum::routing::get(move || {
+                let api = events_api.clone();
+                async move { api.dashboard_events() }
+            }),
+        )
         .route(
             "/health",
             axum::routing::get(move || {

@@ -126,6 +126,10 @@ impl LeaderApi for Api {
         self.hash_kv_impl(r).await
     }
 
+    async fn member_state(&self, r: pb::MemberStateRequest) -> Result<pb::MemberState, Status> {
+        self.peer_member_state(&r)
+    }
+
     async fn join(&self, r: pb::JoinRequest) -> Result<pb::JoinResponse, Status> {
         self.join_answer(&r.peer_url).await
     }

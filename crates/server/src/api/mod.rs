@@ -41,6 +41,7 @@ pub mod cluster;
 pub mod compactor;
 pub mod convert;
 pub mod corrupt;
+pub mod dashboard;
 pub mod expiry;
 pub mod hash;
 pub mod http;
@@ -81,6 +82,8 @@ struct Inner {
     removal: Arc<crate::replica::Removal>,
     /// The space quota of this member's state machine file (see [`quota`]).
     quota: quota::Quota,
+    /// The dashboard's latest state (see [`dashboard`]).
+    dashboard: dashboard::Hub,
 }
 
 impl Api {
@@ -104,6 +107,7 @@ impl Api {
                 members,
                 removal,
                 quota: quota::Quota::DEFAULT,
+                dashboard: dashboard::Hub::default(),
             }),
         }
     }

@@ -13,6 +13,7 @@
 
 pub mod grpc;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -60,6 +61,65 @@ const RTT_BUCKETS: Buckets = Buckets {
     count: 14,
 };
 
+/// Buckets of [`LatencyCounts`]: upper bounds 1 ms doubling 14 times, then +Inf.
+pub const LATENCY_BUCKETS: usize = 15;
+
+/// Cumulative counts of durations in [`DISK_BUCKETS`]' buckets (the last is +Inf), readable
+/// as numbers (the Prometheus histogram's are not), so that the dashboard can show recent
+/// percentiles from the difference of two readings.
+#[derive(Default)]
+pub struct LatencyCounts([AtomicU64; LATENCY_BUCKETS]);
+
+impl LatencyCounts {
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let mut bound = DISK_BUCKETS.start;
+        for b in &self.0[..LATENCY_BUCKETS - 1] {
+            if secs <= bound {
+                b.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            bound *= DISK_BUCKETS.factor;
+        }
+        self.0[LATENCY_BUCKETS - 1].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts per bucket (not cumulative across buckets).
+    pub fn read(&self) -> Vec<u64> {
+        self.0.iter().map(|b| b.load(Ordering::Relaxed)).collect()
+    }
+}
+
+/// The upper bound, in milliseconds, of the bucket holding the `q` quantile of the durations
+/// counted between two readings of [`LatencyCounts::read`]; `None` if none were; infinity if
+/// it falls in the last bucket.
+pub fn quantile_ms(before: &[u64], after: &[u64], q: f64) -> Option<f64> {
+    let delta: Vec<u64> = after
+        .iter()
+        .zip(before.iter().chain(std::iter::repeat(&0)))
+        .map(|(a, b)| a.saturating_sub(*b))
+        .collect();
+    let total: u64 = delta.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let want = (q * total as f64).ceil() as u64;
+    let mut seen = 0;
+    let mut bound = DISK_BUCKETS.start * 1000.0;
+    for (i, n) in delta.iter().enumerate() {
+        seen += n;
+        if seen >= want {
+            return Some(if i + 1 == delta.len() {
+                f64::INFINITY
+            } else {
+                bound
+            });
+        }
+        bound *= DISK_BUCKETS.factor;
+    }
+    Some(f64::INFINITY)
+}
+
 /// What the node task publishes for scrapes (and the dashboard): the leader's view of its
 /// followers, with its own last index to measure lag against. Empty off the leader.
 #[derive(Clone, Debug, Default)]
@@ -94,6 +154,12 @@ pub struct Metrics {
     pub wal_fsync: Histogram,
     /// `etcd_disk_backend_commit_duration_seconds`: each state machine commit.
     pub backend_commit: Histogram,
+    /// `skiff_apply_duration_seconds`: each batch of committed entries applied.
+    pub apply: Histogram,
+    /// The WAL fsync durations again, for the dashboard's recent percentiles.
+    pub fsync_counts: LatencyCounts,
+    /// The apply durations again, for the dashboard.
+    pub apply_counts: LatencyCounts,
     /// `etcd_network_peer_round_trip_time_seconds{To}`.
     pub peer_rtt: Family<Labels, Histogram, Buckets>,
     /// `etcd_network_peer_sent_bytes_total{To}`.
@@ -157,6 +223,9 @@ impl Metrics {
             slow_apply: Counter::default(),
             wal_fsync: DISK_BUCKETS.new_metric(),
             backend_commit: DISK_BUCKETS.new_metric(),
+            apply: DISK_BUCKETS.new_metric(),
+            fsync_counts: LatencyCounts::default(),
+            apply_counts: LatencyCounts::default(),
             peer_rtt: Family::new_with_constructor(RTT_BUCKETS),
             peer_sent_bytes: Family::default(),
             peer_received_bytes: Family::default(),
@@ -240,6 +309,11 @@ impl Metrics {
             "etcd_disk_backend_commit_duration_seconds",
             "The latency distributions of commit called by backend",
             m.backend_commit.clone(),
+        );
+        r.register(
+            "skiff_apply_duration_seconds",
+            "The latency distributions of applying a batch of committed entries",
+            m.apply.clone(),
         );
         r.register(
             "etcd_network_peer_round_trip_time_seconds",
@@ -350,6 +424,31 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
+    /// Records one WAL append's fsync.
+    pub fn observe_fsync(&self, d: Duration) {
+        self.wal_fsync.observe(seconds(d));
+        self.fsync_counts.observe(d);
+    }
+
+    /// Records one batch applied; counts it as slow past [`SLOW_APPLY`].
+    pub fn observe_apply(&self, d: Duration) {
+        self.apply.observe(seconds(d));
+        self.apply_counts.observe(d);
+        if d > SLOW_APPLY {
+            self.slow_apply.inc();
+        }
+    }
+
+    /// The counter's value (for the dashboard).
+    pub fn proposals_failed_total(&self) -> u64 {
+        self.proposals_failed.get()
+    }
+
+    /// The counter's value (for the dashboard).
+    pub fn leader_changes_total(&self) -> u64 {
+        self.leader_changes.get()
+    }
+
     /// Records a change of leader seen by this member (etcd counts each new leader).
     pub fn leader_seen(&self) {
         self.leader_changes.inc();
@@ -431,4 +530,28 @@ pub fn seconds(d: Duration) -> f64 {
 /// Labels naming a peer as etcd does (`To` or `From`, the member id in hex).
 pub fn peer_label(key: &'static str, id: u64) -> Labels {
     vec![(key, format!("{id:x}"))]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_quantiles_come_from_the_difference_of_two_readings() {
+        let c = LatencyCounts::default();
+        for _ in 0..98 {
+            c.observe(Duration::from_micros(500)); // <= 1 ms
+        }
+        let before = c.read();
+        assert_eq!(quantile_ms(&before, &c.read(), 0.99), None, "nothing new");
+        for _ in 0..99 {
+            c.observe(Duration::from_micros(1500)); // <= 2 ms
+        }
+        c.observe(Duration::from_millis(30)); // <= 32 ms
+        let after = c.read();
+        assert_eq!(quantile_ms(&before, &after, 0.99), Some(2.0));
+        assert_eq!(quantile_ms(&before, &after, 1.0), Some(32.0));
+        c.observe(Duration::from_secs(60));
+        assert_eq!(quantile_ms(&after, &c.read(), 0.99), Some(f64::INFINITY));
+    }
 }

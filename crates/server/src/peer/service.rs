@@ -82,6 +82,9 @@ pub trait LeaderApi: Send + Sync + 'static {
     /// This member's hash of its key-value history at a revision (any member answers, from
     /// its own applied state), for a peer's corruption check.
     async fn peer_hash_kv(&self, r: epb::HashKvRequest) -> Result<epb::HashKvResponse, Status>;
+    /// This member's view of itself (and of its followers, on the leader), for a peer's
+    /// dashboard.
+    async fn member_state(&self, r: pb::MemberStateRequest) -> Result<pb::MemberState, Status>;
 }
 
 /// The peer-port service.
@@ -463,5 +466,17 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
     ) -> Result<Response<epb::HashKvResponse>, Status> {
         let resp = self.leader.peer_hash_kv(r.into_inner()).await?;
         Ok(Response::new(resp))
+    }
+
+    async fn member_state(
+        &self,
+        r: Request<pb::MemberStateRequest>,
+    ) -> Result<Response<pb::MemberState>, Status> {
+        let r = r.into_inner();
+        if NodeId::new(r.from).is_some_and(|from| self.faults.is_blocked(from)) {
+            // Cut off by the fault hook: as unreachable as its messages.
+            return Err(Status::unavailable("cut off by the fault hook"));
+        }
+        Ok(Response::new(self.leader.member_state(r).await?))
     }
 }

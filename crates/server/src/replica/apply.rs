@@ -144,9 +144,7 @@ async fn run(
                             || client.is_some_and(|c| sessions.is_waiting(c))
                     })
                 })?;
-                if began.elapsed() > crate::metrics::SLOW_APPLY {
-                    metrics.slow_apply.inc();
-                }
+                metrics.observe_apply(began.elapsed());
                 sessions.answer_applied(&results, &clients);
                 answer_writers(&entries, results, writers);
                 // After the answers: a member removing itself answers before it stops.

@@ -311,6 +311,15 @@ impl Index {
         self.keys.len()
     }
 
+    /// Keys whose latest revision is a put (not deleted). Walks every key: for metrics
+    /// scrapes, not for the apply path.
+    pub(crate) fn live_keys(&self) -> usize {
+        self.keys
+            .values()
+            .filter(|ki| ki.gens.last().is_some_and(|g| !g.deleted))
+            .count()
+    }
+
     /// Checks the counters against the maps (tests and the simulator): panics on a mismatch.
     pub(crate) fn check(&self) {
         let revs: usize = self.keys.values().map(KeyIndex::revs).sum();

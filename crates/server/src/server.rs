@@ -213,9 +213,9 @@ pub async fn run(
         .map(|l| {
             let serve = tonic::transport::Server::builder()
                 .accept_http1(true)
-                .add_routes(tonic::service::Routes::from(crate::api::http::http_routes(
-                    &api,
-                )))
+                .add_routes(tonic::service::Routes::from(
+                    crate::api::http::metrics_routes(&api),
+                ))
                 .serve_with_incoming_shutdown(nodelay(l), stopped(stop_rx.clone()));
             tokio::spawn(async move {
                 if let Err(e) = serve.await {

@@ -258,8 +258,18 @@ fn main() -> ExitCode {
         ),
         _ => ("info", false),
     };
+    // The level is Skiff's own (as etcd's applies to etcd): at debug, the libraries under it
+    // (h2, hyper, tonic) stay at info.
+    let directives = if level == "debug" {
+        ["raft", "storage", "kv", "server", "skiff"]
+            .iter()
+            .flat_map(|c| [format!("{c}=debug"), format!("skiff_{c}=debug")])
+            .fold("info".to_string(), |acc, d| acc + "," + &d)
+    } else {
+        level.to_string()
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(directives));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

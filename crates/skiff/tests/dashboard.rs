@@ -170,12 +170,19 @@ fn wait_page(d: &Driver, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
         if ok(&v) {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the page never showed {what}: {v}"
-        );
+        if Instant::now() >= deadline {
+            // What the page showed instead is the first thing to look at.
+            let path = screenshot_path("dashboard-failure.png");
+            let saved = std::fs::write(&path, d.screenshot()).map(|()| path.display().to_string());
+            panic!("the page never showed {what}: {v} (screenshot: {saved:?})");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Where screenshots go: the cargo target dir's scratch space.
+fn screenshot_path(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name)
 }
 
 fn roles(v: &Value) -> Vec<(String, String)> {
@@ -231,10 +238,17 @@ fn dashboard_shows_the_group_and_a_new_leader_live() {
     let old_term = before["term"].as_u64().expect("a term");
 
     c.kill(leader);
-    let after = wait_page(&d, "a new leader in a later term", |v| {
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let new_leader = common::runtime().block_on(c.wait_leader(&others));
+    let new_id = common::etcdctl_ok(&c.endpoint(new_leader), &["endpoint", "status"], "")
+        .stdout
+        .split(", ")
+        .nth(1)
+        .expect("an id")
+        .to_string();
+    let after = wait_page(&d, "the new leader in a later term", |v| {
         let r = roles(v);
-        v["leader"] != old_leader.as_str()
-            && v["leader"] != "none"
+        v["leader"] == new_id.as_str()
             && v["term"].as_u64() > Some(old_term)
             && r.iter()
                 .any(|(id, role)| *id == old_leader && role == "unreachable")
@@ -242,7 +256,7 @@ fn dashboard_shows_the_group_and_a_new_leader_live() {
     });
     let png = d.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
+    let path = screenshot_path("dashboard.png");
     std::fs::write(&path, &png).expect("save the screenshot");
     println!(
         "dashboard screenshot: {} (leader {} in term {})",

@@ -2,21 +2,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, PATIENCE};
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).expect("write");
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
-}
+use common::{http_get, Cluster, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics_over_http() {
@@ -62,7 +50,9 @@ async fn metrics_on_their_own_listener() {
     assert!(metrics.contains("etcd_server_is_leader 1"), "{metrics}");
     let health = http_get(port, "/health");
     assert!(health.contains(r#""health":"true""#), "{health}");
-    // Not the etcd API: a gRPC path is unknown there.
+    // Not the dashboard, nor the etcd API.
+    let dashboard = http_get(port, "/dashboard");
+    assert!(dashboard.starts_with("HTTP/1.1 404"), "{dashboard}");
     let grpc = http_get(port, "/etcdserverpb.KV/Range");
     assert!(!grpc.starts_with("HTTP/1.1 200"), "{grpc}");
 }

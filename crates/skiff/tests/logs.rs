@@ -9,7 +9,7 @@ use common::{Cluster, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_member_term_and_index() {
-    let c = Cluster::start_with(1, &["--log-format", "json", "--log-level", "debug"]);
+    let c = Cluster::start_with(1, &["--log-format", "json"]);
     c.wait_leader(&[0]).await;
     let deadline = Instant::now() + PATIENCE;
     loop {
@@ -31,14 +31,33 @@ async fn json_logs_carry_member_term_and_index() {
             assert!(f["term"].as_u64().is_some_and(|t| t >= 1), "{e}");
             assert!(f["last"].as_u64().is_some(), "{e}");
             assert!(
-                events.iter().any(|e| e["level"] == "DEBUG"),
-                "debug level on"
+                events.iter().all(|e| e["level"] != "DEBUG"),
+                "info is the default level"
             );
             return;
         }
         assert!(Instant::now() < deadline, "no leader event in:\n{text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_warn_leaves_out_info() {
+    let c = Cluster::start_with(1, &["--log-format", "json", "--log-level", "warn"]);
+    c.wait_leader(&[0]).await;
+    // The member has elected itself and served a status call: info events happened.
+    let text = std::fs::read_to_string(c.log_path(0)).expect("the member's log");
+    for l in text.lines().filter(|l| l.starts_with('{')) {
+        let e: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+        assert!(
+            e["level"] == "WARN" || e["level"] == "ERROR",
+            "an event below warn: {l}"
+        );
+    }
+    assert!(
+        !text.contains("raft state"),
+        "the leader event is info: {text}"
+    );
 }
 
 #[test]

@@ -93,6 +93,19 @@ async fn a_member_far_behind_catches_up_by_snapshot_and_restarts_from_it() {
         log_mentions(&c, behind, "installed a snapshot from the leader"),
         "the member caught up without a snapshot although the log was compacted"
     );
+    // Counted where operators look: the sender's and the receiver's metrics.
+    let installed = common::http_get(c.members[behind].client_port, "/metrics");
+    assert!(
+        installed.contains("skiff_snapshots_installed_total 1"),
+        "{installed}"
+    );
+    let sent = [leader, other]
+        .iter()
+        .map(|&i| common::http_get(c.members[i].client_port, "/metrics"))
+        .any(|m| {
+            m.contains("skiff_snapshots_sent_total 1") || m.contains("skiff_snapshots_sent_total 2")
+        });
+    assert!(sent, "no member counted the snapshot it sent");
     assert_eq!(snapshot_files(&c.data_dir(behind)).len(), 1);
 
     // It restarts from the installed snapshot plus its log.

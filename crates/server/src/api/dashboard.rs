@@ -29,14 +29,14 @@ use crate::metrics::{quantile_ms, state_name};
 use crate::pb::skiff::raft::v1 as pb;
 
 /// How often the hub publishes a state (about 4 updates a second).
-pub const EVERY: Duration = Duration::from_millis(250);
+pub const PUBLISH_PERIOD: Duration = Duration::from_millis(250);
 /// Dashboard streams open at once, at most; more are refused with 503.
 pub const VIEWERS_MAX: usize = 64;
 /// Readings kept per member for recent percentiles: the window is this many periods (1 s).
-const WINDOW: usize = 4;
+const WINDOW_PERIODS: usize = 4;
 
 /// Recent bucket readings (WAL fsync, apply) per member, oldest first, for percentiles over
-/// the last [`WINDOW`] periods.
+/// the last [`WINDOW_PERIODS`] periods.
 type Readings = BTreeMap<u64, VecDeque<(Vec<u64>, Vec<u64>)>>;
 
 /// The page.
@@ -44,6 +44,7 @@ const PAGE: &str = include_str!("dashboard.html");
 
 /// The latest state document, shared by every open stream.
 pub struct Hub {
+    /// The latest document (JSON); its receivers are the open streams.
     tx: watch::Sender<Arc<str>>,
 }
 
@@ -105,7 +106,7 @@ impl Api {
             leader: st.leader.map_or(0, |l| l.get()),
             commit: st.commit,
             applied: st.applied,
-            last_index: replication.last_index.max(st.commit),
+            last_index: st.last,
             learner: membership
                 .learners
                 .iter()
@@ -167,7 +168,7 @@ impl Api {
     }
 
     async fn hub_loop(self) {
-        let mut tick = tokio::time::interval(EVERY);
+        let mut tick = tokio::time::interval(PUBLISH_PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut history = Readings::new();
         let started = Instant::now();
@@ -187,11 +188,7 @@ impl Api {
 
     /// Asks every peer for its state (in parallel, each bounded by the period) and builds the
     /// document the page renders.
-    async fn cluster_view(
-        &self,
-        history: &mut Readings,
-        started: Instant,
-    ) -> Value {
+    async fn cluster_view(&self, history: &mut Readings, started: Instant) -> Value {
         let peers = &self.inner.members.peers;
         let me = self.inner.member_id;
         let mut asks = tokio::task::JoinSet::new();
@@ -203,12 +200,17 @@ impl Api {
             };
             asks.spawn(async move {
                 let answer = match client {
-                    None => Err("no address known".to_string()),
-                    Some(mut c) => match tokio::time::timeout(EVERY, c.member_state(req)).await {
-                        Ok(Ok(r)) => Ok(r.into_inner()),
-                        Ok(Err(s)) => Err(s.message().to_string()),
-                        Err(_) => Err(format!("no answer within {} ms", EVERY.as_millis())),
-                    },
+                    None => Err("not connected (no address known, or cut off)".to_string()),
+                    Some(mut c) => {
+                        match tokio::time::timeout(PUBLISH_PERIOD, c.member_state(req)).await {
+                            Ok(Ok(r)) => Ok(r.into_inner()),
+                            Ok(Err(s)) => Err(s.message().to_string()),
+                            Err(_) => Err(format!(
+                                "no answer within {} ms",
+                                PUBLISH_PERIOD.as_millis()
+                            )),
+                        }
+                    }
                 };
                 (id.get(), answer)
             });
@@ -216,15 +218,16 @@ impl Api {
         let mut answers: Vec<(u64, Result<pb::MemberState, String>)> = asks.join_all().await;
         answers.push((me, Ok(self.own_state())));
         answers.sort_by_key(|(id, _)| *id);
+        // A redb read: off the runtime (a defragmentation holds the database for a while).
         let names: BTreeMap<u64, String> = self
-            .inner
-            .node
-            .kv
-            .members()
+            .read_kv(|kv| kv.members())
+            .await
             .unwrap_or_default()
             .into_iter()
             .map(|m| (m.id, m.name))
             .collect();
+        // Members that left (or are unreachable now) keep no readings.
+        history.retain(|id, _| answers.iter().any(|(a, r)| a == id && r.is_ok()));
         let mut members = Vec::new();
         for (id, answer) in &answers {
             let name = names.get(id).cloned().unwrap_or_default();
@@ -232,7 +235,7 @@ impl Api {
                 Ok(s) => {
                     let h = history.entry(*id).or_default();
                     h.push_back((s.fsync_buckets.clone(), s.apply_buckets.clone()));
-                    while h.len() > WINDOW + 1 {
+                    while h.len() > WINDOW_PERIODS + 1 {
                         h.pop_front();
                     }
                     let (old_f, old_a) = h.front().cloned().unwrap_or_default();

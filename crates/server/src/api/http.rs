@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use tonic::Status;
-
 use super::{Api, REQUEST_BYTES_MAX};
 use crate::pb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -30,19 +28,17 @@ pub fn client_routes(api: &Api) -> tonic::service::Routes {
     let router = grpc
         .routes()
         .into_axum_router()
-        .merge(http_routes(api))
+        .merge(metrics_routes(api))
+        .merge(dashboard_routes(api))
         .layer(axum::middleware::from_fn(move |req, next| {
             crate::metrics::grpc::count_calls(counted.clone(), req, next)
         }));
     tonic::service::Routes::from(router)
 }
 
-/// `GET /health` and `GET /metrics` alone: for `--listen-metrics-urls`, and merged into the
-/// client port's routes.
-pub fn http_routes(api: &Api) -> axum::Router {
-    use axum::http::StatusCode;
-    use axum::response::IntoResponse;
-    let (health_api, metrics_api, events_api) = (api.clone(), api.clone(), api.clone());
+/// `GET /dashboard` and its event stream (client port only).
+fn dashboard_routes(api: &Api) -> axum::Router {
+    let events_api = api.clone();
     axum::Router::new()
         .route(
             "/dashboard",
@@ -55,6 +51,15 @@ pub fn http_routes(api: &Api) -> axum::Router {
                 async move { api.dashboard_events() }
             }),
         )
+}
+
+/// `GET /health` and `GET /metrics` alone: for `--listen-metrics-urls`, and merged into the
+/// client port's routes.
+pub fn metrics_routes(api: &Api) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    let (health_api, metrics_api) = (api.clone(), api.clone());
+    axum::Router::new()
         .route(
             "/health",
             axum::routing::get(move || {
@@ -75,19 +80,15 @@ pub fn http_routes(api: &Api) -> axum::Router {
             axum::routing::get(move || {
                 let api = metrics_api.clone();
                 async move {
-                    match api.http_metrics().await {
-                        Ok(text) => (
-                            StatusCode::OK,
-                            [(
-                                axum::http::header::CONTENT_TYPE,
-                                crate::metrics::CONTENT_TYPE,
-                            )],
-                            text,
-                        )
-                            .into_response(),
-                        Err(s) => (StatusCode::SERVICE_UNAVAILABLE, s.message().to_string())
-                            .into_response(),
-                    }
+                    (
+                        StatusCode::OK,
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            crate::metrics::CONTENT_TYPE,
+                        )],
+                        api.http_metrics().await,
+                    )
+                        .into_response()
                 }
             }),
         )
@@ -115,7 +116,7 @@ impl Api {
     /// format, after the readings of state are taken. The sizes come from the state machine
     /// off the async runtime (measuring the space in use reads page counts; it is cached for a
     /// few seconds by the store).
-    pub async fn http_metrics(&self) -> Result<String, Status> {
+    pub async fn http_metrics(&self) -> String {
         let node = &self.inner.node;
         let m = node.metrics().clone();
         let st = node.status();
@@ -126,20 +127,29 @@ impl Api {
         m.term.set(gauge(st.term));
         m.proposals_committed.set(gauge(st.commit));
         m.proposals_applied.set(gauge(st.applied));
-        let (file, in_use, keys, sessions) = self
+        let sizes = self
             .read_kv(|kv| {
                 Ok((
                     kv.file_size_recent()?,
                     kv.size_in_use()?,
-                    kv.index_size().0,
+                    kv.live_keys(),
                     kv.sessions_len(),
                 ))
             })
-            .await?;
-        m.db_size.set(gauge(file));
-        m.db_size_in_use.set(gauge(in_use));
-        m.keys.set(gauge(keys as u64));
-        m.sessions.set(gauge(sessions as u64));
-        Ok(m.encode())
+            .await;
+        match sizes {
+            Ok((file, in_use, keys, sessions)) => {
+                m.db_size.set(gauge(file));
+                m.db_size_in_use.set(gauge(in_use));
+                m.keys.set(gauge(keys as u64));
+                m.sessions.set(gauge(sessions as u64));
+            }
+            // Every other metric matters most when the state machine is in trouble: these
+            // keep their last reading, and the scrape goes on.
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "metrics: cannot read the state machine's sizes")
+            }
+        }
+        m.encode()
     }
 }

@@ -4,13 +4,15 @@
 //!
 //! A call's code is in the response headers when it fails before any message (a
 //! "trailers-only" answer, as tonic sends errors of unary calls), otherwise in the trailers at
-//! the end of the body. A body dropped before its trailers (the client went away, or the
-//! server stopped the stream) counts as `Canceled`, as a Go handler returning on a cancelled
-//! context would.
+//! the end of the body. A call dropped before its code is known (the client reset the stream,
+//! or tonic's `grpc-timeout` dropped the handler, before the answer or in the middle of a
+//! stream) counts as `DeadlineExceeded` past the client's deadline and `Canceled` before it,
+//! as a Go handler returning on its context's error would.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -148,11 +150,19 @@ pub async fn count_calls(metrics: Arc<Metrics>, req: Request, next: Next) -> Res
         return next.run(req).await;
     };
     metrics.grpc_started.get_or_create(&labels).inc();
-    let response = next.run(req).await;
+    let deadline = req
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|v| grpc_timeout(v.as_bytes()))
+        .map(|t| Instant::now() + t);
+    // Created before the handler runs: if this future is dropped (see the module docs), the
+    // drop counts the call.
     let mut done = Done {
         metrics,
         labels: Some(labels),
+        deadline,
     };
+    let response = next.run(req).await;
     if let Some(code) = response.headers().get("grpc-status") {
         // Trailers-only: the call is over.
         done.record(code_name(code.as_bytes()));
@@ -163,9 +173,12 @@ pub async fn count_calls(metrics: Arc<Metrics>, req: Request, next: Next) -> Res
 
 /// Counts the call's completion once, with the code it ended with.
 struct Done {
+    /// Where the call is counted.
     metrics: Arc<Metrics>,
-    /// The call's labels; taken when it is counted.
+    /// The call's labels; taken when it is counted (so it is counted once).
     labels: Option<StaticLabels>,
+    /// The client's deadline (`grpc-timeout`), if it sent one.
+    deadline: Option<Instant>,
 }
 
 impl Done {
@@ -179,13 +192,38 @@ impl Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
-        self.record("Canceled");
+        let code = if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            "DeadlineExceeded"
+        } else {
+            "Canceled"
+        };
+        self.record(code);
     }
+}
+
+/// A `grpc-timeout` header's duration ("<up to 8 digits><unit>", unit one of H M S m u n).
+fn grpc_timeout(v: &[u8]) -> Option<Duration> {
+    let (digits, unit) = v.split_at(v.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 /// A response body that counts its call when the trailers (with `grpc-status`) pass.
 struct CountedBody {
+    /// The handler's body.
     inner: Body,
+    /// Counts the call at the trailers, or when the body is dropped before them.
     done: Done,
 }
 
@@ -200,8 +238,11 @@ impl http_body::Body for CountedBody {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(code) = frame.trailers_ref().and_then(|t| t.get("grpc-status")) {
-                    let code = code_name(code.as_bytes());
+                if let Some(trailers) = frame.trailers_ref() {
+                    // A gRPC body's trailers carry the status; without one it is unknown.
+                    let code = trailers
+                        .get("grpc-status")
+                        .map_or("Unknown", |c| code_name(c.as_bytes()));
                     self.done.record(code);
                 }
             }
@@ -253,6 +294,11 @@ mod tests {
             .expect("a valid request");
         assert!(call_labels(&plain).is_none());
         assert_eq!(code_name(b"7"), "PermissionDenied");
+        assert_eq!(grpc_timeout(b"1500m"), Some(Duration::from_millis(1500)));
+        assert_eq!(grpc_timeout(b"2S"), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(b"123456789S"), None, "at most 8 digits");
+        assert_eq!(grpc_timeout(b"S"), None);
+        assert_eq!(grpc_timeout(b"5x"), None);
         assert_eq!(code_name(b"99"), "Unknown");
     }
 }

@@ -37,8 +37,11 @@ pub const SLOW_APPLY: Duration = Duration::from_millis(100);
 /// Builds histograms with fixed buckets for a family (one per label set).
 #[derive(Clone)]
 pub struct Buckets {
+    /// Upper bound of the first bucket, in seconds.
     start: f64,
+    /// Each bucket's bound is the previous one's times this.
     factor: f64,
+    /// Buckets before +Inf.
     count: u16,
 }
 
@@ -54,15 +57,16 @@ const DISK_BUCKETS: Buckets = Buckets {
     factor: 2.0,
     count: 14,
 };
-/// etcd's peer round-trip histogram: 0.1 ms to 0.8 s.
+/// etcd's peer round-trip histogram: 0.1 ms to 3.3 s (`ExponentialBuckets(0.0001, 2, 16)`).
 const RTT_BUCKETS: Buckets = Buckets {
     start: 0.0001,
     factor: 2.0,
-    count: 14,
+    count: 16,
 };
 
 /// Buckets of [`LatencyCounts`]: upper bounds 1 ms doubling 14 times, then +Inf.
 pub const LATENCY_BUCKETS: usize = 15;
+const _: () = assert!(LATENCY_BUCKETS == DISK_BUCKETS.count as usize + 1);
 
 /// Cumulative counts of durations in [`DISK_BUCKETS`]' buckets (the last is +Inf), readable
 /// as numbers (the Prometheus histogram's are not), so that the dashboard can show recent
@@ -99,15 +103,16 @@ pub fn quantile_ms(before: &[u64], after: &[u64], q: f64) -> Option<f64> {
         .zip(before.iter().chain(std::iter::repeat(&0)))
         .map(|(a, b)| a.saturating_sub(*b))
         .collect();
-    let total: u64 = delta.iter().sum();
+    // Peers' readings: saturate rather than trust them not to overflow.
+    let total: u64 = delta.iter().fold(0u64, |a, n| a.saturating_add(*n));
     if total == 0 {
         return None;
     }
     let want = (q * total as f64).ceil() as u64;
-    let mut seen = 0;
+    let mut seen: u64 = 0;
     let mut bound = DISK_BUCKETS.start * 1000.0;
     for (i, n) in delta.iter().enumerate() {
-        seen += n;
+        seen = seen.saturating_add(*n);
         if seen >= want {
             return Some(if i + 1 == delta.len() {
                 f64::INFINITY
@@ -190,6 +195,8 @@ pub struct Metrics {
     pub follower_state: Family<Labels, Gauge>,
     /// `skiff_snapshot_sent_bytes_total`: snapshot chunk bytes sent to followers.
     pub snapshot_sent_bytes: Counter,
+    /// `skiff_snapshots_sent_total`: snapshot transfers started (first chunks sent).
+    pub snapshots_sent: Counter,
     /// `skiff_snapshots_installed_total`: snapshots from the leader installed here.
     pub snapshots_installed: Counter,
     /// `skiff_snapshot_installed_bytes_total`.
@@ -206,6 +213,9 @@ pub struct Metrics {
     pub sessions: Gauge,
     /// The leader's view of its followers, as the node task last published it.
     replication: Mutex<ReplicationView>,
+    /// Held while a scrape refreshes the follower series and encodes, so that two scrapes at
+    /// once never encode between another's clearing and refilling.
+    scrape: Mutex<()>,
 }
 
 impl Metrics {
@@ -241,6 +251,7 @@ impl Metrics {
             follower_inflight_bytes: Family::default(),
             follower_state: Family::default(),
             snapshot_sent_bytes: Counter::default(),
+            snapshots_sent: Counter::default(),
             snapshots_installed: Counter::default(),
             snapshot_installed_bytes: Counter::default(),
             snapshots_taken: Counter::default(),
@@ -249,6 +260,7 @@ impl Metrics {
             apply_queue: Gauge::default(),
             sessions: Gauge::default(),
             replication: Mutex::new(ReplicationView::default()),
+            scrape: Mutex::new(()),
             registry: Registry::default(),
         };
         // prometheus-client adds `_total` to counters' names itself.
@@ -387,6 +399,11 @@ impl Metrics {
             m.snapshot_sent_bytes.clone(),
         );
         r.register(
+            "skiff_snapshots_sent",
+            "Snapshot transfers to followers started (first chunk sent)",
+            m.snapshots_sent.clone(),
+        );
+        r.register(
             "skiff_snapshots_installed",
             "Snapshots received from the leader and installed",
             m.snapshots_installed.clone(),
@@ -430,12 +447,15 @@ impl Metrics {
         self.fsync_counts.observe(d);
     }
 
-    /// Records one batch applied; counts it as slow past [`SLOW_APPLY`].
-    pub fn observe_apply(&self, d: Duration) {
+    /// Records one batch of `entries` applied in `d`. etcd counts each request whose apply
+    /// took longer than [`SLOW_APPLY`]; a batch is applied in one transaction here, so its
+    /// entries count as slow when their average took that long.
+    pub fn observe_apply(&self, d: Duration, entries: usize) {
         self.apply.observe(seconds(d));
         self.apply_counts.observe(d);
-        if d > SLOW_APPLY {
-            self.slow_apply.inc();
+        let entries = entries.max(1);
+        if d / u32::try_from(entries).unwrap_or(u32::MAX) > SLOW_APPLY {
+            self.slow_apply.inc_by(entries as u64);
         }
     }
 
@@ -502,6 +522,7 @@ impl Metrics {
     /// The Prometheus text of every metric (OpenMetrics flavour, which Prometheus reads),
     /// after the readings of state were refreshed by the caller.
     pub fn encode(&self) -> String {
+        let _one_scrape = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
         self.refresh_followers();
         let mut out = String::new();
         // Writing to a String cannot fail.

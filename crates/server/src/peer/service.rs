@@ -199,9 +199,20 @@ impl<F> RaftService<F> {
         if let (Some(metrics), Some(bytes), Some(first)) =
             (&self.metrics, batch_bytes, decoded.first())
         {
+            // Labelled by sender only for known peers: anyone reaching the port could make up
+            // ids, and each would be a series kept forever.
+            let known = self
+                .peers
+                .as_ref()
+                .is_some_and(|p| p.url(first.from).is_some());
+            let label = if known {
+                crate::metrics::peer_label("From", first.from.get())
+            } else {
+                vec![("From", "unknown".to_string())]
+            };
             metrics
                 .peer_received_bytes
-                .get_or_create(&crate::metrics::peer_label("From", first.from.get()))
+                .get_or_create(&label)
                 .inc_by(bytes);
         }
         let mut heard = None;

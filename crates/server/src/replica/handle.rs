@@ -76,6 +76,8 @@ pub struct NodeStatus {
     pub commit: u64,
     /// Applied index.
     pub applied: u64,
+    /// Index of the last entry in the log (`commit <= last`).
+    pub last: u64,
     /// Index of the entry of the configuration in force (0: the initial configuration).
     pub membership_index: u64,
 }

@@ -493,6 +493,17 @@ impl NodeTask {
                 let log = &self.log;
                 match tokio::task::block_in_place(|| log.snapshot_chunk(meta.last, *offset, *len)) {
                     Ok(chunk) => {
+                        if *offset == 0 {
+                            self.metrics.snapshots_sent.inc();
+                            tracing::info!(
+                                member = %format_args!("{:x}", self.raw.id().get()),
+                                to = %format_args!("{:x}", m.to.get()),
+                                index = meta.last.index.0,
+                                term = meta.last.term.0,
+                                bytes = meta.size_bytes,
+                                "sending a snapshot"
+                            );
+                        }
                         self.metrics.snapshot_sent_bytes.inc_by(chunk.len() as u64);
                         *data = chunk;
                     }
@@ -508,7 +519,6 @@ impl NodeTask {
         }
     }
 
-    /// Answers writers waiting on entries up to `index` that will not be applied here.
     /// Sets the gauges this task owns, and publishes the leader's view of its followers (at
     /// most every [`REPLICATION_VIEW_EVERY`], or once emptied when leadership is lost).
     fn publish_metrics(&mut self) {
@@ -538,6 +548,7 @@ impl NodeTask {
         }
     }
 
+    /// Answers writers waiting on entries up to `index` that will not be applied here.
     pub(super) fn fail_writes_through(&mut self, index: u64) {
         while let Some(entry) = self.waiting_writes.first_entry() {
             if *entry.key() > index {
@@ -583,6 +594,7 @@ fn status_of(raw: &RawNode, applied: &AtomicU64) -> NodeStatus {
         leader: s.leader,
         role: s.role,
         commit: s.commit.0,
+        last: s.last.index.0,
         applied: applied.load(Ordering::Acquire),
         membership_index: raw.log().membership_index().0,
     }

@@ -533,3 +533,16 @@ pub fn initial_cluster(resp: &epb::MemberAddResponse, new_name: &str) -> String 
     }
     parts.join(",")
 }
+
+/// `GET path` over plain HTTP/1.1 on a local port: the whole answer, head and body.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}

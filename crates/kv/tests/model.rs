@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 mod common;
 
-use kv::*;
+use skiff_kv::*;
 use proptest::prelude::*;
 
 /// One write: (key, revision, Some((value, lease)) for a put, None for a delete).

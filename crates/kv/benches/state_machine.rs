@@ -18,7 +18,9 @@
 
 use std::time::{Duration, Instant};
 
-use skiff_kv::{Command, DeleteRangeRequest, Durability, Options, PutRequest, Request, Session, Store};
+use skiff_kv::{
+    Command, DeleteRangeRequest, Durability, Options, PutRequest, Request, Session, Store,
+};
 
 /// The server's allocator (the `skiff` binary's), so that the figures are the server's.
 #[global_allocator]

@@ -2,9 +2,9 @@
 
 mod common;
 
+use proptest::prelude::*;
 use skiff_kv::codec::{decode_command, encode_command};
 use skiff_kv::*;
-use proptest::prelude::*;
 
 fn put(k: &str, v: &str) -> Request {
     Request::Put(PutRequest::new(k, v))

@@ -716,7 +716,10 @@ fn proposals_beyond_the_uncommitted_limit_are_busy() {
 #[test]
 fn reads_need_a_leader() {
     let mut n = node_with(1, &[], 0, 0);
-    assert_eq!(n.read_index(ReadCtx(1)), Err(skiff_raft::ReadError::NoLeader));
+    assert_eq!(
+        n.read_index(ReadCtx(1)),
+        Err(skiff_raft::ReadError::NoLeader)
+    );
 }
 
 #[test]
@@ -851,7 +854,9 @@ fn stale_term_answer_is_not_a_match() {
 /// acknowledged heartbeat round does not serve lease reads past `election_ticks` from it.
 #[test]
 fn lease_reads_stop_when_the_followers_leases_may_have_ended() {
-    let mut c = Cluster::new(3, |cfg| cfg.read_only = skiff_raft::ReadOnlyOption::LeaseBased);
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.read_only = skiff_raft::ReadOnlyOption::LeaseBased
+    });
     c.verbose = false;
     c.pass_startup();
     assert!(c.elect(1));

@@ -79,7 +79,11 @@ fn main() -> ExitCode {
     // Failures are reported by the runner with their seed; keep the default hook's noise out,
     // but say where a panic inside the core happened.
     std::panic::set_hook(Box::new(|info| {
-        if info.payload().downcast_ref::<skiff_sim::SimFailure>().is_none() {
+        if info
+            .payload()
+            .downcast_ref::<skiff_sim::SimFailure>()
+            .is_none()
+        {
             if let Some(loc) = info.location() {
                 eprintln!("panic at {}:{}", loc.file(), loc.line());
             }

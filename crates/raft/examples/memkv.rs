@@ -20,7 +20,7 @@ enum Input {
     Get(String, Reply),
     Crash(Sender<(Disk, Receiver<Input>)>), // stop; hand back the disk and the inbox
 }
-/// Node `id`'s inbox is `net[id - 1]`. A crashed node drops what arrived while it was down.
+/// Node `id`'s inbox is `net[id - 1]`. What arrives while a node is down waits (a slow link).
 type Net = Vec<Sender<Input>>;
 
 /// What a node keeps on disk; here memory that a crashed node's thread hands back.
@@ -58,7 +58,6 @@ fn send(net: &Net, msgs: Vec<Message>, snap: &Option<(SnapshotMeta, Vec<u8>)>) {
 }
 
 fn run_node(id: u64, mut disk: Disk, inbox: Receiver<Input>, net: Net) {
-    while inbox.try_recv().is_ok() {} // lost while this node was down
     let mut state = InitialState::new_cluster([1, 2, 3].map(|i| NodeId::new(i).expect("> 0")));
     let mut kv = BTreeMap::new();
     if let Some((meta, bytes)) = &disk.snapshot {
@@ -89,8 +88,7 @@ fn run_node(id: u64, mut disk: Disk, inbox: Receiver<Input>, net: Net) {
             }
             Ok(Input::Crash(back)) => return back.send((disk, inbox)).unwrap_or(()),
             Err(_) => {
-                // A timeout (never Disconnected: every node holds every inbox's sender).
-                node.tick();
+                node.tick(); // a timeout (every node holds every sender: never Disconnected)
                 next_tick += TICK;
             }
         }

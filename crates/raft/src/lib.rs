@@ -27,7 +27,7 @@
 //!
 //! # Contents
 //!
-//! 1. [Getting started](#getting-started): a one-node cluster in 25 lines, and the examples
+//! 1. [Getting started](#getting-started): a one-node cluster, and the two examples
 //! 2. [Driving a node: the `Ready`/`advance` contract](#driving-a-node-the-readyadvance-contract)
 //! 3. [Persisting and restarting](#persisting-and-restarting)
 //! 4. [Snapshots: taking, sending in chunks, receiving](#snapshots-taking-sending-in-chunks-receiving)

@@ -218,8 +218,8 @@ fi
 # The consensus core alone, after the clusters are gone (no IO, 3 nodes in memory).
 if [ "$CORE" = 1 ]; then
 	echo
-	echo "core microbenchmarks (cargo bench -p raft):"
-	(cd "$ROOT" && cargo bench -q -p raft 2>/dev/null) | sed 's/^/  /' || echo "  (failed)"
+	echo "core microbenchmarks (cargo bench -p skiff-raft):"
+	(cd "$ROOT" && cargo bench -q -p skiff-raft 2>/dev/null) | sed 's/^/  /' || echo "  (failed)"
 fi
 if [ "$RAFTRS" = 1 ]; then
 	echo

@@ -30,7 +30,7 @@ failed=0
 for m in "${muts[@]}"; do
     log="$logs/$m.log"
     t0=$(date +%s)
-    cargo test -q -p sim --release --features "$m" --test mutations -- --nocapture \
+    cargo test -q -p skiff-sim --release --features "$m" --test mutations -- --nocapture \
         every_enabled_mutation_is_caught >"$log" 2>&1
     rc=$?
     t1=$(date +%s)

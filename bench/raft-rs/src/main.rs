@@ -1,4 +1,4 @@
-//! The same workload as `cargo bench -p raft` (crates/raft/benches/core.rs) run through both
+//! The same workload as `cargo bench -p skiff-raft` (crates/raft/benches/core.rs) run through both
 //! Skiff's core and raft-rs: a 3-node cluster in memory, messages delivered in order,
 //! persistence instantaneous (raft-rs's `MemStorage`), 100-byte entries proposed to the
 //! leader in batches of 1 and 64, each batch driven until nothing moves. Wall-clock figures;
@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-/// Skiff's core, through the harness of `cargo bench -p raft`.
+/// Skiff's core, through the harness of `cargo bench -p skiff-raft`.
 #[path = "../../../crates/raft/benches/harness/mod.rs"]
 mod skiff;
 

@@ -1,4 +1,4 @@
-//! `cargo bench -p kv`: the state machine alone, on a file (batched durability and mimalloc, as
+//! `cargo bench -p skiff-kv`: the state machine alone, on a file (batched durability and mimalloc, as
 //! the server runs it). A plain main (no harness) printing a table:
 //!
 //! - puts applied in batches of 256 (the apply task's unit), 256-byte values, 10,000 keys;
@@ -18,7 +18,9 @@
 
 use std::time::{Duration, Instant};
 
-use kv::{Command, DeleteRangeRequest, Durability, Options, PutRequest, Request, Session, Store};
+use skiff_kv::{
+    Command, DeleteRangeRequest, Durability, Options, PutRequest, Request, Session, Store,
+};
 
 /// The server's allocator (the `skiff` binary's), so that the figures are the server's.
 #[global_allocator]
@@ -146,7 +148,7 @@ fn main() {
         let resp = s.apply(index + 1, &del).expect("delete");
         let took = start.elapsed();
         assert!(
-            matches!(resp, kv::Response::DeleteRange(ref d) if d.deleted == delete_keys as i64)
+            matches!(resp, skiff_kv::Response::DeleteRange(ref d) if d.deleted == delete_keys as i64)
         );
         println!(
             "{:<44} {:>11.3} s",

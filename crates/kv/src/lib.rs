@@ -18,13 +18,13 @@
 //! - Request failures are [`KvError`] values carrying etcd's exact messages.
 //!
 //! ```
-//! use kv::{Command, Options, PutRequest, RangeRequest, Request, Response, Store};
+//! use skiff_kv::{Command, Options, PutRequest, RangeRequest, Request, Response, Store};
 //!
 //! let store = Store::in_memory(Options::default())?;
 //! // Apply committed entries in log order; a client write carries (client id, seq).
 //! let put = Command::with_session(7, 1, Request::Put(PutRequest::new("foo", "bar")));
-//! let bytes = kv::codec::encode_command(&put); // what the Raft log stores
-//! let resp = store.apply(1, &kv::codec::decode_command(&bytes)?)?;
+//! let bytes = skiff_kv::codec::encode_command(&put); // what the Raft log stores
+//! let resp = store.apply(1, &skiff_kv::codec::decode_command(&bytes)?)?;
 //! assert!(matches!(resp, Response::Put(ref p) if p.revision == 2));
 //! // A retry of the same (client, seq) at a later index returns the stored response.
 //! assert_eq!(store.apply(2, &put)?, resp);
@@ -32,7 +32,7 @@
 //! // Reads outside the log.
 //! let got = store.range(&RangeRequest::prefix("f"))?;
 //! assert_eq!(got.kvs[0].value, b"bar");
-//! # Ok::<(), kv::Error>(())
+//! # Ok::<(), skiff_kv::Error>(())
 //! ```
 //!
 //! Layout: every change of a key is one row of an append-only redb table keyed by revision

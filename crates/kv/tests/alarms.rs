@@ -2,7 +2,7 @@
 //! cleared through the log, they decide at apply which requests are refused, and survive
 //! reopening and snapshots.
 
-use kv::*;
+use skiff_kv::*;
 
 fn alarm(member_id: u64, alarm: AlarmType) -> AlarmMember {
     AlarmMember { member_id, alarm }
@@ -194,7 +194,7 @@ fn alarms_survive_reopening_and_snapshots() {
 #[test]
 fn the_table_is_bounded() {
     let s = Store::in_memory(Options::default()).expect("store");
-    let max = kv::alarms::ALARMS_MAX as u64;
+    let max = skiff_kv::alarms::ALARMS_MAX as u64;
     for id in 1..=max {
         s.apply(id, &raise(alarm(id, AlarmType::NoSpace)))
             .expect("raise");

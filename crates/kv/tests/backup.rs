@@ -1,4 +1,4 @@
-//! Backups (`kv::backup`): a view written in etcd's envelope verifies, restores into a new
+//! Backups (`skiff_kv::backup`): a view written in etcd's envelope verifies, restores into a new
 //! store with every key, revision, compaction and lease (sessions and members dropped, the
 //! applied index reset), and a truncated or altered file is refused without touching the
 //! store.
@@ -8,9 +8,9 @@ mod common;
 use std::io::Cursor;
 
 use common::Kv;
-use kv::backup::{verify_backup, BODY_ALIGN_BYTES, DIGEST_BYTES};
-use kv::members::Member;
-use kv::*;
+use skiff_kv::backup::{verify_backup, BODY_ALIGN_BYTES, DIGEST_BYTES};
+use skiff_kv::members::Member;
+use skiff_kv::*;
 
 /// A backup of `store` as `etcdctl snapshot save` stores it: the body, then its sha256.
 fn backup_of(store: &Store) -> Vec<u8> {

@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command as Process, Stdio};
 
-use kv::*;
+use skiff_kv::*;
 
 const CHILD_ENV: &str = "SKIFF_KV_CRASH_CHILD";
 const TEST_NAME: &str = "a_killed_writer_leaves_a_consistent_store";

@@ -2,9 +2,9 @@
 
 mod common;
 
-use kv::codec::{decode_command, encode_command};
-use kv::*;
 use proptest::prelude::*;
+use skiff_kv::codec::{decode_command, encode_command};
+use skiff_kv::*;
 
 fn put(k: &str, v: &str) -> Request {
     Request::Put(PutRequest::new(k, v))
@@ -375,7 +375,7 @@ fn a_batch_applies_like_one_entry_at_a_time() {
                 }
                 Some(c) => match one.apply(index, c) {
                     Ok(r) => Some(Ok(r)),
-                    Err(kv::Error::Kv(e)) => Some(Err(e)),
+                    Err(skiff_kv::Error::Kv(e)) => Some(Err(e)),
                     Err(e) => panic!("{e}"),
                 },
             });
@@ -646,7 +646,7 @@ fn a_snapshot_loads_whatever_its_writer_wrote_and_verify_checks_it_whole() {
         .unwrap();
     let mut bytes = Vec::new();
     s.snapshot_view().unwrap().write_to(&mut bytes).unwrap();
-    kv::snapshot::verify(&mut bytes.as_slice()).expect("intact");
+    skiff_kv::snapshot::verify(&mut bytes.as_slice()).expect("intact");
     let t = Store::open(dir.path().join("b.redb"), Options::default()).unwrap();
     t.restore(&bytes).expect("the writer's own snapshot loads");
     assert_eq!(t.hash().unwrap(), s.hash().unwrap());
@@ -655,11 +655,11 @@ fn a_snapshot_loads_whatever_its_writer_wrote_and_verify_checks_it_whole() {
     let mut flipped = bytes.clone();
     flipped[n / 2] ^= 1;
     for bad in [&bytes[..n - 1], &flipped[..], &bytes[..20]] {
-        assert!(kv::snapshot::verify(&mut &bad[..]).is_err());
+        assert!(skiff_kv::snapshot::verify(&mut &bad[..]).is_err());
     }
     let mut lying = bytes[..bytes.len() - 4].to_vec();
     lying.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]);
-    assert!(kv::snapshot::verify(&mut lying.as_slice()).is_err());
+    assert!(skiff_kv::snapshot::verify(&mut lying.as_slice()).is_err());
 }
 
 proptest! {

@@ -4,7 +4,7 @@
 mod common;
 
 use common::Kv;
-use kv::*;
+use skiff_kv::*;
 
 fn kv(key: &str, value: &str, create: i64, modr: i64, version: i64) -> KeyValue {
     KeyValue {

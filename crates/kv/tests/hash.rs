@@ -2,7 +2,7 @@
 //! revision both reached, stable while history grows, different when a row differs, and
 //! etcd's errors for compacted and future revisions.
 
-use kv::*;
+use skiff_kv::*;
 
 fn put(k: &str, v: &str) -> Command {
     Command::new(Request::Put(PutRequest::new(k, v)))

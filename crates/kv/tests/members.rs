@@ -4,8 +4,8 @@
 mod common;
 
 use common::Kv;
-use kv::members::Member;
-use kv::*;
+use skiff_kv::members::Member;
+use skiff_kv::*;
 
 fn member(id: u64, name: &str) -> Member {
     Member {

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 mod common;
 
-use kv::*;
 use proptest::prelude::*;
+use skiff_kv::*;
 
 /// One write: (key, revision, Some((value, lease)) for a put, None for a delete).
 type Row = (Vec<u8>, i64, Option<(Vec<u8>, i64)>);

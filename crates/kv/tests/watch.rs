@@ -1,6 +1,6 @@
 //! Changes by revision (the state machine side of etcd's Watch).
 
-use kv::*;
+use skiff_kv::*;
 
 fn store() -> Store {
     // Grouped commits, as the server runs: changes are read from the open transaction too.

@@ -1,4 +1,4 @@
-//! Core microbenchmarks (`cargo bench -p raft`): the consensus core alone, no IO. A 3-node
+//! Core microbenchmarks (`cargo bench -p skiff-raft`): the consensus core alone, no IO. A 3-node
 //! cluster in memory, messages delivered in order, persistence instantaneous.
 //!
 //! - commits/s of 100-byte entries with 1 and 64 proposals per batch;

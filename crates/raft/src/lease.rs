@@ -7,6 +7,8 @@
 //! margin absorbs tick phase and bounded drift between tick rates. Transfer votes set the
 //! followers' refusal aside, so a leader that may have a transfer under way has no lease
 //! (`lease_holds`).
+//!
+//! Used by the node for lease reads; exposed for checkers and tests, not needed to drive a node.
 
 use std::collections::VecDeque;
 

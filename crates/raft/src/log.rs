@@ -15,6 +15,9 @@
 //!
 //! The core keeps the whole log since the last snapshot in memory: its size is bounded by the
 //! snapshot policy (log compaction, paper §7), and the storage crate keeps the durable copy.
+//!
+//! Read it through [`crate::RawNode::log`] (terms and configurations at an index, for taking
+//! snapshots; the pointers, for metrics); the node alone changes it.
 
 use crate::quorum::JointConfig;
 use crate::types::{Entry, EntryId, EntryKind, Index, Membership, Term};

@@ -9,6 +9,9 @@
 //! only once an entry of its term committed and no other configuration is uncommitted, so at
 //! most one change is ever in flight. Changes are computed on a copy and validated before
 //! they are appended.
+//!
+//! Drive changes through [`crate::RawNode::change_membership`] and
+//! [`crate::RawNode::transfer_leader`]; the crate docs' guide has an example.
 
 use std::collections::BTreeSet;
 

@@ -15,6 +15,8 @@
 //! In `Probe` the leader sends one append and waits for its answer (or the next heartbeat
 //! round) before sending another; in `Replicate` it pipelines appends optimistically, up to a
 //! bounded window of messages and bytes.
+//!
+//! The leader's bookkeeping; exposed for checkers and tests, not needed to drive a node.
 
 use std::collections::VecDeque;
 

@@ -1,6 +1,9 @@
 //! Quorum arithmetic, pure: which index a majority has acknowledged, and how an election stands.
 //! A joint configuration (paper §6) needs a majority of *both* halves; membership changes build
 //! on [`JointConfig`], a fixed cluster uses it with an empty outgoing half.
+//!
+//! Exposed for checkers and simulators that judge commits and elections the way the node
+//! does; not needed to drive a node.
 
 use std::collections::BTreeSet;
 

@@ -7,6 +7,9 @@
 //!   round r --(quorum acks round >= r)--> local: ready (until applied >= index)
 //!                                         forwarded: ReadIndexResp to the follower
 //! ```
+//!
+//! Used by [`crate::RawNode::read_index`]; exposed for checkers and tests, not needed to drive
+//! a node.
 
 use std::collections::{BTreeMap, VecDeque};
 

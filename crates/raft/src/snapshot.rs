@@ -9,6 +9,10 @@
 //! `received`; a gap or another snapshot is rejected with the offset it wants, and the leader
 //! resends from there. Duplicates are answered with `received`, so a leader that restarts the
 //! transfer from 0 resumes where the follower is.
+//!
+//! Used by the node for [`crate::Ready::snapshot_chunks`] and `InstallSnapshot` messages;
+//! exposed for checkers and tests, not needed to drive a node (see the guide's snapshot
+//! section).
 
 use crate::types::{SnapshotChunk, SnapshotMeta};
 

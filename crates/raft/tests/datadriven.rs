@@ -10,7 +10,7 @@
 //!
 //! The output of every command is the full trace of the batches and messages it caused. To
 //! regenerate the expected outputs after an intended behaviour change, run
-//! `SKIFF_REWRITE=1 cargo test -p raft --test datadriven` and review the diff.
+//! `SKIFF_REWRITE=1 cargo test -p skiff-raft --test datadriven` and review the diff.
 
 mod harness;
 
@@ -19,7 +19,7 @@ use std::fmt::Write;
 use std::path::Path;
 
 use harness::{entries_with_terms, format_entry, nid, Cluster, Disk};
-use raft::{Config, HardState, Index, MembershipChange, ReadCtx, ReadOnlyOption, Term};
+use skiff_raft::{Config, HardState, Index, MembershipChange, ReadCtx, ReadOnlyOption, Term};
 
 struct Block {
     comments: Vec<String>,
@@ -201,7 +201,7 @@ fn run_command(c: &mut Option<Cluster>, command: &str) -> String {
             let verbose = c.verbose;
             c.verbose = false;
             for round in 1..=args.u64_or("n", 1) {
-                let before: Vec<(u64, raft::Status)> =
+                let before: Vec<(u64, skiff_raft::Status)> =
                     c.nodes.iter().map(|(&id, n)| (id, n.status())).collect();
                 c.tick_all();
                 for (id, old) in before {

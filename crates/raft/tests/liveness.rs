@@ -7,7 +7,7 @@ mod harness;
 use std::collections::BTreeSet;
 
 use harness::{entry, nid, Cluster, Disk};
-use raft::{
+use skiff_raft::{
     Config, Entry, EntryKind, HardState, Index, Membership, MembershipChange, NodeId, Role, Term,
 };
 

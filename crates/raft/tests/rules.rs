@@ -4,7 +4,7 @@
 mod harness;
 
 use harness::{entries_with_terms, entry, nid, Cluster, Disk};
-use raft::{
+use skiff_raft::{
     Config, EntryId, EntryKind, HardState, Index, InitialState, Membership, Message, MessageBody,
     NodeId, ProposeError, RawNode, ReadCtx, Ready, Role, StartError, StepError, Term,
 };
@@ -100,7 +100,7 @@ fn vote_granted(rd: &Ready, to: u64) -> Option<bool> {
     })
 }
 
-fn append_resp(rd: &Ready) -> (Index, Option<raft::RejectHint>) {
+fn append_resp(rd: &Ready) -> (Index, Option<skiff_raft::RejectHint>) {
     all_messages(rd)
         .iter()
         .find_map(|m| match m.body {
@@ -716,7 +716,10 @@ fn proposals_beyond_the_uncommitted_limit_are_busy() {
 #[test]
 fn reads_need_a_leader() {
     let mut n = node_with(1, &[], 0, 0);
-    assert_eq!(n.read_index(ReadCtx(1)), Err(raft::ReadError::NoLeader));
+    assert_eq!(
+        n.read_index(ReadCtx(1)),
+        Err(skiff_raft::ReadError::NoLeader)
+    );
 }
 
 #[test]
@@ -851,7 +854,9 @@ fn stale_term_answer_is_not_a_match() {
 /// acknowledged heartbeat round does not serve lease reads past `election_ticks` from it.
 #[test]
 fn lease_reads_stop_when_the_followers_leases_may_have_ended() {
-    let mut c = Cluster::new(3, |cfg| cfg.read_only = raft::ReadOnlyOption::LeaseBased);
+    let mut c = Cluster::new(3, |cfg| {
+        cfg.read_only = skiff_raft::ReadOnlyOption::LeaseBased
+    });
     c.verbose = false;
     c.pass_startup();
     assert!(c.elect(1));

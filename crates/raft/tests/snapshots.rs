@@ -3,7 +3,7 @@
 mod harness;
 
 use harness::{decode_state, nid, Cluster};
-use raft::{CompactError, EntryId, Index, MessageBody, Role, SnapshotMeta, Term};
+use skiff_raft::{CompactError, EntryId, Index, MessageBody, Role, SnapshotMeta, Term};
 
 /// A 3-node cluster; node 1 leads and every node has applied `n` proposals.
 fn cluster_with_entries(n: usize, chunk_bytes: u64) -> Cluster {
@@ -112,7 +112,7 @@ fn snapshot_at_or_below_commit_is_acknowledged_without_install() {
     let mut c = cluster_with_entries(5, 1 << 20);
     let meta = c.compact(1);
     let before = c.nodes[&2].status();
-    let msg = raft::Message {
+    let msg = skiff_raft::Message {
         from: nid(1),
         to: nid(2),
         term: before.term,
@@ -246,8 +246,8 @@ fn chunk_msg(
     bytes: &[u8],
     offset: u64,
     len: u64,
-) -> raft::Message {
-    raft::Message {
+) -> skiff_raft::Message {
+    skiff_raft::Message {
         from: nid(from),
         to: nid(to),
         term,

@@ -7,7 +7,7 @@
 mod harness;
 
 use harness::{nid, Cluster};
-use raft::{Index, MembershipChange, MessageBody, ReadCtx, ReadOnlyOption, Role};
+use skiff_raft::{Index, MembershipChange, MessageBody, ReadCtx, ReadOnlyOption, Role};
 
 /// Proposes `data` at `id` (the leader) and lets the reachable nodes commit it. Returns its index.
 fn put(c: &mut Cluster, id: u64, data: &str) -> Index {
@@ -137,7 +137,7 @@ fn no_lease_reads_after_an_aborted_transfer_whose_timeout_now_is_late() {
     let held: Vec<_> = std::mem::take(&mut c.queue);
     assert!(held
         .iter()
-        .any(|m| matches!(m.body, raft::MessageBody::TimeoutNow)));
+        .any(|m| matches!(m.body, skiff_raft::MessageBody::TimeoutNow)));
     let e = c.configs[&1].election_ticks;
     for _ in 0..e + 2 {
         c.tick_all();
@@ -245,7 +245,7 @@ fn a_pending_transfer_refuses_membership_changes() {
         .expect_err("refused during a transfer");
     assert_eq!(
         err,
-        raft::MembershipError::LeadershipTransfer { to: nid(2) }
+        skiff_raft::MembershipError::LeadershipTransfer { to: nid(2) }
     );
 }
 

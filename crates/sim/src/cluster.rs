@@ -348,7 +348,7 @@ impl Cluster {
     /// The command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run -p sim --release{} -- --scenario {} --seed {}",
+            "cargo run -p skiff-sim --release{} -- --scenario {} --seed {}",
             self.replay_extra, self.scenario, self.seed
         )
     }

@@ -12,6 +12,14 @@
 //!
 //! Scenarios ([`scenarios`]) port the MIT 6.5840 Raft lab tests with their structure and
 //! constants (1 tick = 10 ms of virtual time), add KV scenarios and a swarm scenario.
+//!
+//! For your own system: write a scenario of your own against [`Cluster`] (the core's settings
+//! in [`ClusterConfig`], faults through [`Cluster::crash`] and [`Cluster::net`], KV clients
+//! through [`Cluster::add_client`]), or record your own clients' [`history::History`] and
+//! check it with [`linearizability::check`]. The `skiff-raft` crate guide ("Testing your
+//! driver in the simulator") has a compiled example of both. The simulator drives the core
+//! with its own driver ([`host`]) and its own KV state machine ([`kv`]); it does not take
+//! yours in their place yet.
 
 pub mod client;
 mod client_driver;

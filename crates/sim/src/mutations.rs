@@ -2,7 +2,7 @@
 //! seeds of the scenarios most likely to expose it until a run fails on a property the
 //! mutation breaks, and require that to happen within a bound.
 //!
-//! Enable with a sim feature, e.g. `cargo test -p sim --release --features mut-double-vote
+//! Enable with a sim feature, e.g. `cargo test -p skiff-sim --release --features mut-double-vote
 //! --test mutations`. Each `mut-*` feature of this crate forwards to the same feature of `raft`
 //! (see this crate's Cargo.toml). Enable one at a time: with several, any of them may be the
 //! one caught. `crates/sim/mutations.sh` runs them all and prints a table.

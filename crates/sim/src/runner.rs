@@ -147,7 +147,7 @@ pub fn run_seed_classified(scenario: Scenario, seed: u64) -> Result<Outcome, Fai
             property,
             message: format!(
                 "{property}: {what} (at {at})\n  scenario {} seed {seed}\n  \
-                 replay: cargo run -p sim --release{} -- --scenario {} --seed {seed}",
+                 replay: cargo run -p skiff-sim --release{} -- --scenario {} --seed {seed}",
                 scenario.name,
                 feature_flags(),
                 scenario.name

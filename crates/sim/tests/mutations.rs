@@ -3,20 +3,20 @@
 //! bug breaks (the hunt's `caught_by`).
 //!
 //! ```text
-//! cargo test -p sim --release --features mut-double-vote --test mutations -- --nocapture
+//! cargo test -p skiff-sim --release --features mut-double-vote --test mutations -- --nocapture
 //! ```
 //!
 //! Besides the details, each hunt prints one line starting with `MUTATION-ROW|` for
 //! `crates/sim/mutations.sh`, which runs every mutation and prints the table.
 #![cfg(feature = "mutations")]
 
-use sim::mutations::{hunt, Report, HUNTS};
-use sim::MUTATIONS;
+use skiff_sim::mutations::{hunt, Report, HUNTS};
+use skiff_sim::MUTATIONS;
 
 /// Not-counted failures printed in full before the rest are summarised.
 const NOT_COUNTED_SHOWN_MAX: usize = 12;
 
-fn row(name: &str, h: &sim::mutations::Hunt, r: &Report) -> String {
+fn row(name: &str, h: &skiff_sim::mutations::Hunt, r: &Report) -> String {
     let guards: Vec<&str> = h.guards_off.iter().map(|g| g.name()).collect();
     let guards = if guards.is_empty() {
         "-".to_string()

@@ -2,9 +2,9 @@
 //! bugs must be caught). Seed counts are chosen so the whole file runs in a few minutes on two
 //! cores in release mode; the `sim` binary runs more.
 
-use sim::scenarios::{find, Scenario};
-use sim::Property::{self, *};
-use sim::{run_seed, run_seed_classified, set_driver_bug, set_guards_off, DriverBug, Guard};
+use skiff_sim::scenarios::{find, Scenario};
+use skiff_sim::Property::{self, *};
+use skiff_sim::{run_seed, run_seed_classified, set_driver_bug, set_guards_off, DriverBug, Guard};
 
 /// Seeds per scenario in `cargo test --release` (CI). A debug build (`cargo test` without
 /// `--release`) runs a tenth as many, so a quick local run stays quick.
@@ -283,7 +283,7 @@ fn catches_apply_twice() {
     // Every failure names its property, its seed and the one command that replays it.
     assert!(msg.starts_with("state_machine_safety: "), "{msg}");
     assert!(
-        msg.contains("replay: cargo run -p sim --release -- --scenario BasicAgree --seed "),
+        msg.contains("replay: cargo run -p skiff-sim --release -- --scenario BasicAgree --seed "),
         "{msg}"
     );
 }

@@ -1,7 +1,7 @@
 //! Snapshot figures (issue 4): bytes sent per catch-up and chunks resent after faults, over
 //! the 6.5840 3D ports; and a check that the ports really install snapshots.
 
-use sim::scenarios::find;
+use skiff_sim::scenarios::find;
 
 struct Figures {
     runs: u64,

@@ -1,4 +1,4 @@
-//! `cargo bench -p storage`: synced append throughput and latency against the raw disk, and
+//! `cargo bench -p skiff-storage`: synced append throughput and latency against the raw disk, and
 //! reopen time of a large log. A plain main (no harness) printing a table.
 //!
 //! Environment:
@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use raft::{Entry, EntryKind, HardState, Index, NodeId, Term};
-use storage::{Identity, Options, Store};
+use skiff_storage::{Identity, Options, Store};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -130,7 +130,7 @@ fn reopen(dir: &Path, bytes: u64) {
     let (store, _) = Store::open(dir, verify).expect("reopen with verify");
     let verified = t.elapsed();
     let t = Instant::now();
-    let state = storage::initial_state(&store, Index(0)).expect("initial state");
+    let state = skiff_storage::initial_state(&store, Index(0)).expect("initial state");
     let load = t.elapsed();
     assert_eq!(state.entries.len() as u64, n);
     println!();

@@ -11,11 +11,11 @@
 //! atomically. See [`store`] for the layout and invariants.
 //!
 //! ```no_run
-//! # use storage::{Identity, Options, Store};
-//! # fn main() -> Result<(), storage::StorageError> {
+//! # use skiff_storage::{Identity, Options, Store};
+//! # fn main() -> Result<(), skiff_storage::StorageError> {
 //! let id = Identity { cluster_id: 1, node_id: raft::NodeId::new(1).unwrap() };
 //! let (mut store, recovered) = Store::open("/var/lib/skiff".as_ref(), Options::new(id))?;
-//! let state = storage::initial_state(&store, recovered.log_start.index)?;
+//! let state = skiff_storage::initial_state(&store, recovered.log_start.index)?;
 //! // ... RawNode::new(config, state); for each Ready:
 //! // store.write(rd.hard_state.as_ref(), &rd.entries)?; then send rd.persisted_messages.
 //! # let _ = state; Ok(()) }

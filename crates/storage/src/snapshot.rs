@@ -88,8 +88,8 @@ fn decode_header(bytes: &[u8]) -> Result<(SnapshotMeta, u64), String> {
 }
 
 /// Writes the snapshot file for `meta` into `dir` atomically and durably (temp file, fsync,
-/// rename, fsync of the directory), without touching any [`SnapshotDir`] state: safe to run
-/// on another thread while the store goes on; [`SnapshotDir::adopt`] then makes it the latest.
+/// rename, fsync of the directory), without touching the store's snapshot directory state: safe to run
+/// on another thread while the store goes on; [`crate::Store::adopt_snapshot`] then makes it the latest.
 pub fn write_durable(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(), StorageError> {
     let mut w = SnapshotWriter::create(dir, meta)?;
     w.write_all(data)
@@ -101,7 +101,7 @@ pub fn write_durable(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> Result<(),
 /// snapshot in memory: the data goes to `<name>.tmp` in synced slices, then [`finish`]
 /// writes the real length into the header, appends the CRC, syncs, renames the file into
 /// place and syncs the directory. Dropped unfinished, it leaves a `.tmp` file that the next
-/// open removes. Like [`write_durable`], it does not touch any [`SnapshotDir`] state.
+/// open removes. Like [`write_durable`], it does not touch the store's snapshot directory state.
 ///
 /// [`finish`]: SnapshotWriter::finish
 #[derive(Debug)]

@@ -252,7 +252,7 @@ fn decode_header(p: &[u8]) -> Result<(SnapshotMeta, u64), String> {
     Ok((SnapshotMeta { last, membership }, total))
 }
 
-/// The bytes of a fully staged snapshot, chunk by chunk (see [`Staging::reader`]).
+/// The bytes of a fully staged snapshot, chunk by chunk (from [`crate::Store::staged_reader`]).
 #[derive(Debug)]
 pub struct StagedReader {
     path: PathBuf,

@@ -6,12 +6,12 @@
 //!   <dir>/0000000000000003.wal.tmp  the next segment, being zero-filled in the background
 //! ```
 //!
-//! Every change is one framed record ([`record`]), written with one `pwrite` and made durable
+//! Every change is one framed record (`wal/record.rs`), written with one `pwrite` and made durable
 //! with one `fdatasync` before the call returns: a whole `Ready` (hard state and entries) is one
 //! record, so a crash shows all of it or none of it, and many proposals share one sync (group
-//! commit). Segments are zero-filled before use ([`segment`]), so a sync writes data blocks only.
+//! commit). Segments are zero-filled before use (`wal/segment.rs`), so a sync writes data blocks only.
 //!
-//! Replaying the records in order rebuilds [`LogState`]: the hard state, membership, log start,
+//! Replaying the records in order rebuilds the log's state (`LogState`): the hard state, membership, log start,
 //! last index and where each entry sits. Each segment starts with a checkpoint of that state,
 //! so a segment whose entries are all compacted away can be deleted and the replay starts at
 //! the next one.
@@ -46,7 +46,7 @@ use crate::snapshot::sync_dir;
 use record::{Checkpoint, Frame, Record};
 use segment::{Prealloc, HEADER_BYTES};
 
-/// Largest record payload; [`Wal::check_append_size`] refuses bigger appends.
+/// Largest record payload; the WAL refuses bigger appends.
 pub const RECORD_BYTES_MAX: u64 = record::PAYLOAD_BYTES_MAX as u64;
 /// Reads of adjacent entries are merged into one `pread` up to this many bytes.
 const READ_RUN_BYTES_MAX: u64 = 1 << 20;

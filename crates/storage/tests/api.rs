@@ -7,7 +7,7 @@ use std::fs;
 
 use common::{entry, hard_state, open};
 use raft::{Config, EntryId, Index, Membership, NodeId, RawNode, Term};
-use storage::{Identity, SnapshotMeta, StorageError, Store};
+use skiff_storage::{Identity, SnapshotMeta, StorageError, Store};
 
 fn id(term: u64, index: u64) -> EntryId {
     EntryId {
@@ -58,7 +58,7 @@ fn the_recovered_state_starts_a_raft_node() {
     s.compact(id(1, 4)).unwrap();
     drop(s);
     let (s, rec) = open(dir.path()).unwrap();
-    let state = storage::initial_state(&s, rec.log_start.index).unwrap();
+    let state = skiff_storage::initial_state(&s, rec.log_start.index).unwrap();
     assert_eq!(state.snapshot, id(1, 4));
     assert_eq!(state.entries, es[4..].to_vec());
     let node = RawNode::new(Config::new(NodeId::new(1).unwrap()), state).unwrap();
@@ -388,7 +388,7 @@ fn snapshot_chunks_are_read_from_the_file() {
         last: id(1, 18),
         membership: voters(),
     };
-    let mut w = storage::SnapshotWriter::create(s.snapshot_dir(), &streamed_meta).unwrap();
+    let mut w = skiff_storage::SnapshotWriter::create(s.snapshot_dir(), &streamed_meta).unwrap();
     for piece in data.chunks(100_000) {
         std::io::Write::write_all(&mut w, piece).unwrap();
     }

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::{copy_dir, entry, hard_state, Rng};
 use raft::{Entry, EntryId, Index, Membership, NodeId, Term};
-use storage::{SnapshotMeta, Store};
+use skiff_storage::{SnapshotMeta, Store};
 
 const ENTRIES: u64 = 6000;
 const SNAPSHOT_AT: u64 = 100;
@@ -309,10 +309,10 @@ fn corrupt_snapshot_names_file_and_offset() {
 /// open until the child execs (flaky in CI otherwise).
 fn open_past_forks(
     dir: &std::path::Path,
-) -> Result<(storage::Store, storage::Recovered), storage::StorageError> {
+) -> Result<(skiff_storage::Store, skiff_storage::Recovered), skiff_storage::StorageError> {
     for _ in 0..100 {
         match common::open(dir) {
-            Err(storage::StorageError::Locked { .. }) => {
+            Err(skiff_storage::StorageError::Locked { .. }) => {
                 std::thread::sleep(std::time::Duration::from_millis(20))
             }
             other => return other,

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::{entry, hard_state, open, Rng};
 use raft::{Entry, EntryId, HardState, Index, Membership, Term};
-use storage::SnapshotMeta;
+use skiff_storage::SnapshotMeta;
 
 const CHILD_ENV: &str = "SKIFF_STORAGE_CRASH_CHILD";
 

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use common::{entry, hard_state};
 use raft::Index;
-use storage::{StorageError, Store};
+use skiff_storage::{StorageError, Store};
 
 const CHILD_ENV: &str = "SKIFF_STORAGE_IO_ERROR_CHILD";
 

@@ -8,7 +8,7 @@ mod common;
 use common::entry;
 use proptest::prelude::*;
 use raft::{Entry, EntryId, HardState, Index, Membership, NodeId, Term};
-use storage::{SnapshotMeta, StorageError, Store};
+use skiff_storage::{SnapshotMeta, StorageError, Store};
 
 /// The reference: a log start and a vector of entries after it.
 #[derive(Debug, Default)]
@@ -194,9 +194,9 @@ fn apply(store: &mut Store, m: &mut Model, op: &Op) {
     }
 }
 
-fn open(dir: &std::path::Path) -> Result<(Store, storage::Recovered), StorageError> {
+fn open(dir: &std::path::Path) -> Result<(Store, skiff_storage::Recovered), StorageError> {
     let mut o = common::options();
-    o.segment_bytes = storage::SEGMENT_BYTES_MIN;
+    o.segment_bytes = skiff_storage::SEGMENT_BYTES_MIN;
     Store::open(dir, o)
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::{copy_dir, entry, hard_state, Rng};
 use raft::{Entry, EntryId, Index, Membership, NodeId, Term};
-use storage::{Options, SnapshotMeta, StorageError, Store};
+use skiff_storage::{Options, SnapshotMeta, StorageError, Store};
 
 fn options(segment_bytes: u64) -> Options {
     let mut o = common::options();

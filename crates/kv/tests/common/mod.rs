@@ -1,7 +1,7 @@
 //! A small driver over `Store` for tests: numbers Raft indexes and unwraps response kinds.
 #![allow(dead_code)]
 
-use kv::*;
+use skiff_kv::*;
 
 /// A store plus the next Raft index to apply at.
 pub struct Kv {

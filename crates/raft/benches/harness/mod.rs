@@ -2,7 +2,7 @@
 //! persistence instantaneous. Shared with `bench/raft-rs`, which runs the same workload through
 //! raft-rs.
 
-use raft::{Config, InitialState, Message, NodeId, RawNode, Role};
+use skiff_raft::{Config, InitialState, Message, NodeId, RawNode, Role};
 
 pub struct Cluster {
     pub nodes: Vec<RawNode>,

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
-use raft::{
+use skiff_raft::{
     Config, Entry, EntryId, EntryKind, HardState, Index, InitialState, Membership, Message,
     MessageBody, NodeId, RawNode, ReadState, Ready, SnapshotMeta, Term,
 };
@@ -415,7 +415,7 @@ impl Cluster {
     pub fn elect(&mut self, id: u64) -> bool {
         self.node(id).campaign();
         self.stabilize();
-        self.nodes[&id].status().role == raft::Role::Leader
+        self.nodes[&id].status().role == skiff_raft::Role::Leader
     }
 
     /// The one leader among live nodes with the highest term, if any.
@@ -423,7 +423,7 @@ impl Cluster {
         self.nodes
             .iter()
             .filter(|(id, _)| !self.down.contains(id))
-            .filter(|(_, n)| n.status().role == raft::Role::Leader)
+            .filter(|(_, n)| n.status().role == skiff_raft::Role::Leader)
             .max_by_key(|(_, n)| n.status().term)
             .map(|(&id, _)| id)
     }
@@ -498,7 +498,7 @@ fn format_entries(es: &[Entry]) -> String {
     es.iter().map(format_entry).collect::<Vec<_>>().join(", ")
 }
 
-pub fn format_membership(m: &raft::Membership) -> String {
+pub fn format_membership(m: &skiff_raft::Membership) -> String {
     let list = |s: &std::collections::BTreeSet<NodeId>| {
         s.iter()
             .map(|i| i.to_string())

@@ -1,14 +1,14 @@
 //! `sim`: runs scenarios over many seeds and reports throughput.
 //!
 //! ```text
-//! cargo run -p sim --release -- --seeds 1000 --scenario all
-//! cargo run -p sim --release -- --scenario Figure8 --seed 42
+//! cargo run -p skiff-sim --release -- --seeds 1000 --scenario all
+//! cargo run -p skiff-sim --release -- --scenario Figure8 --seed 42
 //! ```
 
 use std::process::ExitCode;
 use std::time::Instant;
 
-use sim::scenarios::{find, Scenario, ALL};
+use skiff_sim::scenarios::{find, Scenario, ALL};
 
 struct Args {
     seeds: u64,
@@ -79,7 +79,11 @@ fn main() -> ExitCode {
     // Failures are reported by the runner with their seed; keep the default hook's noise out,
     // but say where a panic inside the core happened.
     std::panic::set_hook(Box::new(|info| {
-        if info.payload().downcast_ref::<sim::SimFailure>().is_none() {
+        if info
+            .payload()
+            .downcast_ref::<skiff_sim::SimFailure>()
+            .is_none()
+        {
             if let Some(loc) = info.location() {
                 eprintln!("panic at {}:{}", loc.file(), loc.line());
             }
@@ -95,7 +99,7 @@ fn main() -> ExitCode {
         let mut s_virtual = 0;
         for seed in args.first_seed..args.first_seed + args.seeds {
             runs += 1;
-            match sim::run_seed(*s, seed) {
+            match skiff_sim::run_seed(*s, seed) {
                 Ok(o) => {
                     s_virtual += o.virtual_ms;
                     events += o.events;

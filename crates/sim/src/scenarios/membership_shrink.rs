@@ -191,7 +191,7 @@ fn plan(c: &mut Cluster, voters: &BTreeSet<u64>) -> Vec<BTreeSet<u64>> {
     ]
 }
 
-/// `MembershipShrink`: laps of [`plan`] under faults with KV clients; each move is retried
+/// `MembershipShrink`: laps of `plan` (the moves above) under faults with KV clients; each move is retried
 /// (healed) when it fails and counted when it takes effect. Fails if fewer than half the moves
 /// took effect (a scenario that does nothing must not pass).
 pub fn membership_shrink(seed: u64) -> Cluster {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use raft::{Entry, EntryKind, HardState, Index, NodeId, Term};
-use storage::{Identity, Options, Recovered, StorageError, Store};
+use skiff_storage::{Identity, Options, Recovered, StorageError, Store};
 
 /// The identity every test store uses.
 pub fn identity() -> Identity {

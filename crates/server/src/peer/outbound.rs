@@ -13,13 +13,14 @@ use std::time::Duration;
 
 use raft::{Message, NodeId};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::codec;
 use super::faults::Faults;
 use crate::pb::skiff::raft::v1 as pb;
 use crate::pb::skiff::raft::v1::raft_client::RaftClient;
 use crate::replica::{Outbox, Removal};
+use crate::tls::PeerClientTls;
 
 /// Messages queued for one peer, at most.
 pub const PEER_QUEUE_MAX: usize = 4096;
@@ -76,6 +77,8 @@ pub struct Peers {
     links: RwLock<BTreeMap<NodeId, Link>>,
     faults: Arc<Faults>,
     removal: Arc<Removal>,
+    /// How `https://` peers are reached (the peer certificate and CA).
+    tls: PeerClientTls,
 }
 
 /// The way to one peer: its queue (its sender task ends when the queue is dropped) and a
@@ -94,7 +97,8 @@ pub(super) fn refused_as_removed(status: &tonic::Status) -> bool {
 
 impl Peers {
     /// Creates queues, lazily-connecting channels and sender tasks (on the current runtime) for
-    /// `peers` (id -> peer URL), stamping batches with `cluster_id`.
+    /// `peers` (id -> peer URL), stamping batches with `cluster_id`; `https://` peers are
+    /// reached with `tls`.
     pub fn start(
         cluster_id: u64,
         own_url: String,
@@ -102,6 +106,7 @@ impl Peers {
         timeouts: PeerTimeouts,
         faults: Arc<Faults>,
         removal: Arc<Removal>,
+        tls: PeerClientTls,
     ) -> Result<Peers, String> {
         let p = Peers {
             cluster_id,
@@ -110,6 +115,7 @@ impl Peers {
             links: RwLock::new(BTreeMap::new()),
             faults,
             removal,
+            tls,
         };
         for (id, url) in peers {
             p.set(id, &url)?;
@@ -130,8 +136,9 @@ impl Peers {
             return Ok(());
         }
         let t = self.timeouts;
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| format!("peer url {url:?}: {e}"))?
+        let endpoint = self
+            .tls
+            .endpoint(url)?
             .connect_timeout(t.connect)
             .http2_keep_alive_interval(t.keepalive_interval)
             .keep_alive_timeout(t.keepalive_timeout)
@@ -311,7 +318,13 @@ async fn send_loop(
                 removal.refused_by_peer();
                 status.message().to_string()
             }
-            Ok(Err(status)) => status.message().to_string(),
+            // The source says why a connection failed (a TLS certificate the peer refused).
+            Ok(Err(status)) => match std::error::Error::source(&status) {
+                Some(source) => {
+                    format!("{}: {}", status.message(), super::join::error_chain(source))
+                }
+                None => status.message().to_string(),
+            },
             _ => why,
         };
         if opened.elapsed() >= STREAM_HEALTHY_AFTER {

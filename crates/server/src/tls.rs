@@ -277,7 +277,9 @@ struct AllowedCn {
 
 /// Why a verified certificate was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("client certificate's CN {found:?} is not the allowed CN {allowed:?}")]
+#[error(
+    "client certificate's CN {found:?} is not the allowed CN {allowed:?} (--peer-cert-allowed-cn)"
+)]
 struct WrongCn {
     found: Option<String>,
     allowed: String,
@@ -309,12 +311,14 @@ impl ClientCertVerifier for AllowedCn {
         if found.as_deref() == Some(self.cn.as_str()) {
             return Ok(verified);
         }
-        Err(rustls::Error::InvalidCertificate(
-            rustls::CertificateError::Other(rustls::OtherError(Arc::new(WrongCn {
+        // `Error::Other` displays its cause (a `CertificateError::Other` would show only its
+        // Debug form in the log); the peer gets a handshake_failure alert.
+        Err(rustls::Error::Other(rustls::OtherError(Arc::new(
+            WrongCn {
                 found,
                 allowed: self.cn.clone(),
-            }))),
-        ))
+            },
+        ))))
     }
 
     fn verify_tls12_signature(
@@ -458,6 +462,7 @@ fn tls_incoming(
     let (tx, rx) = mpsc::channel(HANDSHAKES_MAX);
     tokio::spawn(async move {
         let permits = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+        let failures = Arc::new(FailureLog::default());
         loop {
             let accepted = tokio::select! {
                 _ = tx.closed() => return,
@@ -479,27 +484,58 @@ fn tls_incoming(
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(port, %remote, %error, "TCP_NODELAY not set");
             }
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, failures) = (acceptor.clone(), tx.clone(), failures.clone());
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
-                match handshake.await {
+                let why = match handshake.await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
+                        return;
                     }
-                    Ok(Err(error)) => tracing::warn!(
-                        port, %remote, %error,
-                        "TLS handshake failed; connection refused"
-                    ),
-                    Err(_) => tracing::warn!(
-                        port, %remote,
-                        "TLS handshake took longer than {HANDSHAKE_TIMEOUT:?}; connection closed"
-                    ),
-                }
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => format!("took longer than {HANDSHAKE_TIMEOUT:?}"),
+                };
                 drop(permit);
+                if let Some(more) = failures.may_log() {
+                    tracing::warn!(
+                        port, %remote, error = %why, more_since_last_line = more,
+                        "TLS handshake failed; connection refused"
+                    );
+                }
             });
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Rate limit of the handshake-failure lines of one port: a misconfigured member retries
+/// several times a second, and its every attempt must not become a log line. The first failure
+/// is logged, then at most one every [`FailureLog::EVERY`], counting those left out.
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// When the last line was logged (`None`: never), and the failures not logged since.
+    state: std::sync::Mutex<(Option<tokio::time::Instant>, u64)>,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(5);
+
+    /// `Some(failures left out since the last line)` if this failure is to be logged.
+    fn may_log(&self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match state.0 {
+            Some(last) if now.duration_since(last) < Self::EVERY => {
+                state.1 += 1;
+                None
+            }
+            _ => {
+                let left_out = state.1;
+                *state = (Some(now), 0);
+                Some(left_out)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -555,6 +591,18 @@ mod tests {
             client_cert_auth: true,
             allowed_cn: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn handshake_failures_are_logged_at_most_every_five_seconds() {
+        let log = FailureLog::default();
+        assert_eq!(log.may_log(), Some(0), "the first is logged");
+        assert_eq!(log.may_log(), None);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(log.may_log(), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(log.may_log(), Some(2), "with the count of those left out");
+        assert_eq!(log.may_log(), None);
     }
 
     #[test]

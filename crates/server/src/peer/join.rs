@@ -44,7 +44,7 @@ pub async fn ask(
                     )))
                 }
                 // Not final: a member that has not applied the addition yet says so too.
-                Err(status) => last = format!("{url} answered: {}", status.message()),
+                Err(status) => last = format!("{url} answered: {}", describe(&status)),
             }
         }
         if tokio::time::Instant::now() + ROUND_PAUSE >= until {
@@ -82,6 +82,14 @@ async fn ask_one(
         return Err(tonic::Status::internal("a malformed join answer"));
     }
     Ok(answer)
+}
+
+/// A status's message and, for a connection failure, its cause.
+pub(crate) fn describe(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) => format!("{}: {}", status.message(), error_chain(source)),
+        None => status.message().to_string(),
+    }
 }
 
 /// `error` and its sources, `: `-separated: tonic's transport error alone says only

@@ -318,13 +318,8 @@ async fn send_loop(
                 removal.refused_by_peer();
                 status.message().to_string()
             }
-            // The source says why a connection failed (a TLS certificate the peer refused).
-            Ok(Err(status)) => match std::error::Error::source(&status) {
-                Some(source) => {
-                    format!("{}: {}", status.message(), super::join::error_chain(source))
-                }
-                None => status.message().to_string(),
-            },
+            // With the cause of a connection failure (a TLS certificate refused).
+            Ok(Err(status)) => super::join::describe(&status),
             _ => why,
         };
         if opened.elapsed() >= STREAM_HEALTHY_AFTER {

@@ -394,3 +394,96 @@ fn bad_certificate_files_stop_the_member_with_one_line_naming_the_flag_and_file(
         "{stderr}"
     );
 }
+
+/// A base port whose six successors are free right now (as tests/dev.rs).
+fn free_base_port() -> u16 {
+    let seed = u16::try_from(std::process::id() % 5000).unwrap_or(0);
+    for attempt in 0..200u16 {
+        let base = 20000 + (seed + attempt * 41) % 9000;
+        let held: Vec<_> = (0..6)
+            .map_while(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).ok())
+            .collect();
+        if held.len() == 6 {
+            return base;
+        }
+    }
+    panic!("no run of 6 free loopback ports found");
+}
+
+#[test]
+fn skiff_dev_tls_makes_certificates_and_prints_the_etcdctl_flags() {
+    if !etcdctl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("skiff-data");
+    let base = free_base_port();
+    let mut dev = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args([
+            "dev",
+            "--tls",
+            "--base-port",
+            &base.to_string(),
+            "--data-dir",
+        ])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn skiff dev --tls");
+    // Killed however the test ends; its members stop when their stdin pipe closes.
+    struct Guard(std::process::Child);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = dev.stdout.take().expect("stdout");
+    let _guard = Guard(dev);
+    use std::io::BufRead;
+    let printed: Vec<String> = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take_while(|l| !l.starts_with("Ctrl-C"))
+        .collect();
+    let line = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("export TLS=\""))
+        .unwrap_or_else(|| panic!("no TLS flags printed: {printed:#?}"));
+    let flags: Vec<String> = line
+        .split('"')
+        .next()
+        .expect("quoted")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let tls_dir = data.join("tls");
+    assert_eq!(
+        flags,
+        [
+            format!("--cacert={}", tls_dir.join("ca.pem").display()),
+            format!("--cert={}", tls_dir.join("client.pem").display()),
+            format!("--key={}", tls_dir.join("client-key.pem").display()),
+        ]
+    );
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains(&format!("https://127.0.0.1:{base}"))),
+        "{printed:#?}"
+    );
+    let eps = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base + 2 * i))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.extend(["put", "greeting", "hello"]);
+    assert_eq!(etcdctl_ok(&eps, &args, "").stdout, "OK\n");
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.extend(["get", "greeting"]);
+    assert_eq!(etcdctl_ok(&eps, &args, "").stdout, "greeting\nhello\n");
+    // The members require the client certificate.
+    let without = etcdctl(&eps, &[&flags[0], "get", "greeting"], "");
+    assert!(!without.ok, "{}", without.stdout);
+}

@@ -478,7 +478,12 @@ fn tls_incoming(
                 }
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(port, %remote, "{HANDSHAKES_MAX} TLS handshakes in progress; connection closed");
+                if let Some(more) = failures.may_log() {
+                    tracing::warn!(
+                        port, %remote, more_since_last_line = more,
+                        "{HANDSHAKES_MAX} TLS handshakes in progress; connection closed"
+                    );
+                }
                 continue;
             };
             if let Err(error) = tcp.set_nodelay(true) {
@@ -508,7 +513,8 @@ fn tls_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// Rate limit of the handshake-failure lines of one port: a misconfigured member retries
+/// Rate limit of the refused-connection lines of one port (failed handshakes, and connections
+/// past [`HANDSHAKES_MAX`]): a misconfigured member retries
 /// several times a second, and its every attempt must not become a log line. The first failure
 /// is logged, then at most one every [`FailureLog::EVERY`], counting those left out.
 #[derive(Debug, Default)]

@@ -221,10 +221,12 @@ fn a_member_with_a_certificate_of_another_ca_cannot_exchange_messages() {
         &["TLS handshake failed", "port=\"peer\"", "UnknownIssuer"],
     );
     assert!(refused.contains("invalid peer certificate"), "{refused}");
-    // The leader, whichever it is, fails to reach the third; the third fails to reach anyone
-    // with its votes, the others refusing its certificate.
+    // The leader, whichever it is, fails to reach the third (its own check of the third's
+    // certificate says why); the third fails to reach anyone with its votes (what it sees of
+    // the others' refusal varies with the timing of TLS 1.3's alert: the refusing side's line
+    // above is the one that says why).
     wait_any_log_line(&c, &[0, 1], &["stream to peer broke", "UnknownIssuer"]);
-    wait_log_line(&c, 2, &["stream to peer broke", "fatal alert: UnknownCA"]);
+    wait_log_line(&c, 2, &["stream to peer broke"]);
     std::thread::sleep(Duration::from_secs(2));
     assert!(
         !has_key(&c, 2, &tls, "greeting"),
@@ -282,12 +284,13 @@ fn a_member_whose_cn_is_not_allowed_cannot_join() {
         &["TLS handshake failed", "port=\"peer\"", "someone-else"],
     );
     assert!(refused.contains("not the allowed CN"), "{refused}");
+    // Its last attempt's error (an alert, or the connection closed, depending on timing).
     wait_log_line(
         &c,
         new,
         &[
             "no member in --initial-cluster told this member",
-            "fatal alert: HandshakeFailure",
+            "transport error",
         ],
     );
     // The cluster is unharmed.

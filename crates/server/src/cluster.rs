@@ -103,9 +103,9 @@ pub fn member_id(name: &str, peer_url: &str) -> NodeId {
     NodeId::new(h.finish().max(1)).unwrap_or_else(|| unreachable!("max(1) is non-zero"))
 }
 
-/// Parses a URL to listen on, `http://IP:PORT`, into a socket address: an address to bind,
-/// so an IP, not a host name (as etcd: "expected IP in URL for binding"). Only `http` is
-/// supported (no TLS yet).
+/// Parses a URL to listen on, `http://IP:PORT` or `https://IP:PORT` (the scheme says whether
+/// the port speaks TLS; see [`is_https`]), into a socket address: an address to bind, so an
+/// IP, not a host name (as etcd: "expected IP in URL for binding").
 pub fn parse_url(url: &str) -> Result<std::net::SocketAddr, String> {
     let rest = host_port(url)?;
     // etcd binds `localhost` too (its default listen URLs name it), as the loopback address.
@@ -119,14 +119,14 @@ pub fn parse_url(url: &str) -> Result<std::net::SocketAddr, String> {
 }
 
 /// Checks a URL others reach a member at (advertised, in `--initial-cluster`, given to
-/// `member add`): `http://HOST:PORT`, where HOST is an IP address or a DNS name (as etcd
+/// `member add`): `http[s]://HOST:PORT`, where HOST is an IP address or a DNS name (as etcd
 /// takes them; a name is resolved each time a connection is made).
 pub fn check_url(url: &str) -> Result<(), String> {
     let rest = host_port(url)?;
     if rest.parse::<std::net::SocketAddr>().is_ok() {
         return Ok(());
     }
-    let bad = || format!("url {url:?} must be http://HOST:PORT (an IP address or a host name)");
+    let bad = || format!("url {url:?} must be http[s]://HOST:PORT (an IP address or a host name)");
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
     port.parse::<u16>().map_err(|_| bad())?;
     // As loose as etcd's check (a URL with a non-empty host and a port), which takes names
@@ -144,10 +144,18 @@ pub fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `HOST:PORT` of `http://HOST:PORT[/]`.
+/// Whether `url` (checked by [`check_url`] or [`parse_url`]) is served over TLS.
+pub fn is_https(url: &str) -> bool {
+    url.starts_with("https://")
+}
+
+/// `HOST:PORT` of `http[s]://HOST:PORT[/]`.
 fn host_port(url: &str) -> Result<&str, String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!("url {url:?} must start with http://"));
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(format!("url {url:?} must start with http:// or https://"));
     };
     Ok(rest.strip_suffix('/').unwrap_or(rest))
 }
@@ -193,9 +201,17 @@ mod tests {
     #[test]
     fn members_are_reached_at_ips_or_host_names_and_listen_on_ips() {
         let s = "a=http://etcd-0.etcd.svc:2380,b=http://10.0.0.2:2380,c=http://[::1]:2380/,\
-                 d=http://proj_etcd_1:2380,e=http://etcd-4.etcd.ns.svc.cluster.local.:2380";
+                 d=http://proj_etcd_1:2380,e=http://etcd-4.etcd.ns.svc.cluster.local.:2380,\
+                 f=https://10.0.0.6:2380";
         let spec = ClusterSpec::parse(s, "t").expect("valid");
-        assert_eq!(spec.members.len(), 5);
+        assert_eq!(spec.members.len(), 6);
+        assert!(spec
+            .member_by_name("f")
+            .is_some_and(|m| m.peer_url == "https://10.0.0.6:2380" && is_https(&m.peer_url)));
+        assert_eq!(
+            parse_url("https://127.0.0.1:2379"),
+            Ok(std::net::SocketAddr::from(([127, 0, 0, 1], 2379)))
+        );
         assert!(parse_url("http://[::1]:2380").is_ok());
         assert_eq!(
             parse_url("http://localhost:2379"),
@@ -212,6 +228,7 @@ mod tests {
             ("", "no members"),
             ("a", "name=url"),
             ("a=127.0.0.1:1", "http://"),
+            ("a=ftp://127.0.0.1:1", "https://"),
             ("a=http://localhost", "HOST:PORT"),
             ("a=http://user@host:1", "HOST:PORT"),
             ("a=http://host/x:1", "HOST:PORT"),

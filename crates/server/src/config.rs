@@ -50,6 +50,8 @@ pub struct ServerConfig {
     pub fault_file: Option<PathBuf>,
     /// Space quota and consistency checks of the state machine (see [`DataChecks`]).
     pub data_checks: DataChecks,
+    /// TLS on the client and peer ports, and to peers (see [`crate::tls`]).
+    pub tls: crate::tls::TlsConfig,
 }
 
 /// etcd's flags that guard the state machine's data.
@@ -91,7 +93,9 @@ impl ServerConfig {
         if self.election > Duration::from_secs(50) {
             return Err("--election-timeout must be at most 50000 ms".into());
         }
-        Ok(())
+        let https_peers =
+            (self.cluster.members.values()).any(|m| m.peer_url.starts_with("https://"));
+        self.tls.validate(https_peers)
     }
 }
 
@@ -144,6 +148,7 @@ mod tests {
             snapshot_count: 100,
             fault_file: None,
             data_checks: DataChecks::default(),
+            tls: Default::default(),
         };
         let id = NodeId::new(1).expect("non-zero");
         let rc = raft_config(&config, id, 7);

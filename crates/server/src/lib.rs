@@ -18,7 +18,7 @@
 //! layer implements); [`peer`] knows nothing of etcd's services (requests forwarded to the
 //! leader reach the API through the [`peer::LeaderApi`] trait the API implements). Shared by
 //! all: [`pb`] (generated types), [`rpctypes`] (etcd's errors), [`cluster`], [`ServerError`].
-//! [`server`] and [`config`] wire them together; [`restore`] makes a data dir from a backup.
+//! [`server`] and [`config`] wire them together ([`tls`]: the ports' TLS); [`restore`] makes a data dir from a backup.
 #![deny(missing_docs)]
 
 pub mod api;
@@ -32,6 +32,7 @@ pub mod replica;
 pub mod restore;
 pub mod rpctypes;
 pub mod server;
+pub mod tls;
 
 pub use cluster::{ClusterSpec, Member};
 pub use config::ServerConfig;

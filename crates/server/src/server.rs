@@ -19,12 +19,18 @@ use crate::peer::{
 };
 use crate::replica::member_file::{self, MemberFile};
 use crate::replica::{NodeTask, OpenOptions, INBOUND_QUEUE_MAX};
+use crate::tls;
 
 /// How long a member that learns it was removed keeps serving before it stops: long enough
 /// for an answer in flight to leave.
 const REMOVED_GRACE: Duration = Duration::from_millis(500);
 /// How long a member joining with an empty data dir keeps asking the cluster who it is.
 const JOIN_DEADLINE: Duration = Duration::from_secs(30);
+/// Application protocols over TLS on the client port: gRPC (HTTP/2), and HTTP/1.1 for
+/// `/health` and `/metrics`.
+const CLIENT_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// The peer port speaks gRPC only.
+const PEER_ALPN: &[&[u8]] = &[b"h2"];
 
 /// Runs a member until `shutdown` completes (Ok) or something fails (Err).
 pub async fn run(
@@ -37,12 +43,25 @@ pub async fn run(
         .member_by_name(&config.name)
         .ok_or_else(|| ServerError::Config("member vanished".into()))?
         .clone();
+    // Certificates and keys are checked before anything else: a bad file stops the member
+    // with one line naming the flag and the file.
+    let tls = &config.tls;
+    let client_tls = tls::load_server(
+        &tls.client,
+        tls::Side::Client,
+        tls.client_https,
+        CLIENT_ALPN,
+    )
+    .map_err(ServerError::Config)?;
+    let peer_tls = tls::load_server(&tls.peer, tls::Side::Peer, tls.peer_https, PEER_ALPN)
+        .map_err(ServerError::Config)?;
+    let peer_client_tls = tls::PeerClientTls::load(&tls.peer).map_err(ServerError::Config)?;
     std::fs::create_dir_all(&config.data_dir).map_err(|error| ServerError::Io {
         what: format!("create data dir {}", config.data_dir.display()),
         error,
     })?;
 
-    let (member, joined) = who_am_i(&config, &me).await?;
+    let (member, joined) = who_am_i(&config, &me, &peer_client_tls).await?;
     let cluster_id = member.identity.cluster_id;
     me.id = member.identity.node_id;
     let metrics = Arc::new(crate::metrics::Metrics::new(me.id.get()));
@@ -127,6 +146,7 @@ pub async fn run(
             faults.clone(),
             removal.clone(),
             metrics.clone(),
+            peer_client_tls,
         )
         .map_err(ServerError::Config)?,
     );
@@ -202,11 +222,17 @@ pub async fn run(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let client_server = tonic::transport::Server::builder()
+    let client_router = tonic::transport::Server::builder()
         // HTTP/1.1 too, for `GET /health` and `GET /metrics` with plain HTTP clients.
         .accept_http1(true)
-        .add_routes(client_routes(&api))
-        .serve_with_incoming_shutdown(nodelay(client_listener), stopped(stop_rx.clone()));
+        .add_routes(client_routes(&api));
+    let client_server = tls::serve(
+        client_router,
+        client_listener,
+        client_tls,
+        "client",
+        stopped(stop_rx.clone()),
+    );
     // `--listen-metrics-urls`: /metrics and /health alone, over plain HTTP/1.1 or h2c.
     let metrics_servers: Vec<_> = metrics_listeners
         .into_iter()
@@ -216,7 +242,10 @@ pub async fn run(
                 .add_routes(tonic::service::Routes::from(
                     crate::api::http::metrics_routes(&api),
                 ))
-                .serve_with_incoming_shutdown(nodelay(l), stopped(stop_rx.clone()));
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true)),
+                    stopped(stop_rx.clone()),
+                );
             tokio::spawn(async move {
                 if let Err(e) = serve.await {
                     tracing::warn!(error = %e, "a metrics listener stopped");
@@ -225,7 +254,7 @@ pub async fn run(
         })
         .collect();
     let timeouts = PeerTimeouts::for_election(config.election);
-    let peer_server = tonic::transport::Server::builder()
+    let peer_router = tonic::transport::Server::builder()
         // A peer that vanished (a partition) is noticed from this side too.
         .http2_keepalive_interval(Some(timeouts.keepalive_interval))
         .http2_keepalive_timeout(Some(timeouts.keepalive_timeout))
@@ -237,8 +266,14 @@ pub async fn run(
             )
             .max_decoding_message_size(PEER_MSG_BYTES_MAX)
             .max_encoding_message_size(PEER_MSG_BYTES_MAX),
-        )
-        .serve_with_incoming_shutdown(nodelay(peer_listener), stopped(stop_rx));
+        );
+    let peer_server = tls::serve(
+        peer_router,
+        peer_listener,
+        peer_tls,
+        "peer",
+        stopped(stop_rx),
+    );
     let mut node = tokio::spawn(task.run());
     let mut client_server = tokio::spawn(client_server);
     let mut peer_server = tokio::spawn(peer_server);
@@ -288,6 +323,7 @@ pub async fn run(
 async fn who_am_i(
     config: &ServerConfig,
     me: &crate::cluster::Member,
+    tls: &tls::PeerClientTls,
 ) -> Result<(MemberFile, Vec<JoinMember>), ServerError> {
     let spec = &config.cluster;
     let from_flags = storage::Identity {
@@ -323,7 +359,7 @@ async fn who_am_i(
         .map(|m| m.peer_url.clone())
         .collect();
     tracing::info!(peers = ?others, "empty data dir and --initial-cluster-state existing: asking the cluster who this member is");
-    let answer = crate::peer::join::ask(&others, &me.peer_url, JOIN_DEADLINE).await?;
+    let answer = crate::peer::join::ask(&others, &me.peer_url, JOIN_DEADLINE, tls).await?;
     // etcd's check: --initial-cluster must list the running cluster's members.
     for url in spec.members.values().map(|m| &m.peer_url) {
         if !answer.members.iter().any(|m| m.peer_urls.contains(url)) {
@@ -356,12 +392,6 @@ async fn who_am_i(
         "joining the running cluster"
     );
     Ok((file, answer.members))
-}
-
-/// Accepted connections with `TCP_NODELAY`: small gRPC responses must not wait for Nagle's
-/// algorithm to meet the peer's delayed ACK (a 40 ms floor on every read, BENCHMARKS.md).
-fn nodelay(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
-    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 fn flatten(r: Result<Result<(), ServerError>, tokio::task::JoinError>) -> Result<(), ServerError> {

@@ -68,9 +68,19 @@ pub enum OutputFormat {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Comma-separated etcd v3 gRPC endpoints (host:port or http://host:port).
+    /// Comma-separated etcd v3 gRPC endpoints (host:port, http://host:port, or
+    /// https://host:port with --cacert).
     #[arg(long, default_value = "127.0.0.1:2379")]
     endpoints: String,
+    /// CA (PEM) that signs the servers' certificates: connect with TLS.
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) to present, with --key.
+    #[arg(long, requires = "key")]
+    cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    key: Option<std::path::PathBuf>,
     /// What each request does.
     #[arg(long, value_enum, default_value_t = Workload::Put)]
     workload: Workload,
@@ -156,17 +166,23 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
-/// `host:port` or `http://host:port` to a URL tonic can dial.
-fn endpoint_url(ep: &str) -> anyhow::Result<String> {
+/// `host:port`, `http://host:port` or `https://host:port` to a URL tonic can dial; with
+/// `tls` (--cacert), `host:port` is dialed over TLS and `http://` is refused.
+fn endpoint_url(ep: &str, tls: bool) -> anyhow::Result<String> {
     let ep = ep.trim();
     if ep.is_empty() {
         bail!("--endpoints: empty endpoint");
     }
-    if ep.starts_with("https://") {
-        bail!("--endpoints: {ep}: TLS is not supported");
+    if ep.starts_with("https://") && !tls {
+        bail!("--endpoints: {ep}: https:// needs --cacert");
     }
-    let url = if ep.starts_with("http://") {
+    if ep.starts_with("http://") && tls {
+        bail!("--endpoints: {ep}: http:// with --cacert (use https:// or host:port)");
+    }
+    let url = if ep.starts_with("http://") || ep.starts_with("https://") {
         ep.to_string()
+    } else if tls {
+        format!("https://{ep}")
     } else {
         format!("http://{ep}")
     };
@@ -179,6 +195,8 @@ fn endpoint_url(ep: &str) -> anyhow::Result<String> {
 struct Plan {
     args: BenchArgs,
     urls: Vec<String>,
+    /// TLS to the endpoints (--cacert, --cert, --key), read when the plan is made.
+    tls: Option<tonic::transport::ClientTlsConfig>,
     /// Measured phase: stop at this duration after its start, unless `total` is set.
     duration: Duration,
 }
@@ -188,8 +206,26 @@ impl Plan {
         let urls = args
             .endpoints
             .split(',')
-            .map(endpoint_url)
+            .map(|ep| endpoint_url(ep, args.cacert.is_some()))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let read = |flag: &str, path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("{flag} {}", path.display()))
+        };
+        let tls = match (&args.cacert, &args.cert, &args.key) {
+            (None, None, None) => None,
+            (None, _, _) => bail!("--cert and --key need --cacert"),
+            (Some(ca), cert, key) => {
+                let ca = tonic::transport::Certificate::from_pem(read("--cacert", ca)?);
+                let mut config = tonic::transport::ClientTlsConfig::new().ca_certificate(ca);
+                if let (Some(cert), Some(key)) = (cert, key) {
+                    config = config.identity(tonic::transport::Identity::from_pem(
+                        read("--cert", cert)?,
+                        read("--key", key)?,
+                    ));
+                }
+                Some(config)
+            }
+        };
         let digits = (args.key_space - 1).max(1).ilog10() + 1;
         if args.key_size < digits {
             bail!(
@@ -214,6 +250,7 @@ impl Plan {
         Ok(Plan {
             args,
             urls,
+            tls,
             duration,
         })
     }
@@ -238,8 +275,14 @@ async fn run_async(plan: Arc<Plan>) -> anyhow::Result<()> {
     let mut channels = Vec::new();
     for j in 0..args.conns as usize {
         let url = &plan.urls[j % plan.urls.len()];
-        let ch = tonic::transport::Endpoint::from_shared(url.clone())
-            .with_context(|| format!("--endpoints: {url}"))?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.clone())
+            .with_context(|| format!("--endpoints: {url}"))?;
+        if let Some(tls) = &plan.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| anyhow::anyhow!("--cacert/--cert/--key: {}", error_chain(&e)))?;
+        }
+        let ch = endpoint
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .connect()
@@ -722,15 +765,24 @@ mod tests {
     #[test]
     fn endpoints_take_both_forms() {
         assert_eq!(
-            endpoint_url("127.0.0.1:2379").ok().as_deref(),
+            endpoint_url("127.0.0.1:2379", false).ok().as_deref(),
             Some("http://127.0.0.1:2379")
         );
         assert_eq!(
-            endpoint_url("http://127.0.0.1:2379").ok().as_deref(),
+            endpoint_url("http://127.0.0.1:2379", false).ok().as_deref(),
             Some("http://127.0.0.1:2379")
         );
-        assert!(endpoint_url("").is_err());
-        assert!(endpoint_url("https://127.0.0.1:2379").is_err());
+        assert!(endpoint_url("", false).is_err());
+        assert!(endpoint_url("https://127.0.0.1:2379", false).is_err());
+        assert_eq!(
+            endpoint_url("127.0.0.1:2379", true).ok().as_deref(),
+            Some("https://127.0.0.1:2379")
+        );
+        assert_eq!(
+            endpoint_url("https://127.0.0.1:2379", true).ok().as_deref(),
+            Some("https://127.0.0.1:2379")
+        );
+        assert!(endpoint_url("http://127.0.0.1:2379", true).is_err());
     }
 
     #[test]

@@ -20,6 +20,11 @@ pub struct DevArgs {
     /// Members: 1, 3 or 5 (an even count tolerates no more failures than one fewer).
     #[arg(long, default_value = "3", value_parser = ["1", "3", "5"])]
     members: String,
+    /// TLS with client and peer certificate authentication on both ports: a throwaway CA and
+    /// certificates are made under `<data-dir>/tls` (kept for the next run), and the etcdctl
+    /// flags to use are printed.
+    #[arg(long)]
+    tls: bool,
     /// Flags for every member's `skiff serve`, after `--` (for example `skiff dev --
     /// --quota-backend-bytes 16777216 --experimental-corrupt-check-time 10s`); not the ones
     /// `skiff dev` sets itself (names, data dirs, URLs, the initial cluster).
@@ -40,11 +45,14 @@ const FLAGS_SET_BY_DEV: [&str; 9] = [
     "--stop-on-stdin-eof",
 ];
 
-/// Refuses passed-through flags that would fight the ones `skiff dev` sets.
-fn check_serve_flags(flags: &[String]) -> anyhow::Result<()> {
+/// Refuses passed-through flags that would fight the ones `skiff dev` sets (with `tls`, also
+/// the TLS flags).
+fn check_serve_flags(flags: &[String], tls: bool) -> anyhow::Result<()> {
     for f in flags {
         let name = f.split('=').next().unwrap_or(f);
-        if FLAGS_SET_BY_DEV.contains(&name) {
+        if FLAGS_SET_BY_DEV.contains(&name)
+            || (tls && crate::tls::FLAGS_SET_BY_DEV_TLS.contains(&name))
+        {
             anyhow::bail!("skiff dev sets {name} for each member itself; give it no {name}");
         }
     }
@@ -65,13 +73,37 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
         .members
         .parse()
         .context("--members must be 1, 3 or 5")?;
-    check_serve_flags(&args.serve_flags)?;
+    check_serve_flags(&args.serve_flags, args.tls)?;
     let exe = std::env::current_exe().context("find the skiff executable")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("create {}", args.data_dir.display()))?;
+    let certs = if args.tls {
+        Some(crate::tls::DevCerts::make_or_reuse(
+            &args.data_dir.join("tls"),
+        )?)
+    } else {
+        None
+    };
+    let mut tls_flags: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(c) = &certs {
+        for (flag, path) in [
+            ("--cert-file", &c.member),
+            ("--key-file", &c.member_key),
+            ("--trusted-ca-file", &c.ca),
+            ("--peer-cert-file", &c.member),
+            ("--peer-key-file", &c.member_key),
+            ("--peer-trusted-ca-file", &c.ca),
+        ] {
+            tls_flags.push(flag.into());
+            tls_flags.push(path.into());
+        }
+        tls_flags.push("--client-cert-auth".into());
+        tls_flags.push("--peer-client-cert-auth".into());
+    }
+    let scheme = if args.tls { "https" } else { "http" };
     let port = |i: usize, peer: bool| u32::from(args.base_port) + 2 * i as u32 + u32::from(peer);
     let cluster = (0..members)
-        .map(|i| format!("n{}=http://127.0.0.1:{}", i + 1, port(i, true)))
+        .map(|i| format!("n{}={scheme}://127.0.0.1:{}", i + 1, port(i, true)))
         .collect::<Vec<_>>()
         .join(",");
     let mut children = Vec::new();
@@ -80,8 +112,8 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
     let mut endpoints = Vec::new();
     for i in 0..members {
         let name = format!("n{}", i + 1);
-        let client = format!("http://127.0.0.1:{}", port(i, false));
-        let peer = format!("http://127.0.0.1:{}", port(i, true));
+        let client = format!("{scheme}://127.0.0.1:{}", port(i, false));
+        let peer = format!("{scheme}://127.0.0.1:{}", port(i, true));
         let log_path = args.data_dir.join(format!("{name}.log"));
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -101,6 +133,7 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
             .args(["--initial-cluster", &cluster])
             .args(["--initial-cluster-state", "new"])
             .arg("--stop-on-stdin-eof")
+            .args(&tls_flags)
             .args(&args.serve_flags)
             .stdin(std::process::Stdio::piped())
             .stdout(log)
@@ -114,9 +147,13 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
     }
     // Without the scheme: etcdctl 3.4 sends an endpoint given as a URL in the HTTP/2
     // `:authority` header ("http://..."), which is invalid there, and `endpoint status` fails.
+    // The certificate flags alone make it speak TLS.
     let eps = endpoints
         .iter()
-        .map(|e| e.trim_start_matches("http://"))
+        .map(|e| {
+            e.trim_start_matches("http://")
+                .trim_start_matches("https://")
+        })
         .collect::<Vec<_>>()
         .join(",");
     println!("skiff dev: {members} members running");
@@ -129,9 +166,23 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
     println!();
     println!("try:");
     println!("  export ETCDCTL_API=3 ENDPOINTS={eps}");
-    println!("  etcdctl --endpoints=$ENDPOINTS put greeting hello");
-    println!("  etcdctl --endpoints=$ENDPOINTS get greeting");
-    println!("  etcdctl --endpoints=$ENDPOINTS endpoint status -w table");
+    // etcdctl's TLS flags: the dev CA, and the client certificate every member requires.
+    let tls = match &certs {
+        Some(c) => {
+            println!(
+                "  export TLS=\"--cacert={} --cert={} --key={}\"   # client certificate CN: {}",
+                c.ca.display(),
+                c.client.display(),
+                c.client_key.display(),
+                crate::tls::DEV_CLIENT_CN
+            );
+            " $TLS"
+        }
+        None => "",
+    };
+    println!("  etcdctl --endpoints=$ENDPOINTS{tls} put greeting hello");
+    println!("  etcdctl --endpoints=$ENDPOINTS{tls} get greeting");
+    println!("  etcdctl --endpoints=$ENDPOINTS{tls} endpoint status -w table");
     if let Some(first) = endpoints.first() {
         println!("  dashboard: {first}/dashboard   metrics: {first}/metrics");
     }
@@ -229,9 +280,16 @@ mod tests {
     #[test]
     fn flags_that_dev_sets_cannot_be_passed_through() {
         let ok = ["--quota-backend-bytes".to_string(), "3000000".to_string()];
-        assert!(check_serve_flags(&ok).is_ok());
+        assert!(check_serve_flags(&ok, true).is_ok());
+        let cert = ["--cert-file=x.pem".to_string()];
+        assert!(check_serve_flags(&cert, false).is_ok());
         for bad in ["--name", "--data-dir=x", "--initial-cluster"] {
-            let err = check_serve_flags(&[bad.to_string()]).expect_err(bad);
+            let err = check_serve_flags(&[bad.to_string()], false).expect_err(bad);
+            let name = bad.split('=').next().unwrap_or(bad);
+            assert!(err.to_string().contains(name), "{err}");
+        }
+        for bad in ["--cert-file=x.pem", "--peer-client-cert-auth"] {
+            let err = check_serve_flags(&[bad.to_string()], true).expect_err(bad);
             let name = bad.split('=').next().unwrap_or(bad);
             assert!(err.to_string().contains(name), "{err}");
         }

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod dev;
 mod snapshot;
+mod tls;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -46,13 +47,14 @@ struct ServeArgs {
     /// Directory for the Raft log and the key-value data (default: <name>.skiff).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// URL to serve the etcd API on (one http://IP:PORT).
+    /// URL to serve the etcd API on (one http://IP:PORT, or https:// for TLS with --cert-file).
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     listen_client_urls: String,
     /// Client URL to advertise: where clients reach this member, as `member list` shows it.
     #[arg(long, default_value = "http://127.0.0.1:2379")]
     advertise_client_urls: String,
-    /// URL to serve the peer protocol on (one http://IP:PORT).
+    /// URL to serve the peer protocol on (one http://IP:PORT, or https:// for TLS with
+    /// --peer-cert-file).
     #[arg(long, default_value = "http://127.0.0.1:2380")]
     listen_peer_urls: String,
     /// Extra URLs (comma-separated http://IP:PORT) that serve only /metrics and /health, as
@@ -122,6 +124,8 @@ struct ServeArgs {
     /// Testing only: a file naming members this one cannot talk to (see `ServerConfig`).
     #[arg(long, hide = true)]
     fault_file: Option<PathBuf>,
+    #[command(flatten)]
+    tls: tls::TlsArgs,
 }
 
 /// `--experimental-corrupt-check-time`, a Go duration as etcd takes it.
@@ -208,6 +212,9 @@ impl ServeArgs {
                 corrupt_check_every: self.experimental_corrupt_check_time,
                 initial_corrupt_check: self.experimental_initial_corrupt_check,
             },
+            tls: self
+                .tls
+                .to_config(&self.listen_client_urls, &self.listen_peer_urls),
         };
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)

@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use tonic::transport::Endpoint;
-
 use crate::error::ServerError;
 use crate::pb::skiff::raft::v1 as pb;
 use crate::pb::skiff::raft::v1::raft_client::RaftClient;
+use crate::tls::PeerClientTls;
 
 /// How long one peer may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -17,11 +16,12 @@ const ROUND_PAUSE: Duration = Duration::from_millis(500);
 
 /// Asks each of `peer_urls` in turn, in rounds, until one says who `my_url` is or `deadline`
 /// passes; then the error is the last answer (e.g. that no member has that URL: it was not
-/// added).
+/// added). `https://` peers are asked with `tls`.
 pub async fn ask(
     peer_urls: &[String],
     my_url: &str,
     deadline: Duration,
+    tls: &PeerClientTls,
 ) -> Result<pb::JoinResponse, ServerError> {
     if peer_urls.is_empty() {
         return Err(ServerError::Config(
@@ -34,7 +34,7 @@ pub async fn ask(
     let mut last = String::new();
     loop {
         for url in peer_urls {
-            match ask_one(url, my_url).await {
+            match ask_one(url, my_url, tls).await {
                 Ok(answer) => return Ok(answer),
                 // Final: this member ran before; the cluster counts on the state it had.
                 Err(status) if status.code() == tonic::Code::FailedPrecondition => {
@@ -44,7 +44,7 @@ pub async fn ask(
                     )))
                 }
                 // Not final: a member that has not applied the addition yet says so too.
-                Err(status) => last = format!("{url} answered: {}", status.message()),
+                Err(status) => last = format!("{url} answered: {}", describe(&status)),
             }
         }
         if tokio::time::Instant::now() + ROUND_PAUSE >= until {
@@ -58,15 +58,20 @@ pub async fn ask(
     }
 }
 
-async fn ask_one(url: &str, my_url: &str) -> Result<pb::JoinResponse, tonic::Status> {
-    let endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
+async fn ask_one(
+    url: &str,
+    my_url: &str,
+    tls: &PeerClientTls,
+) -> Result<pb::JoinResponse, tonic::Status> {
+    let endpoint = tls
+        .endpoint(url)
+        .map_err(tonic::Status::invalid_argument)?
         .connect_timeout(Duration::from_secs(1))
         .timeout(ASK_TIMEOUT);
     let channel = endpoint
         .connect()
         .await
-        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {e}")))?;
+        .map_err(|e| tonic::Status::unavailable(format!("cannot connect: {}", error_chain(&e))))?;
     let answer = RaftClient::new(channel)
         .join(pb::JoinRequest {
             peer_url: my_url.to_string(),
@@ -77,4 +82,26 @@ async fn ask_one(url: &str, my_url: &str) -> Result<pb::JoinResponse, tonic::Sta
         return Err(tonic::Status::internal("a malformed join answer"));
     }
     Ok(answer)
+}
+
+/// A status's message and, for a connection failure, its cause.
+pub(crate) fn describe(status: &tonic::Status) -> String {
+    match std::error::Error::source(status) {
+        Some(source) => format!("{}: {}", status.message(), error_chain(source)),
+        None => status.message().to_string(),
+    }
+}
+
+/// `error` and its sources, `: `-separated: tonic's transport error alone says only
+/// "transport error", where the cause (a refused connection, a TLS certificate the peer
+/// rejected) is what an operator needs.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }

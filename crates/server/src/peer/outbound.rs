@@ -14,7 +14,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 use raft::{Message, NodeId};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::codec;
 use super::faults::Faults;
@@ -22,6 +22,7 @@ use crate::metrics::{peer_label, Metrics};
 use crate::pb::skiff::raft::v1 as pb;
 use crate::pb::skiff::raft::v1::raft_client::RaftClient;
 use crate::replica::{Outbox, Removal};
+use crate::tls::PeerClientTls;
 
 /// Messages queued for one peer, at most.
 pub const PEER_QUEUE_MAX: usize = 4096;
@@ -80,6 +81,8 @@ pub struct Peers {
     removal: Arc<Removal>,
     /// Counts the bytes sent to each peer.
     metrics: Arc<Metrics>,
+    /// How `https://` peers are reached (the peer certificate and CA).
+    tls: PeerClientTls,
 }
 
 /// The way to one peer: its queue (its sender task ends when the queue is dropped) and a
@@ -98,7 +101,8 @@ pub(super) fn refused_as_removed(status: &tonic::Status) -> bool {
 
 impl Peers {
     /// Creates queues, lazily-connecting channels and sender tasks (on the current runtime) for
-    /// `peers` (id -> peer URL), stamping batches with `cluster_id`.
+    /// `peers` (id -> peer URL), stamping batches with `cluster_id`; `https://` peers are
+    /// reached with `tls`.
     pub fn start(
         cluster_id: u64,
         own_url: String,
@@ -107,6 +111,7 @@ impl Peers {
         faults: Arc<Faults>,
         removal: Arc<Removal>,
         metrics: Arc<Metrics>,
+        tls: PeerClientTls,
     ) -> Result<Peers, String> {
         let p = Peers {
             cluster_id,
@@ -116,6 +121,7 @@ impl Peers {
             faults,
             removal,
             metrics,
+            tls,
         };
         for (id, url) in peers {
             p.set(id, &url)?;
@@ -136,8 +142,9 @@ impl Peers {
             return Ok(());
         }
         let t = self.timeouts;
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| format!("peer url {url:?}: {e}"))?
+        let endpoint = self
+            .tls
+            .endpoint(url)?
             .connect_timeout(t.connect)
             .http2_keep_alive_interval(t.keepalive_interval)
             .keep_alive_timeout(t.keepalive_timeout)
@@ -322,7 +329,8 @@ async fn send_loop(
                 removal.refused_by_peer();
                 status.message().to_string()
             }
-            Ok(Err(status)) => status.message().to_string(),
+            // With the cause of a connection failure (a TLS certificate refused).
+            Ok(Err(status)) => super::join::describe(&status),
             _ => why,
         };
         if opened.elapsed() >= STREAM_HEALTHY_AFTER {

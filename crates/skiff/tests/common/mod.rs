@@ -14,6 +14,8 @@ use server::pb::etcdserverpb::kv_client::KvClient;
 use server::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use tonic::transport::Channel;
 
+pub mod certs;
+
 /// How long a cluster may take to elect a leader, catch up or answer; generous on purpose (the
 /// tests check behaviour, never speed).
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -29,6 +31,9 @@ pub struct Member {
     /// The host in the peer URL the member advertises (it listens on 127.0.0.1 whatever this
     /// says): `127.0.0.1` unless a test gives a name.
     pub peer_host: String,
+    /// Flags added to this member's command line only, after the cluster's (a test gives one
+    /// member other certificates).
+    pub extra_args: Vec<String>,
 }
 
 pub struct Cluster {
@@ -37,6 +42,9 @@ pub struct Cluster {
     initial_cluster: String,
     /// Flags added to every member's `skiff serve`.
     extra_args: Vec<String>,
+    /// The scheme of every client and peer URL: `http`, or `https` for TLS (the test gives
+    /// the certificate flags).
+    scheme: &'static str,
 }
 
 /// `n` distinct free ports (bound together, then released).
@@ -67,6 +75,13 @@ impl Cluster {
     /// Like [`Cluster::start_with`], but starts no member: prepare their data dirs, then
     /// [`Cluster::spawn`] each.
     pub fn prepare_with(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::prepare_with_scheme(n, extra_args, "http")
+    }
+
+    /// Like [`Cluster::prepare_with`], with every URL of `scheme` (`https`: TLS on both
+    /// ports, with the certificate flags in `extra_args` or each member's
+    /// [`Member::extra_args`]).
+    pub fn prepare_with_scheme(n: usize, extra_args: &[&str], scheme: &'static str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports = free_ports(2 * n);
         let members: Vec<Member> = (0..n)
@@ -77,11 +92,12 @@ impl Cluster {
                 child: None,
                 joins_with: None,
                 peer_host: "127.0.0.1".into(),
+                extra_args: Vec::new(),
             })
             .collect();
         let initial_cluster = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}={scheme}://127.0.0.1:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         Cluster {
@@ -89,6 +105,7 @@ impl Cluster {
             members,
             initial_cluster,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            scheme,
         }
     }
 
@@ -113,6 +130,7 @@ impl Cluster {
             child: None,
             joins_with: None,
             peer_host: "127.0.0.1".into(),
+            extra_args: Vec::new(),
         });
         self.members.len() - 1
     }
@@ -120,7 +138,7 @@ impl Cluster {
     /// Member `i`'s peer URL.
     pub fn peer_url(&self, i: usize) -> String {
         let m = &self.members[i];
-        format!("http://{}:{}", m.peer_host, m.peer_port)
+        format!("{}://{}:{}", self.scheme, m.peer_host, m.peer_port)
     }
 
     /// Starts member `i` with `--initial-cluster-state existing` and `initial_cluster` (what
@@ -177,8 +195,8 @@ impl Cluster {
             .expect("open log");
         let log_err = log.try_clone().expect("dup log");
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let client = format!("{}://127.0.0.1:{}", self.scheme, m.client_port);
+        let peer = format!("{}://127.0.0.1:{}", self.scheme, m.peer_port);
         let advertised_peer = self.peer_url(i);
         let (initial_cluster, state) = match &m.joins_with {
             Some(joining) => (joining.as_str(), "existing"),
@@ -197,6 +215,7 @@ impl Cluster {
             .args(["--initial-cluster-state", state])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(&self.extra_args)
+            .args(&m.extra_args)
             .arg("--stop-on-stdin-eof")
             .arg("--fault-file")
             .arg(self.fault_file(i))

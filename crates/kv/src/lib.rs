@@ -47,10 +47,12 @@
 //! `apply` (batches, replays), `lease`, `session` (exactly-once), [`snapshot`], [`backup`]
 //! (backup files: a snapshot in etcd's envelope), `open` (formats, index rebuild), `audit`
 //! (hashes, invariants), [`alarms`] (what the applier refuses while an alarm is raised),
+//! [`auth`] (users, roles, permission checks and tokens),
 //! `defrag` (space), `store`.
 #![deny(missing_docs)]
 
 pub mod alarms;
+pub mod auth;
 mod apply;
 mod audit;
 pub mod backup;
@@ -76,6 +78,7 @@ mod watch;
 mod write;
 
 pub use alarms::{AlarmAction, AlarmMember, AlarmType};
+pub use auth::{AuthRequest, AuthStamp, AuthState, PermType, Permission};
 pub use audit::KvHash;
 pub use command::{Command, Request, Response, Session};
 pub use defrag::Defragmented;

@@ -120,6 +120,10 @@ pub enum KvError {
     /// A name longer than `auth::NAME_BYTES_MAX`, or more users, roles or permissions than `crate::auth` allows (Skiff-specific; gRPC ResourceExhausted).
     #[error("skiff: auth state over its limits")]
     AuthStateFull,
+    /// A token this member does not know: garbled, expired, or from before a restart (gRPC
+    /// Unauthenticated; never applied, only answered).
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
 }
 
 /// Every error of this crate.
@@ -220,12 +224,13 @@ impl KvError {
             KvError::PermissionNotGranted => 33,
             KvError::InvalidAuthMgmt => 34,
             KvError::AuthStateFull => 35,
+            KvError::InvalidAuthToken => 36,
         }
     }
 
     /// Inverse of [`KvError::code`].
     pub(crate) fn from_code(code: u8) -> Option<KvError> {
-        const ALL: [KvError; 35] = [
+        const ALL: [KvError; 36] = [
             KvError::EmptyKey,
             KvError::Compacted,
             KvError::FutureRevision,
@@ -261,6 +266,7 @@ impl KvError {
             KvError::PermissionNotGranted,
             KvError::InvalidAuthMgmt,
             KvError::AuthStateFull,
+            KvError::InvalidAuthToken,
         ];
         ALL.into_iter().find(|e| e.code() == code)
     }

@@ -47,6 +47,8 @@ pub struct ServerConfig {
     pub fault_file: Option<PathBuf>,
     /// Space quota and consistency checks of the state machine (see [`DataChecks`]).
     pub data_checks: DataChecks,
+    /// Auth tokens and password hashes (`--auth-token-ttl`, `--bcrypt-cost`).
+    pub auth: crate::api::auth::AuthConfig,
 }
 
 /// etcd's flags that guard the state machine's data.
@@ -88,6 +90,7 @@ impl ServerConfig {
         if self.election > Duration::from_secs(50) {
             return Err("--election-timeout must be at most 50000 ms".into());
         }
+        self.auth.validate()?;
         Ok(())
     }
 }
@@ -140,6 +143,7 @@ mod tests {
             snapshot_count: 100,
             fault_file: None,
             data_checks: DataChecks::default(),
+            auth: Default::default(),
         };
         let id = NodeId::new(1).expect("non-zero");
         let rc = raft_config(&config, id, 7);

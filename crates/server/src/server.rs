@@ -159,7 +159,8 @@ pub async fn run(
         members,
         removal.clone(),
     )
-    .with_data_checks(config.data_checks);
+    .with_data_checks(config.data_checks)
+    .with_auth(config.auth);
     let lessor = api.start_lessor(config.election);
     let publisher = api.start_publisher();
     let address_book = api.start_address_book();

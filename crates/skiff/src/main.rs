@@ -96,6 +96,16 @@ struct ServeArgs {
     /// 0 means etcd's 2 GiB default; a negative value turns the quota off.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     quota_backend_bytes: i64,
+    /// Kind of auth token (etcd's flag): only "simple" (random tokens held by every member,
+    /// expiring after --auth-token-ttl unused); etcd's "jwt,..." is not supported.
+    #[arg(long, default_value = "simple")]
+    auth_token: String,
+    /// Seconds a simple token lives after its last use (etcd's flag).
+    #[arg(long, default_value_t = 300)]
+    auth_token_ttl: u64,
+    /// Cost of the bcrypt hashes of new passwords (etcd's flag; 4..=31).
+    #[arg(long, default_value_t = 10)]
+    bcrypt_cost: u32,
     /// How often the leader compares its key-value hash with its followers' and raises a
     /// CORRUPT alarm on a mismatch (a duration such as "30s" or "5m"; "0" turns it off).
     #[arg(long, default_value = "0", value_parser = parse_corrupt_check_time)]
@@ -161,6 +171,13 @@ impl ServeArgs {
                 me.peer_url
             );
         }
+        if self.auth_token != "simple" {
+            let kind = self.auth_token.split(',').next().unwrap_or_default();
+            bail!(
+                "--auth-token {kind:?}: only \"simple\" tokens are supported{}",
+                if kind == "jwt" { " (JWT is not implemented)" } else { "" }
+            );
+        }
         let config = server::ServerConfig {
             name: self.name.clone(),
             data_dir: self
@@ -186,6 +203,10 @@ impl ServeArgs {
                 quota_backend_bytes: self.quota_backend_bytes,
                 corrupt_check_every: self.experimental_corrupt_check_time,
                 initial_corrupt_check: self.experimental_initial_corrupt_check,
+            },
+            auth: server::api::auth::AuthConfig {
+                token_ttl: Duration::from_secs(self.auth_token_ttl),
+                bcrypt_cost: self.bcrypt_cost,
             },
         };
         config.validate().map_err(anyhow::Error::msg)?;

@@ -58,6 +58,18 @@ impl AuthState {
         self.check(&stamp.user, req, lease_keys)
     }
 
+    /// Whether `user` may run administrative requests (etcd's `IsAdminPermitted`): anyone
+    /// while auth is disabled, else a user holding the root role.
+    pub fn check_admin(&self, user: &str) -> Result<(), KvError> {
+        if !self.enabled || self.is_root(user) {
+            Ok(())
+        } else if user.is_empty() {
+            Err(KvError::UserEmpty)
+        } else {
+            Err(KvError::PermissionDenied)
+        }
+    }
+
     /// Whether `user` (empty: none authenticated) may run `req` now; `Ok` whenever auth is
     /// disabled. Errors are etcd's: no user is "user name is empty", anything else
     /// "permission denied".

@@ -25,6 +25,9 @@ pub fn client_routes(api: &Api) -> tonic::service::Routes {
     grpc.add_service(ClusterServer::new(api.clone()));
     grpc.add_service(LeaseServer::new(api.clone()));
     grpc.add_service(WatchServer::new(api.clone()));
+    grpc.add_service(crate::pb::etcdserverpb::auth_server::AuthServer::new(
+        api.clone(),
+    ));
     let (health_api, metrics_api) = (api.clone(), api.clone());
     let router = grpc
         .routes()

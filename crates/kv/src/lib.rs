@@ -52,9 +52,9 @@
 #![deny(missing_docs)]
 
 pub mod alarms;
-pub mod auth;
 mod apply;
 mod audit;
+pub mod auth;
 pub mod backup;
 pub mod codec;
 mod command;
@@ -78,8 +78,8 @@ mod watch;
 mod write;
 
 pub use alarms::{AlarmAction, AlarmMember, AlarmType};
-pub use auth::{AuthRequest, AuthStamp, AuthState, PermType, Permission};
 pub use audit::KvHash;
+pub use auth::{AuthRequest, AuthStamp, AuthState, PermType, Permission};
 pub use command::{Command, Request, Response, Session};
 pub use defrag::Defragmented;
 pub use error::{Error, KvError};

@@ -631,7 +631,11 @@ impl Store {
             .write()
             .expect("the auth lock is poisoned by an earlier panic");
         if state.enabled != current.enabled {
-            tracing::warn!(enabled = state.enabled, revision = state.revision, "authentication switched");
+            tracing::warn!(
+                enabled = state.enabled,
+                revision = state.revision,
+                "authentication switched"
+            );
         }
         *current = std::sync::Arc::new(state);
     }

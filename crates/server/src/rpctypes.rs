@@ -76,11 +76,9 @@ pub fn kv_error_status(e: kv::KvError) -> Status {
         // etcd's auth errors (`rpctypes/error.go`).
         K::PermissionDenied => Code::PermissionDenied,
         K::InvalidAuthToken => Code::Unauthenticated,
-        K::UserEmpty
-        | K::AuthOldRevision
-        | K::AuthFailed
-        | K::RoleEmpty
-        | K::InvalidAuthMgmt => Code::InvalidArgument,
+        K::UserEmpty | K::AuthOldRevision | K::AuthFailed | K::RoleEmpty | K::InvalidAuthMgmt => {
+            Code::InvalidArgument
+        }
         K::AuthNotEnabled
         | K::RootUserNotExist
         | K::RootRoleNotExist

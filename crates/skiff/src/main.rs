@@ -175,7 +175,11 @@ impl ServeArgs {
             let kind = self.auth_token.split(',').next().unwrap_or_default();
             bail!(
                 "--auth-token {kind:?}: only \"simple\" tokens are supported{}",
-                if kind == "jwt" { " (JWT is not implemented)" } else { "" }
+                if kind == "jwt" {
+                    " (JWT is not implemented)"
+                } else {
+                    ""
+                }
             );
         }
         let config = server::ServerConfig {

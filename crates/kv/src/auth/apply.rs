@@ -4,8 +4,8 @@
 use crate::error::KvError;
 
 use super::{
-    AuthRequest, AuthState, Role, User, AUTH_BYTES_MAX, ROLES_MAX, ROLE_PERMS_MAX, ROOT,
-    USERS_MAX, USER_ROLES_MAX,
+    AuthRequest, AuthState, Role, User, AUTH_BYTES_MAX, ROLES_MAX, ROLE_PERMS_MAX, ROOT, USERS_MAX,
+    USER_ROLES_MAX,
 };
 
 /// What applying an auth request did.
@@ -202,9 +202,15 @@ mod tests {
     #[test]
     fn enabling_needs_root_with_the_root_role_and_then_protects_them() {
         let mut s = AuthState::default();
-        assert_eq!(run(&mut s, AuthRequest::Enable), Err(KvError::RootUserNotExist));
+        assert_eq!(
+            run(&mut s, AuthRequest::Enable),
+            Err(KvError::RootUserNotExist)
+        );
         run(&mut s, user_add(ROOT)).expect("add");
-        assert_eq!(run(&mut s, AuthRequest::Enable), Err(KvError::RootRoleNotExist));
+        assert_eq!(
+            run(&mut s, AuthRequest::Enable),
+            Err(KvError::RootRoleNotExist)
+        );
         assert!(!s.enabled, "nothing changed");
         let grant = AuthRequest::UserGrantRole {
             user: ROOT.into(),
@@ -312,7 +318,10 @@ mod tests {
         let rev = s.revision;
         assert_eq!(run(&mut s, auth("ghost", rev)), Err(KvError::AuthFailed));
         assert_eq!(run(&mut s, auth("np", rev)), Err(KvError::AuthFailed));
-        assert_eq!(run(&mut s, auth(ROOT, rev - 1)), Err(KvError::AuthOldRevision));
+        assert_eq!(
+            run(&mut s, auth(ROOT, rev - 1)),
+            Err(KvError::AuthOldRevision)
+        );
         let ok = run(&mut s, auth(ROOT, rev)).expect("auth");
         assert_eq!(
             ok.token,

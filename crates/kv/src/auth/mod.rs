@@ -433,9 +433,7 @@ fn decode_perm(r: &mut Reader<'_>) -> Result<Permission, Error> {
 impl AuthState {
     /// Whether `user` holds the root role.
     pub fn is_root(&self, user: &str) -> bool {
-        self.users
-            .get(user)
-            .is_some_and(|u| u.roles.contains(ROOT))
+        self.users.get(user).is_some_and(|u| u.roles.contains(ROOT))
     }
 
     /// The state as one byte string (the row of [`AUTH`] and the snapshot's auth section).
@@ -534,7 +532,9 @@ impl AuthState {
                 .iter()
                 .find(|r| r.as_str() != ROOT && !self.roles.contains_key(*r))
             {
-                return Err(format!("user {name:?} holds role {r:?}, which does not exist"));
+                return Err(format!(
+                    "user {name:?} holds role {r:?}, which does not exist"
+                ));
             }
         }
         for (name, role) in &self.roles {
@@ -554,7 +554,9 @@ impl AuthState {
 }
 
 /// The state stored in `table` (the default state if it was never written).
-pub(crate) fn load(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<AuthState, Error> {
+pub(crate) fn load(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> Result<AuthState, Error> {
     match table.get(AUTH_ROW)? {
         None => Ok(AuthState::default()),
         Some(row) => AuthState::decode(row.value()).map_err(|e| match e {

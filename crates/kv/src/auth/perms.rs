@@ -164,7 +164,13 @@ impl AuthState {
         Ok(())
     }
 
-    fn need(&self, user: &str, wanted: PermType, key: &[u8], range_end: &[u8]) -> Result<(), Error> {
+    fn need(
+        &self,
+        user: &str,
+        wanted: PermType,
+        key: &[u8],
+        range_end: &[u8],
+    ) -> Result<(), Error> {
         if self.permits(user, wanted, key, range_end) {
             Ok(())
         } else {
@@ -269,8 +275,14 @@ mod tests {
         assert!(s.permits("u", PermType::Read, b"/a/x", b""));
         assert!(s.permits("u", PermType::Read, b"/a/", b"/a0"));
         assert!(s.permits("u", PermType::Read, b"/a/b", b"/a/c"));
-        assert!(!s.permits("u", PermType::Read, b"/a/", b"/b"), "past the end");
-        assert!(!s.permits("u", PermType::Read, b"/", b"/a0"), "before the start");
+        assert!(
+            !s.permits("u", PermType::Read, b"/a/", b"/b"),
+            "past the end"
+        );
+        assert!(
+            !s.permits("u", PermType::Read, b"/", b"/a0"),
+            "before the start"
+        );
         assert!(!s.permits("u", PermType::Read, b"/b/x", b""));
         assert!(!s.permits("u", PermType::Read, b"/a/", b"\0"), "no end");
         assert!(!s.permits("u", PermType::Write, b"/a/x", b""), "read only");

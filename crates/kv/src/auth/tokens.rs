@@ -36,7 +36,10 @@ impl Default for Tokens {
 impl Tokens {
     /// Sets how long tokens live after their last use (non-zero).
     pub fn set_ttl(&mut self, ttl: Duration) {
-        assert!(!ttl.is_zero(), "a token TTL of zero would expire every token at once");
+        assert!(
+            !ttl.is_zero(),
+            "a token TTL of zero would expire every token at once"
+        );
         self.ttl = ttl;
     }
 
@@ -109,9 +112,15 @@ mod tests {
         t.assign("a.1".into(), "alice".into(), t0);
         t.assign("b.2".into(), "bob".into(), t0);
         // Used at 8 s: lives until 18 s.
-        assert_eq!(t.user("a.1", t0 + Duration::from_secs(8)).as_deref(), Some("alice"));
+        assert_eq!(
+            t.user("a.1", t0 + Duration::from_secs(8)).as_deref(),
+            Some("alice")
+        );
         assert_eq!(t.user("b.2", t0 + Duration::from_secs(11)), None, "expired");
-        assert_eq!(t.user("a.1", t0 + Duration::from_secs(17)).as_deref(), Some("alice"));
+        assert_eq!(
+            t.user("a.1", t0 + Duration::from_secs(17)).as_deref(),
+            Some("alice")
+        );
         assert_eq!(t.user("garbled", t0), None);
         t.invalidate_user("alice");
         assert_eq!(t.user("a.1", t0 + Duration::from_secs(17)), None);
@@ -123,7 +132,11 @@ mod tests {
         let mut t = Tokens::default();
         let t0 = Instant::now();
         for i in 0..TOKENS_MAX {
-            t.assign(format!("t.{i}"), "u".into(), t0 + Duration::from_millis(i as u64));
+            t.assign(
+                format!("t.{i}"),
+                "u".into(),
+                t0 + Duration::from_millis(i as u64),
+            );
         }
         t.assign("new".into(), "v".into(), t0 + Duration::from_secs(1));
         assert_eq!(t.len(), TOKENS_MAX);

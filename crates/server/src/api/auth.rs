@@ -42,8 +42,10 @@ pub const AUTH_ATTEMPT_INTERVAL: Duration = Duration::from_millis(200);
 /// refused as "too many requests".
 pub const AUTH_CONNECTIONS_MAX: usize = 4096;
 /// bcrypt checks running at once, at most (each takes a core for ~50-100 ms at cost 10);
-/// more are refused as "too many requests".
+/// more wait, up to [`AUTH_CHECK_WAIT_MAX`], then are refused as "too many requests".
 pub const AUTH_CHECKS_INFLIGHT_MAX: usize = 4;
+/// Longest wait for a bcrypt check to start.
+pub const AUTH_CHECK_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Times an Authenticate is re-checked when the auth state changes between the password
 /// check and the entry that assigns the token.
 const AUTHENTICATE_TRIES_MAX: usize = 3;
@@ -190,10 +192,26 @@ impl Api {
     /// is "invalid auth token", and no token is an anonymous caller (refused later, where a
     /// permission is needed, with "user name is empty").
     ///
+    /// A token is assigned when its Authenticate entry applies, on each member in its own
+    /// time: a token this member does not know yet may come from a client that authenticated
+    /// through a member ahead of it. So an unknown token is looked up again once this member
+    /// has applied everything committed (a read barrier), before it is refused.
+    ///
     /// The one place that decides who a request comes from: the common name of a verified
     /// client certificate (etcd's `AuthInfoFromTLS`, used when no token is given) belongs
     /// here too, as a second source after the token.
-    pub fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+    pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, Status> {
+        if let Some(known) = self.caller_now(metadata)? {
+            return Ok(known);
+        }
+        self.linearizable_read().await?;
+        self.caller_now(metadata)?
+            .ok_or_else(|| kv_refusal(kv::KvError::InvalidAuthToken))
+    }
+
+    /// [`Api::caller`] from what this member has applied; `None` for a token it does not
+    /// know (yet).
+    fn caller_now(&self, metadata: &MetadataMap) -> Result<Option<Caller>, Status> {
         let kv = &self.inner.node.kv;
         // The revision is read before the token is resolved: a change in between makes the
         // stamp older than the state, which the applying member refuses, never the reverse.
@@ -203,23 +221,24 @@ impl Api {
             revision: state.revision,
         };
         if !state.enabled {
-            return Ok(anonymous);
+            return Ok(Some(anonymous));
         }
-        match token_of(metadata) {
-            None => Ok(anonymous),
-            Some(token) => match kv.token_user(token) {
-                Some(user) => Ok(Caller {
-                    user,
-                    revision: state.revision,
-                }),
-                None => Err(kv_refusal(kv::KvError::InvalidAuthToken)),
-            },
-        }
+        Ok(match token_of(metadata) {
+            None => Some(anonymous),
+            Some(token) => kv.token_user(token).map(|user| Caller {
+                user,
+                revision: state.revision,
+            }),
+        })
     }
 
     /// Refuses `req` unless `caller` may run it on this member's applied state now (reads
     /// served without the log, watches, lease revokes before they are proposed).
-    pub(super) fn check_permission(&self, caller: &Caller, req: &kv::Request) -> Result<(), Status> {
+    pub(super) fn check_permission(
+        &self,
+        caller: &Caller,
+        req: &kv::Request,
+    ) -> Result<(), Status> {
         self.inner
             .node
             .kv
@@ -238,8 +257,8 @@ impl Api {
     }
 
     /// [`Api::caller`] of a request, then [`Api::check_admin`].
-    pub(super) fn admin<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let caller = self.caller(request.metadata())?;
+    pub(super) async fn admin<T: Sync>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let caller = self.caller(request.metadata()).await?;
         self.check_admin(&caller)?;
         Ok(caller)
     }
@@ -281,12 +300,12 @@ impl Api {
     /// Whether `password` matches `hash`, checked on a blocking thread under the bound on
     /// checks in flight.
     async fn password_matches(&self, password: String, hash: String) -> Result<bool, Status> {
-        let _permit = self
-            .inner
-            .auth_limiter
-            .checks
-            .try_acquire()
-            .map_err(|_| Status::resource_exhausted(ERR_TOO_MANY_REQUESTS))?;
+        let permit = self.inner.auth_limiter.checks.acquire();
+        let _permit = tokio::time::timeout(AUTH_CHECK_WAIT_MAX, permit)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| Status::resource_exhausted(ERR_TOO_MANY_REQUESTS))?;
         tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
             .await
             .map_err(|e| Status::internal(e.to_string()))
@@ -364,7 +383,11 @@ impl Api {
         Ok(user.roles.iter().cloned().collect())
     }
 
-    fn role_get_impl(&self, caller: &Caller, role: &str) -> Result<Vec<authpb::Permission>, Status> {
+    fn role_get_impl(
+        &self,
+        caller: &Caller,
+        role: &str,
+    ) -> Result<Vec<authpb::Permission>, Status> {
         let state = self.inner.node.kv.auth_state();
         // etcd's: an administrator, or a user holding the role.
         let holds = state
@@ -402,7 +425,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthEnableRequest>,
     ) -> Result<Response<epb::AuthEnableResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let (header, _) = self.auth_write(&caller, kv::AuthRequest::Enable).await?;
         Ok(Response::new(epb::AuthEnableResponse {
             header: Some(header),
@@ -413,7 +436,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthDisableRequest>,
     ) -> Result<Response<epb::AuthDisableResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let (header, _) = self.auth_write(&caller, kv::AuthRequest::Disable).await?;
         Ok(Response::new(epb::AuthDisableResponse {
             header: Some(header),
@@ -446,7 +469,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserAddRequest>,
     ) -> Result<Response<epb::AuthUserAddResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(kv_refusal(kv::KvError::UserEmpty));
@@ -471,7 +494,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserGetRequest>,
     ) -> Result<Response<epb::AuthUserGetResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         self.linearizable_read().await?;
         let roles = self.user_get_impl(&caller, &request.get_ref().name)?;
         Ok(Response::new(epb::AuthUserGetResponse {
@@ -484,7 +507,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserListRequest>,
     ) -> Result<Response<epb::AuthUserListResponse>, Status> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         self.linearizable_read().await?;
         let state = self.inner.node.kv.auth_state();
         Ok(Response::new(epb::AuthUserListResponse {
@@ -497,7 +520,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserDeleteRequest>,
     ) -> Result<Response<epb::AuthUserDeleteResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let req = kv::AuthRequest::UserDelete {
             name: request.into_inner().name,
         };
@@ -511,7 +534,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<epb::AuthUserChangePasswordResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         // Refused before the (costly) hash if the caller may not change it anyway.
         self.check_admin(&caller)?;
         let r = request.into_inner();
@@ -529,7 +552,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserGrantRoleRequest>,
     ) -> Result<Response<epb::AuthUserGrantRoleResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let r = request.into_inner();
         let req = kv::AuthRequest::UserGrantRole {
             user: r.user,
@@ -545,7 +568,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserRevokeRoleRequest>,
     ) -> Result<Response<epb::AuthUserRevokeRoleResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let r = request.into_inner();
         let req = kv::AuthRequest::UserRevokeRole {
             name: r.name,
@@ -561,7 +584,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleAddRequest>,
     ) -> Result<Response<epb::AuthRoleAddResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let req = kv::AuthRequest::RoleAdd {
             name: request.into_inner().name,
         };
@@ -575,7 +598,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleGetRequest>,
     ) -> Result<Response<epb::AuthRoleGetResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         self.linearizable_read().await?;
         let perm = self.role_get_impl(&caller, &request.get_ref().role)?;
         Ok(Response::new(epb::AuthRoleGetResponse {
@@ -588,7 +611,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleListRequest>,
     ) -> Result<Response<epb::AuthRoleListResponse>, Status> {
-        self.admin(&request)?;
+        self.admin(&request).await?;
         self.linearizable_read().await?;
         let state = self.inner.node.kv.auth_state();
         Ok(Response::new(epb::AuthRoleListResponse {
@@ -601,7 +624,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleDeleteRequest>,
     ) -> Result<Response<epb::AuthRoleDeleteResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let req = kv::AuthRequest::RoleDelete {
             role: request.into_inner().role,
         };
@@ -615,7 +638,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<epb::AuthRoleGrantPermissionResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let r = request.into_inner();
         let Some(p) = r.perm else {
             return Err(Status::invalid_argument("a permission is required"));
@@ -638,7 +661,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<epb::AuthRoleRevokePermissionResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let r = request.into_inner();
         let req = kv::AuthRequest::RoleRevokePermission {
             role: r.role,
@@ -681,7 +704,10 @@ mod tests {
             assert!(limiter.try_attempt(addr(i), t0));
         }
         let newcomer = SocketAddr::from(([192, 168, 0, 1], 1));
-        assert!(!limiter.try_attempt(newcomer, t0), "full of busy connections");
+        assert!(
+            !limiter.try_attempt(newcomer, t0),
+            "full of busy connections"
+        );
         // Once their budgets refill, they are forgotten to make room.
         assert!(limiter.try_attempt(newcomer, t0 + AUTH_ATTEMPT_INTERVAL));
     }

@@ -31,7 +31,11 @@ impl Api {
         Ok(convert::range_response(resp, self.header()))
     }
 
-    async fn put_impl(&self, caller: Caller, r: epb::PutRequest) -> Result<epb::PutResponse, Status> {
+    async fn put_impl(
+        &self,
+        caller: Caller,
+        r: epb::PutRequest,
+    ) -> Result<epb::PutResponse, Status> {
         if r.key.is_empty() {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
@@ -58,7 +62,11 @@ impl Api {
         }
     }
 
-    async fn txn_impl(&self, caller: Caller, r: epb::TxnRequest) -> Result<epb::TxnResponse, Status> {
+    async fn txn_impl(
+        &self,
+        caller: Caller,
+        r: epb::TxnRequest,
+    ) -> Result<epb::TxnResponse, Status> {
         let txn = convert::txn_request(&r).map_err(|e| Status::invalid_argument(e.0))?;
         if txn.is_read_only() {
             // Served like a range, without a log entry (etcd's `isTxnReadonly`): linearizable
@@ -122,7 +130,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::RangeRequest>,
     ) -> Result<Response<epb::RangeResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let resp = self.range_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
@@ -131,7 +139,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::PutRequest>,
     ) -> Result<Response<epb::PutResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let resp = self.put_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
@@ -140,7 +148,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::DeleteRangeRequest>,
     ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let resp = self.delete_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
@@ -149,7 +157,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::TxnRequest>,
     ) -> Result<Response<epb::TxnResponse>, Status> {
-        let caller = self.caller(request.metadata())?;
+        let caller = self.caller(request.metadata()).await?;
         let resp = self.txn_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
@@ -160,7 +168,7 @@ impl epb::kv_server::Kv for Api {
     ) -> Result<Response<epb::CompactionResponse>, Status> {
         // History belongs to every user: only an administrator compacts it (etcd 3.4 lets
         // any user; Skiff is stricter).
-        self.admin(&request)?;
+        self.admin(&request).await?;
         let resp = self
             .compact_impl(request.into_inner(), Origin::Client, None)
             .await?;

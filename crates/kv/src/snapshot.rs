@@ -676,8 +676,10 @@ mod tests {
         copy.restore(&v4).expect("version 4 restores");
         assert_eq!(*copy.auth_state(), crate::auth::AuthState::default());
         // A state that breaks an invariant (enabled without root) is a bad snapshot.
-        let mut broken = crate::auth::AuthState::default();
-        broken.enabled = true;
+        let broken = crate::auth::AuthState {
+            enabled: true,
+            ..Default::default()
+        };
         let mut w = Writer(Vec::new());
         w.bytes(&broken.encode());
         let body = &plain[..plain.len() - 4];

@@ -26,7 +26,7 @@ impl Api {
             self.linearizable_read().await?;
         }
         // Against the state the read sees (after the barrier), as etcd's `isPermitted`.
-        self.check_permission(&caller, &kv::Request::Range(req.clone()))?;
+        self.check_permission(&caller, || kv::Request::Range(req.clone()))?;
         let resp = self.read_kv(move |kv| kv.range(&req)).await?;
         Ok(convert::range_response(resp, self.header()))
     }
@@ -74,7 +74,7 @@ impl Api {
             if !is_txn_serializable(&r) {
                 self.linearizable_read().await?;
             }
-            self.check_permission(&caller, &kv::Request::Txn(txn.clone()))?;
+            self.check_permission(&caller, || kv::Request::Txn(txn.clone()))?;
             let resp = self.read_kv(move |kv| kv.txn_read_only(&txn)).await?;
             return Ok(convert::txn_response(resp, self.header()));
         }

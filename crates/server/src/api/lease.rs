@@ -296,7 +296,7 @@ impl epb::lease_server::Lease for Api {
         // revoke entry itself is not stamped (the leader's expiry proposes the same one).
         let caller = self.caller(request.metadata()).await?;
         let id = request.get_ref().id;
-        self.check_permission(&caller, &kv::Request::LeaseRevoke { id })?;
+        self.check_permission(&caller, || kv::Request::LeaseRevoke { id })?;
         self.lease_revoke_impl(request.into_inner(), Origin::Client, None)
             .await
             .map(Response::new)

@@ -276,9 +276,10 @@ impl Api {
         };
         // etcd's `isWatchPermitted`: the caller needs read on the whole range; a refusal is
         // a created-and-canceled answer carrying etcd's auth error.
-        let range = kv::Request::Range(kv::RangeRequest::range(c.key.clone(), c.range_end.clone()));
         let permitted = match self.caller(metadata).await {
-            Ok(caller) => self.check_permission(&caller, &range),
+            Ok(caller) => self.check_permission(&caller, || {
+                kv::Request::Range(kv::RangeRequest::range(c.key.clone(), c.range_end.clone()))
+            }),
             Err(status) => Err(status),
         };
         if let Err(status) = permitted {

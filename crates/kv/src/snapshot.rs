@@ -673,8 +673,14 @@ mod tests {
         let copy = Store::in_memory(Options::default()).expect("store");
         copy.restore(&snap).expect("restores");
         assert_eq!(*copy.auth_state(), *state);
+        assert_eq!(copy.hash().expect("hash"), store.hash().expect("hash"));
         copy.restore(&v4).expect("version 4 restores");
         assert_eq!(*copy.auth_state(), crate::auth::AuthState::default());
+        assert_ne!(
+            copy.hash().expect("hash"),
+            store.hash().expect("hash"),
+            "the auth state is part of the replicated state's hash"
+        );
         // A state that breaks an invariant (enabled without root) is a bad snapshot.
         let broken = crate::auth::AuthState {
             enabled: true,

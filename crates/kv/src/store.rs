@@ -732,6 +732,9 @@ impl Store {
         txn.commit()?;
         self.set_alarms(alarms);
         self.set_auth(auth);
+        // The snapshot skipped the entries that would have revoked tokens (a user deleted
+        // and added again with another password): every client logs in again.
+        self.lock_tokens().clear();
         let epoch = index.epoch + 1;
         *index = loaded;
         index.epoch = epoch;

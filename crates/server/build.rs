@@ -4,6 +4,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/etcd/api/mvccpb/kv.proto",
+        "proto/etcd/api/authpb/auth.proto",
         "proto/etcd/api/etcdserverpb/rpc.proto",
         "proto/skiff/raft.proto",
     ];

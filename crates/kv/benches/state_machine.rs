@@ -62,7 +62,11 @@ fn put_batches(s: &Store, first: u64, n: u64, keys: u64, value: &[u8], sessions:
                 let k = (done + i) % keys;
                 let request = Request::Put(PutRequest::new(format!("key/{k:08}"), value.to_vec()));
                 let session = sessions.then(|| Session::opened(index + i + 1, 1, index));
-                Command { session, request }
+                Command {
+                    session,
+                    request,
+                    auth: None,
+                }
             })
             .collect();
         let refs: Vec<(u64, Option<&Command>)> = batch
@@ -118,6 +122,7 @@ fn main() {
                     format!("key/{:08}", i % 10_000),
                     value.clone(),
                 )),
+                auth: None,
             };
             let t = Instant::now();
             s.apply_batch(&[(i, Some(&cmd))]).expect("apply");
@@ -168,6 +173,7 @@ fn main() {
             prev_kv: true,
             ..PutRequest::new("big", "small")
         }),
+        auth: None,
     };
     s.apply(2, &retry).expect("first");
     let next = put_batches(&s, 2, 10_000, 10_000, &value, false);

@@ -21,10 +21,21 @@ use crate::txn;
 use crate::write::Writer;
 
 /// Whether a request runs for real or is replayed to answer a retry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Replay {
-    No,
+enum Replay<'a> {
+    /// For real, as the entry at `index`.
+    No(Applying<'a>),
+    /// A replay: it passed the auth and alarm gates when it was first applied.
     Yes,
+}
+
+/// What a request applied for real needs besides itself.
+struct Applying<'a> {
+    /// Who sent it (checked against the auth state; `None`: the servers themselves).
+    stamp: Option<&'a crate::auth::AuthStamp>,
+    /// Its Raft index (part of an Authenticate's token, as etcd's).
+    index: u64,
+    /// Where an auth request leaves what it did, for the store to take after the commit.
+    auth_out: &'a mut Option<crate::auth::Applied>,
 }
 
 /// The changes of one apply batch in the apply thread's write transaction: a transaction of
@@ -56,6 +67,9 @@ struct Batch<'s> {
     /// The alarms after the batch's alarm request, if it ran one: the store's copy in memory
     /// takes them once the batch commits (which it does when it ends).
     alarms_after: Option<Vec<crate::alarms::AlarmMember>>,
+    /// What the batch's auth request did, if it ran one: the store's memory (state and
+    /// tokens) takes it once the batch commits (which it does when it ends).
+    auth_after: Option<crate::auth::Applied>,
 }
 
 impl Drop for Batch<'_> {
@@ -90,6 +104,7 @@ impl<'s> Batch<'s> {
             compact_to: None,
             members_changed: false,
             alarms_after: None,
+            auth_after: None,
             undo: Undo::default(),
         })
     }
@@ -138,7 +153,8 @@ impl<'s> Batch<'s> {
 
     /// Validates and runs one request, updating the meta (`applied` unchanged). On `Err` the
     /// transaction and the overlay may hold part of the request: abort the batch.
-    fn execute(&mut self, req: &Request) -> Result<Response, Error> {
+    fn execute(&mut self, cmd: &Command, index: u64) -> Result<Response, Error> {
+        let req = &cmd.request;
         let (resp, after, compact_to) = execute_as(
             &self.txn.as_ref().expect("open until the batch ends").0,
             self.store,
@@ -146,7 +162,11 @@ impl<'s> Batch<'s> {
             self.cap,
             self.meta,
             req,
-            Replay::No,
+            Replay::No(Applying {
+                stamp: cmd.auth.as_ref(),
+                index,
+                auth_out: &mut self.auth_after,
+            }),
         )?;
         if let Some(c) = compact_to {
             assert!(self.compact_to.is_none(), "one compaction per batch");
@@ -217,6 +237,7 @@ impl<'s> Batch<'s> {
             // the alarms, which must see the alarms it holds in memory (alarms are rarer).
             || self.members_changed
             || self.alarms_after.is_some()
+            || self.auth_after.is_some()
             || began.elapsed() >= delay
             || {
                 let index = store.read_index();
@@ -228,6 +249,9 @@ impl<'s> Batch<'s> {
             store.commit_txn(txn)?;
             if let Some(alarms) = self.alarms_after.take() {
                 store.set_alarms(alarms);
+            }
+            if let Some(applied) = self.auth_after.take() {
+                store.auth_applied(applied);
             }
             let mut index = store.write_index();
             index.merge(overlay, self.meta);
@@ -309,7 +333,7 @@ impl Store {
             return self.answer(&cmd.request, answer)?.map_err(Error::Kv);
         }
         let rev_before = b.meta.revision;
-        let result = match b.execute(&cmd.request) {
+        let result = match b.execute(cmd, index) {
             Ok(resp) => Ok(resp),
             Err(Error::Kv(e)) => {
                 // Undo the partial writes; the failure itself is still applied.
@@ -383,20 +407,24 @@ impl Store {
                 }
                 continue;
             }
-            // A compaction, a change of the member table and an alarm (written straight into
-            // the transaction, which undoing a failed request in a shared one would not
-            // revert; the alarm also changes how the entries after it apply) get a
+            // A compaction, a change of the member table, an alarm and an auth request
+            // (written straight into the transaction, which undoing a failed request in a
+            // shared one would not revert; alarms and auth also change how the entries after
+            // them apply) get a
             // transaction of their own.
             let members = cmd.request.is_member_change();
-            let alone =
-                members || matches!(cmd.request, Request::Compact { .. } | Request::Alarm { .. });
+            let alone = members
+                || matches!(
+                    cmd.request,
+                    Request::Compact { .. } | Request::Alarm { .. } | Request::Auth(_)
+                );
             if alone && pos > committed {
                 b.commit(true)?;
                 committed = pos;
                 b = Batch::begin(self)?;
             }
             let rev_before = b.meta.revision;
-            match b.execute(&cmd.request) {
+            match b.execute(cmd, index) {
                 Ok(resp) => {
                     let result = Ok(resp);
                     b.record(cmd, index, &result, rev_before)?;
@@ -526,22 +554,34 @@ fn execute_as(
     replay: Replay,
 ) -> Result<(Response, Meta, Option<u64>), Error> {
     txn::check_request(req)?;
-    // A retry's replay passed the gate when it was first applied; only its answer is wanted.
-    if replay == Replay::No {
+    // A retry's replay passed the gates when it was first applied; only its answer is wanted.
+    // Permission first, then the alarms (etcd's auth applier wraps its quota applier).
+    if let Replay::No(applying) = &replay {
+        if let Some(stamp) = applying.stamp {
+            let auth = store.auth_state();
+            let mut lease_keys = |id| {
+                let table = txn.open_table(crate::lease::LEASE_KEYS)?;
+                crate::lease::keys_of(&table, id)
+            };
+            auth.check_stamped(stamp, req, &mut lease_keys)?;
+        }
         if let Some(refused) = store.alarm_refusal(req) {
             return Err(refused.into());
         }
     }
     let index = store.read_index();
     let mut w = Writer::new(txn, &index, overlay, cap, meta.revision, meta.compacted)?;
-    w.replay = replay == Replay::Yes;
+    w.replay = matches!(replay, Replay::Yes);
     let resp = match req {
         Request::Range(r) => Response::Range(w.range(r)?),
         Request::Put(p) => Response::Put(w.put(p)?),
         Request::DeleteRange(d) => Response::DeleteRange(w.delete(d)?),
         Request::Txn(t) => Response::Txn(txn::execute(&mut w, t)?),
         Request::Compact { revision } => {
-            assert!(replay == Replay::No, "compactions are never replayed");
+            assert!(
+                matches!(replay, Replay::No(_)),
+                "compactions are never replayed"
+            );
             w.compact(*revision)?;
             Response::Compact {
                 revision: w.read_rev() as i64,
@@ -613,6 +653,21 @@ fn execute_as(
             Response::Alarm {
                 revision: w.read_rev() as i64,
                 changed,
+            }
+        }
+        Request::Auth(a) => {
+            let Replay::No(applying) = replay else {
+                panic!("auth answers are small and stored, never replayed: {a:?}");
+            };
+            let applied = crate::auth::apply(&store.auth_state(), a, applying.index)?;
+            if let Some(state) = &applied.state {
+                crate::auth::store(&mut txn.open_table(crate::auth::AUTH)?, state)?;
+            }
+            let token = applied.token.as_ref().map(|(t, _)| t.clone());
+            *applying.auth_out = Some(applied);
+            Response::Auth {
+                revision: w.read_rev() as i64,
+                token,
             }
         }
     };

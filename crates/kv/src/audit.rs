@@ -43,7 +43,9 @@ impl Store {
     /// A CRC-32 of the whole replicated state at the current revision, for comparing
     /// replicas (etcd's Maintenance `Hash`): the revision, compacted revision, every row kept
     /// (by revision), every lease and the keys attached to it, the member table, the removed
-    /// members and the alarms. Sessions and the applied index are left out (they are
+    /// members, the alarms and the auth state (users, roles, password hashes, enabled, auth
+    /// revision; hashed only once it differs from a new store's, so that the hash of a
+    /// store without auth stays what it was). Sessions and the applied index are left out (they are
     /// bookkeeping of the log, not state a client sees). Returns `(revision, hash)`.
     pub fn hash(&self) -> Result<(i64, u32), Error> {
         self.settle()?;
@@ -82,6 +84,10 @@ impl Store {
         for a in crate::alarms::all(&txn.open_table(crate::alarms::ALARMS)?)? {
             h.update(&a.member_id.to_le_bytes());
             h.update(&[a.alarm.code()]);
+        }
+        let auth = crate::auth::load(&txn.open_table(crate::auth::AUTH)?)?;
+        if auth != crate::auth::AuthState::default() {
+            h.update(&auth.encode());
         }
         Ok((meta.revision as i64, h.finalize()))
     }

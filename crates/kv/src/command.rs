@@ -41,6 +41,11 @@ pub struct Command {
     pub session: Option<Session>,
     /// What to do.
     pub request: Request,
+    /// Who sent it, for a client's request (see [`crate::auth`]): the applying member
+    /// checks its permission against the auth state it applies at. `None` for requests the
+    /// servers make themselves (lease expiry, compaction, member changes), which are never
+    /// checked; the API layer stamps every client request it proposes.
+    pub auth: Option<crate::auth::AuthStamp>,
 }
 
 impl Command {
@@ -49,6 +54,7 @@ impl Command {
         Command {
             session: None,
             request,
+            auth: None,
         }
     }
 
@@ -61,6 +67,7 @@ impl Command {
                 opened_after: None,
             }),
             request,
+            auth: None,
         }
     }
 }
@@ -119,6 +126,9 @@ pub enum Request {
         /// Which alarm.
         alarm: crate::alarms::AlarmMember,
     },
+    /// An auth management request or an Authenticate (see [`crate::auth`]); changes no key
+    /// and no revision.
+    Auth(crate::auth::AuthRequest),
 }
 
 impl Request {
@@ -178,6 +188,13 @@ pub enum Response {
         /// raised (etcd answers with no alarm then).
         changed: Option<crate::alarms::AlarmMember>,
     },
+    /// Result of [`Request::Auth`].
+    Auth {
+        /// Store revision (unchanged by auth requests).
+        revision: i64,
+        /// The token an Authenticate assigned.
+        token: Option<String>,
+    },
 }
 
 impl Response {
@@ -192,7 +209,8 @@ impl Response {
             | Response::LeaseGrant { revision, .. }
             | Response::LeaseRevoke { revision }
             | Response::Members { revision }
-            | Response::Alarm { revision, .. } => *revision,
+            | Response::Alarm { revision, .. }
+            | Response::Auth { revision, .. } => *revision,
         }
     }
 }

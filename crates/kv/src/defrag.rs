@@ -209,6 +209,7 @@ mod tests {
                 value: vec![7u8; 1000],
                 ..Default::default()
             }),
+            auth: None,
         };
         store.apply(index, &cmd).expect("apply");
     }
@@ -233,6 +234,7 @@ mod tests {
             request: Request::Compact {
                 revision: revision - 100,
             },
+            auth: None,
         };
         store.apply(index, &compact).expect("compact");
         let (_, hash_compacted) = store.hash().expect("hash");

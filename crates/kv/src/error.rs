@@ -72,6 +72,58 @@ pub enum KvError {
     /// gRPC ResourceExhausted).
     #[error("skiff: too many alarms")]
     TooManyAlarms,
+    /// The user may not do this (gRPC PermissionDenied).
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    /// Auth is enabled and the request names no user, or a user name is empty (gRPC InvalidArgument).
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    /// The auth state changed between the check of a request and its apply (gRPC InvalidArgument).
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// Authenticate while auth is disabled (gRPC FailedPrecondition).
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    /// Unknown user, wrong password or a user without password (gRPC InvalidArgument).
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    /// Auth enable without a user `root` (gRPC FailedPrecondition).
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    /// Auth enable while user `root` lacks role `root` (gRPC FailedPrecondition).
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    /// (gRPC FailedPrecondition).
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    /// (gRPC FailedPrecondition).
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    /// (gRPC FailedPrecondition).
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    /// (gRPC FailedPrecondition).
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    /// (gRPC InvalidArgument).
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    /// (gRPC FailedPrecondition).
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    /// (gRPC FailedPrecondition).
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    /// Deleting user or role `root`, or revoking `root` from `root`, while enabled (gRPC InvalidArgument).
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    /// A name longer than `auth::NAME_BYTES_MAX`, or more users, roles or permissions than `crate::auth` allows (Skiff-specific; gRPC ResourceExhausted).
+    #[error("skiff: auth state over its limits")]
+    AuthStateFull,
+    /// A token this member does not know: garbled, expired, or from before a restart (gRPC
+    /// Unauthenticated; never applied, only answered).
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
 }
 
 /// Every error of this crate.
@@ -156,12 +208,29 @@ impl KvError {
             KvError::NoSpace => 17,
             KvError::Corrupt => 18,
             KvError::TooManyAlarms => 19,
+            KvError::PermissionDenied => 20,
+            KvError::UserEmpty => 21,
+            KvError::AuthOldRevision => 22,
+            KvError::AuthNotEnabled => 23,
+            KvError::AuthFailed => 24,
+            KvError::RootUserNotExist => 25,
+            KvError::RootRoleNotExist => 26,
+            KvError::UserAlreadyExist => 27,
+            KvError::UserNotFound => 28,
+            KvError::RoleAlreadyExist => 29,
+            KvError::RoleNotFound => 30,
+            KvError::RoleEmpty => 31,
+            KvError::RoleNotGranted => 32,
+            KvError::PermissionNotGranted => 33,
+            KvError::InvalidAuthMgmt => 34,
+            KvError::AuthStateFull => 35,
+            KvError::InvalidAuthToken => 36,
         }
     }
 
     /// Inverse of [`KvError::code`].
     pub(crate) fn from_code(code: u8) -> Option<KvError> {
-        const ALL: [KvError; 19] = [
+        const ALL: [KvError; 36] = [
             KvError::EmptyKey,
             KvError::Compacted,
             KvError::FutureRevision,
@@ -181,6 +250,23 @@ impl KvError {
             KvError::NoSpace,
             KvError::Corrupt,
             KvError::TooManyAlarms,
+            KvError::PermissionDenied,
+            KvError::UserEmpty,
+            KvError::AuthOldRevision,
+            KvError::AuthNotEnabled,
+            KvError::AuthFailed,
+            KvError::RootUserNotExist,
+            KvError::RootRoleNotExist,
+            KvError::UserAlreadyExist,
+            KvError::UserNotFound,
+            KvError::RoleAlreadyExist,
+            KvError::RoleNotFound,
+            KvError::RoleEmpty,
+            KvError::RoleNotGranted,
+            KvError::PermissionNotGranted,
+            KvError::InvalidAuthMgmt,
+            KvError::AuthStateFull,
+            KvError::InvalidAuthToken,
         ];
         ALL.into_iter().find(|e| e.code() == code)
     }

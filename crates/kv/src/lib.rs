@@ -47,12 +47,14 @@
 //! `apply` (batches, replays), `lease`, `session` (exactly-once), [`snapshot`], [`backup`]
 //! (backup files: a snapshot in etcd's envelope), `open` (formats, index rebuild), `audit`
 //! (hashes, invariants), [`alarms`] (what the applier refuses while an alarm is raised),
+//! [`auth`] (users, roles, permission checks and tokens),
 //! `defrag` (space), `store`.
 #![deny(missing_docs)]
 
 pub mod alarms;
 mod apply;
 mod audit;
+pub mod auth;
 pub mod backup;
 pub mod codec;
 mod command;
@@ -77,6 +79,7 @@ mod write;
 
 pub use alarms::{AlarmAction, AlarmMember, AlarmType};
 pub use audit::KvHash;
+pub use auth::{AuthRequest, AuthStamp, AuthState, PermType, Permission};
 pub use command::{Command, Request, Response, Session};
 pub use defrag::Defragmented;
 pub use error::{Error, KvError};

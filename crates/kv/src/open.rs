@@ -34,6 +34,7 @@ pub(crate) fn create_tables(txn: &WriteTransaction) -> Result<(), Error> {
     txn.open_table(crate::members::MEMBERS)?;
     txn.open_table(crate::members::MEMBERS_REMOVED)?;
     txn.open_table(crate::alarms::ALARMS)?;
+    txn.open_table(crate::auth::AUTH)?;
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! Format (all integers varints, byte strings length-prefixed, see [`crate::codec`]):
 //!
 //! ```text
-//!   "SKIFFKV\0"  version(4)
+//!   "SKIFFKV\0"  version(5)
 //!   revision compacted applied
 //!   n_rows     { main sub row }*       rows by revision as stored (key and record); the
 //!                                      key index is rebuilt from them
@@ -14,6 +14,7 @@
 //!                                      length-prefixed
 //!   n_removed  { id }*                 removed members, ascending
 //!   n_alarms   { member type }*        active alarms (`crate::alarms`), ascending
+//!   auth                               the auth state (`crate::auth`), length-prefixed
 //!   crc32 (4 bytes LE) of everything before it
 //! ```
 //!
@@ -23,7 +24,7 @@
 //! key index, as opening a store does). A corrupt snapshot, or one whose rows contradict each
 //! other, fails before the caller commits, so it never half-replaces the state.
 //!
-//! Version 3 had no alarms (it restores none). Version 2 had no member table (it restores an empty one). Version 1 (format 2 stores) held `{ key rev record }*` in key order, one row per key and
+//! Version 4 had no auth state (it restores auth disabled, with no users or roles). Version 3 had no alarms (it restores none). Version 2 had no member table (it restores an empty one). Version 1 (format 2 stores) held `{ key rev record }*` in key order, one row per key and
 //! revision; it is still read, converted as a format 2 store is when it opens.
 
 use std::io::{Read, Write};
@@ -43,7 +44,9 @@ use crate::session::{live_rows, store_rows, Row, Sessions, SESSIONS};
 use crate::store::{Meta, META};
 
 const MAGIC: &[u8; 8] = b"SKIFFKV\0";
-const VERSION: u8 = 4;
+const VERSION: u8 = 5;
+/// The version before the auth state.
+const VERSION_NO_AUTH: u8 = 4;
 /// The version before the alarms.
 const VERSION_NO_ALARMS: u8 = 3;
 /// The version before the member table.
@@ -172,6 +175,8 @@ pub(crate) fn write_to(
         s.w.u64(m.member_id);
         s.w.u8(m.alarm.code());
     }
+    let auth = crate::auth::load(&txn.open_table(crate::auth::AUTH)?)?;
+    s.field(&auth.encode())?;
     s.flush(true)?;
     let crc = s.crc.clone().finalize();
     s.out.write_all(&crc.to_le_bytes()).map_err(Error::Io)?;
@@ -239,6 +244,7 @@ enum Item {
     Member(Member),
     Removed(u64),
     Alarm(AlarmMember),
+    Auth(crate::auth::AuthState),
 }
 
 /// Decodes a whole snapshot, checking every row and the CRC, handing each part to `take` in
@@ -259,6 +265,7 @@ fn decode(
     let version = r.u8()?;
     let known = [
         VERSION,
+        VERSION_NO_AUTH,
         VERSION_NO_ALARMS,
         VERSION_NO_MEMBERS,
         VERSION_HISTORY_BY_KEY,
@@ -328,7 +335,7 @@ fn decode(
             take(Item::Removed(id))?;
         }
     }
-    if version >= VERSION {
+    if version >= VERSION_NO_AUTH {
         let n = r.u64()?;
         if n > ALARMS_MAX as u64 {
             return Err(bad("more alarms than a store holds"));
@@ -345,6 +352,17 @@ fn decode(
             last = Some(m);
             take(Item::Alarm(m))?;
         }
+    }
+    if version >= VERSION {
+        let bytes = r.bytes()?;
+        if bytes.len() > crate::auth::AUTH_BYTES_MAX {
+            return Err(bad("an auth state over its limit"));
+        }
+        let auth = crate::auth::AuthState::decode(&bytes).map_err(|e| match e {
+            Error::Decode(why) => bad(&why),
+            other => other,
+        })?;
+        take(Item::Auth(auth))?;
     }
     let computed = r.crc.clone().finalize();
     let mut stored = [0u8; 4];
@@ -435,6 +453,7 @@ pub(crate) fn load_from(
     let mut members = Vec::new();
     let mut removed = Vec::new();
     let mut alarms = Vec::new();
+    let mut auth = crate::auth::AuthState::default();
     let mut clients = std::collections::HashSet::new();
     let mut index: Option<Index> = None;
     decode(input, &mut |item| {
@@ -462,10 +481,12 @@ pub(crate) fn load_from(
             Item::Member(m) => members.push(m),
             Item::Removed(id) => removed.push(id),
             Item::Alarm(m) => alarms.push(m),
+            Item::Auth(state) => auth = state,
         }
         Ok(())
     })?;
     crate::alarms::replace(&mut txn.open_table(ALARMS)?, &alarms)?;
+    crate::auth::store(&mut txn.open_table(crate::auth::AUTH)?, &auth)?;
     crate::members::replace(
         &mut txn.open_table(MEMBERS)?,
         &mut txn.open_table(MEMBERS_REMOVED)?,
@@ -554,8 +575,32 @@ mod tests {
         assert_eq!(copy.hash().expect("hash"), store.hash().expect("hash"));
     }
 
+    /// The auth section of a snapshot of a store that never saw an auth request: the
+    /// default state, length-prefixed.
+    fn default_auth_field() -> Vec<u8> {
+        let state = crate::auth::AuthState::default().encode();
+        let mut w = Writer(Vec::new());
+        w.bytes(&state);
+        w.0
+    }
+
+    /// `snapshot` (current version, default auth state) as the older `version` would have
+    /// written it: without its last `strip` bytes before the auth section, under that
+    /// version and its own CRC.
+    fn older(snapshot: &[u8], version: u8, strip: usize) -> Vec<u8> {
+        let auth = default_auth_field();
+        let body = &snapshot[..snapshot.len() - 4];
+        assert!(body.ends_with(&auth), "ends with the default auth state");
+        let body = &body[..body.len() - auth.len()];
+        let mut old = body[..body.len() - strip].to_vec();
+        old[MAGIC.len()] = version;
+        let crc = crc32fast::hash(&old);
+        old.extend_from_slice(&crc.to_le_bytes());
+        old
+    }
+
     /// A version 3 snapshot (before alarms) still loads, with no alarm; a version 4 one
-    /// restores its alarms.
+    /// (before auth) restores its alarms.
     #[test]
     fn a_version_3_snapshot_still_loads_and_alarms_round_trip() {
         use crate::alarms::{AlarmAction, AlarmMember, AlarmType};
@@ -564,15 +609,10 @@ mod tests {
         store
             .apply(1, &Command::new(Request::Put(PutRequest::new("k", "v"))))
             .expect("put");
-        // Without alarms, version 4 ends with a zero count: a version 3 snapshot is that
-        // without the count, under version 3 and its own CRC.
-        let v4 = store.snapshot().expect("snapshot");
-        let body = &v4[..v4.len() - 4];
-        assert_eq!(body[body.len() - 1], 0, "no alarms");
-        let mut v3 = body[..body.len() - 1].to_vec();
-        v3[MAGIC.len()] = VERSION_NO_ALARMS;
-        let crc = crc32fast::hash(&v3);
-        v3.extend_from_slice(&crc.to_le_bytes());
+        // Without alarms, the alarms end with a zero count: a version 3 snapshot is that
+        // without the count (nor the auth state), under version 3 and its own CRC.
+        let v5 = store.snapshot().expect("snapshot");
+        let v3 = older(&v5, VERSION_NO_ALARMS, 1);
         let copy = Store::in_memory(Options::default()).expect("store");
         let raised = AlarmMember {
             member_id: 4,
@@ -589,12 +629,68 @@ mod tests {
 
         store.apply(2, &raise).expect("raise");
         let with = store.snapshot().expect("snapshot");
-        copy.restore(&with).expect("restores");
+        let v4 = older(&with, VERSION_NO_AUTH, 0);
+        copy.restore(&v4).expect("version 4 restores");
         assert_eq!(copy.alarms(), vec![raised]);
         // Alarms out of order or over the bound are a bad snapshot.
-        let mut bad = with[..with.len() - 4].to_vec();
+        let mut bad = v4[..v4.len() - 4].to_vec();
         let n = bad.len() - 3; // count, member 4, type 1
         bad[n] = 200;
+        let crc = crc32fast::hash(&bad);
+        bad.extend_from_slice(&crc.to_le_bytes());
+        assert!(verify(&mut &bad[..]).is_err());
+    }
+
+    /// The auth state travels in a version 5 snapshot; a version 4 one restores auth
+    /// disabled with no users, whatever the store held before.
+    #[test]
+    fn the_auth_state_round_trips_and_a_version_4_snapshot_clears_it() {
+        use crate::auth::AuthRequest;
+        use crate::{Command, Request};
+        let store = Store::in_memory(Options::default()).expect("store");
+        let plain = store.snapshot().expect("snapshot");
+        let v4 = older(&plain, VERSION_NO_AUTH, 0);
+        let requests = [
+            AuthRequest::UserAdd {
+                name: "root".into(),
+                password_hash: Some("$2b$10$x".into()),
+            },
+            AuthRequest::UserGrantRole {
+                user: "root".into(),
+                role: "root".into(),
+            },
+            AuthRequest::RoleAdd { name: "r".into() },
+            AuthRequest::Enable,
+        ];
+        for (i, r) in requests.into_iter().enumerate() {
+            store
+                .apply(i as u64 + 1, &Command::new(Request::Auth(r)))
+                .expect("auth request");
+        }
+        let state = store.auth_state();
+        assert!(state.enabled);
+        let snap = store.snapshot().expect("snapshot");
+        let copy = Store::in_memory(Options::default()).expect("store");
+        copy.restore(&snap).expect("restores");
+        assert_eq!(*copy.auth_state(), *state);
+        assert_eq!(copy.hash().expect("hash"), store.hash().expect("hash"));
+        copy.restore(&v4).expect("version 4 restores");
+        assert_eq!(*copy.auth_state(), crate::auth::AuthState::default());
+        assert_ne!(
+            copy.hash().expect("hash"),
+            store.hash().expect("hash"),
+            "the auth state is part of the replicated state's hash"
+        );
+        // A state that breaks an invariant (enabled without root) is a bad snapshot.
+        let broken = crate::auth::AuthState {
+            enabled: true,
+            ..Default::default()
+        };
+        let mut w = Writer(Vec::new());
+        w.bytes(&broken.encode());
+        let body = &plain[..plain.len() - 4];
+        let mut bad = body[..body.len() - default_auth_field().len()].to_vec();
+        bad.extend_from_slice(&w.0);
         let crc = crc32fast::hash(&bad);
         bad.extend_from_slice(&crc.to_le_bytes());
         assert!(verify(&mut &bad[..]).is_err());

@@ -210,6 +210,13 @@ pub struct Store {
     /// Told how long each commit of a write transaction took (etcd's backend commit
     /// duration), once set; see [`Store::observe_commits`].
     commit_observer: std::sync::OnceLock<CommitObserver>,
+    /// The auth state as last committed (the row of [`crate::auth::AUTH`]): permission checks
+    /// read it for every request. Changed only by the apply thread, right after the commit of
+    /// the auth request that changed it (such a request commits alone), and by a restore.
+    auth: RwLock<std::sync::Arc<crate::auth::AuthState>>,
+    /// This member's simple tokens (not replicated state: assigned when an Authenticate
+    /// applies, here as on every member; see [`crate::auth::tokens`]).
+    tokens: Mutex<crate::auth::tokens::Tokens>,
 }
 
 impl Drop for Store {
@@ -321,9 +328,12 @@ impl Store {
             sessions_evicted(&txn.open_table(META)?)?,
         )?;
         let alarms = crate::alarms::all(&txn.open_table(crate::alarms::ALARMS)?)?;
+        let auth = crate::auth::load(&txn.open_table(crate::auth::AUTH)?)?;
         drop(txn);
         Ok(Store {
             alarms: RwLock::new(alarms),
+            auth: RwLock::new(std::sync::Arc::new(auth)),
+            tokens: Default::default(),
             db: RwLock::new(db),
             path: None,
             long_reads: Default::default(),
@@ -604,6 +614,73 @@ impl Store {
             .clone()
     }
 
+    /// The auth state as last committed (see [`crate::auth`]).
+    pub fn auth_state(&self) -> std::sync::Arc<crate::auth::AuthState> {
+        self.auth
+            .read()
+            .expect("the auth lock is poisoned by an earlier panic")
+            .clone()
+    }
+
+    /// Whether `user` (empty: none) may run `req` on the committed state now: for requests
+    /// served without the log (reads, watches) and checked before they are proposed (lease
+    /// revokes); see [`crate::auth::AuthState::check`].
+    pub fn auth_check(&self, user: &str, req: &crate::Request) -> Result<(), Error> {
+        self.auth_state()
+            .check(user, req, &mut |id| self.lease_keys(id))
+    }
+
+    /// The user `token` was assigned to, if it is live on this member (refreshing it).
+    pub fn token_user(&self, token: &str) -> Option<String> {
+        self.lock_tokens().user(token, std::time::Instant::now())
+    }
+
+    /// Sets how long a token lives after its last use (`--auth-token-ttl`; non-zero).
+    pub fn set_token_ttl(&self, ttl: std::time::Duration) {
+        self.lock_tokens().set_ttl(ttl);
+    }
+
+    fn lock_tokens(&self) -> MutexGuard<'_, crate::auth::tokens::Tokens> {
+        self.tokens
+            .lock()
+            .expect("the token lock is poisoned by an earlier panic")
+    }
+
+    /// Takes the effects of an applied auth request once its transaction committed: the new
+    /// state, the token assigned, the tokens that go.
+    pub(crate) fn auth_applied(&self, applied: crate::auth::Applied) {
+        let mut tokens = self.lock_tokens();
+        if let Some(user) = &applied.invalidated {
+            tokens.invalidate_user(user);
+        }
+        if let Some(state) = applied.state {
+            if !state.enabled {
+                tokens.clear();
+            }
+            self.set_auth(state);
+        }
+        if let Some((token, user)) = applied.token {
+            tokens.assign(token, user, std::time::Instant::now());
+        }
+    }
+
+    /// Replaces the auth state in memory with one just committed, logging enable and
+    /// disable.
+    pub(crate) fn set_auth(&self, state: crate::auth::AuthState) {
+        let mut current = self
+            .auth
+            .write()
+            .expect("the auth lock is poisoned by an earlier panic");
+        if state.enabled != current.enabled {
+            tracing::warn!(
+                enabled = state.enabled,
+                revision = state.revision,
+                "authentication switched"
+            );
+        }
+        *current = std::sync::Arc::new(state);
+    }
+
     /// The refusal the active alarms give `req`, if any (see [`crate::alarms::refusal`]).
     pub(crate) fn alarm_refusal(&self, req: &crate::Request) -> Option<crate::KvError> {
         let alarms = self
@@ -686,13 +763,19 @@ impl Store {
         txn.delete_table(crate::members::MEMBERS)?;
         txn.delete_table(crate::members::MEMBERS_REMOVED)?;
         txn.delete_table(crate::alarms::ALARMS)?;
+        txn.delete_table(crate::auth::AUTH)?;
         crate::open::create_tables(&txn)?;
         let (loaded, sessions) =
             crate::snapshot::load_from(&txn, input, self.options.sessions_max)?;
         let alarms = crate::alarms::all(&txn.open_table(crate::alarms::ALARMS)?)?;
+        let auth = crate::auth::load(&txn.open_table(crate::auth::AUTH)?)?;
         let mut index = self.write_index();
         txn.commit()?;
         self.set_alarms(alarms);
+        self.set_auth(auth);
+        // The snapshot skipped the entries that would have revoked tokens (a user deleted
+        // and added again with another password): every client logs in again.
+        self.lock_tokens().clear();
         let epoch = index.epoch + 1;
         *index = loaded;
         index.epoch = epoch;

@@ -34,6 +34,7 @@ pub(crate) fn check_request(req: &Request) -> Result<(), KvError> {
         }
         .check(),
         // The alarm table bounds itself (see `crate::alarms`).
+        Request::Auth(a) => a.check(),
         Request::Compact { .. }
         | Request::LeaseGrant { .. }
         | Request::LeaseRevoke { .. }

@@ -336,7 +336,11 @@ fn invalid_options_are_refused_with_a_reason() {
 #[test]
 fn a_batch_applies_like_one_entry_at_a_time() {
     let session = |id| Some(Session::opened(id, 1, 0));
-    let cmd = |session, request| Command { session, request };
+    let cmd = |session, request| Command {
+        session,
+        request,
+        auth: None,
+    };
     let cmds = [
         cmd(session(1), put("a", "1")),
         cmd(None, put("b", "2")),
@@ -467,6 +471,7 @@ fn opened(id: u64, seq: u64, after: u64, request: Request) -> Command {
     Command {
         session: Some(Session::opened(id, seq, after)),
         request,
+        auth: None,
     }
 }
 

@@ -78,13 +78,15 @@ fn snapshots_carry_the_member_table_and_older_snapshots_restore_an_empty_one() {
     assert_eq!(b.store.members().unwrap(), a.store.members().unwrap());
     assert_eq!(b.store.hash().unwrap(), a.store.hash().unwrap());
 
-    // The same state as version 2 wrote it: no member or alarm sections (three count bytes
-    // less), its own version byte and checksum. It restores, with no members.
+    // The same state as version 2 wrote it: no member, alarm or auth sections (three count
+    // bytes and the default auth state less), its own version byte and checksum. It
+    // restores, with no members.
     let mut empty = Kv::new();
     empty.put("k", "v");
-    let v4 = empty.store.snapshot().unwrap();
-    let body = &v4[..v4.len() - 4];
-    assert_eq!(body[8], 4, "version byte");
+    let v5 = empty.store.snapshot().unwrap();
+    let auth = skiff_kv::AuthState::default().encode();
+    let body = &v5[..v5.len() - 4 - auth.len() - 1];
+    assert_eq!(body[8], 5, "version byte");
     assert_eq!(
         body[body.len() - 3..],
         [0, 0, 0],

@@ -282,7 +282,8 @@ impl Model {
             | Request::MembersRemoved(_)
             | Request::MemberAdd(_)
             | Request::MemberUpdate { .. }
-            | Request::Alarm { .. } => unreachable!("not generated"),
+            | Request::Alarm { .. }
+            | Request::Auth(_) => unreachable!("not generated"),
         })
     }
 }

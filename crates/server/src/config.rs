@@ -52,6 +52,8 @@ pub struct ServerConfig {
     pub data_checks: DataChecks,
     /// TLS on the client and peer ports, and to peers (see [`crate::tls`]).
     pub tls: crate::tls::TlsConfig,
+    /// Auth tokens and password hashes (`--auth-token-ttl`, `--bcrypt-cost`).
+    pub auth: crate::api::auth::AuthConfig,
 }
 
 /// etcd's flags that guard the state machine's data.
@@ -93,6 +95,7 @@ impl ServerConfig {
         if self.election > Duration::from_secs(50) {
             return Err("--election-timeout must be at most 50000 ms".into());
         }
+        self.auth.validate()?;
         let https_peers =
             (self.cluster.members.values()).any(|m| m.peer_url.starts_with("https://"));
         self.tls.validate(https_peers)
@@ -149,6 +152,7 @@ mod tests {
             fault_file: None,
             data_checks: DataChecks::default(),
             tls: Default::default(),
+            auth: Default::default(),
         };
         let id = NodeId::new(1).expect("non-zero");
         let rc = raft_config(&config, id, 7);

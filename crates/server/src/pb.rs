@@ -7,6 +7,11 @@ pub mod mvccpb {
     tonic::include_proto!("mvccpb");
 }
 
+/// etcd's `authpb` package.
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+
 /// etcd's `etcdserverpb` package (the subset Skiff serves).
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");

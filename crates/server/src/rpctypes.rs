@@ -73,6 +73,22 @@ pub fn kv_error_status(e: kv::KvError) -> Status {
         // etcd's ErrGRPCNoSpace and ErrGRPCCorrupt.
         K::NoSpace | K::TooManyAlarms => Code::ResourceExhausted,
         K::Corrupt => Code::DataLoss,
+        // etcd's auth errors (`rpctypes/error.go`).
+        K::PermissionDenied => Code::PermissionDenied,
+        K::InvalidAuthToken => Code::Unauthenticated,
+        K::UserEmpty | K::AuthOldRevision | K::AuthFailed | K::RoleEmpty | K::InvalidAuthMgmt => {
+            Code::InvalidArgument
+        }
+        K::AuthNotEnabled
+        | K::RootUserNotExist
+        | K::RootRoleNotExist
+        | K::UserAlreadyExist
+        | K::UserNotFound
+        | K::RoleAlreadyExist
+        | K::RoleNotFound
+        | K::RoleNotGranted
+        | K::PermissionNotGranted => Code::FailedPrecondition,
+        K::AuthStateFull => Code::ResourceExhausted,
         // A retry the state machine could not match to its first attempt (the session was
         // evicted): whether the write happened is unknown, which etcd reports as a timeout.
         K::SessionExpired | K::StaleSequence => return Status::unavailable(ERR_TIMEOUT),

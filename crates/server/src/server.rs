@@ -196,7 +196,11 @@ pub async fn run(
         members,
         removal.clone(),
     )
-    .with_data_checks(config.data_checks);
+    .with_data_checks(config.data_checks)
+    .with_auth(crate::api::auth::AuthConfig {
+        client_cert_auth: config.tls.client_https && config.tls.client.client_cert_auth,
+        ..config.auth
+    });
     let lessor = api.start_lessor(config.election);
     let publisher = api.start_publisher();
     let address_book = api.start_address_book();

@@ -102,6 +102,16 @@ struct ServeArgs {
     /// 0 means etcd's 2 GiB default; a negative value turns the quota off.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     quota_backend_bytes: i64,
+    /// Kind of auth token (etcd's flag): only "simple" (random tokens held by every member,
+    /// expiring after --auth-token-ttl unused); etcd's "jwt,..." is not supported.
+    #[arg(long, default_value = "simple")]
+    auth_token: String,
+    /// Seconds a simple token lives after its last use (etcd's flag).
+    #[arg(long, default_value_t = 300)]
+    auth_token_ttl: u64,
+    /// Cost of the bcrypt hashes of new passwords (etcd's flag; 4..=31).
+    #[arg(long, default_value_t = 10)]
+    bcrypt_cost: u32,
     /// How often the leader compares its key-value hash with its followers' and raises a
     /// CORRUPT alarm on a mismatch (a duration such as "30s" or "5m"; "0" turns it off).
     #[arg(long, default_value = "0", value_parser = parse_corrupt_check_time)]
@@ -185,6 +195,17 @@ impl ServeArgs {
                 me.peer_url
             );
         }
+        if self.auth_token != "simple" {
+            let kind = self.auth_token.split(',').next().unwrap_or_default();
+            bail!(
+                "--auth-token {kind:?}: only \"simple\" tokens are supported{}",
+                if kind == "jwt" {
+                    " (JWT is not implemented)"
+                } else {
+                    ""
+                }
+            );
+        }
         let config = server::ServerConfig {
             name: self.name.clone(),
             data_dir: self
@@ -215,6 +236,12 @@ impl ServeArgs {
             tls: self
                 .tls
                 .to_config(&self.listen_client_urls, &self.listen_peer_urls),
+            auth: server::api::auth::AuthConfig {
+                token_ttl: Duration::from_secs(self.auth_token_ttl),
+                bcrypt_cost: self.bcrypt_cost,
+                // Set by the server from the TLS flags.
+                client_cert_auth: false,
+            },
         };
         config.validate().map_err(anyhow::Error::msg)?;
         Ok(config)

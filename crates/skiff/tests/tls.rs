@@ -490,3 +490,69 @@ fn skiff_dev_tls_makes_certificates_and_prints_the_etcdctl_flags() {
     let without = etcdctl(&eps, &[&flags[0], "get", "greeting"], "");
     assert!(!without.ok, "{}", without.stdout);
 }
+
+/// With `--client-cert-auth`, a request without a token is the user its certificate's CN
+/// names (etcd's `AuthInfoFromTLS`): alice, with read on `/a/` only, reads `/a/x` and is
+/// refused writing it and reading `/b/x`, with no `--user` at all; a token still wins.
+#[test]
+fn the_client_certificate_cn_is_the_user_under_client_cert_auth() {
+    if !etcdctl_available() {
+        return;
+    }
+    let pki = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(pki.path(), "ca");
+    let member = ca.member(pki.path(), "member", "skiff-member");
+    let alice = ca.client(pki.path(), "alice", "alice");
+    let mut c = tls_cluster(&ca, &member, &[]);
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let tls = etcdctl_flags(&ca.cert, &alice);
+    let root = |args: &[&str]| {
+        let mut all = vec!["--user", "root:rootpw"];
+        all.extend_from_slice(args);
+        ctl_ok(&c, 0, &tls, &all)
+    };
+    ctl_ok(&c, 0, &tls, &["put", "/a/x", "1"]);
+    ctl_ok(&c, 0, &tls, &["put", "/b/x", "2"]);
+    ctl_ok(&c, 0, &tls, &["user", "add", "root:rootpw"]);
+    ctl_ok(&c, 0, &tls, &["user", "grant-role", "root", "root"]);
+    ctl_ok(&c, 0, &tls, &["user", "add", "alice:alicepw"]);
+    ctl_ok(&c, 0, &tls, &["role", "add", "reader"]);
+    ctl_ok(
+        &c,
+        0,
+        &tls,
+        &[
+            "role",
+            "grant-permission",
+            "reader",
+            "read",
+            "/a/",
+            "--prefix=true",
+        ],
+    );
+    ctl_ok(&c, 0, &tls, &["user", "grant-role", "alice", "reader"]);
+    ctl_ok(&c, 0, &tls, &["auth", "enable"]);
+
+    for i in 0..3 {
+        let read = ctl_ok(&c, i, &tls, &["get", "/a/x", "--print-value-only"]);
+        assert_eq!(read.stdout.trim(), "1", "member {i}");
+        let write = ctl(&c, i, &tls, &["put", "/a/x", "3"]);
+        assert!(!write.ok, "member {i}: alice may not write");
+        assert!(
+            write.stderr.contains("permission denied"),
+            "member {i}: {}",
+            write.stderr
+        );
+        let other = ctl(&c, i, &tls, &["get", "/b/x"]);
+        assert!(
+            !other.ok && other.stderr.contains("permission denied"),
+            "{}",
+            other.stderr
+        );
+    }
+    // A token (root's password login) wins over the certificate's name.
+    let as_root = root(&["get", "/b/x", "--print-value-only"]);
+    assert_eq!(as_root.stdout.trim(), "2");
+}

@@ -148,6 +148,7 @@ impl<'a> Reader<'a> {
                     alarm: self.alarm()?,
                 }
             }
+            12 => Request::Auth(crate::auth::AuthRequest::decode_from(self)?),
             t => return Err(bad(format!("request tag {t}"))),
         })
     }
@@ -300,6 +301,17 @@ impl<'a> Reader<'a> {
                     0 => None,
                     1 => Some(self.alarm()?),
                     t => return Err(bad(format!("alarm answer tag {t}"))),
+                },
+            },
+            9 => Response::Auth {
+                revision: self.i64()?,
+                token: match self.u8()? {
+                    0 => None,
+                    1 => Some(
+                        String::from_utf8(self.bytes()?)
+                            .map_err(|_| bad("auth answer: token is not UTF-8".to_string()))?,
+                    ),
+                    t => return Err(bad(format!("auth answer tag {t}"))),
                 },
             },
             t => return Err(bad(format!("response tag {t}"))),

@@ -97,6 +97,10 @@ impl Writer {
                 });
                 self.alarm(alarm);
             }
+            Request::Auth(a) => {
+                self.u8(12);
+                a.encode_into(self);
+            }
         }
     }
 
@@ -249,6 +253,17 @@ impl Writer {
                     Some(m) => {
                         self.u8(1);
                         self.alarm(m);
+                    }
+                }
+            }
+            Response::Auth { revision, token } => {
+                self.u8(9);
+                self.i64(*revision);
+                match token {
+                    None => self.u8(0),
+                    Some(t) => {
+                        self.u8(1);
+                        self.bytes(t.as_bytes());
                     }
                 }
             }

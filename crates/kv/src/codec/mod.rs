@@ -20,16 +20,21 @@ pub(crate) use encode::Writer;
 pub const CODEC_VERSION: u8 = 1;
 
 /// Encodes a command for the Raft log.
+///
+/// The first byte after the version is the session tag (0: none, 1: without
+/// `opened_after`, 2: with it), plus [`STAMPED`] when an auth stamp follows the session: a
+/// command without one encodes exactly as before stamps existed.
 pub fn encode_command(cmd: &Command) -> Vec<u8> {
     let mut w = Writer(vec![CODEC_VERSION]);
+    let stamped = if cmd.auth.is_some() { STAMPED } else { 0 };
     match cmd.session {
-        None => w.u8(0),
+        None => w.u8(stamped),
         Some(Session {
             client_id,
             seq,
             opened_after: None,
         }) => {
-            w.u8(1);
+            w.u8(1 | stamped);
             w.u64(client_id);
             w.u64(seq);
         }
@@ -38,20 +43,28 @@ pub fn encode_command(cmd: &Command) -> Vec<u8> {
             seq,
             opened_after: Some(after),
         }) => {
-            w.u8(2);
+            w.u8(2 | stamped);
             w.u64(client_id);
             w.u64(seq);
             w.u64(after);
         }
     }
+    if let Some(stamp) = &cmd.auth {
+        w.bytes(stamp.user.as_bytes());
+        w.u64(stamp.revision);
+    }
     w.request(&cmd.request);
     w.0
 }
 
+/// Added to the session tag of a command carrying an [`crate::auth::AuthStamp`].
+const STAMPED: u8 = 8;
+
 /// Decodes a command written by [`encode_command`].
 pub fn decode_command(bytes: &[u8]) -> Result<Command, Error> {
     let mut r = Reader::new(bytes)?;
-    let session = match r.u8()? {
+    let tag = r.u8()?;
+    let session = match tag & !STAMPED {
         0 => None,
         1 => Some(Session {
             client_id: r.u64()?,
@@ -63,11 +76,25 @@ pub fn decode_command(bytes: &[u8]) -> Result<Command, Error> {
             seq: r.u64()?,
             opened_after: Some(r.u64()?),
         }),
-        t => return Err(bad(format!("session tag {t}"))),
+        _ => return Err(bad(format!("session tag {tag}"))),
+    };
+    let auth = if tag & STAMPED != 0 {
+        let user = String::from_utf8(r.bytes()?)
+            .map_err(|_| bad("auth stamp: user is not UTF-8".to_string()))?;
+        Some(crate::auth::AuthStamp {
+            user,
+            revision: r.u64()?,
+        })
+    } else {
+        None
     };
     let request = r.request()?;
     r.finish()?;
-    Ok(Command { session, request })
+    Ok(Command {
+        session,
+        request,
+        auth,
+    })
 }
 
 /// Encodes the result of applying a command (stored for retries, shipped to a follower that
@@ -109,6 +136,7 @@ pub(crate) fn bad(msg: String) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::AuthRequest;
     use crate::command::Request;
     use crate::types::*;
 
@@ -168,6 +196,7 @@ mod tests {
                         alarm: crate::alarms::AlarmType::Corrupt,
                     },
                 },
+                auth: None,
             },
             Command::new(Request::MemberAdd(crate::members::Member {
                 id: 7,
@@ -187,12 +216,70 @@ mod tests {
                     peer_urls: vec!["http://a:2380".into(), String::new()],
                     client_urls: vec![],
                 }),
+                auth: None,
             },
             Command {
                 session: Some(Session::opened(3, 1, u64::MAX - 1)),
                 request: Request::Put(PutRequest::new("k", "v")),
+                auth: Some(crate::auth::AuthStamp {
+                    user: "\u{e9}l\u{e8}ve".into(),
+                    revision: u64::MAX,
+                }),
+            },
+            Command {
+                session: None,
+                request: Request::Range(RangeRequest::prefix("p")),
+                auth: Some(crate::auth::AuthStamp::default()),
             },
         ];
+        let auth = [
+            AuthRequest::Enable,
+            AuthRequest::Disable,
+            AuthRequest::Authenticate {
+                name: "u".into(),
+                token_prefix: "abcdefghijklmnop".into(),
+                checked_revision: 7,
+            },
+            AuthRequest::UserAdd {
+                name: "u".into(),
+                password_hash: None,
+            },
+            AuthRequest::UserAdd {
+                name: "u".into(),
+                password_hash: Some("$2b$10$h".into()),
+            },
+            AuthRequest::UserDelete { name: "u".into() },
+            AuthRequest::UserChangePassword {
+                name: "u".into(),
+                password_hash: "$2b$10$i".into(),
+            },
+            AuthRequest::UserGrantRole {
+                user: "u".into(),
+                role: "r".into(),
+            },
+            AuthRequest::UserRevokeRole {
+                name: "u".into(),
+                role: "r".into(),
+            },
+            AuthRequest::RoleAdd { name: "r".into() },
+            AuthRequest::RoleDelete { role: "r".into() },
+            AuthRequest::RoleGrantPermission {
+                name: "r".into(),
+                perm: crate::auth::Permission {
+                    perm_type: crate::auth::PermType::ReadWrite,
+                    key: b"/a/".to_vec(),
+                    range_end: vec![0],
+                },
+            },
+            AuthRequest::RoleRevokePermission {
+                role: "r".into(),
+                key: b"/a/".to_vec(),
+                range_end: vec![],
+            },
+        ];
+        let cmds = cmds
+            .into_iter()
+            .chain(auth.into_iter().map(|a| Command::new(Request::Auth(a))));
         for cmd in cmds {
             assert_eq!(decode_command(&encode_command(&cmd)).ok(), Some(cmd));
         }
@@ -254,6 +341,16 @@ mod tests {
             Err(KvError::NoSpace),
             Err(KvError::Corrupt),
             Err(KvError::TooManyAlarms),
+            Err(KvError::PermissionDenied),
+            Err(KvError::AuthStateFull),
+            Ok(Response::Auth {
+                revision: 3,
+                token: Some("abcdefghijklmnop.12".into()),
+            }),
+            Ok(Response::Auth {
+                revision: 3,
+                token: None,
+            }),
             Err(KvError::SessionExpired),
             Err(KvError::BadMember),
         ] {

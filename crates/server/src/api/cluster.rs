@@ -139,6 +139,8 @@ impl epb::cluster_server::Cluster for Api {
         &self,
         request: Request<epb::MemberAddRequest>,
     ) -> Result<Response<epb::MemberAddResponse>, Status> {
+        // etcd's `checkMembershipOperationPermission`.
+        self.admin(&request).await?;
         self.member_add_impl(request.into_inner(), Origin::Client, None)
             .await
             .map(Response::new)
@@ -150,6 +152,8 @@ impl epb::cluster_server::Cluster for Api {
         &self,
         request: Request<epb::MemberRemoveRequest>,
     ) -> Result<Response<epb::MemberRemoveResponse>, Status> {
+        // etcd's `checkMembershipOperationPermission`.
+        self.admin(&request).await?;
         let id = request.into_inner().id;
         self.member_remove_impl(id, Origin::Client)
             .await
@@ -161,6 +165,8 @@ impl epb::cluster_server::Cluster for Api {
         &self,
         request: Request<epb::MemberUpdateRequest>,
     ) -> Result<Response<epb::MemberUpdateResponse>, Status> {
+        // etcd's `checkMembershipOperationPermission`.
+        self.admin(&request).await?;
         self.member_update_impl(request.into_inner())
             .await
             .map(Response::new)
@@ -172,6 +178,8 @@ impl epb::cluster_server::Cluster for Api {
         &self,
         request: Request<epb::MemberPromoteRequest>,
     ) -> Result<Response<epb::MemberPromoteResponse>, Status> {
+        // etcd's `checkMembershipOperationPermission`.
+        self.admin(&request).await?;
         let id = request.into_inner().id;
         self.member_promote_impl(id, Origin::Client)
             .await

@@ -24,6 +24,9 @@ pub fn client_routes(api: &Api) -> tonic::service::Routes {
     grpc.add_service(ClusterServer::new(api.clone()));
     grpc.add_service(LeaseServer::new(api.clone()));
     grpc.add_service(WatchServer::new(api.clone()));
+    grpc.add_service(crate::pb::etcdserverpb::auth_server::AuthServer::new(
+        api.clone(),
+    ));
     let counted = api.inner.node.metrics().clone();
     let router = grpc
         .routes()

@@ -6,13 +6,18 @@
 
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use super::{convert, unexpected, Api};
 use crate::pb::etcdserverpb as epb;
 use crate::peer::{with_session, Origin, Reached};
 use crate::rpctypes::ERR_KEY_NOT_PROVIDED;
 
 impl Api {
-    async fn range_impl(&self, r: epb::RangeRequest) -> Result<epb::RangeResponse, Status> {
+    async fn range_impl(
+        &self,
+        caller: Caller,
+        r: epb::RangeRequest,
+    ) -> Result<epb::RangeResponse, Status> {
         if r.key.is_empty() {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
@@ -20,17 +25,23 @@ impl Api {
         if !r.serializable {
             self.linearizable_read().await?;
         }
+        // Against the state the read sees (after the barrier), as etcd's `isPermitted`.
+        self.check_permission(&caller, || kv::Request::Range(req.clone()))?;
         let resp = self.read_kv(move |kv| kv.range(&req)).await?;
         Ok(convert::range_response(resp, self.header()))
     }
 
-    async fn put_impl(&self, r: epb::PutRequest) -> Result<epb::PutResponse, Status> {
+    async fn put_impl(
+        &self,
+        caller: Caller,
+        r: epb::PutRequest,
+    ) -> Result<epb::PutResponse, Status> {
         if r.key.is_empty() {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
         self.check_quota(super::quota::put_cost(&r)).await?;
         let req = kv::Request::Put(convert::put_request(&r));
-        match self.write_kv(req).await? {
+        match self.write_kv_as(req, Some(caller.stamp())).await? {
             kv::Response::Put(p) => Ok(convert::put_response(p, self.header())),
             other => Err(unexpected(&other)),
         }
@@ -38,19 +49,24 @@ impl Api {
 
     async fn delete_impl(
         &self,
+        caller: Caller,
         r: epb::DeleteRangeRequest,
     ) -> Result<epb::DeleteRangeResponse, Status> {
         if r.key.is_empty() {
             return Err(Status::invalid_argument(ERR_KEY_NOT_PROVIDED));
         }
         let req = kv::Request::DeleteRange(convert::delete_request(&r));
-        match self.write_kv(req).await? {
+        match self.write_kv_as(req, Some(caller.stamp())).await? {
             kv::Response::DeleteRange(d) => Ok(convert::delete_response(d, self.header())),
             other => Err(unexpected(&other)),
         }
     }
 
-    async fn txn_impl(&self, r: epb::TxnRequest) -> Result<epb::TxnResponse, Status> {
+    async fn txn_impl(
+        &self,
+        caller: Caller,
+        r: epb::TxnRequest,
+    ) -> Result<epb::TxnResponse, Status> {
         let txn = convert::txn_request(&r).map_err(|e| Status::invalid_argument(e.0))?;
         if txn.is_read_only() {
             // Served like a range, without a log entry (etcd's `isTxnReadonly`): linearizable
@@ -58,11 +74,15 @@ impl Api {
             if !is_txn_serializable(&r) {
                 self.linearizable_read().await?;
             }
+            self.check_permission(&caller, || kv::Request::Txn(txn.clone()))?;
             let resp = self.read_kv(move |kv| kv.txn_read_only(&txn)).await?;
             return Ok(convert::txn_response(resp, self.header()));
         }
         self.check_quota(super::quota::txn_cost(&r)).await?;
-        match self.write_kv(kv::Request::Txn(txn)).await? {
+        match self
+            .write_kv_as(kv::Request::Txn(txn), Some(caller.stamp()))
+            .await?
+        {
             kv::Response::Txn(t) => Ok(convert::txn_response(t, self.header())),
             other => Err(unexpected(&other)),
         }
@@ -110,7 +130,10 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::RangeRequest>,
     ) -> Result<Response<epb::RangeResponse>, Status> {
-        let resp = self.range_impl(request.into_inner()).await?;
+        let caller = self
+            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
+            .await?;
+        let resp = self.range_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -118,7 +141,10 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::PutRequest>,
     ) -> Result<Response<epb::PutResponse>, Status> {
-        let resp = self.put_impl(request.into_inner()).await?;
+        let caller = self
+            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
+            .await?;
+        let resp = self.put_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -126,7 +152,10 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::DeleteRangeRequest>,
     ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-        let resp = self.delete_impl(request.into_inner()).await?;
+        let caller = self
+            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
+            .await?;
+        let resp = self.delete_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -134,7 +163,10 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::TxnRequest>,
     ) -> Result<Response<epb::TxnResponse>, Status> {
-        let resp = self.txn_impl(request.into_inner()).await?;
+        let caller = self
+            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
+            .await?;
+        let resp = self.txn_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
 
@@ -142,6 +174,9 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::CompactionRequest>,
     ) -> Result<Response<epb::CompactionResponse>, Status> {
+        // History belongs to every user: only an administrator compacts it (etcd 3.4 lets
+        // any user; Skiff is stricter).
+        self.admin(&request).await?;
         let resp = self
             .compact_impl(request.into_inner(), Origin::Client, None)
             .await?;

@@ -32,10 +32,11 @@ impl LeaderApi for Api {
                 | kv::Request::MemberPublish(_)
                 | kv::Request::MemberUpdate { .. }
                 | kv::Request::Alarm { .. }
+                | kv::Request::Auth(_)
         );
         if cmd.session.is_none() || !kv_write {
             return Err(Status::invalid_argument(
-                "a forwarded write must be a put, delete, txn, member change or alarm with a session",
+                "a forwarded write must be a put, delete, txn, member change, alarm or auth request with a session",
             ));
         }
         // Only members are described: rows stay bounded by the configuration.

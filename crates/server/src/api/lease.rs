@@ -291,6 +291,14 @@ impl epb::lease_server::Lease for Api {
         &self,
         request: Request<epb::LeaseRevokeRequest>,
     ) -> Result<Response<epb::LeaseRevokeResponse>, Status> {
+        // etcd's `checkLeasePuts`: the caller needs write on every key of the lease. Checked
+        // here, against this member's applied state, before the revoke is forwarded: the
+        // revoke entry itself is not stamped (the leader's expiry proposes the same one).
+        let caller = self
+            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
+            .await?;
+        let id = request.get_ref().id;
+        self.check_permission(&caller, || kv::Request::LeaseRevoke { id })?;
         self.lease_revoke_impl(request.into_inner(), Origin::Client, None)
             .await
             .map(Response::new)

@@ -36,6 +36,7 @@ use crate::rpctypes::{
 };
 
 pub mod alarm;
+pub mod auth;
 pub mod backup;
 pub mod cluster;
 pub mod compactor;
@@ -84,6 +85,10 @@ struct Inner {
     quota: quota::Quota,
     /// The dashboard's latest state (see [`dashboard`]).
     dashboard: dashboard::Hub,
+    /// The auth flags (see [`auth`]).
+    auth: auth::AuthConfig,
+    /// The budget of Authenticate attempts per connection (see [`auth`]).
+    auth_limiter: auth::AuthLimiter,
 }
 
 impl Api {
@@ -108,6 +113,8 @@ impl Api {
                 removal,
                 quota: quota::Quota::DEFAULT,
                 dashboard: dashboard::Hub::default(),
+                auth: auth::AuthConfig::default(),
+                auth_limiter: auth::AuthLimiter::default(),
             }),
         }
     }
@@ -117,6 +124,14 @@ impl Api {
     pub fn with_data_checks(mut self, checks: crate::config::DataChecks) -> Api {
         let inner = Arc::get_mut(&mut self.inner).expect("configured before it is shared");
         inner.quota = quota::Quota::from_flag(checks.quota_backend_bytes);
+        self
+    }
+
+    /// The API with etcd's auth flags. Called once, before the API is shared.
+    pub fn with_auth(mut self, config: auth::AuthConfig) -> Api {
+        self.inner.node.kv.set_token_ttl(config.token_ttl);
+        let inner = Arc::get_mut(&mut self.inner).expect("configured before it is shared");
+        inner.auth = config;
         self
     }
 
@@ -158,11 +173,13 @@ impl Api {
         &self,
         request: kv::Request,
         session: Option<kv::Session>,
+        auth: Option<kv::AuthStamp>,
     ) -> Result<(kv::Session, Vec<u8>), Status> {
         let session = session.unwrap_or_else(|| self.new_session());
         let data = kv::codec::encode_command(&kv::Command {
             session: Some(session),
             request,
+            auth,
         });
         if data.len() > REQUEST_BYTES_MAX {
             return Err(write_status(WriteError::TooLarge));
@@ -194,7 +211,7 @@ impl Api {
     where
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
-        let (session, data) = self.command(request, session)?;
+        let (session, data) = self.command(request, session, None)?;
         self.inner
             .leader
             .on_leader(
@@ -210,7 +227,17 @@ impl Api {
     /// leader's result, or, for an answer too large to ship, from this member's own apply of
     /// the entry.
     async fn write_kv(&self, request: kv::Request) -> Result<kv::Response, Status> {
-        let (session, data) = self.command(request, None)?;
+        self.write_kv_as(request, None).await
+    }
+
+    /// [`Api::write_kv`] of a client's request, stamped with its sender (see [`auth`]): the
+    /// applying member checks the sender's permission. `None` for the servers' own writes.
+    async fn write_kv_as(
+        &self,
+        request: kv::Request,
+        auth: Option<kv::AuthStamp>,
+    ) -> Result<kv::Response, Status> {
+        let (session, data) = self.command(request, None, auth)?;
         let node = &self.inner.node;
         let leader = &self.inner.leader;
         let via = |_client| {

@@ -56,6 +56,10 @@ struct Watcher {
 /// The stream ended (the client went away or the server is stopping).
 struct Closed;
 
+/// Who opened a watch stream: its gRPC metadata (the token) and its verified client
+/// certificate's common name; each create resolves the caller again, as etcd's does.
+type Credentials = (tonic::metadata::MetadataMap, Option<String>);
+
 #[tonic::async_trait]
 impl epb::watch_server::Watch for Api {
     type WatchStream = WatchStream;
@@ -64,11 +68,16 @@ impl epb::watch_server::Watch for Api {
         &self,
         request: Request<Streaming<epb::WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        // Kept for the stream's life: each create resolves its token again, as etcd's does.
+        let metadata = (
+            request.metadata().clone(),
+            crate::tls::client_cert_cn(&request),
+        );
         let input = request.into_inner();
         let (tx, rx) = mpsc::channel(OUT_QUEUE_MAX);
         let api = self.clone();
         tokio::spawn(async move {
-            let _ = api.run_watch_stream(input, tx).await;
+            let _ = api.run_watch_stream(input, metadata, tx).await;
         });
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
@@ -100,6 +109,7 @@ impl Api {
     async fn run_watch_stream(
         &self,
         mut input: Streaming<epb::WatchRequest>,
+        metadata: Credentials,
         out: Out,
     ) -> Result<(), Closed> {
         let mut applied = self.inner.node.applied_changes();
@@ -130,7 +140,7 @@ impl Api {
                 tokio::select! {
                     biased;
                     m = input.message(), if input_open => {
-                        self.on_message(m, &mut input_open, &mut progress_asked, &mut watchers, &mut next_id, &out).await?;
+                        self.on_message(m, &mut input_open, &mut progress_asked, &mut watchers, &mut next_id, &metadata, &out).await?;
                     }
                     () = out.closed() => return Err(Closed),
                     () = std::future::ready(()) => {}
@@ -171,7 +181,7 @@ impl Api {
             }
             tokio::select! {
                 m = input.message(), if input_open => {
-                    self.on_message(m, &mut input_open, &mut progress_asked, &mut watchers, &mut next_id, &out).await?;
+                    self.on_message(m, &mut input_open, &mut progress_asked, &mut watchers, &mut next_id, &metadata, &out).await?;
                 }
                 r = applied.changed() => {
                     if r.is_err() {
@@ -192,11 +202,12 @@ impl Api {
         progress_asked: &mut bool,
         watchers: &mut BTreeMap<i64, Watcher>,
         next_id: &mut i64,
+        metadata: &Credentials,
         out: &Out,
     ) -> Result<(), Closed> {
         match m {
             Ok(Some(req)) => {
-                self.handle_request(req, watchers, next_id, progress_asked, out)
+                self.handle_request(req, watchers, next_id, progress_asked, metadata, out)
                     .await
             }
             Ok(None) => {
@@ -213,12 +224,14 @@ impl Api {
         watchers: &mut BTreeMap<i64, Watcher>,
         next_id: &mut i64,
         progress_asked: &mut bool,
+        metadata: &Credentials,
         out: &Out,
     ) -> Result<(), Closed> {
         use epb::watch_request::RequestUnion;
         match req.request_union {
             Some(RequestUnion::CreateRequest(c)) => {
-                self.create_watcher(c, watchers, next_id, out).await
+                self.create_watcher(c, watchers, next_id, metadata, out)
+                    .await
             }
             Some(RequestUnion::CancelRequest(c)) => {
                 if watchers.remove(&c.watch_id).is_some() {
@@ -250,6 +263,7 @@ impl Api {
         c: epb::WatchCreateRequest,
         watchers: &mut BTreeMap<i64, Watcher>,
         next_id: &mut i64,
+        metadata: &Credentials,
         out: &Out,
     ) -> Result<(), Closed> {
         let (revision, _) = match self.revisions().await {
@@ -267,6 +281,17 @@ impl Api {
             cancel_reason: reason.to_string(),
             ..Default::default()
         };
+        // etcd's `isWatchPermitted`: the caller needs read on the whole range; a refusal is
+        // a created-and-canceled answer carrying etcd's auth error.
+        let permitted = match self.caller(&metadata.0, metadata.1.clone()).await {
+            Ok(caller) => self.check_permission(&caller, || {
+                kv::Request::Range(kv::RangeRequest::range(c.key.clone(), c.range_end.clone()))
+            }),
+            Err(status) => Err(status),
+        };
+        if let Err(status) = permitted {
+            return send(out, refuse(-1, status.message())).await;
+        }
         // etcd: an explicit id (non-zero) must be free; 0 asks for the next free one. Ids
         // handed out only go up, so a canceled watcher's id is not reused on this stream.
         // A refused create is answered under id -1, as in etcd.

@@ -103,6 +103,7 @@ impl Peers {
     /// Creates queues, lazily-connecting channels and sender tasks (on the current runtime) for
     /// `peers` (id -> peer URL), stamping batches with `cluster_id`; `https://` peers are
     /// reached with `tls`.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         cluster_id: u64,
         own_url: String,

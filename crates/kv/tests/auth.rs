@@ -1,0 +1,166 @@
+//! The auth state through `Store::apply`: client commands are checked at apply against the
+//! state the entry applies at (a change earlier in the same batch included), tokens are
+//! assigned on apply and go with their user, and a refused request changes nothing.
+
+use skiff_kv::{
+    AuthRequest, AuthStamp, Command, Error, KvError, Options, PermType, Permission, PutRequest,
+    RangeRequest, Request, Response, Store,
+};
+
+fn auth(r: AuthRequest) -> Command {
+    Command::new(Request::Auth(r))
+}
+
+fn as_user(user: &str, revision: u64, request: Request) -> Command {
+    Command {
+        session: None,
+        request,
+        auth: Some(AuthStamp {
+            user: user.into(),
+            revision,
+        }),
+    }
+}
+
+/// Root, a role `w` with readwrite on the prefix `/a/`, user `u` holding it, enabled; returns
+/// the next free index.
+fn set_up(store: &Store) -> u64 {
+    let requests = [
+        AuthRequest::UserAdd {
+            name: "root".into(),
+            password_hash: Some("$2b$10$r".into()),
+        },
+        AuthRequest::UserGrantRole {
+            user: "root".into(),
+            role: "root".into(),
+        },
+        AuthRequest::RoleAdd { name: "w".into() },
+        AuthRequest::RoleGrantPermission {
+            name: "w".into(),
+            perm: Permission {
+                perm_type: PermType::ReadWrite,
+                key: b"/a/".to_vec(),
+                range_end: b"/a0".to_vec(),
+            },
+        },
+        AuthRequest::UserAdd {
+            name: "u".into(),
+            password_hash: Some("$2b$10$u".into()),
+        },
+        AuthRequest::UserGrantRole {
+            user: "u".into(),
+            role: "w".into(),
+        },
+        AuthRequest::Enable,
+    ];
+    let mut index = 1;
+    for r in requests {
+        store.apply(index, &auth(r)).expect("auth request");
+        index += 1;
+    }
+    index
+}
+
+fn refusal(r: Result<Response, Error>) -> KvError {
+    match r {
+        Err(Error::Kv(e)) => e,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn stamped_writes_are_checked_at_apply_and_refusals_change_nothing() {
+    let store = Store::in_memory(Options::default()).expect("store");
+    let mut index = set_up(&store);
+    let rev = store.auth_state().revision;
+    let put = |k: &str| Request::Put(PutRequest::new(k, "v"));
+    let before = store.revision().expect("revision");
+    store
+        .apply(index, &as_user("u", rev, put("/a/x")))
+        .expect("allowed");
+    index += 1;
+    let denied = store.apply(index, &as_user("u", rev, put("/b/x")));
+    assert_eq!(refusal(denied), KvError::PermissionDenied);
+    index += 1;
+    let anonymous = store.apply(index, &as_user("", rev, put("/a/y")));
+    assert_eq!(refusal(anonymous), KvError::UserEmpty);
+    index += 1;
+    let stale = store.apply(index, &as_user("u", rev - 1, put("/a/y")));
+    assert_eq!(refusal(stale), KvError::AuthOldRevision);
+    index += 1;
+    let not_admin = store.apply(
+        index,
+        &as_user("u", rev, Request::Auth(AuthRequest::Disable)),
+    );
+    assert_eq!(refusal(not_admin), KvError::PermissionDenied);
+    index += 1;
+    assert_eq!(
+        store.revision().expect("revision"),
+        before + 1,
+        "one put applied"
+    );
+    assert!(store.auth_state().enabled);
+    // Unstamped commands are the servers' own (lease expiry, compaction): not checked.
+    store
+        .apply(index, &Command::new(put("/b/z")))
+        .expect("internal");
+    index += 1;
+
+    // In one batch, a revoke applies before the stamped put after it, which then carries
+    // an older revision than the state it applies at.
+    let revoke = auth(AuthRequest::UserRevokeRole {
+        name: "u".into(),
+        role: "w".into(),
+    });
+    let late = as_user("u", rev, put("/a/late"));
+    let out = store
+        .apply_batch(&[(index, Some(&revoke)), (index + 1, Some(&late))])
+        .expect("batch");
+    assert!(matches!(out[0], Some(Ok(Response::Auth { .. }))));
+    assert_eq!(out[1], Some(Err(KvError::AuthOldRevision)));
+    let fresh = store.auth_state().revision;
+    let again = store.apply(index + 2, &as_user("u", fresh, put("/a/late")));
+    assert_eq!(refusal(again), KvError::PermissionDenied);
+    let got = store.range(&RangeRequest::key("/a/late")).expect("range");
+    assert!(got.kvs.is_empty());
+}
+
+#[test]
+fn tokens_are_assigned_on_apply_and_go_with_their_user() {
+    let store = Store::in_memory(Options::default()).expect("store");
+    let mut index = set_up(&store);
+    let rev = store.auth_state().revision;
+    let login = auth(AuthRequest::Authenticate {
+        name: "u".into(),
+        token_prefix: "abcdefghijklmnop".into(),
+        checked_revision: rev,
+    });
+    let token = match store.apply(index, &login).expect("authenticate") {
+        Response::Auth {
+            token: Some(token), ..
+        } => token,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(token, format!("abcdefghijklmnop.{index}"));
+    assert_eq!(store.token_user(&token).as_deref(), Some("u"));
+    assert_eq!(store.auth_state().revision, rev, "a login changes no state");
+    index += 1;
+    store
+        .apply(
+            index,
+            &auth(AuthRequest::UserChangePassword {
+                name: "u".into(),
+                password_hash: "$2b$10$new".into(),
+            }),
+        )
+        .expect("change password");
+    assert_eq!(
+        store.token_user(&token),
+        None,
+        "a new password ends the old tokens"
+    );
+    index += 1;
+    // A password checked before the change is stale.
+    let stale = store.apply(index, &login);
+    assert_eq!(refusal(stale), KvError::AuthOldRevision);
+}

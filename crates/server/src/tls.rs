@@ -213,6 +213,16 @@ pub fn load_server(
     alpn: &[&[u8]],
 ) -> Result<Option<Arc<rustls::ServerConfig>>, String> {
     if !https {
+        // A peer port meant to authenticate its peers but served in plaintext would take
+        // Raft messages from anyone: refused, where etcd only warns.
+        if side == Side::Peer && (flags.client_cert_auth || flags.trusted_ca_file.is_some()) {
+            return Err(format!(
+                "{} and {} need an https:// --listen-peer-urls: the peer port would \
+                 otherwise accept unauthenticated peers",
+                side.flag("client-cert-auth"),
+                side.flag("trusted-ca-file")
+            ));
+        }
         if flags.cert_file.is_some() || flags.client_cert_auth {
             tracing::warn!(
                 port = ?side,

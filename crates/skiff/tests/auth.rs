@@ -92,6 +92,36 @@ fn etcdctl_users_see_what_their_roles_allow_and_etcds_errors_otherwise() {
     }
     assert!(fails(&eps, Some(ALICE), &["put", "/a/x", "2"]).contains(DENIED));
     assert!(fails(&eps, Some(ALICE), &["get", "/b/x"]).contains(DENIED));
+    // Only an administrator adds users (refused before the password is hashed).
+    assert!(fails(&eps, Some(ALICE), &["user", "add", "mallory:pw"]).contains(DENIED));
+    // The keys of a lease are data: alice may not list a key she cannot read through
+    // LeaseTimeToLive (etcd's CVE-2023-32082), but may see the lease without its keys.
+    let granted = ok(&eps, "--user=root:rootpw", &["lease", "grant", "600"]);
+    let lease = granted
+        .split_whitespace()
+        .nth(1)
+        .expect("lease <id> granted with TTL(600s)")
+        .to_string();
+    ok(
+        &eps,
+        "--user=root:rootpw",
+        &["put", "/b/secret", "s", "--lease", &lease],
+    );
+    let listed = fails(
+        &eps,
+        Some(ALICE),
+        &["lease", "timetolive", &lease, "--keys"],
+    );
+    assert!(listed.contains(DENIED), "{listed}");
+    assert!(!listed.contains("/b/secret"), "{listed}");
+    let bare = ok(&eps, ALICE, &["lease", "timetolive", &lease]);
+    assert!(bare.contains("remaining"), "{bare}");
+    assert!(ok(
+        &eps,
+        "--user=root:rootpw",
+        &["lease", "timetolive", &lease, "--keys"]
+    )
+    .contains("/b/secret"));
     assert!(fails(
         &eps,
         Some(ALICE),

@@ -556,3 +556,38 @@ fn the_client_certificate_cn_is_the_user_under_client_cert_auth() {
     let as_root = root(&["get", "/b/x", "--print-value-only"]);
     assert_eq!(as_root.stdout.trim(), "2");
 }
+
+/// A peer port told to authenticate its peers (`--peer-client-cert-auth`,
+/// `--peer-trusted-ca-file`) but listening on `http://` would take Raft messages from anyone:
+/// the member refuses to start, naming the flags.
+#[test]
+fn peer_authentication_flags_on_a_plain_peer_port_stop_the_member() {
+    let pki = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(pki.path(), "ca");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let peer = format!("http://127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(pki.path().join("data"))
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("default={peer}")])
+        .arg("--peer-trusted-ca-file")
+        .arg(&ca.cert)
+        .arg("--peer-client-cert-auth")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skiff serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--peer-client-cert-auth"), "{err}");
+    assert!(err.contains("https://"), "{err}");
+}

@@ -318,6 +318,13 @@ impl Api {
         if password.len() > kv::auth::PASSWORD_BYTES_MAX {
             return Err(Status::invalid_argument(ERR_PASSWORD_TOO_LONG));
         }
+        // Under the same bound as password checks: hashing costs as much.
+        let permit = self.inner.auth_limiter.checks.acquire();
+        let _permit = tokio::time::timeout(AUTH_CHECK_WAIT_MAX, permit)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| Status::resource_exhausted(ERR_TOO_MANY_REQUESTS))?;
         let cost = self.inner.auth.bcrypt_cost;
         tokio::task::spawn_blocking(move || bcrypt::hash(password, cost))
             .await
@@ -328,6 +335,10 @@ impl Api {
     /// Whether `password` matches `hash`, checked on a blocking thread under the bound on
     /// checks in flight.
     async fn password_matches(&self, password: String, hash: String) -> Result<bool, Status> {
+        // bcrypt reads 72 bytes: a longer password would match its prefix's hash.
+        if password.len() > kv::auth::PASSWORD_BYTES_MAX {
+            return Ok(false);
+        }
         let permit = self.inner.auth_limiter.checks.acquire();
         let _permit = tokio::time::timeout(AUTH_CHECK_WAIT_MAX, permit)
             .await
@@ -504,6 +515,8 @@ impl epb::auth_server::Auth for Api {
         let caller = self
             .caller(request.metadata(), crate::tls::client_cert_cn(&request))
             .await?;
+        // Before the costly hash: only an administrator may add users (once auth is on).
+        self.check_admin(&caller)?;
         let r = request.into_inner();
         if r.name.is_empty() {
             return Err(kv_refusal(kv::KvError::UserEmpty));

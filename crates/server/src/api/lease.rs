@@ -350,9 +350,20 @@ impl epb::lease_server::Lease for Api {
         &self,
         request: Request<epb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<epb::LeaseTimeToLiveResponse>, Status> {
-        self.time_to_live(request.into_inner(), Origin::Client)
-            .await
-            .map(Response::new)
+        let caller = self
+            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
+            .await?;
+        let answer = self
+            .time_to_live(request.into_inner(), Origin::Client)
+            .await?;
+        // The keys attached to a lease are data: with auth on, the caller must be allowed to
+        // read each of them (etcd's fix for CVE-2023-32082, `checkLeaseTimeToLive`).
+        for key in &answer.keys {
+            self.check_permission(&caller, || {
+                kv::Request::Range(kv::RangeRequest::range(key.clone(), Vec::new()))
+            })?;
+        }
+        Ok(Response::new(answer))
     }
 
     async fn lease_leases(

@@ -222,6 +222,18 @@ impl Api {
             .ok_or_else(|| kv_refusal(kv::KvError::InvalidAuthToken))
     }
 
+    /// [`Api::caller`] of a gRPC request: its token, and under `--client-cert-auth` (with auth
+    /// on) its certificate's CN, which is parsed only then (not on every request).
+    pub(super) async fn caller_of<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let cert_cn = if self.inner.auth.client_cert_auth && self.inner.node.kv.auth_state().enabled
+        {
+            crate::tls::client_cert_cn(request)
+        } else {
+            None
+        };
+        self.caller(request.metadata(), cert_cn).await
+    }
+
     /// [`Api::caller`] from what this member has applied; `None` for a token it does not
     /// know (yet).
     fn caller_now(
@@ -284,9 +296,7 @@ impl Api {
 
     /// [`Api::caller`] of a request, then [`Api::check_admin`].
     pub(super) async fn admin<T: Sync>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(request))
-            .await?;
+        let caller = self.caller_of(request).await?;
         self.check_admin(&caller)?;
         Ok(caller)
     }
@@ -464,9 +474,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthEnableRequest>,
     ) -> Result<Response<epb::AuthEnableResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let (header, _) = self.auth_write(&caller, kv::AuthRequest::Enable).await?;
         Ok(Response::new(epb::AuthEnableResponse {
             header: Some(header),
@@ -477,9 +485,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthDisableRequest>,
     ) -> Result<Response<epb::AuthDisableResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let (header, _) = self.auth_write(&caller, kv::AuthRequest::Disable).await?;
         Ok(Response::new(epb::AuthDisableResponse {
             header: Some(header),
@@ -512,9 +518,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserAddRequest>,
     ) -> Result<Response<epb::AuthUserAddResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         // Before the costly hash: only an administrator may add users (once auth is on).
         self.check_admin(&caller)?;
         let r = request.into_inner();
@@ -541,9 +545,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserGetRequest>,
     ) -> Result<Response<epb::AuthUserGetResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         self.linearizable_read().await?;
         let roles = self.user_get_impl(&caller, &request.get_ref().name)?;
         Ok(Response::new(epb::AuthUserGetResponse {
@@ -569,9 +571,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserDeleteRequest>,
     ) -> Result<Response<epb::AuthUserDeleteResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let req = kv::AuthRequest::UserDelete {
             name: request.into_inner().name,
         };
@@ -585,9 +585,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserChangePasswordRequest>,
     ) -> Result<Response<epb::AuthUserChangePasswordResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         // Refused before the (costly) hash if the caller may not change it anyway.
         self.check_admin(&caller)?;
         let r = request.into_inner();
@@ -605,9 +603,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserGrantRoleRequest>,
     ) -> Result<Response<epb::AuthUserGrantRoleResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let r = request.into_inner();
         let req = kv::AuthRequest::UserGrantRole {
             user: r.user,
@@ -623,9 +619,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthUserRevokeRoleRequest>,
     ) -> Result<Response<epb::AuthUserRevokeRoleResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let r = request.into_inner();
         let req = kv::AuthRequest::UserRevokeRole {
             name: r.name,
@@ -641,9 +635,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleAddRequest>,
     ) -> Result<Response<epb::AuthRoleAddResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let req = kv::AuthRequest::RoleAdd {
             name: request.into_inner().name,
         };
@@ -657,9 +649,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleGetRequest>,
     ) -> Result<Response<epb::AuthRoleGetResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         self.linearizable_read().await?;
         let perm = self.role_get_impl(&caller, &request.get_ref().role)?;
         Ok(Response::new(epb::AuthRoleGetResponse {
@@ -685,9 +675,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleDeleteRequest>,
     ) -> Result<Response<epb::AuthRoleDeleteResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let req = kv::AuthRequest::RoleDelete {
             role: request.into_inner().role,
         };
@@ -701,9 +689,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<epb::AuthRoleGrantPermissionResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let r = request.into_inner();
         let Some(p) = r.perm else {
             return Err(Status::invalid_argument("a permission is required"));
@@ -726,9 +712,7 @@ impl epb::auth_server::Auth for Api {
         &self,
         request: Request<epb::AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<epb::AuthRoleRevokePermissionResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let r = request.into_inner();
         let req = kv::AuthRequest::RoleRevokePermission {
             role: r.role,

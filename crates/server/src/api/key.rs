@@ -130,9 +130,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::RangeRequest>,
     ) -> Result<Response<epb::RangeResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let resp = self.range_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
@@ -141,9 +139,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::PutRequest>,
     ) -> Result<Response<epb::PutResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let resp = self.put_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
@@ -152,9 +148,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::DeleteRangeRequest>,
     ) -> Result<Response<epb::DeleteRangeResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let resp = self.delete_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }
@@ -163,9 +157,7 @@ impl epb::kv_server::Kv for Api {
         &self,
         request: Request<epb::TxnRequest>,
     ) -> Result<Response<epb::TxnResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let resp = self.txn_impl(caller, request.into_inner()).await?;
         Ok(Response::new(resp))
     }

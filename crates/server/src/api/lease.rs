@@ -294,9 +294,7 @@ impl epb::lease_server::Lease for Api {
         // etcd's `checkLeasePuts`: the caller needs write on every key of the lease. Checked
         // here, against this member's applied state, before the revoke is forwarded: the
         // revoke entry itself is not stamped (the leader's expiry proposes the same one).
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let id = request.get_ref().id;
         self.check_permission(&caller, || kv::Request::LeaseRevoke { id })?;
         self.lease_revoke_impl(request.into_inner(), Origin::Client, None)
@@ -350,9 +348,7 @@ impl epb::lease_server::Lease for Api {
         &self,
         request: Request<epb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<epb::LeaseTimeToLiveResponse>, Status> {
-        let caller = self
-            .caller(request.metadata(), crate::tls::client_cert_cn(&request))
-            .await?;
+        let caller = self.caller_of(&request).await?;
         let answer = self
             .time_to_live(request.into_inner(), Origin::Client)
             .await?;

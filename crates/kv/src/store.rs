@@ -528,6 +528,43 @@ impl Store {
         range::range(&view, req, view.meta.revision, view.meta.compacted)
     }
 
+    /// [`Store::range`], only if it can start without waiting for a lock: `None` while a
+    /// writer holds or waits for the index or the database (a batch updating the index, a
+    /// compaction, a snapshot install, a defragmentation), and the caller then reads on a
+    /// blocking thread instead. For small reads made on an async runtime's worker, which must
+    /// not wait behind a defragmentation. (A writer that arrives during the read can still
+    /// hold it up for as long as it holds the index, as for any reader.)
+    pub fn try_range(&self, req: &RangeRequest) -> Option<Result<RangeResponse, Error>> {
+        let view = match self.try_read_view()? {
+            Ok(view) => view,
+            Err(e) => return Some(Err(e)),
+        };
+        Some(range::range(
+            &view,
+            req,
+            view.meta.revision,
+            view.meta.compacted,
+        ))
+    }
+
+    /// [`Store::read_view`] without waiting: `None` if a lock it needs is taken for writing.
+    fn try_read_view(&self) -> Option<Result<ReadView<'_>, Error>> {
+        let index = self.index.try_read().ok()?;
+        let db = self.db.try_read().ok()?;
+        let view = (|| {
+            let txn = db.begin_read()?;
+            let revs = txn.open_table(REVS)?;
+            Ok(ReadView {
+                index: &self.index,
+                meta: index.meta,
+                epoch: index.epoch,
+                revs,
+                pending: index.pending.clone(),
+            })
+        })();
+        Some(view)
+    }
+
     /// A consistent view for a reader: a redb read transaction opened under the index's read
     /// lock, so that it holds every row the index points to as of `meta`. The lock is taken
     /// again for each scan, never while values are read (see [`ReadView`]).
@@ -781,5 +818,53 @@ impl Store {
         index.epoch = epoch;
         *self.lock_sessions() = sessions;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod try_range_tests {
+    use crate::types::{PutRequest, RangeRequest};
+    use crate::{Command, Options, Request, Store};
+
+    /// `try_range` reads what `range` reads, and steps aside (None) rather than wait while a
+    /// writer holds the index or the database: its caller is an async worker.
+    #[test]
+    fn try_range_reads_like_range_and_never_waits_for_a_writer() {
+        let store = Store::in_memory(Options::default()).expect("a store");
+        for (i, v) in ["one", "two"].iter().enumerate() {
+            let put = Command::new(Request::Put(PutRequest {
+                key: b"k".to_vec(),
+                value: v.as_bytes().to_vec(),
+                ..Default::default()
+            }));
+            store.apply(i as u64 + 1, &put).expect("applied");
+        }
+        let now = RangeRequest::key(b"k".to_vec());
+        let then = RangeRequest {
+            revision: 2,
+            ..RangeRequest::key(b"k".to_vec())
+        };
+        for req in [&now, &then] {
+            let fast = store.try_range(req).expect("no writer").expect("read");
+            assert_eq!(fast, store.range(req).expect("read"));
+        }
+        let got = store.try_range(&now).expect("no writer").expect("read");
+        assert_eq!(got.kvs[0].value, b"two");
+
+        {
+            let _index = store.write_index();
+            assert!(
+                store.try_range(&now).is_none(),
+                "the index is being written"
+            );
+        }
+        {
+            let _db = store.db.write().expect("not poisoned");
+            assert!(
+                store.try_range(&now).is_none(),
+                "the database is being moved"
+            );
+        }
+        assert!(store.try_range(&now).is_some(), "free again");
     }
 }

@@ -27,7 +27,7 @@ impl Api {
         }
         // Against the state the read sees (after the barrier), as etcd's `isPermitted`.
         self.check_permission(&caller, || kv::Request::Range(req.clone()))?;
-        let resp = self.read_kv(move |kv| kv.range(&req)).await?;
+        let resp = self.read_range(req).await?;
         Ok(convert::range_response(resp, self.header()))
     }
 

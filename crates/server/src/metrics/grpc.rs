@@ -10,7 +10,7 @@
 //! as a Go handler returning on its context's error would.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
+use prometheus_client::metrics::counter::Counter;
 
 use super::{Metrics, StaticLabels};
 
@@ -94,32 +95,98 @@ fn grpc_type(service: &str, method: &str) -> &'static str {
     }
 }
 
-/// gRPC status codes by number, named as in go-grpc-prometheus' `grpc_code` label.
+/// gRPC status codes by number, named as in go-grpc-prometheus' `grpc_code` label; a code
+/// outside 0..=16 is `Unknown` (2).
+const CODE_NAMES: [&str; 17] = [
+    "OK",
+    "Canceled",
+    "Unknown",
+    "InvalidArgument",
+    "DeadlineExceeded",
+    "NotFound",
+    "AlreadyExists",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "FailedPrecondition",
+    "Aborted",
+    "OutOfRange",
+    "Unimplemented",
+    "Internal",
+    "Unavailable",
+    "DataLoss",
+    "Unauthenticated",
+];
+const CANCELED: usize = 1;
+const UNKNOWN: usize = 2;
+const DEADLINE_EXCEEDED: usize = 4;
+
+/// The index in [`CODE_NAMES`] of a `grpc-status` value.
+fn code_index(code: &[u8]) -> usize {
+    std::str::from_utf8(code)
+        .ok()
+        .filter(|c| c.len() <= 2)
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|c| *c < CODE_NAMES.len())
+        .unwrap_or(UNKNOWN)
+}
+
+#[cfg(test)]
 fn code_name(code: &[u8]) -> &'static str {
-    match code {
-        b"0" => "OK",
-        b"1" => "Canceled",
-        b"2" => "Unknown",
-        b"3" => "InvalidArgument",
-        b"4" => "DeadlineExceeded",
-        b"5" => "NotFound",
-        b"6" => "AlreadyExists",
-        b"7" => "PermissionDenied",
-        b"8" => "ResourceExhausted",
-        b"9" => "FailedPrecondition",
-        b"10" => "Aborted",
-        b"11" => "OutOfRange",
-        b"12" => "Unimplemented",
-        b"13" => "Internal",
-        b"14" => "Unavailable",
-        b"15" => "DataLoss",
-        b"16" => "Unauthenticated",
-        _ => "Unknown",
+    CODE_NAMES[code_index(code)]
+}
+
+/// The number of label sets a call can have: etcd's methods, and one for every other path.
+const CALLS: usize = {
+    let mut n = 1;
+    let mut i = 0;
+    while i < ETCD_METHODS.len() {
+        n += ETCD_METHODS[i].1.len();
+        i += 1;
+    }
+    n
+};
+
+/// The counters of every call kind, created on first use (so that `/metrics` lists only the
+/// calls that happened, as before) and then shared: counting a call costs an atomic add, not
+/// a label vector and a lookup in the family's map under its lock.
+pub struct CallCounters {
+    /// `grpc_server_started_total` by call index ([`call_index`]).
+    started: [OnceLock<Counter>; CALLS],
+    /// `grpc_server_handled_total` by call index and code index.
+    handled: [[OnceLock<Counter>; CODE_NAMES.len()]; CALLS],
+}
+
+impl Default for CallCounters {
+    fn default() -> CallCounters {
+        CallCounters {
+            started: std::array::from_fn(|_| OnceLock::new()),
+            handled: std::array::from_fn(|_| std::array::from_fn(|_| OnceLock::new())),
+        }
     }
 }
 
-/// The call's labels, or `None` for a request that is not a gRPC call (`/health`, `/metrics`).
-fn call_labels(req: &Request) -> Option<StaticLabels> {
+impl CallCounters {
+    fn started(&self, metrics: &Metrics, call: usize) -> &Counter {
+        self.started[call].get_or_init(|| {
+            metrics
+                .grpc_started
+                .get_or_create(&call_labels_of(call))
+                .clone()
+        })
+    }
+
+    fn handled(&self, metrics: &Metrics, call: usize, code: usize) -> &Counter {
+        self.handled[call][code].get_or_init(|| {
+            let mut labels = call_labels_of(call);
+            labels.push(("grpc_code", CODE_NAMES[code]));
+            metrics.grpc_handled.get_or_create(&labels).clone()
+        })
+    }
+}
+
+/// The call index of a request ([`CALLS`]), or `None` for a request that is not a gRPC call
+/// (`/health`, `/metrics`).
+fn call_index(req: &Request) -> Option<usize> {
     let grpc = req
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -127,29 +194,60 @@ fn call_labels(req: &Request) -> Option<StaticLabels> {
     if !grpc {
         return None;
     }
-    // "/etcdserverpb.KV/Range"; anything else is still counted, under its raw path pieces.
+    // "/etcdserverpb.KV/Range"; anything else is still counted, under "unknown".
     let path = req.uri().path().trim_start_matches('/');
     let (service, method) = path.split_once('/').unwrap_or((path, ""));
     // Bounded label values: a client can send any path, so calls of no etcd method collapse
     // into one series instead of growing the registry without limit.
-    let (service, method) = ETCD_METHODS
-        .iter()
-        .find(|(s, _)| *s == service)
-        .and_then(|(s, methods)| methods.iter().find(|m| **m == method).map(|m| (*s, *m)))
-        .unwrap_or(("unknown", "unknown"));
-    Some(vec![
-        ("grpc_type", grpc_type(service, method)),
-        ("grpc_service", service),
-        ("grpc_method", method),
-    ])
+    let mut base = 0;
+    for (s, methods) in ETCD_METHODS {
+        if *s == service {
+            return Some(
+                methods
+                    .iter()
+                    .position(|m| *m == method)
+                    .map_or(CALLS - 1, |i| base + i),
+            );
+        }
+        base += methods.len();
+    }
+    Some(CALLS - 1)
+}
+
+/// The labels of call index `call`.
+fn call_labels_of(call: usize) -> StaticLabels {
+    let mut base = 0;
+    for (service, methods) in ETCD_METHODS {
+        if let Some(method) = methods.get(call - base) {
+            return vec![
+                ("grpc_type", grpc_type(service, method)),
+                ("grpc_service", service),
+                ("grpc_method", method),
+            ];
+        }
+        base += methods.len();
+        if call < base {
+            break;
+        }
+    }
+    vec![
+        ("grpc_type", "unary"),
+        ("grpc_service", "unknown"),
+        ("grpc_method", "unknown"),
+    ]
+}
+
+#[cfg(test)]
+fn call_labels(req: &Request) -> Option<StaticLabels> {
+    call_index(req).map(call_labels_of)
 }
 
 /// Middleware for the client port's router: counts gRPC calls (see the module docs).
 pub async fn count_calls(metrics: Arc<Metrics>, req: Request, next: Next) -> Response {
-    let Some(labels) = call_labels(&req) else {
+    let Some(call) = call_index(&req) else {
         return next.run(req).await;
     };
-    metrics.grpc_started.get_or_create(&labels).inc();
+    metrics.grpc_calls.started(&metrics, call).inc();
     let deadline = req
         .headers()
         .get("grpc-timeout")
@@ -159,13 +257,13 @@ pub async fn count_calls(metrics: Arc<Metrics>, req: Request, next: Next) -> Res
     // drop counts the call.
     let mut done = Done {
         metrics,
-        labels: Some(labels),
+        call: Some(call),
         deadline,
     };
     let response = next.run(req).await;
     if let Some(code) = response.headers().get("grpc-status") {
         // Trailers-only: the call is over.
-        done.record(code_name(code.as_bytes()));
+        done.record(code_index(code.as_bytes()));
         return response;
     }
     response.map(|body| Body::new(CountedBody { inner: body, done }))
@@ -175,17 +273,17 @@ pub async fn count_calls(metrics: Arc<Metrics>, req: Request, next: Next) -> Res
 struct Done {
     /// Where the call is counted.
     metrics: Arc<Metrics>,
-    /// The call's labels; taken when it is counted (so it is counted once).
-    labels: Option<StaticLabels>,
+    /// The call's index ([`call_index`]); taken when it is counted (so it is counted once).
+    call: Option<usize>,
     /// The client's deadline (`grpc-timeout`), if it sent one.
     deadline: Option<Instant>,
 }
 
 impl Done {
-    fn record(&mut self, code: &'static str) {
-        if let Some(mut labels) = self.labels.take() {
-            labels.push(("grpc_code", code));
-            self.metrics.grpc_handled.get_or_create(&labels).inc();
+    fn record(&mut self, code: usize) {
+        if let Some(call) = self.call.take() {
+            let metrics = &self.metrics;
+            metrics.grpc_calls.handled(metrics, call, code).inc();
         }
     }
 }
@@ -193,9 +291,9 @@ impl Done {
 impl Drop for Done {
     fn drop(&mut self) {
         let code = if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            "DeadlineExceeded"
+            DEADLINE_EXCEEDED
         } else {
-            "Canceled"
+            CANCELED
         };
         self.record(code);
     }
@@ -242,11 +340,11 @@ impl http_body::Body for CountedBody {
                     // A gRPC body's trailers carry the status; without one it is unknown.
                     let code = trailers
                         .get("grpc-status")
-                        .map_or("Unknown", |c| code_name(c.as_bytes()));
+                        .map_or(UNKNOWN, |c| code_index(c.as_bytes()));
                     self.done.record(code);
                 }
             }
-            Poll::Ready(Some(Err(_))) => self.done.record("Unknown"),
+            Poll::Ready(Some(Err(_))) => self.done.record(UNKNOWN),
             // The end without trailers: a gRPC body always has them, so the stream was cut.
             Poll::Ready(None) | Poll::Pending => {}
         }
@@ -300,5 +398,13 @@ mod tests {
         assert_eq!(grpc_timeout(b"S"), None);
         assert_eq!(grpc_timeout(b"5x"), None);
         assert_eq!(code_name(b"99"), "Unknown");
+        assert_eq!(code_name(b"16"), "Unauthenticated");
+        assert_eq!(code_name(b"0"), "OK");
+        assert_eq!(code_name(b"-1"), "Unknown");
+        // Every call index names its own labels, and the last is the unknown one.
+        let all: std::collections::HashSet<_> = (0..CALLS).map(call_labels_of).collect();
+        assert_eq!(all.len(), CALLS);
+        assert_eq!(call_labels_of(CALLS - 1)[2].1, "unknown");
+        assert_eq!(call_labels_of(0)[2].1, "Range");
     }
 }

@@ -181,6 +181,8 @@ pub struct Metrics {
     pub grpc_started: Family<StaticLabels, Counter>,
     /// `grpc_server_handled_total{grpc_type,grpc_service,grpc_method,grpc_code}`.
     pub grpc_handled: Family<StaticLabels, Counter>,
+    /// The two families' counters by call, for the gRPC layer's hot path (see [`grpc`]).
+    pub grpc_calls: grpc::CallCounters,
     /// `skiff_raft_term`.
     pub term: Gauge,
     /// `skiff_follower_match_index{follower}` (leader only).
@@ -191,6 +193,9 @@ pub struct Metrics {
     pub follower_inflight: Family<Labels, Gauge>,
     /// `skiff_follower_inflight_bytes{follower}`.
     pub follower_inflight_bytes: Family<Labels, Gauge>,
+    /// `skiff_follower_lag_bytes{follower}`: bytes of the leader's entries after the
+    /// follower's match index.
+    pub follower_lag_bytes: Family<Labels, Gauge>,
     /// `skiff_follower_state{follower,state}`: 1 for the follower's flow-control state.
     pub follower_state: Family<Labels, Gauge>,
     /// `skiff_snapshot_sent_bytes_total`: snapshot chunk bytes sent to followers.
@@ -205,7 +210,11 @@ pub struct Metrics {
     pub snapshots_taken: Counter,
     /// `skiff_read_index_requests_total`: linearizable reads asked of the core.
     pub read_index_requests: Counter,
-    /// `skiff_read_index_batch_size`: reads released together (one confirmation round).
+    /// `skiff_read_index_rounds_total`: heartbeat rounds the core started to confirm reads
+    /// (requests that join an open round share it; lease reads take none).
+    pub read_index_rounds: Counter,
+    /// `skiff_read_index_batch_size`: reads released together in one output batch of the
+    /// core (one confirmation round or more).
     pub read_index_batch: Histogram,
     /// `skiff_apply_queue_depth`: jobs waiting for the apply task.
     pub apply_queue: Gauge,
@@ -244,11 +253,13 @@ impl Metrics {
             keys: Gauge::default(),
             grpc_started: Family::default(),
             grpc_handled: Family::default(),
+            grpc_calls: grpc::CallCounters::default(),
             term: Gauge::default(),
             follower_match: Family::default(),
             follower_lag: Family::default(),
             follower_inflight: Family::default(),
             follower_inflight_bytes: Family::default(),
+            follower_lag_bytes: Family::default(),
             follower_state: Family::default(),
             snapshot_sent_bytes: Counter::default(),
             snapshots_sent: Counter::default(),
@@ -256,6 +267,7 @@ impl Metrics {
             snapshot_installed_bytes: Counter::default(),
             snapshots_taken: Counter::default(),
             read_index_requests: Counter::default(),
+            read_index_rounds: Counter::default(),
             read_index_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             apply_queue: Gauge::default(),
             sessions: Gauge::default(),
@@ -389,6 +401,11 @@ impl Metrics {
             m.follower_inflight_bytes.clone(),
         );
         r.register(
+            "skiff_follower_lag_bytes",
+            "Leader only: bytes of the leader's log entries each follower has yet to match",
+            m.follower_lag_bytes.clone(),
+        );
+        r.register(
             "skiff_follower_state",
             "Leader only: 1 for each follower's flow-control state (probe, replicate, snapshot)",
             m.follower_state.clone(),
@@ -424,8 +441,13 @@ impl Metrics {
             m.read_index_requests.clone(),
         );
         r.register(
+            "skiff_read_index_rounds",
+            "Heartbeat rounds started to confirm leadership for reads (ReadIndex); reads asked together share one",
+            m.read_index_rounds.clone(),
+        );
+        r.register(
             "skiff_read_index_batch_size",
-            "Reads released together by one confirmation of leadership",
+            "Reads released together in one output batch of the Raft core",
             m.read_index_batch.clone(),
         );
         r.register(
@@ -496,6 +518,7 @@ impl Metrics {
             &self.follower_lag,
             &self.follower_inflight,
             &self.follower_inflight_bytes,
+            &self.follower_lag_bytes,
             &self.follower_state,
         ] {
             f.clear();
@@ -513,6 +536,7 @@ impl Metrics {
             );
             set(&self.follower_inflight, v.inflight_msgs as u64);
             set(&self.follower_inflight_bytes, v.inflight_bytes);
+            set(&self.follower_lag_bytes, v.lag_bytes);
             let mut labels = who.clone();
             labels.push(("state", state_name(v.state).to_string()));
             self.follower_state.get_or_create(&labels).set(1);

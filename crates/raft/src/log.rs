@@ -147,6 +147,16 @@ impl RaftLog {
         self.offset.index.next()
     }
 
+    /// The bytes ([`Entry::size_bytes`]) of the entries this log holds after `index`: what a
+    /// follower whose match index is `index` still has to receive, as far as this log can
+    /// tell (entries already compacted into the snapshot are not counted). For operators
+    /// (replication lag in bytes); linear in the number of entries counted.
+    pub fn bytes_after(&self, index: Index) -> u64 {
+        let skip = index.0.saturating_sub(self.offset.index.0);
+        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+        self.entries.iter().skip(skip).map(Entry::size_bytes).sum()
+    }
+
     /// Index of the last entry, or the snapshot's last index when no entries remain.
     pub fn last_index(&self) -> Index {
         self.offset.index.plus(self.entries.len() as u64)

@@ -256,6 +256,7 @@ impl RawNode {
                 state: pr.state,
                 inflight_msgs: pr.inflights.count(),
                 inflight_bytes: pr.inflights.bytes(),
+                lag_bytes: self.log.bytes_after(pr.matched),
                 recent_active: pr.recent_active,
                 snapshot: pr
                     .snapshot
@@ -263,6 +264,13 @@ impl RawNode {
                     .map(|t| (t.meta().size_bytes, t.acked())),
             })
             .collect()
+    }
+
+    /// Heartbeat rounds this node started to confirm reads (ReadIndex, thesis §6.4) since it
+    /// was created, across terms: reads served by lease or as sole voter take none, and
+    /// reads that join an open round share it. For operators (metrics).
+    pub fn read_rounds(&self) -> u64 {
+        self.reads.read_rounds()
     }
 
     /// Read-only view of the log, for checkers and tests.

@@ -131,6 +131,9 @@ pub struct FollowerView {
     pub inflight_msgs: usize,
     /// Entry bytes of those appends.
     pub inflight_bytes: u64,
+    /// Bytes of the leader's entries after `matched` ([`crate::log::RaftLog::bytes_after`]): the
+    /// replication lag in bytes, beside the lag in entries (`last index - matched`).
+    pub lag_bytes: u64,
     /// Heard from since the last CheckQuorum round.
     pub recent_active: bool,
     /// In `Snapshot`: the snapshot's size and the bytes the follower acknowledged.

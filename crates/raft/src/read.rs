@@ -49,6 +49,10 @@ pub struct ReadQueue {
     last_round: u64,
     /// The newest round's heartbeats have not left yet, so requests may still join it.
     open: bool,
+    /// Rounds created for reads (not plain heartbeats) since this queue was made: for
+    /// operators, to tell rounds from requests (`requests / rounds` is the batching). Never
+    /// decreases.
+    read_rounds: u64,
     /// Follower: forwarded reads awaiting the leader's answer, by request id, with the
     /// application's tag and the tick count at which they expire. The id, not the tag, goes
     /// on the wire, so a late answer to an expired read never answers a retry of it.
@@ -75,6 +79,7 @@ impl ReadQueue {
             rounds: VecDeque::new(),
             last_round: 0,
             open: false,
+            read_rounds: 0,
             forwarded: BTreeMap::new(),
             last_forward_id: id_base,
             confirmed: Vec::new(),
@@ -88,6 +93,11 @@ impl ReadQueue {
         // Requests may not join a round whose heartbeats already left.
         self.open = false;
         self.last_round
+    }
+
+    /// Rounds created for reads so far (see the field).
+    pub fn read_rounds(&self) -> u64 {
+        self.read_rounds
     }
 
     /// Requests held, in every stage.
@@ -122,6 +132,7 @@ impl ReadQueue {
             return None;
         }
         let id = self.new_round_id();
+        self.read_rounds += 1;
         self.rounds.push_back(Round {
             id,
             created_tick: now,

@@ -850,6 +850,38 @@ fn stale_term_answer_is_not_a_match() {
     assert_eq!(a.status().commit, Index(1), "no commit on a stale answer");
 }
 
+/// Reads asked before a round's heartbeats leave share that round (§6.4, batching); the
+/// node counts rounds, not requests, so operators can see the batching.
+#[test]
+fn reads_before_the_heartbeats_leave_share_one_round() {
+    let mut c = Cluster::new(3, |_| {});
+    c.verbose = false;
+    c.pass_startup();
+    assert!(c.elect(1));
+    c.stabilize();
+    let before = c.nodes[&1].read_rounds();
+    for ctx in 10..13 {
+        c.node(1).read_index(ReadCtx(ctx)).unwrap();
+    }
+    c.stabilize();
+    assert_eq!(
+        c.nodes[&1].read_rounds(),
+        before + 1,
+        "three reads, one round"
+    );
+    let mut got: Vec<u64> = c.reads[&1].iter().map(|r| r.ctx.0).collect();
+    got.sort_unstable();
+    assert_eq!(got, vec![10, 11, 12]);
+    c.node(1).read_index(ReadCtx(13)).unwrap();
+    c.stabilize();
+    assert_eq!(
+        c.nodes[&1].read_rounds(),
+        before + 2,
+        "a later read, a new round"
+    );
+    assert_eq!(c.nodes[&2].read_rounds(), 0, "a follower starts no round");
+}
+
 /// Lease reads end before the followers' leases do: a leader cut off after its last
 /// acknowledged heartbeat round does not serve lease reads past `election_ticks` from it.
 #[test]
@@ -1038,6 +1070,7 @@ fn followers_view_reports_match_next_and_lag() {
         assert_eq!(v.next, Index(last.0 + 1), "{v:?}");
         assert!(!v.learner);
         assert_eq!(v.inflight_msgs, 0, "{v:?}");
+        assert_eq!(v.lag_bytes, 0, "caught up: {v:?}");
     }
     assert!(c.node(2).followers().is_empty(), "a follower has no view");
 
@@ -1052,6 +1085,14 @@ fn followers_view_reports_match_next_and_lag() {
     let last = c.node(1).status().last.index;
     assert_eq!(views[0].matched, last);
     assert_eq!(views[1].matched.0, last.0 - 3, "{:?}", views[1]);
+    // Three one-byte entries behind, each charged its payload and the fixed overhead.
+    assert_eq!(views[0].lag_bytes, 0, "{:?}", views[0]);
+    assert_eq!(
+        views[1].lag_bytes,
+        3 * (1 + skiff_raft::ENTRY_OVERHEAD_BYTES),
+        "{:?}",
+        views[1]
+    );
 
     c.heal();
     for _ in 0..10 {
@@ -1060,4 +1101,5 @@ fn followers_view_reports_match_next_and_lag() {
     }
     let views = c.node(1).followers();
     assert!(views.iter().all(|v| v.matched == last), "{views:?}");
+    assert!(views.iter().all(|v| v.lag_bytes == 0), "{views:?}");
 }

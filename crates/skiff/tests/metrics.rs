@@ -244,6 +244,22 @@ fn metrics_follow_the_cluster() {
     let fs = scrape(c.members[followers[0]].client_port);
     assert!(value(&fs, "skiff_follower_match_index", &[]).is_none());
 
+    // Linearizable reads on the leader: each asks the core, and each needs a round of its own
+    // here (one at a time); rounds never outnumber requests.
+    let reads_before = must(&scrape(lp), "skiff_read_index_requests_total", &[]);
+    let rounds_before = must(&scrape(lp), "skiff_read_index_rounds_total", &[]);
+    for _ in 0..3 {
+        etcdctl_ok(&c.endpoint(leader), &["get", "k0"], "");
+    }
+    let s = scrape(lp);
+    let reads = must(&s, "skiff_read_index_requests_total", &[]) - reads_before;
+    let rounds = must(&s, "skiff_read_index_rounds_total", &[]) - rounds_before;
+    assert!(reads >= 3.0, "three reads asked: {reads}");
+    assert!(
+        (3.0..=reads).contains(&rounds),
+        "{rounds} rounds for {reads} reads"
+    );
+
     // A stopped follower falls behind by exactly the writes made since.
     let down = followers[1];
     c.kill(down);
@@ -267,6 +283,19 @@ fn metrics_follow_the_cluster() {
         },
     );
     assert!(must(&s, "etcd_server_proposals_committed_total", &[]) >= before + 5.0);
+    // In bytes: at least the five puts' payloads behind; nothing behind for the live one.
+    assert!(
+        must(&s, "skiff_follower_lag_bytes", &[("follower", &ids[down])]) >= 5.0 * 10.0,
+        "the stopped follower lags by the puts' bytes"
+    );
+    assert_eq!(
+        must(
+            &s,
+            "skiff_follower_lag_bytes",
+            &[("follower", &ids[followers[0]])]
+        ),
+        0.0
+    );
 
     // Without a quorum a write runs out of time: the call is still counted as handled, with
     // the code it ended with (the member answers, or the client's deadline drops it).

@@ -133,6 +133,7 @@ impl Api {
                     snapshot_acked: f.snapshot.map_or(0, |s| s.1),
                     recent_active: f.recent_active,
                     lag: replication.last_index.saturating_sub(f.matched.0),
+                    lag_bytes: f.lag_bytes,
                 })
                 .collect(),
             silent_peers,
@@ -277,6 +278,7 @@ impl Api {
                             "snapshot_acked": f.snapshot_acked,
                             "recent_active": f.recent_active,
                             "lag": f.lag,
+                            "lag_bytes": f.lag_bytes,
                         })).collect::<Vec<_>>(),
                         "membership": {
                             "voters": s.voters.iter().map(|v| hex(*v)).collect::<Vec<_>>(),

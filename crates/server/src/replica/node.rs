@@ -92,6 +92,9 @@ pub struct NodeTask {
     /// When the followers' view was last published for metrics (at most every
     /// [`REPLICATION_VIEW_EVERY`]); `None` while there is nothing published.
     replication_published: Option<std::time::Instant>,
+    /// The core's count of read rounds ([`raft::RawNode::read_rounds`]) already added to
+    /// `skiff_read_index_rounds_total`.
+    read_rounds_counted: u64,
 }
 
 impl NodeTask {
@@ -165,6 +168,7 @@ impl NodeTask {
             metrics,
             last_leader: None,
             replication_published: None,
+            read_rounds_counted: 0,
         };
         (task, handle)
     }
@@ -345,6 +349,13 @@ impl NodeTask {
             self.metrics
                 .read_index_batch
                 .observe(rd.read_states.len() as f64);
+        }
+        let rounds = self.raw.read_rounds();
+        if rounds > self.read_rounds_counted {
+            self.metrics
+                .read_index_rounds
+                .inc_by(rounds - self.read_rounds_counted);
+            self.read_rounds_counted = rounds;
         }
         // 1. Messages that do not depend on this batch's disk write.
         self.send_all(rd.messages);

@@ -253,16 +253,20 @@ fn answer_writers(
     }
 }
 
-/// An entry's command. A committed entry that does not decode is on every replica: it is
-/// skipped deterministically rather than wedging the cluster.
-fn decode(e: &Entry) -> Option<kv::Command> {
-    match kv::codec::decode_command(&e.data) {
-        Ok(cmd) => Some(cmd),
-        Err(err) => {
-            tracing::error!(index = e.index.0, error = %err, "undecodable command");
-            None
-        }
-    }
+/// An entry's command. A committed entry that does not decode stops this member (as etcd's
+/// `MustUnmarshal` does): skipping it would be safe only if no replica could decode it, and
+/// a member of an older version meets entries a newer one wrote (a rolling upgrade), which
+/// the others apply. Skipping there would make this replica diverge silently; stopping
+/// keeps its state a prefix of theirs until it is upgraded (the entry stays in the log and
+/// is applied after the restart).
+fn decode(e: &Entry) -> Result<kv::Command, ServerError> {
+    kv::codec::decode_command(&e.data).map_err(|err| {
+        ServerError::Unsupported(format!(
+            "committed entry {} does not decode ({err}): it was written by a newer or \
+             incompatible Skiff; upgrade this member and restart it",
+            e.index.0
+        ))
+    })
 }
 
 /// The results of applying one batch, by entry, and the session client of each entry.
@@ -284,22 +288,22 @@ fn apply_all(
     let commands: Vec<(u64, Option<kv::Command>)> = entries
         .iter()
         .map(|e| {
-            let cmd = match e.kind {
+            Ok(match e.kind {
                 // A configuration entry that adds a member carries its description (the
                 // context MemberAdd gave it) ...
-                EntryKind::Membership(_) if !e.data.is_empty() => decode(e),
+                EntryKind::Membership(_) if !e.data.is_empty() => Some(decode(e)?),
                 // ... and one that leaves members out removes them from the member table
                 // (derived here, on every replica alike; see `Removal`).
                 EntryKind::Membership(_) => removals
                     .binary_search_by_key(&e.index.0, |(i, _)| *i)
                     .ok()
                     .map(|i| kv::Command::new(kv::Request::MembersRemoved(removals[i].1.clone()))),
-                EntryKind::Normal if !e.data.is_empty() => decode(e),
+                EntryKind::Normal if !e.data.is_empty() => Some(decode(e)?),
                 _ => None,
-            };
-            (e.index.0, cmd)
+            })
+            .map(|cmd| (e.index.0, cmd))
         })
-        .collect();
+        .collect::<Result<_, ServerError>>()?;
     let refs: Vec<(u64, Option<&kv::Command>)> =
         commands.iter().map(|(i, c)| (*i, c.as_ref())).collect();
     let clients = commands
@@ -310,4 +314,54 @@ fn apply_all(
         waited(index, cmd.session.map(|s| s.client_id))
     })?;
     Ok((results, clients))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, data: Vec<u8>) -> Entry {
+        Entry {
+            term: raft::Term(1),
+            index: raft::Index(index),
+            kind: EntryKind::Normal,
+            data,
+        }
+    }
+
+    fn put(key: &str) -> Vec<u8> {
+        kv::codec::encode_command(&kv::Command::new(kv::Request::Put(kv::PutRequest {
+            key: key.as_bytes().to_vec(),
+            value: b"v".to_vec(),
+            ..Default::default()
+        })))
+    }
+
+    /// A committed entry this member cannot decode (written by a newer Skiff, say) stops the
+    /// member with a reason naming the entry, and nothing of its batch is applied: skipping it
+    /// would let this replica diverge from those that apply it.
+    #[test]
+    fn an_undecodable_committed_entry_stops_the_member_and_applies_nothing() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let kv = kv::Store::open(dir.path().join("kv.redb"), kv::Options::default())
+            .expect("a fresh state machine");
+        // Tag 0x7f: no session kind this version knows.
+        let batch = [
+            entry(1, put("a")),
+            entry(2, vec![0x7f, 1, 2, 3]),
+            entry(3, put("b")),
+        ];
+        let err = apply_all(&kv, &batch, &[], |_, _| true).expect_err("must stop");
+        let text = err.to_string();
+        assert!(
+            text.contains("committed entry 2 does not decode") && text.contains("upgrade"),
+            "{text}"
+        );
+        assert_eq!(kv.applied_index().expect("readable"), 0, "nothing applied");
+
+        // The same entries without the foreign one apply.
+        let good = [entry(1, put("a")), entry(2, put("b"))];
+        apply_all(&kv, &good, &[], |_, _| true).expect("applies");
+        assert_eq!(kv.applied_index().expect("readable"), 2);
+    }
 }

@@ -9,6 +9,10 @@
 #   PROFILE=1 bench/compare-etcd.sh      # also `perf record -g` the Skiff leader under put/256
 #   CORE=0 bench/compare-etcd.sh         # skip the core microbenchmarks at the end
 #   RAFTRS=0 bench/compare-etcd.sh       # skip the core-vs-raft-rs table (builds raft-rs)
+#   TLS=1 bench/compare-etcd.sh          # both clusters with TLS on every client and peer
+#                                        # connection (mutual, one throwaway CA from openssl)
+#   AUTH=1 bench/compare-etcd.sh         # auth enabled on both; the load runs as a user whose
+#                                        # role grants readwrite on the bench keys' prefix
 #
 # Results (JSON per run, check perf output, member logs) stay in $RESULTS (default: a new
 # /tmp/skiff-compare.* directory); the members' data dirs are deleted at exit. Every process
@@ -23,6 +27,8 @@ CHECK_PERF=${CHECK_PERF:-1}
 PROFILE=${PROFILE:-0}
 CORE=${CORE:-1}
 RAFTRS=${RAFTRS:-1}
+TLS=${TLS:-0}
+AUTH=${AUTH:-0}
 RESULTS=${RESULTS:-$(mktemp -d /tmp/skiff-compare.XXXXXX)}
 mkdir -p "$RESULTS"
 DATA=$(mktemp -d /tmp/skiff-compare-data.XXXXXX)
@@ -59,11 +65,70 @@ log "building skiff (release)"
 SKIFF=${CARGO_TARGET_DIR:-$ROOT/target}/release/skiff
 [ -x "$SKIFF" ] || { echo "no skiff binary at $SKIFF" >&2; exit 1; }
 
+# TLS=1: one CA, one certificate for every member (client and peer side, IP 127.0.0.1) and
+# one client certificate (CN root), the same files and flags for both systems.
+SCHEME=http
+MEMBER_TLS=()
+CLIENT_TLS=()
+BENCH_TLS=()
+if [ "$TLS" = 1 ]; then
+	SCHEME=https
+	CERTS="$RESULTS/certs"
+	mkdir -p "$CERTS"
+	log "TLS: making a CA and certificates in $CERTS"
+	(
+		cd "$CERTS"
+		openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=bench-ca \
+			-keyout ca.key -out ca.crt 2>/dev/null
+		for who in member client; do
+			cn=$([ "$who" = client ] && echo root || echo bench-member)
+			openssl req -newkey rsa:2048 -nodes -subj "/CN=$cn" \
+				-keyout "$who.key" -out "$who.csr" 2>/dev/null
+			printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$who.ext"
+			openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+				-extfile "$who.ext" -out "$who.crt" 2>/dev/null
+		done
+	)
+	MEMBER_TLS=(--cert-file "$CERTS/member.crt" --key-file "$CERTS/member.key"
+		--trusted-ca-file "$CERTS/ca.crt" --client-cert-auth
+		--peer-cert-file "$CERTS/member.crt" --peer-key-file "$CERTS/member.key"
+		--peer-trusted-ca-file "$CERTS/ca.crt" --peer-client-cert-auth)
+	CLIENT_TLS=(--cacert "$CERTS/ca.crt" --cert "$CERTS/client.crt" --key "$CERTS/client.key")
+	BENCH_TLS=("${CLIENT_TLS[@]}")
+fi
+# etcdctl with the cluster's TLS flags (none without TLS=1), and as root once auth is on.
+CTL_AUTH=()
+ectl() { etcdctl ${CLIENT_TLS[@]+"${CLIENT_TLS[@]}"} ${CTL_AUTH[@]+"${CTL_AUTH[@]}"} "$@"; }
+
+# AUTH=1: root, a role `bench` with readwrite on the bench keys (zero-padded numbers: the
+# prefix "0" holds them all, given --key-size 8 and fewer than 10^7 keys), a user `bencher`
+# holding it, then auth enable. The load runs as bencher: every request pays a token lookup
+# and a permission check, not root's shortcut.
+BENCH_AUTH=()
+enable_auth() {
+	local eps=$1 cmd
+	while read -r cmd; do
+		# shellcheck disable=SC2086
+		ectl --endpoints="$eps" $cmd </dev/null >/dev/null
+	done <<-EOF
+		user add root:rootpw
+		role add root
+		user grant-role root root
+		role add bench
+		role grant-permission bench readwrite 0 --prefix=true
+		user add bencher:benchpw
+		user grant-role bencher bench
+		auth enable
+	EOF
+	CTL_AUTH=(--user root:rootpw)
+	BENCH_AUTH=(--user bencher:benchpw)
+}
+
 # endpoints BASE -> 127.0.0.1:BASE,127.0.0.1:BASE+2,127.0.0.1:BASE+4 (no scheme: etcdctl 3.4)
 endpoints() { echo "127.0.0.1:$1,127.0.0.1:$(($1 + 2)),127.0.0.1:$(($1 + 4))"; }
 initial_cluster() {
 	local prefix=$1 base=$2 i out=()
-	for i in 0 1 2; do out+=("$prefix$((i + 1))=http://127.0.0.1:$((base + 2 * i + 1))"); done
+	for i in 0 1 2; do out+=("$prefix$((i + 1))=$SCHEME://127.0.0.1:$((base + 2 * i + 1))"); done
 	(IFS=,; echo "${out[*]}")
 }
 
@@ -73,13 +138,13 @@ start_members() {
 	cluster=$(initial_cluster "${sys:0:1}" "$base")
 	for i in 0 1 2; do
 		name="${sys:0:1}$((i + 1))"
-		client="http://127.0.0.1:$((base + 2 * i))"
-		peer="http://127.0.0.1:$((base + 2 * i + 1))"
+		client="$SCHEME://127.0.0.1:$((base + 2 * i))"
+		peer="$SCHEME://127.0.0.1:$((base + 2 * i + 1))"
 		local flags=(--name "$name" --data-dir "$DATA/$name"
 			--listen-client-urls "$client" --advertise-client-urls "$client"
 			--listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer"
 			--initial-cluster "$cluster" --initial-cluster-token "bench-$sys"
-			--initial-cluster-state new)
+			--initial-cluster-state new ${MEMBER_TLS[@]+"${MEMBER_TLS[@]}"})
 		if [ "$sys" = etcd ]; then
 			etcd "${flags[@]}" >"$RESULTS/$name.log" 2>&1 &
 		else
@@ -93,7 +158,7 @@ start_members() {
 wait_ready() {
 	local i
 	for i in $(seq 1 120); do
-		if etcdctl --endpoints="$1" --dial-timeout=1s --command-timeout=2s put bench-ready 1 >/dev/null 2>&1; then
+		if ectl --endpoints="$1" --dial-timeout=1s --command-timeout=2s put bench-ready 1 >/dev/null 2>&1; then
 			return 0
 		fi
 		sleep 0.5
@@ -106,7 +171,7 @@ wait_ready() {
 leader_index() {
 	local i=0 ep
 	for ep in ${1//,/ }; do
-		if etcdctl --endpoints="$ep" endpoint status -w simple 2>/dev/null | awk -F', ' '{exit !($5 == "true")}'; then
+		if ectl --endpoints="$ep" endpoint status -w simple 2>/dev/null | awk -F', ' '{exit !($5 == "true")}'; then
 			echo "$i"
 			return 0
 		fi
@@ -121,7 +186,8 @@ run_bench() {
 	shift 3
 	log "$sys: $name"
 	"$SKIFF" bench --endpoints "$eps" --duration "$DURATION" --warmup "$WARMUP" \
-		--key-space "$KEY_SPACE" --val-size 256 --json "$RESULTS/$sys-$name.json" "$@" \
+		--key-space "$KEY_SPACE" --val-size 256 --json "$RESULTS/$sys-$name.json" \
+		${BENCH_TLS[@]+"${BENCH_TLS[@]}"} ${BENCH_AUTH[@]+"${BENCH_AUTH[@]}"} "$@" \
 		2>"$RESULTS/$sys-$name.progress" || log "$sys: $name failed (see $RESULTS/$sys-$name.progress)"
 }
 
@@ -132,6 +198,10 @@ bench_cluster() {
 	log "$sys: starting 3 members on $eps"
 	start_members "$sys" "$base"
 	wait_ready "$eps"
+	if [ "$AUTH" = 1 ]; then
+		log "$sys: enabling auth (the load runs as user bencher)"
+		enable_auth "$eps"
+	fi
 	leader=$(leader_index "$eps")
 	leader_ep=$(echo "$eps" | cut -d, -f$((leader + 1)))
 	log "$sys: leader is member $((leader + 1)) ($leader_ep)"
@@ -159,10 +229,10 @@ bench_cluster() {
 		local load
 		for load in m l; do
 			log "$sys: etcdctl check perf --load=$load (60 s)"
-			etcdctl --endpoints="$eps" del --prefix /etcdctl-check-perf/ >/dev/null 2>&1 || true
+			ectl --endpoints="$eps" del --prefix /etcdctl-check-perf/ >/dev/null 2>&1 || true
 			{
 				echo "\$ etcdctl --endpoints=$eps check perf --load=$load"
-				timeout 150 etcdctl --endpoints="$eps" check perf --load="$load" 2>&1 &&
+				timeout 150 ectl --endpoints="$eps" check perf --load="$load" 2>&1 &&
 					echo "(exit 0)" || echo "(exit $?)"
 			} 2>&1 | tr '\r' '\n' | grep -Ev '^ *[0-9]+ / [0-9]+ |^[[:space:]]*$' \
 				>"$RESULTS/$sys-checkperf-$load.txt" || true
@@ -170,6 +240,8 @@ bench_cluster() {
 		done
 	fi
 	log "$sys: stopping"
+	CTL_AUTH=()
+	BENCH_AUTH=()
 	cleanup
 	DATA=$(mktemp -d /tmp/skiff-compare-data.XXXXXX)
 }
@@ -179,7 +251,7 @@ bench_cluster skiff "$SKIFF_BASE"
 
 # The table: one row per workload, etcd and Skiff side by side, then Skiff/etcd ratios.
 echo
-echo "etcd $(etcd --version 2>/dev/null | head -n 1 | awk '{print $3}') vs skiff $(cd "$ROOT" && git describe --always --dirty); measured $DURATION after $WARMUP warmup; results in $RESULTS"
+echo "etcd $(etcd --version 2>/dev/null | head -n 1 | awk '{print $3}') vs skiff $(cd "$ROOT" && git describe --always --dirty); measured $DURATION after $WARMUP warmup; results in $RESULTS$([ "$TLS" = 1 ] && echo "; TLS (mutual) on every client and peer connection")$([ "$AUTH" = 1 ] && echo "; auth on, load as a non-root user")"
 echo
 printf '| %-13s | %11s | %11s | %8s | %9s | %8s | %9s | %8s | %9s | %7s | %7s | %6s |\n' \
 	workload "etcd ops/s" "skiff ops/s" "etcd p50" "skiff p50" "etcd p99" "skiff p99" "etcd max" "skiff max" "thr x" "p99 x" errors

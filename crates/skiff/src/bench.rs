@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// Private key (PEM) of --cert.
     #[arg(long, requires = "cert")]
     key: Option<std::path::PathBuf>,
+    /// Authenticate as this user (`name:password`, as etcdctl's `--user`) on each connection
+    /// and send its token with every request: for clusters with auth enabled.
+    #[arg(long, value_parser = parse_user)]
+    user: Option<(String, String)>,
     /// What each request does.
     #[arg(long, value_enum, default_value_t = Workload::Put)]
     workload: Workload,
@@ -126,6 +130,55 @@ pub struct BenchArgs {
     /// Format of the results on stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
+}
+
+/// `name:password` (the password may hold colons; the name may not be empty).
+fn parse_user(s: &str) -> Result<(String, String), String> {
+    match s.split_once(':') {
+        Some((name, password)) if !name.is_empty() => Ok((name.to_string(), password.to_string())),
+        _ => Err("expected name:password".to_string()),
+    }
+}
+
+/// One client's way to the cluster: a KV stub on a shared channel, and the token of that
+/// channel's member with `--user`.
+#[derive(Clone)]
+struct Client {
+    kv: KvClient<Channel>,
+    token: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl Client {
+    /// A request carrying `msg`, with the per-request timeout and the token.
+    fn request<T>(&self, msg: T, timeout: Duration) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        req.set_timeout(timeout);
+        if let Some(token) = &self.token {
+            req.metadata_mut().insert("token", token.clone());
+        }
+        req
+    }
+}
+
+/// The token of `user` from the member at the other end of `ch` (etcd's simple tokens are
+/// that member's own, so each connection authenticates where it connects).
+async fn authenticate(
+    ch: &Channel,
+    url: &str,
+    (name, password): &(String, String),
+) -> anyhow::Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
+    let mut auth = server::pb::etcdserverpb::auth_client::AuthClient::new(ch.clone());
+    let resp = auth
+        .authenticate(epb::AuthenticateRequest {
+            name: name.clone(),
+            password: password.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("--user {name}: authenticate at {url}: {}", s.message()))?;
+    resp.into_inner()
+        .token
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--user {name}: {url} answered a token that is not ASCII"))
 }
 
 /// Accepts `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
@@ -288,10 +341,20 @@ async fn run_async(plan: Arc<Plan>) -> anyhow::Result<()> {
             .connect()
             .await
             .map_err(|e| anyhow::anyhow!("connect to {url}: {}", error_chain(&e)))?;
-        channels.push(ch);
+        let token = match &args.user {
+            Some(user) => Some(authenticate(&ch, url, user).await?),
+            None => None,
+        };
+        channels.push((ch, token));
     }
-    let clients: Vec<KvClient<Channel>> = (0..args.clients as usize)
-        .map(|i| KvClient::new(channels[i % channels.len()].clone()))
+    let clients: Vec<Client> = (0..args.clients as usize)
+        .map(|i| {
+            let (ch, token) = &channels[i % channels.len()];
+            Client {
+                kv: KvClient::new(ch.clone()),
+                token: token.clone(),
+            }
+        })
         .collect();
 
     if matches!(args.workload, Workload::Get | Workload::Mixed) {
@@ -341,7 +404,7 @@ async fn run_async(plan: Arc<Plan>) -> anyhow::Result<()> {
 }
 
 /// Puts every key of the key space once, with all clients, closed-loop.
-async fn preload(plan: &Arc<Plan>, clients: &[KvClient<Channel>]) -> anyhow::Result<()> {
+async fn preload(plan: &Arc<Plan>, clients: &[Client]) -> anyhow::Result<()> {
     let started = Instant::now();
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -359,9 +422,8 @@ async fn preload(plan: &Arc<Plan>, clients: &[KvClient<Channel>]) -> anyhow::Res
                     value: value.clone(),
                     ..Default::default()
                 };
-                let mut req = tonic::Request::new(req);
-                req.set_timeout(plan.args.timeout);
-                c.put(req)
+                let req = c.request(req, plan.args.timeout);
+                c.kv.put(req)
                     .await
                     .map_err(|s| anyhow::anyhow!("preload put: {}", error_kind(&s)))?;
             }
@@ -419,7 +481,7 @@ struct Progress {
 
 async fn run_phase(
     plan: &Arc<Plan>,
-    clients: &[KvClient<Channel>],
+    clients: &[Client],
     stop: Stop,
     label: &'static str,
 ) -> anyhow::Result<PhaseResult> {
@@ -475,7 +537,7 @@ async fn run_phase(
 /// One client: takes request numbers from the shared counter until the phase ends.
 async fn client_loop(
     plan: Arc<Plan>,
-    mut c: KvClient<Channel>,
+    mut c: Client,
     id: u64,
     start: Instant,
     stop: Stop,
@@ -512,22 +574,21 @@ async fn client_loop(
             Workload::Mixed => rng.next_f64() < args.read_ratio,
             Workload::Put | Workload::Txn => false,
         };
+        let timeout = args.timeout;
         let result = if read {
-            let mut req = tonic::Request::new(range_request(key, args.consistency));
-            req.set_timeout(args.timeout);
-            c.range(req).await.map(|_| ())
+            let req = c.request(range_request(key, args.consistency), timeout);
+            c.kv.range(req).await.map(|_| ())
         } else if args.workload == Workload::Txn {
-            let mut req = tonic::Request::new(txn_request(key, value.clone()));
-            req.set_timeout(args.timeout);
-            c.txn(req).await.map(|_| ())
+            let req = c.request(txn_request(key, value.clone()), timeout);
+            c.kv.txn(req).await.map(|_| ())
         } else {
-            let mut req = tonic::Request::new(epb::PutRequest {
+            let put = epb::PutRequest {
                 key,
                 value: value.clone(),
                 ..Default::default()
-            });
-            req.set_timeout(args.timeout);
-            c.put(req).await.map(|_| ())
+            };
+            let req = c.request(put, timeout);
+            c.kv.put(req).await.map(|_| ())
         };
         match result {
             Ok(()) => {
@@ -750,6 +811,17 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn users_parse_as_etcdctl_takes_them() {
+        assert_eq!(
+            parse_user("alice:pa:ss"),
+            Ok(("alice".to_string(), "pa:ss".to_string()))
+        );
+        assert_eq!(parse_user("bob:"), Ok(("bob".to_string(), String::new())));
+        assert!(parse_user("alice").is_err());
+        assert!(parse_user(":pw").is_err());
+    }
 
     #[test]
     fn durations_parse() {

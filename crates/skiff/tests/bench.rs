@@ -89,6 +89,62 @@ async fn bench_put_and_mixed_against_a_cluster() {
     });
     assert_eq!(mixed["workload"], "mixed");
     assert_eq!(mixed["consistency"], "l");
+
+    // With auth on, `--user` authenticates on each connection and sends the token.
+    if !common::etcdctl_available() {
+        return;
+    }
+    let eps = c.endpoints();
+    for cmd in [
+        vec!["user", "add", "root:rootpw"],
+        vec!["role", "add", "root"],
+        vec!["user", "grant-role", "root", "root"],
+        vec!["role", "add", "bench"],
+        vec![
+            "role",
+            "grant-permission",
+            "bench",
+            "readwrite",
+            "0",
+            "--prefix",
+        ],
+        vec!["user", "add", "bencher:pw"],
+        vec!["user", "grant-role", "bencher", "bench"],
+        vec!["auth", "enable"],
+    ] {
+        common::etcdctl_ok(&eps, &cmd, "");
+    }
+    let args = [
+        "--workload",
+        "mixed",
+        "--clients",
+        "4",
+        "--key-space",
+        "100",
+    ];
+    let authed = tokio::task::block_in_place(|| {
+        bench(
+            &c,
+            &[&args[..], &["--user", "bencher:pw", "--total", "200"]].concat(),
+        )
+    });
+    assert_eq!(authed["ops"], 200);
+    // A wrong password is one line naming the user; no token, no request succeeds.
+    for (extra, why) in [
+        (vec!["--user", "bencher:wrong"], "authentication failed"),
+        (vec![], "user name is empty"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .arg("bench")
+            .args(["--endpoints", &eps, "--total", "20"])
+            .args(args)
+            .args(&extra)
+            .output()
+            .expect("run skiff bench");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} must fail");
+        assert!(stderr.contains(why), "{extra:?}: {stderr}");
+    }
 }
 
 #[test]

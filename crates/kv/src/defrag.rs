@@ -87,7 +87,7 @@ impl Store {
         }
     }
 
-    /// [`Store::file_size`] as measured at most [`FILE_SIZE_MAX_AGE`] ago: for checks on
+    /// [`Store::file_size`] as measured at most `FILE_SIZE_MAX_AGE` ago: for checks on
     /// every write (the space quota).
     pub fn file_size_recent(&self) -> Result<u64, Error> {
         self.file_size_measured
@@ -97,7 +97,7 @@ impl Store {
     /// The bytes of the file that hold tables (etcd's `dbSizeInUse`): the pages of every
     /// table as redb counts them, stored, metadata and the unused ends of pages, as of the
     /// last commit. Measuring walks every page (about 0.3 s for a GiB), so a measure up to
-    /// [`IN_USE_MAX_AGE`] old is answered instead (a defragmentation takes a new one).
+    /// `IN_USE_MAX_AGE` old is answered instead (a defragmentation takes a new one).
     pub fn size_in_use(&self) -> Result<u64, Error> {
         self.in_use_measured
             .get(IN_USE_MAX_AGE, || self.measure_in_use())

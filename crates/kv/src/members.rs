@@ -11,7 +11,7 @@
 //! When a configuration entry that leaves members out commits, the server applies their
 //! removal ([`crate::Request::MembersRemoved`], derived from the entry and the configuration
 //! before it, so every replica applies the same): their rows are deleted and their ids
-//! recorded as removed ([`MEMBERS_REMOVED`], etcd's `members_removed` bucket), for good: a
+//! recorded as removed (`MEMBERS_REMOVED`, etcd's `members_removed` bucket), for good: a
 //! removed member's traffic is refused, and a description it publishes is ignored.
 
 use redb::{ReadableTable, TableDefinition};

@@ -67,7 +67,7 @@ pub struct Options {
     pub sessions_max: usize,
     /// Grouped commits (etcd's backend batch interval): applies share one redb write
     /// transaction, committed once it is this old (checked at each apply), when it holds
-    /// [`GROUP_ROWS_MAX`] rows or [`GROUP_BYTES_MAX`] bytes, and before anything that reads
+    /// `GROUP_ROWS_MAX` rows or `GROUP_BYTES_MAX` bytes, and before anything that reads
     /// the committed state whole (snapshots, audits, syncs, compactions, lease tables).
     /// Readers see the open transaction's rows through the index (see `pending`). Zero:
     /// every apply commits.

@@ -117,6 +117,9 @@ pub struct RawNode {
 
 impl RawNode {
     /// Starts a node from its durable state. Errors on an invalid config or inconsistent state.
+    /// Use it at boot and after every crash: build `state` from what is on disk (see
+    /// "Persisting and restarting" in the crate guide), or with [`InitialState::new_cluster`]
+    /// for a brand-new cluster.
     pub fn new(config: Config, state: InitialState) -> Result<RawNode, StartError> {
         config.validate().map_err(StartError::Config)?;
         check_initial_state(&state).map_err(StartError::CorruptState)?;
@@ -173,7 +176,7 @@ impl RawNode {
         Ok(node)
     }
 
-    /// This node's id.
+    /// This node's id, as configured ([`Config::id`]): the `from` of every message it sends.
     pub fn id(&self) -> NodeId {
         self.config.id
     }
@@ -212,7 +215,8 @@ impl RawNode {
         }
     }
 
-    /// A snapshot of the node's state.
+    /// A snapshot of the node's state (role, term, leader, commit and applied indexes): use it
+    /// to route clients to the leader, for metrics, and to decide when to take a snapshot.
     pub fn status(&self) -> Status {
         Status {
             id: self.id(),
@@ -273,17 +277,21 @@ impl RawNode {
         self.reads.read_rounds()
     }
 
-    /// Read-only view of the log, for checkers and tests.
+    /// Read-only view of the log, for checkers and tests, and for the term and configuration
+    /// at an applied index when you take a snapshot ([`RaftLog::term`],
+    /// [`RaftLog::membership_at`]).
     pub fn log(&self) -> &RaftLog {
         &self.log
     }
 
-    /// The configuration.
+    /// The configuration the node was started with; read it where your driver needs the same
+    /// limits (the snapshot chunk size when filling chunks, say).
     pub fn config(&self) -> &Config {
         &self.config
     }
 
-    /// Advances logical time by one tick.
+    /// Advances logical time by one tick. Call it at a fixed interval from your driver's
+    /// timer: every timeout in [`Config`] (election, heartbeat, lease) is counted in ticks.
     pub fn tick(&mut self) {
         self.ticks += 1;
         match self.role() {
@@ -530,7 +538,9 @@ impl RawNode {
         }
     }
 
-    /// Handles one message from a peer.
+    /// Handles one message from a peer: call it for every message your transport receives,
+    /// in any order (the core copes with loss, duplication and reordering). An error means the
+    /// message was not meant for this node; drop it.
     pub fn step(&mut self, msg: Message) -> Result<(), StepError> {
         if msg.to != self.id() {
             return Err(StepError::WrongRecipient { to: msg.to });

@@ -1,10 +1,11 @@
-//! KV clients: one operation at a time, retried with the same sequence number (so the session
+//! Clients: one operation at a time, retried with the same sequence number (so the session
 //! applies it once) against the next server when an attempt times out or is refused, and given
 //! up as *unknown* after [`GIVE_UP_MS`].
 
 use std::collections::VecDeque;
 
 use crate::kv::KvOp;
+use crate::machine::Operation;
 use crate::rng::Rng;
 
 /// Pause between a client's operations, ms (bounds the log length, and with it the cost of
@@ -19,13 +20,13 @@ pub const GIVE_UP_MS: u64 = 3_000;
 
 /// An operation in progress.
 #[derive(Clone, Debug)]
-pub struct Pending {
+pub struct Pending<O: Operation = KvOp> {
     /// Its id in the history.
     pub hist: usize,
     /// The key.
     pub key: String,
     /// What it does.
-    pub op: KvOp,
+    pub op: O,
     /// Session sequence number.
     pub seq: u64,
     /// The server the current attempt went to, if one is outstanding.
@@ -38,7 +39,7 @@ pub struct Pending {
 
 /// One client.
 #[derive(Clone, Debug)]
-pub struct Client {
+pub struct Client<O: Operation = KvOp> {
     /// Session id (non-zero).
     pub id: u64,
     /// Servers it talks to.
@@ -51,9 +52,9 @@ pub struct Client {
     /// Last sequence number used.
     pub seq: u64,
     /// The operation in progress.
-    pub pending: Option<Pending>,
+    pub pending: Option<Pending<O>>,
     /// Operations to run before any random ones.
-    pub queue: VecDeque<(String, KvOp)>,
+    pub queue: VecDeque<(String, O)>,
     /// Whether it issues random operations when idle.
     pub active: bool,
     /// Wake-ups carry this; a newer one cancels older ones.
@@ -66,9 +67,9 @@ pub struct Client {
     pub give_up_ms: u64,
 }
 
-impl Client {
+impl<O: Operation> Client<O> {
     /// An idle client.
-    pub fn new(id: u64, servers: Vec<u64>, rng: Rng) -> Client {
+    pub fn new(id: u64, servers: Vec<u64>, rng: Rng) -> Client<O> {
         assert!(!servers.is_empty(), "a client needs servers");
         Client {
             id,
@@ -83,16 +84,6 @@ impl Client {
             completed: 0,
             rng,
             give_up_ms: GIVE_UP_MS,
-        }
-    }
-
-    /// A random operation: 40% Get, 45% Append, 15% Put; written values are unique.
-    pub fn random_op(&mut self) -> KvOp {
-        let tag = format!("{}.{};", self.id, self.seq + 1);
-        match self.rng.below(100) {
-            0..=39 => KvOp::Get,
-            40..=84 => KvOp::Append(tag),
-            _ => KvOp::Put(tag),
         }
     }
 }

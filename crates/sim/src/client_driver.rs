@@ -1,4 +1,4 @@
-//! Driving the KV clients ([`crate::client`]) inside the simulated world: issuing operations
+//! Driving the clients ([`crate::client`]) inside the simulated world: issuing operations
 //! to servers, retrying on refusal or timeout, and completing them when the contacted server
 //! applies the write or releases the read.
 
@@ -6,10 +6,10 @@ use raft::ProposeError;
 
 use crate::client::{Client, Pending};
 use crate::cluster::{Cluster, DriverBug, Event};
-use crate::kv::{KvCommand, KvOp};
+use crate::machine::{Operation, Output, StateMachine};
 
-impl Cluster {
-    /// Adds a KV client that talks to `servers`; returns its index.
+impl<M: StateMachine> Cluster<M> {
+    /// Adds a client that talks to `servers`; returns its index.
     pub fn add_client(&mut self, servers: Vec<u64>) -> usize {
         let id = self.clients.len();
         let rng = self.rng.fork(100 + id as u64);
@@ -43,7 +43,7 @@ impl Cluster {
     }
 
     /// Queues a specific operation for a client (it runs when the client is idle).
-    pub fn client_queue(&mut self, client: usize, key: &str, op: KvOp) {
+    pub fn client_queue(&mut self, client: usize, key: &str, op: M::Op) {
         self.clients[client].queue.push_back((key.to_string(), op));
         if self.clients[client].pending.is_none() {
             self.wake_client(client, 1);
@@ -72,11 +72,8 @@ impl Cluster {
             let now = self.now;
             let c = &mut self.clients[ci];
             let next = c.queue.pop_front().or_else(|| {
-                c.active.then(|| {
-                    let key = self.keys[c.rng.below(self.keys.len() as u64) as usize].clone();
-                    let op = c.random_op();
-                    (key, op)
-                })
+                c.active
+                    .then(|| M::random_op(&mut c.rng, c.id, c.seq + 1, &self.keys))
             });
             let Some((key, op)) = next else {
                 return;
@@ -119,80 +116,70 @@ impl Cluster {
             let p = self.clients[ci].pending.as_ref().expect("pending");
             (p.op.clone(), p.key.clone(), p.seq, self.clients[ci].id)
         };
-        match op {
-            KvOp::Get if self.driver_bug == Some(DriverBug::LocalReads) => {
-                let value = self.host(node).kv.get(&key);
-                self.complete_client(ci, Some(value));
+        if op.is_read() && self.driver_bug == Some(DriverBug::LocalReads) {
+            let value = self.host(node).machine.read(&key, &op);
+            self.complete_client(ci, Some(value));
+        } else if op.is_read() {
+            let ctx = self.next_read_ctx;
+            self.next_read_ctx += 1;
+            // Register first: the read may be released within this very call.
+            self.reads.insert((node, ctx), ci);
+            {
+                let p = self.clients[ci].pending.as_mut().expect("pending");
+                p.at = Some(node);
+                p.read_ctx = Some(ctx);
             }
-            KvOp::Get => {
-                let ctx = self.next_read_ctx;
-                self.next_read_ctx += 1;
-                // Register first: the read may be released within this very call.
-                self.reads.insert((node, ctx), ci);
-                {
-                    let p = self.clients[ci].pending.as_mut().expect("pending");
-                    p.at = Some(node);
-                    p.read_ctx = Some(ctx);
-                }
-                let generation = self.clients[ci].generation;
-                match self.try_read(node, ctx) {
-                    Some(Ok(())) => {
-                        if self.clients[ci].generation == generation {
-                            self.wake_client(ci, crate::client::ATTEMPT_MS);
-                        }
-                    }
-                    _ => {
-                        self.reads.remove(&(node, ctx));
-                        let c = &mut self.clients[ci];
-                        let p = c.pending.as_mut().expect("pending");
-                        p.at = None;
-                        p.read_ctx = None;
-                        c.next += 1;
-                        self.wake_client(ci, 20);
+            let generation = self.clients[ci].generation;
+            match self.try_read(node, ctx) {
+                Some(Ok(())) => {
+                    if self.clients[ci].generation == generation {
+                        self.wake_client(ci, crate::client::ATTEMPT_MS);
                     }
                 }
+                _ => {
+                    self.reads.remove(&(node, ctx));
+                    let c = &mut self.clients[ci];
+                    let p = c.pending.as_mut().expect("pending");
+                    p.at = None;
+                    p.read_ctx = None;
+                    c.next += 1;
+                    self.wake_client(ci, 20);
+                }
             }
-            KvOp::Put(_) | KvOp::Append(_) => {
-                let cmd = KvCommand {
-                    client: client_id,
-                    seq,
-                    key,
-                    op,
-                };
-                self.clients[ci].pending.as_mut().expect("pending").at = Some(node);
-                let generation = self.clients[ci].generation;
-                match self.try_propose(node, cmd.encode()) {
-                    Some(Ok(_)) => {
-                        if self.clients[ci].generation == generation {
-                            self.wake_client(ci, crate::client::ATTEMPT_MS);
+        } else {
+            let cmd = M::encode(client_id, seq, &key, &op);
+            self.clients[ci].pending.as_mut().expect("pending").at = Some(node);
+            let generation = self.clients[ci].generation;
+            match self.try_propose(node, cmd) {
+                Some(Ok(_)) => {
+                    if self.clients[ci].generation == generation {
+                        self.wake_client(ci, crate::client::ATTEMPT_MS);
+                    }
+                }
+                Some(Err(ProposeError::NotLeader { leader })) => {
+                    let c = &mut self.clients[ci];
+                    c.pending.as_mut().expect("pending").at = None;
+                    let hint = leader.and_then(|l| c.servers.iter().position(|&s| s == l.get()));
+                    match (c.resume.take(), hint) {
+                        // The hinted server was no leader either: go on from the hinter.
+                        (Some(resume), _) => c.next = resume,
+                        (None, Some(pos)) => {
+                            c.resume = Some(c.next + 1);
+                            c.next = pos;
                         }
+                        (None, None) => c.next += 1,
                     }
-                    Some(Err(ProposeError::NotLeader { leader })) => {
-                        let c = &mut self.clients[ci];
-                        c.pending.as_mut().expect("pending").at = None;
-                        let hint =
-                            leader.and_then(|l| c.servers.iter().position(|&s| s == l.get()));
-                        match (c.resume.take(), hint) {
-                            // The hinted server was no leader either: go on from the hinter.
-                            (Some(resume), _) => c.next = resume,
-                            (None, Some(pos)) => {
-                                c.resume = Some(c.next + 1);
-                                c.next = pos;
-                            }
-                            (None, None) => c.next += 1,
-                        }
-                        self.wake_client(ci, 10);
-                    }
-                    _ => {
-                        self.clients[ci].pending.as_mut().expect("pending").at = None;
-                        self.wake_client(ci, 50);
-                    }
+                    self.wake_client(ci, 10);
+                }
+                _ => {
+                    self.clients[ci].pending.as_mut().expect("pending").at = None;
+                    self.wake_client(ci, 50);
                 }
             }
         }
     }
 
-    pub(crate) fn complete_client(&mut self, ci: usize, output: Option<String>) {
+    pub(crate) fn complete_client(&mut self, ci: usize, output: Option<Output<M>>) {
         let p = self.clients[ci].pending.take().expect("pending");
         self.clients[ci].resume = None;
         if self.verbose {
@@ -214,7 +201,13 @@ impl Cluster {
         self.wake_client(ci, think);
     }
 
-    pub(crate) fn on_write_applied(&mut self, node: u64, client: u64, seq: u64) {
+    pub(crate) fn on_write_applied(
+        &mut self,
+        node: u64,
+        client: u64,
+        seq: u64,
+        output: Option<Output<M>>,
+    ) {
         let ci = (client - 1) as usize;
         let Some(c) = self.clients.get(ci) else {
             return;
@@ -223,7 +216,7 @@ impl Cluster {
             .as_ref()
             .is_some_and(|p| p.seq == seq && p.at == Some(node) && p.read_ctx.is_none())
         {
-            self.complete_client(ci, None);
+            self.complete_client(ci, output);
         }
     }
 
@@ -237,7 +230,7 @@ impl Cluster {
         if p.read_ctx != Some(ctx) {
             return;
         }
-        let value = self.host(node).kv.get(&p.key);
+        let value = self.host(node).machine.read(&p.key, &p.op);
         self.complete_client(ci, Some(value));
     }
 

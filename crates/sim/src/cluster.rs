@@ -1,5 +1,6 @@
-//! The simulated world: virtual time, an event queue, the network, the servers and the KV
-//! clients. Everything runs in one thread, in an order fixed by the seed: events are kept in a
+//! The simulated world: virtual time, an event queue, the network, the servers and the
+//! clients of their replicated state machine (the built-in KV store, or yours: see
+//! [`crate::machine`]). Everything runs in one thread, in an order fixed by the seed: events are kept in a
 //! `BTreeMap` keyed by `(virtual ms, sequence number)`.
 //!
 //! After every step of every node the [`Checker`] runs; the first violation (or a panic inside
@@ -19,6 +20,7 @@ use crate::history::History;
 use crate::host::{decode_app_state, Host, RawCommands};
 use crate::invariants::{Checker, Violation};
 use crate::kv::{KvState, TAG_RAW};
+use crate::machine::StateMachine;
 use crate::net::{is_reply, NetConfig, Network};
 use crate::property::{guards_off, GuardsOff, Property};
 use crate::rng::Rng;
@@ -119,7 +121,8 @@ pub enum DriverBug {
     ForgetVoteOnRestart,
     /// Apply the first entry of every batch twice.
     ApplyTwice,
-    /// Serve Gets from the contacted node's state machine without ReadIndex.
+    /// Serve reads ([`crate::machine::Operation::is_read`]) from the contacted node's state
+    /// machine without ReadIndex.
     LocalReads,
 }
 
@@ -150,8 +153,9 @@ pub(crate) enum Event {
     ClientWake { client: usize, generation: u64 },
 }
 
-/// The simulated cluster.
-pub struct Cluster {
+/// The simulated cluster, running state machine `M` on every node: the built-in key-value
+/// store by default ([`Cluster::new`]), or yours ([`Cluster::with_machine`]).
+pub struct Cluster<M: StateMachine = KvState> {
     /// The run's seed.
     pub seed: u64,
     /// Scenario name, for the replay command.
@@ -164,7 +168,7 @@ pub struct Cluster {
     pub(crate) now: u64,
     pub(crate) seq: u64,
     pub(crate) events: BTreeMap<(u64, u64), Event>,
-    pub(crate) hosts: Vec<Host>,
+    pub(crate) hosts: Vec<Host<M>>,
     /// The network; scenarios partition and heal it directly.
     pub net: Network,
     /// The disk model; swarm scenarios change it.
@@ -177,14 +181,14 @@ pub struct Cluster {
     pub(crate) trace: Trace,
     pub(crate) rpc_count: u64,
     pub(crate) rpc_bytes: u64,
-    /// KV clients.
-    pub(crate) clients: Vec<Client>,
-    /// KV client history.
-    pub history: History,
+    /// Clients of the state machine.
+    pub(crate) clients: Vec<Client<M::Op>>,
+    /// What the clients saw: every operation's invocation, completion and result.
+    pub history: History<M::Op>,
     /// Pending reads: `(node, ctx) -> client index`.
     pub(crate) reads: BTreeMap<(u64, u64), usize>,
     pub(crate) next_read_ctx: u64,
-    /// Keys the KV clients use.
+    /// Keys the clients use (handed to [`StateMachine::random_op`]).
     pub keys: Vec<String>,
     pub(crate) verbose: bool,
     pub(crate) driver_bug: Option<DriverBug>,
@@ -208,8 +212,16 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A cluster of fresh nodes, started and connected.
+    /// A cluster of fresh nodes running the built-in key-value store, started and connected.
     pub fn new(seed: u64, scenario: &str, config: ClusterConfig) -> Cluster {
+        Cluster::with_machine(seed, scenario, config)
+    }
+}
+
+impl<M: StateMachine> Cluster<M> {
+    /// A cluster of fresh nodes running state machine `M` (start it with
+    /// `Cluster::<MyMachine>::with_machine(seed, name, config)`), started and connected.
+    pub fn with_machine(seed: u64, scenario: &str, config: ClusterConfig) -> Cluster<M> {
         let initial_voters: Vec<u64> = (1..=config.nodes as u64).collect();
         let mut root = Rng::new(seed);
         let world_rng = root.fork(1);
@@ -276,11 +288,11 @@ impl Cluster {
         &self.config
     }
 
-    pub(crate) fn host(&self, node: u64) -> &Host {
+    pub(crate) fn host(&self, node: u64) -> &Host<M> {
         &self.hosts[(node - 1) as usize]
     }
 
-    pub(crate) fn host_mut(&mut self, node: u64) -> &mut Host {
+    pub(crate) fn host_mut(&mut self, node: u64) -> &mut Host<M> {
         &mut self.hosts[(node - 1) as usize]
     }
 
@@ -479,7 +491,7 @@ impl Cluster {
         let h = self.host_mut(node);
         h.raft = Some(raft);
         h.applied_index = Index(0);
-        h.kv = Default::default();
+        h.machine = M::default();
         h.paused = false;
         h.held.clear();
         h.sync_held = false;
@@ -495,15 +507,15 @@ impl Cluster {
         self.schedule(phase + 1, Event::Tick { node, incarnation });
     }
 
-    /// Restores the application (integer commands and KV state) from snapshot bytes, as a
+    /// Restores the application (integer commands and state machine) from snapshot bytes, as a
     /// real application would: whatever decodes (a damaged snapshot, which only the disk
     /// guard being off lets through, restores a damaged state machine).
     fn restore(&mut self, node: u64, meta: &SnapshotMeta, bytes: &[u8]) {
-        let (raw, kv) = decode_app_state(bytes);
+        let (raw, machine) = decode_app_state::<M>(bytes);
         let incarnation = self.host(node).incarnation;
         let r = self.checker.on_restore(node, incarnation, meta.last);
         self.checked(r);
-        self.check_restored(node, meta, &raw, &kv);
+        self.check_restored(node, meta, &raw, &machine);
         for (i, d) in &raw {
             if let Some(had) = self.host(node).applied.get(i) {
                 if had != d {
@@ -522,7 +534,7 @@ impl Cluster {
         for (i, d) in raw {
             h.applied.insert(i, d);
         }
-        h.kv = kv;
+        h.machine = machine;
         h.applied_index = meta.last.index;
     }
 
@@ -530,22 +542,22 @@ impl Cluster {
     /// ending at `last` must be the one that applying the committed entries `1..=last` gives.
     /// The reference is rebuilt from [`Cluster::applied_log`] (skipped if an index is missing,
     /// which happens only for entries nobody applied in this run).
-    fn check_restored(&self, node: u64, meta: &SnapshotMeta, raw: &RawCommands, kv: &KvState) {
+    fn check_restored(&self, node: u64, meta: &SnapshotMeta, raw: &RawCommands, machine: &M) {
         let last = meta.last.index.0;
         if self.applied_log.range(..=last).count() as u64 != last {
             return;
         }
-        let mut want_kv = KvState::default();
+        let mut want_machine = M::default();
         let mut want_raw = Vec::new();
         for (&i, d) in self.applied_log.range(..=last) {
-            want_kv.apply(d);
+            want_machine.apply(d);
             if d.first() == Some(&TAG_RAW) {
                 want_raw.push((i, d.clone()));
             }
         }
         let (mut got, mut want) = (Vec::new(), Vec::new());
-        kv.encode_into(&mut got);
-        want_kv.encode_into(&mut want);
+        machine.snapshot(&mut got);
+        want_machine.snapshot(&mut want);
         if &want_raw != raw || got != want {
             let missing = want_raw.iter().filter(|w| !raw.contains(w)).count();
             let extra = raw.iter().filter(|r| !want_raw.contains(r)).count();
@@ -554,8 +566,8 @@ impl Cluster {
                 &format!(
                     "State Machine Safety (§5.4.3, §7) violated: node {node} restored a state \
                      machine from snapshot {:?} that is not the committed prefix: {missing} \
-                     committed commands missing, {extra} not committed, KV state {} ({} bytes, \
-                     committed prefix gives {} bytes)",
+                     committed commands missing, {extra} not committed, state machine {} \
+                     ({} bytes, committed prefix gives {} bytes)",
                     meta.last,
                     if got == want { "equal" } else { "differs" },
                     got.len(),
@@ -1072,8 +1084,8 @@ impl Cluster {
             let h = self.host_mut(node);
             h.applied_index = e.index;
             h.applied.insert(e.index.0, e.data.clone());
-            if let Some((client, seq)) = h.kv.apply(&e.data) {
-                self.on_write_applied(node, client, seq);
+            if let Some(done) = h.machine.apply(&e.data) {
+                self.on_write_applied(node, done.client, done.seq, done.output);
             }
         }
         for rs in &rd.read_states {

@@ -2,24 +2,29 @@
 //! that ticks once per recorded event (so "A completed before B was invoked" is exact). An
 //! operation whose outcome the client never learned (it timed out and gave up, or the run
 //! ended) stays *unknown*: it may or may not have taken effect, never "failed".
+//!
+//! Generic over the operation type ([`Operation`]); the default is the built-in key-value
+//! store's [`KvOp`]. Record your own system's operations here to check them with
+//! [`crate::linearizability::check`].
 
 use crate::kv::KvOp;
+use crate::machine::Operation;
 
 /// One client operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpRecord {
+pub struct OpRecord<O: Operation = KvOp> {
     /// The client that issued it.
     pub client: u64,
-    /// The key.
+    /// The key: operations on different keys are checked separately.
     pub key: String,
     /// What it did.
-    pub op: KvOp,
+    pub op: O,
     /// Logical time of the invocation.
     pub invoke: u64,
     /// Logical time of the completion; `None` if unknown.
     pub ret: Option<u64>,
-    /// For a completed Get: the value read.
-    pub output: Option<String>,
+    /// For a completed operation that answers something (a read): what it returned.
+    pub output: Option<O::Output>,
     /// Virtual milliseconds of invocation and completion, for printing.
     pub invoke_ms: u64,
     /// See `invoke_ms`.
@@ -27,16 +32,25 @@ pub struct OpRecord {
 }
 
 /// All operations of a run.
-#[derive(Clone, Debug, Default)]
-pub struct History {
+#[derive(Clone, Debug)]
+pub struct History<O: Operation = KvOp> {
     /// Operations in invocation order.
-    pub ops: Vec<OpRecord>,
+    pub ops: Vec<OpRecord<O>>,
     clock: u64,
 }
 
-impl History {
+impl<O: Operation> Default for History<O> {
+    fn default() -> Self {
+        History {
+            ops: Vec::new(),
+            clock: 0,
+        }
+    }
+}
+
+impl<O: Operation> History<O> {
     /// Records an invocation; returns the operation's id.
-    pub fn invoke(&mut self, client: u64, key: &str, op: KvOp, now_ms: u64) -> usize {
+    pub fn invoke(&mut self, client: u64, key: &str, op: O, now_ms: u64) -> usize {
         self.clock += 1;
         self.ops.push(OpRecord {
             client,
@@ -51,8 +65,8 @@ impl History {
         self.ops.len() - 1
     }
 
-    /// Records a completion.
-    pub fn complete(&mut self, id: usize, output: Option<String>, now_ms: u64) {
+    /// Records a completion: `output` is what the operation returned, if it answers anything.
+    pub fn complete(&mut self, id: usize, output: Option<O::Output>, now_ms: u64) {
         self.clock += 1;
         let op = &mut self.ops[id];
         assert!(op.ret.is_none(), "operation completed twice");

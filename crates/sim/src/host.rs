@@ -1,5 +1,6 @@
 //! One simulated server: the real `raft::RawNode`, a simulated disk, and the application state
-//! (the applied log of the 6.5840 tests and the KV state machine).
+//! (the applied log of the 6.5840 tests and the replicated state machine: the built-in KV
+//! store, or yours, see [`crate::machine`]).
 //!
 //! The disk model: a [`raft::Ready`]'s writes (hard state, entries, staged snapshot chunks and a
 //! snapshot to install) are *pending* from the moment the batch is taken until its sync
@@ -21,6 +22,7 @@ use std::rc::Rc;
 use raft::{Entry, EntryId, HardState, Index, Message, RawNode, Ready, SnapshotMeta};
 
 use crate::kv::{put_bytes, take_bytes, take_u32, take_u64, KvState, TAG_RAW};
+use crate::machine::StateMachine;
 
 /// A stored snapshot: its meta and bytes (shared, never modified once written).
 pub type StoredSnapshot = (SnapshotMeta, Rc<Vec<u8>>);
@@ -261,7 +263,7 @@ impl Disk {
 
 /// One server.
 #[derive(Debug)]
-pub struct Host {
+pub struct Host<M: StateMachine = KvState> {
     /// Node id (1-based).
     pub id: u64,
     /// The running core; `None` while crashed.
@@ -282,8 +284,8 @@ pub struct Host {
     pub applied: BTreeMap<u64, Vec<u8>>,
     /// Highest index applied in this incarnation.
     pub applied_index: Index,
-    /// The KV state machine (rebuilt after a restart from the snapshot and the log).
-    pub kv: KvState,
+    /// The replicated state machine (rebuilt after a restart from the snapshot and the log).
+    pub machine: M,
     /// Bytes of snapshot chunks this node sent (filled `InstallSnapshot` requests).
     pub snapshot_bytes_sent: u64,
     /// `InstallSnapshot` requests this node sent.
@@ -292,9 +294,9 @@ pub struct Host {
     pub snapshot_chunks_dropped: u64,
 }
 
-impl Host {
+impl<M: StateMachine> Host<M> {
     /// A node that has not started yet.
-    pub fn new(id: u64) -> Host {
+    pub fn new(id: u64) -> Host<M> {
         Host {
             id,
             raft: None,
@@ -306,7 +308,7 @@ impl Host {
             sync_held: false,
             applied: BTreeMap::new(),
             applied_index: Index(0),
-            kv: KvState::default(),
+            machine: M::default(),
             snapshot_bytes_sent: 0,
             snapshot_chunks_sent: 0,
             snapshot_chunks_dropped: 0,
@@ -314,7 +316,7 @@ impl Host {
     }
 
     /// The application's snapshot at `index`: the 6.5840 integer commands applied up to it
-    /// (like the lab's `xlog`) and the KV state machine.
+    /// (like the lab's `xlog`) and the state machine.
     pub fn encode_app_state(&self, index: Index) -> Vec<u8> {
         let mut out = Vec::new();
         let raw: Vec<(&u64, &Vec<u8>)> = self
@@ -327,7 +329,7 @@ impl Host {
             out.extend_from_slice(&i.to_le_bytes());
             put_bytes(&mut out, d);
         }
-        self.kv.encode_into(&mut out);
+        self.machine.snapshot(&mut out);
         out
     }
 
@@ -337,10 +339,10 @@ impl Host {
     }
 }
 
-/// Parses [`Host::encode_app_state`]'s output: the integer commands by index, and the KV state.
-/// Like an application without checksums, it keeps whatever decodes: a damaged snapshot gives
-/// a damaged state machine (State Machine Safety then catches it on restore).
-pub fn decode_app_state(mut b: &[u8]) -> (RawCommands, KvState) {
+/// Parses [`Host::encode_app_state`]'s output: the integer commands by index, and the state
+/// machine. Like an application without checksums, it keeps whatever decodes: a damaged
+/// snapshot gives a damaged state machine (State Machine Safety then catches it on restore).
+pub fn decode_app_state<M: StateMachine>(mut b: &[u8]) -> (RawCommands, M) {
     let b = &mut b;
     let mut raw = Vec::new();
     let count = take_u32(b).unwrap_or(0);
@@ -349,7 +351,7 @@ pub fn decode_app_state(mut b: &[u8]) -> (RawCommands, KvState) {
         let Some(d) = take_bytes(b) else { break };
         raw.push((i, d));
     }
-    (raw, KvState::decode_prefix(b))
+    (raw, M::restore(b))
 }
 
 #[cfg(test)]

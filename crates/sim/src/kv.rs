@@ -1,8 +1,15 @@
 //! A small replicated key-value state machine with client sessions (thesis §6.3): every write
 //! carries `(client id, sequence number)`, and a session remembers each client's last applied
 //! sequence number, so a retried request is applied exactly once.
+//!
+//! It is the simulator's default state machine: [`KvState`] implements
+//! [`StateMachine`], and [`KvOp`] implements [`Operation`] with the sequential model of a
+//! register per key (Get reads, Put replaces, Append appends).
 
 use std::collections::BTreeMap;
+
+use crate::machine::{Applied, Operation, StateMachine};
+use crate::rng::Rng;
 
 /// Tag byte of a raw 6.5840-style test command.
 pub const TAG_RAW: u8 = 1;
@@ -87,7 +94,7 @@ pub struct KvState {
 impl KvState {
     /// Applies a log entry's payload. Returns `(client, seq)` when it is a KV write (applied now
     /// or a duplicate of one applied before), so the waiting client can be answered.
-    pub fn apply(&mut self, data: &[u8]) -> Option<(u64, u64)> {
+    pub fn apply_write(&mut self, data: &[u8]) -> Option<(u64, u64)> {
         let cmd = KvCommand::decode(data)?;
         let last = self.sessions.get(&cmd.client).copied().unwrap_or(0);
         if cmd.seq <= last {
@@ -162,6 +169,92 @@ impl KvState {
     }
 }
 
+impl Operation for KvOp {
+    type Output = String;
+    type State = String;
+
+    fn is_read(&self) -> bool {
+        *self == KvOp::Get
+    }
+
+    fn step(&self, state: &String, output: Option<&String>) -> Option<String> {
+        match self {
+            KvOp::Get => (output == Some(state)).then(|| state.clone()),
+            KvOp::Put(v) => Some(v.clone()),
+            KvOp::Append(v) => Some(format!("{state}{v}")),
+        }
+    }
+
+    /// Written values are unique (client and sequence number), so a read shows a write exactly
+    /// when its value contains the written one.
+    fn may_be_seen_in(&self, output: &String) -> bool {
+        match self {
+            KvOp::Get => true,
+            KvOp::Put(v) | KvOp::Append(v) => output.contains(v.as_str()),
+        }
+    }
+
+    fn describe(&self, output: Option<&String>) -> String {
+        match self {
+            KvOp::Get => format!("Get() -> {:?}", output.map_or("?", String::as_str)),
+            KvOp::Put(v) => format!("Put({v:?})"),
+            KvOp::Append(v) => format!("Append({v:?})"),
+        }
+    }
+}
+
+impl StateMachine for KvState {
+    type Op = KvOp;
+
+    fn encode(client: u64, seq: u64, key: &str, op: &KvOp) -> Vec<u8> {
+        let key = key.to_string();
+        let op = op.clone();
+        KvCommand {
+            client,
+            seq,
+            key,
+            op,
+        }
+        .encode()
+    }
+
+    /// Writes answer nothing (`output` is `None`): a Put or Append only completes.
+    fn apply(&mut self, command: &[u8]) -> Option<Applied<String>> {
+        let (client, seq) = self.apply_write(command)?;
+        let output = None;
+        Some(Applied {
+            client,
+            seq,
+            output,
+        })
+    }
+
+    fn read(&self, key: &str, _op: &KvOp) -> String {
+        self.get(key)
+    }
+
+    fn snapshot(&self, out: &mut Vec<u8>) {
+        self.encode_into(out);
+    }
+
+    fn restore(mut bytes: &[u8]) -> KvState {
+        KvState::decode_prefix(&mut bytes)
+    }
+
+    /// A random key, then 40% Get, 45% Append, 15% Put; written values are unique
+    /// (`"client.seq;"`).
+    fn random_op(rng: &mut Rng, client: u64, seq: u64, keys: &[String]) -> (String, KvOp) {
+        let key = keys[rng.below(keys.len() as u64) as usize].clone();
+        let tag = format!("{client}.{seq};");
+        let op = match rng.below(100) {
+            0..=39 => KvOp::Get,
+            40..=84 => KvOp::Append(tag),
+            _ => KvOp::Put(tag),
+        };
+        (key, op)
+    }
+}
+
 /// Appends a length-prefixed byte string.
 pub fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
@@ -205,10 +298,10 @@ mod tests {
         let data = cmd.encode();
         assert_eq!(KvCommand::decode(&data), Some(cmd));
         let mut kv = KvState::default();
-        assert_eq!(kv.apply(&data), Some((3, 7)));
-        assert_eq!(kv.apply(&data), Some((3, 7)));
+        assert_eq!(kv.apply_write(&data), Some((3, 7)));
+        assert_eq!(kv.apply_write(&data), Some((3, 7)));
         assert_eq!(kv.get("k"), "x");
-        assert_eq!(kv.apply(&[TAG_RAW, 1, 2]), None);
+        assert_eq!(kv.apply_write(&[TAG_RAW, 1, 2]), None);
         let mut bytes = Vec::new();
         kv.encode_into(&mut bytes);
         let back = KvState::decode_from(&mut bytes.as_slice()).unwrap();

@@ -1,25 +1,42 @@
 //! # Skiff's deterministic cluster simulator
 //!
-//! Runs whole clusters of the real `raft` core, plus a small replicated KV store with client
-//! sessions, in one thread under virtual time, driven by one `u64` seed (TigerBeetle's VOPR
+//! Runs whole clusters of the real `raft` core, plus a replicated state machine (a small KV
+//! store with client sessions, or your own), in one thread under virtual time, driven by one `u64` seed (TigerBeetle's VOPR
 //! and openraft's fuzzer are the models). The seed picks every fault: message loss, delay,
 //! reordering and duplication, partitions, crashes that lose unsynced writes, pauses.
 //!
 //! Checks: after every step of every node, the safety properties of the Raft paper (one module
-//! each in [`invariants`]); after a run, linearizability of the KV clients' history
+//! each in [`invariants`]); after a run, linearizability of the clients' history
 //! ([`linearizability`]). Every failure names the property that failed ([`property`]), the
 //! seed and the command that replays it.
 //!
 //! Scenarios ([`scenarios`]) port the MIT 6.5840 Raft lab tests with their structure and
 //! constants (1 tick = 10 ms of virtual time), add KV scenarios and a swarm scenario.
 //!
-//! For your own system: write a scenario of your own against [`Cluster`] (the core's settings
-//! in [`ClusterConfig`], faults through [`Cluster::crash`] and [`Cluster::net`], KV clients
-//! through [`Cluster::add_client`]), or record your own clients' [`history::History`] and
-//! check it with [`linearizability::check`]. The `skiff-raft` crate guide ("Testing your
-//! driver in the simulator") has a compiled example of both. The simulator drives the core
-//! with its own driver ([`host`]) and its own KV state machine ([`kv`]); it does not take
-//! yours in their place yet.
+//! For your own system, three ways in:
+//!
+//! - **Your own state machine**: implement [`StateMachine`] (apply a committed command and
+//!   answer its client, answer a read, snapshot and restore, make random operations) and
+//!   [`Operation`] (the sequential model the checker compares histories against), and run
+//!   it with [`Cluster::with_machine`]: the simulator's clients, retries, ReadIndex reads,
+//!   crashes, snapshots and invariants stay the same, and [`linearizability::check`] judges
+//!   what your clients saw. See [`machine`] for the contract, and
+//!   `crates/sim/tests/own_state_machine.rs` for a counter checked on many seeds, next to a
+//!   driver that reads without ReadIndex and a state machine that reads a stale copy, both
+//!   reported as not linearizable.
+//! - **Your own scenario**: against [`Cluster`] (the core's settings in [`ClusterConfig`],
+//!   faults through [`Cluster::crash`] and [`Cluster::net`], clients through
+//!   [`Cluster::add_client`]).
+//! - **Your own history**: record what your own system's clients saw in a
+//!   [`history::History`] of your [`Operation`] type and check it with
+//!   [`linearizability::check`].
+//!
+//! The `skiff-raft` crate guide ("Testing your driver in the simulator") has a compiled
+//! example of each. The driver is the simulator's own ([`host`], [`cluster`]): it follows the
+//! core's `Ready` contract step by step, and [`DriverBug`] plants the classic driver mistakes
+//! in it to show that the checks catch them.
+
+#![deny(missing_docs)]
 
 pub mod client;
 mod client_driver;
@@ -29,6 +46,7 @@ pub mod host;
 pub mod invariants;
 pub mod kv;
 pub mod linearizability;
+pub mod machine;
 #[cfg(feature = "mutations")]
 pub mod mutations;
 pub mod net;
@@ -41,6 +59,7 @@ pub mod trace;
 pub use cluster::{
     set_driver_bug, Cluster, ClusterConfig, DiskConfig, DriverBug, SimFailure, TICK_MS,
 };
+pub use machine::{Applied, Operation, StateMachine};
 pub use property::{set_guards_off, Guard, Property};
 pub use runner::{run_seed, run_seed_classified, Failure, Outcome};
 

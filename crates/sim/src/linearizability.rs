@@ -1,6 +1,8 @@
-//! A linearizability checker for KV histories: the Wing–Gong algorithm with Lowe's
+//! A linearizability checker for client histories: the Wing–Gong algorithm with Lowe's
 //! memoization (as in Porcupine), run separately per key since operations on different keys
-//! commute (linearizability is compositional, Herlihy and Wing §3.3).
+//! commute (linearizability is compositional, Herlihy and Wing §3.3). It judges a history
+//! against the sequential model of its operation type ([`Operation::step`]): the built-in
+//! key-value store's [`KvOp`](crate::kv::KvOp), or your own.
 //!
 //! An unknown operation (no completion) is given a completion at infinity: it may take effect
 //! at any point after its invocation, or (equivalently, for a write nobody later reads) never.
@@ -9,7 +11,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::history::{History, OpRecord};
-use crate::kv::KvOp;
+use crate::machine::Operation;
 
 /// Outcome of a check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,10 +30,10 @@ const SEARCH_STEPS_MAX: u64 = 20_000_000;
 const SHRINK_CHECKS_MAX: usize = 400;
 
 /// Checks the whole history.
-pub fn check(history: &History) -> Verdict {
-    let mut by_key: BTreeMap<&str, Vec<OpRecord>> = BTreeMap::new();
+pub fn check<O: Operation>(history: &History<O>) -> Verdict {
+    let mut by_key: BTreeMap<&str, Vec<OpRecord<O>>> = BTreeMap::new();
     for op in &history.ops {
-        if op.ret.is_none() && op.op == KvOp::Get {
+        if op.ret.is_none() && op.op.is_read() {
             continue;
         }
         by_key.entry(op.key.as_str()).or_default().push(op.clone());
@@ -52,12 +54,8 @@ pub fn check(history: &History) -> Verdict {
 }
 
 /// Applies `op` to `state` if its observed output allows it.
-fn step(state: &str, op: &OpRecord) -> Option<String> {
-    match &op.op {
-        KvOp::Get => (op.output.as_deref() == Some(state)).then(|| state.to_string()),
-        KvOp::Put(v) => Some(v.clone()),
-        KvOp::Append(v) => Some(format!("{state}{v}")),
-    }
+fn step<O: Operation>(state: &O::State, op: &OpRecord<O>) -> Option<O::State> {
+    op.op.step(state, op.output.as_ref())
 }
 
 const NIL: usize = usize::MAX;
@@ -88,7 +86,7 @@ fn relink(ev: &mut [Ev], i: usize) {
 }
 
 /// `Some(linearizable?)`, or `None` if the search bound was hit. Operations of one key.
-fn check_ops(ops: &[OpRecord]) -> Option<bool> {
+fn check_ops<O: Operation>(ops: &[OpRecord<O>]) -> Option<bool> {
     // Events sorted by logical time; an unknown completion sorts last.
     let mut times: Vec<(u64, usize, bool)> = Vec::with_capacity(ops.len() * 2);
     for (i, op) in ops.iter().enumerate() {
@@ -131,9 +129,9 @@ fn check_ops(ops: &[OpRecord]) -> Option<bool> {
     }
     let words = ops.len().div_ceil(64);
     let mut linearized = vec![0u64; words];
-    let mut cache: HashSet<(Vec<u64>, String)> = HashSet::new();
-    let mut calls: Vec<(usize, String)> = Vec::new();
-    let mut state = String::new();
+    let mut cache: HashSet<(Vec<u64>, O::State)> = HashSet::new();
+    let mut calls: Vec<(usize, O::State)> = Vec::new();
+    let mut state = O::State::default();
     let mut entry = ev[0].next;
     let mut steps = 0u64;
     while ev[0].next != NIL {
@@ -181,11 +179,14 @@ fn check_ops(ops: &[OpRecord]) -> Option<bool> {
 /// every write invoked by `r` (made unknown if it completed later). If `ops` is linearizable, so
 /// is this prefix: every read in it returned by `r`, and every write it could have observed was
 /// invoked before that, so restricting a linearization of `ops` to the prefix still explains it.
-fn prefix(ops: &[OpRecord], r: u64) -> Vec<OpRecord> {
+fn prefix<O: Operation>(ops: &[OpRecord<O>], r: u64) -> Vec<OpRecord<O>> {
     ops.iter()
-        .filter(|o| match o.op {
-            KvOp::Get => o.ret.is_some_and(|t| t <= r),
-            _ => o.invoke <= r,
+        .filter(|o| {
+            if o.op.is_read() {
+                o.ret.is_some_and(|t| t <= r)
+            } else {
+                o.invoke <= r
+            }
         })
         .map(|o| {
             let mut o = o.clone();
@@ -200,8 +201,9 @@ fn prefix(ops: &[OpRecord], r: u64) -> Vec<OpRecord> {
 
 /// Shrinks a failing history: first to the shortest failing prefix (binary search on the
 /// completion time), then drops reads, then writes whose value no remaining read shows
-/// (removing those cannot create a violation that was not there).
-fn shrink(ops: Vec<OpRecord>) -> Vec<OpRecord> {
+/// (removing those cannot create a violation that was not there; [`Operation::may_be_seen_in`]
+/// says which).
+fn shrink<O: Operation>(ops: Vec<OpRecord<O>>) -> Vec<OpRecord<O>> {
     let mut rets: Vec<u64> = ops.iter().filter_map(|o| o.ret).collect();
     rets.sort_unstable();
     let (mut lo, mut hi) = (0, rets.len());
@@ -224,16 +226,14 @@ fn shrink(ops: Vec<OpRecord>) -> Vec<OpRecord> {
         let mut i = ops.len();
         while i > 0 && budget > 0 {
             i -= 1;
-            let removable = match &ops[i].op {
-                KvOp::Get => pass == 0,
-                KvOp::Put(v) | KvOp::Append(v) => {
-                    pass == 1
-                        && !ops.iter().any(|o| {
-                            o.output
-                                .as_deref()
-                                .is_some_and(|out| out.contains(v.as_str()))
-                        })
-                }
+            let op = &ops[i].op;
+            let removable = if op.is_read() {
+                pass == 0
+            } else {
+                pass == 1
+                    && !ops
+                        .iter()
+                        .any(|o| o.output.as_ref().is_some_and(|out| op.may_be_seen_in(out)))
             };
             if !removable {
                 continue;
@@ -249,7 +249,7 @@ fn shrink(ops: Vec<OpRecord>) -> Vec<OpRecord> {
     ops
 }
 
-fn describe(key: &str, ops: &[OpRecord]) -> String {
+fn describe<O: Operation>(key: &str, ops: &[OpRecord<O>]) -> String {
     let mut s = format!(
         "history of key {key:?} is not linearizable; smallest failing sub-history found \
          ({} ops, virtual ms):\n",
@@ -257,11 +257,7 @@ fn describe(key: &str, ops: &[OpRecord]) -> String {
     );
     for o in ops {
         let ret = o.ret_ms.map_or("unknown".to_string(), |r| format!("{r}"));
-        let what = match &o.op {
-            KvOp::Get => format!("Get() -> {:?}", o.output.as_deref().unwrap_or("?")),
-            KvOp::Put(v) => format!("Put({v:?})"),
-            KvOp::Append(v) => format!("Append({v:?})"),
-        };
+        let what = o.op.describe(o.output.as_ref());
         s.push_str(&format!(
             "  client {:>3} [{:>7} .. {:>7}] {what}\n",
             o.client, o.invoke_ms, ret
@@ -273,6 +269,7 @@ fn describe(key: &str, ops: &[OpRecord]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::KvOp;
 
     /// `(client, invoke, return, op, output)`.
     type Row<'a> = (u64, u64, Option<u64>, KvOp, Option<&'a str>);

@@ -3,7 +3,7 @@
 //! ([`crate::Request::Auth`]) and kept in snapshots, so that every member enforces the same
 //! rules at the same revision.
 //!
-//! The whole state ([`AuthState`]) is one redb row ([`AUTH`]), rewritten by each auth
+//! The whole state ([`AuthState`]) is one redb row (`AUTH`), rewritten by each auth
 //! request (they are rare and the state is bounded by [`AUTH_BYTES_MAX`]), and a copy in
 //! memory that the permission checks read. Passwords arrive already hashed (bcrypt, hashed by
 //! the member that received the request, so the log never holds a password).
@@ -436,7 +436,7 @@ impl AuthState {
         self.users.get(user).is_some_and(|u| u.roles.contains(ROOT))
     }
 
-    /// The state as one byte string (the row of [`AUTH`] and the snapshot's auth section).
+    /// The state as one byte string (the row of `AUTH` and the snapshot's auth section).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::new());
         w.bool(self.enabled);

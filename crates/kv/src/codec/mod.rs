@@ -22,7 +22,7 @@ pub const CODEC_VERSION: u8 = 1;
 /// Encodes a command for the Raft log.
 ///
 /// The first byte after the version is the session tag (0: none, 1: without
-/// `opened_after`, 2: with it), plus [`STAMPED`] when an auth stamp follows the session: a
+/// `opened_after`, 2: with it), plus `STAMPED` when an auth stamp follows the session: a
 /// command without one encodes exactly as before stamps existed.
 pub fn encode_command(cmd: &Command) -> Vec<u8> {
     let mut w = Writer(vec![CODEC_VERSION]);

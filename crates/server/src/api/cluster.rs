@@ -308,7 +308,7 @@ impl Api {
     /// Keeps the peer layer's addresses in line with the members: every member of the
     /// configuration in force is sent to at its described peer URL (a MemberUpdate moves it;
     /// a member just added, at the URL its entry carries), and no one else is. Looks whenever
-    /// the configuration changes and every [`ADDRESS_BOOK_PERIOD`].
+    /// the configuration changes and every `ADDRESS_BOOK_PERIOD`.
     pub fn start_address_book(&self) -> tokio::task::JoinHandle<()> {
         let api = self.clone();
         tokio::spawn(async move {

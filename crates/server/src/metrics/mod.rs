@@ -68,7 +68,7 @@ const RTT_BUCKETS: Buckets = Buckets {
 pub const LATENCY_BUCKETS: usize = 15;
 const _: () = assert!(LATENCY_BUCKETS == DISK_BUCKETS.count as usize + 1);
 
-/// Cumulative counts of durations in [`DISK_BUCKETS`]' buckets (the last is +Inf), readable
+/// Cumulative counts of durations in `DISK_BUCKETS`' buckets (the last is +Inf), readable
 /// as numbers (the Prometheus histogram's are not), so that the dashboard can show recent
 /// percentiles from the difference of two readings.
 #[derive(Default)]

@@ -252,13 +252,13 @@ impl Checker {
         self.sms.on_apply(node, incarnation, term, entry)
     }
 
-    /// Observes a hard state becoming durable on `node`.
     /// The application restored its state machine from a snapshot ending at `last` (after an
     /// install, or on restart).
     pub fn on_restore(&mut self, node: u64, incarnation: u64, last: EntryId) -> Check {
         self.sms.on_restore(node, incarnation, last)
     }
 
+    /// Observes a hard state becoming durable on `node`.
     pub fn on_durable(&mut self, node: u64, hs: &HardState) -> Check {
         if self.guards_off.off(Guard::Monotonic) {
             return Ok(());

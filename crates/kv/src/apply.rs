@@ -154,6 +154,18 @@ impl<'s> Batch<'s> {
     /// Validates and runs one request, updating the meta (`applied` unchanged). On `Err` the
     /// transaction and the overlay may hold part of the request: abort the batch.
     fn execute(&mut self, cmd: &Command, index: u64) -> Result<Response, Error> {
+        let began = std::time::Instant::now();
+        let result = self.execute_timed(cmd, index);
+        if began.elapsed() > crate::SLOW_APPLY {
+            self.store
+                .slow_applies
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// [`Batch::execute`], untimed.
+    fn execute_timed(&mut self, cmd: &Command, index: u64) -> Result<Response, Error> {
         let req = &cmd.request;
         let (resp, after, compact_to) = execute_as(
             &self.txn.as_ref().expect("open until the batch ends").0,

@@ -84,6 +84,10 @@ pub use command::{Command, Request, Response, Session};
 pub use defrag::Defragmented;
 pub use error::{Error, KvError};
 pub use lease::LEASE_TTL_MAX;
+
+/// A request whose execution takes longer than this is slow (etcd's `warnApplyDuration`,
+/// counted in `etcd_server_slow_apply_total`); see [`Store::slow_applies`].
+pub const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
 pub use store::{CommitObserver, Durability, Options, SnapshotView, Store};
 pub use types::*;
 pub use watch::{Changes, Event, EventKind};

@@ -217,6 +217,10 @@ pub struct Store {
     /// This member's simple tokens (not replicated state: assigned when an Authenticate
     /// applies, here as on every member; see [`crate::auth::tokens`]).
     tokens: Mutex<crate::auth::tokens::Tokens>,
+    /// Requests whose execution took longer than [`crate::SLOW_APPLY`] since the store was
+    /// opened (etcd's `slow_apply_total`, counted per request as etcd does, not per batch).
+    /// Never decreases.
+    pub(crate) slow_applies: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for Store {
@@ -334,6 +338,7 @@ impl Store {
             alarms: RwLock::new(alarms),
             auth: RwLock::new(std::sync::Arc::new(auth)),
             tokens: Default::default(),
+            slow_applies: Default::default(),
             db: RwLock::new(db),
             path: None,
             long_reads: Default::default(),
@@ -416,6 +421,12 @@ impl Store {
             observe(began.elapsed());
         }
         committed
+    }
+
+    /// Requests whose execution took longer than [`crate::SLOW_APPLY`] since the store was
+    /// opened (each on its own, whatever the batch it was applied in).
+    pub fn slow_applies(&self) -> u64 {
+        self.slow_applies.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Has `observe` told the duration of every commit of the state machine's write

@@ -30,10 +30,6 @@ type Labels = Vec<(&'static str, String)>;
 /// Label pairs whose values are all known in advance (no allocation per update).
 pub type StaticLabels = Vec<(&'static str, &'static str)>;
 
-/// An apply batch slower than this counts in `etcd_server_slow_apply_total` (etcd warns about
-/// applies over 100 ms).
-pub const SLOW_APPLY: Duration = Duration::from_millis(100);
-
 /// Builds histograms with fixed buckets for a family (one per label set).
 #[derive(Clone)]
 pub struct Buckets {
@@ -153,7 +149,8 @@ pub struct Metrics {
     pub proposals_pending: Gauge,
     /// `etcd_server_proposals_failed_total`: proposals refused or lost to a leader change.
     pub proposals_failed: Counter,
-    /// `etcd_server_slow_apply_total`: apply batches that took longer than [`SLOW_APPLY`].
+    /// `etcd_server_slow_apply_total`: requests whose apply took longer than
+    /// [`kv::SLOW_APPLY`] (each request timed on its own, as etcd does).
     pub slow_apply: Counter,
     /// `etcd_disk_wal_fsync_duration_seconds`: each log append's `fdatasync`.
     pub wal_fsync: Histogram,
@@ -469,15 +466,14 @@ impl Metrics {
         self.fsync_counts.observe(d);
     }
 
-    /// Records one batch of `entries` applied in `d`. etcd counts each request whose apply
-    /// took longer than [`SLOW_APPLY`]; a batch is applied in one transaction here, so its
-    /// entries count as slow when their average took that long.
-    pub fn observe_apply(&self, d: Duration, entries: usize) {
+    /// Records one batch of `entries` applied in `d`, and the state machine's count of slow
+    /// requests ([`kv::Store::slow_applies`]) after it.
+    pub fn observe_apply(&self, d: Duration, slow_applies: u64) {
         self.apply.observe(seconds(d));
         self.apply_counts.observe(d);
-        let entries = entries.max(1);
-        if d / u32::try_from(entries).unwrap_or(u32::MAX) > SLOW_APPLY {
-            self.slow_apply.inc_by(entries as u64);
+        let counted = self.slow_apply.get();
+        if slow_applies > counted {
+            self.slow_apply.inc_by(slow_applies - counted);
         }
     }
 
@@ -580,6 +576,24 @@ pub fn peer_label(key: &'static str, id: u64) -> Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The slow-apply counter follows the state machine's per-request count, whatever the
+    /// batches: a batch of one slow request among fast ones counts one.
+    #[test]
+    fn slow_applies_count_requests_not_batches() {
+        let m = Metrics::new(1);
+        m.observe_apply(Duration::from_millis(150), 0);
+        assert_eq!(
+            m.slow_apply.get(),
+            0,
+            "a long batch of fast requests is not slow"
+        );
+        m.observe_apply(Duration::from_millis(120), 1);
+        m.observe_apply(Duration::from_millis(400), 3);
+        assert_eq!(m.slow_apply.get(), 3);
+        m.observe_apply(Duration::from_millis(1), 3);
+        assert_eq!(m.slow_apply.get(), 3, "nothing new");
+    }
 
     #[test]
     fn recent_quantiles_come_from_the_difference_of_two_readings() {

@@ -144,7 +144,7 @@ async fn run(
                             || client.is_some_and(|c| sessions.is_waiting(c))
                     })
                 })?;
-                metrics.observe_apply(began.elapsed(), entries.len());
+                metrics.observe_apply(began.elapsed(), kv.slow_applies());
                 sessions.answer_applied(&results, &clients);
                 answer_writers(&entries, results, writers);
                 // After the answers: a member removing itself answers before it stops.

@@ -100,18 +100,38 @@ fn stamped_writes_are_checked_at_apply_and_refusals_change_nothing() {
         "one put applied"
     );
     assert!(store.auth_state().enabled);
-    // Unstamped commands are the servers' own (lease expiry, compaction): not checked.
+    // A put is only ever a client's: without a stamp (lost, or forged on the peer port) it
+    // is refused, not taken for the servers' own.
+    let unstamped = store.apply(index, &Command::new(put("/b/z")));
+    assert_eq!(refusal(unstamped), KvError::PermissionDenied);
+    index += 1;
+    let unstamped = store.apply(
+        index,
+        &auth(AuthRequest::UserGrantRole {
+            user: "u".into(),
+            role: "root".into(),
+        }),
+    );
+    assert_eq!(refusal(unstamped), KvError::PermissionDenied);
+    assert!(!store.auth_state().is_root("u"));
+    index += 1;
+    // Unstamped compactions and lease revokes are the servers' own (auto-compaction, lease
+    // expiry): not checked.
     store
-        .apply(index, &Command::new(put("/b/z")))
+        .apply(index, &Command::new(Request::Compact { revision: 1 }))
         .expect("internal");
     index += 1;
 
     // In one batch, a revoke applies before the stamped put after it, which then carries
     // an older revision than the state it applies at.
-    let revoke = auth(AuthRequest::UserRevokeRole {
-        name: "u".into(),
-        role: "w".into(),
-    });
+    let revoke = as_user(
+        "root",
+        rev,
+        Request::Auth(AuthRequest::UserRevokeRole {
+            name: "u".into(),
+            role: "w".into(),
+        }),
+    );
     let late = as_user("u", rev, put("/a/late"));
     let out = store
         .apply_batch(&[(index, Some(&revoke)), (index + 1, Some(&late))])
@@ -130,11 +150,15 @@ fn tokens_are_assigned_on_apply_and_go_with_their_user() {
     let store = Store::in_memory(Options::default()).expect("store");
     let mut index = set_up(&store);
     let rev = store.auth_state().revision;
-    let login = auth(AuthRequest::Authenticate {
-        name: "u".into(),
-        token_prefix: "abcdefghijklmnop".into(),
-        checked_revision: rev,
-    });
+    let login = as_user(
+        "u",
+        rev,
+        Request::Auth(AuthRequest::Authenticate {
+            name: "u".into(),
+            token_prefix: "abcdefghijklmnop".into(),
+            checked_revision: rev,
+        }),
+    );
     let token = match store.apply(index, &login).expect("authenticate") {
         Response::Auth {
             token: Some(token), ..
@@ -148,10 +172,14 @@ fn tokens_are_assigned_on_apply_and_go_with_their_user() {
     store
         .apply(
             index,
-            &auth(AuthRequest::UserChangePassword {
-                name: "u".into(),
-                password_hash: "$2b$10$new".into(),
-            }),
+            &as_user(
+                "root",
+                rev,
+                Request::Auth(AuthRequest::UserChangePassword {
+                    name: "u".into(),
+                    password_hash: "$2b$10$new".into(),
+                }),
+            ),
         )
         .expect("change password");
     assert_eq!(
@@ -163,4 +191,89 @@ fn tokens_are_assigned_on_apply_and_go_with_their_user() {
     // A password checked before the change is stale.
     let stale = store.apply(index, &login);
     assert_eq!(refusal(stale), KvError::AuthOldRevision);
+}
+
+#[test]
+fn a_login_assigns_a_token_only_to_the_user_its_stamp_names() {
+    let store = Store::in_memory(Options::default()).expect("store");
+    let index = set_up(&store);
+    let rev = store.auth_state().revision;
+    let login = |stamp: Option<&str>| Command {
+        session: None,
+        request: Request::Auth(AuthRequest::Authenticate {
+            name: "root".into(),
+            token_prefix: "abcdefghijklmnop".into(),
+            checked_revision: rev,
+        }),
+        auth: stamp.map(|user| AuthStamp {
+            user: user.into(),
+            revision: rev,
+        }),
+    };
+    // A member that checked u's password cannot have a token assigned to root, and an
+    // unstamped login (one that did not come from a member's password check) gets none.
+    assert_eq!(
+        refusal(store.apply(index, &login(Some("u")))),
+        KvError::PermissionDenied
+    );
+    assert_eq!(
+        refusal(store.apply(index + 1, &login(None))),
+        KvError::PermissionDenied
+    );
+    assert!(matches!(
+        store.apply(index + 2, &login(Some("root"))),
+        Ok(Response::Auth { token: Some(_), .. })
+    ));
+}
+
+#[test]
+fn a_lease_revoke_needs_write_on_every_key_of_the_lease_at_apply() {
+    let store = Store::in_memory(Options::default()).expect("store");
+    let mut index = set_up(&store);
+    let rev = store.auth_state().revision;
+    store
+        .apply(index, &Command::new(Request::LeaseGrant { id: 7, ttl: 60 }))
+        .expect("grant");
+    index += 1;
+    let put = |k: &str| {
+        let mut p = PutRequest::new(k, "v");
+        p.lease = 7;
+        Request::Put(p)
+    };
+    store
+        .apply(index, &as_user("u", rev, put("/a/x")))
+        .expect("u writes /a/x");
+    index += 1;
+    let revoke = Request::LeaseRevoke { id: 7 };
+    // Attached since u's member checked the revoke: the check at apply sees it.
+    store
+        .apply(index, &as_user("root", rev, put("/b/x")))
+        .expect("root writes /b/x");
+    index += 1;
+    let before = store.revision().expect("revision");
+    let denied = store.apply(index, &as_user("u", rev, revoke.clone()));
+    assert_eq!(refusal(denied), KvError::PermissionDenied);
+    index += 1;
+    assert_eq!(
+        store.revision().expect("revision"),
+        before,
+        "nothing changed"
+    );
+    assert_eq!(
+        store
+            .range(&RangeRequest::key("/b/x"))
+            .expect("range")
+            .count,
+        1
+    );
+    store
+        .apply(index, &as_user("root", rev, revoke))
+        .expect("root may");
+    assert_eq!(
+        store
+            .range(&RangeRequest::key("/b/x"))
+            .expect("range")
+            .count,
+        0
+    );
 }

@@ -458,3 +458,314 @@ fn the_auth_state_survives_restart_and_snapshot_install() {
         assert_eq!(s.auth_revision, want.auth_revision, "member {i}");
     }
 }
+
+/// Authenticates `name` on member `i`; the token.
+async fn login(c: &Cluster, i: usize, name: &str, password: &str) -> String {
+    let (mut auth, _) = clients(c, i).await;
+    auth.authenticate(epb::AuthenticateRequest {
+        name: name.into(),
+        password: password.into(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("authenticate {name}: {s:?}"))
+    .into_inner()
+    .token
+}
+
+/// The cluster id, from member `i`'s answer to a read.
+async fn cluster_id(c: &Cluster, i: usize, token: &str) -> u64 {
+    let (_, mut kv) = clients(c, i).await;
+    kv.range(with_token(get("/a/x"), token))
+        .await
+        .expect("read")
+        .into_inner()
+        .header
+        .expect("header")
+        .cluster_id
+}
+
+const OLD_REVISION: &str = "etcdserver: revision of auth store is old";
+
+/// A lease revoke, a compaction, an alarm change and a member removal are checked where they
+/// arrive and again where they run, against the sender's stamp: a follower the leader
+/// stopped replicating to (whose state lags) lets them through, and the leader refuses them, changing
+/// nothing: the revoke because a key the sender may not write was attached to the lease
+/// since ("permission denied", as etcd's `checkLeasePuts` at apply), the others because the
+/// sender lost the root role since ("revision of auth store is old", as etcd's
+/// `IsAdminPermitted` at apply).
+#[test]
+fn lease_revoke_compaction_alarm_and_member_changes_are_checked_at_the_leader_too() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    // Slow elections: the follower cut off below believes in its leader for 3 s at least.
+    let c = Cluster::start_with(
+        3,
+        &["--heartbeat-interval", "100", "--election-timeout", "3000"],
+    );
+    let leader = rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let follower = (leader + 1) % 3;
+    let eps = c.endpoints();
+    set_up(&eps);
+    for args in [
+        vec!["role", "add", "writer"],
+        vec![
+            "role",
+            "grant-permission",
+            "writer",
+            "readwrite",
+            "/a/",
+            "--prefix=true",
+        ],
+        vec!["user", "grant-role", "alice", "writer"],
+        vec!["user", "add", "adm:admpw"],
+        vec!["user", "grant-role", "adm", "root"],
+    ] {
+        ok(&eps, ROOT, &args);
+    }
+    rt.block_on(async {
+        let root = login(&c, leader, "root", "rootpw").await;
+        let alice = login(&c, follower, "alice", "alicepw").await;
+        let adm = login(&c, follower, "adm", "admpw").await;
+        let leader_ch = common::channel(&format!("http://{}", c.endpoint(leader)))
+            .await
+            .expect("connect");
+        let follower_ch = common::channel(&format!("http://{}", c.endpoint(follower)))
+            .await
+            .expect("connect");
+        let mut leases = epb::lease_client::LeaseClient::new(leader_ch.clone());
+        let lease = leases
+            .lease_grant(with_token(
+                epb::LeaseGrantRequest { ttl: 600, id: 0 },
+                &root,
+            ))
+            .await
+            .expect("grant")
+            .into_inner()
+            .id;
+        let put = |key: &str, token: &str| {
+            with_token(
+                epb::PutRequest {
+                    key: key.into(),
+                    value: b"v".to_vec(),
+                    lease,
+                    ..Default::default()
+                },
+                token,
+            )
+        };
+        let (_, mut leader_kv) = clients(&c, leader).await;
+        leader_kv
+            .put(put("/a/leased", &alice))
+            .await
+            .expect("alice's put");
+        // The follower has applied all of it (a linearizable read waits for that).
+        let (_, mut follower_kv) = clients(&c, follower).await;
+        follower_kv
+            .range(with_token(get("/a/leased"), &alice))
+            .await
+            .expect("read on the follower");
+
+        // The leader stops sending the follower anything (and drops what it hears from it),
+        // but still serves the requests the follower forwards: the follower's state lags.
+        std::fs::write(c.fault_file(leader), &c.members[follower].name).expect("fault file");
+        // The fault files are read every 100 ms.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let cut_at = Instant::now();
+        // On the leader only: a key alice may not write joins her lease.
+        leader_kv
+            .put(put("/b/leased", &root))
+            .await
+            .expect("root's put");
+
+        let mut f_leases = epb::lease_client::LeaseClient::new(follower_ch.clone());
+        let revoke = f_leases
+            .lease_revoke(with_token(epb::LeaseRevokeRequest { id: lease }, &alice))
+            .await
+            .expect_err("alice may not write /b/leased");
+        assert_eq!(
+            (revoke.code(), revoke.message()),
+            (Code::PermissionDenied, DENIED)
+        );
+        // On the leader only: adm loses the root role.
+        etcdctl_ok(
+            &c.endpoint(leader),
+            &[ROOT, "user", "revoke-role", "adm", "root"],
+            "",
+        );
+        let mut f_kv = KvClient::new(follower_ch.clone());
+        let compact = f_kv
+            .compact(with_token(
+                epb::CompactionRequest {
+                    revision: 2,
+                    physical: false,
+                },
+                &adm,
+            ))
+            .await
+            .expect_err("adm is no administrator any more");
+        assert_eq!(compact.message(), OLD_REVISION, "{compact:?}");
+        let mut f_maint = epb::maintenance_client::MaintenanceClient::new(follower_ch.clone());
+        let disarm = f_maint
+            .alarm(with_token(
+                epb::AlarmRequest {
+                    action: epb::alarm_request::AlarmAction::Deactivate as i32,
+                    member_id: 0,
+                    alarm: epb::AlarmType::Nospace as i32,
+                },
+                &adm,
+            ))
+            .await
+            .expect_err("adm is no administrator any more");
+        assert_eq!(disarm.message(), OLD_REVISION, "{disarm:?}");
+        let mut f_cluster = epb::cluster_client::ClusterClient::new(follower_ch.clone());
+        let remove = f_cluster
+            .member_remove(with_token(epb::MemberRemoveRequest { id: 0xdead }, &adm))
+            .await
+            .expect_err("adm is no administrator any more");
+        assert_eq!(remove.message(), OLD_REVISION, "{remove:?}");
+        assert!(
+            cut_at.elapsed() < Duration::from_millis(2500),
+            "the follower may have stopped following: the test did not check what it meant to"
+        );
+
+        c.heal();
+        // Nothing changed: the lease and its keys are there, and history was not compacted.
+        let still = leader_kv
+            .range(with_token(
+                epb::RangeRequest {
+                    key: b"/b/leased".to_vec(),
+                    revision: 2,
+                    ..Default::default()
+                },
+                &root,
+            ))
+            .await;
+        assert!(still.is_ok(), "revision 2 was compacted: {still:?}");
+        let keys = leases
+            .lease_time_to_live(with_token(
+                epb::LeaseTimeToLiveRequest {
+                    id: lease,
+                    keys: true,
+                },
+                &root,
+            ))
+            .await
+            .expect("the lease is there")
+            .into_inner();
+        assert_eq!(keys.keys.len(), 2, "{keys:?}");
+    });
+}
+
+/// Whoever reaches the peer port (a client certificate the peer port should not take, a
+/// stranger on a plain peer port) cannot make the leader skip the permission checks by
+/// leaving the sender out: a forwarded write, auth change or login without a stamp, and a
+/// forwarded compaction, lease revoke or member change without one, are refused while auth
+/// is enabled, and change nothing.
+#[test]
+fn requests_forwarded_without_a_stamp_are_refused_once_auth_is_on() {
+    if !etcdctl_available() {
+        return;
+    }
+    use server::pb::skiff::raft::v1 as rpb;
+    let rt = runtime();
+    let c = Cluster::start(1);
+    rt.block_on(c.wait_leader(&[0]));
+    let eps = c.endpoints();
+    set_up(&eps);
+    rt.block_on(async {
+        let root = login(&c, 0, "root", "rootpw").await;
+        let cluster_id = cluster_id(&c, 0, &root).await;
+        let peer = common::channel(&format!("http://127.0.0.1:{}", c.members[0].peer_port))
+            .await
+            .expect("connect to the peer port");
+        let mut raft = rpb::raft_client::RaftClient::new(peer);
+        let unstamped = |client_id: u64, request: kv::Request| {
+            kv::codec::encode_command(&kv::Command {
+                session: Some(kv::Session::opened(client_id, 1, 0)),
+                request,
+                auth: None,
+            })
+        };
+        let commands = vec![
+            unstamped(
+                9001,
+                kv::Request::Auth(kv::AuthRequest::UserGrantRole {
+                    user: "alice".into(),
+                    role: "root".into(),
+                }),
+            ),
+            unstamped(
+                9002,
+                kv::Request::Auth(kv::AuthRequest::Authenticate {
+                    name: "root".into(),
+                    token_prefix: "abcdefghijklmnop".into(),
+                    checked_revision: 1,
+                }),
+            ),
+            unstamped(
+                9003,
+                kv::Request::Put(kv::PutRequest::new("/b/x", "stolen")),
+            ),
+        ];
+        let n = commands.len();
+        let writes = commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, command)| rpb::ForwardedWrite {
+                id: i as u64 + 1,
+                command,
+                can_answer: false,
+            })
+            .collect();
+        let batch = rpb::ForwardBatch { cluster_id, writes };
+        let mut results = raft
+            .forward(tokio_stream::iter(vec![batch]))
+            .await
+            .expect("forward stream")
+            .into_inner();
+        let mut seen = 0;
+        while seen < n {
+            let batch = results.message().await.expect("results").expect("more");
+            for r in batch.results {
+                seen += 1;
+                match r.outcome.expect("an outcome") {
+                    rpb::forward_result::Outcome::Error(e) => {
+                        assert_eq!(e.message, DENIED, "write {}", r.id)
+                    }
+                    rpb::forward_result::Outcome::Answer(bytes) => {
+                        let result = kv::codec::decode_result(&bytes).expect("decodes");
+                        assert_eq!(result, Err(kv::KvError::PermissionDenied), "write {}", r.id);
+                    }
+                    other => panic!("write {}: {other:?}", r.id),
+                }
+            }
+        }
+        let compact = raft
+            .compact(epb::CompactionRequest {
+                revision: 2,
+                physical: false,
+            })
+            .await
+            .expect_err("an unstamped compaction");
+        assert_eq!(compact.message(), DENIED);
+        let revoke = raft
+            .lease_revoke(epb::LeaseRevokeRequest { id: 1 })
+            .await
+            .expect_err("an unstamped revoke");
+        assert_eq!(revoke.message(), DENIED);
+        let remove = raft
+            .member_remove(epb::MemberRemoveRequest { id: 0xdead })
+            .await
+            .expect_err("an unstamped removal");
+        assert_eq!(remove.message(), DENIED);
+    });
+    // Nothing changed: alice holds no root role, /b/x holds what it held.
+    let alice = ok(&eps, ROOT, &["user", "get", "alice"]);
+    assert!(!alice.contains("root"), "{alice}");
+    assert_eq!(
+        ok(&eps, ROOT, &["get", "/b/x", "--print-value-only"]),
+        "2\n"
+    );
+}

@@ -284,6 +284,38 @@ impl Api {
             .map_err(crate::rpctypes::kv_status)
     }
 
+    /// The stamp of a request a follower forwarded here (the leader), which the entry will
+    /// carry: while auth is enabled one must be there, since anything that reaches the peer
+    /// port could send a request without one (the servers' own requests are never
+    /// forwarded: the leader makes them itself).
+    pub(super) fn forwarded_stamp(
+        &self,
+        stamp: Option<kv::AuthStamp>,
+    ) -> Result<Option<kv::AuthStamp>, Status> {
+        if stamp.is_none() && self.inner.node.kv.auth_state().enabled {
+            return Err(kv_refusal(kv::KvError::PermissionDenied));
+        }
+        Ok(stamp)
+    }
+
+    /// Refuses a configuration change a follower forwarded here (the leader) unless its
+    /// sender's `stamp` names an administrator on the state after everything committed
+    /// (etcd checks member changes only where they arrive; the follower did, against its
+    /// own state, which may lag). A configuration change is not a state machine entry, so
+    /// this is the last check before it is proposed.
+    pub(super) async fn check_forwarded_admin(
+        &self,
+        stamp: Option<&kv::AuthStamp>,
+    ) -> Result<(), Status> {
+        self.linearizable_read().await?;
+        let state = self.inner.node.kv.auth_state();
+        match stamp {
+            Some(stamp) => state.check_admin_stamped(stamp).map_err(kv_refusal),
+            None if state.enabled => Err(kv_refusal(kv::KvError::PermissionDenied)),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses unless `caller` may run administrative requests (etcd's `IsAdminPermitted`).
     pub(super) fn check_admin(&self, caller: &Caller) -> Result<(), Status> {
         self.inner
@@ -394,7 +426,16 @@ impl Api {
                 token_prefix: token_prefix()?,
                 checked_revision: state.revision,
             };
-            let answer = self.write_kv_as(kv::Request::Auth(req), None).await;
+            // Stamped with the user whose password was checked here: the entry assigns a
+            // token to that user only, and an Authenticate without a stamp (which did not
+            // come from a member's password check) is refused at apply.
+            let checked = kv::AuthStamp {
+                user: r.name.clone(),
+                revision: state.revision,
+            };
+            let answer = self
+                .write_kv_as(kv::Request::Auth(req), Some(checked))
+                .await;
             match answer {
                 Ok(kv::Response::Auth {
                     revision,

@@ -201,17 +201,20 @@ impl Api {
     /// session), whose answer is the leader's. `session` is `None` for a client's write (a
     /// fresh one is chosen) and the follower's for one forwarded here (`origin`
     /// [`Origin::Peer`]: run here once, never forwarded again). Their answers are small.
+    /// `stamp` is the client's (see [`auth`]; `None` for the servers' own): the entry carries
+    /// it, and `via_leader` forwards it ([`crate::peer::forwarded`]).
     async fn write<T, Fut>(
         &self,
         request: kv::Request,
         origin: Origin,
         session: Option<kv::Session>,
+        stamp: Option<kv::AuthStamp>,
         via_leader: impl Fn(LeaderClient, kv::Session) -> Fut,
     ) -> Result<Reached<kv::Response, T>, Status>
     where
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
-        let (session, data) = self.command(request, session, None)?;
+        let (session, data) = self.command(request, session, stamp)?;
         self.inner
             .leader
             .on_leader(

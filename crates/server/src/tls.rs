@@ -159,7 +159,8 @@ fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| fail(e.to_string()))
 }
 
-fn read_certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of the PEM file `path` (given as `flag`); an error names both.
+pub fn read_certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = read_pem(flag, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()

@@ -489,6 +489,48 @@ fn skiff_dev_tls_makes_certificates_and_prints_the_etcdctl_flags() {
     // The members require the client certificate.
     let without = etcdctl(&eps, &[&flags[0], "get", "greeting"], "");
     assert!(!without.ok, "{}", without.stdout);
+
+    // The client certificate, signed by the same CA, does not open the peer port: only the
+    // member certificate's CN is allowed there. The member certificate gets an answer (the
+    // made-up cluster id is refused, but by the Raft service, past the handshake).
+    let rt = common::runtime();
+    let peer_port = base + 1;
+    let probe = |cert: &str, key: &str| {
+        let pem = |name: &str| std::fs::read(tls_dir.join(name)).expect("read pem");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem("ca.pem")))
+            .identity(tonic::transport::Identity::from_pem(pem(cert), pem(key)))
+            .domain_name("localhost");
+        rt.block_on(async {
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{peer_port}"))
+                    .expect("url")
+                    .tls_config(tls)
+                    .expect("tls")
+                    .connect_timeout(Duration::from_secs(5));
+            let channel = match endpoint.connect().await {
+                Ok(c) => c,
+                Err(e) => return Err(format!("connect: {e:?}")),
+            };
+            let mut raft = server::pb::skiff::raft::v1::raft_client::RaftClient::new(channel);
+            let mut request = tonic::Request::new(server::pb::skiff::raft::v1::ProbeRequest {
+                cluster_id: 1,
+                from: 1,
+            });
+            request.set_timeout(Duration::from_secs(5));
+            match raft.probe(request).await {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => Ok(()),
+                Err(s) => Err(format!("{s:?}")),
+            }
+        })
+    };
+    probe("member.pem", "member-key.pem").expect("a member opens the peer port");
+    let refused = probe("client.pem", "client-key.pem");
+    assert!(
+        refused.is_err(),
+        "the client certificate opened the peer port"
+    );
 }
 
 /// With `--client-cert-auth`, a request without a token is the user its certificate's CN

@@ -355,11 +355,19 @@ impl ClientCertVerifier for AllowedCn {
     }
 }
 
-/// The first Common Name in a certificate's subject; `None` if it has none or does not parse.
+/// The Common Name of a certificate's subject as etcd (Go's `pkix.Name`) reads it: with
+/// several CN attributes, the last one that is a string (Go's `FillFromRDNSequence` assigns
+/// each in turn); `None` if it has none or does not parse. Taking another one than etcd
+/// would make one certificate name different users (or pass `--peer-cert-allowed-cn`
+/// differently) in Skiff and in etcd.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_string)
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .last()?;
+    Some(cn.to_string())
 }
 
 /// The Common Name of the client certificate `request` came with, on a TLS port with a trusted
@@ -598,6 +606,26 @@ mod tests {
             std::fs::write(dir.path().join(name), pem).expect("write pem");
         }
         Pki { dir }
+    }
+
+    #[test]
+    fn of_several_common_names_the_last_is_taken_as_etcd_does() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        // A second CN attribute (OID 2.5.4.3 given as a custom type, which rcgen keeps apart
+        // from its own CommonName entry), after the first.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 3]), "root");
+        let cert = params.self_signed(&key).expect("cert");
+        let der = CertificateDer::from(cert.der().to_vec());
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).expect("parses");
+        assert_eq!(parsed.subject().iter_common_name().count(), 2, "two CNs");
+        // Go's crypto/x509: Subject.CommonName is "root".
+        assert_eq!(common_name(&der).as_deref(), Some("root"));
     }
 
     fn flags(pki: &Pki, key: &str) -> TlsFlags {

@@ -79,7 +79,7 @@ mod write;
 
 pub use alarms::{AlarmAction, AlarmMember, AlarmType};
 pub use audit::KvHash;
-pub use auth::{AuthRequest, AuthStamp, AuthState, PermType, Permission};
+pub use auth::{AuthRequest, AuthStamp, AuthState, PasswordHash, PermType, Permission};
 pub use command::{Command, Request, Response, Session};
 pub use defrag::Defragmented;
 pub use error::{Error, KvError};

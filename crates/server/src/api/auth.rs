@@ -412,7 +412,7 @@ impl Api {
             let hash = state
                 .users
                 .get(&r.name)
-                .and_then(|u| u.password_hash.clone());
+                .and_then(|u| u.password_hash.as_ref().map(|h| h.expose().to_string()));
             let Some(hash) = hash else {
                 tracing::info!(user = %r.name, "authentication failed: no such user, or no password");
                 return Err(kv_refusal(kv::KvError::AuthFailed));
@@ -570,7 +570,7 @@ impl epb::auth_server::Auth for Api {
         let password_hash = if no_password {
             None
         } else {
-            Some(self.hash_password(r.password).await?)
+            Some(self.hash_password(r.password).await?.into())
         };
         let req = kv::AuthRequest::UserAdd {
             name: r.name,
@@ -632,7 +632,7 @@ impl epb::auth_server::Auth for Api {
         let r = request.into_inner();
         let req = kv::AuthRequest::UserChangePassword {
             name: r.name,
-            password_hash: self.hash_password(r.password).await?,
+            password_hash: self.hash_password(r.password).await?.into(),
         };
         let (header, _) = self.auth_write(&caller, req).await?;
         Ok(Response::new(epb::AuthUserChangePasswordResponse {

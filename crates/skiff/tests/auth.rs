@@ -2,7 +2,8 @@
 //! the real etcdctl (`--user`) and by gRPC with a token: etcd's rules and errors, a
 //! transaction with one denied op denied whole, a watch on a denied range refused, a revoked
 //! role enforced on the very next request on every member, tokens that are garbled or from
-//! another member's lifetime refused, Authenticate rate-limited per connection, and the auth
+//! another member's lifetime refused, Authenticate rate-limited per address and per user (an
+//! unknown user refused as slowly as a wrong password), and the auth
 //! state kept across restarts and carried by the snapshot a lagging member installs.
 
 mod common;
@@ -283,7 +284,7 @@ fn a_revoked_role_is_enforced_on_the_next_request_of_every_member() {
 }
 
 #[test]
-fn authenticate_is_rate_limited_per_connection() {
+fn authenticate_is_rate_limited_per_address_and_per_user() {
     if !etcdctl_available() {
         return;
     }
@@ -325,19 +326,61 @@ fn authenticate_is_rate_limited_per_connection() {
     set_up(&c.endpoint(0));
     rt.block_on(async {
         let (auth, _) = clients(&c, 0).await;
-        let attempt = |password: &str| epb::AuthenticateRequest {
-            name: "alice".into(),
+        let attempt = |name: &str, password: &str| epb::AuthenticateRequest {
+            name: name.into(),
             password: password.into(),
         };
-        // Guesses sent at once on one connection (HTTP/2 multiplexes them): the burst is
-        // checked, the rest refused without a check.
-        let guesses = 12;
+        // Guesses for alice sent at once on one connection (HTTP/2 multiplexes them): the
+        // burst of the address (and of the user) is checked, the rest refused without a
+        // check.
+        let guesses = 30;
+        let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel(guesses);
         let mut tasks = Vec::new();
         for _ in 0..guesses {
             let mut auth = auth.clone();
-            let req = attempt("guess");
-            tasks.push(tokio::spawn(async move { auth.authenticate(req).await }));
+            let req = attempt("alice", "guess");
+            let refused_tx = refused_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = auth.authenticate(req).await;
+                if matches!(&r, Err(s) if s.code() == Code::ResourceExhausted) {
+                    let _ = refused_tx.send(()).await;
+                }
+                r
+            }));
         }
+        // Once one is refused, the address's budget is spent: a new connection from the same
+        // address does not get a new one (it would if budgets were per connection) ...
+        refused_rx.recv().await.expect("one refused");
+        let (mut again, _) = clients(&c, 0).await;
+        let s = again
+            .authenticate(attempt("root", "guess"))
+            .await
+            .expect_err("same address");
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("too many authentication attempts"), "{s:?}");
+        // ... and another address gets its own budget, but not for alice, whose budget the
+        // guesses spent whatever their address.
+        let other_address = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            c.endpoint(0)
+        ))
+        .expect("url")
+        .local_address(Some("127.0.0.2".parse().expect("ip")))
+        .connect()
+        .await
+        .expect("connect from 127.0.0.2");
+        let mut other = AuthClient::new(other_address);
+        let s = other
+            .authenticate(attempt("alice", "alicepw"))
+            .await
+            .expect_err("alice's budget is spent");
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        let s = other
+            .authenticate(attempt("root", "guess"))
+            .await
+            .expect_err("a wrong password");
+        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, AUTH_FAILED));
+
         let (mut failed, mut limited) = (0, 0);
         for t in tasks {
             match t.await.expect("task") {
@@ -355,15 +398,67 @@ fn authenticate_is_rate_limited_per_connection() {
         }
         assert_eq!(failed + limited, guesses);
         assert!(
-            (5..=6).contains(&failed),
-            "the burst of 5 (and at most one refilled) is checked: {failed} checked, {limited} refused"
+            (20..=21).contains(&failed),
+            "the burst of 20 (and at most one refilled) is checked: {failed} checked, {limited} refused"
         );
-        // Another connection has its own budget, and the right password works.
-        let (mut other, _) = clients(&c, 0).await;
+        // The budgets refill: alice logs in from the other address.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         other
-            .authenticate(attempt("alicepw"))
+            .authenticate(attempt("alice", "alicepw"))
             .await
-            .expect("another connection");
+            .expect("refilled");
+    });
+}
+
+/// A name that has no password to check (no such user) is refused only after a bcrypt
+/// check like a wrong password's, so that the time of the refusal does not tell whether
+/// the user exists.
+#[test]
+fn an_unknown_user_is_refused_as_slowly_as_a_wrong_password() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    // A costly hash, so that a check stands well above the noise.
+    let c = Cluster::start_with(1, &["--bcrypt-cost", "12"]);
+    rt.block_on(c.wait_leader(&[0]));
+    set_up(&c.endpoint(0));
+    rt.block_on(async {
+        let (mut auth, _) = clients(&c, 0).await;
+        let mut refusal_time = |name: &'static str| {
+            let mut auth = auth.clone();
+            async move {
+                let mut fastest = Duration::MAX;
+                for _ in 0..3 {
+                    let start = Instant::now();
+                    let s = auth
+                        .authenticate(epb::AuthenticateRequest {
+                            name: name.into(),
+                            password: "guess".into(),
+                        })
+                        .await
+                        .expect_err("refused");
+                    assert_eq!(
+                        (s.code(), s.message()),
+                        (Code::InvalidArgument, AUTH_FAILED)
+                    );
+                    fastest = fastest.min(start.elapsed());
+                }
+                fastest
+            }
+        };
+        let wrong_password = refusal_time("alice").await;
+        let no_such_user = refusal_time("nobody").await;
+        assert!(
+            no_such_user * 2 >= wrong_password,
+            "no such user: {no_such_user:?}, a wrong password: {wrong_password:?}"
+        );
+        auth.authenticate(epb::AuthenticateRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+        })
+        .await
+        .expect("the right password");
     });
 }
 

@@ -37,6 +37,7 @@ use crate::rpctypes::{
 
 pub mod alarm;
 pub mod auth;
+pub mod auth_limit;
 pub mod backup;
 pub mod cluster;
 pub mod compactor;
@@ -87,7 +88,7 @@ struct Inner {
     dashboard: dashboard::Hub,
     /// The auth flags (see [`auth`]).
     auth: auth::AuthConfig,
-    /// The budget of Authenticate attempts per connection (see [`auth`]).
+    /// The budgets of Authenticate attempts (see [`auth_limit`]).
     auth_limiter: auth::AuthLimiter,
 }
 
@@ -132,6 +133,14 @@ impl Api {
         self.inner.node.kv.set_token_ttl(config.token_ttl);
         let inner = Arc::get_mut(&mut self.inner).expect("configured before it is shared");
         inner.auth = config;
+        // The dummy hash unknown names are checked against (see `auth`), made now on a
+        // thread of its own rather than by the first such login, which would take twice as
+        // long as the others and tell.
+        let dummy = inner.auth_limiter.dummy_hash.clone();
+        let cost = config.bcrypt_cost;
+        std::thread::spawn(move || {
+            dummy.get_or_init(|| auth::dummy_hash(cost));
+        });
         self
     }
 

@@ -84,7 +84,7 @@ pub use command::{Command, Request, Response, Session};
 pub use defrag::Defragmented;
 pub use error::{Error, KvError};
 pub use lease::LEASE_TTL_MAX;
-pub use store::{CommitObserver, Durability, Options, SnapshotView, Store};
+pub use store::{CommitObserver, Durability, Options, SnapshotView, Store, TokenLookup};
 pub use types::*;
 pub use watch::{Changes, Event, EventKind};
 

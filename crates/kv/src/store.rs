@@ -30,6 +30,17 @@ pub(crate) const META_FORMAT: &str = "format";
 /// sessions one row each) are converted when they open; see `open`.
 pub(crate) const FORMAT: u64 = 4;
 
+/// What a member can tell of a token ([`Store::lookup_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLookup {
+    /// Live, the user's.
+    Live(String),
+    /// Unknown here, and never to be known: refuse it at once.
+    Invalid,
+    /// Unknown here yet: its entry may apply here later (wait for a read barrier).
+    NotYet,
+}
+
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -633,6 +644,24 @@ impl Store {
     /// The user `token` was assigned to, if it is live on this member (refreshing it).
     pub fn token_user(&self, token: &str) -> Option<String> {
         self.lock_tokens().user(token, std::time::Instant::now())
+    }
+
+    /// What this member can tell of `token` now: live (refreshed), or unknown for good (not
+    /// shaped like a token, or assigned by an entry this member has applied and since gone:
+    /// expired, ended, or lost to a restart or snapshot), or not known yet (its entry is
+    /// not applied here yet: a member ahead of this one may have assigned it).
+    pub fn lookup_token(&self, token: &str) -> TokenLookup {
+        let Some(index) = crate::auth::tokens::assigned_at(token) else {
+            return TokenLookup::Invalid;
+        };
+        // Read before the table: the store takes an applied batch's tokens before it shows
+        // the batch's applied index, so an index read first covers every token it names.
+        let applied = self.meta().applied;
+        match self.token_user(token) {
+            Some(user) => TokenLookup::Live(user),
+            None if index <= applied => TokenLookup::Invalid,
+            None => TokenLookup::NotYet,
+        }
     }
 
     /// Sets how long a token lives after its last use (`--auth-token-ttl`; non-zero).

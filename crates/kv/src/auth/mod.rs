@@ -302,7 +302,16 @@ impl AuthRequest {
         let role = |n: &str| name_ok(n, KvError::RoleEmpty);
         match self {
             AuthRequest::Enable | AuthRequest::Disable => Ok(()),
-            AuthRequest::Authenticate { name, .. } => user(name),
+            AuthRequest::Authenticate {
+                name, token_prefix, ..
+            } => {
+                // Every token a member assigns has this shape, which lets a member tell a
+                // garbled token from one it has not applied yet (see `tokens::assigned_at`).
+                if !tokens::is_token_prefix(token_prefix) {
+                    return Err(KvError::AuthFailed);
+                }
+                user(name)
+            }
             AuthRequest::UserAdd { name, .. }
             | AuthRequest::UserDelete { name }
             | AuthRequest::UserChangePassword { name, .. } => user(name),

@@ -20,6 +20,28 @@ pub const TOKENS_MAX: usize = 1 << 16;
 pub const USER_TOKENS_MAX: usize = 64;
 /// etcd's default `--auth-token-ttl`.
 pub const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(300);
+/// Letters in a token's random prefix (etcd's `defaultSimpleTokenLength`).
+pub const TOKEN_PREFIX_LETTERS: usize = 16;
+
+/// Whether `prefix` is a token prefix as the members choose them: [`TOKEN_PREFIX_LETTERS`]
+/// ASCII letters.
+pub fn is_token_prefix(prefix: &str) -> bool {
+    prefix.len() == TOKEN_PREFIX_LETTERS && prefix.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+/// The Raft index of the Authenticate entry that assigned `token` (`<prefix>.<index>`), or
+/// `None` if it is not shaped like a token any member assigns, in which case no member
+/// knows it or ever will.
+pub fn assigned_at(token: &str) -> Option<u64> {
+    let (prefix, index) = token.split_once('.')?;
+    let digits =
+        !index.is_empty() && index.len() <= 20 && index.bytes().all(|b| b.is_ascii_digit());
+    if !is_token_prefix(prefix) || !digits {
+        return None;
+    }
+    index.parse().ok().filter(|&i| i > 0)
+}
+
 const _: () = assert!(USER_TOKENS_MAX >= 1 && USER_TOKENS_MAX <= TOKENS_MAX);
 
 /// One live token.
@@ -231,6 +253,27 @@ mod tests {
         t.invalidate_user("alice");
         assert_eq!(t.user("a.1", t0 + Duration::from_secs(17)), None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn only_tokens_shaped_as_members_assign_them_have_an_index() {
+        assert_eq!(assigned_at("abcdefghijklmnop.42"), Some(42));
+        assert_eq!(assigned_at("ABCDEFGHIJKLMNOp.1"), Some(1));
+        for bad in [
+            "",
+            "garbage.1",
+            "abcdefghijklmnop",
+            "abcdefghijklmnop.",
+            "abcdefghijklmnop.0",
+            "abcdefghijklmno1.2",
+            "abcdefghijklmnopq.2",
+            "abcdefghijklmnop.+2",
+            "abcdefghijklmnop.2.3",
+            "abcdefghijklmnop.99999999999999999999",
+            "Bearer abcdefghijklmnop.2",
+        ] {
+            assert_eq!(assigned_at(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

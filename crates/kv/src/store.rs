@@ -801,10 +801,16 @@ impl Store {
         let mut index = self.write_index();
         txn.commit()?;
         self.set_alarms(alarms);
-        self.set_auth(auth);
         // The snapshot skipped the entries that would have revoked tokens (a user deleted
-        // and added again with another password): every client logs in again.
-        self.lock_tokens().clear();
+        // and added again with another password): every client logs in again. The tokens
+        // go before the new state is shown, under the token lock held across both, so that
+        // no request resolves an old token against the new state: one that read the new
+        // state waits for the lock and finds no token, one that resolved its token before
+        // carries the old revision, which the new state refuses.
+        let mut tokens = self.lock_tokens();
+        tokens.clear();
+        self.set_auth(auth);
+        drop(tokens);
         let epoch = index.epoch + 1;
         *index = loaded;
         index.epoch = epoch;

@@ -277,3 +277,71 @@ fn a_lease_revoke_needs_write_on_every_key_of_the_lease_at_apply() {
         0
     );
 }
+
+/// A restored snapshot replaces the auth state and ends every token: no reader may see the
+/// new state while a token from before still resolves (it would pass a check against the
+/// new state with a user the old one vouched for). A reader resolves a token between two
+/// reads of the state; while a writer restores one snapshot then the other, assigning a
+/// token in between, the reader must never find the token live under the same new state on
+/// both sides.
+#[test]
+fn no_reader_sees_a_restored_auth_state_with_a_token_from_before() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let store = Arc::new(Store::in_memory(Options::default()).expect("store"));
+    let index = set_up(&store);
+    let old_snap = store.snapshot().expect("snapshot");
+    let rev = store.auth_state().revision;
+    // The new state: one more role, a later revision.
+    store
+        .apply(
+            index,
+            &as_user(
+                "root",
+                rev,
+                Request::Auth(AuthRequest::RoleAdd { name: "x".into() }),
+            ),
+        )
+        .expect("role");
+    let new_snap = store.snapshot().expect("snapshot");
+    let new_rev = store.auth_state().revision;
+    assert!(new_rev > rev);
+    let login = as_user(
+        "u",
+        rev,
+        Request::Auth(AuthRequest::Authenticate {
+            name: "u".into(),
+            token_prefix: "abcdefghijklmnop".into(),
+            checked_revision: rev,
+        }),
+    );
+    let token = format!("abcdefghijklmnop.{index}");
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (store, done, token) = (store.clone(), done.clone(), token.clone());
+        std::thread::spawn(move || {
+            let mut seen = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                let before = store.auth_state();
+                let user = store.token_user(&token);
+                let after = store.auth_state();
+                if before.revision == new_rev && Arc::ptr_eq(&before, &after) && user.is_some() {
+                    return Err(format!("token {token} resolved under the restored state"));
+                }
+                seen += 1;
+            }
+            Ok(seen)
+        })
+    };
+    for _ in 0..3000 {
+        store.restore(&old_snap).expect("restore old");
+        store.apply(index, &login).expect("login");
+        store.restore(&new_snap).expect("restore new");
+        if reader.is_finished() {
+            break;
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    let seen = reader.join().expect("reader").expect("consistent");
+    assert!(seen > 0);
+}

@@ -425,7 +425,7 @@ fn an_unknown_user_is_refused_as_slowly_as_a_wrong_password() {
     set_up(&c.endpoint(0));
     rt.block_on(async {
         let (mut auth, _) = clients(&c, 0).await;
-        let mut refusal_time = |name: &'static str| {
+        let refusal_time = |name: &'static str| {
             let mut auth = auth.clone();
             async move {
                 let mut fastest = Duration::MAX;

@@ -219,7 +219,9 @@ pub enum Response {
     Auth {
         /// Store revision (unchanged by auth requests).
         revision: i64,
-        /// The token an Authenticate assigned.
+        /// The key of the token an Authenticate assigned (`<SHA-256 of its random part, in
+        /// hex>.<index>`; see [`crate::auth::tokens::key_of`]): never the token itself, which
+        /// only the member that chose the random part can make of it.
         token: Option<String>,
     },
 }

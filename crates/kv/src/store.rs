@@ -643,7 +643,8 @@ impl Store {
 
     /// The user `token` was assigned to, if it is live on this member (refreshing it).
     pub fn token_user(&self, token: &str) -> Option<String> {
-        self.lock_tokens().user(token, std::time::Instant::now())
+        let (key, _) = crate::auth::tokens::key_of(token)?;
+        self.lock_tokens().user(&key, std::time::Instant::now())
     }
 
     /// What this member can tell of `token` now: live (refreshed), or unknown for good (not
@@ -651,13 +652,13 @@ impl Store {
     /// expired, ended, or lost to a restart or snapshot), or not known yet (its entry is
     /// not applied here yet: a member ahead of this one may have assigned it).
     pub fn lookup_token(&self, token: &str) -> TokenLookup {
-        let Some(index) = crate::auth::tokens::assigned_at(token) else {
+        let Some((key, index)) = crate::auth::tokens::key_of(token) else {
             return TokenLookup::Invalid;
         };
         // Read before the table: the store takes an applied batch's tokens before it shows
         // the batch's applied index, so an index read first covers every token it names.
         let applied = self.meta().applied;
-        match self.token_user(token) {
+        match self.lock_tokens().user(&key, std::time::Instant::now()) {
             Some(user) => TokenLookup::Live(user),
             None if index <= applied => TokenLookup::Invalid,
             None => TokenLookup::NotYet,

@@ -150,22 +150,30 @@ fn tokens_are_assigned_on_apply_and_go_with_their_user() {
     let store = Store::in_memory(Options::default()).expect("store");
     let mut index = set_up(&store);
     let rev = store.auth_state().revision;
+    // The entry (what every member's log keeps) carries the hash of the token's random part.
+    let hash = skiff_kv::auth::tokens::prefix_hash("abcdefghijklmnop");
     let login = as_user(
         "u",
         rev,
         Request::Auth(AuthRequest::Authenticate {
             name: "u".into(),
-            token_prefix: "abcdefghijklmnop".into(),
+            token_prefix: hash.clone(),
             checked_revision: rev,
         }),
     );
-    let token = match store.apply(index, &login).expect("authenticate") {
+    let logged = skiff_kv::codec::encode_command(&login);
+    assert!(!logged
+        .windows("abcdefghijklmnop".len())
+        .any(|w| w == b"abcdefghijklmnop"));
+    let key = match store.apply(index, &login).expect("authenticate") {
         Response::Auth {
-            token: Some(token), ..
-        } => token,
+            token: Some(key), ..
+        } => key,
         other => panic!("{other:?}"),
     };
-    assert_eq!(token, format!("abcdefghijklmnop.{index}"));
+    assert_eq!(key, format!("{hash}.{index}"), "the key, not the token");
+    assert_eq!(store.token_user(&key), None, "the key is no token");
+    let token = format!("abcdefghijklmnop.{index}");
     assert_eq!(store.token_user(&token).as_deref(), Some("u"));
     assert_eq!(store.auth_state().revision, rev, "a login changes no state");
     index += 1;

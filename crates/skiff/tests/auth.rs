@@ -926,3 +926,55 @@ fn a_token_a_member_can_tell_is_garbage_costs_no_read_barrier() {
         assert!(took >= Duration::from_secs(1), "{took:?}");
     });
 }
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The Raft log (the WAL every member keeps until it is compacted) holds no live token: a
+/// login's entry carries the hash of the token's random part, so whoever reads a member's
+/// data dir cannot act as the user.
+#[test]
+fn no_live_token_is_written_to_the_data_dir() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    let c = Cluster::start(1);
+    rt.block_on(c.wait_leader(&[0]));
+    set_up(&c.endpoint(0));
+    let token = rt.block_on(async {
+        let token = login(&c, 0, "alice", "alicepw").await;
+        let (_, mut kv) = clients(&c, 0).await;
+        kv.range(with_token(get("/a/x"), &token))
+            .await
+            .expect("the token works");
+        token
+    });
+    let (random, index) = token.split_once('.').expect("<random>.<index>");
+    assert_eq!(random.len(), 16, "{token}");
+    assert!(index.parse::<u64>().is_ok(), "{token}");
+    let files = files_under(&c.data_dir(0));
+    assert!(!files.is_empty());
+    for file in files {
+        let bytes = std::fs::read(&file).expect("read");
+        assert!(
+            !bytes.windows(random.len()).any(|w| w == random.as_bytes()),
+            "{} holds the token {token}",
+            file.display()
+        );
+    }
+}

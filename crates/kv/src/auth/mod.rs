@@ -214,7 +214,9 @@ pub enum AuthRequest {
     Authenticate {
         /// The user.
         name: String,
-        /// The token's random part, chosen by the receiving member.
+        /// The SHA-256 in hex of the token's random part, which the receiving member chose
+        /// and keeps to itself ([`tokens::prefix_hash`]); entries written before tokens were
+        /// hashed hold the random part itself (16 letters), and apply alike.
         token_prefix: String,
         /// The auth revision the password was checked at.
         checked_revision: u64,
@@ -307,7 +309,7 @@ impl AuthRequest {
             } => {
                 // Every token a member assigns has this shape, which lets a member tell a
                 // garbled token from one it has not applied yet (see `tokens::assigned_at`).
-                if !tokens::is_token_prefix(token_prefix) {
+                if !tokens::is_prefix_hash(token_prefix) && !tokens::is_token_prefix(token_prefix) {
                     return Err(KvError::AuthFailed);
                 }
                 user(name)

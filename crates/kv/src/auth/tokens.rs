@@ -3,6 +3,13 @@
 //! knows none: its clients authenticate again, as etcd's do). A token unused for the TTL
 //! (`--auth-token-ttl`, etcd's default 300 s) expires; each use refreshes it.
 //!
+//! A token is `<random part>.<index of its Authenticate entry>`. The entry, which stays in
+//! every member's log (the WAL) until compacted, carries only the SHA-256 of the random part
+//! ([`prefix_hash`]), and the table holds tokens by their key `<that hash in hex>.<index>`
+//! ([`key_of`]): reading a log or a member's memory does not give anyone a live token. Only
+//! the member that chose the random part knows it, and hands the token to its client.
+//! Entries written before hold the random part itself; they apply to the same key.
+//!
 //! The table is bounded by [`TOKENS_MAX`] overall and [`USER_TOKENS_MAX`] per user: a user's
 //! new token pushes out that user's oldest (so one account's login flood costs only its own
 //! older sessions), and when the table is full, expired tokens go first, then the one
@@ -23,23 +30,49 @@ pub const TOKEN_TTL_DEFAULT: Duration = Duration::from_secs(300);
 /// Letters in a token's random prefix (etcd's `defaultSimpleTokenLength`).
 pub const TOKEN_PREFIX_LETTERS: usize = 16;
 
+/// Hex digits of a random part's SHA-256 ([`prefix_hash`]).
+pub const PREFIX_HASH_HEX_DIGITS: usize = 64;
+
 /// Whether `prefix` is a token prefix as the members choose them: [`TOKEN_PREFIX_LETTERS`]
 /// ASCII letters.
 pub fn is_token_prefix(prefix: &str) -> bool {
     prefix.len() == TOKEN_PREFIX_LETTERS && prefix.bytes().all(|b| b.is_ascii_alphabetic())
 }
 
-/// The Raft index of the Authenticate entry that assigned `token` (`<prefix>.<index>`), or
-/// `None` if it is not shaped like a token any member assigns, in which case no member
-/// knows it or ever will.
-pub fn assigned_at(token: &str) -> Option<u64> {
+/// Whether `hash` is shaped like [`prefix_hash`]'s: [`PREFIX_HASH_HEX_DIGITS`] lowercase hex
+/// digits (never a prefix, which has 16 letters).
+pub fn is_prefix_hash(hash: &str) -> bool {
+    hash.len() == PREFIX_HASH_HEX_DIGITS
+        && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The SHA-256 of a token's random part, in lowercase hex: what an Authenticate entry
+/// carries, and the first half of the token's key in the table.
+pub fn prefix_hash(prefix: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(prefix.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The key `token` (`<prefix>.<index>`) is held under (`<prefix_hash>.<index>`), and the Raft
+/// index of the Authenticate entry that assigned it; `None` if it is not shaped like a
+/// token any member assigns, in which case no member knows it or ever will.
+pub fn key_of(token: &str) -> Option<(String, u64)> {
     let (prefix, index) = token.split_once('.')?;
     let digits =
         !index.is_empty() && index.len() <= 20 && index.bytes().all(|b| b.is_ascii_digit());
     if !is_token_prefix(prefix) || !digits {
         return None;
     }
-    index.parse().ok().filter(|&i| i > 0)
+    let index: u64 = index.parse().ok().filter(|&i| i > 0)?;
+    Some((format!("{}.{index}", prefix_hash(prefix)), index))
+}
+
+/// The Raft index of the Authenticate entry that assigned `token`, as [`key_of`].
+pub fn assigned_at(token: &str) -> Option<u64> {
+    key_of(token).map(|(_, index)| index)
 }
 
 const _: () = assert!(USER_TOKENS_MAX >= 1 && USER_TOKENS_MAX <= TOKENS_MAX);
@@ -56,7 +89,7 @@ struct Entry {
     seq: u64,
 }
 
-/// The tokens of one member.
+/// The tokens of one member, by key ([`key_of`]; the methods take keys, not tokens).
 ///
 /// Invariants ([`Tokens::check_invariants`]): the three indexes hold the same tokens;
 /// `by_token.len() <= TOKENS_MAX`; no user holds more than [`USER_TOKENS_MAX`].
@@ -253,6 +286,19 @@ mod tests {
         t.invalidate_user("alice");
         assert_eq!(t.user("a.1", t0 + Duration::from_secs(17)), None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_tokens_key_holds_the_hash_of_its_random_part_not_the_part() {
+        let (key, index) = key_of("abcdefghijklmnop.42").expect("a token");
+        assert_eq!(index, 42);
+        // echo -n abcdefghijklmnop | sha256sum
+        let hash = "f39dac6cbaba535e2c207cd0cd8f154974223c848f727f98b3564cea569b41cf";
+        assert_eq!(prefix_hash("abcdefghijklmnop"), hash);
+        assert!(is_prefix_hash(hash));
+        assert!(!is_prefix_hash("abcdefghijklmnop") && !is_token_prefix(hash));
+        assert_eq!(key, format!("{hash}.42"));
+        assert!(!key.contains("abcdefghijklmnop"));
     }
 
     #[test]

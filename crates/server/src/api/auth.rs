@@ -9,8 +9,10 @@
 //! holds a password, and nothing logs one.
 //!
 //! Authenticate, as etcd's: after a linearizable read barrier, the password is checked here
-//! against this member's applied state, then an entry assigns the token on every member; it
-//! carries the auth revision of the check, and is refused if the state changed since (a new
+//! against this member's applied state, then an entry assigns the token on every member (the
+//! entry carries the SHA-256 of the token's random part, which only this member knows, so
+//! the log holds no live token; see `kv::auth::tokens`); it carries the auth revision of the
+//! check, and is refused if the state changed since (a new
 //! password), in which case the check runs again. Attempts are rate-limited per client
 //! address, per user name and per member ([`AuthLimiter`]) and the bcrypt checks in flight
 //! are bounded, so a password cannot be guessed at line rate and logins cannot take every
@@ -420,9 +422,13 @@ impl Api {
                 tracing::info!(user = %logged_name(&r.name), "authentication failed");
                 return Err(kv_refusal(kv::KvError::AuthFailed));
             }
+            // The log gets the hash of the token's random part, never the part: the token is
+            // made here, from the index its entry took.
+            let prefix = token_prefix()?;
+            let hash = kv::auth::tokens::prefix_hash(&prefix);
             let req = kv::AuthRequest::Authenticate {
                 name: r.name.clone(),
-                token_prefix: token_prefix()?,
+                token_prefix: hash.clone(),
                 checked_revision: state.revision,
             };
             // Stamped with the user whose password was checked here: the entry assigns a
@@ -438,15 +444,21 @@ impl Api {
             match answer {
                 Ok(kv::Response::Auth {
                     revision,
-                    token: Some(token),
+                    token: Some(key),
                 }) => {
+                    let index = key
+                        .strip_prefix(&hash)
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .ok_or_else(|| {
+                            Status::internal(format!("a login answered with the token key {key:?}"))
+                        })?;
                     return Ok(epb::AuthenticateResponse {
                         header: Some(epb::ResponseHeader {
                             revision,
                             ..self.header()
                         }),
-                        token,
-                    })
+                        token: format!("{prefix}.{index}"),
+                    });
                 }
                 Ok(other) => return Err(unexpected(&other)),
                 // The state changed between the check and the entry: check again.

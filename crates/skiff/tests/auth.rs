@@ -978,3 +978,66 @@ fn no_live_token_is_written_to_the_data_dir() {
         );
     }
 }
+
+/// An open watch is checked again once the auth state changes: after alice loses the role
+/// that let her read `/a/`, her watch on it is canceled with etcd's "permission denied" and
+/// she is sent no later change (etcd 3.4 goes on sending them).
+#[test]
+fn an_open_watch_is_canceled_when_its_user_may_no_longer_read() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    let c = Cluster::start(1);
+    rt.block_on(c.wait_leader(&[0]));
+    let eps = c.endpoints();
+    set_up(&eps);
+    rt.block_on(async {
+        let alice = login(&c, 0, "alice", "alicepw").await;
+        let ch = common::channel(&format!("http://{}", c.endpoint(0)))
+            .await
+            .expect("connect");
+        let mut watch = epb::watch_client::WatchClient::new(ch);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let create = epb::WatchRequest {
+            request_union: Some(epb::watch_request::RequestUnion::CreateRequest(
+                epb::WatchCreateRequest {
+                    key: b"/a/".to_vec(),
+                    range_end: b"/a0".to_vec(),
+                    ..Default::default()
+                },
+            )),
+        };
+        tx.send(create).await.expect("queue the create");
+        let mut responses = watch
+            .watch(with_token(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                &alice,
+            ))
+            .await
+            .expect("watch")
+            .into_inner();
+        async fn next(responses: &mut tonic::Streaming<epb::WatchResponse>) -> epb::WatchResponse {
+            tokio::time::timeout(Duration::from_secs(10), responses.message())
+                .await
+                .expect("an answer in time")
+                .expect("the stream")
+                .expect("open")
+        }
+        let created = next(&mut responses).await;
+        assert!(created.created && !created.canceled, "{created:?}");
+        etcdctl_ok(&eps, &[ROOT, "put", "/a/1", "one"], "");
+        let first = next(&mut responses).await;
+        assert_eq!(first.events.len(), 1, "{first:?}");
+        etcdctl_ok(&eps, &[ROOT, "user", "revoke-role", "alice", "reader"], "");
+        etcdctl_ok(&eps, &[ROOT, "put", "/a/2", "two"], "");
+        let after = next(&mut responses).await;
+        assert!(
+            after.events.is_empty(),
+            "an event sent after the revoke: {after:?}"
+        );
+        assert!(after.canceled, "{after:?}");
+        assert_eq!(after.cancel_reason, DENIED);
+        drop(tx);
+    });
+}

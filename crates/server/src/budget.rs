@@ -12,8 +12,11 @@ use std::time::{Duration, Instant};
 pub(crate) struct Buckets<K> {
     /// Key -> (attempts left, when last counted); attempts left at most `burst`.
     left: HashMap<K, (f64, Instant)>,
+    /// Attempts a full bucket holds (a new key's bucket is full); at least 1.
     burst: f64,
+    /// How long one attempt takes to come back; non-zero.
     interval: Duration,
+    /// Most keys remembered (`left.len()`); at least 1.
     keys_max: usize,
 }
 

@@ -569,13 +569,21 @@ fn execute_as(
     // A retry's replay passed the gates when it was first applied; only its answer is wanted.
     // Permission first, then the alarms (etcd's auth applier wraps its quota applier).
     if let Replay::No(applying) = &replay {
-        if let Some(stamp) = applying.stamp {
-            let auth = store.auth_state();
-            let mut lease_keys = |id| {
-                let table = txn.open_table(crate::lease::LEASE_KEYS)?;
-                crate::lease::keys_of(&table, id)
-            };
-            auth.check_stamped(stamp, req, &mut lease_keys)?;
+        let auth = store.auth_state();
+        match applying.stamp {
+            Some(stamp) => {
+                let mut lease_keys = |id| {
+                    let table = txn.open_table(crate::lease::LEASE_KEYS)?;
+                    crate::lease::keys_of(&table, id)
+                };
+                auth.check_stamped(stamp, req, &mut lease_keys)?;
+            }
+            // A client's request that lost its stamp (or one forged on the peer port) is
+            // not trusted as the servers' own.
+            None if auth.enabled && req.only_clients_send() => {
+                return Err(KvError::PermissionDenied.into());
+            }
+            None => {}
         }
         if let Some(refused) = store.alarm_refusal(req) {
             return Err(refused.into());

@@ -43,8 +43,10 @@ pub struct Command {
     pub request: Request,
     /// Who sent it, for a client's request (see [`crate::auth`]): the applying member
     /// checks its permission against the auth state it applies at. `None` for requests the
-    /// servers make themselves (lease expiry, compaction, member changes), which are never
-    /// checked; the API layer stamps every client request it proposes.
+    /// servers make themselves (lease expiry, auto-compaction, a member's publish, an alarm
+    /// raised by a member), which are not checked; the API layer stamps every client request
+    /// it proposes, and a request only clients send ([`Request::only_clients_send`]) without
+    /// a stamp is refused while auth is enabled.
     pub auth: Option<crate::auth::AuthStamp>,
 }
 
@@ -132,6 +134,31 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether only a client sends this request, never a server on its own: while auth is
+    /// enabled, such a request must carry the stamp of its sender ([`Command::auth`]), and
+    /// one without is refused at apply ("permission denied"), so that a request reaching the
+    /// peer port unstamped cannot skip the permission check. The servers' own requests (a
+    /// lease's expiry, the leader's auto-compaction, a member publishing itself, an alarm a
+    /// member raises) are not of this kind; a client's compaction, lease revoke or alarm
+    /// raise is stamped all the same, and checked at apply.
+    pub fn only_clients_send(&self) -> bool {
+        match self {
+            Request::Range(_)
+            | Request::Put(_)
+            | Request::DeleteRange(_)
+            | Request::Txn(_)
+            | Request::Auth(_)
+            | Request::MemberUpdate { .. } => true,
+            Request::Alarm { action, .. } => *action == crate::alarms::AlarmAction::Deactivate,
+            Request::Compact { .. }
+            | Request::LeaseGrant { .. }
+            | Request::LeaseRevoke { .. }
+            | Request::MemberPublish(_)
+            | Request::MembersRemoved(_)
+            | Request::MemberAdd(_) => false,
+        }
+    }
+
     /// Whether this changes the member table (not the key space).
     pub fn is_member_change(&self) -> bool {
         matches!(
@@ -192,7 +219,9 @@ pub enum Response {
     Auth {
         /// Store revision (unchanged by auth requests).
         revision: i64,
-        /// The token an Authenticate assigned.
+        /// The key of the token an Authenticate assigned (`<SHA-256 of its random part, in
+        /// hex>.<index>`; see [`crate::auth::tokens::key_of`]): never the token itself, which
+        /// only the member that chose the random part can make of it.
         token: Option<String>,
     },
 }

@@ -79,18 +79,18 @@ mod write;
 
 pub use alarms::{AlarmAction, AlarmMember, AlarmType};
 pub use audit::KvHash;
-pub use auth::{AuthRequest, AuthStamp, AuthState, PermType, Permission};
+pub use auth::{AuthRequest, AuthStamp, AuthState, PasswordHash, PermType, Permission};
 pub use command::{Command, Request, Response, Session};
 pub use defrag::Defragmented;
 pub use error::{Error, KvError};
 pub use lease::LEASE_TTL_MAX;
+pub use store::{CommitObserver, Durability, Options, SnapshotView, Store, TokenLookup};
+pub use types::*;
+pub use watch::{Changes, Event, EventKind};
 
 /// A request whose execution takes longer than this is slow (etcd's `warnApplyDuration`,
 /// counted in `etcd_server_slow_apply_total`); see [`Store::slow_applies`].
 pub const SLOW_APPLY: std::time::Duration = std::time::Duration::from_millis(100);
-pub use store::{CommitObserver, Durability, Options, SnapshotView, Store};
-pub use types::*;
-pub use watch::{Changes, Event, EventKind};
 
 /// Most compares, or ops in one branch, of a transaction: etcd's `--max-txn-ops` default.
 /// A nested transaction gets the budget its parent leaves.

@@ -30,6 +30,17 @@ pub(crate) const META_FORMAT: &str = "format";
 /// sessions one row each) are converted when they open; see `open`.
 pub(crate) const FORMAT: u64 = 4;
 
+/// What a member can tell of a token ([`Store::lookup_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLookup {
+    /// Live, the user's.
+    Live(String),
+    /// Unknown here, and never to be known: refuse it at once.
+    Invalid,
+    /// Unknown here yet: its entry may apply here later (wait for a read barrier).
+    NotYet,
+}
+
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -680,7 +691,26 @@ impl Store {
 
     /// The user `token` was assigned to, if it is live on this member (refreshing it).
     pub fn token_user(&self, token: &str) -> Option<String> {
-        self.lock_tokens().user(token, std::time::Instant::now())
+        let (key, _) = crate::auth::tokens::key_of(token)?;
+        self.lock_tokens().user(&key, std::time::Instant::now())
+    }
+
+    /// What this member can tell of `token` now: live (refreshed), or unknown for good (not
+    /// shaped like a token, or assigned by an entry this member has applied and since gone:
+    /// expired, ended, or lost to a restart or snapshot), or not known yet (its entry is
+    /// not applied here yet: a member ahead of this one may have assigned it).
+    pub fn lookup_token(&self, token: &str) -> TokenLookup {
+        let Some((key, index)) = crate::auth::tokens::key_of(token) else {
+            return TokenLookup::Invalid;
+        };
+        // Read before the table: the store takes an applied batch's tokens before it shows
+        // the batch's applied index, so an index read first covers every token it names.
+        let applied = self.meta().applied;
+        match self.lock_tokens().user(&key, std::time::Instant::now()) {
+            Some(user) => TokenLookup::Live(user),
+            None if index <= applied => TokenLookup::Invalid,
+            None => TokenLookup::NotYet,
+        }
     }
 
     /// Sets how long a token lives after its last use (`--auth-token-ttl`; non-zero).
@@ -820,10 +850,16 @@ impl Store {
         let mut index = self.write_index();
         txn.commit()?;
         self.set_alarms(alarms);
-        self.set_auth(auth);
         // The snapshot skipped the entries that would have revoked tokens (a user deleted
-        // and added again with another password): every client logs in again.
-        self.lock_tokens().clear();
+        // and added again with another password): every client logs in again. The tokens
+        // go before the new state is shown, under the token lock held across both, so that
+        // no request resolves an old token against the new state: one that read the new
+        // state waits for the lock and finds no token, one that resolved its token before
+        // carries the old revision, which the new state refuses.
+        let mut tokens = self.lock_tokens();
+        tokens.clear();
+        self.set_auth(auth);
+        drop(tokens);
         let epoch = index.epoch + 1;
         *index = loaded;
         index.epoch = epoch;

@@ -22,6 +22,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+mod budget;
 pub mod cluster;
 pub mod config;
 mod error;

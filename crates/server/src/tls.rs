@@ -34,6 +34,20 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 pub const HANDSHAKES_MAX: usize = 256;
 /// A handshake that takes longer than this is abandoned.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress from one IP address, at most: a stalled handshake holds one of
+/// the port's [`HANDSHAKES_MAX`] slots for up to [`HANDSHAKE_TIMEOUT`], and one address must
+/// not hold them all. A connection past that is closed at once.
+pub const HANDSHAKES_PER_IP_MAX: usize = 32;
+/// Handshakes one IP address may start back to back (each costs this member a key exchange
+/// and a signature) ...
+pub const HANDSHAKE_IP_BURST: u32 = 64;
+/// ... and then one more every this long (50 a second); past that a connection is closed at
+/// once.
+pub const HANDSHAKE_IP_INTERVAL: Duration = Duration::from_millis(20);
+/// Addresses whose handshake budgets are remembered, at most (see [`crate::budget`]).
+const HANDSHAKE_IPS_MAX: usize = 4096;
+
+const _: () = assert!(HANDSHAKES_PER_IP_MAX >= 1 && HANDSHAKES_PER_IP_MAX < HANDSHAKES_MAX);
 /// Certificate, key or CA files larger than this are refused (a PEM chain is a few KiB).
 const PEM_BYTES_MAX: u64 = 1024 * 1024;
 
@@ -159,7 +173,8 @@ fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| fail(e.to_string()))
 }
 
-fn read_certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of the PEM file `path` (given as `flag`); an error names both.
+pub fn read_certs(flag: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = read_pem(flag, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -354,11 +369,19 @@ impl ClientCertVerifier for AllowedCn {
     }
 }
 
-/// The first Common Name in a certificate's subject; `None` if it has none or does not parse.
+/// The Common Name of a certificate's subject as etcd (Go's `pkix.Name`) reads it: with
+/// several CN attributes, the last one that is a string (Go's `FillFromRDNSequence` assigns
+/// each in turn); `None` if it has none or does not parse. Taking another one than etcd
+/// would make one certificate name different users (or pass `--peer-cert-allowed-cn`
+/// differently) in Skiff and in etcd.
 pub fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
-    let cn = parsed.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_string)
+    let cn = parsed
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .last()?;
+    Some(cn.to_string())
 }
 
 /// The Common Name of the client certificate `request` came with, on a TLS port with a trusted
@@ -472,6 +495,7 @@ fn tls_incoming(
     let (tx, rx) = mpsc::channel(HANDSHAKES_MAX);
     tokio::spawn(async move {
         let permits = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+        let gate = Arc::new(HandshakeGate::default());
         let failures = Arc::new(FailureLog::default());
         loop {
             let accepted = tokio::select! {
@@ -496,6 +520,19 @@ fn tls_incoming(
                 }
                 continue;
             };
+            // Held, like the permit, until the handshake ends.
+            let slot = match gate.try_enter(remote.ip(), std::time::Instant::now()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    if let Some(more) = failures.may_log() {
+                        tracing::warn!(
+                            port, %remote, more_since_last_line = more,
+                            "{why}; connection closed"
+                        );
+                    }
+                    continue;
+                }
+            };
             if let Err(error) = tcp.set_nodelay(true) {
                 tracing::debug!(port, %remote, %error, "TCP_NODELAY not set");
             }
@@ -510,6 +547,7 @@ fn tls_incoming(
                     Ok(Err(error)) => error.to_string(),
                     Err(_) => format!("took longer than {HANDSHAKE_TIMEOUT:?}"),
                 };
+                drop(slot);
                 drop(permit);
                 if let Some(more) = failures.may_log() {
                     tracing::warn!(
@@ -521,6 +559,81 @@ fn tls_incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// The per-address handshake budgets of one port: at most [`HANDSHAKES_PER_IP_MAX`] in
+/// progress, and started at most as fast as [`HANDSHAKE_IP_BURST`] and
+/// [`HANDSHAKE_IP_INTERVAL`] allow.
+#[derive(Debug)]
+struct HandshakeGate {
+    state: std::sync::Mutex<GateState>,
+}
+
+#[derive(Debug)]
+struct GateState {
+    /// Address -> handshakes in progress from it (never 0: an address with none has no
+    /// entry). At most [`HANDSHAKES_MAX`] entries, since each holds a port's permit.
+    in_progress: std::collections::HashMap<std::net::IpAddr, usize>,
+    /// Handshakes each address may still start.
+    started: crate::budget::Buckets<std::net::IpAddr>,
+}
+
+impl Default for HandshakeGate {
+    fn default() -> Self {
+        HandshakeGate {
+            state: std::sync::Mutex::new(GateState {
+                in_progress: Default::default(),
+                started: crate::budget::Buckets::new(
+                    HANDSHAKE_IP_BURST,
+                    HANDSHAKE_IP_INTERVAL,
+                    HANDSHAKE_IPS_MAX,
+                ),
+            }),
+        }
+    }
+}
+
+impl HandshakeGate {
+    /// A slot for a handshake from `ip` at `now`, released when dropped; or why none.
+    fn try_enter(
+        self: &Arc<Self>,
+        ip: std::net::IpAddr,
+        now: std::time::Instant,
+    ) -> Result<HandshakeSlot, &'static str> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.in_progress.get(&ip).copied().unwrap_or(0) >= HANDSHAKES_PER_IP_MAX {
+            return Err("too many TLS handshakes in progress from this address");
+        }
+        if s.started.level(&ip, now) < 1.0 {
+            return Err("TLS handshakes started too fast from this address");
+        }
+        s.started.take(ip, now);
+        *s.in_progress.entry(ip).or_insert(0) += 1;
+        assert!(s.in_progress.len() <= HANDSHAKES_MAX);
+        Ok(HandshakeSlot {
+            gate: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// A handshake in progress from `ip`, counted by its gate until dropped.
+struct HandshakeSlot {
+    gate: Arc<HandshakeGate>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut s = self.gate.state.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(n) = s.in_progress.get_mut(&self.ip) else {
+            panic!("a handshake slot of {} was not counted", self.ip);
+        };
+        *n -= 1;
+        if *n == 0 {
+            s.in_progress.remove(&self.ip);
+        }
+    }
 }
 
 /// Rate limit of the refused-connection lines of one port (failed handshakes, and connections
@@ -597,6 +710,52 @@ mod tests {
             std::fs::write(dir.path().join(name), pem).expect("write pem");
         }
         Pki { dir }
+    }
+
+    #[test]
+    fn one_address_gets_a_share_of_the_handshakes_at_a_bounded_rate() {
+        let gate = Arc::new(HandshakeGate::default());
+        let t0 = std::time::Instant::now();
+        let a: std::net::IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: std::net::IpAddr = "10.0.0.2".parse().expect("ip");
+        let held: Vec<_> = (0..HANDSHAKES_PER_IP_MAX)
+            .map(|_| gate.try_enter(a, t0).expect("within the share"))
+            .collect();
+        assert!(gate.try_enter(a, t0).is_err(), "a's share is in progress");
+        let other = gate.try_enter(b, t0).expect("b has its own");
+        drop(other);
+        drop(held);
+        assert!(gate.state.lock().expect("lock").in_progress.is_empty());
+        // a has started 32 of its 64; the rest of the burst, then the rate.
+        let burst = HANDSHAKE_IP_BURST as usize - HANDSHAKES_PER_IP_MAX;
+        for _ in 0..burst {
+            drop(gate.try_enter(a, t0).expect("burst"));
+        }
+        assert!(gate.try_enter(a, t0).is_err(), "started too fast");
+        drop(
+            gate.try_enter(a, t0 + HANDSHAKE_IP_INTERVAL)
+                .expect("refilled"),
+        );
+    }
+
+    #[test]
+    fn of_several_common_names_the_last_is_taken_as_etcd_does() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "alice");
+        // A second CN attribute (OID 2.5.4.3 given as a custom type, which rcgen keeps apart
+        // from its own CommonName entry), after the first.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CustomDnType(vec![2, 5, 4, 3]), "root");
+        let cert = params.self_signed(&key).expect("cert");
+        let der = CertificateDer::from(cert.der().to_vec());
+        let (_, parsed) = x509_parser::parse_x509_certificate(der.as_ref()).expect("parses");
+        assert_eq!(parsed.subject().iter_common_name().count(), 2, "two CNs");
+        // Go's crypto/x509: Subject.CommonName is "root".
+        assert_eq!(common_name(&der).as_deref(), Some("root"));
     }
 
     fn flags(pki: &Pki, key: &str) -> TlsFlags {

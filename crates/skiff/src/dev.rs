@@ -99,6 +99,10 @@ async fn run_async(args: DevArgs) -> anyhow::Result<()> {
         }
         tls_flags.push("--client-cert-auth".into());
         tls_flags.push("--peer-client-cert-auth".into());
+        // The client certificate is signed by the same CA: without this, it would open the
+        // peer port too (Raft messages, forwarded writes).
+        tls_flags.push("--peer-cert-allowed-cn".into());
+        tls_flags.push(crate::tls::DEV_MEMBER_CN.into());
     }
     let scheme = if args.tls { "https" } else { "http" };
     let port = |i: usize, peer: bool| u32::from(args.base_port) + 2 * i as u32 + u32::from(peer);

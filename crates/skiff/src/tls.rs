@@ -84,8 +84,10 @@ pub const FLAGS_SET_BY_DEV_TLS: [&str; 9] = [
 pub struct DevCerts {
     /// The throwaway CA's certificate.
     pub ca: PathBuf,
-    /// The members' certificate (SANs 127.0.0.1 and localhost; server and client use), for
-    /// both ports.
+    /// The members' certificate (CN [`DEV_MEMBER_CN`], SANs 127.0.0.1 and localhost; server
+    /// and client use), for both ports. The members accept only it on the peer port
+    /// (`--peer-cert-allowed-cn`), so the client certificate, signed by the same CA, cannot
+    /// open it.
     pub member: PathBuf,
     /// Its key.
     pub member_key: PathBuf,
@@ -98,6 +100,13 @@ pub struct DevCerts {
 /// The Common Name of `skiff dev --tls`'s client certificate (etcd's user under
 /// `--client-cert-auth`).
 pub const DEV_CLIENT_CN: &str = "root";
+/// The Common Name of `skiff dev --tls`'s member certificate, the only one its members
+/// accept on the peer port (`--peer-cert-allowed-cn`).
+pub const DEV_MEMBER_CN: &str = "skiff-dev-member";
+const _: () = assert!(
+    !DEV_MEMBER_CN.is_empty() && DEV_MEMBER_CN.len() != DEV_CLIENT_CN.len(),
+    "the member and client certificates name different subjects"
+);
 
 impl DevCerts {
     fn under(dir: &Path) -> DevCerts {
@@ -122,7 +131,11 @@ impl DevCerts {
             &certs.client,
             &certs.client_key,
         ];
-        if all.iter().all(|p| p.exists()) {
+        // Kept only if the member certificate names the member CN the peer port allows (an
+        // older run may have made others): a cluster that cannot reach itself helps nobody.
+        if all.iter().all(|p| p.exists())
+            && member_cn(&certs.member).as_deref() == Some(DEV_MEMBER_CN)
+        {
             return Ok(certs);
         }
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -158,7 +171,7 @@ impl DevCerts {
             Ok((cert.pem(), key.serialize_pem()))
         };
         let sans = vec!["127.0.0.1".to_string(), "localhost".to_string()];
-        let (member, member_key) = leaf("skiff-dev-member", sans, true)?;
+        let (member, member_key) = leaf(DEV_MEMBER_CN, sans, true)?;
         let (client, client_key) = leaf(DEV_CLIENT_CN, Vec::new(), false)?;
         write(&certs.ca, &ca.pem(), false)?;
         write(&certs.member, &member, false)?;
@@ -167,6 +180,12 @@ impl DevCerts {
         write(&certs.client_key, &client_key, true)?;
         Ok(certs)
     }
+}
+
+/// The Common Name of the certificate in the PEM file `path`, if it reads and parses.
+fn member_cn(path: &Path) -> Option<String> {
+    let certs = server::tls::read_certs("--peer-cert-file", path).ok()?;
+    server::tls::common_name(certs.first()?)
 }
 
 /// Writes `text` to `path`; a key only its owner may read.

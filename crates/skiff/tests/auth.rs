@@ -2,7 +2,8 @@
 //! the real etcdctl (`--user`) and by gRPC with a token: etcd's rules and errors, a
 //! transaction with one denied op denied whole, a watch on a denied range refused, a revoked
 //! role enforced on the very next request on every member, tokens that are garbled or from
-//! another member's lifetime refused, Authenticate rate-limited per connection, and the auth
+//! another member's lifetime refused, Authenticate rate-limited per address and per user (an
+//! unknown user refused as slowly as a wrong password), and the auth
 //! state kept across restarts and carried by the snapshot a lagging member installs.
 
 mod common;
@@ -283,7 +284,7 @@ fn a_revoked_role_is_enforced_on_the_next_request_of_every_member() {
 }
 
 #[test]
-fn authenticate_is_rate_limited_per_connection() {
+fn authenticate_is_rate_limited_per_address_and_per_user() {
     if !etcdctl_available() {
         return;
     }
@@ -325,19 +326,61 @@ fn authenticate_is_rate_limited_per_connection() {
     set_up(&c.endpoint(0));
     rt.block_on(async {
         let (auth, _) = clients(&c, 0).await;
-        let attempt = |password: &str| epb::AuthenticateRequest {
-            name: "alice".into(),
+        let attempt = |name: &str, password: &str| epb::AuthenticateRequest {
+            name: name.into(),
             password: password.into(),
         };
-        // Guesses sent at once on one connection (HTTP/2 multiplexes them): the burst is
-        // checked, the rest refused without a check.
-        let guesses = 12;
+        // Guesses for alice sent at once on one connection (HTTP/2 multiplexes them): the
+        // burst of the address (and of the user) is checked, the rest refused without a
+        // check.
+        let guesses = 30;
+        let (refused_tx, mut refused_rx) = tokio::sync::mpsc::channel(guesses);
         let mut tasks = Vec::new();
         for _ in 0..guesses {
             let mut auth = auth.clone();
-            let req = attempt("guess");
-            tasks.push(tokio::spawn(async move { auth.authenticate(req).await }));
+            let req = attempt("alice", "guess");
+            let refused_tx = refused_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = auth.authenticate(req).await;
+                if matches!(&r, Err(s) if s.code() == Code::ResourceExhausted) {
+                    let _ = refused_tx.send(()).await;
+                }
+                r
+            }));
         }
+        // Once one is refused, the address's budget is spent: a new connection from the same
+        // address does not get a new one (it would if budgets were per connection) ...
+        refused_rx.recv().await.expect("one refused");
+        let (mut again, _) = clients(&c, 0).await;
+        let s = again
+            .authenticate(attempt("root", "guess"))
+            .await
+            .expect_err("same address");
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        assert!(s.message().contains("too many authentication attempts"), "{s:?}");
+        // ... and another address gets its own budget, but not for alice, whose budget the
+        // guesses spent whatever their address.
+        let other_address = tonic::transport::Endpoint::from_shared(format!(
+            "http://{}",
+            c.endpoint(0)
+        ))
+        .expect("url")
+        .local_address(Some("127.0.0.2".parse().expect("ip")))
+        .connect()
+        .await
+        .expect("connect from 127.0.0.2");
+        let mut other = AuthClient::new(other_address);
+        let s = other
+            .authenticate(attempt("alice", "alicepw"))
+            .await
+            .expect_err("alice's budget is spent");
+        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+        let s = other
+            .authenticate(attempt("root", "guess"))
+            .await
+            .expect_err("a wrong password");
+        assert_eq!((s.code(), s.message()), (Code::InvalidArgument, AUTH_FAILED));
+
         let (mut failed, mut limited) = (0, 0);
         for t in tasks {
             match t.await.expect("task") {
@@ -355,15 +398,67 @@ fn authenticate_is_rate_limited_per_connection() {
         }
         assert_eq!(failed + limited, guesses);
         assert!(
-            (5..=6).contains(&failed),
-            "the burst of 5 (and at most one refilled) is checked: {failed} checked, {limited} refused"
+            (20..=21).contains(&failed),
+            "the burst of 20 (and at most one refilled) is checked: {failed} checked, {limited} refused"
         );
-        // Another connection has its own budget, and the right password works.
-        let (mut other, _) = clients(&c, 0).await;
+        // The budgets refill: alice logs in from the other address.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         other
-            .authenticate(attempt("alicepw"))
+            .authenticate(attempt("alice", "alicepw"))
             .await
-            .expect("another connection");
+            .expect("refilled");
+    });
+}
+
+/// A name that has no password to check (no such user) is refused only after a bcrypt
+/// check like a wrong password's, so that the time of the refusal does not tell whether
+/// the user exists.
+#[test]
+fn an_unknown_user_is_refused_as_slowly_as_a_wrong_password() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    // A costly hash, so that a check stands well above the noise.
+    let c = Cluster::start_with(1, &["--bcrypt-cost", "12"]);
+    rt.block_on(c.wait_leader(&[0]));
+    set_up(&c.endpoint(0));
+    rt.block_on(async {
+        let (mut auth, _) = clients(&c, 0).await;
+        let refusal_time = |name: &'static str| {
+            let mut auth = auth.clone();
+            async move {
+                let mut fastest = Duration::MAX;
+                for _ in 0..3 {
+                    let start = Instant::now();
+                    let s = auth
+                        .authenticate(epb::AuthenticateRequest {
+                            name: name.into(),
+                            password: "guess".into(),
+                        })
+                        .await
+                        .expect_err("refused");
+                    assert_eq!(
+                        (s.code(), s.message()),
+                        (Code::InvalidArgument, AUTH_FAILED)
+                    );
+                    fastest = fastest.min(start.elapsed());
+                }
+                fastest
+            }
+        };
+        let wrong_password = refusal_time("alice").await;
+        let no_such_user = refusal_time("nobody").await;
+        assert!(
+            no_such_user * 2 >= wrong_password,
+            "no such user: {no_such_user:?}, a wrong password: {wrong_password:?}"
+        );
+        auth.authenticate(epb::AuthenticateRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+        })
+        .await
+        .expect("the right password");
     });
 }
 
@@ -457,4 +552,492 @@ fn the_auth_state_survives_restart_and_snapshot_install() {
         assert!(s.enabled, "member {i}");
         assert_eq!(s.auth_revision, want.auth_revision, "member {i}");
     }
+}
+
+/// Authenticates `name` on member `i`; the token.
+async fn login(c: &Cluster, i: usize, name: &str, password: &str) -> String {
+    let (mut auth, _) = clients(c, i).await;
+    auth.authenticate(epb::AuthenticateRequest {
+        name: name.into(),
+        password: password.into(),
+    })
+    .await
+    .unwrap_or_else(|s| panic!("authenticate {name}: {s:?}"))
+    .into_inner()
+    .token
+}
+
+/// The cluster id, from member `i`'s answer to a read.
+async fn cluster_id(c: &Cluster, i: usize, token: &str) -> u64 {
+    let (_, mut kv) = clients(c, i).await;
+    kv.range(with_token(get("/a/x"), token))
+        .await
+        .expect("read")
+        .into_inner()
+        .header
+        .expect("header")
+        .cluster_id
+}
+
+const OLD_REVISION: &str = "etcdserver: revision of auth store is old";
+
+/// A lease revoke, a compaction, an alarm change and a member removal are checked where they
+/// arrive and again where they run, against the sender's stamp: a follower the leader
+/// stopped replicating to (whose state lags) lets them through, and the leader refuses them, changing
+/// nothing: the revoke because a key the sender may not write was attached to the lease
+/// since ("permission denied", as etcd's `checkLeasePuts` at apply), the others because the
+/// sender lost the root role since ("revision of auth store is old", as etcd's
+/// `IsAdminPermitted` at apply).
+#[test]
+fn lease_revoke_compaction_alarm_and_member_changes_are_checked_at_the_leader_too() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    // Slow elections: the follower cut off below believes in its leader for 3 s at least.
+    let c = Cluster::start_with(
+        3,
+        &["--heartbeat-interval", "100", "--election-timeout", "3000"],
+    );
+    let leader = rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let follower = (leader + 1) % 3;
+    let eps = c.endpoints();
+    set_up(&eps);
+    for args in [
+        vec!["role", "add", "writer"],
+        vec![
+            "role",
+            "grant-permission",
+            "writer",
+            "readwrite",
+            "/a/",
+            "--prefix=true",
+        ],
+        vec!["user", "grant-role", "alice", "writer"],
+        vec!["user", "add", "adm:admpw"],
+        vec!["user", "grant-role", "adm", "root"],
+    ] {
+        ok(&eps, ROOT, &args);
+    }
+    rt.block_on(async {
+        let root = login(&c, leader, "root", "rootpw").await;
+        let alice = login(&c, follower, "alice", "alicepw").await;
+        let adm = login(&c, follower, "adm", "admpw").await;
+        let leader_ch = common::channel(&format!("http://{}", c.endpoint(leader)))
+            .await
+            .expect("connect");
+        let follower_ch = common::channel(&format!("http://{}", c.endpoint(follower)))
+            .await
+            .expect("connect");
+        let mut leases = epb::lease_client::LeaseClient::new(leader_ch.clone());
+        let lease = leases
+            .lease_grant(with_token(
+                epb::LeaseGrantRequest { ttl: 600, id: 0 },
+                &root,
+            ))
+            .await
+            .expect("grant")
+            .into_inner()
+            .id;
+        let put = |key: &str, token: &str| {
+            with_token(
+                epb::PutRequest {
+                    key: key.into(),
+                    value: b"v".to_vec(),
+                    lease,
+                    ..Default::default()
+                },
+                token,
+            )
+        };
+        let (_, mut leader_kv) = clients(&c, leader).await;
+        leader_kv
+            .put(put("/a/leased", &alice))
+            .await
+            .expect("alice's put");
+        // The follower has applied all of it (a linearizable read waits for that).
+        let (_, mut follower_kv) = clients(&c, follower).await;
+        follower_kv
+            .range(with_token(get("/a/leased"), &alice))
+            .await
+            .expect("read on the follower");
+
+        // The leader stops sending the follower anything (and drops what it hears from it),
+        // but still serves the requests the follower forwards: the follower's state lags.
+        std::fs::write(c.fault_file(leader), &c.members[follower].name).expect("fault file");
+        // The fault files are read every 100 ms.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let cut_at = Instant::now();
+        // On the leader only: a key alice may not write joins her lease.
+        leader_kv
+            .put(put("/b/leased", &root))
+            .await
+            .expect("root's put");
+
+        let mut f_leases = epb::lease_client::LeaseClient::new(follower_ch.clone());
+        let revoke = f_leases
+            .lease_revoke(with_token(epb::LeaseRevokeRequest { id: lease }, &alice))
+            .await
+            .expect_err("alice may not write /b/leased");
+        assert_eq!(
+            (revoke.code(), revoke.message()),
+            (Code::PermissionDenied, DENIED)
+        );
+        // On the leader only: adm loses the root role.
+        etcdctl_ok(
+            &c.endpoint(leader),
+            &[ROOT, "user", "revoke-role", "adm", "root"],
+            "",
+        );
+        let mut f_kv = KvClient::new(follower_ch.clone());
+        let compact = f_kv
+            .compact(with_token(
+                epb::CompactionRequest {
+                    revision: 2,
+                    physical: false,
+                },
+                &adm,
+            ))
+            .await
+            .expect_err("adm is no administrator any more");
+        assert_eq!(compact.message(), OLD_REVISION, "{compact:?}");
+        let mut f_maint = epb::maintenance_client::MaintenanceClient::new(follower_ch.clone());
+        let disarm = f_maint
+            .alarm(with_token(
+                epb::AlarmRequest {
+                    action: epb::alarm_request::AlarmAction::Deactivate as i32,
+                    member_id: 0,
+                    alarm: epb::AlarmType::Nospace as i32,
+                },
+                &adm,
+            ))
+            .await
+            .expect_err("adm is no administrator any more");
+        assert_eq!(disarm.message(), OLD_REVISION, "{disarm:?}");
+        let mut f_cluster = epb::cluster_client::ClusterClient::new(follower_ch.clone());
+        let remove = f_cluster
+            .member_remove(with_token(epb::MemberRemoveRequest { id: 0xdead }, &adm))
+            .await
+            .expect_err("adm is no administrator any more");
+        assert_eq!(remove.message(), OLD_REVISION, "{remove:?}");
+        assert!(
+            cut_at.elapsed() < Duration::from_millis(2500),
+            "the follower may have stopped following: the test did not check what it meant to"
+        );
+
+        c.heal();
+        // Nothing changed: the lease and its keys are there, and history was not compacted.
+        let still = leader_kv
+            .range(with_token(
+                epb::RangeRequest {
+                    key: b"/b/leased".to_vec(),
+                    revision: 2,
+                    ..Default::default()
+                },
+                &root,
+            ))
+            .await;
+        assert!(still.is_ok(), "revision 2 was compacted: {still:?}");
+        let keys = leases
+            .lease_time_to_live(with_token(
+                epb::LeaseTimeToLiveRequest {
+                    id: lease,
+                    keys: true,
+                },
+                &root,
+            ))
+            .await
+            .expect("the lease is there")
+            .into_inner();
+        assert_eq!(keys.keys.len(), 2, "{keys:?}");
+    });
+}
+
+/// Whoever reaches the peer port (a client certificate the peer port should not take, a
+/// stranger on a plain peer port) cannot make the leader skip the permission checks by
+/// leaving the sender out: a forwarded write, auth change or login without a stamp, and a
+/// forwarded compaction, lease revoke or member change without one, are refused while auth
+/// is enabled, and change nothing.
+#[test]
+fn requests_forwarded_without_a_stamp_are_refused_once_auth_is_on() {
+    if !etcdctl_available() {
+        return;
+    }
+    use server::pb::skiff::raft::v1 as rpb;
+    let rt = runtime();
+    let c = Cluster::start(1);
+    rt.block_on(c.wait_leader(&[0]));
+    let eps = c.endpoints();
+    set_up(&eps);
+    rt.block_on(async {
+        let root = login(&c, 0, "root", "rootpw").await;
+        let cluster_id = cluster_id(&c, 0, &root).await;
+        let peer = common::channel(&format!("http://127.0.0.1:{}", c.members[0].peer_port))
+            .await
+            .expect("connect to the peer port");
+        let mut raft = rpb::raft_client::RaftClient::new(peer);
+        let unstamped = |client_id: u64, request: kv::Request| {
+            kv::codec::encode_command(&kv::Command {
+                session: Some(kv::Session::opened(client_id, 1, 0)),
+                request,
+                auth: None,
+            })
+        };
+        let commands = vec![
+            unstamped(
+                9001,
+                kv::Request::Auth(kv::AuthRequest::UserGrantRole {
+                    user: "alice".into(),
+                    role: "root".into(),
+                }),
+            ),
+            unstamped(
+                9002,
+                kv::Request::Auth(kv::AuthRequest::Authenticate {
+                    name: "root".into(),
+                    token_prefix: "abcdefghijklmnop".into(),
+                    checked_revision: 1,
+                }),
+            ),
+            unstamped(
+                9003,
+                kv::Request::Put(kv::PutRequest::new("/b/x", "stolen")),
+            ),
+        ];
+        let n = commands.len();
+        let writes = commands
+            .into_iter()
+            .enumerate()
+            .map(|(i, command)| rpb::ForwardedWrite {
+                id: i as u64 + 1,
+                command,
+                can_answer: false,
+            })
+            .collect();
+        let batch = rpb::ForwardBatch { cluster_id, writes };
+        let mut results = raft
+            .forward(tokio_stream::iter(vec![batch]))
+            .await
+            .expect("forward stream")
+            .into_inner();
+        let mut seen = 0;
+        while seen < n {
+            let batch = results.message().await.expect("results").expect("more");
+            for r in batch.results {
+                seen += 1;
+                match r.outcome.expect("an outcome") {
+                    rpb::forward_result::Outcome::Error(e) => {
+                        assert_eq!(e.message, DENIED, "write {}", r.id)
+                    }
+                    rpb::forward_result::Outcome::Answer(bytes) => {
+                        let result = kv::codec::decode_result(&bytes).expect("decodes");
+                        assert_eq!(result, Err(kv::KvError::PermissionDenied), "write {}", r.id);
+                    }
+                    other => panic!("write {}: {other:?}", r.id),
+                }
+            }
+        }
+        let compact = raft
+            .compact(epb::CompactionRequest {
+                revision: 2,
+                physical: false,
+            })
+            .await
+            .expect_err("an unstamped compaction");
+        assert_eq!(compact.message(), DENIED);
+        let revoke = raft
+            .lease_revoke(epb::LeaseRevokeRequest { id: 1 })
+            .await
+            .expect_err("an unstamped revoke");
+        assert_eq!(revoke.message(), DENIED);
+        let remove = raft
+            .member_remove(epb::MemberRemoveRequest { id: 0xdead })
+            .await
+            .expect_err("an unstamped removal");
+        assert_eq!(remove.message(), DENIED);
+    });
+    // Nothing changed: alice holds no root role, /b/x holds what it held.
+    let alice = ok(&eps, ROOT, &["user", "get", "alice"]);
+    assert!(!alice.contains("root"), "{alice}");
+    assert_eq!(
+        ok(&eps, ROOT, &["get", "/b/x", "--print-value-only"]),
+        "2\n"
+    );
+}
+
+/// A token this member can tell it will never know is refused at once, without the read
+/// barrier an unknown token otherwise waits for: one not shaped like the tokens members
+/// assign (`<16 letters>.<index>`), or one naming an entry this member has applied. A
+/// well-shaped token naming a later entry may come from a member ahead of this one, and
+/// still waits. Shown on a member cut off from the others, where a barrier cannot complete.
+#[test]
+fn a_token_a_member_can_tell_is_garbage_costs_no_read_barrier() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    let c = Cluster::start(3);
+    let leader = rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let cut = (leader + 1) % 3;
+    set_up(&c.endpoints());
+    rt.block_on(async {
+        // The member has applied the setup (a linearizable read waits for that).
+        let alice = login(&c, cut, "alice", "alicepw").await;
+        let (_, mut kv) = clients(&c, cut).await;
+        kv.range(with_token(get("/a/x"), &alice))
+            .await
+            .expect("read");
+        c.isolate(cut);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let ask = |token: &str| {
+            let mut kv = kv.clone();
+            let mut request = with_token(
+                epb::RangeRequest {
+                    serializable: true,
+                    ..get("/a/x")
+                },
+                token,
+            );
+            request.set_timeout(Duration::from_millis(1500));
+            async move {
+                let start = Instant::now();
+                let answer = kv.range(request).await;
+                (answer, start.elapsed())
+            }
+        };
+        for garbage in ["garbage.1", "abcdefghijklmnop.3", "abcdefghijklmnop.0x10"] {
+            let (answer, took) = ask(garbage).await;
+            let s = answer.expect_err(garbage);
+            assert_eq!(
+                (s.code(), s.message()),
+                (Code::Unauthenticated, INVALID_TOKEN),
+                "{garbage}"
+            );
+            assert!(took < Duration::from_secs(1), "{garbage}: {took:?}");
+        }
+        // Alice's token is known here: served (a serializable read needs no barrier).
+        let (answer, _) = ask(&alice).await;
+        answer.expect("alice's token");
+        // A token of an entry not applied here may be real: it waits for a barrier, which
+        // the cut-off member cannot get.
+        let (answer, took) = ask("abcdefghijklmnop.999999999").await;
+        let s = answer.expect_err("no barrier");
+        assert_ne!(s.message(), INVALID_TOKEN, "{s:?}");
+        assert!(took >= Duration::from_secs(1), "{took:?}");
+    });
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// The Raft log (the WAL every member keeps until it is compacted) holds no live token: a
+/// login's entry carries the hash of the token's random part, so whoever reads a member's
+/// data dir cannot act as the user.
+#[test]
+fn no_live_token_is_written_to_the_data_dir() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    let c = Cluster::start(1);
+    rt.block_on(c.wait_leader(&[0]));
+    set_up(&c.endpoint(0));
+    let token = rt.block_on(async {
+        let token = login(&c, 0, "alice", "alicepw").await;
+        let (_, mut kv) = clients(&c, 0).await;
+        kv.range(with_token(get("/a/x"), &token))
+            .await
+            .expect("the token works");
+        token
+    });
+    let (random, index) = token.split_once('.').expect("<random>.<index>");
+    assert_eq!(random.len(), 16, "{token}");
+    assert!(index.parse::<u64>().is_ok(), "{token}");
+    let files = files_under(&c.data_dir(0));
+    assert!(!files.is_empty());
+    for file in files {
+        let bytes = std::fs::read(&file).expect("read");
+        assert!(
+            !bytes.windows(random.len()).any(|w| w == random.as_bytes()),
+            "{} holds the token {token}",
+            file.display()
+        );
+    }
+}
+
+/// An open watch is checked again once the auth state changes: after alice loses the role
+/// that let her read `/a/`, her watch on it is canceled with etcd's "permission denied" and
+/// she is sent no later change (etcd 3.4 goes on sending them).
+#[test]
+fn an_open_watch_is_canceled_when_its_user_may_no_longer_read() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    let c = Cluster::start(1);
+    rt.block_on(c.wait_leader(&[0]));
+    let eps = c.endpoints();
+    set_up(&eps);
+    rt.block_on(async {
+        let alice = login(&c, 0, "alice", "alicepw").await;
+        let ch = common::channel(&format!("http://{}", c.endpoint(0)))
+            .await
+            .expect("connect");
+        let mut watch = epb::watch_client::WatchClient::new(ch);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let create = epb::WatchRequest {
+            request_union: Some(epb::watch_request::RequestUnion::CreateRequest(
+                epb::WatchCreateRequest {
+                    key: b"/a/".to_vec(),
+                    range_end: b"/a0".to_vec(),
+                    ..Default::default()
+                },
+            )),
+        };
+        tx.send(create).await.expect("queue the create");
+        let mut responses = watch
+            .watch(with_token(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                &alice,
+            ))
+            .await
+            .expect("watch")
+            .into_inner();
+        async fn next(responses: &mut tonic::Streaming<epb::WatchResponse>) -> epb::WatchResponse {
+            tokio::time::timeout(Duration::from_secs(10), responses.message())
+                .await
+                .expect("an answer in time")
+                .expect("the stream")
+                .expect("open")
+        }
+        let created = next(&mut responses).await;
+        assert!(created.created && !created.canceled, "{created:?}");
+        etcdctl_ok(&eps, &[ROOT, "put", "/a/1", "one"], "");
+        let first = next(&mut responses).await;
+        assert_eq!(first.events.len(), 1, "{first:?}");
+        etcdctl_ok(&eps, &[ROOT, "user", "revoke-role", "alice", "reader"], "");
+        etcdctl_ok(&eps, &[ROOT, "put", "/a/2", "two"], "");
+        let after = next(&mut responses).await;
+        assert!(
+            after.events.is_empty(),
+            "an event sent after the revoke: {after:?}"
+        );
+        assert!(after.canceled, "{after:?}");
+        assert_eq!(after.cancel_reason, DENIED);
+        drop(tx);
+    });
 }

@@ -489,6 +489,48 @@ fn skiff_dev_tls_makes_certificates_and_prints_the_etcdctl_flags() {
     // The members require the client certificate.
     let without = etcdctl(&eps, &[&flags[0], "get", "greeting"], "");
     assert!(!without.ok, "{}", without.stdout);
+
+    // The client certificate, signed by the same CA, does not open the peer port: only the
+    // member certificate's CN is allowed there. The member certificate gets an answer (the
+    // made-up cluster id is refused, but by the Raft service, past the handshake).
+    let rt = common::runtime();
+    let peer_port = base + 1;
+    let probe = |cert: &str, key: &str| {
+        let pem = |name: &str| std::fs::read(tls_dir.join(name)).expect("read pem");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(pem("ca.pem")))
+            .identity(tonic::transport::Identity::from_pem(pem(cert), pem(key)))
+            .domain_name("localhost");
+        rt.block_on(async {
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{peer_port}"))
+                    .expect("url")
+                    .tls_config(tls)
+                    .expect("tls")
+                    .connect_timeout(Duration::from_secs(5));
+            let channel = match endpoint.connect().await {
+                Ok(c) => c,
+                Err(e) => return Err(format!("connect: {e:?}")),
+            };
+            let mut raft = server::pb::skiff::raft::v1::raft_client::RaftClient::new(channel);
+            let mut request = tonic::Request::new(server::pb::skiff::raft::v1::ProbeRequest {
+                cluster_id: 1,
+                from: 1,
+            });
+            request.set_timeout(Duration::from_secs(5));
+            match raft.probe(request).await {
+                Ok(_) => Ok(()),
+                Err(s) if s.code() == tonic::Code::FailedPrecondition => Ok(()),
+                Err(s) => Err(format!("{s:?}")),
+            }
+        })
+    };
+    probe("member.pem", "member-key.pem").expect("a member opens the peer port");
+    let refused = probe("client.pem", "client-key.pem");
+    assert!(
+        refused.is_err(),
+        "the client certificate opened the peer port"
+    );
 }
 
 /// With `--client-cert-auth`, a request without a token is the user its certificate's CN
@@ -590,4 +632,83 @@ fn peer_authentication_flags_on_a_plain_peer_port_stop_the_member() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--peer-client-cert-auth"), "{err}");
     assert!(err.contains("https://"), "{err}");
+}
+
+/// One address cannot hold every TLS handshake slot of a port: with
+/// `HANDSHAKES_PER_IP_MAX` stalled handshakes from 127.0.0.1 (connections that send
+/// nothing), a new connection from it is closed at once, while one from 127.0.0.2 is served;
+/// once the stalled ones go, 127.0.0.1 is served again.
+#[test]
+fn one_address_cannot_hold_every_tls_handshake_slot() {
+    if !etcdctl_available() {
+        return;
+    }
+    let pki = tempfile::tempdir().expect("temp dir");
+    let ca = Ca::new(pki.path(), "ca");
+    let member = ca.member(pki.path(), "member", "skiff-member");
+    let client = ca.client(pki.path(), "client", "alice");
+    let mut c = tls_cluster(&ca, &member, &[]);
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    let tls = etcdctl_flags(&ca.cert, &client);
+    ctl_ok(&c, 0, &tls, &["put", "k", "v"]);
+    let port = c.members[0].client_port;
+    let rt = common::runtime();
+    let get_from = |from: &str| {
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(&ca.cert).expect("ca"),
+            ))
+            .identity(tonic::transport::Identity::from_pem(
+                std::fs::read(&client.cert).expect("cert"),
+                std::fs::read(&client.key).expect("key"),
+            ))
+            .domain_name("localhost");
+        let from: std::net::IpAddr = from.parse().expect("ip");
+        rt.block_on(async {
+            let channel =
+                tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+                    .expect("url")
+                    .local_address(Some(from))
+                    .tls_config(config)
+                    .expect("tls")
+                    .connect_timeout(Duration::from_secs(3))
+                    .timeout(Duration::from_secs(3))
+                    .connect()
+                    .await
+                    .map_err(|e| format!("connect: {e:?}"))?;
+            let mut kv = server::pb::etcdserverpb::kv_client::KvClient::new(channel);
+            kv.range(server::pb::etcdserverpb::RangeRequest {
+                key: b"k".to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| format!("{s:?}"))
+        })
+    };
+    get_from("127.0.0.1").expect("served before");
+    let stalled: Vec<std::net::TcpStream> = (0..server::tls::HANDSHAKES_PER_IP_MAX)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+        .collect();
+    // The member has accepted them (and waits for their hellos).
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = get_from("127.0.0.1");
+    assert!(
+        refused.is_err(),
+        "a 33rd handshake from one address was served"
+    );
+    get_from("127.0.0.2").expect("another address is served");
+    drop(stalled);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_from("127.0.0.1").is_err() {
+        assert!(Instant::now() < deadline, "127.0.0.1 not served again");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_log_line(
+        &c,
+        0,
+        &["too many TLS handshakes in progress from this address"],
+    );
 }

@@ -13,7 +13,8 @@ use super::{
 pub(crate) struct Applied {
     /// The new state, if the request changed it (its revision is one more).
     pub(crate) state: Option<AuthState>,
-    /// The token assigned by an Authenticate, and its user.
+    /// The key of the token assigned by an Authenticate (see [`super::tokens::key_of`]),
+    /// and its user.
     pub(crate) token: Option<(String, String)>,
     /// A user whose tokens must go (deleted, or a new password).
     pub(crate) invalidated: Option<String>,
@@ -64,7 +65,13 @@ pub(crate) fn apply(state: &AuthState, req: &AuthRequest, index: u64) -> Result<
             if *checked_revision != s.revision {
                 return Err(KvError::AuthOldRevision);
             }
-            out.token = Some((format!("{token_prefix}.{index}"), name.clone()));
+            // Held by key: the hash of the random part (an older entry's part is hashed here).
+            let hash = if super::tokens::is_token_prefix(token_prefix) {
+                super::tokens::prefix_hash(token_prefix)
+            } else {
+                token_prefix.clone()
+            };
+            out.token = Some((format!("{hash}.{index}"), name.clone()));
             return Ok(out);
         }
         AuthRequest::UserAdd {
@@ -323,10 +330,25 @@ mod tests {
             Err(KvError::AuthOldRevision)
         );
         let ok = run(&mut s, auth(ROOT, rev)).expect("auth");
-        assert_eq!(
-            ok.token,
-            Some(("abcdefghijklmnop.9".to_string(), ROOT.to_string()))
+        let key = format!(
+            "{}.9",
+            super::super::tokens::prefix_hash("abcdefghijklmnop")
         );
+        assert_eq!(ok.token, Some((key.clone(), ROOT.to_string())));
+        // An entry written with the hash (as members write them now) gives the same key.
+        let hashed = AuthRequest::Authenticate {
+            name: ROOT.into(),
+            token_prefix: super::super::tokens::prefix_hash("abcdefghijklmnop"),
+            checked_revision: rev,
+        };
+        let again = run(&mut s, hashed).expect("auth");
+        assert_eq!(again.token, Some((key, ROOT.to_string())));
+        let garbled = AuthRequest::Authenticate {
+            name: ROOT.into(),
+            token_prefix: "not a prefix".into(),
+            checked_revision: rev,
+        };
+        assert_eq!(run(&mut s, garbled), Err(KvError::AuthFailed));
         assert_eq!(ok.state, None, "tokens are not replicated state");
     }
 }

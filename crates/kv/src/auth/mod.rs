@@ -112,12 +112,43 @@ pub struct Permission {
     pub range_end: Vec<u8>,
 }
 
+/// A bcrypt password hash. Its `Debug` output is redacted, so that nothing that prints a
+/// user, an auth request, a command or the auth state (logs, panics, test failures) shows a
+/// hash that could be cracked offline.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PasswordHash(String);
+
+impl PasswordHash {
+    /// The hash, to check a password against (never to print).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for PasswordHash {
+    fn from(hash: String) -> Self {
+        PasswordHash(hash)
+    }
+}
+
+impl From<&str> for PasswordHash {
+    fn from(hash: &str) -> Self {
+        PasswordHash(hash.to_string())
+    }
+}
+
+impl std::fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordHash(<redacted>)")
+    }
+}
+
 /// A user (etcd's `authpb.User`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct User {
     /// bcrypt hash of the password; `None` for a user added with `no_password` (who cannot
     /// authenticate with a password).
-    pub password_hash: Option<String>,
+    pub password_hash: Option<PasswordHash>,
     /// Roles granted, sorted (at most [`USER_ROLES_MAX`]; may name `root`, which need not
     /// exist as a role, and never a role that does not exist otherwise).
     pub roles: BTreeSet<String>,
@@ -183,7 +214,9 @@ pub enum AuthRequest {
     Authenticate {
         /// The user.
         name: String,
-        /// The token's random part, chosen by the receiving member.
+        /// The SHA-256 in hex of the token's random part, which the receiving member chose
+        /// and keeps to itself ([`tokens::prefix_hash`]); entries written before tokens were
+        /// hashed hold the random part itself (16 letters), and apply alike.
         token_prefix: String,
         /// The auth revision the password was checked at.
         checked_revision: u64,
@@ -193,7 +226,7 @@ pub enum AuthRequest {
         /// Its name.
         name: String,
         /// bcrypt hash of its password; `None` for no password.
-        password_hash: Option<String>,
+        password_hash: Option<PasswordHash>,
     },
     /// Delete a user.
     UserDelete {
@@ -205,7 +238,7 @@ pub enum AuthRequest {
         /// Its name.
         name: String,
         /// bcrypt hash of the new password.
-        password_hash: String,
+        password_hash: PasswordHash,
     },
     /// Grant a role to a user.
     UserGrantRole {
@@ -271,7 +304,16 @@ impl AuthRequest {
         let role = |n: &str| name_ok(n, KvError::RoleEmpty);
         match self {
             AuthRequest::Enable | AuthRequest::Disable => Ok(()),
-            AuthRequest::Authenticate { name, .. } => user(name),
+            AuthRequest::Authenticate {
+                name, token_prefix, ..
+            } => {
+                // Every token a member assigns has this shape, which lets a member tell a
+                // garbled token from one it has not applied yet (see `tokens::assigned_at`).
+                if !tokens::is_prefix_hash(token_prefix) && !tokens::is_token_prefix(token_prefix) {
+                    return Err(KvError::AuthFailed);
+                }
+                user(name)
+            }
             AuthRequest::UserAdd { name, .. }
             | AuthRequest::UserDelete { name }
             | AuthRequest::UserChangePassword { name, .. } => user(name),
@@ -312,7 +354,7 @@ impl AuthRequest {
                     None => w.u8(0),
                     Some(h) => {
                         w.u8(1);
-                        s(w, h);
+                        s(w, h.expose());
                     }
                 }
             }
@@ -326,7 +368,7 @@ impl AuthRequest {
             } => {
                 w.u8(5);
                 s(w, name);
-                s(w, password_hash);
+                s(w, password_hash.expose());
             }
             AuthRequest::UserGrantRole { user, role } => {
                 w.u8(6);
@@ -377,14 +419,14 @@ impl AuthRequest {
                 name: text(r)?,
                 password_hash: match r.u8()? {
                     0 => None,
-                    1 => Some(text(r)?),
+                    1 => Some(text(r)?.into()),
                     t => return Err(Error::Decode(format!("user add: password tag {t}"))),
                 },
             },
             4 => AuthRequest::UserDelete { name: text(r)? },
             5 => AuthRequest::UserChangePassword {
                 name: text(r)?,
-                password_hash: text(r)?,
+                password_hash: text(r)?.into(),
             },
             6 => AuthRequest::UserGrantRole {
                 user: text(r)?,
@@ -448,7 +490,7 @@ impl AuthState {
                 None => w.u8(0),
                 Some(h) => {
                     w.u8(1);
-                    w.bytes(h.as_bytes());
+                    w.bytes(h.expose().as_bytes());
                 }
             }
             w.u64(u.roles.len() as u64);
@@ -480,7 +522,7 @@ impl AuthState {
             let name = text(&mut r)?;
             let password_hash = match r.u8()? {
                 0 => None,
-                1 => Some(text(&mut r)?),
+                1 => Some(text(&mut r)?.into()),
                 t => return Err(Error::Decode(format!("auth: password tag {t}"))),
             };
             let mut roles = BTreeSet::new();
@@ -573,4 +615,50 @@ pub(crate) fn store(
 ) -> Result<(), Error> {
     table.insert(AUTH_ROW, state.encode().as_slice())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_password_hash() {
+        let hash = "$2b$10$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy";
+        let mut state = AuthState::default();
+        state.users.insert(
+            "alice".into(),
+            User {
+                password_hash: Some(hash.into()),
+                roles: BTreeSet::new(),
+            },
+        );
+        let add = AuthRequest::UserAdd {
+            name: "bob".into(),
+            password_hash: Some(hash.into()),
+        };
+        let change = AuthRequest::UserChangePassword {
+            name: "bob".into(),
+            password_hash: hash.into(),
+        };
+        let command = crate::Command::new(crate::Request::Auth(add.clone()));
+        for printed in [
+            format!("{state:?}"),
+            format!("{:?}", state.users["alice"]),
+            format!("{add:?}"),
+            format!("{change:#?}"),
+            format!("{command:?}"),
+        ] {
+            assert!(!printed.contains("$2b$"), "{printed}");
+            assert!(printed.contains("<redacted>"), "{printed}");
+        }
+        // The hash itself is intact where it is needed.
+        assert_eq!(
+            state.users["alice"]
+                .password_hash
+                .as_ref()
+                .map(PasswordHash::expose),
+            Some(hash)
+        );
+        assert_eq!(AuthState::decode(&state.encode()).expect("decodes"), state);
+    }
 }

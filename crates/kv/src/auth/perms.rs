@@ -58,6 +58,23 @@ impl AuthState {
         self.check(&stamp.user, req, lease_keys)
     }
 
+    /// Whether the sender `stamp` names may run administrative requests on this state, for a
+    /// request checked where it runs rather than at apply (a configuration change a follower
+    /// forwards to the leader): as [`AuthState::check_admin`], after refusing a stamp older
+    /// than this state.
+    pub fn check_admin_stamped(&self, stamp: &AuthStamp) -> Result<(), KvError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if stamp.user.is_empty() {
+            return Err(KvError::UserEmpty);
+        }
+        if stamp.revision < self.revision {
+            return Err(KvError::AuthOldRevision);
+        }
+        self.check_admin(&stamp.user)
+    }
+
     /// Whether `user` may run administrative requests (etcd's `IsAdminPermitted`): anyone
     /// while auth is disabled, else a user holding the root role.
     pub fn check_admin(&self, user: &str) -> Result<(), KvError> {
@@ -84,6 +101,16 @@ impl AuthState {
         }
         if user.is_empty() {
             return Err(KvError::UserEmpty.into());
+        }
+        if let Request::Auth(super::AuthRequest::Authenticate { name, .. }) = req {
+            // Stamped by the member that checked the password with the user it checked: a
+            // token is assigned to that user only (the root role does not assign tokens to
+            // others).
+            return if name == user {
+                Ok(())
+            } else {
+                Err(KvError::PermissionDenied.into())
+            };
         }
         if !self.users.contains_key(user) {
             return Err(KvError::PermissionDenied.into());

@@ -35,9 +35,11 @@ fn alarm_type(code: i32) -> Option<kv::AlarmType> {
 const ALARM_HEADER: Option<epb::ResponseHeader> = None;
 
 impl Api {
+    /// `stamp`: the client's, checked at apply (see [`super::auth`]).
     pub(super) async fn alarm_impl(
         &self,
         r: epb::AlarmRequest,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::AlarmResponse, Status> {
         let kind = alarm_type(r.alarm);
         let action = match PbAction::try_from(r.action) {
@@ -83,16 +85,19 @@ impl Api {
             member_id: r.member_id,
             alarm: kind,
         };
-        self.propose_alarm(action, alarm).await
+        self.propose_alarm(action, alarm, stamp).await
     }
 
-    /// Raises or clears `alarm` through the log; answers with the alarm changed, if any.
+    /// Raises or clears `alarm` through the log, as the client `stamp` names (`None`: this
+    /// member raises it itself); answers with the alarm changed, if any.
     pub(super) async fn propose_alarm(
         &self,
         action: kv::AlarmAction,
         alarm: kv::AlarmMember,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::AlarmResponse, Status> {
-        match self.write_kv(kv::Request::Alarm { action, alarm }).await? {
+        let request = kv::Request::Alarm { action, alarm };
+        match self.write_kv_as(request, stamp).await? {
             // Every member logs the change when it applies it (see `kv::alarms`).
             kv::Response::Alarm {
                 revision: _,

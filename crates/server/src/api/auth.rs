@@ -9,23 +9,27 @@
 //! holds a password, and nothing logs one.
 //!
 //! Authenticate, as etcd's: after a linearizable read barrier, the password is checked here
-//! against this member's applied state, then an entry assigns the token on every member; it
-//! carries the auth revision of the check, and is refused if the state changed since (a new
-//! password), in which case the check runs again. Attempts are rate-limited per connection
-//! ([`AuthLimiter`]) and the bcrypt checks in flight are bounded, so a password cannot be
-//! guessed at line rate and logins cannot take every core.
+//! against this member's applied state, then an entry assigns the token on every member (the
+//! entry carries the SHA-256 of the token's random part, which only this member knows, so
+//! the log holds no live token; see `kv::auth::tokens`); it carries the auth revision of the
+//! check, and is refused if the state changed since (a new
+//! password), in which case the check runs again. Attempts are rate-limited per client
+//! address, per user name and per member ([`AuthLimiter`]) and the bcrypt checks in flight
+//! are bounded, so a password cannot be guessed at line rate and logins cannot take every
+//! core. A name with no password to check (no such user, or one without a password) costs
+//! a bcrypt check all the same, so that the time of a refusal does not tell which names
+//! exist; names are cut short and escaped in the log.
 //!
 //! Reads of the auth state (AuthStatus, UserGet/List, RoleGet/List) are served from this
 //! member's state after a linearizable read barrier, without a log entry.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+pub use super::auth_limit::{AuthLimiter, AUTH_CHECK_WAIT_MAX};
 use super::{unexpected, Api};
 use crate::pb::authpb;
 use crate::pb::etcdserverpb as epb;
@@ -33,22 +37,12 @@ use crate::rpctypes::{kv_error_status, ERR_TOO_MANY_REQUESTS};
 
 /// etcd's default `--bcrypt-cost` (Go's `bcrypt.DefaultCost`).
 pub const BCRYPT_COST_DEFAULT: u32 = 10;
-/// Authenticate attempts a connection may make back to back.
-pub const AUTH_ATTEMPTS_BURST: u32 = 5;
-/// After the burst, one more attempt per connection every this long (5 a second).
-pub const AUTH_ATTEMPT_INTERVAL: Duration = Duration::from_millis(200);
-/// Connections whose attempts are remembered, at most: when full, connections whose budget
-/// has refilled are forgotten first; if none has, an attempt from a new connection is
-/// refused as "too many requests".
-pub const AUTH_CONNECTIONS_MAX: usize = 4096;
-/// bcrypt checks running at once, at most (each takes a core for ~50-100 ms at cost 10);
-/// more wait, up to [`AUTH_CHECK_WAIT_MAX`], then are refused as "too many requests".
-pub const AUTH_CHECKS_INFLIGHT_MAX: usize = 4;
-/// Longest wait for a bcrypt check to start.
-pub const AUTH_CHECK_WAIT_MAX: Duration = Duration::from_secs(5);
 /// Times an Authenticate is re-checked when the auth state changes between the password
 /// check and the entry that assigns the token.
 const AUTHENTICATE_TRIES_MAX: usize = 3;
+/// The password the dummy hash is made of (see [`Api::password_matches`]); it is never
+/// compared with anything that could match.
+const DUMMY_PASSWORD: &str = "skiff: no such user";
 
 /// The gRPC metadata keys a token arrives in: etcd 3.4's clients send `token`, 3.5's
 /// `authorization`.
@@ -57,8 +51,12 @@ const TOKEN_KEYS: [&str; 2] = ["token", "authorization"];
 /// A password over bcrypt's 72 bytes (bcrypt ignores the rest, so it would match any
 /// password sharing the prefix; refused rather than truncated).
 pub const ERR_PASSWORD_TOO_LONG: &str = "skiff: password is longer than 72 bytes";
-/// A connection over its Authenticate budget.
-pub const ERR_AUTH_RATE: &str = "skiff: too many authentication attempts on this connection";
+/// An Authenticate over one of its budgets (its address's, its user's, the member's; see
+/// [`AuthLimiter`]).
+pub const ERR_AUTH_RATE: &str = "skiff: too many authentication attempts; try again later";
+/// Longest user name a log line carries, in characters (names come from whoever calls
+/// Authenticate; the rest is cut, and control characters are escaped).
+pub const LOGGED_NAME_CHARS_MAX: usize = 64;
 
 /// etcd's auth flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,52 +116,6 @@ impl Caller {
     }
 }
 
-/// Per-connection budget of Authenticate attempts (a token bucket per remote address), and
-/// the bound on bcrypt checks in flight.
-#[derive(Debug)]
-pub struct AuthLimiter {
-    /// Remote address -> (attempts left, when last counted). At most
-    /// [`AUTH_CONNECTIONS_MAX`] entries; attempts left at most [`AUTH_ATTEMPTS_BURST`].
-    budgets: Mutex<HashMap<SocketAddr, (f64, Instant)>>,
-    /// Permits for bcrypt checks ([`AUTH_CHECKS_INFLIGHT_MAX`]).
-    checks: tokio::sync::Semaphore,
-}
-
-impl Default for AuthLimiter {
-    fn default() -> Self {
-        AuthLimiter {
-            budgets: Mutex::new(HashMap::new()),
-            checks: tokio::sync::Semaphore::new(AUTH_CHECKS_INFLIGHT_MAX),
-        }
-    }
-}
-
-impl AuthLimiter {
-    /// Takes one attempt from `from`'s budget at `now`; `false` if it has none left.
-    pub fn try_attempt(&self, from: SocketAddr, now: Instant) -> bool {
-        let burst = f64::from(AUTH_ATTEMPTS_BURST);
-        let refill = |(left, at): (f64, Instant)| {
-            let earned = now.saturating_duration_since(at).as_secs_f64()
-                / AUTH_ATTEMPT_INTERVAL.as_secs_f64();
-            (left + earned).min(burst)
-        };
-        let mut budgets = self.budgets.lock().expect("auth limiter lock poisoned");
-        if !budgets.contains_key(&from) && budgets.len() >= AUTH_CONNECTIONS_MAX {
-            budgets.retain(|_, b| refill(*b) < burst);
-            if budgets.len() >= AUTH_CONNECTIONS_MAX {
-                return false;
-            }
-        }
-        let left = budgets.get(&from).map_or(burst, |b| refill(*b));
-        if left < 1.0 {
-            return false;
-        }
-        budgets.insert(from, (left - 1.0, now));
-        assert!(budgets.len() <= AUTH_CONNECTIONS_MAX);
-        true
-    }
-}
-
 /// The token a request carries, if any (etcd 3.5's clients may prefix it with nothing else).
 fn token_of(metadata: &MetadataMap) -> Option<&str> {
     TOKEN_KEYS
@@ -185,6 +137,26 @@ fn token_prefix() -> Result<String, Status> {
         .collect())
 }
 
+/// A bcrypt hash at `cost` of [`DUMMY_PASSWORD`] (empty if bcrypt fails, which the
+/// validated cost rules out).
+pub(super) fn dummy_hash(cost: u32) -> String {
+    bcrypt::hash(DUMMY_PASSWORD, cost).unwrap_or_default()
+}
+
+/// `name` as a log line carries it: at most [`LOGGED_NAME_CHARS_MAX`] characters, escaped
+/// (quotes, control characters), with `...` when cut. Names come from whoever calls.
+pub fn logged_name(name: &str) -> String {
+    let mut out: String = name
+        .chars()
+        .take(LOGGED_NAME_CHARS_MAX)
+        .flat_map(char::escape_debug)
+        .collect();
+    if name.chars().nth(LOGGED_NAME_CHARS_MAX).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 fn kv_refusal(e: kv::KvError) -> Status {
     kv_error_status(e)
 }
@@ -199,7 +171,12 @@ impl Api {
     /// A token is assigned when its Authenticate entry applies, on each member in its own
     /// time: a token this member does not know yet may come from a client that authenticated
     /// through a member ahead of it. So an unknown token is looked up again once this member
-    /// has applied everything committed (a read barrier), before it is refused.
+    /// has applied everything committed (a read barrier), before it is refused, unless this
+    /// member can tell at once that it will never know it: it is not shaped like the tokens
+    /// members assign (`<16 letters>.<index>`), or the entry at its index is applied here
+    /// already (a token is assigned by the entry at its index, on every member alike). Only a
+    /// well-shaped token naming an entry past this member's applied index costs a barrier,
+    /// so garbage costs none.
     ///
     /// The one place that decides who a request comes from: the common name of a verified
     /// client certificate (etcd's `AuthInfoFromTLS`, used when no token is given) belongs
@@ -235,7 +212,7 @@ impl Api {
     }
 
     /// [`Api::caller`] from what this member has applied; `None` for a token it does not
-    /// know (yet).
+    /// know yet, "invalid auth token" for one it never will.
     fn caller_now(
         &self,
         metadata: &MetadataMap,
@@ -260,10 +237,16 @@ impl Api {
                 },
                 None => anonymous,
             }),
-            Some(token) => kv.token_user(token).map(|user| Caller {
-                user,
-                revision: state.revision,
-            }),
+            Some(token) => match kv.lookup_token(token) {
+                kv::TokenLookup::Live(user) => Some(Caller {
+                    user,
+                    revision: state.revision,
+                }),
+                kv::TokenLookup::NotYet => None,
+                kv::TokenLookup::Invalid => {
+                    return Err(kv_refusal(kv::KvError::InvalidAuthToken));
+                }
+            },
         })
     }
 
@@ -282,6 +265,38 @@ impl Api {
         }
         kv.auth_check(&caller.user, &req())
             .map_err(crate::rpctypes::kv_status)
+    }
+
+    /// The stamp of a request a follower forwarded here (the leader), which the entry will
+    /// carry: while auth is enabled one must be there, since anything that reaches the peer
+    /// port could send a request without one (the servers' own requests are never
+    /// forwarded: the leader makes them itself).
+    pub(super) fn forwarded_stamp(
+        &self,
+        stamp: Option<kv::AuthStamp>,
+    ) -> Result<Option<kv::AuthStamp>, Status> {
+        if stamp.is_none() && self.inner.node.kv.auth_state().enabled {
+            return Err(kv_refusal(kv::KvError::PermissionDenied));
+        }
+        Ok(stamp)
+    }
+
+    /// Refuses a configuration change a follower forwarded here (the leader) unless its
+    /// sender's `stamp` names an administrator on the state after everything committed
+    /// (etcd checks member changes only where they arrive; the follower did, against its
+    /// own state, which may lag). A configuration change is not a state machine entry, so
+    /// this is the last check before it is proposed.
+    pub(super) async fn check_forwarded_admin(
+        &self,
+        stamp: Option<&kv::AuthStamp>,
+    ) -> Result<(), Status> {
+        self.linearizable_read().await?;
+        let state = self.inner.node.kv.auth_state();
+        match stamp {
+            Some(stamp) => state.check_admin_stamped(stamp).map_err(kv_refusal),
+            None if state.enabled => Err(kv_refusal(kv::KvError::PermissionDenied)),
+            None => Ok(()),
+        }
     }
 
     /// Refuses unless `caller` may run administrative requests (etcd's `IsAdminPermitted`).
@@ -343,8 +358,14 @@ impl Api {
     }
 
     /// Whether `password` matches `hash`, checked on a blocking thread under the bound on
-    /// checks in flight.
-    async fn password_matches(&self, password: String, hash: String) -> Result<bool, Status> {
+    /// checks in flight. Without a hash (no such user, or one without a password) it is
+    /// checked against the dummy hash and never matches: the refusal costs what a wrong
+    /// password costs, so its time does not tell whether the user exists.
+    async fn password_matches(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, Status> {
         // bcrypt reads 72 bytes: a longer password would match its prefix's hash.
         if password.len() > kv::auth::PASSWORD_BYTES_MAX {
             return Ok(false);
@@ -355,9 +376,18 @@ impl Api {
             .ok()
             .and_then(Result::ok)
             .ok_or_else(|| Status::resource_exhausted(ERR_TOO_MANY_REQUESTS))?;
-        tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))
+        let dummy = self.inner.auth_limiter.dummy_hash.clone();
+        let cost = self.inner.auth.bcrypt_cost;
+        tokio::task::spawn_blocking(move || match hash {
+            Some(hash) => bcrypt::verify(password, &hash).unwrap_or(false),
+            None => {
+                let dummy = dummy.get_or_init(|| dummy_hash(cost));
+                let _ = bcrypt::verify(password, dummy);
+                false
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))
     }
 
     async fn authenticate_impl(
@@ -365,10 +395,16 @@ impl Api {
         from: Option<SocketAddr>,
         r: epb::AuthenticateRequest,
     ) -> Result<epb::AuthenticateResponse, Status> {
+        // Keyed by address, not connection: a new connection does not refill the budget.
         // Connections without a known address (none in practice: the listener is TCP)
-        // share one budget.
-        let from = from.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        if !self.inner.auth_limiter.try_attempt(from, Instant::now()) {
+        // share one.
+        let ip = from.map_or(IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        if !self
+            .inner
+            .auth_limiter
+            .try_attempt(ip, &r.name, Instant::now())
+        {
+            tracing::info!(user = %logged_name(&r.name), %ip, "authentication refused: too many attempts");
             return Err(Status::resource_exhausted(ERR_AUTH_RATE));
         }
         self.linearizable_read().await?;
@@ -380,33 +416,49 @@ impl Api {
             let hash = state
                 .users
                 .get(&r.name)
-                .and_then(|u| u.password_hash.clone());
-            let Some(hash) = hash else {
-                tracing::info!(user = %r.name, "authentication failed: no such user, or no password");
-                return Err(kv_refusal(kv::KvError::AuthFailed));
-            };
+                .and_then(|u| u.password_hash.as_ref().map(|h| h.expose().to_string()));
+            // One line for every failure: which of them it was shows in no answer either.
             if !self.password_matches(r.password.clone(), hash).await? {
-                tracing::info!(user = %r.name, "authentication failed: wrong password");
+                tracing::info!(user = %logged_name(&r.name), "authentication failed");
                 return Err(kv_refusal(kv::KvError::AuthFailed));
             }
+            // The log gets the hash of the token's random part, never the part: the token is
+            // made here, from the index its entry took.
+            let prefix = token_prefix()?;
+            let hash = kv::auth::tokens::prefix_hash(&prefix);
             let req = kv::AuthRequest::Authenticate {
                 name: r.name.clone(),
-                token_prefix: token_prefix()?,
+                token_prefix: hash.clone(),
                 checked_revision: state.revision,
             };
-            let answer = self.write_kv_as(kv::Request::Auth(req), None).await;
+            // Stamped with the user whose password was checked here: the entry assigns a
+            // token to that user only, and an Authenticate without a stamp (which did not
+            // come from a member's password check) is refused at apply.
+            let checked = kv::AuthStamp {
+                user: r.name.clone(),
+                revision: state.revision,
+            };
+            let answer = self
+                .write_kv_as(kv::Request::Auth(req), Some(checked))
+                .await;
             match answer {
                 Ok(kv::Response::Auth {
                     revision,
-                    token: Some(token),
+                    token: Some(key),
                 }) => {
+                    let index = key
+                        .strip_prefix(&hash)
+                        .and_then(|rest| rest.strip_prefix('.'))
+                        .ok_or_else(|| {
+                            Status::internal(format!("a login answered with the token key {key:?}"))
+                        })?;
                     return Ok(epb::AuthenticateResponse {
                         header: Some(epb::ResponseHeader {
                             revision,
                             ..self.header()
                         }),
-                        token,
-                    })
+                        token: format!("{prefix}.{index}"),
+                    });
                 }
                 Ok(other) => return Err(unexpected(&other)),
                 // The state changed between the check and the entry: check again.
@@ -529,7 +581,7 @@ impl epb::auth_server::Auth for Api {
         let password_hash = if no_password {
             None
         } else {
-            Some(self.hash_password(r.password).await?)
+            Some(self.hash_password(r.password).await?.into())
         };
         let req = kv::AuthRequest::UserAdd {
             name: r.name,
@@ -591,7 +643,7 @@ impl epb::auth_server::Auth for Api {
         let r = request.into_inner();
         let req = kv::AuthRequest::UserChangePassword {
             name: r.name,
-            password_hash: self.hash_password(r.password).await?,
+            password_hash: self.hash_password(r.password).await?.into(),
         };
         let (header, _) = self.auth_write(&caller, req).await?;
         Ok(Response::new(epb::AuthUserChangePasswordResponse {
@@ -731,36 +783,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_connection_gets_a_burst_then_one_attempt_per_interval() {
-        let limiter = AuthLimiter::default();
-        let a: SocketAddr = "10.0.0.1:5000".parse().expect("addr");
-        let b: SocketAddr = "10.0.0.1:5001".parse().expect("addr");
-        let t0 = Instant::now();
-        for _ in 0..AUTH_ATTEMPTS_BURST {
-            assert!(limiter.try_attempt(a, t0));
-        }
-        assert!(!limiter.try_attempt(a, t0), "burst spent");
-        assert!(limiter.try_attempt(b, t0), "another connection has its own");
-        assert!(!limiter.try_attempt(a, t0 + AUTH_ATTEMPT_INTERVAL / 2));
-        assert!(limiter.try_attempt(a, t0 + AUTH_ATTEMPT_INTERVAL));
-        assert!(!limiter.try_attempt(a, t0 + AUTH_ATTEMPT_INTERVAL));
+    fn logged_names_are_cut_short_and_escaped() {
+        assert_eq!(logged_name("alice"), "alice");
+        assert_eq!(logged_name("a\nb\"c\u{1b}[2J"), "a\\nb\\\"c\\u{1b}[2J");
+        let long = "x".repeat(10_000);
+        let logged = logged_name(&long);
+        assert_eq!(logged, format!("{}...", "x".repeat(LOGGED_NAME_CHARS_MAX)));
+        let wide = "é".repeat(LOGGED_NAME_CHARS_MAX);
+        assert_eq!(logged_name(&wide), wide, "cut by characters, not bytes");
     }
 
     #[test]
-    fn the_connection_table_is_bounded_and_forgets_idle_connections_first() {
-        let limiter = AuthLimiter::default();
-        let t0 = Instant::now();
-        let addr = |i: usize| SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 1));
-        for i in 0..AUTH_CONNECTIONS_MAX {
-            assert!(limiter.try_attempt(addr(i), t0));
-        }
-        let newcomer = SocketAddr::from(([192, 168, 0, 1], 1));
-        assert!(
-            !limiter.try_attempt(newcomer, t0),
-            "full of busy connections"
-        );
-        // Once their budgets refill, they are forgotten to make room.
-        assert!(limiter.try_attempt(newcomer, t0 + AUTH_ATTEMPT_INTERVAL));
+    fn a_name_without_a_password_costs_a_check_like_a_wrong_password() {
+        let cost = 6;
+        let real = bcrypt::hash("pw", cost).expect("hash");
+        let dummy = dummy_hash(cost);
+        assert!(dummy.starts_with("$2"), "a real bcrypt hash");
+        assert_eq!(dummy[..7], real[..7], "of the same cost");
+        assert!(!bcrypt::verify("pw", &dummy).expect("verifies"));
     }
 
     #[test]

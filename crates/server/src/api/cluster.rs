@@ -139,9 +139,9 @@ impl epb::cluster_server::Cluster for Api {
         &self,
         request: Request<epb::MemberAddRequest>,
     ) -> Result<Response<epb::MemberAddResponse>, Status> {
-        // etcd's `checkMembershipOperationPermission`.
-        self.admin(&request).await?;
-        self.member_add_impl(request.into_inner(), Origin::Client, None)
+        // etcd's `checkMembershipOperationPermission`; the leader checks the stamp again.
+        let stamp = self.admin(&request).await?.stamp();
+        self.member_add_impl(request.into_inner(), Origin::Client, None, Some(stamp))
             .await
             .map(Response::new)
     }
@@ -152,10 +152,10 @@ impl epb::cluster_server::Cluster for Api {
         &self,
         request: Request<epb::MemberRemoveRequest>,
     ) -> Result<Response<epb::MemberRemoveResponse>, Status> {
-        // etcd's `checkMembershipOperationPermission`.
-        self.admin(&request).await?;
+        // etcd's `checkMembershipOperationPermission`; the leader checks the stamp again.
+        let stamp = self.admin(&request).await?.stamp();
         let id = request.into_inner().id;
-        self.member_remove_impl(id, Origin::Client)
+        self.member_remove_impl(id, Origin::Client, Some(stamp))
             .await
             .map(Response::new)
     }
@@ -165,9 +165,9 @@ impl epb::cluster_server::Cluster for Api {
         &self,
         request: Request<epb::MemberUpdateRequest>,
     ) -> Result<Response<epb::MemberUpdateResponse>, Status> {
-        // etcd's `checkMembershipOperationPermission`.
-        self.admin(&request).await?;
-        self.member_update_impl(request.into_inner())
+        // etcd's `checkMembershipOperationPermission`; checked again at apply.
+        let stamp = self.admin(&request).await?.stamp();
+        self.member_update_impl(request.into_inner(), stamp)
             .await
             .map(Response::new)
     }
@@ -178,10 +178,10 @@ impl epb::cluster_server::Cluster for Api {
         &self,
         request: Request<epb::MemberPromoteRequest>,
     ) -> Result<Response<epb::MemberPromoteResponse>, Status> {
-        // etcd's `checkMembershipOperationPermission`.
-        self.admin(&request).await?;
+        // etcd's `checkMembershipOperationPermission`; the leader checks the stamp again.
+        let stamp = self.admin(&request).await?.stamp();
         let id = request.into_inner().id;
-        self.member_promote_impl(id, Origin::Client)
+        self.member_promote_impl(id, Origin::Client, Some(stamp))
             .await
             .map(Response::new)
     }

@@ -158,7 +158,10 @@ impl Api {
                 revision: target,
                 physical: false,
             };
-            match self.compact_impl(request, Origin::Client, None).await {
+            // Run here or not at all (`Origin::Peer`): only the leader compacts on its own,
+            // and an unstamped compaction is never forwarded (a leader refuses one while
+            // auth is enabled: it could come from anyone who reaches the peer port).
+            match self.compact_impl(request, Origin::Peer, None, None).await {
                 Ok(_) => tracing::info!(revision = target, "auto-compacted the key-value history"),
                 Err(status) => {
                     tracing::warn!(revision = target, error = %status.message(), "auto-compaction failed")

@@ -253,7 +253,8 @@ impl Api {
             if self.inner.node.kv.alarms().contains(&alarm) {
                 continue;
             }
-            self.propose_alarm(kv::AlarmAction::Activate, alarm).await?;
+            self.propose_alarm(kv::AlarmAction::Activate, alarm, None)
+                .await?;
         }
         Ok(())
     }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::auth::Caller;
 use super::{convert, unexpected, Api};
 use crate::pb::etcdserverpb as epb;
-use crate::peer::{with_session, Origin, Reached};
+use crate::peer::{forwarded, Origin, Reached};
 use crate::rpctypes::ERR_KEY_NOT_PROVIDED;
 
 impl Api {
@@ -93,15 +93,16 @@ impl Api {
         r: epb::CompactionRequest,
         origin: Origin,
         session: Option<kv::Session>,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::CompactionResponse, Status> {
         let req = kv::Request::Compact {
             revision: r.revision,
         };
         let via = |mut c: super::LeaderClient, s| {
-            let r = with_session(r, s);
+            let r = forwarded(r, s, stamp.as_ref());
             async move { c.compact(r).await }
         };
-        match self.write(req, origin, session, via).await? {
+        match self.write(req, origin, session, stamp.clone(), via).await? {
             Reached::Here(kv::Response::Compact { revision }) => Ok(epb::CompactionResponse {
                 header: Some(epb::ResponseHeader {
                     revision,
@@ -167,10 +168,15 @@ impl epb::kv_server::Kv for Api {
         request: Request<epb::CompactionRequest>,
     ) -> Result<Response<epb::CompactionResponse>, Status> {
         // History belongs to every user: only an administrator compacts it (etcd 3.4 lets
-        // any user; Skiff is stricter).
-        self.admin(&request).await?;
+        // any user; Skiff is stricter). Checked here, and again at apply against the stamp.
+        let caller = self.admin(&request).await?;
         let resp = self
-            .compact_impl(request.into_inner(), Origin::Client, None)
+            .compact_impl(
+                request.into_inner(),
+                Origin::Client,
+                None,
+                Some(caller.stamp()),
+            )
             .await?;
         Ok(Response::new(resp))
     }

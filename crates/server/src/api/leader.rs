@@ -39,6 +39,11 @@ impl LeaderApi for Api {
                 "a forwarded write must be a put, delete, txn, member change, alarm or auth request with a session",
             ));
         }
+        // A client's request travels with its sender's stamp; one without would be refused
+        // at apply anyway, but costs no entry this way.
+        if cmd.auth.is_none() && cmd.request.only_clients_send() {
+            self.forwarded_stamp(None)?;
+        }
         // Only members are described: rows stay bounded by the configuration.
         let described = match &cmd.request {
             kv::Request::MemberPublish(m) => Some(m.id),
@@ -74,8 +79,10 @@ impl LeaderApi for Api {
         &self,
         r: epb::CompactionRequest,
         session: Option<kv::Session>,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::CompactionResponse, Status> {
-        self.compact_impl(r, Origin::Peer, session).await
+        let stamp = self.forwarded_stamp(stamp)?;
+        self.compact_impl(r, Origin::Peer, session, stamp).await
     }
 
     async fn forwarded_lease_grant(
@@ -90,8 +97,11 @@ impl LeaderApi for Api {
         &self,
         r: epb::LeaseRevokeRequest,
         session: Option<kv::Session>,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::LeaseRevokeResponse, Status> {
-        self.lease_revoke_impl(r, Origin::Peer, session).await
+        let stamp = self.forwarded_stamp(stamp)?;
+        self.lease_revoke_impl(r, Origin::Peer, session, stamp)
+            .await
     }
 
     async fn forwarded_lease_keep_alive(
@@ -112,15 +122,19 @@ impl LeaderApi for Api {
         &self,
         r: epb::MemberAddRequest,
         id: u64,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::MemberAddResponse, Status> {
-        self.member_add_impl(r, Origin::Peer, Some(id)).await
+        self.check_forwarded_admin(stamp.as_ref()).await?;
+        self.member_add_impl(r, Origin::Peer, Some(id), None).await
     }
 
     async fn forwarded_member_promote(
         &self,
         r: epb::MemberPromoteRequest,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::MemberPromoteResponse, Status> {
-        self.member_promote_impl(r.id, Origin::Peer).await
+        self.check_forwarded_admin(stamp.as_ref()).await?;
+        self.member_promote_impl(r.id, Origin::Peer, None).await
     }
 
     async fn peer_hash_kv(&self, r: epb::HashKvRequest) -> Result<epb::HashKvResponse, Status> {
@@ -138,7 +152,9 @@ impl LeaderApi for Api {
     async fn forwarded_member_remove(
         &self,
         r: epb::MemberRemoveRequest,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::MemberRemoveResponse, Status> {
-        self.member_remove_impl(r.id, Origin::Peer).await
+        self.check_forwarded_admin(stamp.as_ref()).await?;
+        self.member_remove_impl(r.id, Origin::Peer, None).await
     }
 }

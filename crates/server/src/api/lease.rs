@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::lessor::{Lessor, Renewal};
 use super::{random_u64, unexpected, Api, LeaderClient};
 use crate::pb::etcdserverpb as epb;
-use crate::peer::{with_session, Origin, Reached};
+use crate::peer::{forwarded, with_session, Origin, Reached};
 use crate::rpctypes::{is_kv_error, ERR_TOO_MANY_REQUESTS, ERR_TTL_TOO_LARGE};
 
 /// Answers queued on one keep-alive stream.
@@ -125,7 +125,7 @@ impl Api {
                 async move { c.lease_grant(r).await }
             };
             let grant = kv::Request::LeaseGrant { id, ttl };
-            let outcome = self.write(grant, origin, session, via).await;
+            let outcome = self.write(grant, origin, session, None, via).await;
             match outcome {
                 Ok(Reached::Here(kv::Response::LeaseGrant { revision, id, ttl })) => {
                     self.inner.leases.lessor().grant(id, ttl, Instant::now());
@@ -153,14 +153,17 @@ impl Api {
         r: epb::LeaseRevokeRequest,
         origin: Origin,
         session: Option<kv::Session>,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::LeaseRevokeResponse, Status> {
         let id = r.id;
         let via = |mut c: LeaderClient, s| {
-            let r = with_session(r, s);
+            let r = forwarded(r, s, stamp.as_ref());
             async move { c.lease_revoke(r).await }
         };
         let revoke = kv::Request::LeaseRevoke { id };
-        let outcome = self.write(revoke, origin, session, via).await;
+        let outcome = self
+            .write(revoke, origin, session, stamp.clone(), via)
+            .await;
         match outcome {
             Ok(Reached::Here(kv::Response::LeaseRevoke { revision })) => {
                 self.inner.leases.lessor().revoke(id);
@@ -292,14 +295,20 @@ impl epb::lease_server::Lease for Api {
         request: Request<epb::LeaseRevokeRequest>,
     ) -> Result<Response<epb::LeaseRevokeResponse>, Status> {
         // etcd's `checkLeasePuts`: the caller needs write on every key of the lease. Checked
-        // here, against this member's applied state, before the revoke is forwarded: the
-        // revoke entry itself is not stamped (the leader's expiry proposes the same one).
+        // here, against this member's applied state, so that a denied revoke costs no entry,
+        // and again at apply, where the entry carries the caller's stamp: a key attached to
+        // the lease, or a permission revoked, in between is seen there.
         let caller = self.caller_of(&request).await?;
         let id = request.get_ref().id;
         self.check_permission(&caller, || kv::Request::LeaseRevoke { id })?;
-        self.lease_revoke_impl(request.into_inner(), Origin::Client, None)
-            .await
-            .map(Response::new)
+        self.lease_revoke_impl(
+            request.into_inner(),
+            Origin::Client,
+            None,
+            Some(caller.stamp()),
+        )
+        .await
+        .map(Response::new)
     }
 
     type LeaseKeepAliveStream = KeepAliveStream;

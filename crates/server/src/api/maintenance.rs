@@ -70,11 +70,16 @@ impl epb::maintenance_server::Maintenance for Api {
         request: Request<epb::AlarmRequest>,
     ) -> Result<Response<epb::AlarmResponse>, Status> {
         // Listing is open; raising or clearing (a NOSPACE alarm guards the disk) is for an
-        // administrator (etcd 3.4 checks neither).
-        if request.get_ref().action != epb::alarm_request::AlarmAction::Get as i32 {
-            self.admin(&request).await?;
-        }
-        Ok(Response::new(self.alarm_impl(request.into_inner()).await?))
+        // administrator (etcd 3.4 checks neither), here and again at apply against the
+        // caller's stamp.
+        let stamp = if request.get_ref().action != epb::alarm_request::AlarmAction::Get as i32 {
+            Some(self.admin(&request).await?.stamp())
+        } else {
+            None
+        };
+        Ok(Response::new(
+            self.alarm_impl(request.into_inner(), stamp).await?,
+        ))
     }
 
     /// etcd's MoveLeader: on the leader only; the target must be a voter. Returns once the

@@ -37,6 +37,7 @@ use crate::rpctypes::{
 
 pub mod alarm;
 pub mod auth;
+pub mod auth_limit;
 pub mod backup;
 pub mod cluster;
 pub mod compactor;
@@ -87,7 +88,7 @@ struct Inner {
     dashboard: dashboard::Hub,
     /// The auth flags (see [`auth`]).
     auth: auth::AuthConfig,
-    /// The budget of Authenticate attempts per connection (see [`auth`]).
+    /// The budgets of Authenticate attempts (see [`auth_limit`]).
     auth_limiter: auth::AuthLimiter,
 }
 
@@ -132,6 +133,14 @@ impl Api {
         self.inner.node.kv.set_token_ttl(config.token_ttl);
         let inner = Arc::get_mut(&mut self.inner).expect("configured before it is shared");
         inner.auth = config;
+        // The dummy hash unknown names are checked against (see `auth`), made now on a
+        // thread of its own rather than by the first such login, which would take twice as
+        // long as the others and tell.
+        let dummy = inner.auth_limiter.dummy_hash.clone();
+        let cost = config.bcrypt_cost;
+        std::thread::spawn(move || {
+            dummy.get_or_init(|| auth::dummy_hash(cost));
+        });
         self
     }
 
@@ -201,17 +210,20 @@ impl Api {
     /// session), whose answer is the leader's. `session` is `None` for a client's write (a
     /// fresh one is chosen) and the follower's for one forwarded here (`origin`
     /// [`Origin::Peer`]: run here once, never forwarded again). Their answers are small.
+    /// `stamp` is the client's (see [`auth`]; `None` for the servers' own): the entry carries
+    /// it, and `via_leader` forwards it ([`crate::peer::forwarded`]).
     async fn write<T, Fut>(
         &self,
         request: kv::Request,
         origin: Origin,
         session: Option<kv::Session>,
+        stamp: Option<kv::AuthStamp>,
         via_leader: impl Fn(LeaderClient, kv::Session) -> Fut,
     ) -> Result<Reached<kv::Response, T>, Status>
     where
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
-        let (session, data) = self.command(request, session, None)?;
+        let (session, data) = self.command(request, session, stamp)?;
         self.inner
             .leader
             .on_leader(

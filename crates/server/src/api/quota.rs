@@ -129,7 +129,10 @@ impl Api {
                 "database space exceeded; raising the NOSPACE alarm"
             );
             // As etcd, the request is refused whatever becomes of the alarm's proposal.
-            if let Err(e) = self.propose_alarm(kv::AlarmAction::Activate, alarm).await {
+            if let Err(e) = self
+                .propose_alarm(kv::AlarmAction::Activate, alarm, None)
+                .await
+            {
                 tracing::warn!(error = %e, "raising the NOSPACE alarm failed");
             }
         }

@@ -32,7 +32,7 @@ use super::cluster::MemberState;
 use super::{write_status, Api};
 use crate::pb::etcdserverpb as epb;
 use crate::pb::skiff::raft::v1::raft_client::RaftClient;
-use crate::peer::{Origin, REQUEST_TIMEOUT, RETRY_PAUSE};
+use crate::peer::{set_stamp, Origin, REQUEST_TIMEOUT, RETRY_PAUSE};
 use crate::replica::{AdminError, AppliedReceiver};
 use crate::rpctypes::{
     ERR_LEARNER_NOT_READY, ERR_MEMBER_BAD_URLS, ERR_MEMBER_EXIST, ERR_MEMBER_NOT_ENOUGH_STARTED,
@@ -53,12 +53,14 @@ const DURABLE_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl Api {
     /// Runs MemberAdd on the leader: here if this member leads, forwarded otherwise. `id` is
-    /// the id a forwarding member chose (`None` when a client asked here).
+    /// the id a forwarding member chose (`None` when a client asked here); `stamp` the
+    /// client's, forwarded for the leader to check (so for remove and promote).
     pub(super) async fn member_add_impl(
         &self,
         r: epb::MemberAddRequest,
         origin: Origin,
         id: Option<u64>,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::MemberAddResponse, Status> {
         check_urls(&r.peer_ur_ls)?;
         let id = match id {
@@ -74,6 +76,9 @@ impl Api {
                 |mut client| {
                     let mut request = tonic::Request::new(r.clone());
                     set_member_id(request.metadata_mut(), id);
+                    if let Some(stamp) = &stamp {
+                        set_stamp(request.metadata_mut(), stamp);
+                    }
                     async move { client.member_add(request).await }
                 },
             )
@@ -213,15 +218,15 @@ impl Api {
         &self,
         id: u64,
         origin: Origin,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::MemberPromoteResponse, Status> {
         let (reached, ambiguous) = self
             .on_leader_tracked(
                 origin,
                 || self.member_promote_here(id),
-                |mut client| async move {
-                    client
-                        .member_promote(epb::MemberPromoteRequest { id })
-                        .await
+                |mut client| {
+                    let request = stamped(epb::MemberPromoteRequest { id }, stamp.as_ref());
+                    async move { client.member_promote(request).await }
                 },
             )
             .await;
@@ -349,6 +354,7 @@ impl Api {
     pub(super) async fn member_update_impl(
         &self,
         r: epb::MemberUpdateRequest,
+        stamp: kv::AuthStamp,
     ) -> Result<epb::MemberUpdateResponse, Status> {
         check_urls(&r.peer_ur_ls)?;
         self.linearizable_read().await?;
@@ -368,11 +374,11 @@ impl Api {
         if taken {
             return Err(Status::failed_precondition(ERR_PEER_URL_EXIST));
         }
-        self.write_kv(kv::Request::MemberUpdate {
+        let update = kv::Request::MemberUpdate {
             id: r.id,
             peer_urls: r.peer_ur_ls,
-        })
-        .await?;
+        };
+        self.write_kv_as(update, Some(stamp)).await?;
         self.linearizable_read().await?;
         let (header, members) = self.members_answer().await?;
         Ok(epb::MemberUpdateResponse { header, members })
@@ -383,13 +389,15 @@ impl Api {
         &self,
         id: u64,
         origin: Origin,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::MemberRemoveResponse, Status> {
         let (reached, ambiguous) = self
             .on_leader_tracked(
                 origin,
                 || self.member_remove_here(id),
-                |mut client| async move {
-                    client.member_remove(epb::MemberRemoveRequest { id }).await
+                |mut client| {
+                    let request = stamped(epb::MemberRemoveRequest { id }, stamp.as_ref());
+                    async move { client.member_remove(request).await }
                 },
             )
             .await;
@@ -625,6 +633,15 @@ fn check_urls(urls: &[String]) -> Result<(), Status> {
 }
 
 /// Puts the id a forwarded MemberAdd gives the new member in the request's metadata.
+/// `request` with the client's `stamp` (if any), to forward it to the leader.
+fn stamped<T>(request: T, stamp: Option<&kv::AuthStamp>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(request);
+    if let Some(stamp) = stamp {
+        set_stamp(r.metadata_mut(), stamp);
+    }
+    r
+}
+
 fn set_member_id(metadata: &mut MetadataMap, id: u64) {
     if let Ok(v) = id.to_string().parse() {
         metadata.insert(MEMBER_ID_HEADER, v);

@@ -5,6 +5,12 @@
 //! memory. Catching up from an old `start_revision` is the same read. A watcher whose next
 //! revision has been compacted away is canceled with `compact_revision`, as in etcd.
 //!
+//! A watcher keeps the user that created it: whenever the auth state has changed since its
+//! permission was last checked, it is checked again before its next batch, and a watcher
+//! whose user may no longer read its range (a role revoked, the user deleted, auth enabled
+//! under an anonymous watch) is canceled with etcd's "permission denied" instead of being
+//! sent anything more (etcd 3.4 goes on sending).
+//!
 //! Differences from etcd: events within one revision come in key order (etcd: the order of the
 //! transaction's operations), and a key put and then deleted in one transaction shows only
 //! the delete. Not done (yet): response fragmentation (`fragment`); all events of a revision
@@ -51,6 +57,11 @@ struct Watcher {
     progress_notify: bool,
     /// Something was sent since the last progress tick.
     active: bool,
+    /// The user that created it (empty: anonymous), whose read permission on the range it
+    /// needs to go on.
+    user: String,
+    /// The auth revision its permission was last checked at.
+    checked_at: u64,
 }
 
 /// The stream ended (the client went away or the server is stopping).
@@ -283,15 +294,18 @@ impl Api {
         };
         // etcd's `isWatchPermitted`: the caller needs read on the whole range; a refusal is
         // a created-and-canceled answer carrying etcd's auth error.
-        let permitted = match self.caller(&metadata.0, metadata.1.clone()).await {
-            Ok(caller) => self.check_permission(&caller, || {
-                kv::Request::Range(kv::RangeRequest::range(c.key.clone(), c.range_end.clone()))
-            }),
+        let caller = match self.caller(&metadata.0, metadata.1.clone()).await {
+            Ok(caller) => self
+                .check_permission(&caller, || {
+                    kv::Request::Range(kv::RangeRequest::range(c.key.clone(), c.range_end.clone()))
+                })
+                .map(|()| caller),
             Err(status) => Err(status),
         };
-        if let Err(status) = permitted {
-            return send(out, refuse(-1, status.message())).await;
-        }
+        let caller = match caller {
+            Ok(caller) => caller,
+            Err(status) => return send(out, refuse(-1, status.message())).await,
+        };
         // etcd: an explicit id (non-zero) must be free; 0 asks for the next free one. Ids
         // handed out only go up, so a canceled watcher's id is not reused on this stream.
         // A refused create is answered under id -1, as in etcd.
@@ -331,6 +345,8 @@ impl Api {
                 no_delete: filter(FilterType::Nodelete),
                 progress_notify: c.progress_notify,
                 active: true,
+                user: caller.user,
+                checked_at: caller.revision,
             },
         );
         send(
@@ -360,6 +376,30 @@ impl Api {
         };
         if w.next > revision {
             return Ok(false);
+        }
+        // The auth state changed since the watcher's permission was checked: check again
+        // before sending anything more.
+        let auth = self.inner.node.kv.auth_state();
+        if auth.revision != w.checked_at {
+            let range =
+                kv::Request::Range(kv::RangeRequest::range(w.key.clone(), w.range_end.clone()));
+            let denied = self.inner.node.kv.auth_check(&w.user, &range).err();
+            w.checked_at = auth.revision;
+            if let Some(denied) = denied {
+                watchers.remove(&id);
+                return send(
+                    out,
+                    epb::WatchResponse {
+                        header: Some(self.watch_header(revision)),
+                        watch_id: id,
+                        canceled: true,
+                        cancel_reason: kv_status(denied).message().to_string(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map(|()| false);
+            }
         }
         let kv = self.inner.node.kv.clone();
         let (key, end, from, prev) = (w.key.clone(), w.range_end.clone(), w.next, w.prev_kv);

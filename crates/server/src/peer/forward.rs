@@ -79,6 +79,59 @@ pub fn with_session<T>(request: T, session: kv::Session) -> Request<T> {
     r
 }
 
+/// gRPC metadata key carrying who sent a request a follower forwards to the leader (a
+/// compaction, a lease revoke, a member change): `<auth revision>:<user name in hex>`, the
+/// [`kv::AuthStamp`] the follower resolved. The leader proposes the entry with it (or checks
+/// it, for a configuration change), so that the permission is checked against the state the
+/// request applies at, not only the follower's.
+pub const AUTH_STAMP_HEADER: &str = "skiff-auth-stamp";
+/// Longest user name a stamp header carries, in bytes (a Common Name longer than any user
+/// name can be is refused as malformed rather than carried).
+const STAMP_USER_BYTES_MAX: usize = 1024;
+
+/// Attaches `stamp` to a request forwarded to the leader.
+pub fn set_stamp(md: &mut tonic::metadata::MetadataMap, stamp: &kv::AuthStamp) {
+    let hex: String = stamp.user.bytes().map(|b| format!("{b:02x}")).collect();
+    if let Ok(v) = tonic::metadata::MetadataValue::try_from(format!("{}:{hex}", stamp.revision)) {
+        md.insert(AUTH_STAMP_HEADER, v);
+    }
+}
+
+/// The stamp of a forwarded request, from its metadata: `None` if absent, an error if
+/// garbled.
+pub fn stamp_of(md: &tonic::metadata::MetadataMap) -> Result<Option<kv::AuthStamp>, Status> {
+    let Some(v) = md.get(AUTH_STAMP_HEADER) else {
+        return Ok(None);
+    };
+    let malformed = || Status::invalid_argument(format!("malformed {AUTH_STAMP_HEADER}"));
+    let text = v.to_str().map_err(|_| malformed())?;
+    let (revision, hex) = text.split_once(':').ok_or_else(malformed)?;
+    let revision = revision.parse::<u64>().map_err(|_| malformed())?;
+    if hex.len() % 2 != 0 || hex.len() > 2 * STAMP_USER_BYTES_MAX {
+        return Err(malformed());
+    }
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(malformed)?;
+    let user = String::from_utf8(bytes).map_err(|_| malformed())?;
+    Ok(Some(kv::AuthStamp { user, revision }))
+}
+
+/// `request` with `session` and the sender's `stamp` (if any) attached, to forward it to
+/// the leader.
+pub fn forwarded<T>(request: T, session: kv::Session, stamp: Option<&kv::AuthStamp>) -> Request<T> {
+    let mut r = with_session(request, session);
+    if let Some(stamp) = stamp {
+        set_stamp(r.metadata_mut(), stamp);
+    }
+    r
+}
+
 /// Where a request came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -409,6 +462,26 @@ mod tests {
             session_of(Request::new(()).metadata()).expect("absent"),
             None
         );
+    }
+
+    #[test]
+    fn the_stamp_header_round_trips_and_garbage_is_refused() {
+        for user in ["", "alice", "ü ser:with\ncontrol"] {
+            let stamp = kv::AuthStamp {
+                user: user.into(),
+                revision: 17,
+            };
+            let r = forwarded((), kv::Session::opened(7, 1, 42), Some(&stamp));
+            assert_eq!(stamp_of(r.metadata()).expect("parses"), Some(stamp));
+        }
+        for bad in ["", "7", "x:61", "7:6", "7:zz", "7:ff", ":61"] {
+            let mut r = Request::new(());
+            r.metadata_mut()
+                .insert(AUTH_STAMP_HEADER, bad.parse().expect("ascii"));
+            let e = stamp_of(r.metadata()).expect_err(bad);
+            assert_eq!(e.code(), Code::InvalidArgument, "{bad}");
+        }
+        assert_eq!(stamp_of(Request::new(()).metadata()).expect("absent"), None);
     }
 
     fn unavailable(m: &str) -> Status {

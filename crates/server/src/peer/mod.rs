@@ -17,8 +17,8 @@ pub mod service;
 
 pub use faults::Faults;
 pub use forward::{
-    session_of, with_session, Forwarder, Origin, Reached, RetryPolicy, REQUEST_TIMEOUT,
-    RETRY_PAUSE, SESSION_HEADER,
+    forwarded, session_of, set_stamp, stamp_of, with_session, Forwarder, Origin, Reached,
+    RetryPolicy, AUTH_STAMP_HEADER, REQUEST_TIMEOUT, RETRY_PAUSE, SESSION_HEADER,
 };
 pub use outbound::{PeerTimeouts, Peers, PEER_MSG_BYTES_MAX};
 pub use service::{LeaderApi, RaftService};

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use super::codec;
 use super::faults::Faults;
-use super::forward::session_of;
+use super::forward::{session_of, stamp_of};
 use super::pipe::{self, BATCH_BYTES_MAX, BATCH_WRITES_MAX, IN_FLIGHT_MAX};
 use crate::pb::etcdserverpb as epb;
 use crate::pb::skiff::raft::v1 as pb;
@@ -33,11 +33,13 @@ pub trait LeaderApi: Send + Sync + 'static {
         command: Vec<u8>,
     ) -> Result<Result<kv::Response, kv::KvError>, Status>;
 
-    /// A forwarded compaction.
+    /// A forwarded compaction, with the stamp of the client that sent it (see
+    /// [`super::forward::AUTH_STAMP_HEADER`]; so for every request below that takes one).
     async fn forwarded_compact(
         &self,
         r: epb::CompactionRequest,
         session: Option<kv::Session>,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::CompactionResponse, Status>;
     /// A forwarded lease grant.
     async fn forwarded_lease_grant(
@@ -50,6 +52,7 @@ pub trait LeaderApi: Send + Sync + 'static {
         &self,
         r: epb::LeaseRevokeRequest,
         session: Option<kv::Session>,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::LeaseRevokeResponse, Status>;
     /// One forwarded keep-alive (the leader keeps the deadlines).
     async fn forwarded_lease_keep_alive(
@@ -60,17 +63,20 @@ pub trait LeaderApi: Send + Sync + 'static {
     async fn forwarded_member_remove(
         &self,
         r: epb::MemberRemoveRequest,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::MemberRemoveResponse, Status>;
     /// A forwarded member addition, with the id the forwarding member chose.
     async fn forwarded_member_add(
         &self,
         r: epb::MemberAddRequest,
         id: u64,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::MemberAddResponse, Status>;
     /// A forwarded learner promotion (only the leader knows how far the learner is).
     async fn forwarded_member_promote(
         &self,
         r: epb::MemberPromoteRequest,
+        stamp: Option<kv::AuthStamp>,
     ) -> Result<epb::MemberPromoteResponse, Status>;
     /// A member joining with an empty data dir asks who it is (any member answers).
     async fn join(&self, r: pb::JoinRequest) -> Result<pb::JoinResponse, Status>;
@@ -366,9 +372,10 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
         r: Request<epb::CompactionRequest>,
     ) -> Result<Response<epb::CompactionResponse>, Status> {
         let session = session_of(r.metadata())?;
+        let stamp = stamp_of(r.metadata())?;
         let resp = self
             .leader
-            .forwarded_compact(r.into_inner(), session)
+            .forwarded_compact(r.into_inner(), session, stamp)
             .await?;
         Ok(Response::new(resp))
     }
@@ -390,9 +397,10 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
         r: Request<epb::LeaseRevokeRequest>,
     ) -> Result<Response<epb::LeaseRevokeResponse>, Status> {
         let session = session_of(r.metadata())?;
+        let stamp = stamp_of(r.metadata())?;
         let resp = self
             .leader
-            .forwarded_lease_revoke(r.into_inner(), session)
+            .forwarded_lease_revoke(r.into_inner(), session, stamp)
             .await?;
         Ok(Response::new(resp))
     }
@@ -423,7 +431,11 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
         &self,
         r: Request<epb::MemberRemoveRequest>,
     ) -> Result<Response<epb::MemberRemoveResponse>, Status> {
-        let resp = self.leader.forwarded_member_remove(r.into_inner()).await?;
+        let stamp = stamp_of(r.metadata())?;
+        let resp = self
+            .leader
+            .forwarded_member_remove(r.into_inner(), stamp)
+            .await?;
         Ok(Response::new(resp))
     }
 
@@ -432,7 +444,11 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
         r: Request<epb::MemberAddRequest>,
     ) -> Result<Response<epb::MemberAddResponse>, Status> {
         let id = crate::api::reconfigure::member_id_of(r.metadata())?;
-        let resp = self.leader.forwarded_member_add(r.into_inner(), id).await?;
+        let stamp = stamp_of(r.metadata())?;
+        let resp = self
+            .leader
+            .forwarded_member_add(r.into_inner(), id, stamp)
+            .await?;
         Ok(Response::new(resp))
     }
 
@@ -440,7 +456,11 @@ impl<F: LeaderApi + Clone> pb::raft_server::Raft for RaftService<F> {
         &self,
         r: Request<epb::MemberPromoteRequest>,
     ) -> Result<Response<epb::MemberPromoteResponse>, Status> {
-        let resp = self.leader.forwarded_member_promote(r.into_inner()).await?;
+        let stamp = stamp_of(r.metadata())?;
+        let resp = self
+            .leader
+            .forwarded_member_promote(r.into_inner(), stamp)
+            .await?;
         Ok(Response::new(resp))
     }
 

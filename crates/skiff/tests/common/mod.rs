@@ -202,6 +202,16 @@ impl Cluster {
             Some(joining) => (joining.as_str(), "existing"),
             None => (self.initial_cluster.as_str(), "new"),
         };
+        // Fast elections unless a test sets its own timing.
+        let timing_given =
+            self.extra_args.iter().chain(&m.extra_args).any(|a| {
+                a.starts_with("--election-timeout") || a.starts_with("--heartbeat-interval")
+            });
+        let timing: &[&str] = if timing_given {
+            &[]
+        } else {
+            &["--heartbeat-interval", "50", "--election-timeout", "500"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .arg("serve")
             .args(["--name", &m.name])
@@ -213,7 +223,7 @@ impl Cluster {
             .args(["--initial-advertise-peer-urls", &advertised_peer])
             .args(["--initial-cluster", initial_cluster])
             .args(["--initial-cluster-state", state])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(timing)
             .args(&self.extra_args)
             .args(&m.extra_args)
             .arg("--stop-on-stdin-eof")

@@ -72,6 +72,7 @@ MEMBER_TLS=()
 CLIENT_TLS=()
 BENCH_TLS=()
 if [ "$TLS" = 1 ]; then
+	command -v openssl >/dev/null || { echo "TLS=1 needs openssl (apt-get install openssl)" >&2; exit 1; }
 	SCHEME=https
 	CERTS="$RESULTS/certs"
 	mkdir -p "$CERTS"
@@ -83,10 +84,10 @@ if [ "$TLS" = 1 ]; then
 		for who in member client; do
 			cn=$([ "$who" = client ] && echo root || echo bench-member)
 			openssl req -newkey rsa:2048 -nodes -subj "/CN=$cn" \
-				-keyout "$who.key" -out "$who.csr" 2>/dev/null
+				-keyout "$who.key" -out "$who.csr" 2>>openssl.log
 			printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n' >"$who.ext"
 			openssl x509 -req -in "$who.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-				-extfile "$who.ext" -out "$who.crt" 2>/dev/null
+				-extfile "$who.ext" -out "$who.crt" 2>>openssl.log
 		done
 	)
 	MEMBER_TLS=(--cert-file "$CERTS/member.crt" --key-file "$CERTS/member.key"
@@ -100,9 +101,8 @@ fi
 CTL_AUTH=()
 ectl() { etcdctl ${CLIENT_TLS[@]+"${CLIENT_TLS[@]}"} ${CTL_AUTH[@]+"${CTL_AUTH[@]}"} "$@"; }
 
-# AUTH=1: root, a role `bench` with readwrite on the bench keys (zero-padded numbers: the
-# prefix "0" holds them all, given --key-size 8 and fewer than 10^7 keys), a user `bencher`
-# holding it, then auth enable. The load runs as bencher: every request pays a token lookup
+# AUTH=1: root, a role `bench` with readwrite on the bench keys (zero-padded decimal numbers,
+# all in the range ["0", ":")), a user `bencher` holding it, then auth enable. The load runs as bencher: every request pays a token lookup
 # and a permission check, not root's shortcut.
 BENCH_AUTH=()
 enable_auth() {
@@ -115,13 +115,22 @@ enable_auth() {
 		role add root
 		user grant-role root root
 		role add bench
-		role grant-permission bench readwrite 0 --prefix=true
+		role grant-permission bench readwrite 0 :
 		user add bencher:benchpw
 		user grant-role bencher bench
 		auth enable
 	EOF
 	CTL_AUTH=(--user root:rootpw)
 	BENCH_AUTH=(--user bencher:benchpw)
+	# Every member must have applied `auth enable` before the load authenticates there (until
+	# then it refuses a login: "authentication is not enabled").
+	local ep i
+	for ep in ${eps//,/ }; do
+		for i in $(seq 1 50); do
+			ectl --endpoints="$ep" get bench-ready >/dev/null 2>&1 && break
+			sleep 0.2
+		done
+	done
 }
 
 # endpoints BASE -> 127.0.0.1:BASE,127.0.0.1:BASE+2,127.0.0.1:BASE+4 (no scheme: etcdctl 3.4)
@@ -232,7 +241,8 @@ bench_cluster() {
 			ectl --endpoints="$eps" del --prefix /etcdctl-check-perf/ >/dev/null 2>&1 || true
 			{
 				echo "\$ etcdctl --endpoints=$eps check perf --load=$load"
-				timeout 150 ectl --endpoints="$eps" check perf --load="$load" 2>&1 &&
+				timeout 150 etcdctl ${CLIENT_TLS[@]+"${CLIENT_TLS[@]}"} ${CTL_AUTH[@]+"${CTL_AUTH[@]}"} \
+					--endpoints="$eps" check perf --load="$load" 2>&1 &&
 					echo "(exit 0)" || echo "(exit $?)"
 			} 2>&1 | tr '\r' '\n' | grep -Ev '^ *[0-9]+ / [0-9]+ |^[[:space:]]*$' \
 				>"$RESULTS/$sys-checkperf-$load.txt" || true

@@ -550,23 +550,21 @@ impl Store {
         range::range(&view, req, view.meta.revision, view.meta.compacted)
     }
 
-    /// [`Store::range`], only if it can start without waiting for a lock: `None` while a
+    /// [`Store::range`], only if it can run without waiting for a lock: `None` while a
     /// writer holds or waits for the index or the database (a batch updating the index, a
-    /// compaction, a snapshot install, a defragmentation), and the caller then reads on a
-    /// blocking thread instead. For small reads made on an async runtime's worker, which must
-    /// not wait behind a defragmentation. (A writer that arrives during the read can still
-    /// hold it up for as long as it holds the index, as for any reader.)
+    /// compaction, a snapshot install, a defragmentation), whether at the start or at a scan
+    /// during the read, and the caller then reads again on a blocking thread. For small reads
+    /// made on an async runtime's worker, which must not wait behind such a writer.
     pub fn try_range(&self, req: &RangeRequest) -> Option<Result<RangeResponse, Error>> {
         let view = match self.try_read_view()? {
             Ok(view) => view,
             Err(e) => return Some(Err(e)),
         };
-        Some(range::range(
-            &view,
-            req,
-            view.meta.revision,
-            view.meta.compacted,
-        ))
+        let read = range::range(&view, req, view.meta.revision, view.meta.compacted);
+        if view.would_block.as_ref().is_some_and(|b| b.get()) {
+            return None;
+        }
+        Some(read)
     }
 
     /// [`Store::read_view`] without waiting: `None` if a lock it needs is taken for writing.
@@ -582,6 +580,7 @@ impl Store {
                 epoch: index.epoch,
                 revs,
                 pending: index.pending.clone(),
+                would_block: Some(std::cell::Cell::new(false)),
             })
         })();
         Some(view)
@@ -600,6 +599,7 @@ impl Store {
             epoch: index.epoch,
             revs,
             pending: index.pending.clone(),
+            would_block: None,
         })
     }
 
@@ -913,5 +913,20 @@ mod try_range_tests {
             );
         }
         assert!(store.try_range(&now).is_some(), "free again");
+
+        // A writer that comes after the read began: the read's scan steps aside too, rather
+        // than wait for the index.
+        let view = store.try_read_view().expect("no writer").expect("a view");
+        let main = view.meta.revision;
+        {
+            let _index = store.write_index();
+            assert!(view.with_index(main, |_| ()).is_err(), "steps aside");
+        }
+        assert!(view.would_block.as_ref().is_some_and(|b| b.get()));
+        let waiting = store.read_view().expect("a view");
+        assert!(
+            waiting.would_block.is_none(),
+            "a blocking thread's view waits"
+        );
     }
 }

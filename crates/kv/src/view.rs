@@ -82,16 +82,32 @@ pub(crate) struct ReadView<'a> {
     pub(crate) revs: ReadOnlyTable<(u64, u32), &'static [u8]>,
     /// The rows of the open grouped transaction then, which `revs` does not hold.
     pub(crate) pending: Pending,
+    /// `Some` for a reader that must not wait (an async worker, [`crate::Store::try_range`]):
+    /// a scan then takes the index only if it is free, and otherwise fails and sets this,
+    /// so that the reader reads again where it may wait. `None`: scans wait for the lock.
+    pub(crate) would_block: Option<std::cell::Cell<bool>>,
 }
 
 impl ReadView<'_> {
     /// Runs `f` on the index under its read lock, if it still holds the state this view reads
     /// at `main`.
     pub(crate) fn with_index<T>(&self, main: u64, f: impl FnOnce(&Index) -> T) -> Result<T, Error> {
-        let index = self
-            .index
-            .read()
-            .expect("the key index lock is poisoned by an earlier panic");
+        let index = match &self.would_block {
+            None => self
+                .index
+                .read()
+                .expect("the key index lock is poisoned by an earlier panic"),
+            Some(blocked) => match self.index.try_read() {
+                Ok(index) => index,
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    blocked.set(true);
+                    return Err(Error::Busy("the key index is being written".into()));
+                }
+                Err(std::sync::TryLockError::Poisoned(_)) => {
+                    panic!("the key index lock is poisoned by an earlier panic")
+                }
+            },
+        };
         if index.epoch != self.epoch || index.meta.compacted > main {
             return Err(KvError::Compacted.into());
         }

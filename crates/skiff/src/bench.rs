@@ -160,19 +160,23 @@ impl Client {
     }
 }
 
-/// The token of `user` from the member at the other end of `ch` (etcd's simple tokens are
-/// that member's own, so each connection authenticates where it connects).
+/// The token of `user` from the member at the other end of `ch`. Each connection
+/// authenticates where it connects: a token is assigned when its Authenticate entry applies
+/// on each member, and a member that has not applied it yet would refuse it.
 async fn authenticate(
     ch: &Channel,
     url: &str,
     (name, password): &(String, String),
+    timeout: Duration,
 ) -> anyhow::Result<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> {
     let mut auth = server::pb::etcdserverpb::auth_client::AuthClient::new(ch.clone());
+    let mut req = tonic::Request::new(epb::AuthenticateRequest {
+        name: name.clone(),
+        password: password.clone(),
+    });
+    req.set_timeout(timeout);
     let resp = auth
-        .authenticate(epb::AuthenticateRequest {
-            name: name.clone(),
-            password: password.clone(),
-        })
+        .authenticate(req)
         .await
         .map_err(|s| anyhow::anyhow!("--user {name}: authenticate at {url}: {}", s.message()))?;
     resp.into_inner()
@@ -342,7 +346,7 @@ async fn run_async(plan: Arc<Plan>) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("connect to {url}: {}", error_chain(&e)))?;
         let token = match &args.user {
-            Some(user) => Some(authenticate(&ch, url, user).await?),
+            Some(user) => Some(authenticate(&ch, url, user, args.timeout).await?),
             None => None,
         };
         channels.push((ch, token));

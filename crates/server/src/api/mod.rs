@@ -312,9 +312,11 @@ impl Api {
     /// A range of one key: an in-memory index lookup and at most one row, run here on the
     /// runtime's worker when no writer holds the state machine's locks. A hop to a blocking
     /// thread and back costs more than such a read (two thread wakeups per request: most of
-    /// a linearizable get's cost under load, BENCHMARKS.md). Otherwise, and for anything
+    /// a linearizable get's cost under load, BENCHMARKS.md). If a writer holds or wants a
+    /// lock, at the start or during the read ([`kv::Store::try_range`]), and for anything
     /// that scans, the read goes to a blocking thread ([`Api::read_kv`]): a worker must not
-    /// wait behind a defragmentation or a snapshot install.
+    /// wait behind a defragmentation or a snapshot install. (The row itself may come from
+    /// the disk on a page-cache miss: one page's read, which a worker can afford.)
     async fn read_range(&self, req: kv::RangeRequest) -> Result<kv::RangeResponse, Status> {
         if req.range_end.is_empty() {
             if let Some(read) = self.inner.node.kv.try_range(&req) {

@@ -10,7 +10,7 @@
 //!   any empty -> "too many authentication attempts", nothing checked
 //! ```
 //!
-//! Each bucket map is bounded ([`Buckets`]).
+//! Each bucket map is bounded (`Buckets`).
 
 use std::net::IpAddr;
 use std::sync::Mutex;

@@ -579,8 +579,9 @@ fn execute_as(
                 auth.check_stamped(stamp, req, &mut lease_keys)?;
             }
             // A client's request that lost its stamp (or one forged on the peer port) is
-            // not trusted as the servers' own.
-            None if auth.enabled && req.only_clients_send() => {
+            // not trusted as the servers' own; those that an older version wrote unstamped
+            // apply as they did then, alike on every member.
+            None if auth.enabled && req.stamped_by_every_version() => {
                 return Err(KvError::PermissionDenied.into());
             }
             None => {}

@@ -135,8 +135,9 @@ pub enum Request {
 
 impl Request {
     /// Whether only a client sends this request, never a server on its own: while auth is
-    /// enabled, such a request must carry the stamp of its sender ([`Command::auth`]), and
-    /// one without is refused at apply ("permission denied"), so that a request reaching the
+    /// enabled, such a request must carry the stamp of its sender ([`Command::auth`]): the
+    /// leader refuses one forwarded without ("permission denied"), and the applying member
+    /// refuses those of [`Request::stamped_by_every_version`], so that a request reaching the
     /// peer port unstamped cannot skip the permission check. The servers' own requests (a
     /// lease's expiry, the leader's auto-compaction, a member publishing itself, an alarm a
     /// member raises) are not of this kind; a client's compaction, lease revoke or alarm
@@ -156,6 +157,21 @@ impl Request {
             | Request::MemberPublish(_)
             | Request::MembersRemoved(_)
             | Request::MemberAdd(_) => false,
+        }
+    }
+
+    /// Whether every version that writes auth stamps stamped this request: key-value
+    /// requests and auth requests other than Authenticate. The apply-time refusal of an
+    /// unstamped client request covers these only: the first version with auth wrote
+    /// Authenticate, MemberUpdate and alarm disarms without a stamp, and its entries must
+    /// apply alike on every member whichever version replays them (a member restarted on a
+    /// newer binary re-applies its log past its last durable apply). The leader still refuses
+    /// all of [`Request::only_clients_send`] forwarded without a stamp, before proposing.
+    pub fn stamped_by_every_version(&self) -> bool {
+        match self {
+            Request::Auth(a) => !matches!(a, crate::auth::AuthRequest::Authenticate { .. }),
+            Request::Range(_) | Request::Put(_) | Request::DeleteRange(_) | Request::Txn(_) => true,
+            _ => false,
         }
     }
 

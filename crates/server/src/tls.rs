@@ -542,6 +542,10 @@ fn tls_incoming(
                 let why = match handshake.await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;
+                        // The slot before the permit: the accept loop may take the permit
+                        // at once and count a new address (see `try_enter`).
+                        drop(slot);
+                        drop(permit);
                         return;
                     }
                     Ok(Err(error)) => error.to_string(),
@@ -609,7 +613,8 @@ impl HandshakeGate {
         }
         s.started.take(ip, now);
         *s.in_progress.entry(ip).or_insert(0) += 1;
-        assert!(s.in_progress.len() <= HANDSHAKES_MAX);
+        // At most one address per permit: slots are released before their permits.
+        debug_assert!(s.in_progress.len() <= HANDSHAKES_MAX);
         Ok(HandshakeSlot {
             gate: self.clone(),
             ip,
@@ -641,7 +646,7 @@ impl Drop for HandshakeSlot {
 /// several times a second, and its every attempt must not become a log line. The first failure
 /// is logged, then at most one every [`FailureLog::EVERY`], counting those left out.
 #[derive(Debug, Default)]
-struct FailureLog {
+pub(crate) struct FailureLog {
     /// When the last line was logged (`None`: never), and the failures not logged since.
     state: std::sync::Mutex<(Option<tokio::time::Instant>, u64)>,
 }
@@ -650,7 +655,7 @@ impl FailureLog {
     const EVERY: Duration = Duration::from_secs(5);
 
     /// `Some(failures left out since the last line)` if this failure is to be logged.
-    fn may_log(&self) -> Option<u64> {
+    pub(crate) fn may_log(&self) -> Option<u64> {
         let now = tokio::time::Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match state.0 {

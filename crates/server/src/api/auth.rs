@@ -260,8 +260,17 @@ impl Api {
         req: impl FnOnce() -> kv::Request,
     ) -> Result<(), Status> {
         let kv = &self.inner.node.kv;
-        if !kv.auth_state().enabled {
+        let state = kv.auth_state();
+        if !state.enabled {
             return Ok(());
+        }
+        // The caller was resolved against an older auth state (its user may have been
+        // deleted and added again since, say): refused as etcd's `isOpPermitted` does, and
+        // the client authenticates again.
+        if caller.revision < state.revision {
+            return Err(crate::rpctypes::kv_status(
+                kv::KvError::AuthOldRevision.into(),
+            ));
         }
         kv.auth_check(&caller.user, &req())
             .map_err(crate::rpctypes::kv_status)
@@ -404,7 +413,12 @@ impl Api {
             .auth_limiter
             .try_attempt(ip, &r.name, Instant::now())
         {
-            tracing::info!(user = %logged_name(&r.name), %ip, "authentication refused: too many attempts");
+            if let Some(more) = self.inner.auth_limiter.refusals_logged.may_log() {
+                tracing::info!(
+                    user = %logged_name(&r.name), %ip, more_since_last_line = more,
+                    "authentication refused: too many attempts"
+                );
+            }
             return Err(Status::resource_exhausted(ERR_AUTH_RATE));
         }
         self.linearizable_read().await?;

@@ -57,6 +57,9 @@ pub struct AuthLimiter {
     /// a user's when the name has no password to check, so that such a refusal takes as long
     /// as a wrong password. Made once, off the request path (see `Api::with_auth`).
     pub(super) dummy_hash: std::sync::Arc<std::sync::OnceLock<String>>,
+    /// Rate limit of the "too many attempts" lines: refusals come at line rate exactly
+    /// while someone guesses, and each must not become a log line.
+    pub(super) refusals_logged: crate::tls::FailureLog,
 }
 
 #[derive(Debug)]
@@ -76,6 +79,7 @@ impl Default for AuthLimiter {
             }),
             checks: tokio::sync::Semaphore::new(AUTH_CHECKS_INFLIGHT_MAX),
             dummy_hash: Default::default(),
+            refusals_logged: Default::default(),
         }
     }
 }

@@ -155,7 +155,7 @@ impl<'s> Batch<'s> {
     /// transaction and the overlay may hold part of the request: abort the batch.
     fn execute(&mut self, cmd: &Command, index: u64) -> Result<Response, Error> {
         let began = std::time::Instant::now();
-        let result = self.execute_timed(cmd, index);
+        let result = self.execute_untimed(cmd, index);
         if began.elapsed() > crate::SLOW_APPLY {
             self.store
                 .slow_applies
@@ -165,7 +165,7 @@ impl<'s> Batch<'s> {
     }
 
     /// [`Batch::execute`], untimed.
-    fn execute_timed(&mut self, cmd: &Command, index: u64) -> Result<Response, Error> {
+    fn execute_untimed(&mut self, cmd: &Command, index: u64) -> Result<Response, Error> {
         let req = &cmd.request;
         let (resp, after, compact_to) = execute_as(
             &self.txn.as_ref().expect("open until the batch ends").0,

@@ -571,27 +571,24 @@ impl Store {
     fn try_read_view(&self) -> Option<Result<ReadView<'_>, Error>> {
         let index = self.index.try_read().ok()?;
         let db = self.db.try_read().ok()?;
-        let view = (|| {
-            let txn = db.begin_read()?;
-            let revs = txn.open_table(REVS)?;
-            Ok(ReadView {
-                index: &self.index,
-                meta: index.meta,
-                epoch: index.epoch,
-                revs,
-                pending: index.pending.clone(),
-                would_block: Some(std::cell::Cell::new(false)),
-            })
-        })();
-        Some(view)
+        Some(self.view_of(&index, &db, Some(std::cell::Cell::new(false))))
     }
 
     /// A consistent view for a reader: a redb read transaction opened under the index's read
     /// lock, so that it holds every row the index points to as of `meta`. The lock is taken
     /// again for each scan, never while values are read (see [`ReadView`]).
     pub(crate) fn read_view(&self) -> Result<ReadView<'_>, Error> {
-        let index = self.read_index();
-        let txn = self.begin_read()?;
+        self.view_of(&self.read_index(), &self.lock_db(), None)
+    }
+
+    /// The view of `index` and `db`, whose read locks the caller holds while it is opened.
+    fn view_of(
+        &self,
+        index: &Index,
+        db: &Database,
+        would_block: Option<std::cell::Cell<bool>>,
+    ) -> Result<ReadView<'_>, Error> {
+        let txn = db.begin_read()?;
         let revs = txn.open_table(REVS)?;
         Ok(ReadView {
             index: &self.index,
@@ -599,7 +596,7 @@ impl Store {
             epoch: index.epoch,
             revs,
             pending: index.pending.clone(),
-            would_block: None,
+            would_block,
         })
     }
 

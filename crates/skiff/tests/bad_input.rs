@@ -183,14 +183,7 @@ fn a_data_dir_of_another_cluster_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("d");
     let data = data.to_str().expect("utf-8 path");
-    let ports: Vec<u16> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .expect("port")
-        })
-        .collect();
+    let ports = common::free_ports(2);
     let client = format!("http://127.0.0.1:{}", ports[0]);
     let peer = format!("http://127.0.0.1:{}", ports[1]);
     let start = |token: &str| {

@@ -7,28 +7,13 @@ use std::time::{Duration, Instant};
 
 use common::{etcdctl_available, etcdctl_ok, PATIENCE};
 
-/// A base port whose six successors are free right now.
-fn free_base_port() -> u16 {
-    let seed = u16::try_from(std::process::id() % 5000).unwrap_or(0);
-    for attempt in 0..200u16 {
-        let base = 30000 + (seed + attempt * 37) % 20000;
-        let held: Vec<_> = (0..6)
-            .map_while(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).ok())
-            .collect();
-        if held.len() == 6 {
-            return base;
-        }
-    }
-    panic!("no run of 6 free loopback ports found");
-}
-
 #[test]
 fn dev_cluster_serves_etcdctl_and_stops_on_ctrl_c() {
     if !etcdctl_available() {
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let base = free_base_port();
+    let base = common::free_port_run(6);
     let mut dev = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path().join("skiff-data"))

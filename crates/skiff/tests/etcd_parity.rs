@@ -30,12 +30,7 @@ fn etcd_available() -> bool {
     common::tool_available("etcd", "--version", "etcd-server", "SKIFF_SKIP_ETCD")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
+use common::free_port;
 
 impl Etcd {
     fn start() -> Etcd {

@@ -38,10 +38,7 @@ async fn health_and_metrics_over_http() {
 /// `--listen-metrics-urls`: a plain-HTTP listener with `/metrics` and `/health` only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_on_their_own_listener() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = common::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let c = Cluster::start_with(1, &["--listen-metrics-urls", &url]);
     c.wait_leader(&[0]).await;

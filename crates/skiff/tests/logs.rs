@@ -71,3 +71,17 @@ fn an_unknown_log_level_is_refused_naming_the_flag() {
     assert!(err.contains("--log-level"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// Peer connections set a TCP keepalive the kernel accepts: a sub-second idle time used to be
+/// truncated to 0 s and refused with `EINVAL`, logged as a warning on every connection attempt
+/// (five times a second per unreachable peer) with no keepalive set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_connections_set_tcp_keepalive_without_errors() {
+    let c = Cluster::start(3);
+    c.wait_leader(&[0, 1, 2]).await;
+    common::put_retrying(&c, 0, "k", "v").await;
+    for i in 0..3 {
+        let text = std::fs::read_to_string(c.log_path(i)).expect("the member's log");
+        assert!(!text.contains("set_keepalive"), "member {i}: {text}");
+    }
+}

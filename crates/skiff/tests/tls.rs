@@ -299,13 +299,7 @@ fn a_member_whose_cn_is_not_allowed_cannot_join() {
 
 /// Runs `skiff serve` with `args` on free ports in `dir`; its exit status and stderr.
 fn serve_fails(dir: &Path, args: &[String]) -> String {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port()
-    };
-    let (client, peer) = (free(), free());
+    let (client, peer) = (common::free_port(), common::free_port());
     let peer_url = format!("https://127.0.0.1:{peer}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .arg("serve")
@@ -398,21 +392,6 @@ fn bad_certificate_files_stop_the_member_with_one_line_naming_the_flag_and_file(
     );
 }
 
-/// A base port whose six successors are free right now (as tests/dev.rs).
-fn free_base_port() -> u16 {
-    let seed = u16::try_from(std::process::id() % 5000).unwrap_or(0);
-    for attempt in 0..200u16 {
-        let base = 20000 + (seed + attempt * 41) % 9000;
-        let held: Vec<_> = (0..6)
-            .map_while(|k| std::net::TcpListener::bind(("127.0.0.1", base + k)).ok())
-            .collect();
-        if held.len() == 6 {
-            return base;
-        }
-    }
-    panic!("no run of 6 free loopback ports found");
-}
-
 #[test]
 fn skiff_dev_tls_makes_certificates_and_prints_the_etcdctl_flags() {
     if !etcdctl_available() {
@@ -420,7 +399,7 @@ fn skiff_dev_tls_makes_certificates_and_prints_the_etcdctl_flags() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().join("skiff-data");
-    let base = free_base_port();
+    let base = common::free_port_run(6);
     let mut dev = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .args([
             "dev",
@@ -606,10 +585,7 @@ fn the_client_certificate_cn_is_the_user_under_client_cert_auth() {
 fn peer_authentication_flags_on_a_plain_peer_port_stop_the_member() {
     let pki = tempfile::tempdir().expect("temp dir");
     let ca = Ca::new(pki.path(), "ca");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
+    let port = common::free_port();
     let peer = format!("http://127.0.0.1:{port}");
     let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
         .arg("serve")

@@ -68,6 +68,15 @@ impl PeerTimeouts {
     }
 }
 
+/// The TCP keepalive idle time for a keepalive interval: the kernel counts it in whole seconds
+/// and refuses 0 (`EINVAL`), which is what a sub-second interval truncated to (a warning on
+/// every connection attempt, and no TCP keepalive at all). The HTTP/2 PINGs catch a dead
+/// connection within the interval; TCP keepalive is the backstop for a connection whose
+/// HTTP/2 layer is idle.
+fn tcp_keepalive_idle(interval: Duration) -> Duration {
+    Duration::from_secs(interval.as_secs().max(1))
+}
+
 /// Outgoing queues to every other member, and gRPC channels for forwarding requests. The set
 /// of peers and their addresses change at run time, as members are added, moved
 /// (MemberUpdate) and removed.
@@ -150,7 +159,7 @@ impl Peers {
             .http2_keep_alive_interval(t.keepalive_interval)
             .keep_alive_timeout(t.keepalive_timeout)
             .keep_alive_while_idle(true)
-            .tcp_keepalive(Some(t.keepalive_interval))
+            .tcp_keepalive(Some(tcp_keepalive_idle(t.keepalive_interval)))
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();
         let (queue, rx) = mpsc::channel(PEER_QUEUE_MAX);

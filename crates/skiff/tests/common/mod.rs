@@ -47,15 +47,57 @@ pub struct Cluster {
     scheme: &'static str,
 }
 
-/// `n` distinct free ports (bound together, then released).
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
+/// The lowest and one past the highest port [`free_port`] hands out: below Linux's default
+/// ephemeral range (32768-60999), so no outgoing connection (a peer dialling, etcdctl, a
+/// client) can be given the port between the test choosing it and the member binding it.
+/// Ports from the ephemeral range (`bind(":0")`, then release) were taken that way in CI.
+const PORTS: std::ops::Range<u16> = 12000..32000;
+
+/// A loopback port nobody listens on now, distinct from every other port this test process
+/// handed out: a process-wide counter walks [`PORTS`] from a start derived from the process id
+/// (so test binaries run one after another do not start on the same ports), skipping ports
+/// that are taken.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PORTS.end - PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
+        let port = PORTS.start + u16::try_from(offset).expect("offset below the span");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?}");
+}
+
+/// `n` distinct free ports (see [`free_port`]).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    (0..n).map(|_| free_port()).collect()
+}
+
+/// A port `base` such that `base..base + n` are all free now and handed out to no one else
+/// in this process (for `skiff dev --base-port`).
+pub fn free_port_run(n: u16) -> u16 {
+    'search: for _ in 0..1000 {
+        let base = free_port();
+        for k in 1..n {
+            if base
+                .checked_add(k)
+                .is_none_or(|p| p >= PORTS.end || free_port() != base + k)
+            {
+                continue 'search;
+            }
+        }
+        return base;
+    }
+    panic!("no run of {n} free loopback ports in {PORTS:?}");
 }
 
 impl Cluster {

@@ -493,6 +493,7 @@ pub async fn local_get(c: &Cluster, i: usize, key: &str) -> Option<Vec<u8>> {
 }
 
 /// Output of one etcdctl run.
+#[derive(Debug)]
 pub struct CtlOutput {
     pub ok: bool,
     pub stdout: String,

@@ -68,6 +68,10 @@ pub struct DataChecks {
     /// `--experimental-initial-corrupt-check`: compare with the peers before starting, and
     /// refuse to start on a mismatch.
     pub initial_corrupt_check: bool,
+    /// `--experimental-disk-reserve-bytes`: below this much free space on the data dir's
+    /// file system the member raises its NOSPACE alarm (0: never; see
+    /// [`crate::api::disk_space`]).
+    pub disk_reserve_bytes: u64,
 }
 
 impl ServerConfig {

@@ -221,6 +221,11 @@ pub async fn run(
     );
     let compactor = api.start_compactor(config.auto_compaction);
     let corruption_check = api.start_corruption_check(config.data_checks.corrupt_check_every);
+    let disk_space_watch = api.start_disk_space_watch(
+        config.data_dir.clone(),
+        config.data_checks.disk_reserve_bytes,
+        metrics.clone(),
+    );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -310,6 +315,9 @@ pub async fn run(
     }
     if let Some(c) = corruption_check {
         c.abort();
+    }
+    if let Some(w) = disk_space_watch {
+        w.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = client_server.await;

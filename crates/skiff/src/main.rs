@@ -120,6 +120,12 @@ struct ServeArgs {
     /// start on a mismatch.
     #[arg(long, default_value_t = false, num_args = 0..=1, default_missing_value = "true")]
     experimental_initial_corrupt_check: bool,
+    /// Free space, in bytes, to keep on the data dir's file system: below it this member
+    /// raises its NOSPACE alarm (puts refused cluster-wide with "database space exceeded"
+    /// until `etcdctl alarm disarm`), so that a filling disk stops writes before it stops the
+    /// member. 0 turns the watch off. Skiff's own flag; etcd has none.
+    #[arg(long, default_value_t = server::api::disk_space::DISK_RESERVE_BYTES_DEFAULT)]
+    experimental_disk_reserve_bytes: u64,
     /// Least severe log level written: debug, info, warn or error (etcd's panic and fatal mean
     /// error here). RUST_LOG, when set, overrides it with a full filter.
     #[arg(long, default_value = "info", value_parser = ["debug", "info", "warn", "error", "panic", "fatal"])]
@@ -232,6 +238,7 @@ impl ServeArgs {
                 quota_backend_bytes: self.quota_backend_bytes,
                 corrupt_check_every: self.experimental_corrupt_check_time,
                 initial_corrupt_check: self.experimental_initial_corrupt_check,
+                disk_reserve_bytes: self.experimental_disk_reserve_bytes,
             },
             tls: self
                 .tls

@@ -365,3 +365,195 @@ fn nospace_recovers_by_compaction_defragmentation_and_disarm() {
     );
     assert_eq!(got.stdout.trim_end().len(), value.len());
 }
+
+/// `--experimental-disk-reserve-bytes` above the free space of any disk: the member raises
+/// its NOSPACE alarm within seconds of starting, puts are refused with etcd's message, reads
+/// and deletes go on, a disarm while the disk is still short is followed by a new alarm, and
+/// after a restart with the watch off a disarm restores writes.
+#[test]
+fn a_disk_below_the_reserve_raises_nospace() {
+    if !etcdctl_available() {
+        return;
+    }
+    let rt = runtime();
+    let mut c = Cluster::prepare_with(3, &[]);
+    c.members[0].extra_args = vec![
+        "--experimental-disk-reserve-bytes".into(),
+        u64::MAX.to_string(),
+    ];
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    rt.block_on(c.wait_leader(&[0, 1, 2]));
+    let ids = member_ids(&rt, &c);
+    let eps = c.endpoints();
+    let alarms = || etcdctl_ok(&eps, &["alarm", "list"], "").stdout;
+    let raised = |want: &str| {
+        let deadline = std::time::Instant::now() + common::PATIENCE;
+        loop {
+            let now = alarms();
+            if now == want {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "alarms: {now:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    };
+    raised(&format!("{}\n", nospace_line(ids[0])));
+    let log = std::fs::read_to_string(c.log_path(0)).expect("log");
+    assert!(
+        log.contains("disk space below the reserve; raising the NOSPACE alarm"),
+        "{log}"
+    );
+
+    // Every member refuses puts; reads and deletes go on.
+    for i in 0..3 {
+        let out = etcdctl(&c.endpoint(i), &["put", "k", "v"], "");
+        assert!(
+            !out.ok && out.stderr.contains(NO_SPACE),
+            "member {i}: {out:?}"
+        );
+    }
+    assert_eq!(etcdctl_ok(&eps, &["get", "k"], "").stdout, "");
+    assert_eq!(etcdctl_ok(&eps, &["del", "k"], "").stdout, "0\n");
+    let metrics = common::http_get(c.members[0].client_port, "/metrics");
+    let free = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("skiff_disk_free_bytes "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    assert!(free.is_some_and(|f| f > 0), "{metrics}");
+
+    // Disarmed too early: raised again.
+    etcdctl_ok(&eps, &["alarm", "disarm"], "");
+    raised(&format!("{}\n", nospace_line(ids[0])));
+
+    // Room again (here: the watch off), then a disarm restores writes.
+    c.kill(0);
+    c.members[0].extra_args = vec!["--experimental-disk-reserve-bytes".into(), "0".into()];
+    c.spawn(0);
+    rt.block_on(c.wait_leader(&[0, 1, 2]));
+    etcdctl_ok(&eps, &["alarm", "disarm"], "");
+    raised("");
+    assert_eq!(etcdctl_ok(&eps, &["put", "k", "v"], "").stdout, "OK\n");
+}
+
+/// Unmounts a file system when dropped (lazily: a member may still hold files there).
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A disk that really fills: member 0's data dir on a 300 MiB tmpfs (its log preallocates
+/// two 64 MiB segments), with the default 128 MiB reserve. Puts of 1 MB fill it until
+/// the member raises its NOSPACE alarm and every member refuses puts; the member keeps
+/// serving reads and deletes and never stops. Grown to 1 GiB (room made), a disarm restores
+/// writes. Skipped, saying so, where tmpfs cannot be mounted (not root).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filling_disk_raises_nospace_and_the_member_keeps_serving() {
+    let mut c = Cluster::prepare_with(3, &["--quota-backend-bytes", "-1"]);
+    let dir = c.data_dir(0);
+    std::fs::create_dir_all(&dir).expect("data dir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=300m", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs at {}", dir.display());
+        return;
+    }
+    let _mount = Mount(dir.clone());
+    for i in 0..3 {
+        c.spawn(i);
+    }
+    c.wait_leader(&[0, 1, 2]).await;
+    let mut kv = c.kv(0).await.expect("connect to member 0");
+    let value = vec![b'x'; 1_000_000];
+    let mut refused = None;
+    for i in 0..400 {
+        let put = epb::PutRequest {
+            key: format!("big{i:03}").into_bytes(),
+            value: value.clone(),
+            ..Default::default()
+        };
+        match kv.put(put).await {
+            Ok(_) => {}
+            Err(s) => {
+                refused = Some((i, s));
+                break;
+            }
+        }
+    }
+    let (n, status) = refused.expect("a put refused before 400 MB");
+    assert!(n > 0, "the first put was refused: {status:?}");
+    assert_eq!(status.message(), NO_SPACE, "{status:?}");
+    let log = std::fs::read_to_string(c.log_path(0)).expect("log");
+    assert!(
+        log.contains("disk space below the reserve; raising the NOSPACE alarm"),
+        "{log}"
+    );
+    // The member serves on: a read of the first value, and a delete.
+    let got = kv
+        .range(epb::RangeRequest {
+            key: b"big000".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("range on the full member");
+    assert_eq!(got.into_inner().kvs[0].value.len(), value.len());
+    kv.delete_range(epb::DeleteRangeRequest {
+        key: b"big000".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("delete on the full member");
+    assert!(c.status(0).await.is_some(), "member 0 stopped");
+
+    // Room made: the file system grows; after a disarm puts are taken again.
+    let grown = std::process::Command::new("mount")
+        .args(["-o", "remount,size=1g"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(grown, "remount the tmpfs larger");
+    let id = c
+        .status(0)
+        .await
+        .expect("status")
+        .header
+        .expect("header")
+        .member_id;
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    loop {
+        alarm(
+            &c,
+            0,
+            epb::alarm_request::AlarmAction::Deactivate,
+            id,
+            epb::AlarmType::Nospace,
+        )
+        .await
+        .expect("disarm");
+        let put = kv
+            .put(epb::PutRequest {
+                key: b"after".to_vec(),
+                value: b"room".to_vec(),
+                ..Default::default()
+            })
+            .await;
+        if put.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "puts still refused: {put:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

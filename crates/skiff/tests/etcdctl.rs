@@ -114,7 +114,10 @@ fn etcdctl_cluster_flag_reaches_every_member() {
     let put = etcdctl_ok(&c.endpoint(0), &["put", "k", "v", "-w", "json"], "");
     let put: serde_json::Value =
         serde_json::from_str(&put.stdout).unwrap_or_else(|e| panic!("{e}: {put:?}"));
-    let revision = put["header"]["revision"].as_i64().expect("revision").to_string();
+    let revision = put["header"]["revision"]
+        .as_i64()
+        .expect("revision")
+        .to_string();
     let status = etcdctl_ok(
         &c.endpoint(0),
         &["endpoint", "status", "--cluster", "-w", "json"],
@@ -129,7 +132,9 @@ fn etcdctl_cluster_flag_reaches_every_member() {
         .map(|s| s["Endpoint"].as_str().expect("endpoint").to_string())
         .collect();
     endpoints.sort();
-    let mut want: Vec<String> = (0..3).map(|i| format!("http://{}", c.endpoint(i))).collect();
+    let mut want: Vec<String> = (0..3)
+        .map(|i| format!("http://{}", c.endpoint(i)))
+        .collect();
     want.sort();
     assert_eq!(endpoints, want);
 
@@ -150,5 +155,8 @@ fn etcdctl_cluster_flag_reaches_every_member() {
     let lines: Vec<&str> = hashes.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{hashes:?}");
     let hash = |l: &str| l.rsplit(", ").next().map(str::to_string);
-    assert!(lines.iter().all(|l| hash(l) == hash(lines[0])), "{hashes:?}");
+    assert!(
+        lines.iter().all(|l| hash(l) == hash(lines[0])),
+        "{hashes:?}"
+    );
 }

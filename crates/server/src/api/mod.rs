@@ -44,6 +44,7 @@ pub mod compactor;
 pub mod convert;
 pub mod corrupt;
 pub mod dashboard;
+pub mod disk_space;
 pub mod expiry;
 pub mod hash;
 pub mod http;

@@ -217,6 +217,9 @@ pub struct Metrics {
     pub apply_queue: Gauge,
     /// `skiff_sessions`: client sessions kept for exactly-once writes.
     pub sessions: Gauge,
+    /// `skiff_disk_free_bytes`: bytes left to write on the data dir's file system (see
+    /// `api::disk_space`).
+    pub disk_free: Gauge,
     /// The leader's view of its followers, as the node task last published it.
     replication: Mutex<ReplicationView>,
     /// Held while a scrape refreshes the follower series and encodes, so that two scrapes at
@@ -268,6 +271,7 @@ impl Metrics {
             read_index_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             apply_queue: Gauge::default(),
             sessions: Gauge::default(),
+            disk_free: Gauge::default(),
             replication: Mutex::new(ReplicationView::default()),
             scrape: Mutex::new(()),
             registry: Registry::default(),
@@ -456,6 +460,11 @@ impl Metrics {
             "skiff_sessions",
             "Client sessions kept for exactly-once writes",
             m.sessions.clone(),
+        );
+        r.register(
+            "skiff_disk_free_bytes",
+            "Bytes left to write on the file system of the data dir",
+            m.disk_free.clone(),
         );
         Metrics { registry: r, ..m }
     }

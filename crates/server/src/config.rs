@@ -56,8 +56,8 @@ pub struct ServerConfig {
     pub auth: crate::api::auth::AuthConfig,
 }
 
-/// etcd's flags that guard the state machine's data.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// etcd's flags that guard the state machine's data. The default is `skiff serve`'s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataChecks {
     /// `--quota-backend-bytes`: 0 means etcd's 2 GiB default, negative turns the quota off
     /// (see [`crate::api::quota`]).
@@ -72,6 +72,17 @@ pub struct DataChecks {
     /// file system the member raises its NOSPACE alarm (0: never; see
     /// [`crate::api::disk_space`]).
     pub disk_reserve_bytes: u64,
+}
+
+impl Default for DataChecks {
+    fn default() -> DataChecks {
+        DataChecks {
+            quota_backend_bytes: 0,
+            corrupt_check_every: Duration::ZERO,
+            initial_corrupt_check: false,
+            disk_reserve_bytes: crate::api::disk_space::DISK_RESERVE_BYTES_DEFAULT,
+        }
+    }
 }
 
 impl ServerConfig {

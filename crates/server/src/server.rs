@@ -316,9 +316,7 @@ pub async fn run(
     if let Some(c) = corruption_check {
         c.abort();
     }
-    if let Some(w) = disk_space_watch {
-        w.abort();
-    }
+    disk_space_watch.abort();
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         let _ = client_server.await;
         let _ = peer_server.await;

@@ -423,9 +423,17 @@ fn a_disk_below_the_reserve_raises_nospace() {
         .and_then(|v| v.trim().parse::<u64>().ok());
     assert!(free.is_some_and(|f| f > 0), "{metrics}");
 
-    // Disarmed too early: raised again.
-    etcdctl_ok(&eps, &["alarm", "disarm"], "");
+    // Disarmed too early: raised again, and said so again.
+    let disarmed = etcdctl_ok(&eps, &["alarm", "disarm"], "");
+    assert_eq!(disarmed.stdout, format!("{}\n", nospace_line(ids[0])));
     raised(&format!("{}\n", nospace_line(ids[0])));
+    let log = std::fs::read_to_string(c.log_path(0)).expect("log");
+    assert_eq!(
+        log.matches("disk space below the reserve; raising the NOSPACE alarm")
+            .count(),
+        2,
+        "{log}"
+    );
 
     // Room again (here: the watch off), then a disarm restores writes.
     c.kill(0);
@@ -450,13 +458,19 @@ impl Drop for Mount {
 }
 
 /// A disk that really fills: member 0's data dir on a 300 MiB tmpfs (its log preallocates
-/// two 64 MiB segments), with the default 128 MiB reserve. Puts of 1 MB fill it until
+/// two 64 MiB segments), with the default 128 MiB reserve. Puts of 1 MB, as fast as one client
+/// sends them, fill it until
 /// the member raises its NOSPACE alarm and every member refuses puts; the member keeps
 /// serving reads and deletes and never stops. Grown to 1 GiB (room made), a disarm restores
 /// writes. Skipped, saying so, where tmpfs cannot be mounted (not root).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_filling_disk_raises_nospace_and_the_member_keeps_serving() {
     let mut c = Cluster::prepare_with(3, &["--quota-backend-bytes", "-1"]);
+    // The default reserve, which the harness turns off unless asked.
+    c.members[0].extra_args = vec![
+        "--experimental-disk-reserve-bytes".into(),
+        server::api::disk_space::DISK_RESERVE_BYTES_DEFAULT.to_string(),
+    ];
     let dir = c.data_dir(0);
     std::fs::create_dir_all(&dir).expect("data dir");
     let mounted = std::process::Command::new("mount")

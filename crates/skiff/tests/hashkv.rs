@@ -38,9 +38,8 @@ fn endpoint_hashkv_agrees_across_members() {
     let rev = 23; // 20 puts, a delete, a put, from revision 1
 
     // At the latest revision: a member that has not applied it yet answers "future revision"
-    // and etcdctl fails; retried, every member answers the same hash. (Not `--cluster`:
-    // etcdctl then dials each member's client URL with its scheme, which it sends as the
-    // HTTP/2 `:authority`, and the h2 crate under tonic resets such streams; see the README.)
+    // and etcdctl fails; retried, every member answers the same hash. (`--cluster` is
+    // tests/etcdctl.rs's.)
     let at = format!("--rev={rev}");
     let one = hashes(&etcdctl_ok(&eps, &["endpoint", "hashkv", &at], "").stdout);
     assert_eq!(one.len(), 3, "{one:?}");

@@ -47,20 +47,29 @@ pub struct Cluster {
     scheme: &'static str,
 }
 
-/// The lowest and one past the highest port [`free_port`] hands out: below Linux's default
-/// ephemeral range (32768-60999), so no outgoing connection (a peer dialling, etcdctl, a
-/// client) can be given the port between the test choosing it and the member binding it.
-/// Ports from the ephemeral range (`bind(":0")`, then release) were taken that way in CI.
-const PORTS: std::ops::Range<u16> = 12000..32000;
+/// The ports [`free_port`] hands out: the 20,000 (at most) below the first port of the
+/// kernel's ephemeral range (`ip_local_port_range`, 32768 unless configured), so no outgoing
+/// connection (a peer dialling, etcdctl, a client) can be given the port between the test
+/// choosing it and the member binding it. Ports from the ephemeral range (`bind(":0")`, then
+/// release) were taken that way in CI.
+fn port_range() -> std::ops::Range<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let end = ephemeral_low.max(2024);
+    end.saturating_sub(20000).max(1024)..end
+}
 
-/// A loopback port nobody listens on now, distinct from every other port this test process
-/// handed out: a process-wide counter walks [`PORTS`] from a start derived from the process id
-/// (so test binaries run one after another do not start on the same ports), skipping ports
-/// that are taken.
+/// A loopback port nobody listens on now, not handed out before by this test process (for
+/// its first [`port_range`]-many ports): a process-wide counter walks the range from a start
+/// derived from the process id (so test binaries run one after another do not start on the
+/// same ports), skipping ports that are taken.
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
-    let span = u32::from(PORTS.end - PORTS.start);
+    let range = port_range();
+    let span = u32::from(range.end - range.start);
     let _ = NEXT.compare_exchange(
         u32::MAX,
         std::process::id().wrapping_mul(7919) % span,
@@ -69,12 +78,12 @@ pub fn free_port() -> u16 {
     );
     for _ in 0..span {
         let offset = NEXT.fetch_add(1, Ordering::Relaxed) % span;
-        let port = PORTS.start + u16::try_from(offset).expect("offset below the span");
+        let port = range.start + u16::try_from(offset).expect("offset below the span");
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free loopback port in {PORTS:?}");
+    panic!("no free loopback port in {range:?}");
 }
 
 /// `n` distinct free ports (see [`free_port`]).
@@ -85,19 +94,20 @@ pub fn free_ports(n: usize) -> Vec<u16> {
 /// A port `base` such that `base..base + n` are all free now and handed out to no one else
 /// in this process (for `skiff dev --base-port`).
 pub fn free_port_run(n: u16) -> u16 {
+    let end = port_range().end;
     'search: for _ in 0..1000 {
         let base = free_port();
         for k in 1..n {
             if base
                 .checked_add(k)
-                .is_none_or(|p| p >= PORTS.end || free_port() != base + k)
+                .is_none_or(|p| p >= end || free_port() != p)
             {
                 continue 'search;
             }
         }
         return base;
     }
-    panic!("no run of {n} free loopback ports in {PORTS:?}");
+    panic!("no run of {n} free loopback ports in {:?}", port_range());
 }
 
 impl Cluster {
@@ -254,6 +264,18 @@ impl Cluster {
         } else {
             &["--heartbeat-interval", "50", "--election-timeout", "500"]
         };
+        // No NOSPACE alarm for a short disk unless a test asks (a small TMPDIR must not
+        // stop every test's writes).
+        let reserve: &[&str] = if self
+            .extra_args
+            .iter()
+            .chain(&m.extra_args)
+            .any(|a| a.starts_with("--experimental-disk-reserve-bytes"))
+        {
+            &[]
+        } else {
+            &["--experimental-disk-reserve-bytes", "0"]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_skiff"))
             .arg("serve")
             .args(["--name", &m.name])
@@ -266,6 +288,7 @@ impl Cluster {
             .args(["--initial-cluster", initial_cluster])
             .args(["--initial-cluster-state", state])
             .args(timing)
+            .args(reserve)
             .args(&self.extra_args)
             .args(&m.extra_args)
             .arg("--stop-on-stdin-eof")

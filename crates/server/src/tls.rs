@@ -301,14 +301,29 @@ struct AllowedCn {
 }
 
 /// Why a verified certificate was refused.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "client certificate's CN {found:?} is not the allowed CN {allowed:?} (--peer-cert-allowed-cn)"
-)]
+#[derive(Debug)]
 struct WrongCn {
     found: Option<String>,
     allowed: String,
 }
+
+impl std::fmt::Display for WrongCn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let allowed = &self.allowed;
+        match &self.found {
+            Some(cn) => write!(
+                f,
+                "client certificate's CN {cn:?} is not the allowed CN {allowed:?} (--peer-cert-allowed-cn)"
+            ),
+            None => write!(
+                f,
+                "client certificate has no CN; the allowed CN is {allowed:?} (--peer-cert-allowed-cn)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for WrongCn {}
 
 impl ClientCertVerifier for AllowedCn {
     fn offer_client_auth(&self) -> bool {
@@ -924,5 +939,30 @@ mod tests {
         let pki = pki("m1");
         let tls = PeerClientTls::load(&flags(&pki, "leaf-key.pem")).expect("loads");
         tls.endpoint("https://127.0.0.1:1").expect("tls endpoint");
+    }
+}
+
+#[cfg(test)]
+mod wrong_cn_tests {
+    use super::WrongCn;
+
+    #[test]
+    fn a_refused_cn_reads_as_a_name_not_an_option() {
+        let named = WrongCn {
+            found: Some("root".into()),
+            allowed: "member".into(),
+        };
+        assert_eq!(
+            named.to_string(),
+            "client certificate's CN \"root\" is not the allowed CN \"member\" (--peer-cert-allowed-cn)"
+        );
+        let none = WrongCn {
+            found: None,
+            allowed: "member".into(),
+        };
+        assert_eq!(
+            none.to_string(),
+            "client certificate has no CN; the allowed CN is \"member\" (--peer-cert-allowed-cn)"
+        );
     }
 }

@@ -7,6 +7,21 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
+/// The budget key of a client address: an IPv4 address itself (an IPv4-mapped IPv6 address
+/// as its IPv4 address), an IPv6 address its /64 network. A single IPv6 host is commonly
+/// given a whole /64 and can send from any address in it, so per-address budgets keyed by
+/// the full address would be a budget per attempt.
+pub(crate) fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+    use std::net::{IpAddr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
 /// Token buckets by key, at most `keys_max` of them.
 #[derive(Debug)]
 pub(crate) struct Buckets<K> {
@@ -79,6 +94,25 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_source_is_its_64_and_a_mapped_ipv4_its_ipv4() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        assert_eq!(source_of(ip("10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(
+            source_of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(source_of(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+    }
 
     #[test]
     fn a_full_table_forgets_refilled_then_oldest_entries() {

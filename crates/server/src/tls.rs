@@ -619,6 +619,8 @@ impl HandshakeGate {
         ip: std::net::IpAddr,
         now: std::time::Instant,
     ) -> Result<HandshakeSlot, &'static str> {
+        // Counted by source: an IPv6 /64 is one host's (see `budget::source_of`).
+        let ip = crate::budget::source_of(ip);
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.in_progress.get(&ip).copied().unwrap_or(0) >= HANDSHAKES_PER_IP_MAX {
             return Err("too many TLS handshakes in progress from this address");

@@ -85,9 +85,11 @@ impl Default for AuthLimiter {
 }
 
 impl AuthLimiter {
-    /// Takes one attempt for `user` from `ip` at `now` from each budget; `false`, taking
-    /// nothing, if any is empty.
+    /// Takes one attempt for `user` from `ip` (its IPv6 /64, see
+    /// [`crate::budget::source_of`]) at `now` from each budget; `false`, taking nothing, if
+    /// any is empty.
     pub fn try_attempt(&self, ip: IpAddr, user: &str, now: Instant) -> bool {
+        let ip = crate::budget::source_of(ip);
         let user = (user.len() <= AUTH_USER_KEY_BYTES_MAX).then(|| user.to_string());
         let mut b = match self.buckets.lock() {
             Ok(b) => b,
@@ -130,6 +132,20 @@ mod tests {
         assert!(!limiter.try_attempt(a, "fresh", t0 + AUTH_IP_INTERVAL / 2));
         assert!(limiter.try_attempt(a, "fresh", t0 + AUTH_IP_INTERVAL));
         assert!(!limiter.try_attempt(a, "fresh", t0 + AUTH_IP_INTERVAL));
+    }
+
+    #[test]
+    fn the_addresses_of_one_ipv6_64_share_a_budget() {
+        let limiter = AuthLimiter::default();
+        let t0 = Instant::now();
+        let v6 = |host: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, host]);
+        for i in 0..AUTH_IP_BURST {
+            let host = u16::try_from(i).expect("small burst") + 1;
+            assert!(limiter.try_attempt(v6(host), &format!("u{i}"), t0));
+        }
+        assert!(!limiter.try_attempt(v6(999), "fresh", t0), "same /64");
+        let other = IpAddr::from([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1]);
+        assert!(limiter.try_attempt(other, "fresh", t0), "another /64");
     }
 
     #[test]

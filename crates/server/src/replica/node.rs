@@ -361,7 +361,11 @@ impl NodeTask {
         self.send_all(rd.messages);
         // 2. Stage snapshot chunks, install a complete snapshot, persist, then sync
         //    (Store::write syncs before returning).
-        tokio::task::block_in_place(|| self.stage_chunks(&rd.snapshot_chunks))?;
+        // `block_in_place` hands this worker's queue to another thread (a blocking-pool
+        // wakeup) even for nothing: only when there are chunks.
+        if !rd.snapshot_chunks.is_empty() {
+            tokio::task::block_in_place(|| self.stage_chunks(&rd.snapshot_chunks))?;
+        }
         if let Some(meta) = &rd.snapshot {
             self.install_snapshot(meta, rd.hard_state.as_ref()).await?;
         }

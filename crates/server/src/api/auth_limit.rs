@@ -85,8 +85,8 @@ impl Default for AuthLimiter {
 }
 
 impl AuthLimiter {
-    /// Takes one attempt for `user` from `ip` (its IPv6 /64, see
-    /// [`crate::budget::source_of`]) at `now` from each budget; `false`, taking nothing, if
+    /// Takes one attempt for `user` from `ip` (an IPv6 address counts as its /64: one host
+    /// is commonly given a whole /64) at `now` from each budget; `false`, taking nothing, if
     /// any is empty.
     pub fn try_attempt(&self, ip: IpAddr, user: &str, now: Instant) -> bool {
         let ip = crate::budget::source_of(ip);

@@ -97,8 +97,11 @@ impl Api {
                     .any(|l| l.get() == me);
                 match watch.next(free, reserve_bytes, raised, learner) {
                     Step::Nothing => {}
-                    Step::Recovered => {
+                    Step::Recovered if raised => {
                         tracing::info!(dir = %data_dir.display(), free_bytes = free, reserve_bytes, "disk space back above the reserve; disarm the NOSPACE alarm to take writes again")
+                    }
+                    Step::Recovered => {
+                        tracing::info!(dir = %data_dir.display(), free_bytes = free, reserve_bytes, "disk space back above the reserve")
                     }
                     Step::LearnerShort => {
                         tracing::warn!(dir = %data_dir.display(), free_bytes = free, reserve_bytes, "disk space below the reserve; a learner raises no NOSPACE alarm")

@@ -312,7 +312,19 @@ fn nospace_recovers_by_compaction_defragmentation_and_disarm() {
             .map(|i| rt.block_on(c.status(i)).expect("status").db_size)
             .collect()
     };
-    let full = sizes(&rt);
+    // Every member's file is over the quota once it has applied the puts the leader took (a
+    // follower that lags is still under it and would take a put: each member checks its own
+    // file, as in etcd).
+    let quota = QUOTA_BYTES.parse::<i64>().expect("number");
+    let deadline = std::time::Instant::now() + common::PATIENCE;
+    let full = loop {
+        let now = sizes(&rt);
+        if now.iter().all(|&s| s >= quota) {
+            break now;
+        }
+        assert!(std::time::Instant::now() < deadline, "sizes {now:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
 
     // Disarming alone does not help: the file is still over the quota.
     etcdctl_ok(&eps, &["alarm", "disarm"], "");

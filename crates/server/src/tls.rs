@@ -942,11 +942,6 @@ mod tests {
         let tls = PeerClientTls::load(&flags(&pki, "leaf-key.pem")).expect("loads");
         tls.endpoint("https://127.0.0.1:1").expect("tls endpoint");
     }
-}
-
-#[cfg(test)]
-mod wrong_cn_tests {
-    use super::WrongCn;
 
     #[test]
     fn a_refused_cn_reads_as_a_name_not_an_option() {
